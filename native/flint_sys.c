@@ -1,0 +1,308 @@
+// flint_sys: the thinnest possible syscall boundary for flint.
+//
+// Every function here is one system call (or one pointer conversion) with no
+// policy. Errors are returned as negative errno values instead of exceptions,
+// so that hot paths (KVM_RUN returning EINTR, EAGAIN on a non-blocking fd) stay
+// cheap; the TypeScript layer (src/sys/native.ts) turns them into errors.
+//
+// Pointers cross the boundary as BigInt (uint64) and memory as external
+// ArrayBuffers that alias a mapping; the mapping's lifetime is owned by the
+// TypeScript side, which must not touch a view after unmapping it.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <node_api.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHECK(call)                                                            \
+  do {                                                                         \
+    if ((call) != napi_ok) {                                                   \
+      napi_throw_error(env, "EFLINTSYS", "flint_sys: N-API call failed: " #call); \
+      return NULL;                                                             \
+    }                                                                          \
+  } while (0)
+
+static napi_value make_i64(napi_env env, int64_t v) {
+  napi_value r;
+  if (napi_create_int64(env, v, &r) != napi_ok) return NULL;
+  return r;
+}
+
+static napi_value make_u64(napi_env env, uint64_t v) {
+  napi_value r;
+  if (napi_create_bigint_uint64(env, v, &r) != napi_ok) return NULL;
+  return r;
+}
+
+// Reads a JS number or BigInt as an unsigned 64-bit integer.
+static int get_u64(napi_env env, napi_value v, uint64_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) return 0;
+  if (t == napi_bigint) {
+    bool lossless;
+    return napi_get_value_bigint_uint64(env, v, out, &lossless) == napi_ok && lossless;
+  }
+  if (t == napi_number) {
+    int64_t i;
+    if (napi_get_value_int64(env, v, &i) != napi_ok) return 0;
+    *out = (uint64_t)i;
+    return 1;
+  }
+  return 0;
+}
+
+// Resolves an ioctl/syscall argument: undefined -> 0, number/BigInt -> value,
+// TypedArray/DataView/ArrayBuffer -> pointer to its first byte.
+static int get_arg(napi_env env, napi_value v, uint64_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) return 0;
+  if (t == napi_undefined || t == napi_null) { *out = 0; return 1; }
+  if (t == napi_number || t == napi_bigint) return get_u64(env, v, out);
+  bool is;
+  void *data = NULL;
+  size_t len = 0;
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+    napi_typedarray_type tt;
+    napi_value ab;
+    size_t off;
+    if (napi_get_typedarray_info(env, v, &tt, &len, &data, &ab, &off) != napi_ok) return 0;
+    *out = (uint64_t)(uintptr_t)data;
+    return 1;
+  }
+  if (napi_is_dataview(env, v, &is) == napi_ok && is) {
+    napi_value ab;
+    size_t off;
+    if (napi_get_dataview_info(env, v, &len, &data, &ab, &off) != napi_ok) return 0;
+    *out = (uint64_t)(uintptr_t)data;
+    return 1;
+  }
+  if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
+    if (napi_get_arraybuffer_info(env, v, &data, &len) != napi_ok) return 0;
+    *out = (uint64_t)(uintptr_t)data;
+    return 1;
+  }
+  return 0;
+}
+
+#define ARGS(n)                                                                \
+  size_t argc = n;                                                             \
+  napi_value argv[n];                                                          \
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+
+#define ARG_U64(i, name)                                                       \
+  uint64_t name;                                                               \
+  if (i >= argc || !get_arg(env, argv[i], &name)) {                            \
+    napi_throw_type_error(env, "EFLINTSYS", "flint_sys: bad argument " #name); \
+    return NULL;                                                               \
+  }
+
+// ioctl(fd, request, arg?) -> result >= 0, or -errno.
+static napi_value js_ioctl(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  ARG_U64(0, fd);
+  ARG_U64(1, req);
+  uint64_t arg = 0;
+  if (argc > 2 && !get_arg(env, argv[2], &arg)) {
+    napi_throw_type_error(env, "EFLINTSYS", "flint_sys: bad ioctl argument");
+    return NULL;
+  }
+  int r = ioctl((int)fd, (unsigned long)req, (unsigned long)arg);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// mmap(length, prot, flags, fd, offset) -> address (BigInt), or -errno (number).
+static napi_value js_mmap(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  ARG_U64(0, len);
+  ARG_U64(1, prot);
+  ARG_U64(2, flags);
+  ARG_U64(3, fd);
+  ARG_U64(4, off);
+  void *p = mmap(NULL, (size_t)len, (int)prot, (int)flags, (int)(int64_t)fd, (off_t)off);
+  if (p == MAP_FAILED) return make_i64(env, -errno);
+  return make_u64(env, (uint64_t)(uintptr_t)p);
+}
+
+// munmap(address, length) -> 0 or -errno.
+static napi_value js_munmap(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, addr);
+  ARG_U64(1, len);
+  int r = munmap((void *)(uintptr_t)addr, (size_t)len);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// madvise(address, length, advice) -> 0 or -errno.
+static napi_value js_madvise(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  ARG_U64(0, addr);
+  ARG_U64(1, len);
+  ARG_U64(2, advice);
+  int r = madvise((void *)(uintptr_t)addr, (size_t)len, (int)advice);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// view(address, length) -> ArrayBuffer aliasing [address, address+length).
+// No finalizer: the mapping is owned and unmapped by the caller.
+static napi_value js_view(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, addr);
+  ARG_U64(1, len);
+  napi_value ab;
+  CHECK(napi_create_external_arraybuffer(env, (void *)(uintptr_t)addr, (size_t)len, NULL, NULL, &ab));
+  return ab;
+}
+
+// addressOf(typedArray | ArrayBuffer | DataView) -> BigInt address of byte 0.
+static napi_value js_address_of(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  ARG_U64(0, addr);
+  return make_u64(env, addr);
+}
+
+// eventfd(initval, flags) -> fd or -errno.
+static napi_value js_eventfd(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, initval);
+  ARG_U64(1, flags);
+  int r = eventfd((unsigned int)initval, (int)flags);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// read(fd, buffer, length) / write(fd, buffer, length) without libuv: for
+// eventfds and TAP-like descriptors used from vCPU worker threads.
+static napi_value js_read(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  ARG_U64(0, fd);
+  ARG_U64(1, buf);
+  ARG_U64(2, len);
+  ssize_t r = read((int)fd, (void *)(uintptr_t)buf, (size_t)len);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+static napi_value js_write(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  ARG_U64(0, fd);
+  ARG_U64(1, buf);
+  ARG_U64(2, len);
+  ssize_t r = write((int)fd, (const void *)(uintptr_t)buf, (size_t)len);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// close(fd) -> 0 or -errno.
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  ARG_U64(0, fd);
+  int r = close((int)fd);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// Interrupting a vCPU thread blocked in KVM_RUN: flint installs a handler
+// that does nothing for one real-time signal, without SA_RESTART, so that a
+// pthread_kill() makes KVM_RUN return -EINTR (Documentation/virt/kvm/api.rst,
+// "immediate_exit" and KVM_RUN's EINTR).
+static void noop_handler(int sig) { (void)sig; }
+
+// installKickSignal(signo) -> 0 or -errno.
+static napi_value js_install_kick_signal(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  ARG_U64(0, signo);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = noop_handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: the blocked ioctl must return EINTR
+  int r = sigaction((int)signo, &sa, NULL);
+  if (r == 0) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, (int)signo);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  }
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// threadSelf() -> BigInt pthread_t of the calling thread.
+static napi_value js_thread_self(napi_env env, napi_callback_info info) {
+  (void)info;
+  return make_u64(env, (uint64_t)pthread_self());
+}
+
+// unblockSignal(signo): lets this thread receive the kick signal.
+static napi_value js_unblock_signal(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  ARG_U64(0, signo);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, (int)signo);
+  int r = pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  return make_i64(env, r == 0 ? 0 : -r);
+}
+
+// signalThread(pthread, signo) -> 0 or -errno.
+static napi_value js_signal_thread(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, thread);
+  ARG_U64(1, signo);
+  int r = pthread_kill((pthread_t)thread, (int)signo);
+  return make_i64(env, r == 0 ? 0 : -r);
+}
+
+// sigrtmin() -> the first real-time signal number usable by applications.
+static napi_value js_sigrtmin(napi_env env, napi_callback_info info) {
+  (void)info;
+  return make_i64(env, SIGRTMIN);
+}
+
+// monotonicNs() -> BigInt CLOCK_MONOTONIC in nanoseconds (for in-worker timing).
+static napi_value js_monotonic_ns(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return make_u64(env, (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
+}
+
+// pageSize() -> the host page size.
+static napi_value js_page_size(napi_env env, napi_callback_info info) {
+  (void)info;
+  return make_i64(env, sysconf(_SC_PAGESIZE));
+}
+
+NAPI_MODULE_INIT() {
+  static const struct {
+    const char *name;
+    napi_callback cb;
+  } fns[] = {
+      {"ioctl", js_ioctl},
+      {"mmap", js_mmap},
+      {"munmap", js_munmap},
+      {"madvise", js_madvise},
+      {"view", js_view},
+      {"addressOf", js_address_of},
+      {"eventfd", js_eventfd},
+      {"read", js_read},
+      {"write", js_write},
+      {"close", js_close},
+      {"installKickSignal", js_install_kick_signal},
+      {"unblockSignal", js_unblock_signal},
+      {"threadSelf", js_thread_self},
+      {"signalThread", js_signal_thread},
+      {"sigrtmin", js_sigrtmin},
+      {"monotonicNs", js_monotonic_ns},
+      {"pageSize", js_page_size},
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value fn;
+    if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].cb, NULL, &fn) != napi_ok) return NULL;
+    if (napi_set_named_property(env, exports, fns[i].name, fn) != napi_ok) return NULL;
+  }
+  return exports;
+}

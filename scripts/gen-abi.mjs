@@ -1,0 +1,314 @@
+#!/usr/bin/env node
+// Generates src/linux/abi.generated.ts from the Linux headers on this machine.
+//
+// Nothing in flint's ABI is typed by hand: ioctl numbers, constants, struct
+// sizes and field offsets are printed by a C program that includes the real
+// headers (the UAPI headers in /usr/include, plus a few kernel-internal x86,
+// Xen and ACPICA headers taken from Debian's linux-source-6.1 tarball) and
+// uses sizeof/offsetof on them.
+//
+//   node scripts/gen-abi.mjs           regenerate the file
+//   node scripts/gen-abi.mjs --check   regenerate into memory, exit 1 if it differs
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { kernelSourceFiles } from "./kernel-source.mjs";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const OUT = join(root, "src/linux/abi.generated.ts");
+
+/** Kernel-internal headers flint needs, extracted once into the cache. */
+const KERNEL_FILES = [
+  "arch/x86/include/asm/msr-index.h",
+  "arch/x86/include/asm/apicdef.h",
+  "arch/x86/include/asm/mpspec_def.h",
+  "arch/x86/include/asm/e820/types.h",
+  "include/xen/interface/elfnote.h",
+  "include/xen/interface/hvm/start_info.h",
+  "include/acpi/*",
+];
+
+// ---------------------------------------------------------------------------
+// What to generate. Constants are C expressions printed as numbers; strings
+// are C string macros; structs list the fields whose offsets flint uses
+// (nested members with '.', printed with '_').
+// ---------------------------------------------------------------------------
+const CONSTANTS = {
+  "linux/kvm.h: system, VM and vCPU ioctls": `
+    KVM_GET_API_VERSION KVM_CREATE_VM KVM_CHECK_EXTENSION KVM_GET_VCPU_MMAP_SIZE
+    KVM_GET_SUPPORTED_CPUID KVM_GET_MSR_INDEX_LIST KVM_CREATE_VCPU
+    KVM_SET_USER_MEMORY_REGION KVM_SET_TSS_ADDR KVM_SET_IDENTITY_MAP_ADDR
+    KVM_CREATE_IRQCHIP KVM_CREATE_PIT2 KVM_IRQ_LINE KVM_IRQFD KVM_IOEVENTFD
+    KVM_SET_GSI_ROUTING KVM_SIGNAL_MSI KVM_GET_CLOCK KVM_SET_CLOCK KVM_ENABLE_CAP
+    KVM_GET_IRQCHIP KVM_SET_IRQCHIP KVM_GET_PIT2 KVM_SET_PIT2 KVM_GET_DIRTY_LOG
+    KVM_RUN KVM_GET_REGS KVM_SET_REGS KVM_GET_SREGS KVM_SET_SREGS KVM_SET_CPUID2
+    KVM_GET_CPUID2 KVM_GET_MSRS KVM_SET_MSRS KVM_GET_FPU KVM_SET_FPU KVM_GET_LAPIC
+    KVM_SET_LAPIC KVM_GET_MP_STATE KVM_SET_MP_STATE KVM_GET_XSAVE KVM_SET_XSAVE
+    KVM_GET_XCRS KVM_SET_XCRS KVM_GET_VCPU_EVENTS KVM_SET_VCPU_EVENTS
+    KVM_GET_DEBUGREGS KVM_SET_DEBUGREGS KVM_KVMCLOCK_CTRL KVM_SET_TSC_KHZ
+    KVM_GET_TSC_KHZ KVM_SET_SIGNAL_MASK KVM_NMI`,
+  "linux/kvm.h: capabilities": `
+    KVM_API_VERSION KVM_CAP_IRQCHIP KVM_CAP_HLT KVM_CAP_USER_MEMORY KVM_CAP_SET_TSS_ADDR
+    KVM_CAP_EXT_CPUID KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_CAP_NR_MEMSLOTS KVM_CAP_PIT2
+    KVM_CAP_PIT_STATE2 KVM_CAP_IRQFD KVM_CAP_IOEVENTFD KVM_CAP_IMMEDIATE_EXIT
+    KVM_CAP_SET_IDENTITY_MAP_ADDR KVM_CAP_ADJUST_CLOCK KVM_CAP_IRQ_ROUTING KVM_CAP_MP_STATE
+    KVM_CAP_XSAVE KVM_CAP_XCRS KVM_CAP_TSC_DEADLINE_TIMER KVM_CAP_VCPU_EVENTS
+    KVM_CAP_DEBUGREGS KVM_CAP_KVMCLOCK_CTRL KVM_CAP_TSC_CONTROL KVM_CAP_GET_TSC_KHZ
+    KVM_CAP_SIGNAL_MSI KVM_CAP_USER_NMI KVM_CAP_SYNC_MMU KVM_CAP_EXT_EMUL_CPUID`,
+  "linux/kvm.h: exit reasons and their sub-codes": `
+    KVM_EXIT_UNKNOWN KVM_EXIT_EXCEPTION KVM_EXIT_IO KVM_EXIT_HYPERCALL KVM_EXIT_DEBUG
+    KVM_EXIT_HLT KVM_EXIT_MMIO KVM_EXIT_IRQ_WINDOW_OPEN KVM_EXIT_SHUTDOWN KVM_EXIT_FAIL_ENTRY
+    KVM_EXIT_INTR KVM_EXIT_SET_TPR KVM_EXIT_TPR_ACCESS KVM_EXIT_NMI KVM_EXIT_INTERNAL_ERROR
+    KVM_EXIT_OSI KVM_EXIT_PAPR_HCALL KVM_EXIT_WATCHDOG KVM_EXIT_EPR KVM_EXIT_SYSTEM_EVENT
+    KVM_EXIT_IOAPIC_EOI KVM_EXIT_HYPERV KVM_EXIT_X86_RDMSR KVM_EXIT_X86_WRMSR
+    KVM_EXIT_DIRTY_RING_FULL KVM_EXIT_AP_RESET_HOLD KVM_EXIT_X86_BUS_LOCK KVM_EXIT_XEN
+    KVM_EXIT_NOTIFY KVM_EXIT_IO_IN KVM_EXIT_IO_OUT KVM_SYSTEM_EVENT_SHUTDOWN
+    KVM_SYSTEM_EVENT_RESET KVM_SYSTEM_EVENT_CRASH KVM_INTERNAL_ERROR_EMULATION
+    KVM_INTERNAL_ERROR_SIMUL_EX KVM_INTERNAL_ERROR_DELIVERY_EV
+    KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON`,
+  "linux/kvm.h: flags and states": `
+    KVM_MEM_LOG_DIRTY_PAGES KVM_MEM_READONLY KVM_PIT_SPEAKER_DUMMY KVM_MP_STATE_RUNNABLE
+    KVM_MP_STATE_UNINITIALIZED KVM_MP_STATE_HALTED KVM_IRQFD_FLAG_DEASSIGN
+    KVM_IRQFD_FLAG_RESAMPLE KVM_IOEVENTFD_FLAG_DATAMATCH KVM_IOEVENTFD_FLAG_PIO
+    KVM_IOEVENTFD_FLAG_DEASSIGN KVM_CPUID_FLAG_SIGNIFCANT_INDEX KVM_IRQCHIP_PIC_MASTER
+    KVM_IRQCHIP_PIC_SLAVE KVM_IRQCHIP_IOAPIC KVM_IOAPIC_NUM_PINS`,
+  "asm/kvm_para.h: KVM paravirtual CPUID leaves and features": `
+    KVM_CPUID_SIGNATURE KVM_CPUID_FEATURES KVM_FEATURE_CLOCKSOURCE KVM_FEATURE_NOP_IO_DELAY
+    KVM_FEATURE_MMU_OP KVM_FEATURE_CLOCKSOURCE2 KVM_FEATURE_ASYNC_PF KVM_FEATURE_STEAL_TIME
+    KVM_FEATURE_PV_EOI KVM_FEATURE_PV_UNHALT KVM_FEATURE_PV_TLB_FLUSH KVM_FEATURE_PV_SEND_IPI
+    KVM_FEATURE_POLL_CONTROL KVM_FEATURE_PV_SCHED_YIELD KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
+    KVM_HINTS_REALTIME MSR_KVM_WALL_CLOCK_NEW MSR_KVM_SYSTEM_TIME_NEW`,
+  "sys/mman.h, sys/eventfd.h, signal.h, errno.h": `
+    PROT_NONE PROT_READ PROT_WRITE MAP_SHARED MAP_PRIVATE MAP_ANONYMOUS MAP_NORESERVE
+    MADV_NORMAL MADV_DONTNEED MADV_REMOVE MADV_HUGEPAGE MADV_NOHUGEPAGE MADV_MERGEABLE
+    MADV_UNMERGEABLE MADV_DONTDUMP EFD_NONBLOCK EFD_CLOEXEC EFD_SEMAPHORE
+    EINTR EAGAIN EFAULT EINVAL ENOMEM EEXIST ENXIO ENOENT EACCES EPERM E2BIG EBUSY ENOSYS`,
+  "asm/bootparam.h: Linux x86 boot protocol (Documentation/x86/boot.rst)": `
+    LOADED_HIGH KASLR_FLAG QUIET_FLAG KEEP_SEGMENTS CAN_USE_HEAP XLF_KERNEL_64
+    XLF_CAN_BE_LOADED_ABOVE_4G XLF_EFI_HANDOVER_32 XLF_EFI_HANDOVER_64 XLF_EFI_KEXEC
+    SETUP_NONE SETUP_E820_EXT SETUP_DTB E820_MAX_ENTRIES_ZEROPAGE`,
+  "asm/e820/types.h: e820 memory types": `
+    E820_TYPE_RAM E820_TYPE_RESERVED E820_TYPE_ACPI E820_TYPE_NVS E820_TYPE_UNUSABLE`,
+  "asm/processor-flags.h: control registers and RFLAGS": `
+    X86_EFLAGS_CF X86_EFLAGS_FIXED X86_EFLAGS_IF X86_EFLAGS_IOPL X86_EFLAGS_IOPL_BIT
+    X86_CR0_PE X86_CR0_MP X86_CR0_ET X86_CR0_NE X86_CR0_WP X86_CR0_AM X86_CR0_NW X86_CR0_CD
+    X86_CR0_PG X86_CR4_PAE X86_CR4_PGE X86_CR4_OSFXSR X86_CR4_OSXMMEXCPT X86_CR4_OSXSAVE`,
+  "asm/msr-index.h: model-specific registers": `
+    MSR_EFER EFER_SCE EFER_LME EFER_LMA EFER_NX MSR_STAR MSR_LSTAR MSR_CSTAR MSR_SYSCALL_MASK
+    MSR_KERNEL_GS_BASE MSR_FS_BASE MSR_GS_BASE MSR_IA32_SYSENTER_CS MSR_IA32_SYSENTER_ESP
+    MSR_IA32_SYSENTER_EIP MSR_IA32_TSC MSR_IA32_MISC_ENABLE MSR_IA32_MISC_ENABLE_FAST_STRING
+    MSR_MTRRdefType MSR_IA32_APICBASE MSR_IA32_APICBASE_BSP MSR_IA32_APICBASE_ENABLE
+    MSR_IA32_CR_PAT MSR_IA32_TSC_DEADLINE`,
+  "asm/apicdef.h: local APIC": `
+    APIC_DEFAULT_PHYS_BASE IO_APIC_DEFAULT_PHYS_BASE APIC_ID APIC_LVT0 APIC_LVT1 APIC_SPIV
+    APIC_MODE_NMI APIC_MODE_EXTINT APIC_DM_NMI APIC_DM_EXTINT APIC_LVT_MASKED`,
+  "asm/mpspec_def.h: Intel MultiProcessor Specification tables": `
+    SMP_MAGIC_IDENT MP_PROCESSOR MP_BUS MP_IOAPIC MP_INTSRC MP_LINTSRC CPU_ENABLED
+    CPU_BOOTPROCESSOR MPC_APIC_USABLE MP_IRQPOL_DEFAULT MP_IRQPOL_ACTIVE_HIGH
+    MP_IRQPOL_ACTIVE_LOW MP_IRQTRIG_DEFAULT MP_IRQTRIG_EDGE MP_IRQTRIG_LEVEL MP_APIC_ALL
+    mp_INT mp_NMI mp_ExtINT`,
+  "elf.h and xen/interface/elfnote.h: kernel images": `
+    ELFCLASS64 ELFDATA2LSB EV_CURRENT ET_EXEC EM_X86_64 PT_LOAD PT_NOTE EI_CLASS EI_DATA
+    XEN_ELFNOTE_PHYS32_ENTRY`,
+  "xen/interface/hvm/start_info.h: PVH boot": `
+    XEN_HVM_START_MAGIC_VALUE XEN_HVM_MEMMAP_TYPE_RAM XEN_HVM_MEMMAP_TYPE_RESERVED
+    XEN_HVM_MEMMAP_TYPE_ACPI`,
+  "linux/serial_reg.h: 8250/16550 UART": `
+    UART_RX UART_TX UART_DLL UART_DLM UART_IER UART_IIR UART_FCR UART_LCR UART_MCR UART_LSR
+    UART_MSR UART_SCR UART_IER_RDI UART_IER_THRI UART_IER_RLSI UART_IER_MSI UART_IIR_NO_INT
+    UART_IIR_ID UART_IIR_MSI UART_IIR_THRI UART_IIR_RDI UART_IIR_RLSI
+    UART_FCR_ENABLE_FIFO UART_FCR_CLEAR_RCVR UART_FCR_CLEAR_XMIT UART_LCR_DLAB UART_MCR_LOOP
+    UART_MCR_OUT2 UART_MCR_RTS UART_MCR_DTR UART_MCR_OUT1 UART_LSR_DR UART_LSR_OE UART_LSR_THRE
+    UART_LSR_TEMT UART_LSR_BI UART_MSR_DCD UART_MSR_RI UART_MSR_DSR UART_MSR_CTS`,
+  "acpi/actbl*.h: ACPI tables (ACPICA)": `
+    ACPI_FADT_HW_REDUCED ACPI_FADT_POWER_BUTTON ACPI_FADT_SLEEP_BUTTON ACPI_FADT_RESET_REGISTER
+    ACPI_FADT_APIC_PHYSICAL ACPI_FADT_APIC_CLUSTER ACPI_FADT_NO_VGA ACPI_FADT_NO_MSI
+    ACPI_FADT_NO_ASPM ACPI_FADT_NO_CMOS_RTC ACPI_FADT_8042 ACPI_FADT_LEGACY_DEVICES
+    ACPI_ADR_SPACE_SYSTEM_MEMORY ACPI_ADR_SPACE_SYSTEM_IO ACPI_MADT_TYPE_LOCAL_APIC
+    ACPI_MADT_TYPE_IO_APIC ACPI_MADT_TYPE_INTERRUPT_OVERRIDE ACPI_MADT_TYPE_LOCAL_APIC_NMI
+    ACPI_MADT_ENABLED ACPI_MADT_PCAT_COMPAT ACPI_MADT_POLARITY_ACTIVE_HIGH
+    ACPI_MADT_TRIGGER_EDGE ACPI_MADT_POLARITY_ACTIVE_LOW ACPI_MADT_TRIGGER_LEVEL
+    ACPI_X_SLEEP_TYPE_MASK
+    ACPI_X_SLEEP_TYPE_POSITION ACPI_X_SLEEP_ENABLE ACPI_X_WAKE_STATUS
+    ACPI_NAMESEG_SIZE ACPI_OEM_ID_SIZE ACPI_OEM_TABLE_ID_SIZE`,
+};
+
+const STRINGS = `
+  ACPI_SIG_RSDP ACPI_SIG_XSDT ACPI_SIG_FADT ACPI_SIG_MADT ACPI_SIG_DSDT MPC_SIGNATURE
+  BUSTYPE_ISA`;
+
+const STRUCTS = [
+  ["kvm_run", `exit_reason immediate_exit ready_for_interrupt_injection if_flag flags cr8 apic_base
+    hw.hardware_exit_reason fail_entry.hardware_entry_failure_reason fail_entry.cpu
+    ex.exception ex.error_code io.direction io.size io.port io.count io.data_offset
+    mmio.phys_addr mmio.data mmio.len mmio.is_write internal.suberror internal.ndata
+    internal.data system_event.type system_event.ndata system_event.data`],
+  ["kvm_regs", `rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags`],
+  ["kvm_segment", `base limit selector type present dpl db s l g avl unusable`],
+  ["kvm_dtable", `base limit`],
+  ["kvm_sregs", `cs ds es fs gs ss tr ldt gdt idt cr0 cr2 cr3 cr4 cr8 efer apic_base interrupt_bitmap`],
+  ["kvm_fpu", `fpr fcw fsw ftwx last_opcode last_ip last_dp xmm mxcsr`],
+  ["kvm_msr_entry", `index data`],
+  ["kvm_msrs", `nmsrs entries`],
+  ["kvm_msr_list", `nmsrs indices`],
+  ["kvm_cpuid_entry2", `function index flags eax ebx ecx edx`],
+  ["kvm_cpuid2", `nent entries`],
+  ["kvm_userspace_memory_region", `slot flags guest_phys_addr memory_size userspace_addr`],
+  ["kvm_pit_config", `flags`],
+  ["kvm_irq_level", `irq level`],
+  ["kvm_irqfd", `fd gsi flags resamplefd`],
+  ["kvm_ioeventfd", `datamatch addr len fd flags`],
+  ["kvm_lapic_state", `regs`],
+  ["kvm_mp_state", `mp_state`],
+  ["kvm_clock_data", `clock flags`],
+  ["boot_params", `screen_info acpi_rsdp_addr ext_ramdisk_image ext_ramdisk_size ext_cmd_line_ptr
+    e820_entries hdr e820_table`],
+  ["setup_header", `setup_sects root_flags syssize ram_size vid_mode root_dev boot_flag jump header
+    version realmode_swtch start_sys_seg kernel_version type_of_loader loadflags setup_move_size
+    code32_start ramdisk_image ramdisk_size bootsect_kludge heap_end_ptr ext_loader_ver
+    ext_loader_type cmd_line_ptr initrd_addr_max kernel_alignment relocatable_kernel
+    min_alignment xloadflags cmdline_size hardware_subarch hardware_subarch_data payload_offset
+    payload_length setup_data pref_address init_size handover_offset kernel_info_offset`],
+  ["boot_e820_entry", `addr size type`],
+  ["Elf64_Ehdr", `e_ident e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize
+    e_phentsize e_phnum e_shentsize e_shnum e_shstrndx`],
+  ["Elf64_Phdr", `p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align`],
+  ["Elf64_Nhdr", `n_namesz n_descsz n_type`],
+  ["hvm_start_info", `magic version flags nr_modules modlist_paddr cmdline_paddr rsdp_paddr
+    memmap_paddr memmap_entries reserved`],
+  ["hvm_memmap_table_entry", `addr size type reserved`],
+  ["hvm_modlist_entry", `paddr size cmdline_paddr reserved`],
+  ["mpf_intel", `signature physptr length specification checksum feature1 feature2 feature3
+    feature4 feature5`],
+  ["mpc_table", `signature length spec checksum oem productid oemptr oemsize oemcount lapic
+    reserved`],
+  ["mpc_cpu", `type apicid apicver cpuflag cpufeature featureflag reserved`],
+  ["mpc_bus", `type busid bustype`],
+  ["mpc_ioapic", `type apicid apicver flags apicaddr`],
+  ["mpc_intsrc", `type irqtype irqflag srcbus srcbusirq dstapic dstirq`],
+  ["mpc_lintsrc", `type irqtype irqflag srcbusid srcbusirq destapic destapiclint`],
+  ["acpi_table_header", `signature length revision checksum oem_id oem_table_id oem_revision
+    asl_compiler_id asl_compiler_revision`],
+  ["acpi_table_rsdp", `signature checksum oem_id revision rsdt_physical_address length
+    xsdt_physical_address extended_checksum reserved`],
+  ["acpi_generic_address", `space_id bit_width bit_offset access_width address`],
+  ["acpi_table_fadt", `header facs dsdt model preferred_profile sci_interrupt smi_command
+    boot_flags flags reset_register reset_value arm_boot_flags minor_revision Xfacs Xdsdt
+    sleep_control sleep_status hypervisor_id`],
+  ["acpi_table_madt", `header address flags`],
+  ["acpi_subtable_header", `type length`],
+  ["acpi_madt_local_apic", `header processor_id id lapic_flags`],
+  ["acpi_madt_io_apic", `header id reserved address global_irq_base`],
+  ["acpi_madt_interrupt_override", `header bus source_irq global_irq inti_flags`],
+  ["acpi_madt_local_apic_nmi", `header processor_id inti_flags lint`],
+];
+
+// C type for each struct name above (typedefs for the ELF ones).
+const cType = (name) => (name.startsWith("Elf64_") ? name : `struct ${name}`);
+
+function words(s) {
+  return s.split(/\s+/).filter(Boolean);
+}
+
+function cProgram() {
+  const lines = [];
+  lines.push(`#define _GNU_SOURCE
+#include <stdio.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <elf.h>
+#include <errno.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/eventfd.h>
+#include <linux/kvm.h>
+#include <linux/kvm_para.h>
+#include <linux/serial_reg.h>
+#include <asm/bootparam.h>
+#include <asm/processor-flags.h>
+#include "arch/x86/include/asm/msr-index.h"
+#include "arch/x86/include/asm/apicdef.h"
+#include "arch/x86/include/asm/mpspec_def.h"
+#include "include/xen/interface/elfnote.h"
+#include "include/xen/interface/hvm/start_info.h"
+#include "acpi.h" /* ACPICA, before e820/types.h: it provides the kernel's u64 */
+#include "arch/x86/include/asm/e820/types.h"
+#define OFF(t, f) ((unsigned long long)offsetof(t, f))
+int main(void) {`);
+  for (const [group, list] of Object.entries(CONSTANTS)) {
+    lines.push(`  printf("\\n// %s\\n", ${JSON.stringify(group)});`);
+    for (const n of words(list)) {
+      lines.push(`  printf("export const ${n} = 0x%llx;\\n", (unsigned long long)(${n}));`);
+    }
+  }
+  lines.push(`  printf("\\n// String constants\\n");`);
+  for (const n of words(STRINGS)) {
+    lines.push(`  printf("export const ${n} = \\"%s\\";\\n", ${n});`);
+  }
+  lines.push(`  printf("\\n// Struct layouts: SIZE in bytes, then byte offsets of fields (nested members joined by _)\\n");`);
+  for (const [name, fields] of STRUCTS) {
+    const t = cType(name);
+    lines.push(`  printf("export const ${name} = {\\n  SIZE: %llu,\\n", (unsigned long long)sizeof(${t}));`);
+    for (const f of words(fields)) {
+      lines.push(`  printf("  ${f.replaceAll(".", "_")}: %llu,\\n", OFF(${t}, ${f}));`);
+    }
+    lines.push(`  printf("} as const;\\n");`);
+  }
+  lines.push(`  return 0;\n}`);
+  return lines.join("\n");
+}
+
+/** Creates include shims so that kernel-internal headers compile in userspace. */
+function makeShims(dir, src) {
+  mkdirSync(join(dir, "uapi/asm"), { recursive: true });
+  symlinkSync(join(src, "include/acpi"), join(dir, "acpi"));
+  mkdirSync(join(dir, "linux"), { recursive: true });
+  writeFileSync(join(dir, "uapi/asm/bootparam.h"), "#include <asm/bootparam.h>\n");
+  writeFileSync(join(dir, "linux/numa.h"), "#define MAX_NUMNODES 1 /* only sizes e820 tables flint does not use */\n");
+  // msr-index.h wants the kernel's BIT() helpers from linux/bits.h.
+  writeFileSync(join(dir, "linux/bits.h"), [
+    "#define BIT(n) (1UL << (n))",
+    "#define BIT_ULL(n) (1ULL << (n))",
+    "#define GENMASK(h, l) (((~0UL) << (l)) & (~0UL >> (63 - (h))))",
+    "#define GENMASK_ULL(h, l) (((~0ULL) << (l)) & (~0ULL >> (63 - (h))))",
+    "",
+  ].join("\n"));
+}
+
+export function generate() {
+  const src = kernelSourceFiles(KERNEL_FILES);
+  const work = mkdtempSync(join(tmpdir(), "flint-abi-"));
+  try {
+    makeShims(join(work, "shim"), src);
+    writeFileSync(join(work, "abi.c"), cProgram());
+    execFileSync("gcc", [
+      "-std=gnu11", "-O0", "-w",
+      "-I", join(work, "shim"), "-I", src, "-I", join(src, "include/acpi"),
+      "-o", join(work, "abi"), join(work, "abi.c"),
+    ], { stdio: ["ignore", "inherit", "inherit"] });
+    const body = execFileSync(join(work, "abi"), { encoding: "utf8" });
+    return `// GENERATED by scripts/gen-abi.mjs from this machine's Linux headers. Do not edit.
+// Regenerate with \`npm run gen:abi\`; a test fails when this file and the headers disagree.
+/* eslint-disable */
+${body}`;
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const text = generate();
+  if (process.argv.includes("--check")) {
+    const old = existsSync(OUT) ? readFileSync(OUT, "utf8") : "";
+    if (old !== text) {
+      console.error("abi.generated.ts is out of date with the headers: run npm run gen:abi");
+      process.exit(1);
+    }
+    console.log("abi.generated.ts matches the headers");
+  } else {
+    writeFileSync(OUT, text);
+    console.log(`wrote ${OUT}`);
+  }
+}
