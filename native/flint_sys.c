@@ -118,6 +118,27 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   return make_i64(env, r < 0 ? -errno : r);
 }
 
+// ioctlValue(fd, request, value) -> result >= 0, or -errno. The fast path for
+// ioctls whose argument is a plain integer (KVM_RUN, KVM_CHECK_EXTENSION...):
+// three number reads and no type dispatch.
+static napi_value js_ioctl_value(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t fd = -1;
+  int64_t req = 0, arg = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &req) != napi_ok ||
+      (argc > 2 && napi_get_value_int64(env, argv[2], &arg) != napi_ok)) {
+    napi_throw_type_error(env, "EFLINTSYS", "flint_sys: ioctlValue(fd, request, value) takes numbers");
+    return NULL;
+  }
+  int r = ioctl(fd, (unsigned long)req, (unsigned long)arg);
+  napi_value out;
+  napi_create_int32(env, r < 0 ? -errno : r, &out);
+  return out;
+}
+
 // mmap(length, prot, flags, fd, offset) -> address (BigInt), or -errno (number).
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
   ARGS(5);
@@ -282,6 +303,7 @@ NAPI_MODULE_INIT() {
     napi_callback cb;
   } fns[] = {
       {"ioctl", js_ioctl},
+      {"ioctlValue", js_ioctl_value},
       {"mmap", js_mmap},
       {"munmap", js_munmap},
       {"madvise", js_madvise},

@@ -28,6 +28,11 @@ const KERNEL_FILES = [
   "include/xen/interface/elfnote.h",
   "include/xen/interface/hvm/start_info.h",
   "include/acpi/*",
+  "include/linux/i8042.h",
+  // ACPICA's AML opcode and resource-descriptor definitions (ACPI 6.x §20, §6.4).
+  "drivers/acpi/acpica/aclocal.h",
+  "drivers/acpi/acpica/amlcode.h",
+  "drivers/acpi/acpica/amlresrc.h",
 ];
 
 // ---------------------------------------------------------------------------
@@ -101,6 +106,7 @@ const CONSTANTS = {
     MSR_IA32_SYSENTER_EIP MSR_IA32_TSC MSR_IA32_MISC_ENABLE MSR_IA32_MISC_ENABLE_FAST_STRING
     MSR_MTRRdefType MSR_IA32_APICBASE MSR_IA32_APICBASE_BSP MSR_IA32_APICBASE_ENABLE
     MSR_IA32_CR_PAT MSR_IA32_TSC_DEADLINE`,
+  "asm/mtrr.h: memory types": `MTRR_TYPE_UNCACHABLE MTRR_TYPE_WRBACK`,
   "asm/apicdef.h: local APIC": `
     APIC_DEFAULT_PHYS_BASE IO_APIC_DEFAULT_PHYS_BASE APIC_ID APIC_LVT0 APIC_LVT1 APIC_SPIV
     APIC_MODE_NMI APIC_MODE_EXTINT APIC_DM_NMI APIC_DM_EXTINT APIC_LVT_MASKED`,
@@ -121,7 +127,17 @@ const CONSTANTS = {
     UART_IIR_ID UART_IIR_MSI UART_IIR_THRI UART_IIR_RDI UART_IIR_RLSI
     UART_FCR_ENABLE_FIFO UART_FCR_CLEAR_RCVR UART_FCR_CLEAR_XMIT UART_LCR_DLAB UART_MCR_LOOP
     UART_MCR_OUT2 UART_MCR_RTS UART_MCR_DTR UART_MCR_OUT1 UART_LSR_DR UART_LSR_OE UART_LSR_THRE
-    UART_LSR_TEMT UART_LSR_BI UART_MSR_DCD UART_MSR_RI UART_MSR_DSR UART_MSR_CTS`,
+    UART_LSR_TEMT UART_LSR_BI UART_MSR_DCD UART_MSR_RI UART_MSR_DSR UART_MSR_CTS
+    UART_EFR UART_IER_UUE UART_FCR7_64BYTE UART_LCR_WLEN8 UART_LCR_CONF_MODE_A
+    UART_LCR_CONF_MODE_B UART_LSR_FIFOE UART_LSR_FE UART_LSR_PE UART_LSR_BRK_ERROR_BITS
+    UART_MSR_DDCD UART_MSR_TERI UART_MSR_DDSR UART_MSR_DCTS UART_MSR_ANY_DELTA`,
+  "linux/i8042.h: PS/2 controller commands (low byte is the command), status and control bits": `
+    I8042_CMD_CTL_RCTR I8042_CMD_CTL_WCTR I8042_CMD_CTL_TEST I8042_CMD_KBD_DISABLE
+    I8042_CMD_KBD_ENABLE I8042_CMD_KBD_TEST I8042_CMD_KBD_LOOP I8042_CMD_AUX_DISABLE
+    I8042_CMD_AUX_ENABLE I8042_CMD_AUX_TEST I8042_CMD_AUX_SEND I8042_CMD_AUX_LOOP
+    I8042_STR_PARITY I8042_STR_TIMEOUT I8042_STR_AUXDATA I8042_STR_KEYLOCK I8042_STR_CMDDAT
+    I8042_STR_MUXERR I8042_STR_IBF I8042_STR_OBF I8042_CTR_KBDINT I8042_CTR_AUXINT
+    I8042_CTR_IGNKEYLOCK I8042_CTR_KBDDIS I8042_CTR_AUXDIS I8042_CTR_XLATE`,
   "acpi/actbl*.h: ACPI tables (ACPICA)": `
     ACPI_FADT_HW_REDUCED ACPI_FADT_POWER_BUTTON ACPI_FADT_SLEEP_BUTTON ACPI_FADT_RESET_REGISTER
     ACPI_FADT_APIC_PHYSICAL ACPI_FADT_APIC_CLUSTER ACPI_FADT_NO_VGA ACPI_FADT_NO_MSI
@@ -133,6 +149,21 @@ const CONSTANTS = {
     ACPI_X_SLEEP_TYPE_MASK
     ACPI_X_SLEEP_TYPE_POSITION ACPI_X_SLEEP_ENABLE ACPI_X_WAKE_STATUS
     ACPI_NAMESEG_SIZE ACPI_OEM_ID_SIZE ACPI_OEM_TABLE_ID_SIZE`,
+  "acpi/acconfig.h, actypes.h, actbl2.h: more ACPI table constants": `
+    ACPI_RSDP_CHECKSUM_LENGTH ACPI_RSDP_XCHECKSUM_LENGTH ACPI_ACCESS_BIT_SHIFT
+    ACPI_MADT_POLARITY_CONFORMS ACPI_MADT_TRIGGER_CONFORMS`,
+  "acpica amlcode.h, aclocal.h, acrestyp.h: AML encoding and resource descriptors": `
+    AML_ZERO_OP AML_ONE_OP AML_ONES_OP AML_NAME_OP AML_BYTE_OP AML_WORD_OP AML_DWORD_OP
+    AML_QWORD_OP AML_STRING_OP AML_SCOPE_OP AML_BUFFER_OP AML_PACKAGE_OP AML_METHOD_OP
+    AML_RETURN_OP AML_DUAL_NAME_PREFIX AML_MULTI_NAME_PREFIX AML_ROOT_PREFIX AML_PARENT_PREFIX
+    AML_EXTENDED_PREFIX AML_DEVICE_OP AML_METHOD_ARG_COUNT AML_METHOD_SERIALIZED
+    ACPI_RESOURCE_NAME_LARGE ACPI_RESOURCE_NAME_IRQ ACPI_RESOURCE_NAME_IO
+    ACPI_RESOURCE_NAME_END_TAG ACPI_RESOURCE_NAME_FIXED_MEMORY32 ACPI_RESOURCE_NAME_EXTENDED_IRQ
+    ACPI_DECODE_16 ACPI_READ_ONLY_MEMORY ACPI_READ_WRITE_MEMORY ACPI_CONSUMER
+    ACPI_LEVEL_SENSITIVE ACPI_EDGE_SENSITIVE ACPI_ACTIVE_HIGH ACPI_ACTIVE_LOW ACPI_EXCLUSIVE
+    ACPI_SHARED`,
+  "elf.h: identification bytes": `
+    EI_NIDENT EI_MAG0 EI_MAG1 EI_MAG2 EI_MAG3 ELFMAG0 ELFMAG1 ELFMAG2 ELFMAG3 EI_VERSION ET_DYN`,
 };
 
 const STRINGS = `
@@ -203,6 +234,14 @@ const STRUCTS = [
   ["acpi_madt_io_apic", `header id reserved address global_irq_base`],
   ["acpi_madt_interrupt_override", `header bus source_irq global_irq inti_flags`],
   ["acpi_madt_local_apic_nmi", `header processor_id inti_flags lint`],
+  ["acpi_table_xsdt", `header table_offset_entry`],
+  ["aml_resource_irq", `descriptor_type irq_mask flags`],
+  ["aml_resource_irq_noflags", `descriptor_type irq_mask`],
+  ["aml_resource_io", `descriptor_type flags minimum maximum alignment address_length`],
+  ["aml_resource_end_tag", `descriptor_type checksum`],
+  ["aml_resource_large_header", `descriptor_type resource_length`],
+  ["aml_resource_fixed_memory32", `descriptor_type resource_length flags address address_length`],
+  ["aml_resource_extended_irq", `descriptor_type resource_length flags interrupt_count interrupts`],
 ];
 
 // C type for each struct name above (typedefs for the ELF ones).
@@ -226,14 +265,20 @@ function cProgram() {
 #include <linux/kvm.h>
 #include <linux/kvm_para.h>
 #include <linux/serial_reg.h>
+#include <stdbool.h> /* include/linux/i8042.h uses bool in its stubs */
+#include "include/linux/i8042.h"
 #include <asm/bootparam.h>
 #include <asm/processor-flags.h>
+#include <asm/mtrr.h>
 #include "arch/x86/include/asm/msr-index.h"
 #include "arch/x86/include/asm/apicdef.h"
 #include "arch/x86/include/asm/mpspec_def.h"
 #include "include/xen/interface/elfnote.h"
 #include "include/xen/interface/hvm/start_info.h"
 #include "acpi.h" /* ACPICA, before e820/types.h: it provides the kernel's u64 */
+#include "drivers/acpi/acpica/aclocal.h"
+#include "drivers/acpi/acpica/amlcode.h"
+#include "drivers/acpi/acpica/amlresrc.h"
 #include "arch/x86/include/asm/e820/types.h"
 #define OFF(t, f) ((unsigned long long)offsetof(t, f))
 int main(void) {`);

@@ -48,3 +48,20 @@ export class SpinLock {
   }
 }
 
+type WaitAsyncResult =
+  | { async: false; value: "not-equal" | "timed-out" }
+  | { async: true; value: Promise<"ok" | "timed-out"> };
+// Atomics.waitAsync is in Node 20 (V8) but not in the ES2022 lib typings flint compiles against.
+const atomicsWaitAsync = (Atomics as unknown as {
+  waitAsync(cell: Int32Array, index: number, value: number, timeoutMs?: number): WaitAsyncResult;
+}).waitAsync;
+
+/**
+ * Resolves once `cell[index]` is no longer `expected` — at once if it already
+ * differs, else on the next Atomics.notify of that cell. Never blocks, so the
+ * main thread uses it to sleep until a vCPU worker signals (no polling).
+ */
+export async function waitForChange(cell: Int32Array, index: number, expected: number): Promise<void> {
+  const w = atomicsWaitAsync(cell, index, expected);
+  if (w.async) await w.value;
+}

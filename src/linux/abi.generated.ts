@@ -270,6 +270,10 @@ export const MSR_IA32_APICBASE_ENABLE = 0x800;
 export const MSR_IA32_CR_PAT = 0x277;
 export const MSR_IA32_TSC_DEADLINE = 0x6e0;
 
+// asm/mtrr.h: memory types
+export const MTRR_TYPE_UNCACHABLE = 0x0;
+export const MTRR_TYPE_WRBACK = 0x6;
+
 // asm/apicdef.h: local APIC
 export const APIC_DEFAULT_PHYS_BASE = 0xfee00000;
 export const IO_APIC_DEFAULT_PHYS_BASE = 0xfec00000;
@@ -363,6 +367,49 @@ export const UART_MSR_DCD = 0x80;
 export const UART_MSR_RI = 0x40;
 export const UART_MSR_DSR = 0x20;
 export const UART_MSR_CTS = 0x10;
+export const UART_EFR = 0x2;
+export const UART_IER_UUE = 0x40;
+export const UART_FCR7_64BYTE = 0x20;
+export const UART_LCR_WLEN8 = 0x3;
+export const UART_LCR_CONF_MODE_A = 0x80;
+export const UART_LCR_CONF_MODE_B = 0xbf;
+export const UART_LSR_FIFOE = 0x80;
+export const UART_LSR_FE = 0x8;
+export const UART_LSR_PE = 0x4;
+export const UART_LSR_BRK_ERROR_BITS = 0x1e;
+export const UART_MSR_DDCD = 0x8;
+export const UART_MSR_TERI = 0x4;
+export const UART_MSR_DDSR = 0x2;
+export const UART_MSR_DCTS = 0x1;
+export const UART_MSR_ANY_DELTA = 0xf;
+
+// linux/i8042.h: PS/2 controller commands (low byte is the command), status and control bits
+export const I8042_CMD_CTL_RCTR = 0x120;
+export const I8042_CMD_CTL_WCTR = 0x1060;
+export const I8042_CMD_CTL_TEST = 0x1aa;
+export const I8042_CMD_KBD_DISABLE = 0xad;
+export const I8042_CMD_KBD_ENABLE = 0xae;
+export const I8042_CMD_KBD_TEST = 0x1ab;
+export const I8042_CMD_KBD_LOOP = 0x11d2;
+export const I8042_CMD_AUX_DISABLE = 0xa7;
+export const I8042_CMD_AUX_ENABLE = 0xa8;
+export const I8042_CMD_AUX_TEST = 0x1a9;
+export const I8042_CMD_AUX_SEND = 0x10d4;
+export const I8042_CMD_AUX_LOOP = 0x11d3;
+export const I8042_STR_PARITY = 0x80;
+export const I8042_STR_TIMEOUT = 0x40;
+export const I8042_STR_AUXDATA = 0x20;
+export const I8042_STR_KEYLOCK = 0x10;
+export const I8042_STR_CMDDAT = 0x8;
+export const I8042_STR_MUXERR = 0x4;
+export const I8042_STR_IBF = 0x2;
+export const I8042_STR_OBF = 0x1;
+export const I8042_CTR_KBDINT = 0x1;
+export const I8042_CTR_AUXINT = 0x2;
+export const I8042_CTR_IGNKEYLOCK = 0x8;
+export const I8042_CTR_KBDDIS = 0x10;
+export const I8042_CTR_AUXDIS = 0x20;
+export const I8042_CTR_XLATE = 0x40;
 
 // acpi/actbl*.h: ACPI tables (ACPICA)
 export const ACPI_FADT_HW_REDUCED = 0x100000;
@@ -396,6 +443,66 @@ export const ACPI_X_WAKE_STATUS = 0x80;
 export const ACPI_NAMESEG_SIZE = 0x4;
 export const ACPI_OEM_ID_SIZE = 0x6;
 export const ACPI_OEM_TABLE_ID_SIZE = 0x8;
+
+// acpi/acconfig.h, actypes.h, actbl2.h: more ACPI table constants
+export const ACPI_RSDP_CHECKSUM_LENGTH = 0x14;
+export const ACPI_RSDP_XCHECKSUM_LENGTH = 0x24;
+export const ACPI_ACCESS_BIT_SHIFT = 0x2;
+export const ACPI_MADT_POLARITY_CONFORMS = 0x0;
+export const ACPI_MADT_TRIGGER_CONFORMS = 0x0;
+
+// acpica amlcode.h, aclocal.h, acrestyp.h: AML encoding and resource descriptors
+export const AML_ZERO_OP = 0x0;
+export const AML_ONE_OP = 0x1;
+export const AML_ONES_OP = 0xff;
+export const AML_NAME_OP = 0x8;
+export const AML_BYTE_OP = 0xa;
+export const AML_WORD_OP = 0xb;
+export const AML_DWORD_OP = 0xc;
+export const AML_QWORD_OP = 0xe;
+export const AML_STRING_OP = 0xd;
+export const AML_SCOPE_OP = 0x10;
+export const AML_BUFFER_OP = 0x11;
+export const AML_PACKAGE_OP = 0x12;
+export const AML_METHOD_OP = 0x14;
+export const AML_RETURN_OP = 0xa4;
+export const AML_DUAL_NAME_PREFIX = 0x2e;
+export const AML_MULTI_NAME_PREFIX = 0x2f;
+export const AML_ROOT_PREFIX = 0x5c;
+export const AML_PARENT_PREFIX = 0x5e;
+export const AML_EXTENDED_PREFIX = 0x5b;
+export const AML_DEVICE_OP = 0x5b82;
+export const AML_METHOD_ARG_COUNT = 0x7;
+export const AML_METHOD_SERIALIZED = 0x8;
+export const ACPI_RESOURCE_NAME_LARGE = 0x80;
+export const ACPI_RESOURCE_NAME_IRQ = 0x20;
+export const ACPI_RESOURCE_NAME_IO = 0x40;
+export const ACPI_RESOURCE_NAME_END_TAG = 0x78;
+export const ACPI_RESOURCE_NAME_FIXED_MEMORY32 = 0x86;
+export const ACPI_RESOURCE_NAME_EXTENDED_IRQ = 0x89;
+export const ACPI_DECODE_16 = 0x1;
+export const ACPI_READ_ONLY_MEMORY = 0x0;
+export const ACPI_READ_WRITE_MEMORY = 0x1;
+export const ACPI_CONSUMER = 0x1;
+export const ACPI_LEVEL_SENSITIVE = 0x0;
+export const ACPI_EDGE_SENSITIVE = 0x1;
+export const ACPI_ACTIVE_HIGH = 0x0;
+export const ACPI_ACTIVE_LOW = 0x1;
+export const ACPI_EXCLUSIVE = 0x0;
+export const ACPI_SHARED = 0x1;
+
+// elf.h: identification bytes
+export const EI_NIDENT = 0x10;
+export const EI_MAG0 = 0x0;
+export const EI_MAG1 = 0x1;
+export const EI_MAG2 = 0x2;
+export const EI_MAG3 = 0x3;
+export const ELFMAG0 = 0x7f;
+export const ELFMAG1 = 0x45;
+export const ELFMAG2 = 0x4c;
+export const ELFMAG3 = 0x46;
+export const EI_VERSION = 0x6;
+export const ET_DYN = 0x3;
 
 // String constants
 export const ACPI_SIG_RSDP = "RSD PTR ";
@@ -870,4 +977,55 @@ export const acpi_madt_local_apic_nmi = {
   processor_id: 2,
   inti_flags: 3,
   lint: 5,
+} as const;
+export const acpi_table_xsdt = {
+  SIZE: 44,
+  header: 0,
+  table_offset_entry: 36,
+} as const;
+export const aml_resource_irq = {
+  SIZE: 4,
+  descriptor_type: 0,
+  irq_mask: 1,
+  flags: 3,
+} as const;
+export const aml_resource_irq_noflags = {
+  SIZE: 3,
+  descriptor_type: 0,
+  irq_mask: 1,
+} as const;
+export const aml_resource_io = {
+  SIZE: 8,
+  descriptor_type: 0,
+  flags: 1,
+  minimum: 2,
+  maximum: 4,
+  alignment: 6,
+  address_length: 7,
+} as const;
+export const aml_resource_end_tag = {
+  SIZE: 2,
+  descriptor_type: 0,
+  checksum: 1,
+} as const;
+export const aml_resource_large_header = {
+  SIZE: 3,
+  descriptor_type: 0,
+  resource_length: 1,
+} as const;
+export const aml_resource_fixed_memory32 = {
+  SIZE: 12,
+  descriptor_type: 0,
+  resource_length: 1,
+  flags: 3,
+  address: 4,
+  address_length: 8,
+} as const;
+export const aml_resource_extended_irq = {
+  SIZE: 9,
+  descriptor_type: 0,
+  resource_length: 1,
+  flags: 3,
+  interrupt_count: 4,
+  interrupts: 5,
 } as const;

@@ -15,6 +15,8 @@ export type SysArg = number | bigint | ArrayBufferView | ArrayBuffer | undefined
 
 interface Addon {
   ioctl(fd: number, request: number, arg?: SysArg): number;
+  /** ioctl whose argument is an integer (fast path: KVM_RUN, KVM_IRQ_LINE-free calls). */
+  ioctlValue(fd: number, request: number, value?: number): number;
   mmap(length: number, prot: number, flags: number, fd: number, offset: number): bigint | number;
   munmap(address: bigint, length: number): number;
   madvise(address: bigint, length: number, advice: number): number;

@@ -1,0 +1,319 @@
+/*
+ * exit-loop: a minimal PVH "kernel" that makes a given number of VM exits
+ * from ring 3, for benchmarking a monitor's exit handling.
+ *
+ * Boot: the PVH direct boot ABI (xen/interface/hvm/start_info.h and Xen's
+ * docs/misc/pvh.pandoc). The ELF note `Xen`/XEN_ELFNOTE_PHYS32_ENTRY holds
+ * the 32-bit entry point (8 bytes, as in Linux's vmlinux); the single
+ * PT_LOAD segment sits at physical 1 MiB. The monitor enters in 32-bit
+ * protected mode with flat CS/DS/SS, paging off, interrupts off, and
+ * EBX = physical address of struct hvm_start_info.
+ *
+ * Command line (hvm_start_info.cmdline_paddr): `mode=pio|mmio count=N`,
+ * N decimal, 0 <= N < 2^31; other words are ignored.
+ *
+ * Protocol, all from ring 3 (CPL 3, EFLAGS.IOPL = 3, IF = 0, paging off):
+ *   1. one byte written to port 0xf0                     start marker
+ *   2. N exits:
+ *        mode=pio:  `outb` to port 0x80
+ *        mode=mmio: a 4-byte write to physical 0xd0000800 (must be
+ *                   outside guest RAM, so each write is a KVM_EXIT_MMIO)
+ *   3. one byte written to port 0xf4                     end marker
+ *      value 0 = done; 1 = bad start info magic; 2 = bad command line
+ *      (then without a start marker). Port 0xf4 is where QEMU's
+ *      isa-debug-exit is put: value v makes QEMU exit with status 2v+1.
+ *   4. a `pause` loop forever (`hlt` would fault at CPL 3).
+ * A monitor times the run from the start marker to the end marker. The
+ * numbers above are defined once, in src/bench/guest-program.ts.
+ *
+ * Ring 0 is kept to a dozen instructions (GDT, TSS, IOPL, sysexit) because
+ * on some hosts guest ring-0 code is emulated thousands of times slower
+ * than ring-3 code runs; everything else, including the command line
+ * parsing, runs in ring 3, where flat DPL-3 segments with paging off still
+ * reach all of physical memory.
+ */
+#include <asm/processor-flags.h>
+/*
+ * Constants from kernel-internal headers (xen/interface/elfnote.h,
+ * xen/interface/hvm/start_info.h, asm/msr-index.h), which no package
+ * installs: src/bench/c-header.ts writes them from flint's generated ABI
+ * file (src/linux/abi.generated.ts) under their Linux names, and struct
+ * offsets as hvm_start_info_<field>.
+ */
+#include "flint-abi.h"
+/*
+ * The ports, address and end-marker values of the protocol above, as
+ * EXIT_LOOP_*: defined once, in src/bench/guest-program.ts.
+ */
+#include "exit-loop-protocol.h"
+
+/* Modes, as parsed into %ebp. */
+#define MODE_NONE		0
+#define MODE_PIO		1
+#define MODE_MMIO		2
+
+/*
+ * Selectors (index << 3 | RPL) into the GDT below. sysexit fixes the user
+ * ones at KERNEL_CS + 16 and + 24.
+ */
+#define KERNEL_CS		0x08
+#define KERNEL_DS		0x10
+#define USER_CS			((KERNEL_CS + 16) | 3)
+#define USER_DS			((KERNEL_CS + 24) | 3)
+#define TSS_SEL			0x28
+
+/*
+ * Descriptor access bytes (Intel SDM vol. 3A, 3.4.5 and 7.2.2):
+ * present 0x80 | DPL << 5 | S (code/data) 0x10 | type.
+ */
+#define ACCESS_CODE(dpl)	(0x80 | ((dpl) << 5) | 0x10 | 0xa)	/* execute/read */
+#define ACCESS_DATA(dpl)	(0x80 | ((dpl) << 5) | 0x10 | 0x2)	/* read/write */
+#define ACCESS_TSS32		(0x80 | 0x9)				/* available 32-bit TSS */
+/* Flags nibble: G (4 KiB granularity) 0x8 | D/B (32-bit) 0x4. */
+#define FLAGS_FLAT32		0xc
+
+/* 32-bit TSS (SDM vol. 3A, 7.2.1): ESP0 at 4, SS0 at 8, I/O map base at 102. */
+#define TSS32_SIZE		104
+#define TSS32_ESP0		4
+#define TSS32_SS0		8
+#define TSS32_IOMAP_BASE	102
+
+/* A flat 4 GiB segment descriptor. */
+.macro flat_descriptor access
+	.word 0xffff			/* limit 15:0 */
+	.word 0				/* base 15:0 */
+	.byte 0				/* base 23:16 */
+	.byte \access
+	.byte (FLAGS_FLAT32 << 4) | 0xf	/* flags, limit 19:16 */
+	.byte 0				/* base 31:24 */
+.endm
+
+	.code32
+	.text
+
+/*
+ * PVH entry, ring 0. EBX = struct hvm_start_info, which ring 3 reads.
+ *
+ * The way down to ring 3 is sysexit, not iret: KVM's instruction emulator
+ * (arch/x86/kvm/emulate.c, em_iret) implements iret in real mode only, and
+ * far returns to an outer privilege level not at all, so on a host that
+ * emulates guest ring 0 both stop with an emulation failure. em_sysexit
+ * is implemented (and sysexit is valid in 32-bit protected mode on Intel
+ * and AMD alike). It takes CS = SYSENTER_CS + 16 and SS = SYSENTER_CS + 24
+ * (SDM vol. 2B, SYSEXIT), so the GDT is laid out around KERNEL_CS, and
+ * it leaves EFLAGS alone, so popfl sets IOPL = 3 first.
+ */
+	.globl pvh_start
+pvh_start:
+	lgdt gdt_pointer
+	movw $TSS_SEL, %ax
+	ltr %ax
+	movl $MSR_IA32_SYSENTER_CS, %ecx
+	movl $KERNEL_CS, %eax
+	xorl %edx, %edx
+	wrmsr
+	movl $ring0_eflags, %esp
+	popfl				/* IOPL = 3, IF = 0 */
+	movl $ring3_main, %edx		/* EIP */
+	movl $user_stack_top, %ecx	/* ESP */
+	sysexit
+
+/* Ring 3 from here on. */
+ring3_main:
+	movw $USER_DS, %ax		/* DS/ES still hold ring-0 selectors */
+	movw %ax, %ds
+	movw %ax, %es
+
+	cmpl $XEN_HVM_START_MAGIC_VALUE, hvm_start_info_magic(%ebx)
+	jne bad_magic
+	movl hvm_start_info_cmdline_paddr(%ebx), %esi
+	cmpl $0, hvm_start_info_cmdline_paddr + 4(%ebx)
+	jne bad_cmdline			/* above 4 GiB: unreachable here */
+	testl %esi, %esi
+	jz bad_cmdline
+
+	/* Parse: %ebp = mode, %ecx = count, %ebx = 1 once count= was seen. */
+	movl $MODE_NONE, %ebp
+	xorl %ecx, %ecx
+	xorl %ebx, %ebx
+parse_word:
+	movb (%esi), %al
+	testb %al, %al
+	jz parse_done
+	cmpb $' ', %al
+	jne 1f
+	incl %esi
+	jmp parse_word
+1:	movl $word_mode, %edi
+	call skip_prefix
+	jz 2f
+	movl $word_pio, %edi
+	call skip_prefix
+	jz 1f
+	movl $MODE_PIO, %ebp
+	jmp end_of_word
+1:	movl $word_mmio, %edi
+	call skip_prefix
+	jz bad_cmdline
+	movl $MODE_MMIO, %ebp
+	jmp end_of_word
+2:	movl $word_count, %edi
+	call skip_prefix
+	jz skip_word
+	movl $1, %ebx
+	movzbl (%esi), %eax		/* at least one digit */
+	subl $'0', %eax
+	cmpl $9, %eax
+	ja bad_cmdline
+3:	movzbl (%esi), %eax
+	subl $'0', %eax
+	cmpl $9, %eax
+	ja end_of_word
+	imull $10, %ecx, %ecx
+	jo bad_cmdline
+	addl %eax, %ecx
+	jo bad_cmdline
+	incl %esi
+	jmp 3b
+end_of_word:				/* a value must end at a space or NUL */
+	movb (%esi), %al
+	testb %al, %al
+	jz parse_done
+	cmpb $' ', %al
+	jne bad_cmdline
+	jmp parse_word
+skip_word:				/* ignore words we do not know */
+	movb (%esi), %al
+	testb %al, %al
+	jz parse_done
+	cmpb $' ', %al
+	je parse_word
+	incl %esi
+	jmp skip_word
+parse_done:
+	testl %ebx, %ebx
+	jz bad_cmdline
+	cmpl $MODE_PIO, %ebp
+	je pio_loop
+	cmpl $MODE_MMIO, %ebp
+	je mmio_loop
+	jmp bad_cmdline
+
+pio_loop:
+	outb %al, $EXIT_LOOP_START_MARKER_PORT
+	testl %ecx, %ecx
+	jz done
+1:	outb %al, $EXIT_LOOP_PIO_EXIT_PORT
+	decl %ecx
+	jnz 1b
+	jmp done
+
+mmio_loop:
+	movl $EXIT_LOOP_MMIO_EXIT_ADDR, %edi
+	outb %al, $EXIT_LOOP_START_MARKER_PORT
+	testl %ecx, %ecx
+	jz done
+1:	movl %ecx, (%edi)
+	decl %ecx
+	jnz 1b
+
+done:
+	movb $EXIT_LOOP_END_OK, %al
+	jmp end
+bad_magic:
+	movb $EXIT_LOOP_END_BAD_MAGIC, %al
+	jmp end
+bad_cmdline:
+	movb $EXIT_LOOP_END_BAD_CMDLINE, %al
+end:
+	outb %al, $EXIT_LOOP_END_MARKER_PORT
+1:	pause
+	jmp 1b
+
+/*
+ * skip_prefix: if the string at %esi starts with the NUL-terminated word at
+ * %edi, moves %esi past it and returns ZF=0; otherwise returns ZF=1 with %esi
+ * unchanged. Clobbers %eax, %edx, %edi.
+ */
+skip_prefix:
+	movl %esi, %edx
+1:	movb (%edi), %al
+	testb %al, %al
+	jz 2f
+	cmpb (%edx), %al
+	jne 3f
+	incl %edx
+	incl %edi
+	jmp 1b
+2:	movl %edx, %esi
+	orl $1, %eax			/* ZF = 0: matched */
+	ret
+3:	xorl %eax, %eax			/* ZF = 1: no match */
+	ret
+
+	.data
+	.balign 8
+gdt:
+	.quad 0				/* null */
+	flat_descriptor ACCESS_CODE(0)	/* KERNEL_CS */
+	flat_descriptor ACCESS_DATA(0)	/* KERNEL_DS */
+	flat_descriptor ACCESS_CODE(3)	/* USER_CS */
+	flat_descriptor ACCESS_DATA(3)	/* USER_DS */
+	/* TSS_SEL: gas cannot split a relocatable address, the linker script does. */
+	.word TSS32_SIZE - 1		/* limit 15:0 */
+	.word exit_loop_tss_base_15_0
+	.byte exit_loop_tss_base_23_16
+	.byte ACCESS_TSS32
+	.byte 0				/* byte granularity, limit 19:16 = 0 */
+	.byte exit_loop_tss_base_31_24
+gdt_end:
+
+	.balign 4
+	.word 0				/* align the base below to 4 */
+gdt_pointer:
+	.word gdt_end - gdt - 1
+	.long gdt
+
+	/* The ring-0 stack: only an exception taken in ring 3 would use it. */
+	.balign 16
+	.fill 64, 1, 0
+kernel_stack_top:
+
+	/* The ring-3 stack: skip_prefix's return addresses. */
+	.balign 16
+	.fill 64, 1, 0
+user_stack_top:
+
+	.balign 4
+ring0_eflags:
+	.long X86_EFLAGS_FIXED | X86_EFLAGS_IOPL	/* IF = 0 */
+
+	.balign 4
+	.globl exit_loop_tss
+exit_loop_tss:				/* .org pads with zeros */
+	.org exit_loop_tss + TSS32_ESP0
+	.long kernel_stack_top
+	.org exit_loop_tss + TSS32_SS0
+	.long KERNEL_DS
+	.org exit_loop_tss + TSS32_IOMAP_BASE
+	.word TSS32_SIZE		/* past the limit: no I/O bitmap, IOPL rules */
+
+word_mode:	.asciz "mode="
+word_count:	.asciz "count="
+word_pio:	.asciz "pio"
+word_mmio:	.asciz "mmio"
+
+/*
+ * The PVH entry note. Linux's vmlinux gives the address as 8 bytes and
+ * QEMU reads 8; the note segment must stay 4-aligned, because QEMU finds
+ * the descriptor by aligning the name size to the segment's p_align.
+ */
+	.section .note.Xen, "a", @note
+	.balign 4
+	.long 2f - 1f			/* n_namesz */
+	.long 4f - 3f			/* n_descsz */
+	.long XEN_ELFNOTE_PHYS32_ENTRY	/* n_type */
+1:	.asciz "Xen"
+2:	.balign 4
+3:	.quad pvh_start
+4:

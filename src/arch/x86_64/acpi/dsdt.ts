@@ -1,0 +1,80 @@
+/**
+ * The AML body of flint's DSDT (Differentiated System Description Table,
+ * ACPI 6.x §5.2.11.1) and the device objects in it:
+ *
+ *   Scope (\_SB_) {
+ *     Device (COM1) { _HID PNP0501, _UID 0, _CRS: IO 0x3f8/8, IRQ 4 }
+ *     ...extra devices (e.g. virtio-mmio "LNRO0005" devices)
+ *   }
+ *   Name (\_S5_, Package () { ACPI_S5_SLEEP_TYPE, 0, 0, 0 })
+ *
+ * \_S5_ is what makes Linux register ACPI power-off: on a hardware-reduced
+ * platform acpi_hw_extended_sleep() then writes
+ * (SLP_TYP << ACPI_X_SLEEP_TYPE_POSITION) | ACPI_X_SLEEP_ENABLE to the FADT
+ * SLEEP_CONTROL_REG (ACPI 6.x §4.8.3.7, §7.4.2.5).
+ */
+import { ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT } from "../layout.js";
+import {
+  amlConcat, amlDevice, amlEisaId, amlInteger, amlName, amlPackage, amlScope, amlString, extendedInterruptResource,
+  ioResource, irqNoFlagsResource, memory32FixedResource, resourceTemplate, type Aml,
+} from "./aml.js";
+
+/** Bytes of I/O space a 16550 UART decodes. */
+const UART_IO_BYTES = 8;
+
+/** The COM1 serial port device (PNP0501, 16550A-compatible) at COM1_PORT, IRQ COM1_IRQ. */
+export function com1DeviceAml(): Aml {
+  return amlDevice("COM1", [
+    amlName("_HID", amlEisaId("PNP0501")),
+    amlName("_UID", amlInteger(0)),
+    amlName("_CRS", resourceTemplate([
+      ioResource({ min: COM1_PORT, max: COM1_PORT, alignment: 1, length: UART_IO_BYTES }),
+      irqNoFlagsResource([COM1_IRQ]),
+    ])),
+  ]);
+}
+
+/** A memory-mapped device described to the guest through ACPI. */
+export interface MmioDeviceDescription {
+  /** The device object's NameSeg, unique in \_SB_, e.g. "V000". */
+  name: string;
+  /** _HID string, e.g. "LNRO0005" for virtio-mmio (Linux drivers/virtio/virtio_mmio.c). */
+  hid: string;
+  /** _UID: distinguishes devices with the same _HID. */
+  uid: number;
+  /** Guest-physical base and size of the register window. */
+  base: number;
+  sizeBytes: number;
+  /** The GSI the device raises (edge-triggered, active-high, exclusive). */
+  gsi: number;
+}
+
+/**
+ * A Device object for an MMIO device with one register window and one
+ * interrupt, for `buildAcpiTables({ extraDsdtDevices })`:
+ *
+ *   Device (V000) { Name (_HID, "LNRO0005") Name (_UID, n) Name (_CCA, One)
+ *     Name (_CRS, ResourceTemplate () { Memory32Fixed (ReadWrite, base, size)
+ *                                       Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi } }) }
+ *
+ * _CCA One declares DMA cache-coherent (ACPI 6.x §6.2.17), which it is on x86.
+ */
+export function mmioDeviceAml(d: MmioDeviceDescription): Aml {
+  return amlDevice(d.name, [
+    amlName("_HID", amlString(d.hid)),
+    amlName("_UID", amlInteger(d.uid)),
+    amlName("_CCA", amlInteger(1)),
+    amlName("_CRS", resourceTemplate([
+      memory32FixedResource({ base: d.base, length: d.sizeBytes, writable: true }),
+      extendedInterruptResource([d.gsi], { edge: true, activeLow: false, shared: false }),
+    ])),
+  ]);
+}
+
+/** The DSDT's AML: \_SB_ with COM1 and `extraDevices`, and \_S5_. */
+export function dsdtAml(extraDevices: readonly Aml[] = []): Aml {
+  return amlConcat([
+    amlScope("\\_SB_", [com1DeviceAml(), ...extraDevices]),
+    amlName("\\_S5_", amlPackage([amlInteger(ACPI_S5_SLEEP_TYPE), amlInteger(0), amlInteger(0), amlInteger(0)])),
+  ]);
+}

@@ -1,0 +1,93 @@
+/**
+ * Builds the benchmark's small native artifacts (the guest ELF, the C
+ * ceiling) on demand with gcc, into the artifact cache outside the checkout:
+ * `FLINT_CACHE_DIR` (default `$XDG_CACHE_HOME/flint`, else `~/.cache/flint`),
+ * one directory per artifact named `<name>-<key>`, the key a hash of every
+ * input (sources, generated headers, compiler arguments). Same rules as
+ * scripts/kernel-source.mjs: an entry is filled in a temporary sibling and
+ * renamed into place only when complete. Synchronous, because a build takes
+ * well under a second and callers want a path.
+ */
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { BenchError } from "./bench-error.js";
+
+/** The package root (this file is <root>/dist*\/bench/build-cache.js). */
+export const PACKAGE_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+/** A path under the package root, e.g. `bench/c/kvm-exit-ceiling.c`. */
+export function packagePath(relative: string): string {
+  return join(PACKAGE_ROOT, relative);
+}
+
+/** The cache root directory (created if missing). */
+export function cacheDir(): string {
+  const dir =
+    process.env.FLINT_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "flint");
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+/** 16 hex digits of sha256 over the parts, each length-prefixed. */
+export function cacheKey(parts: readonly (string | Uint8Array)[]): string {
+  const hash = createHash("sha256");
+  for (const part of parts) {
+    const bytes = typeof part === "string" ? Buffer.from(part, "utf8") : part;
+    hash.update(`${bytes.byteLength}:`);
+    hash.update(bytes);
+  }
+  return hash.digest("hex").slice(0, 16);
+}
+
+/** What {@link cachedArtifact} needs to find or make one file. */
+export interface ArtifactRecipe {
+  /** Entry name prefix, e.g. `exit-loop-guest`. */
+  name: string;
+  /** Everything the output depends on; the entry is keyed by their hash. */
+  keyParts: readonly (string | Uint8Array)[];
+  /** The file inside the entry that is returned. */
+  fileName: string;
+  /** Fills the empty directory `dir`, which must then hold `fileName`. */
+  build(dir: string): void;
+}
+
+/** Returns the artifact's path, building it first unless cached. */
+export function cachedArtifact(recipe: ArtifactRecipe): string {
+  const dest = join(cacheDir(), `${recipe.name}-${cacheKey(recipe.keyParts)}`);
+  const file = join(dest, recipe.fileName);
+  if (existsSync(file)) return file;
+  const tmp = `${dest}.tmp-${process.pid}-${Date.now()}`;
+  mkdirSync(tmp, { recursive: true });
+  try {
+    recipe.build(tmp);
+    if (!existsSync(join(tmp, recipe.fileName))) {
+      throw new BenchError("EBENCHBUILD", `Cannot build ${recipe.name}: the build made no ${recipe.fileName}`);
+    }
+    renameSync(tmp, dest);
+  } catch (error) {
+    rmSync(tmp, { recursive: true, force: true });
+    // Another process may have won the race to the same entry.
+    if (!existsSync(file)) throw error;
+  }
+  return file;
+}
+
+/** Reads the given package files, for use as key parts. */
+export function readSources(relativePaths: readonly string[]): Buffer[] {
+  return relativePaths.map((p) => readFileSync(packagePath(p)));
+}
+
+/** Runs gcc with `args`, turning a failure into EBENCHBUILD with its output. */
+export function gcc(args: readonly string[], what: string): void {
+  try {
+    execFileSync("gcc", args, { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" });
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException & { stderr?: string };
+    const why = e.code === "ENOENT" ? "gcc is not installed (apt-get install gcc)" : (e.stderr ?? e.message).trim();
+    throw new BenchError("EBENCHBUILD", `Cannot build ${what}: ${why}`, { cause: error });
+  }
+}

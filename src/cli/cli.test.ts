@@ -1,0 +1,83 @@
+/** The CLI as a user meets it: bad input gets one line on stderr and exit code 2, before any guest runs. */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync, chmodSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const CLI = fileURLToPath(new URL("./main.js", import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), "flint-cli-test-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function flint(...args: string[]): { code: number | null; stdout: string; stderr: string } {
+  return flintWith({}, [], ...args);
+}
+
+function flintWith(env: Record<string, string>, prefix: string[], ...args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const cmd = [...prefix, process.execPath, CLI, ...args];
+  const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8", timeout: 30_000, env: { ...process.env, ...env } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function expectUserError(args: string[], pattern: RegExp, env: Record<string, string> = {}, prefix: string[] = []): void {
+  const r = flintWith(env, prefix, ...args);
+  assert.equal(r.code, 2, `exit code for ${args.join(" ")}: ${r.stderr}`);
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(lines.length, 1, `one line expected, got:\n${r.stderr}`);
+  assert.match(lines[0]!, pattern);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+}
+
+const notAKernel = join(dir, "not-a-kernel");
+writeFileSync(notAKernel, "this is text, not a kernel image\n".repeat(100));
+chmodSync(dir, 0o755);
+chmodSync(notAKernel, 0o644);
+
+test("--version and --help succeed", () => {
+  assert.match(flint("--version").stdout, /^\d+\.\d+\.\d+/);
+  const help = flint("run", "--help");
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /--kernel/);
+});
+
+test("a missing kernel file is a one-line error", () => {
+  expectUserError(["run", "--kernel", join(dir, "missing")], /Cannot read kernel: .*missing.*no such file/);
+});
+
+test("a kernel path that is a directory is a one-line error", () => {
+  expectUserError(["run", "--kernel", dir], /Cannot read kernel: .*not a regular file/);
+});
+
+test("a file that is neither ELF nor bzImage is a one-line error", () => {
+  expectUserError(["run", "--kernel", notAKernel], /neither an ELF vmlinux nor a bzImage/);
+});
+
+test("memory too small or too large is a one-line error", () => {
+  expectUserError(["run", "--kernel", notAKernel, "--memory", "1"], /--memory 1 MiB is too small/);
+  expectUserError(["run", "--kernel", notAKernel, "--memory", "99999999"], /--memory 99999999 MiB is more than this host/);
+  expectUserError(["run", "--kernel", notAKernel, "--memory", "lots"], /--memory must be a whole number/);
+});
+
+test("cpus out of range is a one-line error", () => {
+  expectUserError(["run", "--kernel", notAKernel, "--cpus", "0"], /--cpus 0 is out of range/);
+  expectUserError(["run", "--kernel", notAKernel, "--cpus", "100000"], /--cpus 100000 is out of range/);
+});
+
+test("a missing initrd is a one-line error", () => {
+  expectUserError(["run", "--kernel", notAKernel, "--initrd", join(dir, "nope.cpio")], /Cannot read initrd/);
+});
+
+test("an unknown option is a one-line usage error", () => {
+  expectUserError(["run", "--kernel", notAKernel, "--frobnicate"], /unknown option '--frobnicate'/);
+});
+
+test("no /dev/kvm is a one-line error", () => {
+  expectUserError(["run", "--kernel", notAKernel], /Cannot use KVM: .* does not exist/, { FLINT_KVM_DEVICE: join(dir, "no-kvm") });
+});
+
+test("no permission on /dev/kvm is a one-line error", () => {
+  // Run as 'nobody' (flint's tests run as root): /dev/kvm is root-only here.
+  expectUserError(["run", "--kernel", notAKernel], /Cannot use KVM: no permission/, {}, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
+});

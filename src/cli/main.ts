@@ -1,0 +1,118 @@
+#!/usr/bin/env node
+/**
+ * The flint command line: a table of commands over the library. Bad input
+ * ends with one line on stderr and exit code 2; a failed VM run with exit
+ * code 1 and one line saying why; a guest that powers off or reboots, 0.
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describeError, isUserError } from "./errors.js";
+import { DEFAULT_CMDLINE } from "./defaults.js";
+import { runDemo } from "./demo.js";
+import { printDoctor } from "./doctor.js";
+import { buildKernelCommand, buildInitramfsCommand } from "./guest.js";
+import { runVm } from "./run.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const pkg = JSON.parse(readFileSync(join(here, "..", "..", "package.json"), "utf8")) as { version: string };
+
+
+function wholeNumber(name: string) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`${name} must be a whole number, got '${value}'`);
+    return Number(value);
+  };
+}
+
+function buildProgram(): Command {
+  const program = new Command("flint")
+    .description("flint: a KVM microVM monitor")
+    .version(pkg.version, "-V, --version")
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `flint: ${s}` : s) });
+
+  program
+    .command("run")
+    .description("boot a guest kernel with its serial console on this terminal (Ctrl-A x quits)")
+    .requiredOption("--kernel <path>", "guest kernel: ELF vmlinux (64-bit or PVH entry) or bzImage")
+    .option("--initrd <path>", "initial ramdisk (cpio, optionally compressed)")
+    .option("--cmdline <string>", "kernel command line", DEFAULT_CMDLINE)
+    .option("--cpus <n>", "number of vCPUs", wholeNumber("--cpus"), 1)
+    .option("--memory <mib>", "guest memory in MiB", wholeNumber("--memory"), 256)
+    .addOption(new Option("--boot <mode>", "kernel entry: auto (64-bit boot protocol), linux64, or pvh").choices(["auto", "linux64", "pvh"]).default("auto"))
+    .option("--no-acpi", "do not give the guest ACPI tables (MP table only)")
+    .option("--huge-pages", "back guest memory with transparent huge pages")
+    .option("--ksm", "let KSM merge identical guest pages")
+    .option("--boot-time", "print the time until the guest wrote the boot-timer address")
+    .exitOverride()
+    .action(async (o) => {
+      process.exitCode = await runVm({
+        kernel: o.kernel, initrd: o.initrd, cmdline: o.cmdline, cpus: o.cpus, memoryMib: o.memory,
+        bootMode: o.boot, acpi: o.acpi, hugePages: !!o.hugePages, mergeable: !!o.ksm, bootTime: !!o.bootTime,
+      });
+    });
+
+  program
+    .command("doctor")
+    .description("can this host run microVMs, and how well?")
+    .option("--json", "print the report as JSON")
+    .option("--no-probe", "skip the guest speed probe")
+    .exitOverride()
+    .action((o) => {
+      process.exitCode = printDoctor({ json: !!o.json, probe: o.probe });
+    });
+
+  program
+    .command("build-kernel")
+    .description("build (or find cached) the minimal microVM guest kernel from linux-source-6.1")
+    .option("--json", "print the artifact paths as JSON")
+    .exitOverride()
+    .action(async (o) => {
+      await buildKernelCommand({ json: !!o.json });
+    });
+
+  program
+    .command("build-initramfs")
+    .description("build a busybox initramfs with the default /init or your own")
+    .requiredOption("-o, --output <path>", "where to write the .cpio.gz")
+    .option("--init <script>", "a shell script to use as /init (default: report, then power off)")
+    .addOption(new Option("--finish <what>", "what the default /init does at the end").choices(["poweroff", "reboot", "shell"]).default("poweroff"))
+    .exitOverride()
+    .action((o) => {
+      buildInitramfsCommand({ output: o.output, init: o.init, finish: o.finish });
+    });
+
+  program
+    .command("demo")
+    .description("build the default guest and boot it: directly, or in the nested harness when this host emulates guest kernel mode")
+    .option("--cpus <n>", "number of vCPUs", wholeNumber("--cpus"), 2)
+    .option("--memory <mib>", "guest memory in MiB", wholeNumber("--memory"), 256)
+    .option("--nested", "always use the nested harness")
+    .exitOverride()
+    .action(async (o) => {
+      process.exitCode = await runDemo({ cpus: o.cpus, memoryMib: o.memory, forceNested: !!o.nested });
+    });
+
+  return program;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // --help and --version end with code 0; usage errors were already printed.
+      process.exitCode = e.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    process.stderr.write(`flint: ${describeError(e)}\n`);
+    if (process.env.FLINT_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
+    process.exitCode = isUserError(e) ? 2 : 1;
+  }
+}
+
+await main(process.argv);

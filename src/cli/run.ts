@@ -1,0 +1,93 @@
+/**
+ * `flint run`: boots a guest with its serial console on this terminal. When
+ * stdin is a TTY it is put in raw mode so keys reach the guest unchanged;
+ * Ctrl-A x quits (see escape.ts). The exit code is 0 when the guest powers
+ * off or reboots, 1 when the VM fails.
+ */
+import { Machine, type MachineResult } from "../vm/machine.js";
+import { ESCAPE_HELP, EscapeParser } from "./escape.js";
+
+export interface RunOptions {
+  kernel: string;
+  initrd?: string;
+  cmdline: string;
+  cpus: number;
+  memoryMib: number;
+  bootMode: "auto" | "linux64" | "pvh";
+  acpi: boolean;
+  hugePages: boolean;
+  mergeable: boolean;
+  bootTime: boolean;
+}
+
+/** Runs the VM to its end and returns the process exit code. Throws for bad input (before the guest starts). */
+export async function runVm(o: RunOptions): Promise<number> {
+  const machine = Machine.create({
+    cpus: o.cpus,
+    memoryMib: o.memoryMib,
+    boot: { kind: "linux", kernelPath: o.kernel, initrdPath: o.initrd, cmdline: o.cmdline, acpi: o.acpi, mode: o.bootMode },
+    consoleOutput: process.stdout,
+    hugePages: o.hugePages,
+    mergeable: o.mergeable,
+    onGuestFault: (device, message) => {
+      if (process.env.FLINT_DEBUG) process.stderr.write(`flint: guest fault in ${device}: ${message}\r\n`);
+    },
+  });
+  const stdin = process.stdin;
+  const raw = stdin.isTTY === true;
+  const parser = new EscapeParser();
+  let quit = false;
+  const onData = (chunk: Buffer) => {
+    for (const action of parser.feed(chunk)) {
+      if (action.kind === "quit") {
+        quit = true;
+        machine.stop({ kind: "poweroff" });
+        return;
+      }
+      if (action.kind === "help") {
+        process.stderr.write(ESCAPE_HELP);
+        continue;
+      }
+      let bytes = action.bytes;
+      const taken = machine.consoleInput(bytes);
+      if (taken < bytes.length) {
+        // The guest's receive FIFO is full: hold the rest and pause stdin until there is room.
+        bytes = bytes.subarray(taken);
+        stdin.pause();
+        const retry = async () => {
+          while (bytes.length) {
+            await machine.consoleWritable();
+            bytes = bytes.subarray(machine.consoleInput(bytes));
+          }
+          stdin.resume();
+        };
+        void retry();
+      }
+    }
+  };
+  if (raw) stdin.setRawMode(true);
+  stdin.on("data", onData);
+  let result: MachineResult;
+  try {
+    result = await machine.run();
+  } finally {
+    stdin.off("data", onData);
+    if (raw) stdin.setRawMode(false);
+    stdin.pause();
+    stdin.unref?.();
+  }
+  if (o.bootTime && result.bootTimeMs !== undefined) {
+    process.stderr.write(`flint: guest reached the boot marker after ${result.bootTimeMs.toFixed(1)} ms\n`);
+  }
+  const r = result.reason;
+  switch (r.kind) {
+    case "poweroff":
+      if (quit) process.stderr.write("flint: stopped from the console\n");
+      return 0;
+    case "reset":
+      return 0;
+    case "error":
+      process.stderr.write(`flint: VM failed: ${r.message.split("\n")[0]}\n`);
+      return 1;
+  }
+}

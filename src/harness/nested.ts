@@ -1,0 +1,322 @@
+/**
+ * The nested end-to-end harness: runs a shell command inside a QEMU (TCG)
+ * virtual machine whose emulated CPU has SVM, so that the command sees a real
+ * hardware-virtualization /dev/kvm — which the development machines' own
+ * /dev/kvm (kvm_pvm, ring 0 emulated) cannot provide for booting Linux.
+ * See /work/shared/notes/kvm-on-these-machines.md.
+ *
+ * The outer VM boots Debian's distro kernel with a busybox initramfs whose
+ * /init loads 9p, virtio-pci and (optionally) kvm-amd, mounts the host's root
+ * file system read-only at /host, mounts proc/sys/dev/tmp inside it, mounts a
+ * writable share at the same absolute path it has on the host, and runs the
+ * command with `chroot /host /bin/sh -c`. The command's combined stdout and
+ * stderr and its exit status come back through a third, private 9p share (the
+ * run's control directory); the serial console is captured too.
+ *
+ * Layout inside the outer VM:
+ *   /host            host "/" (9p "hostroot", read-only)
+ *   /host/proc,sys   fresh proc and sysfs
+ *   /host/dev        devtmpfs (has /dev/kvm once kvm-amd is loaded), devpts, /dev/shm tmpfs
+ *   /host/tmp        tmpfs: NOT visible on the host
+ *   /host<shareDir>  host shareDir (9p "flintshare", writable)
+ *   /ctl             the run's control directory (9p "flintctl", outside the chroot)
+ */
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, isAbsolute, join, resolve } from "node:path";
+import { cachedDirectory, cacheKey } from "../guest/cache.js";
+import { debianKernel, moduleClosure } from "../guest/debian-kernel.js";
+import { buildInitramfs, HOST_BUSYBOX, LOAD_MODULES_SH } from "../guest/initramfs.js";
+import type { ProgressCallback } from "../guest/progress.js";
+
+/** The QEMU binary (package qemu-system-x86). */
+export const QEMU_BINARY = process.env.FLINT_QEMU ?? "qemu-system-x86_64";
+
+/** Modules for the 9p shares over virtio-pci (9p2000.L over the virtio transport). */
+export const NESTED_9P_MODULES = ["9p", "9pnet_virtio", "virtio_pci"] as const;
+
+/** Modules for SVM-backed KVM; moduleClosure adds irqbypass, ccp and kvm before kvm-amd. */
+export const NESTED_KVM_MODULES = ["irqbypass", "ccp", "kvm", "kvm_amd"] as const;
+
+/** Prefix of the lines the outer VM's /init prints on the console. */
+export const NESTED_REPORT_PREFIX = "flint-nested:";
+
+/** 9p message size: large messages make reading Node and the repo over 9p much faster. */
+const NINEP_MSIZE = 512000;
+
+/** Bump when the outer VM's /init changes in a way the cache key would not see. */
+const NESTED_INITRAMFS_RECIPE_VERSION = 1;
+
+/** Why the nested harness could not run. */
+export class NestedError extends Error {
+  readonly code: "ENOQEMU" | "EBADOPTION" | "EQEMU";
+  constructor(code: NestedError["code"], message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "NestedError";
+    this.code = code;
+  }
+}
+
+/** Options for {@link runNested}. */
+export interface NestedOptions {
+  /** Shell command run by /bin/sh (the host's dash) inside the chroot. */
+  command: string;
+  /** Wall-clock limit for the whole run, boot included; QEMU is killed when it passes. */
+  timeoutMs: number;
+  /** vCPUs of the outer VM (default 2; TCG runs one host thread per vCPU). */
+  cpus?: number;
+  /** Memory of the outer VM in MiB (default 2048). */
+  memoryMib?: number;
+  /**
+   * Host directory shared writable at the same absolute path inside. Default:
+   * a fresh temporary directory, deleted after the run.
+   */
+  shareDir?: string;
+  /** Load kvm-amd so /dev/kvm exists inside (default true). */
+  kvm?: boolean;
+  /** Working directory of the command inside (default: this process's cwd). */
+  cwd?: string;
+  /** Extra environment variables for the command. */
+  env?: Record<string, string>;
+  /** Receives the outer VM's console output as it arrives. */
+  onSerial?: (text: string) => void;
+  /** Receives progress of the Debian kernel download the first time. */
+  onProgress?: ProgressCallback;
+}
+
+/** The outcome of {@link runNested}. */
+export interface NestedResult {
+  /** The command's exit status; -1 if it never finished (timeout, guest failure). */
+  exitCode: number;
+  /** The command's stdout and stderr, interleaved as written. */
+  output: string;
+  /** Wall-clock time from starting QEMU to its exit, in milliseconds. */
+  durationMs: number;
+  /** True if the run was stopped at `timeoutMs`. */
+  timedOut: boolean;
+  /** The outer VM's whole console log (kernel messages and /init's report lines). */
+  serial: string;
+  /** The host directory that was shared writable (deleted already if the harness created it). */
+  shareDir: string;
+}
+
+/** Quotes a string for POSIX sh. */
+function shellQuote(text: string): string {
+  return `'${text.replace(/'/g, `'\\''`)}'`;
+}
+
+/** The outer VM's /init. Writes nothing but the report lines to the console. */
+function nestedInit(kvm: boolean): string {
+  const say = (text: string) => `echo "${NESTED_REPORT_PREFIX} ${text}"`;
+  const mount9p = (tag: string, where: string, readOnly: boolean) =>
+    `mount -t 9p -o trans=virtio,version=9p2000.L,msize=${NINEP_MSIZE}${readOnly ? ",ro" : ""} ${tag} ${where}`;
+  return `#!/bin/sh
+# Outer VM init for the nested harness (generated by src/harness/nested.ts).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+fail() { ${say("setup failed: $*")}; poweroff -f; }
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+${LOAD_MODULES_SH}
+${kvm ? `[ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading kvm-amd"` : ""}
+mkdir -p /host /ctl
+${mount9p("hostroot", "/host", true)} || fail "cannot mount the host root (9p hostroot)"
+${mount9p("flintctl", "/ctl", false)} || fail "cannot mount the control share (9p flintctl)"
+mount -t proc proc /host/proc || fail "cannot mount /host/proc"
+mount -t sysfs sysfs /host/sys || fail "cannot mount /host/sys"
+mount -t devtmpfs devtmpfs /host/dev || fail "cannot mount /host/dev"
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs tmpfs /host/dev/shm
+mount -t tmpfs tmpfs /host/tmp || fail "cannot mount /host/tmp"
+share=$(cat /ctl/share-path)
+mkdir -p "/host$share" 2>/dev/null
+${mount9p("flintshare", '"/host$share"', false)} || fail "cannot mount the share at $share"
+${say("running")}
+chroot /host /bin/sh -c "$(cat /ctl/command.sh)" </dev/null >/ctl/output 2>&1
+echo $? >/ctl/exit-code
+${say("exit $(cat /ctl/exit-code)")}
+umount "/host$share" /ctl
+poweroff -f
+`;
+}
+
+/** Memoized per process: the outer VM's kernel and initramfs paths for a `kvm` setting. */
+const preparedBoot = new Map<boolean, Promise<{ kernel: string; initramfs: string }>>();
+
+async function prepareBoot(kvm: boolean, onProgress?: ProgressCallback): Promise<{ kernel: string; initramfs: string }> {
+  const kernel = await debianKernel({ onProgress });
+  const modules = moduleClosure(kernel.modulesDir, [...NESTED_9P_MODULES, ...(kvm ? NESTED_KVM_MODULES : [])]);
+  const init = nestedInit(kvm);
+  const busybox = statSync(HOST_BUSYBOX);
+  const key = cacheKey([
+    init,
+    kernel.packageVersion,
+    modules.join("\n"),
+    `${busybox.size}-${Math.floor(busybox.mtimeMs)}`,
+    `recipe-${NESTED_INITRAMFS_RECIPE_VERSION}`,
+  ]);
+  const entry = await cachedDirectory(`nested-initramfs-${key}`, async (tmp) => {
+    writeFileSync(join(tmp, "initramfs.cpio.gz"), buildInitramfs({ init, modules }));
+  });
+  return { kernel: kernel.vmlinuz, initramfs: join(entry, "initramfs.cpio.gz") };
+}
+
+/** The QEMU command line for one run, one documented option at a time. */
+function qemuArgs(options: {
+  kernel: string;
+  initramfs: string;
+  cpus: number;
+  memoryMib: number;
+  shareDir: string;
+  controlDir: string;
+}): string[] {
+  const virtfs = (path: string, tag: string, extra: string) =>
+    // security_model=none: files are created as QEMU's user (root) and host permissions apply;
+    // multidevs=remap: host "/" spans several file systems, remap inode numbers to keep them unique.
+    `local,path=${path.replace(/,/g, ",,")},mount_tag=${tag},security_model=none,multidevs=remap${extra}`;
+  return [
+    // Pure emulation: this host's /dev/kvm cannot run a Linux kernel at usable speed.
+    "-accel", "tcg",
+    // Every feature TCG can emulate, including SVM: the guest's kvm-amd gives a real /dev/kvm.
+    "-cpu", "max",
+    "-smp", String(options.cpus),
+    "-m", `${options.memoryMib}M`,
+    // No default NIC, VGA, CD-ROM, floppy, parallel port or monitor; ignore /etc/qemu configs.
+    "-nodefaults", "-no-user-config",
+    "-display", "none",
+    // COM1 (the guest's ttyS0) on our stdout pipe.
+    "-serial", "stdio",
+    // A guest reboot (panic=-1 reboots at once on a panic) ends QEMU instead of restarting.
+    "-no-reboot",
+    // Direct kernel boot: Debian's bzImage and our busybox initramfs.
+    "-kernel", options.kernel,
+    "-initrd", options.initramfs,
+    // mitigations=off: nothing to protect in a throwaway VM, and TCG runs faster without them.
+    "-append", "console=ttyS0 panic=-1 mitigations=off rdinit=/init",
+    // The host root, read-only: Node, the checkout and every tool appear under /host.
+    "-virtfs", virtfs("/", "hostroot", ",readonly=on"),
+    // The writable share, mounted at its host path inside the chroot.
+    "-virtfs", virtfs(options.shareDir, "flintshare", ""),
+    // The run's private control directory: command in, output and exit code out.
+    "-virtfs", virtfs(options.controlDir, "flintctl", ""),
+  ];
+}
+
+/** The script the chroot's /bin/sh runs: environment, working directory, then the command. */
+function commandScript(command: string, cwd: string, env: Record<string, string>): string {
+  const path = [dirname(process.execPath), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+  const vars: Record<string, string> = { PATH: [...new Set(path)].join(":"), HOME: "/root", TERM: "dumb", ...env };
+  const exports = Object.entries(vars).map(([name, value]) => {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+      throw new NestedError("EBADOPTION", `Cannot run nested command: '${name}' is not a valid environment variable name`);
+    }
+    return `export ${name}=${shellQuote(value)}`;
+  });
+  return `${exports.join("\n")}\ncd ${shellQuote(cwd)} || exit 125\n${command}\n`;
+}
+
+/**
+ * Boots the outer VM, runs `command` inside, and resolves when QEMU has
+ * exited (or was killed at `timeoutMs`). Rejects only when the harness itself
+ * cannot run (QEMU missing, bad options, kernel unavailable); a command or
+ * guest failure is reported in the result. Prints nothing.
+ */
+export async function runNested(options: NestedOptions): Promise<NestedResult> {
+  const cpus = options.cpus ?? 2;
+  const memoryMib = options.memoryMib ?? 2048;
+  const kvm = options.kvm ?? true;
+  const cwd = resolve(options.cwd ?? process.cwd());
+  if (!Number.isInteger(cpus) || cpus < 1) throw new NestedError("EBADOPTION", `Cannot run nested VM: cpus must be a positive integer, not ${cpus}`);
+  if (!Number.isInteger(memoryMib) || memoryMib < 256) {
+    throw new NestedError("EBADOPTION", `Cannot run nested VM: memoryMib must be an integer of at least 256, not ${memoryMib}`);
+  }
+  if (!(options.timeoutMs > 0)) throw new NestedError("EBADOPTION", `Cannot run nested VM: timeoutMs must be positive, not ${options.timeoutMs}`);
+  if (options.shareDir !== undefined && (!isAbsolute(options.shareDir) || !existsSync(options.shareDir))) {
+    throw new NestedError("EBADOPTION", `Cannot share '${options.shareDir}' with the nested VM: it must be an existing absolute directory`);
+  }
+
+  let prepared = preparedBoot.get(kvm);
+  if (!prepared) {
+    prepared = prepareBoot(kvm, options.onProgress);
+    preparedBoot.set(kvm, prepared);
+    prepared.catch(() => preparedBoot.delete(kvm));
+  }
+  const { kernel, initramfs } = await prepared;
+
+  const controlDir = mkdtempSync(join(tmpdir(), "flint-nested-ctl-"));
+  const ownShare = options.shareDir === undefined;
+  const shareDir = options.shareDir ?? mkdtempSync(join(tmpdir(), "flint-nested-share-"));
+  try {
+    writeFileSync(join(controlDir, "share-path"), shareDir);
+    writeFileSync(join(controlDir, "command.sh"), commandScript(options.command, cwd, options.env ?? {}));
+    mkdirSync(shareDir, { recursive: true });
+
+    const started = performance.now();
+    const { serial, timedOut } = await runQemu(
+      qemuArgs({ kernel, initramfs, cpus, memoryMib, shareDir, controlDir }),
+      options.timeoutMs,
+      options.onSerial,
+    );
+    const durationMs = Math.round(performance.now() - started);
+
+    const exitFile = join(controlDir, "exit-code");
+    const exitText = existsSync(exitFile) ? readFileSync(exitFile, "utf8").trim() : "";
+    const outputFile = join(controlDir, "output");
+    return {
+      exitCode: !timedOut && /^\d+$/.test(exitText) ? Number(exitText) : -1,
+      output: existsSync(outputFile) ? readFileSync(outputFile, "utf8") : "",
+      durationMs,
+      timedOut,
+      serial,
+      shareDir,
+    };
+  } finally {
+    rmSync(controlDir, { recursive: true, force: true });
+    if (ownShare) rmSync(shareDir, { recursive: true, force: true });
+  }
+}
+
+/** Runs QEMU to completion or until `timeoutMs`, collecting the serial console. */
+function runQemu(
+  args: string[],
+  timeoutMs: number,
+  onSerial?: (text: string) => void,
+): Promise<{ serial: string; timedOut: boolean }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let serial = "";
+    let stderr = "";
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, timeoutMs);
+    child.stdout.setEncoding("utf8").on("data", (text: string) => {
+      serial += text;
+      onSerial?.(text);
+    });
+    child.stderr.setEncoding("utf8").on("data", (text: string) => {
+      stderr += text;
+    });
+    child.on("error", (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(
+        error.code === "ENOENT"
+          ? new NestedError("ENOQEMU", `Cannot run nested VM: ${QEMU_BINARY} is missing (apt-get install qemu-system-x86)`)
+          : new NestedError("EQEMU", `Cannot run nested VM: ${error.message}`, { cause: error }),
+      );
+    });
+    child.on("close", (exitCode, signal) => {
+      clearTimeout(timer);
+      // QEMU exits 0 on guest poweroff and on -no-reboot resets; anything else is QEMU's own failure.
+      if (!timedOut && exitCode !== 0) {
+        const how = signal ? `was killed by ${signal}` : `exited with status ${exitCode}`;
+        reject(new NestedError("EQEMU", `Cannot run nested VM: ${QEMU_BINARY} ${how}: ${stderr.trim()}`));
+        return;
+      }
+      resolvePromise({ serial, timedOut });
+    });
+  });
+}

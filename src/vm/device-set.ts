@@ -1,0 +1,81 @@
+/**
+ * The legacy devices of a flint microVM and where they sit: COM1 16550 UART
+ * (0x3f8, IRQ 4), i8042 (0x60/0x64: reset), ACPI sleep/reset registers
+ * (0x600..0x602) and the boot-timer byte (MMIO). `createDeviceSet` makes the
+ * shared state on the main thread; `buildBuses` builds each vCPU thread's
+ * device objects over it.
+ */
+import { Writable } from "node:stream";
+import {
+  ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT,
+  I8042_COMMAND_PORT, I8042_DATA_PORT,
+} from "../arch/x86_64/layout.js";
+import { Bus, type DeviceContext } from "../devices/bus.js";
+import { AcpiPm, ACPI_PM_PORT_COUNT } from "../devices/legacy/acpi-pm.js";
+import { BootTimer, bootTimerReading, createBootTimerShared } from "../devices/legacy/boot-timer.js";
+import { I8042, createI8042Shared } from "../devices/legacy/i8042.js";
+import { Serial, SERIAL_PORT_COUNT } from "../devices/legacy/serial.js";
+import { SerialHost } from "../devices/legacy/serial-host.js";
+import { createSerialShared } from "../devices/legacy/serial-state.js";
+import type { GuestMemory } from "../memory/guest-memory.js";
+
+/** Shared state of the legacy devices; transferable to vCPU threads. */
+export interface DeviceSetDescriptor {
+  serial: SharedArrayBuffer;
+  i8042: SharedArrayBuffer;
+  bootTimer: SharedArrayBuffer;
+}
+
+/** The main thread's side of the device set. */
+export interface HostDevices {
+  readonly descriptor: DeviceSetDescriptor;
+  /** Starts the console pump (guest output to `output`, default: discarded). */
+  start(ctx: DeviceContext, output?: NodeJS.WritableStream): void;
+  /** Flushes remaining guest output and closes the console. */
+  stop(): Promise<void>;
+  /** CLOCK_MONOTONIC ns of the guest's first boot-timer write. */
+  bootTimeNs(): bigint | undefined;
+  consoleInput(bytes: Uint8Array): number;
+  consoleWritable(): Promise<void>;
+}
+
+/** A Writable that drops everything (for VMs without a console). */
+function sink(): NodeJS.WritableStream {
+  return new Writable({ write: (_c, _e, cb) => cb() });
+}
+
+export function createDeviceSet(): HostDevices {
+  const descriptor: DeviceSetDescriptor = {
+    serial: createSerialShared(),
+    i8042: createI8042Shared(),
+    bootTimer: createBootTimerShared(),
+  };
+  let serial: SerialHost | undefined;
+  return {
+    descriptor,
+    start(ctx, output) {
+      serial = new SerialHost(descriptor.serial, COM1_IRQ, ctx, output ?? sink());
+    },
+    async stop() {
+      if (!serial) return;
+      await serial.flush();
+      await serial.close();
+    },
+    bootTimeNs: () => bootTimerReading(descriptor.bootTimer),
+    consoleInput: (bytes) => serial?.input(bytes) ?? 0,
+    consoleWritable: () => serial?.inputRoom() ?? Promise.resolve(),
+  };
+}
+
+/** Builds one vCPU thread's port-I/O and MMIO buses over the shared device state. */
+export function buildBuses(desc: DeviceSetDescriptor, _memory: GuestMemory, ctx: DeviceContext): { pio: Bus; mmio: Bus } {
+  const pio = new Bus();
+  const mmio = new Bus();
+  pio.insert(COM1_PORT, SERIAL_PORT_COUNT, new Serial(desc.serial, COM1_IRQ, ctx));
+  const i8042 = new I8042(desc.i8042, ctx);
+  pio.insert(I8042_DATA_PORT, 1, i8042.dataPort);
+  pio.insert(I8042_COMMAND_PORT, 1, i8042.commandPort);
+  pio.insert(ACPI_SLEEP_CONTROL_PORT, ACPI_PM_PORT_COUNT, new AcpiPm(ctx));
+  mmio.insert(BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, new BootTimer(desc.bootTimer));
+  return { pio, mmio };
+}

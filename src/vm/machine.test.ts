@@ -1,0 +1,127 @@
+/**
+ * Direct-KVM tests of the whole machine: vCPU worker threads, the buses and
+ * the legacy devices, driven by ring-3 guest programs on this host's KVM.
+ */
+import assert from "node:assert/strict";
+import { Writable } from "node:stream";
+import { test } from "node:test";
+import { assemble } from "../kvm/testing/assemble.js";
+import { RING3_LAYOUT } from "../kvm/testing/ring3.js";
+import { Machine } from "./machine.js";
+
+/** A Writable collecting everything, optionally slow (backpressure). */
+function collector(delayMs = 0): { stream: Writable; text(): string } {
+  const chunks: Buffer[] = [];
+  const stream = new Writable({
+    highWaterMark: 1024,
+    write(chunk: Buffer, _enc, cb) {
+      chunks.push(Buffer.from(chunk));
+      if (delayMs) setTimeout(cb, delayMs);
+      else cb();
+    },
+  });
+  return { stream, text: () => Buffer.concat(chunks).toString("latin1") };
+}
+
+const COUNTER = RING3_LAYOUT.data;
+/** ACPI PM1 sleep control: SLP_TYP = 5 (S5, bits 4:2) | SLP_EN (bit 5). */
+const S5_POWEROFF = `mov dx, 0x600\n mov al, 0x34\n out dx, al`;
+
+function ring3(source: string): Uint8Array {
+  return assemble(source, RING3_LAYOUT.code);
+}
+
+test("two vCPU threads run, print in turn on the UART, and ACPI S5 powers the VM off", async () => {
+  const cpus = 2;
+  const out = collector();
+  const program = ring3(`
+    1: cmp dword ptr [${COUNTER}], edi   # wait for our turn
+       jne 1b
+       mov dx, 0x3f8
+       mov al, 'c'
+       out dx, al
+       mov al, 'p'
+       out dx, al
+       mov al, 'u'
+       out dx, al
+       mov eax, edi
+       add al, '0'
+       out dx, al
+       mov al, 10
+       out dx, al
+       lock inc dword ptr [${COUNTER}]
+       test edi, edi
+       jnz 3f
+    2: cmp dword ptr [${COUNTER}], ${cpus}
+       jne 2b
+       ${S5_POWEROFF}
+    3: jmp 3b`);
+  const m = Machine.create({ cpus, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput: out.stream });
+  const r = await m.run();
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.equal(out.text(), "cpu0\ncpu1\n");
+  assert.equal(r.stats.length, cpus);
+  assert.ok(r.stats.every((s) => s.ioExits >= 5));
+});
+
+test("the i8042 reset command ends the VM as a reset", async () => {
+  const m = Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: ring3("mov al, 0xfe\n out 0x64, al\n 1: jmp 1b") } });
+  const r = await m.run();
+  assert.deepEqual(r.reason, { kind: "reset", source: "i8042" });
+});
+
+test("stop() from the main thread kicks spinning vCPUs out of KVM_RUN", async () => {
+  const m = Machine.create({ cpus: 2, memoryMib: 64, boot: { kind: "ring3", program: ring3("1: jmp 1b") } });
+  const running = m.run();
+  setTimeout(() => m.stop({ kind: "poweroff" }), 200);
+  const r = await running;
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.ok(r.stats.every((s) => s.interrupted >= 1), JSON.stringify(r.stats));
+});
+
+test("serial output through a slow terminal arrives whole and in order", async () => {
+  const bytes = 200_000;
+  const out = collector(1);
+  const program = ring3(`
+       mov dx, 0x3f8
+       xor ecx, ecx
+    1: mov eax, ecx
+       and eax, 63
+       add al, 48          # '0' + (i % 64)
+       out dx, al
+       inc ecx
+       cmp ecx, ${bytes}
+       jne 1b
+       ${S5_POWEROFF}
+    2: jmp 2b`);
+  const m = Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput: out.stream });
+  const r = await m.run();
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  const text = out.text();
+  assert.equal(text.length, bytes);
+  for (let i = 0; i < bytes; i++) {
+    if (text.charCodeAt(i) !== 48 + (i % 64)) assert.fail(`byte ${i} is ${text.charCodeAt(i)}`);
+  }
+});
+
+test("a guest touching unmapped MMIO or unclaimed ports does not disturb the VMM", async () => {
+  const program = ring3(`
+       mov eax, 0xe0000000
+       mov ebx, dword ptr [rax]      # unclaimed MMIO reads as 0
+       mov dword ptr [rax], ebx
+       mov dx, 0x1234
+       in al, dx                     # unclaimed port reads as 0xff
+       cmp ebx, 0
+       jne 9f
+       cmp al, 0xff
+       jne 9f
+       ${S5_POWEROFF}
+    9: mov al, 0xfe
+       out 0x64, al
+    1: jmp 1b`);
+  const m = Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program } });
+  const r = await m.run();
+  assert.deepEqual(r.reason, { kind: "poweroff" }, "unclaimed reads returned the expected values");
+  assert.equal(r.stats[0]!.unhandledMmio, 2);
+  assert.equal(r.stats[0]!.unhandledIo, 1);
+});

@@ -1,0 +1,322 @@
+/**
+ * A flint microVM: KVM VM, guest memory, vCPU threads, devices and boot
+ * state, assembled in the order KVM requires (api.rst: irqchip before
+ * vCPUs; CPUID before the first KVM_RUN). `run()` starts every vCPU thread
+ * and resolves with the reason the VM ended.
+ */
+import { readFileSync, statSync } from "node:fs";
+import { totalmem } from "node:os";
+import { Worker } from "node:worker_threads";
+import {
+  KVM_CAP_EXT_CPUID, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_IOEVENTFD, KVM_CAP_IRQCHIP, KVM_CAP_IRQFD, KVM_CAP_MAX_VCPUS,
+  KVM_CAP_MP_STATE, KVM_CAP_NR_VCPUS, KVM_CAP_PIT2, KVM_CAP_SET_TSS_ADDR, KVM_CAP_USER_MEMORY,
+  KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY,
+} from "../linux/abi.generated.js";
+import {
+  KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, MAX_MEMORY_MIB, MIN_MEMORY_MIB, MiB, ramRegions,
+} from "../arch/x86_64/layout.js";
+import { vcpuCpuid } from "../arch/x86_64/cpuid.js";
+import { configureLints } from "../arch/x86_64/lapic.js";
+import { bootMsrs } from "../arch/x86_64/msr.js";
+import { setupBoot } from "../boot/index.js";
+import type { DeviceContext, VmExitReason } from "../devices/bus.js";
+import { KvmError } from "../kvm/errors.js";
+import { Kvm } from "../kvm/kvm.js";
+import { RING3_LAYOUT, startInRing3 } from "../kvm/testing/ring3.js";
+import type { KvmRegs, KvmSregs } from "../kvm/types.js";
+import type { VcpuFd } from "../kvm/vcpu.js";
+import type { VmFd } from "../kvm/vm.js";
+import { GuestMemory } from "../memory/guest-memory.js";
+import { sys } from "../sys/native.js";
+import { claimExit, createControl } from "./control.js";
+import { createDeviceSet, type HostDevices } from "./device-set.js";
+import { irqLineContext } from "./irq.js";
+import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
+import type { VcpuStats } from "./vcpu-loop.js";
+
+/** How the guest starts. */
+export type BootConfig =
+  | {
+      kind: "linux";
+      kernelPath: string;
+      initrdPath?: string;
+      cmdline: string;
+      /** Build ACPI tables (default true). */
+      acpi?: boolean;
+      /** Kernel entry: 64-bit boot protocol or PVH (default: 64-bit for ELF and bzImage). */
+      mode?: "auto" | "linux64" | "pvh";
+    }
+  | {
+      /** Direct-KVM test guests: every vCPU starts in 64-bit ring 3 at `entry` with RDI = its id. */
+      kind: "ring3";
+      program: Uint8Array;
+      entry?: number;
+    };
+
+/** Everything needed to build a VM. */
+export interface MachineConfig {
+  cpus: number;
+  memoryMib: number;
+  boot: BootConfig;
+  /** Where guest serial output goes (default: discarded). */
+  consoleOutput?: NodeJS.WritableStream;
+  /** Transparent huge pages for guest memory. */
+  hugePages?: boolean;
+  /** KSM merging of guest memory. */
+  mergeable?: boolean;
+  /** Called for guest-caused faults (counted and logged, never fatal). */
+  onGuestFault?: (device: string, message: string) => void;
+}
+
+/** How a VM run ended. */
+export interface MachineResult {
+  reason: VmExitReason;
+  /** Milliseconds from run() to the guest's first boot-timer write, if any. */
+  bootTimeMs?: number;
+  stats: VcpuStats[];
+  guestFaults: number;
+}
+
+/** Bad configuration or host limits; `code` is stable, the message is one line. */
+export class MachineError extends Error {
+  readonly code: "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD";
+  constructor(code: MachineError["code"], message: string) {
+    super(message);
+    this.name = "MachineError";
+    this.code = code;
+  }
+}
+
+/** A signal (a real-time one, no SA_RESTART) that kicks a vCPU thread out of KVM_RUN. */
+const KICK_SIGNAL = sys.sigrtmin() + 2;
+let kickInstalled = false;
+
+function readInput(path: string, what: "kernel" | "initrd"): Buffer {
+  const code = what === "kernel" ? "EKERNEL" : "EINITRD";
+  try {
+    if (!statSync(path).isFile()) throw new MachineError(code, `Cannot read ${what}: '${path}' is not a regular file`);
+    return readFileSync(path);
+  } catch (e) {
+    if (e instanceof MachineError) throw e;
+    const c = (e as NodeJS.ErrnoException).code;
+    const why = c === "ENOENT" ? "no such file" : c === "EACCES" ? "permission denied" : (c ?? (e as Error).message);
+    throw new MachineError(code, `Cannot read ${what}: '${path}': ${why}`);
+  }
+}
+
+/** Largest vCPU count flint offers: KVM's limit, and 254 for xAPIC ids (255 = broadcast, one id for the IOAPIC). */
+export function maxVcpus(kvm: Kvm): number {
+  const max = kvm.checkExtension(KVM_CAP_MAX_VCPUS) || kvm.checkExtension(KVM_CAP_NR_VCPUS) || 4;
+  return Math.min(max, 254);
+}
+
+export class Machine {
+  readonly config: MachineConfig;
+  readonly kvm: Kvm;
+  readonly vm: VmFd;
+  readonly memory: GuestMemory;
+  readonly vcpus: VcpuFd[];
+  readonly summary: string;
+  private readonly control = createControl();
+  private readonly host: HostDevices;
+  private threads: bigint[] = [];
+  private workers: Worker[] = [];
+  private exitReason: VmExitReason | undefined;
+  private guestFaults = 0;
+  private ran = false;
+
+  private constructor(config: MachineConfig, kvm: Kvm, vm: VmFd, memory: GuestMemory, vcpus: VcpuFd[], host: HostDevices, summary: string) {
+    this.config = config;
+    this.kvm = kvm;
+    this.vm = vm;
+    this.memory = memory;
+    this.vcpus = vcpus;
+    this.host = host;
+    this.summary = summary;
+  }
+
+  /** Validates `config`, opens KVM and builds the VM; throws MachineError/KvmError/BootError on bad input. */
+  static create(config: MachineConfig): Machine {
+    const { cpus, memoryMib } = config;
+    if (!Number.isInteger(memoryMib) || memoryMib < MIN_MEMORY_MIB) {
+      throw new MachineError("EMEMORY", `Cannot create VM: --memory ${memoryMib} MiB is too small (minimum ${MIN_MEMORY_MIB} MiB)`);
+    }
+    const hostMib = Math.floor(totalmem() / MiB);
+    if (memoryMib > Math.min(MAX_MEMORY_MIB, hostMib)) {
+      throw new MachineError("EMEMORY", `Cannot create VM: --memory ${memoryMib} MiB is more than this host's ${hostMib} MiB`);
+    }
+    // Read the guest's files before touching KVM, so bad paths fail first and fast.
+    const kernel = config.boot.kind === "linux" ? readInput(config.boot.kernelPath, "kernel") : undefined;
+    const initrd = config.boot.kind === "linux" && config.boot.initrdPath ? readInput(config.boot.initrdPath, "initrd") : undefined;
+
+    const kvm = Kvm.open();
+    const max = maxVcpus(kvm);
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > max) {
+      kvm.close();
+      throw new MachineError("ECPUS", `Cannot create VM: --cpus ${cpus} is out of range (1 to ${max} on this host)`);
+    }
+    const caps: [number, string][] = [
+      [KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"], [KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"],
+      [KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"], [KVM_CAP_PIT2, "KVM_CAP_PIT2"],
+      [KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"], [KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"],
+      [KVM_CAP_MP_STATE, "KVM_CAP_MP_STATE"], [KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"], [KVM_CAP_IRQFD, "KVM_CAP_IRQFD"],
+    ];
+    for (const [cap, name] of caps) kvm.requireExtension(cap, name);
+
+    const vm = kvm.createVm();
+    let memory: GuestMemory | undefined;
+    const vcpus: VcpuFd[] = [];
+    try {
+      vm.setTssAddr(KVM_TSS_ADDRESS);
+      vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDRESS);
+      vm.createIrqchip();
+      vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
+      memory = GuestMemory.create(ramRegions(memoryMib * MiB), { hugePages: config.hugePages, mergeable: config.mergeable });
+      memory.regions.forEach((r, slot) =>
+        vm.setUserMemoryRegion({ slot, flags: 0, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
+
+      const host = createDeviceSet();
+      let bsp: { regs: KvmRegs; sregs: Partial<KvmSregs> } | undefined;
+      let summary: string;
+      if (config.boot.kind === "linux") {
+        const b = config.boot;
+        const boot = setupBoot(memory, {
+          kernel: kernel!, kernelPath: b.kernelPath, initrd, cmdline: b.cmdline, cpus,
+          acpi: b.acpi ?? true, bootMode: b.mode ?? "auto",
+        });
+        bsp = boot.entry;
+        summary = boot.summary;
+      } else {
+        memory.write(config.boot.entry ?? RING3_LAYOUT.code, config.boot.program);
+        summary = `ring-3 program of ${config.boot.program.length} bytes`;
+      }
+
+      const supported = kvm.getSupportedCpuid();
+      for (let id = 0; id < cpus; id++) {
+        const vcpu = vm.createVcpu(id);
+        vcpus.push(vcpu);
+        vcpu.setCpuid2(vcpuCpuid(supported, id, cpus));
+        vcpu.setMsrs(bootMsrs());
+        vcpu.setFpuDefaults();
+        vcpu.setLapic(configureLints(vcpu.getLapic()));
+        if (config.boot.kind === "ring3") {
+          if (id > 0) vcpu.setMpState(KVM_MP_STATE_RUNNABLE);
+          startInRing3(vcpu, memory, config.boot.entry ?? RING3_LAYOUT.code, RING3_LAYOUT.stackTop - id * 0x1000);
+          const regs = vcpu.getRegs();
+          regs.rdi = BigInt(id);
+          vcpu.setRegs(regs);
+        } else if (id === 0 && bsp) {
+          // APs stay in wait-for-SIPI; the in-kernel LAPIC starts them when Linux sends INIT/SIPI.
+          vcpu.setSregs({ ...vcpu.getSregs(), ...bsp.sregs });
+          vcpu.setRegs(bsp.regs);
+        }
+      }
+      return new Machine(config, kvm, vm, memory, vcpus, host, summary);
+    } catch (e) {
+      for (const v of vcpus) v.close();
+      memory?.dispose();
+      vm.close();
+      kvm.close();
+      throw e;
+    }
+  }
+
+  /** Starts all vCPU threads; resolves when the VM has stopped and output is flushed. */
+  async run(): Promise<MachineResult> {
+    if (this.ran) throw new KvmError("EKVMIOCTL", "a Machine runs once");
+    this.ran = true;
+    if (!kickInstalled) {
+      sys.installKickSignal(KICK_SIGNAL);
+      kickInstalled = true;
+    }
+    const mainCtx: DeviceContext = {
+      ...irqLineContext(this.vm.fd, (m) => this.fault("irqchip", m)),
+      requestExit: (reason) => this.stop(reason),
+      guestFault: (device, message) => this.fault(device, message),
+    };
+    this.host.start(mainCtx, this.config.consoleOutput);
+    const startNs = sys.monotonicNs();
+    const stats: VcpuStats[] = [];
+    const done: Promise<void>[] = [];
+    const ready: Promise<void>[] = [];
+    for (const vcpu of this.vcpus) {
+      const init: VcpuThreadInit = {
+        vcpu: vcpu.describe(), vmFd: this.vm.fd, memory: this.memory.describe(),
+        devices: this.host.descriptor, control: this.control, kickSignal: KICK_SIGNAL,
+      };
+      const w = new Worker(new URL("./vcpu-thread.js", import.meta.url), { workerData: init });
+      this.workers.push(w);
+      let readyResolve!: () => void;
+      ready.push(new Promise((r) => (readyResolve = r)));
+      done.push(new Promise((resolve) => {
+        w.on("message", (m: VcpuThreadMessage) => {
+          switch (m.type) {
+            case "ready": this.threads[vcpu.id] = m.thread; readyResolve(); break;
+            case "exit": this.stop(m.reason); break;
+            case "fault": this.fault(m.device, m.message); break;
+            case "done": stats[vcpu.id] = m.stats; break;
+          }
+        });
+        w.on("error", (e) => this.stop({ kind: "error", message: `vCPU ${vcpu.id} thread failed: ${e.message}` }));
+        w.on("exit", () => { readyResolve(); resolve(); });
+      }));
+    }
+    await Promise.all(ready);
+    for (const w of this.workers) w.postMessage("start");
+    await Promise.all(done);
+    await this.host.stop();
+    const bootNs = this.host.bootTimeNs();
+    this.dispose();
+    return {
+      reason: this.exitReason ?? { kind: "error", message: "VM stopped without a reason" },
+      bootTimeMs: bootNs !== undefined ? Number(bootNs - startNs) / 1e6 : undefined,
+      stats,
+      guestFaults: this.guestFaults,
+    };
+  }
+
+  /** Stops every vCPU (from any caller); the first reason given is the one reported. */
+  stop(reason: VmExitReason = { kind: "poweroff" }): void {
+    this.exitReason ??= reason;
+    claimExit(this.control);
+    this.kick();
+  }
+
+  /** Pushes bytes to the guest's serial console; returns how many fit. */
+  consoleInput(bytes: Uint8Array): number {
+    return this.host.consoleInput(bytes);
+  }
+
+  /** Resolves when the console can take input again. */
+  consoleWritable(): Promise<void> {
+    return this.host.consoleWritable();
+  }
+
+  private kickTimer: NodeJS.Timeout | undefined;
+
+  private kick(): void {
+    const once = () => {
+      for (const v of this.vcpus) {
+        v.setImmediateExit(true);
+        const t = this.threads[v.id];
+        if (t !== undefined) sys.signalThread(t, KICK_SIGNAL);
+      }
+    };
+    once();
+    // Re-kick until every thread has left, covering a signal that landed just before KVM_RUN.
+    this.kickTimer ??= setInterval(once, 20);
+  }
+
+  private fault(device: string, message: string): void {
+    this.guestFaults++;
+    this.config.onGuestFault?.(device, message);
+  }
+
+  private dispose(): void {
+    if (this.kickTimer) clearInterval(this.kickTimer);
+    for (const v of this.vcpus) v.close();
+    this.memory.dispose();
+    this.vm.close();
+    this.kvm.close();
+  }
+}

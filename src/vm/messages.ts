@@ -1,0 +1,23 @@
+/** Messages between the main thread and vCPU worker threads. */
+import type { VmExitReason } from "../devices/bus.js";
+import type { VcpuDescriptor } from "../kvm/vcpu.js";
+import type { MemoryDescriptor } from "../memory/guest-memory.js";
+import type { DeviceSetDescriptor } from "./device-set.js";
+import type { VcpuStats } from "./vcpu-loop.js";
+
+/** workerData of a vCPU thread. */
+export interface VcpuThreadInit {
+  vcpu: VcpuDescriptor;
+  vmFd: number;
+  memory: MemoryDescriptor;
+  devices: DeviceSetDescriptor;
+  control: Int32Array;
+  kickSignal: number;
+}
+
+/** vCPU thread -> main thread. */
+export type VcpuThreadMessage =
+  | { type: "ready"; thread: bigint }
+  | { type: "exit"; reason: VmExitReason }
+  | { type: "fault"; device: string; message: string }
+  | { type: "done"; stats: VcpuStats };

@@ -1,0 +1,111 @@
+/**
+ * The vCPU run loop: KVM_RUN, then one switch over the exit reason
+ * (api.rst §5 "The kvm_run structure"). Port I/O and MMIO go to the buses on
+ * this thread; anything that ends the VM is returned as a VmExitReason.
+ */
+import {
+  KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR, KVM_EXIT_IO, KVM_EXIT_IO_OUT,
+  KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+  KVM_SYSTEM_EVENT_SHUTDOWN, EAGAIN, EINTR, kvm_run,
+} from "../linux/abi.generated.js";
+import type { Bus, VmExitReason } from "../devices/bus.js";
+import { errnoName } from "../sys/native.js";
+import type { VcpuFd } from "../kvm/vcpu.js";
+import { stopRequested } from "./control.js";
+
+/** Exit counters of one vCPU (metrics). */
+export interface VcpuStats {
+  exits: number;
+  ioExits: number;
+  mmioExits: number;
+  unhandledIo: number;
+  unhandledMmio: number;
+  interrupted: number;
+}
+
+export function newStats(): VcpuStats {
+  return { exits: 0, ioExits: 0, mmioExits: 0, unhandledIo: 0, unhandledMmio: 0, interrupted: 0 };
+}
+
+/** Runs until the VM stops (undefined) or this vCPU finds a reason to end it. */
+export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, stats: VcpuStats): VmExitReason | undefined {
+  const run = vcpu.run;
+  const v = vcpu.runView;
+  const runSize = vcpu.runSize;
+  for (;;) {
+    if (stopRequested(control)) return undefined;
+    const r = vcpu.runOnce();
+    stats.exits++;
+    switch (r) {
+      case KVM_EXIT_IO: {
+        stats.ioExits++;
+        const out = run[kvm_run.io_direction] === KVM_EXIT_IO_OUT;
+        const size = run[kvm_run.io_size]!;
+        const port = v.getUint16(kvm_run.io_port, true);
+        const count = v.getUint32(kvm_run.io_count, true);
+        const off = Number(v.getBigUint64(kvm_run.io_data_offset, true));
+        if (off + size * count > runSize) return { kind: "error", message: `KVM reported I/O data outside kvm_run (port 0x${port.toString(16)})` };
+        for (let i = 0; i < count; i++) {
+          const data = run.subarray(off + i * size, off + (i + 1) * size);
+          const handled = out ? pio.write(port, data) : pio.read(port, data);
+          if (!handled) {
+            stats.unhandledIo++;
+            if (!out) data.fill(0xff); // an unclaimed ISA port reads as all ones
+          }
+        }
+        break;
+      }
+      case KVM_EXIT_MMIO: {
+        stats.mmioExits++;
+        const address = Number(v.getBigUint64(kvm_run.mmio_phys_addr, true));
+        const len = v.getUint32(kvm_run.mmio_len, true);
+        if (len > 8) return { kind: "error", message: `KVM reported an MMIO access of ${len} bytes` };
+        const data = run.subarray(kvm_run.mmio_data, kvm_run.mmio_data + len);
+        const handled = run[kvm_run.mmio_is_write] ? mmio.write(address, data) : mmio.read(address, data);
+        if (!handled) {
+          stats.unhandledMmio++;
+          if (!run[kvm_run.mmio_is_write]) data.fill(0);
+        }
+        break;
+      }
+      case KVM_EXIT_HLT:
+        // Only reachable without an in-kernel irqchip: nothing can wake the vCPU.
+        return { kind: "error", message: `vCPU ${vcpu.id} halted with interrupts unavailable` };
+      case KVM_EXIT_SHUTDOWN:
+        // A triple fault: a PC resets. Linux uses this for reboot=t.
+        return { kind: "reset", source: "triple-fault" };
+      case KVM_EXIT_SYSTEM_EVENT: {
+        const type = v.getUint32(kvm_run.system_event_type, true);
+        if (type === KVM_SYSTEM_EVENT_SHUTDOWN) return { kind: "poweroff" };
+        if (type === KVM_SYSTEM_EVENT_RESET) return { kind: "reset", source: "kvm" };
+        if (type === KVM_SYSTEM_EVENT_CRASH) return { kind: "error", message: `guest crashed (vCPU ${vcpu.id})` };
+        return { kind: "error", message: `unhandled KVM system event ${type}` };
+      }
+      case KVM_EXIT_INTERNAL_ERROR: {
+        const sub = v.getUint32(kvm_run.internal_suberror, true);
+        return { kind: "error", message: `KVM internal error on vCPU ${vcpu.id} (suberror ${sub}${describeRip(vcpu)})` };
+      }
+      case KVM_EXIT_FAIL_ENTRY: {
+        const reason = v.getBigUint64(kvm_run.fail_entry_hardware_entry_failure_reason, true);
+        return { kind: "error", message: `KVM could not enter vCPU ${vcpu.id} (hardware reason 0x${reason.toString(16)})` };
+      }
+      case KVM_EXIT_INTR:
+      case -EINTR:
+      case -EAGAIN:
+        stats.interrupted++;
+        vcpu.setImmediateExit(false);
+        break;
+      default:
+        if (r < 0) return { kind: "error", message: `KVM_RUN failed on vCPU ${vcpu.id}: ${errnoName(-r)}` };
+        return { kind: "error", message: `unhandled KVM exit ${r} on vCPU ${vcpu.id}${describeRip(vcpu)}` };
+    }
+  }
+}
+
+function describeRip(vcpu: VcpuFd): string {
+  try {
+    return `, rip 0x${vcpu.getRegs().rip.toString(16)}`;
+  } catch {
+    return "";
+  }
+}
