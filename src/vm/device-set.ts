@@ -7,12 +7,13 @@
  */
 import { Writable } from "node:stream";
 import {
-  ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT,
+  ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, DEBUG_MARK_PORT,
   I8042_COMMAND_PORT, I8042_DATA_PORT,
 } from "../arch/x86_64/layout.js";
 import { Bus, type DeviceContext } from "../devices/bus.js";
 import { AcpiPm, ACPI_PM_PORT_COUNT } from "../devices/legacy/acpi-pm.js";
 import { BootTimer, bootTimerReading, createBootTimerShared } from "../devices/legacy/boot-timer.js";
+import { DebugExit, DebugMark, createDebugExitShared, debugExitReading, type DebugExitReading } from "../devices/legacy/debug-exit.js";
 import { I8042, createI8042Shared } from "../devices/legacy/i8042.js";
 import { Serial, SERIAL_PORT_COUNT } from "../devices/legacy/serial.js";
 import { SerialHost } from "../devices/legacy/serial-host.js";
@@ -24,6 +25,8 @@ export interface DeviceSetDescriptor {
   serial: SharedArrayBuffer;
   i8042: SharedArrayBuffer;
   bootTimer: SharedArrayBuffer;
+  /** Present when the opt-in debug-exit device is on. */
+  debugExit?: SharedArrayBuffer;
 }
 
 /** The main thread's side of the device set. */
@@ -37,6 +40,8 @@ export interface HostDevices {
   bootTimeNs(): bigint | undefined;
   consoleInput(bytes: Uint8Array): number;
   consoleWritable(): Promise<void>;
+  /** What the guest reported through the debug-exit device, if it is on. */
+  debugExit(): DebugExitReading | undefined;
 }
 
 /** A Writable that drops everything (for VMs without a console). */
@@ -44,11 +49,12 @@ function sink(): NodeJS.WritableStream {
   return new Writable({ write: (_c, _e, cb) => cb() });
 }
 
-export function createDeviceSet(): HostDevices {
+export function createDeviceSet(opts: { debugExit?: boolean } = {}): HostDevices {
   const descriptor: DeviceSetDescriptor = {
     serial: createSerialShared(),
     i8042: createI8042Shared(),
     bootTimer: createBootTimerShared(),
+    ...(opts.debugExit ? { debugExit: createDebugExitShared() } : {}),
   };
   let serial: SerialHost | undefined;
   return {
@@ -64,6 +70,7 @@ export function createDeviceSet(): HostDevices {
     bootTimeNs: () => bootTimerReading(descriptor.bootTimer),
     consoleInput: (bytes) => serial?.input(bytes) ?? 0,
     consoleWritable: () => serial?.inputRoom() ?? Promise.resolve(),
+    debugExit: () => (descriptor.debugExit ? debugExitReading(descriptor.debugExit) : undefined),
   };
 }
 
@@ -77,5 +84,9 @@ export function buildBuses(desc: DeviceSetDescriptor, _memory: GuestMemory, ctx:
   pio.insert(I8042_COMMAND_PORT, 1, i8042.commandPort);
   pio.insert(ACPI_SLEEP_CONTROL_PORT, ACPI_PM_PORT_COUNT, new AcpiPm(ctx));
   mmio.insert(BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, new BootTimer(desc.bootTimer));
+  if (desc.debugExit) {
+    pio.insert(DEBUG_MARK_PORT, 1, new DebugMark(desc.debugExit));
+    pio.insert(DEBUG_EXIT_PORT, 1, new DebugExit(desc.debugExit, ctx));
+  }
   return { pio, mmio };
 }

@@ -20,6 +20,7 @@ import { configureLints } from "../arch/x86_64/lapic.js";
 import { bootMsrs } from "../arch/x86_64/msr.js";
 import { setupBoot } from "../boot/index.js";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
+import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
 import { KvmError } from "../kvm/errors.js";
 import { Kvm } from "../kvm/kvm.js";
 import { RING3_LAYOUT, startInRing3 } from "../kvm/testing/ring3.js";
@@ -64,6 +65,8 @@ export interface MachineConfig {
   hugePages?: boolean;
   /** KSM merging of guest memory. */
   mergeable?: boolean;
+  /** Add the debug-exit device (ports 0xf0 mark, 0xf4 exit with status), for benchmarks and tests. */
+  debugExit?: boolean;
   /** Called for guest-caused faults (counted and logged, never fatal). */
   onGuestFault?: (device: string, message: string) => void;
 }
@@ -75,6 +78,8 @@ export interface MachineResult {
   bootTimeMs?: number;
   stats: VcpuStats[];
   guestFaults: number;
+  /** What the guest wrote to the debug-exit device (when configured). */
+  debugExit?: DebugExitReading;
 }
 
 /** Bad configuration or host limits; `code` is stable, the message is one line. */
@@ -175,7 +180,7 @@ export class Machine {
       memory.regions.forEach((r, slot) =>
         vm.setUserMemoryRegion({ slot, flags: 0, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
 
-      const host = createDeviceSet();
+      const host = createDeviceSet({ debugExit: config.debugExit });
       let bsp: { regs: KvmRegs; sregs: Partial<KvmSregs> } | undefined;
       let summary: string;
       if (config.boot.kind === "linux") {
@@ -272,6 +277,7 @@ export class Machine {
       bootTimeMs: bootNs !== undefined ? Number(bootNs - startNs) / 1e6 : undefined,
       stats,
       guestFaults: this.guestFaults,
+      debugExit: this.host.debugExit(),
     };
   }
 

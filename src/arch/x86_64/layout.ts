@@ -105,3 +105,11 @@ export function ramRegions(memBytes: number): { guestBase: number; size: number 
     { guestBase: MMIO_GAP_END, size: memBytes - MMIO_GAP_START },
   ];
 }
+
+/**
+ * Optional debug-exit device (benchmarks, tests): a write to DEBUG_MARK_PORT
+ * records a timestamp; a write of v to DEBUG_EXIT_PORT records one and ends
+ * the VM with status v — the port QEMU's isa-debug-exit uses.
+ */
+export const DEBUG_MARK_PORT = 0xf0;
+export const DEBUG_EXIT_PORT = 0xf4;
