@@ -47,11 +47,12 @@ function buildProgram(): Command {
     .option("--huge-pages", "back guest memory with transparent huge pages")
     .option("--ksm", "let KSM merge identical guest pages")
     .option("--boot-time", "print the time until the guest wrote the boot-timer address")
+    .option("--debug-exit", "add a debug-exit device: a guest write of v to port 0xf4 ends flint with exit code v")
     .exitOverride()
     .action(async (o) => {
       process.exitCode = await runVm({
         kernel: o.kernel, initrd: o.initrd, cmdline: o.cmdline, cpus: o.cpus, memoryMib: o.memory,
-        bootMode: o.boot, acpi: o.acpi, hugePages: !!o.hugePages, mergeable: !!o.ksm, bootTime: !!o.bootTime,
+        bootMode: o.boot, acpi: o.acpi, hugePages: !!o.hugePages, mergeable: !!o.ksm, bootTime: !!o.bootTime, debugExit: !!o.debugExit,
       });
     });
 

@@ -18,6 +18,8 @@ export interface RunOptions {
   hugePages: boolean;
   mergeable: boolean;
   bootTime: boolean;
+  /** Add the debug-exit device; its status becomes flint's exit code. */
+  debugExit?: boolean;
 }
 
 /** Runs the VM to its end and returns the process exit code. Throws for bad input (before the guest starts). */
@@ -29,6 +31,7 @@ export async function runVm(o: RunOptions): Promise<number> {
     consoleOutput: process.stdout,
     hugePages: o.hugePages,
     mergeable: o.mergeable,
+    debugExit: o.debugExit,
     onGuestFault: (device, message) => {
       if (process.env.FLINT_DEBUG) process.stderr.write(`flint: guest fault in ${device}: ${message}\r\n`);
     },
@@ -80,6 +83,7 @@ export async function runVm(o: RunOptions): Promise<number> {
     process.stderr.write(`flint: guest reached the boot marker after ${result.bootTimeMs.toFixed(1)} ms\n`);
   }
   const r = result.reason;
+  if (result.debugExit?.status !== undefined) return result.debugExit.status;
   switch (r.kind) {
     case "poweroff":
       if (quit) process.stderr.write("flint: stopped from the console\n");

@@ -9,9 +9,15 @@
  * rules as scripts/kernel-source.mjs, which shares the directory.
  */
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+
+/** How often a process waiting for another one's fill checks again. */
+const LOCK_POLL_MS = 500;
+/** A lock without an owner pid this old is left over from a crash. */
+const LOCK_STALE_MS = 60_000;
 
 /** Why a cache entry could not be made. */
 export class CacheError extends Error {
@@ -53,17 +59,81 @@ export function cachePath(name: string): string {
   return join(cacheDir(), name);
 }
 
+/** True if the lock directory belongs to a live process (or is too fresh to judge). */
+function lockIsHeld(lock: string): boolean {
+  let pid = Number.NaN;
+  try {
+    pid = Number.parseInt(readFileSync(join(lock, "pid"), "utf8"), 10);
+  } catch {
+    // Not written yet, or the lock just went away.
+  }
+  if (Number.isInteger(pid) && pid > 0) {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (error) {
+      return (error as NodeJS.ErrnoException).code === "EPERM";
+    }
+  }
+  try {
+    return Date.now() - statSync(lock).mtimeMs < LOCK_STALE_MS;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Takes the fill lock of `dest` (a `<dest>.lock` directory holding our pid),
+ * waiting while another live process holds it. Returns false without the
+ * lock if `dest` appeared meanwhile.
+ */
+async function acquireLock(dest: string, onWait?: () => void): Promise<boolean> {
+  const lock = `${dest}.lock`;
+  let waited = false;
+  for (;;) {
+    if (existsSync(dest)) return false;
+    try {
+      mkdirSync(lock);
+      writeFileSync(join(lock, "pid"), `${process.pid}\n`);
+      return true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    if (!lockIsHeld(lock)) {
+      rmSync(lock, { recursive: true, force: true });
+      continue;
+    }
+    if (!waited) onWait?.();
+    waited = true;
+    await sleep(LOCK_POLL_MS);
+  }
+}
+
 /**
  * Returns the directory of cache entry `name`, filling it first with `fill`
  * if it does not exist. `fill` receives an empty temporary directory next to
  * the entry and must put everything into it; on success it is renamed to the
- * entry, on failure it is removed and the error is passed on. When two
- * processes fill the same entry at once, the first rename wins and the other
- * process's work is discarded.
+ * entry, on failure it is removed and the error is passed on. One process
+ * fills an entry at a time (a `<name>.lock` directory); others wait for it,
+ * calling `onWait` once, and then use its result.
  */
-export async function cachedDirectory(name: string, fill: (tmpDir: string) => Promise<void>): Promise<string> {
+export async function cachedDirectory(
+  name: string,
+  fill: (tmpDir: string) => Promise<void>,
+  onWait?: () => void,
+): Promise<string> {
   const dest = cachePath(name);
   if (existsSync(dest)) return dest;
+  if (!(await acquireLock(dest, onWait))) return dest;
+  try {
+    await fillEntry(dest, fill);
+  } finally {
+    rmSync(`${dest}.lock`, { recursive: true, force: true });
+  }
+  return dest;
+}
+
+async function fillEntry(dest: string, fill: (tmpDir: string) => Promise<void>): Promise<void> {
   const tmp = `${dest}.tmp-${process.pid}-${Date.now()}`;
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
@@ -81,5 +151,4 @@ export async function cachedDirectory(name: string, fill: (tmpDir: string) => Pr
       throw new CacheError("ECACHEFILL", `Cannot store cache entry ${dest}: ${(error as Error).message}`, { cause: error });
     }
   }
-  return dest;
 }

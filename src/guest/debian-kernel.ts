@@ -44,7 +44,7 @@ export interface DebianKernel {
 
 /** Options for {@link debianKernel}. */
 export interface DebianKernelOptions {
-  /** Receives progress reports (phases: "lookup", "download", "unpack", "done"). */
+  /** Receives progress reports (phases: "lookup", "wait", "download", "unpack", "done"). */
   onProgress?: ProgressCallback;
 }
 
@@ -81,8 +81,8 @@ async function lookUpPackage(): Promise<PackageChoice | undefined> {
 function newestCachedKernel(): DebianKernel | undefined {
   let best: { kernel: DebianKernel; abi: number } | undefined;
   for (const name of readdirSync(cacheDir())) {
-    const match = /^debian-kernel-v\d+-(linux-image-6\.1\.0-(\d+)-amd64)_(.+)$/.exec(name);
-    if (!match || name.includes(".tmp-")) continue;
+    const match = /^debian-kernel-v\d+-(linux-image-6\.1\.0-(\d+)-amd64)_([A-Za-z0-9+~_-]+(?:\.[A-Za-z0-9+~_-]+)*)$/.exec(name);
+    if (!match || name.includes(".tmp-") || name.endsWith(".lock")) continue;
     const abi = Number(match[2]);
     if (best && abi <= best.abi) continue;
     best = { kernel: kernelIn(join(cacheDir(), name), match[1], match[3]), abi };
@@ -157,7 +157,7 @@ export async function debianKernel(options: DebianKernelOptions = {}): Promise<D
     if (!existsSync(unpacked.vmlinuz) || !existsSync(join(unpacked.modulesDir, "modules.dep"))) {
       throw new DebianKernelError("EUNPACK", `Cannot unpack ${deb}: no /boot/vmlinuz-${release} or modules.dep in it`);
     }
-  });
+  }, () => onProgress?.({ phase: "wait", message: `Waiting for another process fetching ${packageName}` }));
   onProgress?.({ phase: "done", message: `${packageName} ${packageVersion}` });
   return kernelIn(entry, packageName, packageVersion);
 }

@@ -42,6 +42,7 @@ describe("buildInitramfs", () => {
       const script = readFileSync(join(dir, "init"), "utf8")
         .replace(/^mount .*$/gm, ":")
         .replace(/^devmem .*$/gm, ":")
+        .replace(/^exec <\/dev\/null .*$/m, ":")
         .replace(/^poweroff -f$/m, "echo POWEROFF");
       const output = execFileSync(join(dir, "bin/busybox"), ["sh", "-c", script], { encoding: "utf8" });
       const report = parseGuestReport(output);
@@ -102,10 +103,11 @@ describe("buildInitramfs", () => {
 });
 
 describe("defaultInit", () => {
-  it("ends with the requested action", () => {
-    assert.match(defaultInit(), /\npoweroff -f\n$/);
-    assert.match(defaultInit({ finish: "reboot" }), /\nreboot -f\n$/);
-    assert.match(defaultInit({ finish: "shell" }), /\nsetsid cttyhack sh\npoweroff -f\n$/);
+  it("drains the console, then ends with the requested action", () => {
+    const drain = "exec </dev/null >/dev/null 2>&1\n";
+    assert.ok(defaultInit().endsWith(`\n${drain}poweroff -f\n`));
+    assert.ok(defaultInit({ finish: "reboot" }).endsWith(`\n${drain}reboot -f\n`));
+    assert.ok(defaultInit({ finish: "shell" }).endsWith(`\nsetsid cttyhack sh\n${drain}poweroff -f\n`));
   });
 
   it("writes the boot-timer byte at 0xd0000000 and ignores failures", () => {

@@ -60,7 +60,7 @@ export class KernelBuildError extends Error {
 
 /** Options for {@link buildKernel}. */
 export interface BuildKernelOptions {
-  /** Receives progress reports (phases: "extract", "configure", "compile", "done"). */
+  /** Receives progress reports (phases: "wait", "extract", "configure", "compile", "done"). */
   onProgress?: ProgressCallback;
   /** Parallel make jobs (default: the number of host CPUs). */
   jobs?: number;
@@ -114,7 +114,7 @@ export async function kernelSourceDir(onProgress?: ProgressCallback): Promise<st
     });
     // Marker shared with scripts/kernel-source.mjs conventions.
     writeFileSync(join(tmp, ".complete"), "");
-  });
+  }, () => onProgress?.({ phase: "wait", message: `Waiting for another process extracting ${KERNEL_TARBALL}` }));
   return join(entry, KERNEL_TOPDIR);
 }
 
@@ -239,6 +239,7 @@ export async function buildKernel(options: BuildKernelOptions = {}): Promise<Ker
     onProgress?.({ phase: "configure", message: "make tinyconfig" });
     await make(["tinyconfig"]);
     onProgress?.({ phase: "configure", message: `merging ${fragmentPath}` });
+    // Kept in the entry: the exact fragment this kernel was built from.
     const fragmentCopy = join(tmp, "fragment.config");
     writeFileSync(fragmentCopy, fragment);
     await runCommand(join(source, "scripts/kconfig/merge_config.sh"), ["-m", "-O", out, join(out, ".config"), fragmentCopy], {
@@ -276,7 +277,7 @@ export async function buildKernel(options: BuildKernelOptions = {}): Promise<Ker
     copyFileSync(join(out, ".config"), join(tmp, "config"));
     writeFileSync(join(tmp, "build-steps"), `${steps}\n`);
     rmSync(out, { recursive: true, force: true });
-  });
+  }, () => onProgress?.({ phase: "wait", message: `Waiting for another process building kernel ${key}` }));
   onProgress?.({ phase: "done", message: `Kernel ${key} built` });
   return artifactsIn(entry, key);
 }

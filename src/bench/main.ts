@@ -1,0 +1,99 @@
+/**
+ * `npm run bench`: every figure is measured in this run, next to its
+ * reference, and printed as a ratio.
+ *
+ *   1. native boundary: flint's N-API addon vs koffi (FFI), same ioctls
+ *   2. VM exits/s, port I/O and MMIO: flint vs a C program on the same
+ *      /dev/kvm (the ceiling) vs QEMU, all running the same PVH guest
+ *   3. host memory per VM beyond guest RAM: flint vs QEMU, same guest
+ *   4. Linux boot to /init in the nested harness: flint vs QEMU -M microvm,
+ *      same kernel and initramfs (skip with --no-boot: it takes minutes)
+ *
+ * Options: --count N (exits per run, default 300000), --runs R (default 3),
+ * --no-boot, --json FILE (also write all results as JSON).
+ */
+import { spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { benchBootNested } from "./boot-nested.js";
+import { runCeiling } from "./c-ceiling.js";
+import { runFlintExits } from "./flint-exits.js";
+import { buildExitLoopGuest, EXIT_LOOP_MODES, exitLoopCmdline } from "./guest-program.js";
+import { measureNativeBoundary } from "./native-boundary.js";
+import { median } from "./process.js";
+import { runQemuExits } from "./qemu-exits.js";
+
+const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
+const k = (x: number) => `${(x / 1000).toFixed(1)}k`;
+
+/** Peak RSS (KiB) of `flint run` booting the exit-loop guest with no exits. */
+function flintPeakRssKib(memoryMib: number): number {
+  const r = spawnSync("/usr/bin/time", ["-f", "%M", process.execPath, CLI, "run", "--kernel", buildExitLoopGuest(), "--boot", "pvh",
+    "--no-acpi", "--memory", String(memoryMib), "--debug-exit", "--cmdline", exitLoopCmdline({ mode: "pio", count: 0 })], { encoding: "utf8", timeout: 60_000 });
+  const last = r.stderr.trim().split("\n").pop() ?? "";
+  const kib = Number(last);
+  if (r.status !== 0 || !Number.isFinite(kib)) throw new Error(`flint memory run failed (${r.status}): ${r.stderr.slice(-300)}`);
+  return kib;
+}
+
+async function main(): Promise<void> {
+  const count = arg("--count", 300_000);
+  const runs = arg("--runs", 3);
+  const results: Record<string, unknown> = {};
+  const out = (s: string) => process.stdout.write(`${s}\n`);
+
+  out("== native boundary (same ioctls, same run) ==");
+  const nb = measureNativeBoundary(50_000, 1_000_000);
+  results.nativeBoundary = nb;
+  out(`ioctl(KVM_CHECK_EXTENSION): addon ${nb.addonNsPerIoctl.toFixed(0)} ns, koffi ${nb.koffiNsPerIoctl.toFixed(0)} ns  (addon/koffi time ${ratio(nb.addonNsPerIoctl, nb.koffiNsPerIoctl)})`);
+  out(`ring-3 exit round trips: addon ${k(nb.addonExitsPerSecond)}/s, koffi ${k(nb.koffiExitsPerSecond)}/s  (addon/koffi ${ratio(nb.addonExitsPerSecond, nb.koffiExitsPerSecond)})`);
+
+  out(`\n== VM exits/s: same PVH guest, ${count} exits per run, median of ${runs} ==`);
+  const exits: Record<string, unknown> = {};
+  for (const mode of EXIT_LOOP_MODES) {
+    // Interleave the monitors round by round so host drift hits all three alike.
+    const f: number[] = [], c: number[] = [], qs: Awaited<ReturnType<typeof runQemuExits>>[] = [];
+    for (let i = 0; i < runs; i++) {
+      f.push((await runFlintExits({ mode, count, runs: 1 })).exitsPerSecond);
+      c.push((await runCeiling({ mode, count, runs: 1 })).exitsPerSecond);
+      qs.push(await runQemuExits({ mode, count, runs: 1 }));
+    }
+    const flint = { exitsPerSecond: median(f), samples: f };
+    const ceiling = { exitsPerSecond: median(c), samples: c };
+    const qemuRate = median(qs.map((x) => x.exitsPerSecond));
+    const qemu = { ...qs.find((x) => x.exitsPerSecond === qemuRate)!, samples: qs.map((x) => x.exitsPerSecond) };
+    exits[mode] = { flint, ceiling, qemu };
+    out(`${mode.padEnd(4)}: flint ${k(flint.exitsPerSecond)}/s, C ceiling ${k(ceiling.exitsPerSecond)}/s, QEMU ${k(qemu.exitsPerSecond)}/s` +
+      `  -> flint/ceiling ${ratio(flint.exitsPerSecond, ceiling.exitsPerSecond)} (goal >= 0.8x), flint/QEMU ${ratio(flint.exitsPerSecond, qemu.exitsPerSecond)} (goal >= 1.0x)`);
+    if (mode === "pio") {
+      const flintRss = flintPeakRssKib(64);
+      exits.memory = { flintPeakRssKib: flintRss, qemuPeakRssKib: qemu.peakRssKib, qemuOverheadKib: qemu.memoryOverheadKib, guestRamTouchedKib: qemu.guestRamTouchedKib };
+      const guest = qemu.guestRamTouchedKib;
+      out(`\n== host memory per VM (same guest, 64 MiB configured, ~${guest} KiB touched) ==`);
+      out(`peak RSS: flint ${(flintRss / 1024).toFixed(1)} MiB (Node.js runtime included), QEMU ${(qemu.peakRssKib / 1024).toFixed(1)} MiB; ` +
+        `beyond guest RAM: flint ${((flintRss - guest) / 1024).toFixed(1)} MiB vs QEMU ${(qemu.memoryOverheadKib / 1024).toFixed(1)} MiB (${ratio(flintRss - guest, qemu.memoryOverheadKib)})\n`);
+    }
+  }
+  results.exits = exits;
+
+  if (!process.argv.includes("--no-boot")) {
+    out("== Linux boot to /init in the nested harness (TCG outer VM: compare ratios only) ==");
+    const boot = await benchBootNested({ runs });
+    results.boot = boot;
+    const f = boot.median.flint, q = boot.median.qemu;
+    out(`guest uptime at /init: flint ${f.guestUptimeSec.toFixed(2)} s, QEMU microvm ${q.guestUptimeSec.toFixed(2)} s  (QEMU/flint ${ratio(q.guestUptimeSec, f.guestUptimeSec)}, goal >= 1.0x)`);
+    out(`process start to exit: flint ${f.wallSec.toFixed(2)} s, QEMU ${q.wallSec.toFixed(2)} s  (QEMU/flint ${ratio(q.wallSec, f.wallSec)})`);
+    out(`peak RSS (${boot.memoryMib} MiB guest): flint ${(f.peakRssKib / 1024).toFixed(1)} MiB, QEMU ${(q.peakRssKib / 1024).toFixed(1)} MiB`);
+  }
+  const json = process.argv.indexOf("--json");
+  if (json > 0) writeFileSync(process.argv[json + 1]!, JSON.stringify(results, (_k, v) => (typeof v === "bigint" ? v.toString() : v), 2));
+}
+
+await main();
