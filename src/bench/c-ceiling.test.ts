@@ -1,18 +1,8 @@
 import assert from "node:assert/strict";
-import { accessSync, constants } from "node:fs";
 import { describe, it } from "node:test";
 import { BenchError } from "./bench-error.js";
 import { buildCeiling, parseCeilingOutput, runCeiling } from "./c-ceiling.js";
 
-function kvmUsable(): boolean {
-  try {
-    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-const noKvm = kvmUsable() ? false : "needs read/write access to /dev/kvm";
 
 describe("buildCeiling", () => {
   it("builds once and then returns the cached binary", () => {
@@ -22,7 +12,7 @@ describe("buildCeiling", () => {
 
 describe("runCeiling", () => {
   for (const mode of ["pio", "mmio"] as const) {
-    it(`times exactly count ${mode} exits between the guest's markers`, { skip: noKvm }, async () => {
+    it(`times exactly count ${mode} exits between the guest's markers`, async () => {
       const result = await runCeiling({ mode, count: 20_000, runs: 1 });
       assert.equal(result.mode, mode);
       assert.equal(result.exits, 20_000);
@@ -32,7 +22,7 @@ describe("runCeiling", () => {
     });
   }
 
-  it("handles a loop of zero exits", { skip: noKvm }, async () => {
+  it("handles a loop of zero exits", async () => {
     const result = await runCeiling({ mode: "pio", count: 0, runs: 1 });
     assert.equal(result.exits, 0);
   });

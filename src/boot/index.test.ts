@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { buildKernel } from "../guest/kernel-build.js";
+import { debianKernel } from "../guest/debian-kernel.js";
 import { existsSync, readFileSync } from "node:fs";
 import { test } from "node:test";
 import { SMP_MAGIC_IDENT, XEN_HVM_START_MAGIC_VALUE, boot_params, hvm_start_info, setup_header } from "../linux/abi.generated.js";
@@ -115,10 +117,14 @@ test("an impossible vCPU count is refused before anything is written", () => {
   });
 });
 
-// Real kernels, when a path list is given: FLINT_TEST_KERNELS=/path/vmlinux:/path/bzImage
-const realKernels = (process.env.FLINT_TEST_KERNELS ?? "").split(":").filter((p) => p && existsSync(p));
-test("real kernels load and get an entry state", { skip: realKernels.length === 0 && "set FLINT_TEST_KERNELS to kernel paths" }, () => {
+// Real kernels: flint's minimal vmlinux and bzImage, and Debian's distro kernel
+// (scripts/run-tests.mjs prepares them in the cache before the tests run).
+test("real kernels load and get an entry state", async () => {
+  const minimal = await buildKernel();
+  const debian = await debianKernel();
+  const realKernels = [minimal.vmlinux, minimal.bzImage, debian.vmlinuz];
   for (const path of realKernels) {
+    assert.ok(existsSync(path), path);
     withMemory(512 * MiB, (mem) => {
       const r = setupBoot(mem, { ...base(readFileSync(path)), kernelPath: path, initrd: new Uint8Array(MiB) });
       assert.ok(r.entry.regs.rip >= 0x100000n, path);

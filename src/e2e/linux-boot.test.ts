@@ -16,6 +16,10 @@ import { debianKernel } from "../guest/debian-kernel.js";
 import { defaultInit, buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { runNested, type NestedResult } from "../harness/nested.js";
+import { DEFAULT_CMDLINE } from "../cli/defaults.js";
+
+/** `quiet`: every console byte is a nested exit, which the outer TCG VM makes expensive. */
+const QUIET = `${DEFAULT_CMDLINE} quiet`;
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 
@@ -42,12 +46,12 @@ describe("flint boots real Linux (nested harness)", { timeout: 20 * 60_000 }, ()
     writeFileSync(poweroff, buildInitramfs({ init: defaultInit({ finish: "poweroff" }) }));
     writeFileSync(reboot, buildInitramfs({ init: defaultInit({ finish: "reboot" }) }));
     const cases: Case[] = [
-      { name: "vmlinux-1cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--cpus", "1", "--memory", "128"] },
-      { name: "vmlinux-2cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--cpus", "2", "--memory", "256"] },
-      { name: "bzimage-2cpu-reboot-k", args: ["--kernel", kernel.bzImage, "--initrd", reboot, "--cpus", "2", "--memory", "192"] },
-      { name: "vmlinux-reboot-t", args: ["--kernel", kernel.vmlinux, "--initrd", reboot, "--cmdline", "console=ttyS0 reboot=t panic=-1", "--memory", "128"] },
-      { name: "pvh-1cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--boot", "pvh", "--memory", "128"] },
-      { name: "debian-2cpu-poweroff", args: ["--kernel", debian.vmlinuz, "--initrd", poweroff, "--cpus", "2", "--memory", "384"] },
+      { name: "vmlinux-1cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--cpus", "1", "--memory", "128", "--cmdline", QUIET] },
+      { name: "vmlinux-2cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--cpus", "2", "--memory", "256", "--cmdline", QUIET] },
+      { name: "bzimage-2cpu-reboot-k", args: ["--kernel", kernel.bzImage, "--initrd", reboot, "--cpus", "2", "--memory", "192", "--cmdline", QUIET] },
+      { name: "vmlinux-reboot-t", args: ["--kernel", kernel.vmlinux, "--initrd", reboot, "--cmdline", "console=ttyS0 reboot=t panic=-1 quiet", "--memory", "128"] },
+      { name: "pvh-1cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--boot", "pvh", "--memory", "128", "--cmdline", QUIET] },
+      { name: "debian-2cpu-poweroff", args: ["--kernel", debian.vmlinuz, "--initrd", poweroff, "--cpus", "2", "--memory", "384", "--cmdline", QUIET] },
     ];
     const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
     const script = cases
