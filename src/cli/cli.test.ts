@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { makeElfKernel } from "../boot/testing/images.js";
 
 const CLI = fileURLToPath(new URL("./main.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "flint-cli-test-"));
@@ -29,6 +30,12 @@ function expectUserError(args: string[], pattern: RegExp, env: Record<string, st
   assert.match(lines[0]!, pattern);
   assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
 }
+
+// A valid (tiny) ELF kernel, so errors after the format check can be reached.
+const tinyKernel = join(dir, "tiny-vmlinux");
+writeFileSync(tinyKernel, makeElfKernel({ entry: 0x1000000, segments: [{ paddr: 0x1000000, data: new Uint8Array(4096) }] }));
+const bigInitrd = join(dir, "big-initrd");
+writeFileSync(bigInitrd, new Uint8Array(48 << 20));
 
 const notAKernel = join(dir, "not-a-kernel");
 writeFileSync(notAKernel, "this is text, not a kernel image\n".repeat(100));
@@ -80,4 +87,12 @@ test("no /dev/kvm is a one-line error", () => {
 test("no permission on /dev/kvm is a one-line error", () => {
   // Run as 'nobody' (flint's tests run as root): /dev/kvm is root-only here.
   expectUserError(["run", "--kernel", notAKernel], /Cannot use KVM: no permission/, {}, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
+});
+
+test("an initrd that does not fit in guest memory is a one-line error", () => {
+  expectUserError(["run", "--kernel", tinyKernel, "--initrd", bigInitrd, "--memory", "40"], /Cannot load initrd .*big-initrd.*only .* fit/);
+});
+
+test("a command line that is too long is a one-line error", () => {
+  expectUserError(["run", "--kernel", tinyKernel, "--cmdline", "x".repeat(70000)], /Cannot set the kernel command line: it is 70000 bytes/);
 });

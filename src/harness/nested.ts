@@ -17,7 +17,8 @@
  *   /host            host "/" (9p "hostroot", read-only)
  *   /host/proc,sys   fresh proc and sysfs
  *   /host/dev        devtmpfs (has /dev/kvm once kvm-amd is loaded), devpts, /dev/shm tmpfs
- *   /host/tmp        tmpfs: NOT visible on the host
+ *   /host/tmp        the host's /tmp, read-only like the rest (checkouts and shares
+ *                    under /tmp stay visible); writable scratch is TMPDIR=/dev/shm
  *   /host<shareDir>  host shareDir (9p "flintshare", writable)
  *   /ctl             the run's control directory (9p "flintctl", outside the chroot)
  */
@@ -77,8 +78,7 @@ export interface NestedOptions {
   kvm?: boolean;
   /**
    * Working directory of the command inside (default: this process's cwd). It
-   * must be visible through the host root, so not under /tmp unless it is in
-   * `shareDir` (the command exits with 125 if it cannot change to it).
+   * must exist on the host (the command exits with 125 if it cannot change to it).
    */
   cwd?: string;
   /** Extra environment variables for the command. */
@@ -135,7 +135,6 @@ mount -t devtmpfs devtmpfs /host/dev || fail "cannot mount /host/dev"
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
-mount -t tmpfs tmpfs /host/tmp || fail "cannot mount /host/tmp"
 share=$(cat /ctl/share-path)
 mkdir -p "/host$share" 2>/dev/null
 ${mount9p("flintshare", '"/host$share"', false)} || fail "cannot mount the share at $share"
@@ -214,7 +213,8 @@ function qemuArgs(options: {
 /** The script the chroot's /bin/sh runs: environment, working directory, then the command. */
 function commandScript(command: string, cwd: string, env: Record<string, string>): string {
   const path = [dirname(process.execPath), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
-  const vars: Record<string, string> = { PATH: [...new Set(path)].join(":"), HOME: "/root", TERM: "dumb", ...env };
+  // The host root is read-only inside; /dev/shm is the writable scratch space.
+  const vars: Record<string, string> = { PATH: [...new Set(path)].join(":"), HOME: "/root", TERM: "dumb", TMPDIR: "/dev/shm", ...env };
   const exports = Object.entries(vars).map(([name, value]) => {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
       throw new NestedError("EBADOPTION", `Cannot run nested command: '${name}' is not a valid environment variable name`);

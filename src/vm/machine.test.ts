@@ -125,3 +125,35 @@ test("a guest touching unmapped MMIO or unclaimed ports does not disturb the VMM
   assert.equal(r.stats[0]!.unhandledMmio, 2);
   assert.equal(r.stats[0]!.unhandledIo, 1);
 });
+
+test("console input reaches the guest through the UART receive path", async () => {
+  const out = collector();
+  const program = ring3(`
+       mov dx, 0x3fd          # LSR
+    1: in al, dx
+       test al, 1             # UART_LSR_DR
+       jz 1b
+       mov dx, 0x3f8
+       in al, dx              # RBR
+       cmp al, 'a'
+       jb 2f
+       cmp al, 'z'
+       ja 2f
+       sub al, 32             # upper-case letters
+    2: out dx, al             # THR
+       cmp al, 10
+       mov dx, 0x3fd
+       jne 1b
+       ${S5_POWEROFF}
+    3: jmp 3b`);
+  const m = Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput: out.stream });
+  const running = m.run();
+  let input = new TextEncoder().encode("hello, flint\n");
+  while (input.length) {
+    input = input.subarray(m.consoleInput(input));
+    if (input.length) await m.consoleWritable();
+  }
+  const r = await running;
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.equal(out.text(), "HELLO, FLINT\n");
+});

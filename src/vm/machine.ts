@@ -186,7 +186,7 @@ export class Machine {
       if (config.boot.kind === "linux") {
         const b = config.boot;
         const boot = setupBoot(memory, {
-          kernel: kernel!, kernelPath: b.kernelPath, initrd, cmdline: b.cmdline, cpus,
+          kernel: kernel!, kernelPath: b.kernelPath, initrd, initrdPath: b.initrdPath, cmdline: b.cmdline, cpus,
           acpi: b.acpi ?? true, bootMode: b.mode ?? "auto",
         });
         bsp = boot.entry;

@@ -5,7 +5,7 @@
  * gives each vCPU its own APIC id and a topology of N single-thread cores in
  * one package (Intel SDM vol. 2A "CPUID"; AMD APM vol. 3 "CPUID Fn8000_00xx").
  */
-import { KVM_CPUID_SIGNATURE } from "../../linux/abi.generated.js";
+import { KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_CPUID_SIGNATURE } from "../../linux/abi.generated.js";
 import type { KvmCpuidEntry } from "../../kvm/types.js";
 
 /** CPUID.1:ECX bit 31: "running under a hypervisor" (reserved for this use on bare metal). */
@@ -21,6 +21,19 @@ function bitsFor(n: number): number {
   let b = 0;
   while (1 << b < n) b++;
   return b;
+}
+
+/**
+ * Extended topology (leaf 0xB or 0x1F): sub-leaf 0 is the SMT level (one
+ * thread per core), 1 the core level (cpuCount cores), 2 ends the list.
+ */
+function topologyLeaf(fn: number, apicId: number, cpuCount: number, coreBits: number): KvmCpuidEntry[] {
+  const flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+  return [
+    { function: fn, index: 0, flags, eax: 0, ebx: 1, ecx: (LEVEL_TYPE_SMT << 8) | 0, edx: apicId },
+    { function: fn, index: 1, flags, eax: coreBits, ebx: cpuCount, ecx: (LEVEL_TYPE_CORE << 8) | 1, edx: apicId },
+    { function: fn, index: 2, flags, eax: 0, ebx: 0, ecx: 2, edx: apicId },
+  ];
 }
 
 /** The CPUID table for vCPU `cpuId` of `cpuCount`. */
@@ -44,21 +57,9 @@ export function vcpuCpuid(supported: readonly KvmCpuidEntry[], cpuId: number, cp
         break;
       case 0xb:
       case 0x1f:
-        e.edx = apicId;
-        if (e.index === 0) {
-          e.eax = 0; // shift to the next level: one thread per core
-          e.ebx = 1;
-          e.ecx = (LEVEL_TYPE_SMT << 8) | e.index;
-        } else if (e.index === 1) {
-          e.eax = coreBits;
-          e.ebx = cpuCount;
-          e.ecx = (LEVEL_TYPE_CORE << 8) | e.index;
-        } else {
-          e.eax = 0;
-          e.ebx = 0;
-          e.ecx = e.index; // level type 0: invalid, ends the enumeration
-        }
-        break;
+        // KVM may offer only sub-leaf 0: replace the leaf with flint's own topology.
+        if (e.index === 0) out.push(...topologyLeaf(e.function, apicId, cpuCount, coreBits));
+        continue;
       case 0x80000008:
         // ECX[7:0]: cores - 1; [15:12]: APIC id bits for the core id (AMD).
         e.ecx = (e.ecx & ~0xf0ff) | ((cpuCount - 1) & 0xff) | (coreBits << 12);

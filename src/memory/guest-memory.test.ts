@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { GiB, MMIO_GAP_END, MMIO_GAP_START, MiB, ramRegions } from "../arch/x86_64/layout.js";
+import { GuestMemory, MemoryError } from "./guest-memory.js";
+
+test("memory that fits below the MMIO gap is one region; larger memory is split around it", () => {
+  assert.deepEqual(ramRegions(256 * MiB), [{ guestBase: 0, size: 256 * MiB }]);
+  assert.deepEqual(ramRegions(4 * GiB), [
+    { guestBase: 0, size: MMIO_GAP_START },
+    { guestBase: MMIO_GAP_END, size: 4 * GiB - MMIO_GAP_START },
+  ]);
+});
+
+test("a 4 GiB guest is really mapped on both sides of the gap and nothing is mapped inside it", () => {
+  const mem = GuestMemory.create(ramRegions(4 * GiB));
+  try {
+    assert.equal(mem.totalBytes, 4 * GiB);
+    mem.writeU64(MMIO_GAP_START - 8, 0x1122334455667788n);
+    mem.writeU64(MMIO_GAP_END, 0x99n);
+    assert.equal(mem.readU64(MMIO_GAP_START - 8), 0x1122334455667788n);
+    assert.equal(mem.readU64(MMIO_GAP_END), 0x99n);
+    assert.equal(mem.contains(MMIO_GAP_START, 1), false);
+    assert.throws(() => mem.readU8(MMIO_GAP_START + 4096), (e: unknown) => e instanceof MemoryError && e.code === "EGUESTRANGE");
+    // A range that starts in RAM and runs into the gap is refused whole.
+    assert.throws(() => mem.slice(MMIO_GAP_START - 4, 8), MemoryError);
+  } finally {
+    mem.dispose();
+  }
+});
+
+test("every accessor refuses addresses outside guest memory, including hostile ones", () => {
+  const mem = GuestMemory.create([{ guestBase: 0, size: MiB }]);
+  try {
+    for (const [addr, len] of [[MiB, 1], [MiB - 3, 4], [-1, 1], [2 ** 60, 8], [Number.NaN, 1], [0, -1], [0.5, 1]] as const) {
+      assert.equal(mem.contains(addr, len), false, `${addr}+${len}`);
+      assert.throws(() => mem.slice(addr, len), MemoryError);
+    }
+    assert.throws(() => mem.writeU32(MiB - 2, 1), MemoryError);
+    assert.throws(() => mem.readU64(MiB - 7), MemoryError);
+    assert.equal(mem.readU32(MiB - 4), 0, "the last word is readable");
+  } finally {
+    mem.dispose();
+  }
+});
+
+test("discard gives pages back: they read as zero afterwards", () => {
+  const mem = GuestMemory.create([{ guestBase: 0, size: MiB }]);
+  try {
+    mem.fill(0x10000, 0x2000, 0xab);
+    mem.discard(0x10000, 0x1000);
+    assert.equal(mem.readU8(0x10000), 0);
+    assert.equal(mem.readU8(0x11000), 0xab);
+    assert.throws(() => mem.discard(0x10001, 0x1000), MemoryError);
+  } finally {
+    mem.dispose();
+  }
+});
+
+test("huge-page and KSM advice are accepted for guest memory", () => {
+  const mem = GuestMemory.create([{ guestBase: 0, size: 8 * MiB }], { hugePages: true, mergeable: true });
+  mem.writeU8(0, 1);
+  mem.dispose();
+});
+
+test("a second thread's view (attach) sees the same bytes", () => {
+  const mem = GuestMemory.create([{ guestBase: 0, size: MiB }]);
+  try {
+    const other = GuestMemory.attach(mem.describe());
+    mem.writeU32(0x100, 0xdeadbeef);
+    assert.equal(other.readU32(0x100), 0xdeadbeef);
+    other.dispose(); // a no-op for a view that does not own the mapping
+    assert.equal(mem.readU32(0x100), 0xdeadbeef);
+  } finally {
+    mem.dispose();
+  }
+});
