@@ -9,11 +9,10 @@
  * well under a second and callers want a path.
  */
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
-import { homedir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { cacheDir, cacheKey } from "../guest/cache.js";
 import { BenchError } from "./bench-error.js";
 
 /** The package root (this file is <root>/dist*\/bench/build-cache.js). */
@@ -24,24 +23,8 @@ export function packagePath(relative: string): string {
   return join(PACKAGE_ROOT, relative);
 }
 
-/** The cache root directory (created if missing). */
-export function cacheDir(): string {
-  const dir =
-    process.env.FLINT_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "flint");
-  mkdirSync(dir, { recursive: true });
-  return dir;
-}
-
-/** 16 hex digits of sha256 over the parts, each length-prefixed. */
-export function cacheKey(parts: readonly (string | Uint8Array)[]): string {
-  const hash = createHash("sha256");
-  for (const part of parts) {
-    const bytes = typeof part === "string" ? Buffer.from(part, "utf8") : part;
-    hash.update(`${bytes.byteLength}:`);
-    hash.update(bytes);
-  }
-  return hash.digest("hex").slice(0, 16);
-}
+// One cache for all of flint's artifacts: the same root and key rules as guest builds.
+export { cacheDir, cacheKey } from "../guest/cache.js";
 
 /** What {@link cachedArtifact} needs to find or make one file. */
 export interface ArtifactRecipe {

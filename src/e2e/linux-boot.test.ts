@@ -45,6 +45,8 @@ describe("flint boots real Linux (nested harness)", { timeout: 20 * 60_000 }, ()
     const reboot = join(share, "reboot.cpio.gz");
     writeFileSync(poweroff, buildInitramfs({ init: defaultInit({ finish: "poweroff" }) }));
     writeFileSync(reboot, buildInitramfs({ init: defaultInit({ finish: "reboot" }) }));
+    const shell = join(share, "shell.cpio.gz");
+    writeFileSync(shell, buildInitramfs({ init: defaultInit({ finish: "shell" }) }));
     const cases: Case[] = [
       { name: "vmlinux-1cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--cpus", "1", "--memory", "128", "--cmdline", QUIET] },
       { name: "vmlinux-2cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--cpus", "2", "--memory", "256", "--cmdline", QUIET] },
@@ -60,8 +62,21 @@ describe("flint boots real Linux (nested harness)", { timeout: 20 * 60_000 }, ()
         return `timeout 240 ${q(process.execPath)} ${q(CLI)} run ${c.args.map(q).join(" ")} </dev/null >${q(out)} 2>&1; echo $? >${q(out)}.rc`;
       })
       .join("\n");
-    nested = await runNested({ command: script, timeoutMs: 18 * 60_000, shareDir: share, memoryMib: 2048 });
-    for (const c of cases) {
+    // Console input: type into the guest's shell through flint's stdin once the
+    // shell has started (input sent earlier would be flushed by the driver's
+    // FIFO reset at open), then let it exit so /init powers off.
+    const stdinOut = join(share, "shell-stdin.out");
+    const stdinScript = [
+      `fifo=$TMPDIR/flint-e2e-stdin; rm -f $fifo; mkfifo $fifo`,
+      `(timeout 240 ${q(process.execPath)} ${q(CLI)} run --kernel ${q(kernel.vmlinux)} --initrd ${q(shell)} --memory 128 --cmdline ${q(QUIET)} <$fifo >${q(stdinOut)} 2>&1; echo $? >${q(stdinOut)}.rc) &`,
+      `exec 3>$fifo`,
+      `n=0; until grep -q "starting shell" ${q(stdinOut)} 2>/dev/null || [ $n -ge 400 ]; do sleep 0.5; n=$((n+1)); done`,
+      `sleep 1; printf 'echo flint-stdin-$((6 * 7))\nexit\n' >&3`,
+      `wait; exec 3>&-`,
+    ].join("\n");
+    results.set("shell-stdin", { exitCode: -1, output: "" });
+    nested = await runNested({ command: `${script}\n${stdinScript}`, timeoutMs: 18 * 60_000, shareDir: share, memoryMib: 2048 });
+    for (const c of [...cases, { name: "shell-stdin" }]) {
       let exitCode = -1;
       let output = "";
       try {
@@ -110,6 +125,11 @@ describe("flint boots real Linux (nested harness)", { timeout: 20 * 60_000 }, ()
   it("boots through the PVH entry point", () => {
     const { report } = check("pvh-1cpu-poweroff");
     assert.equal(report.nproc, 1);
+  });
+
+  it("feeds stdin to the guest's serial console: a shell in the guest runs typed commands", () => {
+    const { result } = check("shell-stdin");
+    assert.match(result.output, /^flint-stdin-42\r?$/m, result.output.slice(-2000));
   });
 
   it("boots Debian's own distro kernel on 2 vCPUs", () => {
