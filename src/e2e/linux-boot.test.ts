@@ -52,6 +52,7 @@ describe("flint boots real Linux (nested harness)", { timeout: 20 * 60_000 }, ()
       { name: "vmlinux-2cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--cpus", "2", "--memory", "256", "--cmdline", QUIET] },
       { name: "bzimage-2cpu-reboot-k", args: ["--kernel", kernel.bzImage, "--initrd", reboot, "--cpus", "2", "--memory", "192", "--cmdline", QUIET] },
       { name: "vmlinux-reboot-t", args: ["--kernel", kernel.vmlinux, "--initrd", reboot, "--cmdline", "console=ttyS0 reboot=t panic=-1 quiet", "--memory", "128"] },
+      { name: "mptable-only-2cpu", args: ["--kernel", kernel.vmlinux, "--initrd", reboot, "--cpus", "2", "--memory", "128", "--no-acpi", "--cmdline", QUIET] },
       { name: "pvh-1cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--boot", "pvh", "--memory", "128", "--cmdline", QUIET] },
       { name: "debian-2cpu-poweroff", args: ["--kernel", debian.vmlinuz, "--initrd", poweroff, "--cpus", "2", "--memory", "384", "--cmdline", QUIET] },
     ];
@@ -120,6 +121,11 @@ describe("flint boots real Linux (nested harness)", { timeout: 20 * 60_000 }, ()
 
   it("exits 0 when the guest reboots by triple fault (reboot=t)", () => {
     check("vmlinux-reboot-t");
+  });
+
+  it("without ACPI, finds both vCPUs from the MP table alone (and reboots through the i8042)", () => {
+    const { report } = check("mptable-only-2cpu");
+    assert.equal(report.nproc, 2);
   });
 
   it("boots through the PVH entry point", () => {

@@ -71,9 +71,24 @@ test("the i8042 reset command ends the VM as a reset", async () => {
 });
 
 test("stop() from the main thread kicks spinning vCPUs out of KVM_RUN", async () => {
-  const m = Machine.create({ cpus: 2, memoryMib: 64, boot: { kind: "ring3", program: ring3("1: jmp 1b") } });
+  // Each vCPU says it is running (one byte on the UART), then spins in the guest.
+  let seen = 0;
+  let bothRunning!: () => void;
+  const running2 = new Promise<void>((resolve) => (bothRunning = resolve));
+  const out = new Writable({
+    write(chunk: Buffer, _e, cb) {
+      seen += chunk.length;
+      if (seen >= 2) bothRunning();
+      cb();
+    },
+  });
+  const m = Machine.create({
+    cpus: 2, memoryMib: 64, consoleOutput: out,
+    boot: { kind: "ring3", program: ring3("mov dx, 0x3f8\n mov al, 'r'\n out dx, al\n 1: jmp 1b") },
+  });
   const running = m.run();
-  setTimeout(() => m.stop({ kind: "poweroff" }), 200);
+  await running2;
+  m.stop({ kind: "poweroff" });
   const r = await running;
   assert.deepEqual(r.reason, { kind: "poweroff" });
   assert.ok(r.stats.every((s) => s.interrupted >= 1), JSON.stringify(r.stats));

@@ -146,7 +146,7 @@ export function runDoctor(opts: { probe?: boolean } = {}): DoctorReport {
     ? `flint cannot run microVMs here: missing ${failed.join(", ")}`
     : report.kernelModeEmulated
       ? "KVM works, but this host emulates guest kernel code (no hardware virtualization for nested guests): " +
-        "Linux guests will not boot at usable speed here. Use a host with VT-x/AMD-V, or flint's nested harness (npm run demo does this automatically)."
+        "Linux guests will not boot at usable speed here. Use a host with VT-x/AMD-V, or flint's nested harness (`flint demo` does this automatically)."
       : "This host runs microVMs at full speed.";
   return report;
 }

@@ -17,10 +17,10 @@ import {
   ACPI_ACCESS_BIT_SHIFT, ACPI_ADR_SPACE_SYSTEM_IO, ACPI_FADT_8042, ACPI_FADT_HW_REDUCED, ACPI_FADT_NO_CMOS_RTC,
   ACPI_FADT_NO_VGA, ACPI_FADT_POWER_BUTTON, ACPI_FADT_RESET_REGISTER, ACPI_FADT_SLEEP_BUTTON,
   ACPI_MADT_ENABLED, ACPI_MADT_PCAT_COMPAT, ACPI_MADT_POLARITY_CONFORMS, ACPI_MADT_TRIGGER_CONFORMS,
-  ACPI_MADT_TYPE_INTERRUPT_OVERRIDE, ACPI_MADT_TYPE_IO_APIC, ACPI_MADT_TYPE_LOCAL_APIC,
+  ACPI_MADT_TYPE_IO_APIC, ACPI_MADT_TYPE_LOCAL_APIC,
   ACPI_MADT_TYPE_LOCAL_APIC_NMI, ACPI_OEM_ID_SIZE, ACPI_OEM_TABLE_ID_SIZE, ACPI_RSDP_CHECKSUM_LENGTH,
   ACPI_RSDP_XCHECKSUM_LENGTH, ACPI_SIG_DSDT, ACPI_SIG_FADT, ACPI_SIG_MADT, ACPI_SIG_RSDP, ACPI_SIG_XSDT,
-  acpi_generic_address, acpi_madt_interrupt_override, acpi_madt_io_apic, acpi_madt_local_apic,
+  acpi_generic_address, acpi_madt_io_apic, acpi_madt_local_apic,
   acpi_madt_local_apic_nmi, acpi_subtable_header, acpi_table_fadt, acpi_table_header, acpi_table_madt,
   acpi_table_rsdp, acpi_table_xsdt,
 } from "../../../linux/abi.generated.js";
@@ -60,9 +60,6 @@ const DSDT_REVISION = 2;
 const ACPI_ALL_PROCESSORS = 0xff;
 /** The LINT input NMI is wired to on every local APIC (as in MP spec Table 5-3). */
 const NMI_LINT = 1;
-/** ISA IRQ 0 (the PIT) is GSI 2 on PC-compatible IOAPIC wiring. */
-const ISA_TIMER_IRQ = 0;
-const ISA_TIMER_GSI = 2;
 /** Table alignment within the ACPI area. */
 const TABLE_ALIGN = 16;
 
@@ -161,12 +158,14 @@ export function fadtTable(dsdtAddress: number): Uint8Array {
 /** Bytes of the MADT for `cpus` vCPUs. */
 function madtLength(cpus: number): number {
   return acpi_table_madt.SIZE + cpus * acpi_madt_local_apic.SIZE + acpi_madt_io_apic.SIZE
-    + acpi_madt_interrupt_override.SIZE + acpi_madt_local_apic_nmi.SIZE;
+    + acpi_madt_local_apic_nmi.SIZE;
 }
 
 /**
  * MADT (§5.2.12): one enabled Processor Local APIC per vCPU (UID = APIC id = index),
- * the IOAPIC (id `cpus`, GSI base 0), ISA IRQ 0 -> GSI 2, and NMI on LINT1 of all CPUs.
+ * the IOAPIC (id `cpus`, GSI base 0), and NMI on LINT1 of all CPUs. There is no
+ * interrupt source override: KVM's default routing wires ISA IRQ n (the PIT
+ * on 0) to IOAPIC pin n, exactly as flint's MP table says, so identity is right.
  */
 export function madtTable(cpus: number): Uint8Array {
   checkCpuCount(cpus);
@@ -192,11 +191,6 @@ export function madtTable(cpus: number): Uint8Array {
   setU8(v, at + acpi_madt_io_apic.id, cpus);
   setU32(v, at + acpi_madt_io_apic.address, IOAPIC_START);
   setU32(v, at + acpi_madt_io_apic.global_irq_base, 0);
-  at = sub(ACPI_MADT_TYPE_INTERRUPT_OVERRIDE, acpi_madt_interrupt_override.SIZE);
-  setU8(v, at + acpi_madt_interrupt_override.bus, 0); // ISA
-  setU8(v, at + acpi_madt_interrupt_override.source_irq, ISA_TIMER_IRQ);
-  setU32(v, at + acpi_madt_interrupt_override.global_irq, ISA_TIMER_GSI);
-  setU16(v, at + acpi_madt_interrupt_override.inti_flags, ACPI_MADT_POLARITY_CONFORMS | ACPI_MADT_TRIGGER_CONFORMS);
   at = sub(ACPI_MADT_TYPE_LOCAL_APIC_NMI, acpi_madt_local_apic_nmi.SIZE);
   setU8(v, at + acpi_madt_local_apic_nmi.processor_id, ACPI_ALL_PROCESSORS);
   setU16(v, at + acpi_madt_local_apic_nmi.inti_flags, ACPI_MADT_POLARITY_CONFORMS | ACPI_MADT_TRIGGER_CONFORMS);
