@@ -10,12 +10,17 @@
 // TypeScript side, which must not touch a view after unmapping it.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <node_api.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -218,6 +223,140 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
   return make_i64(env, r < 0 ? -errno : r);
 }
 
+// poll(pollfds, nfds, timeoutMs) -> ready count, or -errno. `pollfds` is a
+// buffer of struct pollfd that the kernel fills in (revents).
+static napi_value js_poll(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  ARG_U64(0, fds);
+  ARG_U64(1, nfds);
+  ARG_U64(2, timeout);
+  int r = poll((struct pollfd *)(uintptr_t)fds, (nfds_t)nfds, (int)(int64_t)timeout);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// pread/pwrite(fd, buffer, length, offset) -> bytes, or -errno.
+static napi_value js_pread(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  ARG_U64(0, fd);
+  ARG_U64(1, buf);
+  ARG_U64(2, len);
+  ARG_U64(3, off);
+  ssize_t r = pread((int)fd, (void *)(uintptr_t)buf, (size_t)len, (off_t)off);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+static napi_value js_pwrite(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  ARG_U64(0, fd);
+  ARG_U64(1, buf);
+  ARG_U64(2, len);
+  ARG_U64(3, off);
+  ssize_t r = pwrite((int)fd, (const void *)(uintptr_t)buf, (size_t)len, (off_t)off);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// fallocate(fd, mode, offset, length) -> 0 or -errno (DISCARD, WRITE_ZEROES).
+static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  ARG_U64(0, fd);
+  ARG_U64(1, mode);
+  ARG_U64(2, off);
+  ARG_U64(3, len);
+  int r = fallocate((int)fd, (int)mode, (off_t)off, (off_t)len);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// fdatasync(fd) / fsync(fd) -> 0 or -errno, without libuv (device threads).
+static napi_value js_fdatasync(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  ARG_U64(0, fd);
+  int r = fdatasync((int)fd);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// socket(domain, type, protocol) -> fd or -errno.
+static napi_value js_socket(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  ARG_U64(0, domain);
+  ARG_U64(1, type);
+  ARG_U64(2, proto);
+  int r = socket((int)domain, (int)type, (int)proto);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// Fills a sockaddr_un from a JS string path; returns its length or -ENAMETOOLONG.
+static int unix_addr(napi_env env, napi_value v, struct sockaddr_un *sa) {
+  size_t n = 0;
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  if (napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &n) != napi_ok) return -EINVAL;
+  if (n >= sizeof sa->sun_path - 1) return -ENAMETOOLONG;
+  return (int)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+// bindUnix(fd, path) / connectUnix(fd, path) -> 0 or -errno.
+static napi_value js_bind_unix(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, fd);
+  struct sockaddr_un sa;
+  int len = unix_addr(env, argv[1], &sa);
+  if (len < 0) return make_i64(env, len);
+  int r = bind((int)fd, (struct sockaddr *)&sa, (socklen_t)len);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+static napi_value js_connect_unix(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, fd);
+  struct sockaddr_un sa;
+  int len = unix_addr(env, argv[1], &sa);
+  if (len < 0) return make_i64(env, len);
+  int r = connect((int)fd, (struct sockaddr *)&sa, (socklen_t)len);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// listen(fd, backlog) -> 0 or -errno.
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, fd);
+  ARG_U64(1, backlog);
+  int r = listen((int)fd, (int)backlog);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// accept4(fd, flags) -> new fd or -errno.
+static napi_value js_accept4(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, fd);
+  ARG_U64(1, flags);
+  int r = accept4((int)fd, NULL, NULL, (int)flags);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// shutdown(fd, how) -> 0 or -errno.
+static napi_value js_shutdown(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  ARG_U64(0, fd);
+  ARG_U64(1, how);
+  int r = shutdown((int)fd, (int)how);
+  return make_i64(env, r < 0 ? -errno : 0);
+}
+
+// open(path, flags, mode) -> fd or -errno (for /dev/net/tun from device threads).
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  char path[4096];
+  size_t n = 0;
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &n) != napi_ok || n >= sizeof path - 1) {
+    napi_throw_type_error(env, "EFLINTSYS", "flint_sys: bad path");
+    return NULL;
+  }
+  ARG_U64(1, flags);
+  ARG_U64(2, mode);
+  int r = open(path, (int)flags, (mode_t)mode);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
 // close(fd) -> 0 or -errno.
 static napi_value js_close(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -313,6 +452,18 @@ NAPI_MODULE_INIT() {
       {"read", js_read},
       {"write", js_write},
       {"close", js_close},
+      {"poll", js_poll},
+      {"pread", js_pread},
+      {"pwrite", js_pwrite},
+      {"fallocate", js_fallocate},
+      {"fdatasync", js_fdatasync},
+      {"socket", js_socket},
+      {"bindUnix", js_bind_unix},
+      {"connectUnix", js_connect_unix},
+      {"listen", js_listen},
+      {"accept4", js_accept4},
+      {"shutdown", js_shutdown},
+      {"open", js_open},
       {"installKickSignal", js_install_kick_signal},
       {"unblockSignal", js_unblock_signal},
       {"threadSelf", js_thread_self},

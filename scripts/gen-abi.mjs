@@ -166,6 +166,60 @@ const CONSTANTS = {
     EI_NIDENT EI_MAG0 EI_MAG1 EI_MAG2 EI_MAG3 ELFMAG0 ELFMAG1 ELFMAG2 ELFMAG3 EI_VERSION ET_DYN`,
 };
 
+Object.assign(CONSTANTS, {
+  "linux/virtio_mmio.h: virtio-mmio transport registers (virtio 1.x §4.2.2)": `
+    VIRTIO_MMIO_MAGIC_VALUE VIRTIO_MMIO_VERSION VIRTIO_MMIO_DEVICE_ID VIRTIO_MMIO_VENDOR_ID
+    VIRTIO_MMIO_DEVICE_FEATURES VIRTIO_MMIO_DEVICE_FEATURES_SEL VIRTIO_MMIO_DRIVER_FEATURES
+    VIRTIO_MMIO_DRIVER_FEATURES_SEL VIRTIO_MMIO_GUEST_PAGE_SIZE VIRTIO_MMIO_QUEUE_SEL VIRTIO_MMIO_QUEUE_NUM_MAX
+    VIRTIO_MMIO_QUEUE_NUM VIRTIO_MMIO_QUEUE_ALIGN VIRTIO_MMIO_QUEUE_PFN VIRTIO_MMIO_QUEUE_READY
+    VIRTIO_MMIO_QUEUE_NOTIFY VIRTIO_MMIO_INTERRUPT_STATUS VIRTIO_MMIO_INTERRUPT_ACK VIRTIO_MMIO_STATUS
+    VIRTIO_MMIO_QUEUE_DESC_LOW VIRTIO_MMIO_QUEUE_DESC_HIGH VIRTIO_MMIO_QUEUE_AVAIL_LOW VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+    VIRTIO_MMIO_QUEUE_USED_LOW VIRTIO_MMIO_QUEUE_USED_HIGH VIRTIO_MMIO_SHM_SEL VIRTIO_MMIO_SHM_LEN_LOW
+    VIRTIO_MMIO_SHM_LEN_HIGH VIRTIO_MMIO_SHM_BASE_LOW VIRTIO_MMIO_SHM_BASE_HIGH VIRTIO_MMIO_CONFIG_GENERATION
+    VIRTIO_MMIO_CONFIG VIRTIO_MMIO_INT_VRING VIRTIO_MMIO_INT_CONFIG`,
+  "linux/virtio_config.h, virtio_ids.h: status, features, device ids": `
+    VIRTIO_CONFIG_S_ACKNOWLEDGE VIRTIO_CONFIG_S_DRIVER VIRTIO_CONFIG_S_DRIVER_OK VIRTIO_CONFIG_S_FEATURES_OK
+    VIRTIO_CONFIG_S_NEEDS_RESET VIRTIO_CONFIG_S_FAILED VIRTIO_TRANSPORT_F_START VIRTIO_TRANSPORT_F_END
+    VIRTIO_F_NOTIFY_ON_EMPTY VIRTIO_F_ANY_LAYOUT VIRTIO_F_VERSION_1 VIRTIO_F_ACCESS_PLATFORM VIRTIO_F_RING_PACKED
+    VIRTIO_F_IN_ORDER VIRTIO_F_ORDER_PLATFORM VIRTIO_F_RING_RESET
+    VIRTIO_ID_NET VIRTIO_ID_BLOCK VIRTIO_ID_CONSOLE VIRTIO_ID_RNG VIRTIO_ID_BALLOON VIRTIO_ID_VSOCK`,
+  "linux/virtio_ring.h: split virtqueues": `
+    VRING_DESC_F_NEXT VRING_DESC_F_WRITE VRING_DESC_F_INDIRECT VRING_USED_F_NO_NOTIFY VRING_AVAIL_F_NO_INTERRUPT
+    VIRTIO_RING_F_INDIRECT_DESC VIRTIO_RING_F_EVENT_IDX VRING_AVAIL_ALIGN_SIZE VRING_USED_ALIGN_SIZE
+    VRING_DESC_ALIGN_SIZE`,
+  "linux/virtio_blk.h: block device": `
+    VIRTIO_BLK_F_SIZE_MAX VIRTIO_BLK_F_SEG_MAX VIRTIO_BLK_F_GEOMETRY VIRTIO_BLK_F_RO VIRTIO_BLK_F_BLK_SIZE
+    VIRTIO_BLK_F_TOPOLOGY VIRTIO_BLK_F_MQ VIRTIO_BLK_F_DISCARD VIRTIO_BLK_F_WRITE_ZEROES VIRTIO_BLK_F_FLUSH
+    VIRTIO_BLK_F_CONFIG_WCE VIRTIO_BLK_T_IN VIRTIO_BLK_T_OUT VIRTIO_BLK_T_FLUSH VIRTIO_BLK_T_GET_ID
+    VIRTIO_BLK_T_DISCARD VIRTIO_BLK_T_WRITE_ZEROES VIRTIO_BLK_S_OK VIRTIO_BLK_S_IOERR VIRTIO_BLK_S_UNSUPP
+    VIRTIO_BLK_ID_BYTES VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`,
+  "linux/virtio_net.h: network device": `
+    VIRTIO_NET_F_CSUM VIRTIO_NET_F_GUEST_CSUM VIRTIO_NET_F_MTU VIRTIO_NET_F_MAC VIRTIO_NET_F_GUEST_TSO4
+    VIRTIO_NET_F_GUEST_TSO6 VIRTIO_NET_F_GUEST_ECN VIRTIO_NET_F_GUEST_UFO VIRTIO_NET_F_HOST_TSO4
+    VIRTIO_NET_F_HOST_TSO6 VIRTIO_NET_F_HOST_ECN VIRTIO_NET_F_HOST_UFO VIRTIO_NET_F_MRG_RXBUF VIRTIO_NET_F_STATUS
+    VIRTIO_NET_F_CTRL_VQ VIRTIO_NET_F_MQ VIRTIO_NET_S_LINK_UP VIRTIO_NET_HDR_F_NEEDS_CSUM
+    VIRTIO_NET_HDR_F_DATA_VALID VIRTIO_NET_HDR_GSO_NONE VIRTIO_NET_HDR_GSO_TCPV4 VIRTIO_NET_HDR_GSO_UDP
+    VIRTIO_NET_HDR_GSO_TCPV6 VIRTIO_NET_HDR_GSO_ECN`,
+  "linux/virtio_vsock.h: socket device": `
+    VIRTIO_VSOCK_F_SEQPACKET VIRTIO_VSOCK_EVENT_TRANSPORT_RESET VIRTIO_VSOCK_TYPE_STREAM
+    VIRTIO_VSOCK_TYPE_SEQPACKET VIRTIO_VSOCK_OP_INVALID VIRTIO_VSOCK_OP_REQUEST VIRTIO_VSOCK_OP_RESPONSE
+    VIRTIO_VSOCK_OP_RST VIRTIO_VSOCK_OP_SHUTDOWN VIRTIO_VSOCK_OP_RW VIRTIO_VSOCK_OP_CREDIT_UPDATE
+    VIRTIO_VSOCK_OP_CREDIT_REQUEST VIRTIO_VSOCK_SHUTDOWN_RCV VIRTIO_VSOCK_SHUTDOWN_SEND
+    VMADDR_CID_ANY VMADDR_CID_HYPERVISOR VMADDR_CID_LOCAL VMADDR_CID_HOST`,
+  "linux/virtio_balloon.h: memory balloon": `
+    VIRTIO_BALLOON_F_MUST_TELL_HOST VIRTIO_BALLOON_F_STATS_VQ VIRTIO_BALLOON_F_DEFLATE_ON_OOM
+    VIRTIO_BALLOON_F_FREE_PAGE_HINT VIRTIO_BALLOON_F_PAGE_POISON VIRTIO_BALLOON_F_REPORTING
+    VIRTIO_BALLOON_PFN_SHIFT VIRTIO_BALLOON_S_SWAP_IN VIRTIO_BALLOON_S_SWAP_OUT VIRTIO_BALLOON_S_MAJFLT
+    VIRTIO_BALLOON_S_MINFLT VIRTIO_BALLOON_S_MEMFREE VIRTIO_BALLOON_S_MEMTOT VIRTIO_BALLOON_S_AVAIL
+    VIRTIO_BALLOON_S_CACHES VIRTIO_BALLOON_S_NR`,
+  "linux/if_tun.h, linux/if.h, net: TAP devices and sockets": `
+    TUNSETIFF TUNGETIFF TUNSETOFFLOAD TUNSETVNETHDRSZ TUNGETVNETHDRSZ TUNGETFEATURES IFF_TAP IFF_NO_PI
+    IFF_VNET_HDR IFF_ONE_QUEUE IFF_MULTI_QUEUE TUN_F_CSUM TUN_F_TSO4 TUN_F_TSO6 TUN_F_TSO_ECN TUN_F_UFO
+    IFNAMSIZ AF_UNIX SOCK_STREAM SOCK_NONBLOCK SOCK_CLOEXEC O_NONBLOCK O_RDWR O_CLOEXEC
+    POLLIN POLLOUT POLLERR POLLHUP POLLNVAL FALLOC_FL_KEEP_SIZE FALLOC_FL_PUNCH_HOLE FALLOC_FL_ZERO_RANGE
+    ENOSPC EIO EPIPE ECONNREFUSED ECONNRESET EADDRINUSE ENOTCONN EINPROGRESS`,
+});
+
 const STRINGS = `
   ACPI_SIG_RSDP ACPI_SIG_XSDT ACPI_SIG_FADT ACPI_SIG_MADT ACPI_SIG_DSDT MPC_SIGNATURE
   BUSTYPE_ISA`;
@@ -244,6 +298,29 @@ const STRUCTS = [
   ["aml_resource_extended_irq", `descriptor_type resource_length flags interrupt_count interrupts`],
 ];
 
+// virtio rings and devices, TAP and socket structs.
+STRUCTS.push(
+  ["vring_desc", `addr len flags next`],
+  ["vring_avail", `flags idx ring`],
+  ["vring_used_elem", `id len`],
+  ["vring_used", `flags idx ring`],
+  ["virtio_blk_config", `capacity size_max seg_max blk_size physical_block_exp alignment_offset min_io_size
+    opt_io_size wce num_queues max_discard_sectors max_discard_seg discard_sector_alignment
+    max_write_zeroes_sectors max_write_zeroes_seg write_zeroes_may_unmap`],
+  ["virtio_blk_outhdr", `type ioprio sector`],
+  ["virtio_blk_discard_write_zeroes", `sector num_sectors flags`],
+  ["virtio_net_config", `mac status max_virtqueue_pairs mtu`],
+  ["virtio_net_hdr_v1", `flags gso_type hdr_len gso_size csum_start csum_offset num_buffers`],
+  ["virtio_vsock_config", `guest_cid`],
+  ["virtio_vsock_event", `id`],
+  ["virtio_vsock_hdr", `src_cid dst_cid src_port dst_port len type op flags buf_alloc fwd_cnt`],
+  ["virtio_balloon_config", `num_pages actual free_page_hint_cmd_id poison_val`],
+  ["virtio_balloon_stat", `tag val`],
+  ["ifreq", `ifr_name ifr_flags`],
+  ["sockaddr_un", `sun_family sun_path`],
+  ["pollfd", `fd events revents`],
+);
+
 // C type for each struct name above (typedefs for the ELF ones).
 const cType = (name) => (name.startsWith("Elf64_") ? name : `struct ${name}`);
 
@@ -265,6 +342,22 @@ function cProgram() {
 #include <linux/kvm.h>
 #include <linux/kvm_para.h>
 #include <linux/serial_reg.h>
+#include <linux/virtio_mmio.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ids.h>
+#include <linux/virtio_ring.h>
+#include <linux/virtio_blk.h>
+#include <linux/virtio_net.h>
+#include <linux/virtio_vsock.h>
+#include <linux/vm_sockets.h>
+#include <linux/virtio_balloon.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <poll.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <stdbool.h> /* include/linux/i8042.h uses bool in its stubs */
 #include "include/linux/i8042.h"
 #include <asm/bootparam.h>

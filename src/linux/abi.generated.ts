@@ -504,6 +504,208 @@ export const ELFMAG3 = 0x46;
 export const EI_VERSION = 0x6;
 export const ET_DYN = 0x3;
 
+// linux/virtio_mmio.h: virtio-mmio transport registers (virtio 1.x §4.2.2)
+export const VIRTIO_MMIO_MAGIC_VALUE = 0x0;
+export const VIRTIO_MMIO_VERSION = 0x4;
+export const VIRTIO_MMIO_DEVICE_ID = 0x8;
+export const VIRTIO_MMIO_VENDOR_ID = 0xc;
+export const VIRTIO_MMIO_DEVICE_FEATURES = 0x10;
+export const VIRTIO_MMIO_DEVICE_FEATURES_SEL = 0x14;
+export const VIRTIO_MMIO_DRIVER_FEATURES = 0x20;
+export const VIRTIO_MMIO_DRIVER_FEATURES_SEL = 0x24;
+export const VIRTIO_MMIO_GUEST_PAGE_SIZE = 0x28;
+export const VIRTIO_MMIO_QUEUE_SEL = 0x30;
+export const VIRTIO_MMIO_QUEUE_NUM_MAX = 0x34;
+export const VIRTIO_MMIO_QUEUE_NUM = 0x38;
+export const VIRTIO_MMIO_QUEUE_ALIGN = 0x3c;
+export const VIRTIO_MMIO_QUEUE_PFN = 0x40;
+export const VIRTIO_MMIO_QUEUE_READY = 0x44;
+export const VIRTIO_MMIO_QUEUE_NOTIFY = 0x50;
+export const VIRTIO_MMIO_INTERRUPT_STATUS = 0x60;
+export const VIRTIO_MMIO_INTERRUPT_ACK = 0x64;
+export const VIRTIO_MMIO_STATUS = 0x70;
+export const VIRTIO_MMIO_QUEUE_DESC_LOW = 0x80;
+export const VIRTIO_MMIO_QUEUE_DESC_HIGH = 0x84;
+export const VIRTIO_MMIO_QUEUE_AVAIL_LOW = 0x90;
+export const VIRTIO_MMIO_QUEUE_AVAIL_HIGH = 0x94;
+export const VIRTIO_MMIO_QUEUE_USED_LOW = 0xa0;
+export const VIRTIO_MMIO_QUEUE_USED_HIGH = 0xa4;
+export const VIRTIO_MMIO_SHM_SEL = 0xac;
+export const VIRTIO_MMIO_SHM_LEN_LOW = 0xb0;
+export const VIRTIO_MMIO_SHM_LEN_HIGH = 0xb4;
+export const VIRTIO_MMIO_SHM_BASE_LOW = 0xb8;
+export const VIRTIO_MMIO_SHM_BASE_HIGH = 0xbc;
+export const VIRTIO_MMIO_CONFIG_GENERATION = 0xfc;
+export const VIRTIO_MMIO_CONFIG = 0x100;
+export const VIRTIO_MMIO_INT_VRING = 0x1;
+export const VIRTIO_MMIO_INT_CONFIG = 0x2;
+
+// linux/virtio_config.h, virtio_ids.h: status, features, device ids
+export const VIRTIO_CONFIG_S_ACKNOWLEDGE = 0x1;
+export const VIRTIO_CONFIG_S_DRIVER = 0x2;
+export const VIRTIO_CONFIG_S_DRIVER_OK = 0x4;
+export const VIRTIO_CONFIG_S_FEATURES_OK = 0x8;
+export const VIRTIO_CONFIG_S_NEEDS_RESET = 0x40;
+export const VIRTIO_CONFIG_S_FAILED = 0x80;
+export const VIRTIO_TRANSPORT_F_START = 0x1c;
+export const VIRTIO_TRANSPORT_F_END = 0x29;
+export const VIRTIO_F_NOTIFY_ON_EMPTY = 0x18;
+export const VIRTIO_F_ANY_LAYOUT = 0x1b;
+export const VIRTIO_F_VERSION_1 = 0x20;
+export const VIRTIO_F_ACCESS_PLATFORM = 0x21;
+export const VIRTIO_F_RING_PACKED = 0x22;
+export const VIRTIO_F_IN_ORDER = 0x23;
+export const VIRTIO_F_ORDER_PLATFORM = 0x24;
+export const VIRTIO_F_RING_RESET = 0x28;
+export const VIRTIO_ID_NET = 0x1;
+export const VIRTIO_ID_BLOCK = 0x2;
+export const VIRTIO_ID_CONSOLE = 0x3;
+export const VIRTIO_ID_RNG = 0x4;
+export const VIRTIO_ID_BALLOON = 0x5;
+export const VIRTIO_ID_VSOCK = 0x13;
+
+// linux/virtio_ring.h: split virtqueues
+export const VRING_DESC_F_NEXT = 0x1;
+export const VRING_DESC_F_WRITE = 0x2;
+export const VRING_DESC_F_INDIRECT = 0x4;
+export const VRING_USED_F_NO_NOTIFY = 0x1;
+export const VRING_AVAIL_F_NO_INTERRUPT = 0x1;
+export const VIRTIO_RING_F_INDIRECT_DESC = 0x1c;
+export const VIRTIO_RING_F_EVENT_IDX = 0x1d;
+export const VRING_AVAIL_ALIGN_SIZE = 0x2;
+export const VRING_USED_ALIGN_SIZE = 0x4;
+export const VRING_DESC_ALIGN_SIZE = 0x10;
+
+// linux/virtio_blk.h: block device
+export const VIRTIO_BLK_F_SIZE_MAX = 0x1;
+export const VIRTIO_BLK_F_SEG_MAX = 0x2;
+export const VIRTIO_BLK_F_GEOMETRY = 0x4;
+export const VIRTIO_BLK_F_RO = 0x5;
+export const VIRTIO_BLK_F_BLK_SIZE = 0x6;
+export const VIRTIO_BLK_F_TOPOLOGY = 0xa;
+export const VIRTIO_BLK_F_MQ = 0xc;
+export const VIRTIO_BLK_F_DISCARD = 0xd;
+export const VIRTIO_BLK_F_WRITE_ZEROES = 0xe;
+export const VIRTIO_BLK_F_FLUSH = 0x9;
+export const VIRTIO_BLK_F_CONFIG_WCE = 0xb;
+export const VIRTIO_BLK_T_IN = 0x0;
+export const VIRTIO_BLK_T_OUT = 0x1;
+export const VIRTIO_BLK_T_FLUSH = 0x4;
+export const VIRTIO_BLK_T_GET_ID = 0x8;
+export const VIRTIO_BLK_T_DISCARD = 0xb;
+export const VIRTIO_BLK_T_WRITE_ZEROES = 0xd;
+export const VIRTIO_BLK_S_OK = 0x0;
+export const VIRTIO_BLK_S_IOERR = 0x1;
+export const VIRTIO_BLK_S_UNSUPP = 0x2;
+export const VIRTIO_BLK_ID_BYTES = 0x14;
+export const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 0x1;
+
+// linux/virtio_net.h: network device
+export const VIRTIO_NET_F_CSUM = 0x0;
+export const VIRTIO_NET_F_GUEST_CSUM = 0x1;
+export const VIRTIO_NET_F_MTU = 0x3;
+export const VIRTIO_NET_F_MAC = 0x5;
+export const VIRTIO_NET_F_GUEST_TSO4 = 0x7;
+export const VIRTIO_NET_F_GUEST_TSO6 = 0x8;
+export const VIRTIO_NET_F_GUEST_ECN = 0x9;
+export const VIRTIO_NET_F_GUEST_UFO = 0xa;
+export const VIRTIO_NET_F_HOST_TSO4 = 0xb;
+export const VIRTIO_NET_F_HOST_TSO6 = 0xc;
+export const VIRTIO_NET_F_HOST_ECN = 0xd;
+export const VIRTIO_NET_F_HOST_UFO = 0xe;
+export const VIRTIO_NET_F_MRG_RXBUF = 0xf;
+export const VIRTIO_NET_F_STATUS = 0x10;
+export const VIRTIO_NET_F_CTRL_VQ = 0x11;
+export const VIRTIO_NET_F_MQ = 0x16;
+export const VIRTIO_NET_S_LINK_UP = 0x1;
+export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 0x1;
+export const VIRTIO_NET_HDR_F_DATA_VALID = 0x2;
+export const VIRTIO_NET_HDR_GSO_NONE = 0x0;
+export const VIRTIO_NET_HDR_GSO_TCPV4 = 0x1;
+export const VIRTIO_NET_HDR_GSO_UDP = 0x3;
+export const VIRTIO_NET_HDR_GSO_TCPV6 = 0x4;
+export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
+
+// linux/virtio_vsock.h: socket device
+export const VIRTIO_VSOCK_F_SEQPACKET = 0x1;
+export const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0x0;
+export const VIRTIO_VSOCK_TYPE_STREAM = 0x1;
+export const VIRTIO_VSOCK_TYPE_SEQPACKET = 0x2;
+export const VIRTIO_VSOCK_OP_INVALID = 0x0;
+export const VIRTIO_VSOCK_OP_REQUEST = 0x1;
+export const VIRTIO_VSOCK_OP_RESPONSE = 0x2;
+export const VIRTIO_VSOCK_OP_RST = 0x3;
+export const VIRTIO_VSOCK_OP_SHUTDOWN = 0x4;
+export const VIRTIO_VSOCK_OP_RW = 0x5;
+export const VIRTIO_VSOCK_OP_CREDIT_UPDATE = 0x6;
+export const VIRTIO_VSOCK_OP_CREDIT_REQUEST = 0x7;
+export const VIRTIO_VSOCK_SHUTDOWN_RCV = 0x1;
+export const VIRTIO_VSOCK_SHUTDOWN_SEND = 0x2;
+export const VMADDR_CID_ANY = 0xffffffff;
+export const VMADDR_CID_HYPERVISOR = 0x0;
+export const VMADDR_CID_LOCAL = 0x1;
+export const VMADDR_CID_HOST = 0x2;
+
+// linux/virtio_balloon.h: memory balloon
+export const VIRTIO_BALLOON_F_MUST_TELL_HOST = 0x0;
+export const VIRTIO_BALLOON_F_STATS_VQ = 0x1;
+export const VIRTIO_BALLOON_F_DEFLATE_ON_OOM = 0x2;
+export const VIRTIO_BALLOON_F_FREE_PAGE_HINT = 0x3;
+export const VIRTIO_BALLOON_F_PAGE_POISON = 0x4;
+export const VIRTIO_BALLOON_F_REPORTING = 0x5;
+export const VIRTIO_BALLOON_PFN_SHIFT = 0xc;
+export const VIRTIO_BALLOON_S_SWAP_IN = 0x0;
+export const VIRTIO_BALLOON_S_SWAP_OUT = 0x1;
+export const VIRTIO_BALLOON_S_MAJFLT = 0x2;
+export const VIRTIO_BALLOON_S_MINFLT = 0x3;
+export const VIRTIO_BALLOON_S_MEMFREE = 0x4;
+export const VIRTIO_BALLOON_S_MEMTOT = 0x5;
+export const VIRTIO_BALLOON_S_AVAIL = 0x6;
+export const VIRTIO_BALLOON_S_CACHES = 0x7;
+export const VIRTIO_BALLOON_S_NR = 0xa;
+
+// linux/if_tun.h, linux/if.h, net: TAP devices and sockets
+export const TUNSETIFF = 0x400454ca;
+export const TUNGETIFF = 0x800454d2;
+export const TUNSETOFFLOAD = 0x400454d0;
+export const TUNSETVNETHDRSZ = 0x400454d8;
+export const TUNGETVNETHDRSZ = 0x800454d7;
+export const TUNGETFEATURES = 0x800454cf;
+export const IFF_TAP = 0x2;
+export const IFF_NO_PI = 0x1000;
+export const IFF_VNET_HDR = 0x4000;
+export const IFF_ONE_QUEUE = 0x2000;
+export const IFF_MULTI_QUEUE = 0x100;
+export const TUN_F_CSUM = 0x1;
+export const TUN_F_TSO4 = 0x2;
+export const TUN_F_TSO6 = 0x4;
+export const TUN_F_TSO_ECN = 0x8;
+export const TUN_F_UFO = 0x10;
+export const IFNAMSIZ = 0x10;
+export const AF_UNIX = 0x1;
+export const SOCK_STREAM = 0x1;
+export const SOCK_NONBLOCK = 0x800;
+export const SOCK_CLOEXEC = 0x80000;
+export const O_NONBLOCK = 0x800;
+export const O_RDWR = 0x2;
+export const O_CLOEXEC = 0x80000;
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const POLLNVAL = 0x20;
+export const FALLOC_FL_KEEP_SIZE = 0x1;
+export const FALLOC_FL_PUNCH_HOLE = 0x2;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+export const ENOSPC = 0x1c;
+export const EIO = 0x5;
+export const EPIPE = 0x20;
+export const ECONNREFUSED = 0x6f;
+export const ECONNRESET = 0x68;
+export const EADDRINUSE = 0x62;
+export const ENOTCONN = 0x6b;
+export const EINPROGRESS = 0x73;
+
 // String constants
 export const ACPI_SIG_RSDP = "RSD PTR ";
 export const ACPI_SIG_XSDT = "XSDT";
@@ -1028,4 +1230,125 @@ export const aml_resource_extended_irq = {
   flags: 3,
   interrupt_count: 4,
   interrupts: 5,
+} as const;
+export const vring_desc = {
+  SIZE: 16,
+  addr: 0,
+  len: 8,
+  flags: 12,
+  next: 14,
+} as const;
+export const vring_avail = {
+  SIZE: 4,
+  flags: 0,
+  idx: 2,
+  ring: 4,
+} as const;
+export const vring_used_elem = {
+  SIZE: 8,
+  id: 0,
+  len: 4,
+} as const;
+export const vring_used = {
+  SIZE: 4,
+  flags: 0,
+  idx: 2,
+  ring: 4,
+} as const;
+export const virtio_blk_config = {
+  SIZE: 72,
+  capacity: 0,
+  size_max: 8,
+  seg_max: 12,
+  blk_size: 20,
+  physical_block_exp: 24,
+  alignment_offset: 25,
+  min_io_size: 26,
+  opt_io_size: 28,
+  wce: 32,
+  num_queues: 34,
+  max_discard_sectors: 36,
+  max_discard_seg: 40,
+  discard_sector_alignment: 44,
+  max_write_zeroes_sectors: 48,
+  max_write_zeroes_seg: 52,
+  write_zeroes_may_unmap: 56,
+} as const;
+export const virtio_blk_outhdr = {
+  SIZE: 16,
+  type: 0,
+  ioprio: 4,
+  sector: 8,
+} as const;
+export const virtio_blk_discard_write_zeroes = {
+  SIZE: 16,
+  sector: 0,
+  num_sectors: 8,
+  flags: 12,
+} as const;
+export const virtio_net_config = {
+  SIZE: 24,
+  mac: 0,
+  status: 6,
+  max_virtqueue_pairs: 8,
+  mtu: 10,
+} as const;
+export const virtio_net_hdr_v1 = {
+  SIZE: 12,
+  flags: 0,
+  gso_type: 1,
+  hdr_len: 2,
+  gso_size: 4,
+  csum_start: 6,
+  csum_offset: 8,
+  num_buffers: 10,
+} as const;
+export const virtio_vsock_config = {
+  SIZE: 8,
+  guest_cid: 0,
+} as const;
+export const virtio_vsock_event = {
+  SIZE: 4,
+  id: 0,
+} as const;
+export const virtio_vsock_hdr = {
+  SIZE: 44,
+  src_cid: 0,
+  dst_cid: 8,
+  src_port: 16,
+  dst_port: 20,
+  len: 24,
+  type: 28,
+  op: 30,
+  flags: 32,
+  buf_alloc: 36,
+  fwd_cnt: 40,
+} as const;
+export const virtio_balloon_config = {
+  SIZE: 16,
+  num_pages: 0,
+  actual: 4,
+  free_page_hint_cmd_id: 8,
+  poison_val: 12,
+} as const;
+export const virtio_balloon_stat = {
+  SIZE: 10,
+  tag: 0,
+  val: 2,
+} as const;
+export const ifreq = {
+  SIZE: 40,
+  ifr_name: 0,
+  ifr_flags: 16,
+} as const;
+export const sockaddr_un = {
+  SIZE: 110,
+  sun_family: 0,
+  sun_path: 2,
+} as const;
+export const pollfd = {
+  SIZE: 8,
+  fd: 0,
+  events: 4,
+  revents: 6,
 } as const;

@@ -26,6 +26,19 @@ interface Addon {
   read(fd: number, buffer: SysArg, length: number): number;
   write(fd: number, buffer: SysArg, length: number): number;
   close(fd: number): number;
+  /** poll(2) over a buffer of struct pollfd (layout: `pollfd` in the generated ABI). */
+  poll(pollfds: SysArg, nfds: number, timeoutMs: number): number;
+  pread(fd: number, buffer: SysArg, length: number, offset: number | bigint): number;
+  pwrite(fd: number, buffer: SysArg, length: number, offset: number | bigint): number;
+  fallocate(fd: number, mode: number, offset: number | bigint, length: number | bigint): number;
+  fdatasync(fd: number): number;
+  socket(domain: number, type: number, protocol: number): number;
+  bindUnix(fd: number, path: string): number;
+  connectUnix(fd: number, path: string): number;
+  listen(fd: number, backlog: number): number;
+  accept4(fd: number, flags: number): number;
+  shutdown(fd: number, how: number): number;
+  open(path: string, flags: number, mode: number): number;
   installKickSignal(signo: number): number;
   unblockSignal(signo: number): number;
   threadSelf(): bigint;

@@ -1,0 +1,101 @@
+/**
+ * The contracts between flint's virtio pieces (virtio 1.x, "modern" virtio-mmio):
+ *
+ *   vCPU threads          MMIO register accesses -> VirtioMmioTransport (mmio.ts),
+ *                         whose state lives in a SharedArrayBuffer (TransportState)
+ *   KVM                   QueueNotify writes go to an ioeventfd per queue (no exit);
+ *                         interrupts come from an irqfd per device (no exit)
+ *   device thread         one worker per device (device-thread.ts): poll(2)s the
+ *                         queue-notify eventfds, a control eventfd and the backend's
+ *                         fds; on DRIVER_OK builds SplitQueues over guest memory and
+ *                         calls the VirtioBackend; after used-ring writes, raises
+ *                         VIRTIO_MMIO_INT_VRING and writes the irqfd
+ *
+ * A guest can be hostile: every queue address, index and length is checked
+ * (queue.ts). A malformed request fails that request, or puts the device in
+ * NEEDS_RESET; nothing a guest does can throw out of a device or touch memory
+ * outside guest RAM.
+ */
+import type { GuestMemory } from "../../memory/guest-memory.js";
+
+/** One guest buffer of a descriptor chain, already checked to lie inside guest memory. */
+export interface GuestBuffer {
+  /** Guest-physical address. */
+  addr: number;
+  /** Length in bytes. */
+  len: number;
+}
+
+/** A descriptor chain popped from the available ring: device-readable buffers first, then device-writable. */
+export interface DescriptorChain {
+  /** Index of the head descriptor: what goes back in the used ring. */
+  head: number;
+  readable: GuestBuffer[];
+  writable: GuestBuffer[];
+  /** Sums of the lengths above. */
+  readableBytes: number;
+  writableBytes: number;
+}
+
+/** Where the driver put a queue's rings (virtio 1.x §2.7), as set through the transport. */
+export interface QueueLayout {
+  /** Number of descriptors (QueueNum), a power of two <= the device's maximum. */
+  size: number;
+  descTable: number;
+  availRing: number;
+  usedRing: number;
+}
+
+/** Features that change how a queue behaves. */
+export interface QueueFeatures {
+  /** VIRTIO_RING_F_EVENT_IDX negotiated. */
+  eventIdx: boolean;
+  /** VIRTIO_RING_F_INDIRECT_DESC negotiated. */
+  indirect: boolean;
+}
+
+/** What a backend may do while it runs (provided by the device thread). */
+export interface VirtioDeviceContext {
+  readonly memory: GuestMemory;
+  /** The device's queues, in order, once the driver set DRIVER_OK. */
+  readonly queues: readonly import("./queue.js").SplitQueue[];
+  /** Negotiated features (driver's acknowledgement of the device's offer). */
+  readonly features: bigint;
+  /** Signals the driver that `queue` has new used buffers (honours EVENT_IDX / NO_INTERRUPT). */
+  notifyUsed(queue: number): void;
+  /** Raises a configuration-change interrupt (after updating config space). */
+  notifyConfigChange(): void;
+  /** The device's config space (shared with the transport, little-endian). */
+  readonly config: Uint8Array;
+  /** Puts the device in NEEDS_RESET and stops processing (a broken driver). */
+  fail(reason: string): void;
+  /** Counts a guest-caused fault (bad request): logged, never fatal. */
+  guestFault(message: string): void;
+  /** Watches a host fd: `onReady(revents)` is called from the device thread's poll loop. */
+  watch(fd: number, events: number, onReady: (revents: number) => void): void;
+  unwatch(fd: number): void;
+}
+
+/** A virtio device's behaviour, independent of the transport. */
+export interface VirtioBackend {
+  /** VIRTIO_ID_*. */
+  readonly deviceId: number;
+  /** Maximum size of each queue; the array length is the number of queues. */
+  readonly queueMaxSizes: readonly number[];
+  /** Feature bits the device offers (VIRTIO_F_VERSION_1 is added by the transport). */
+  readonly deviceFeatures: bigint;
+  /** Initial config space contents (its length is the config space size). */
+  initialConfig(): Uint8Array;
+  /** Which config bytes the driver may write (default: none). */
+  configWritable?(offset: number, length: number): boolean;
+  /** DRIVER_OK: queues are ready. */
+  activate(ctx: VirtioDeviceContext): void;
+  /** The driver kicked `queue` (through its ioeventfd). */
+  onNotify(queue: number): void;
+  /** The driver wrote config space (only bytes allowed by configWritable). */
+  onConfigWrite?(offset: number, length: number): void;
+  /** Device reset: drop all in-flight state; the device may be activated again. */
+  reset(): void;
+  /** The VM is stopping: flush what must not be lost (e.g. fdatasync). */
+  shutdown?(): void;
+}
