@@ -54,11 +54,27 @@ export interface QueueFeatures {
   indirect: boolean;
 }
 
+/** A split virtqueue as a device sees it (implemented by SplitQueue in queue.ts). */
+export interface VirtQueue {
+  readonly layout: QueueLayout;
+  /**
+   * The next available chain, or undefined when the driver has none. Throws
+   * QueueError when the driver broke the ring (the device then fails).
+   */
+  pop(): DescriptorChain | undefined;
+  /** Returns a chain to the driver with `writtenBytes` written into its writable buffers. */
+  pushUsed(head: number, writtenBytes: number): void;
+  /** True when the driver wants an interrupt for the used buffers pushed so far (EVENT_IDX aware). */
+  needsInterrupt(): boolean;
+  /** Asks the driver for (or to stop) notifications of new available buffers. */
+  setNotifications(enabled: boolean): void;
+}
+
 /** What a backend may do while it runs (provided by the device thread). */
 export interface VirtioDeviceContext {
   readonly memory: GuestMemory;
   /** The device's queues, in order, once the driver set DRIVER_OK. */
-  readonly queues: readonly import("./queue.js").SplitQueue[];
+  readonly queues: readonly VirtQueue[];
   /** Negotiated features (driver's acknowledgement of the device's offer). */
   readonly features: bigint;
   /** Signals the driver that `queue` has new used buffers (honours EVENT_IDX / NO_INTERRUPT). */
