@@ -199,6 +199,7 @@ export const EPERM = 0x1;
 export const E2BIG = 0x7;
 export const EBUSY = 0x10;
 export const ENOSYS = 0x26;
+export const EOPNOTSUPP = 0x5f;
 
 // asm/bootparam.h: Linux x86 boot protocol (Documentation/x86/boot.rst)
 export const LOADED_HIGH = 0x1;
@@ -662,6 +663,8 @@ export const VIRTIO_BALLOON_S_MEMFREE = 0x4;
 export const VIRTIO_BALLOON_S_MEMTOT = 0x5;
 export const VIRTIO_BALLOON_S_AVAIL = 0x6;
 export const VIRTIO_BALLOON_S_CACHES = 0x7;
+export const VIRTIO_BALLOON_S_HTLB_PGALLOC = 0x8;
+export const VIRTIO_BALLOON_S_HTLB_PGFAIL = 0x9;
 export const VIRTIO_BALLOON_S_NR = 0xa;
 
 // linux/if_tun.h, linux/if.h, net: TAP devices and sockets

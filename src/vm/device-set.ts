@@ -1,7 +1,8 @@
 /**
  * The legacy devices of a flint microVM and where they sit: COM1 16550 UART
  * (0x3f8, IRQ 4), i8042 (0x60/0x64: reset), ACPI sleep/reset registers
- * (0x600..0x602) and the boot-timer byte (MMIO). `createDeviceSet` makes the
+ * (0x600..0x602), the boot-timer byte (MMIO) and the virtio-mmio register
+ * files (their device threads are VirtioSet's). `createDeviceSet` makes the
  * shared state on the main thread; `buildBuses` builds each vCPU thread's
  * device objects over it.
  */
@@ -18,6 +19,7 @@ import { I8042, createI8042Shared } from "../devices/legacy/i8042.js";
 import { Serial, SERIAL_PORT_COUNT } from "../devices/legacy/serial.js";
 import { SerialHost } from "../devices/legacy/serial-host.js";
 import { createSerialShared } from "../devices/legacy/serial-state.js";
+import { insertVirtioTransports, type VirtioTransportDescriptor } from "../devices/virtio/virtio-set.js";
 import type { GuestMemory } from "../memory/guest-memory.js";
 
 /** Shared state of the legacy devices; transferable to vCPU threads. */
@@ -27,6 +29,8 @@ export interface DeviceSetDescriptor {
   bootTimer: SharedArrayBuffer;
   /** Present when the opt-in debug-exit device is on. */
   debugExit?: SharedArrayBuffer;
+  /** The virtio-mmio devices' register state (their device threads run elsewhere). */
+  virtio?: VirtioTransportDescriptor[];
 }
 
 /** The main thread's side of the device set. */
@@ -49,12 +53,13 @@ function sink(): NodeJS.WritableStream {
   return new Writable({ write: (_c, _e, cb) => cb() });
 }
 
-export function createDeviceSet(opts: { debugExit?: boolean } = {}): HostDevices {
+export function createDeviceSet(opts: { debugExit?: boolean; virtio?: VirtioTransportDescriptor[] } = {}): HostDevices {
   const descriptor: DeviceSetDescriptor = {
     serial: createSerialShared(),
     i8042: createI8042Shared(),
     bootTimer: createBootTimerShared(),
     ...(opts.debugExit ? { debugExit: createDebugExitShared() } : {}),
+    ...(opts.virtio?.length ? { virtio: opts.virtio } : {}),
   };
   let serial: SerialHost | undefined;
   return {
@@ -88,5 +93,6 @@ export function buildBuses(desc: DeviceSetDescriptor, _memory: GuestMemory, ctx:
     pio.insert(DEBUG_MARK_PORT, 1, new DebugMark(desc.debugExit));
     pio.insert(DEBUG_EXIT_PORT, 1, new DebugExit(desc.debugExit, ctx));
   }
+  if (desc.virtio) insertVirtioTransports(mmio, desc.virtio, ctx);
   return { pio, mmio };
 }

@@ -21,6 +21,9 @@ import { bootMsrs } from "../arch/x86_64/msr.js";
 import { setupBoot } from "../boot/index.js";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
+import {
+  VirtioSet, virtioAnnouncement, virtioDsdtDevices, type VirtioAnnouncement, type VirtioDeviceConfig, type VirtioDeviceStats,
+} from "../devices/virtio/virtio-set.js";
 import { KvmError } from "../kvm/errors.js";
 import { Kvm } from "../kvm/kvm.js";
 import { RING3_LAYOUT, startInRing3 } from "../kvm/testing/ring3.js";
@@ -69,6 +72,15 @@ export interface MachineConfig {
   debugExit?: boolean;
   /** Called for guest-caused faults (counted and logged, never fatal). */
   onGuestFault?: (device: string, message: string) => void;
+  /**
+   * virtio-mmio devices, in order: device i gets the window VIRTIO_MMIO_BASE +
+   * i * VIRTIO_MMIO_SIZE and GSI FIRST_DEVICE_IRQ + i. Each is announced once:
+   * in the DSDT when the guest has ACPI, else on the kernel command line
+   * (see src/devices/virtio/virtio-set.ts for why).
+   */
+  virtioDevices?: VirtioDeviceConfig[];
+  /** Override how virtio devices are announced (tests and experiments; default "auto"). */
+  virtioAnnounce?: VirtioAnnouncement;
 }
 
 /** How a VM run ended. */
@@ -80,6 +92,8 @@ export interface MachineResult {
   guestFaults: number;
   /** What the guest wrote to the debug-exit device (when configured). */
   debugExit?: DebugExitReading;
+  /** Counters of each virtio device, in configuration order. */
+  virtio: VirtioDeviceStats[];
 }
 
 /** Bad configuration or host limits; `code` is stable, the message is one line. */
@@ -124,19 +138,23 @@ export class Machine {
   readonly summary: string;
   private readonly control = createControl();
   private readonly host: HostDevices;
+  private readonly virtio: VirtioSet;
   private threads: bigint[] = [];
   private workers: Worker[] = [];
   private exitReason: VmExitReason | undefined;
   private guestFaults = 0;
   private ran = false;
 
-  private constructor(config: MachineConfig, kvm: Kvm, vm: VmFd, memory: GuestMemory, vcpus: VcpuFd[], host: HostDevices, summary: string) {
+  private constructor(
+    config: MachineConfig, kvm: Kvm, vm: VmFd, memory: GuestMemory, vcpus: VcpuFd[], host: HostDevices, virtio: VirtioSet, summary: string,
+  ) {
     this.config = config;
     this.kvm = kvm;
     this.vm = vm;
     this.memory = memory;
     this.vcpus = vcpus;
     this.host = host;
+    this.virtio = virtio;
     this.summary = summary;
   }
 
@@ -170,6 +188,7 @@ export class Machine {
 
     const vm = kvm.createVm();
     let memory: GuestMemory | undefined;
+    let virtio: VirtioSet | undefined;
     const vcpus: VcpuFd[] = [];
     try {
       vm.setTssAddr(KVM_TSS_ADDRESS);
@@ -180,14 +199,23 @@ export class Machine {
       memory.regions.forEach((r, slot) =>
         vm.setUserMemoryRegion({ slot, flags: 0, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
 
-      const host = createDeviceSet({ debugExit: config.debugExit });
+      // Device threads report faults before the Machine exists; route them through it once it does.
+      let machine: Machine | undefined;
+      virtio = new VirtioSet(config.virtioDevices ?? [], memory.describe(), vm, {
+        onGuestFault: (device, message) => (machine ? machine.fault(device, message) : config.onGuestFault?.(device, message)),
+      });
+      const host = createDeviceSet({ debugExit: config.debugExit, virtio: virtio.describe() });
       let bsp: { regs: KvmRegs; sregs: Partial<KvmSregs> } | undefined;
       let summary: string;
       if (config.boot.kind === "linux") {
         const b = config.boot;
+        const announce = virtioAnnouncement(config.virtioAnnounce ?? "auto", b.acpi ?? true);
+        const params = announce.cmdline ? virtio.cmdlineParams() : [];
+        const cmdline = [b.cmdline, ...params].filter((p) => p.length > 0).join(" ");
         const boot = setupBoot(memory, {
-          kernel: kernel!, kernelPath: b.kernelPath, initrd, initrdPath: b.initrdPath, cmdline: b.cmdline, cpus,
+          kernel: kernel!, kernelPath: b.kernelPath, initrd, initrdPath: b.initrdPath, cmdline, cpus,
           acpi: b.acpi ?? true, bootMode: b.mode ?? "auto",
+          extraDsdtDevices: announce.dsdt ? virtioDsdtDevices(virtio.devices.length) : [],
         });
         bsp = boot.entry;
         summary = boot.summary;
@@ -216,8 +244,10 @@ export class Machine {
           vcpu.setRegs(bsp.regs);
         }
       }
-      return new Machine(config, kvm, vm, memory, vcpus, host, summary);
+      machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, summary);
+      return machine;
     } catch (e) {
+      void virtio?.stop(); // nothing started yet: closes the eventfds at once
       for (const v of vcpus) v.close();
       memory?.dispose();
       vm.close();
@@ -230,6 +260,12 @@ export class Machine {
   async run(): Promise<MachineResult> {
     if (this.ran) throw new KvmError("EKVMIOCTL", "a Machine runs once");
     this.ran = true;
+    try {
+      await this.virtio.start();
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
     if (!kickInstalled) {
       sys.installKickSignal(KICK_SIGNAL);
       kickInstalled = true;
@@ -269,6 +305,8 @@ export class Machine {
     await Promise.all(ready);
     for (const w of this.workers) w.postMessage("start");
     await Promise.all(done);
+    // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves.
+    await this.virtio.stop();
     await this.host.stop();
     const bootNs = this.host.bootTimeNs();
     this.dispose();
@@ -278,6 +316,7 @@ export class Machine {
       stats,
       guestFaults: this.guestFaults,
       debugExit: this.host.debugExit(),
+      virtio: this.virtio.stats(),
     };
   }
 

@@ -1,0 +1,437 @@
+/**
+ * virtio-blk (virtio 1.x §5.2) over a raw image file, one request queue.
+ *
+ * A request (§5.2.6) is one descriptor chain: a device-readable
+ * virtio_blk_outhdr {type, ioprio, sector}, then the data (device-readable
+ * for OUT, DISCARD and WRITE_ZEROES; device-writable for IN and GET_ID), then
+ * one device-writable status byte, the chain's last byte. With
+ * VIRTIO_F_VERSION_1 the driver may split these across descriptors any way it
+ * likes (§2.6.4 "Message Framing"), so the header and status are located by
+ * byte position, never by descriptor.
+ *
+ * Every request is checked before the file is touched: a malformed request,
+ * one outside the disk, or a write to a read-only drive completes with
+ * VIRTIO_BLK_S_IOERR (and is counted as a guest fault); an unknown type with
+ * VIRTIO_BLK_S_UNSUPP. Host I/O errors (EIO, ENOSPC...) also complete with
+ * VIRTIO_BLK_S_IOERR; they are counted in `metrics`, never thrown.
+ *
+ * Data moves with pread/pwrite straight between the file and guest memory.
+ */
+import { closeSync, fstatSync, openSync } from "node:fs";
+import {
+  EINTR, EIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+  VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+  VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, VIRTIO_ID_BLOCK, virtio_blk_config,
+  virtio_blk_discard_write_zeroes, virtio_blk_outhdr,
+} from "../../linux/abi.generated.js";
+import type { GuestMemory } from "../../memory/guest-memory.js";
+import { dataView, getU32, getU64, setU32, setU64, setU8 } from "../../memory/le.js";
+import { errnoName, sys } from "../../sys/native.js";
+import { readChain, writeChain } from "./chain-io.js";
+import type { DescriptorChain, GuestBuffer, VirtioBackend, VirtioDeviceContext } from "./types.js";
+
+/**
+ * Bytes per sector. virtio-blk counts capacity, request sectors and discard
+ * ranges in 512-byte units whatever the block size (§5.2.4, §5.2.6);
+ * linux/virtio_blk.h states the unit only in comments, so it has no macro.
+ */
+export const SECTOR_SIZE = 512;
+/** Descriptors per queue (QueueNumMax). */
+export const BLOCK_QUEUE_SIZE = 256;
+/** Data segments per request: the queue size less header and status (what Linux and QEMU advertise). */
+export const BLOCK_SEG_MAX = BLOCK_QUEUE_SIZE - 2;
+/** Largest DISCARD / WRITE_ZEROES segment: 1 GiB, so one request cannot stall the device thread for long. */
+export const BLOCK_MAX_DISCARD_SECTORS = (1 << 30) / SECTOR_SIZE;
+/** Segments per DISCARD / WRITE_ZEROES request. */
+export const BLOCK_MAX_DISCARD_SEG = 8;
+/** Discard granularity: a 4 KiB filesystem block, in sectors. */
+export const BLOCK_DISCARD_SECTOR_ALIGNMENT = 4096 / SECTOR_SIZE;
+/** Size of the zero buffer used when the filesystem cannot FALLOC_FL_ZERO_RANGE. */
+const ZERO_CHUNK_BYTES = 1 << 20;
+
+/** How to attach a drive (JSON-serialisable: it is posted to the device thread). */
+export interface BlockOptions {
+  /** Path of a raw disk image (a regular file). */
+  path: string;
+  /** Offer VIRTIO_BLK_F_RO and refuse every write. */
+  readOnly: boolean;
+  /** GET_ID serial (ASCII, at most VIRTIO_BLK_ID_BYTES); default derived from the file's device and inode. */
+  id?: string;
+}
+
+/** Why a drive could not be attached. */
+export class BlockError extends Error {
+  readonly code: "EBLKOPEN" | "EBLKCONFIG";
+  constructor(code: BlockError["code"], message: string) {
+    super(message);
+    this.name = "BlockError";
+    this.code = code;
+  }
+}
+
+/** Counters of what the device did (host errors are counted, never thrown). */
+export interface BlockMetrics {
+  requests: number;
+  readBytes: number;
+  writtenBytes: number;
+  flushes: number;
+  /** Requests failed by a host I/O error (EIO, ENOSPC...). */
+  hostErrors: number;
+  /** errno name of the latest host error. */
+  lastHostError?: string;
+  /** Malformed, out-of-range or forbidden requests (VIRTIO_BLK_S_IOERR). */
+  badRequests: number;
+  /** Unknown request types (VIRTIO_BLK_S_UNSUPP). */
+  unsupported: number;
+}
+
+/** A byte range of guest memory. */
+type Span = GuestBuffer;
+
+/** The spans covering bytes [skip, skip+take) of a list of buffers (for pread/pwrite straight into guest memory). */
+function spans(bufs: readonly GuestBuffer[], skip: number, take: number): Span[] {
+  const out: Span[] = [];
+  for (const b of bufs) {
+    if (take === 0) break;
+    if (skip >= b.len) { skip -= b.len; continue; }
+    const len = Math.min(b.len - skip, take);
+    out.push({ addr: b.addr + skip, len });
+    take -= len;
+    skip = 0;
+  }
+  return out;
+}
+
+/** Result of moving bytes between the file and guest memory. */
+interface Transfer {
+  bytes: number;
+  /** 0, or the errno that stopped the transfer. */
+  errno: number;
+}
+
+/** One validated DISCARD / WRITE_ZEROES segment, in bytes. */
+interface ZeroRange {
+  offset: number;
+  length: number;
+  unmap: boolean;
+}
+
+/** The virtio-blk device. */
+export class VirtioBlock implements VirtioBackend {
+  readonly deviceId = VIRTIO_ID_BLOCK;
+  readonly queueMaxSizes = [BLOCK_QUEUE_SIZE] as const;
+  readonly deviceFeatures: bigint;
+  readonly readOnly: boolean;
+  /** Disk size in sectors (the image's size rounded down to a sector). */
+  readonly capacitySectors: bigint;
+  readonly metrics: BlockMetrics = {
+    requests: 0, readBytes: 0, writtenBytes: 0, flushes: 0, hostErrors: 0, badRequests: 0, unsupported: 0,
+  };
+  private readonly fd: number;
+  private readonly id: Uint8Array;
+  private ctx: VirtioDeviceContext | undefined;
+  private closed = false;
+  private zeros: Uint8Array | undefined;
+
+  /** Opens the image (in the device thread: the fd belongs to it). */
+  constructor(options: BlockOptions) {
+    this.readOnly = options.readOnly;
+    let fd: number;
+    try {
+      fd = openSync(options.path, options.readOnly ? "r" : "r+");
+    } catch (e) {
+      throw new BlockError("EBLKOPEN", `Cannot attach drive: file '${options.path}' cannot be opened (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      if (!st.isFile()) throw new BlockError("EBLKOPEN", `Cannot attach drive: '${options.path}' is not a regular file`);
+      this.capacitySectors = st.size / BigInt(SECTOR_SIZE);
+      this.id = VirtioBlock.makeId(options, st.dev, st.ino);
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+    this.fd = fd;
+    let features = (1n << BigInt(VIRTIO_BLK_F_FLUSH)) | (1n << BigInt(VIRTIO_BLK_F_BLK_SIZE)) |
+      (1n << BigInt(VIRTIO_BLK_F_SEG_MAX));
+    // Discarding or zeroing a read-only disk can only fail: offer them on writable drives only.
+    features |= options.readOnly
+      ? 1n << BigInt(VIRTIO_BLK_F_RO)
+      : (1n << BigInt(VIRTIO_BLK_F_DISCARD)) | (1n << BigInt(VIRTIO_BLK_F_WRITE_ZEROES));
+    this.deviceFeatures = features;
+  }
+
+  private static makeId(options: BlockOptions, dev: bigint, ino: bigint): Uint8Array {
+    const text = options.id ?? `flint-${dev.toString(16)}-${ino.toString(16)}`.slice(0, VIRTIO_BLK_ID_BYTES);
+    if (text.length > VIRTIO_BLK_ID_BYTES || !/^[\x20-\x7e]*$/.test(text)) {
+      throw new BlockError("EBLKCONFIG", `Cannot attach drive: id '${text}' must be at most ${VIRTIO_BLK_ID_BYTES} printable ASCII characters`);
+    }
+    // Shorter ids are NUL-padded; a 20-byte id has no terminator (§5.2.6).
+    const id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+    id.set(new TextEncoder().encode(text));
+    return id;
+  }
+
+  /** The GET_ID serial (VIRTIO_BLK_ID_BYTES, NUL-padded). */
+  get serial(): Uint8Array {
+    return this.id.slice();
+  }
+
+  initialConfig(): Uint8Array {
+    const config = new Uint8Array(virtio_blk_config.SIZE);
+    const v = dataView(config);
+    setU64(v, virtio_blk_config.capacity, this.capacitySectors);
+    setU32(v, virtio_blk_config.seg_max, BLOCK_SEG_MAX);
+    setU32(v, virtio_blk_config.blk_size, SECTOR_SIZE);
+    if (!this.readOnly) {
+      setU32(v, virtio_blk_config.max_discard_sectors, BLOCK_MAX_DISCARD_SECTORS);
+      setU32(v, virtio_blk_config.max_discard_seg, BLOCK_MAX_DISCARD_SEG);
+      setU32(v, virtio_blk_config.discard_sector_alignment, BLOCK_DISCARD_SECTOR_ALIGNMENT);
+      setU32(v, virtio_blk_config.max_write_zeroes_sectors, BLOCK_MAX_DISCARD_SECTORS);
+      setU32(v, virtio_blk_config.max_write_zeroes_seg, BLOCK_MAX_DISCARD_SEG);
+      setU8(v, virtio_blk_config.write_zeroes_may_unmap, 1);
+    }
+    return config;
+  }
+
+  activate(ctx: VirtioDeviceContext): void {
+    this.ctx = ctx;
+  }
+
+  onNotify(queue: number): void {
+    const ctx = this.ctx;
+    const q = ctx?.queues[queue];
+    if (!ctx || !q || queue !== 0 || this.closed) return;
+    let pushed = false;
+    try {
+      for (let chain = q.pop(); chain; chain = q.pop()) {
+        q.pushUsed(chain.head, this.handle(ctx, chain));
+        pushed = true;
+      }
+    } catch (e) {
+      // Only the ring itself throws here (QueueError): the driver broke it.
+      this.ctx = undefined;
+      ctx.fail(`virtio-blk: ${(e as Error).message}`);
+    }
+    if (pushed) ctx.notifyUsed(0);
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+  }
+
+  /** Makes every completed write durable, then closes the image. */
+  shutdown(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ctx = undefined;
+    const r = sys.fdatasync(this.fd);
+    if (r < 0) this.hostError(r);
+    closeSync(this.fd);
+  }
+
+  /** Serves one request and returns the used length (bytes written to the guest). Never throws. */
+  private handle(ctx: VirtioDeviceContext, chain: DescriptorChain): number {
+    this.metrics.requests++;
+    const mem = ctx.memory;
+    // The status byte is the chain's last byte, which must be device-writable.
+    let statusAddr = -1;
+    for (let i = chain.writable.length - 1; i >= 0 && statusAddr < 0; i--) {
+      const b = chain.writable[i]!;
+      if (b.len > 0) statusAddr = b.addr + b.len - 1;
+    }
+    if (statusAddr < 0) {
+      this.badRequest(ctx, "request without a writable status byte");
+      return 0;
+    }
+    let written = 0;
+    let status: number;
+    try {
+      const r = this.serve(ctx, chain);
+      status = r.status;
+      written = r.written;
+    } catch (e) {
+      // Guest memory the queue accepted went away or similar: fail this request only.
+      this.badRequest(ctx, `request failed: ${(e as Error).message}`);
+      status = VIRTIO_BLK_S_IOERR;
+    }
+    try {
+      mem.writeU8(statusAddr, status);
+    } catch (e) {
+      this.badRequest(ctx, `status byte unwritable: ${(e as Error).message}`);
+      return written;
+    }
+    return written + 1;
+  }
+
+  private serve(ctx: VirtioDeviceContext, chain: DescriptorChain): { status: number; written: number } {
+    const mem = ctx.memory;
+    const fail = (why: string) => {
+      this.badRequest(ctx, why);
+      return { status: VIRTIO_BLK_S_IOERR, written: 0 };
+    };
+    if (chain.readableBytes < virtio_blk_outhdr.SIZE) return fail(`header is ${chain.readableBytes} bytes`);
+    const hdr = dataView(readChain(mem, chain, 0, virtio_blk_outhdr.SIZE));
+    const type = getU32(hdr, virtio_blk_outhdr.type);
+    const sector = getU64(hdr, virtio_blk_outhdr.sector);
+    const payload = chain.readableBytes - virtio_blk_outhdr.SIZE; // device-readable data
+    const dataIn = chain.writableBytes - 1; // device-writable data before the status byte
+
+    switch (type) {
+      case VIRTIO_BLK_T_IN: {
+        if (payload !== 0) return fail("IN request with device-readable data");
+        if (dataIn % SECTOR_SIZE !== 0) return fail(`IN length ${dataIn} is not a whole number of sectors`);
+        if (!this.inDisk(sector, dataIn)) return fail(`IN sector ${sector}+${dataIn} is outside the disk`);
+        const t = this.transfer(mem, spans(chain.writable, 0, dataIn), Number(sector) * SECTOR_SIZE, false);
+        this.metrics.readBytes += t.bytes;
+        if (t.errno) return { status: this.hostError(-t.errno), written: t.bytes };
+        return { status: VIRTIO_BLK_S_OK, written: t.bytes };
+      }
+      case VIRTIO_BLK_T_OUT: {
+        if (dataIn !== 0) return fail("OUT request with device-writable data");
+        if (this.readOnly) return fail("OUT request to a read-only drive");
+        if (payload % SECTOR_SIZE !== 0) return fail(`OUT length ${payload} is not a whole number of sectors`);
+        if (!this.inDisk(sector, payload)) return fail(`OUT sector ${sector}+${payload} is outside the disk`);
+        const t = this.transfer(mem, spans(chain.readable, virtio_blk_outhdr.SIZE, payload), Number(sector) * SECTOR_SIZE, true);
+        this.metrics.writtenBytes += t.bytes;
+        return { status: t.errno ? this.hostError(-t.errno) : VIRTIO_BLK_S_OK, written: 0 };
+      }
+      case VIRTIO_BLK_T_FLUSH: {
+        if (payload !== 0 || dataIn !== 0) return fail("FLUSH request with data");
+        this.metrics.flushes++;
+        const r = sys.fdatasync(this.fd);
+        return { status: r < 0 ? this.hostError(r) : VIRTIO_BLK_S_OK, written: 0 };
+      }
+      case VIRTIO_BLK_T_GET_ID: {
+        if (payload !== 0) return fail("GET_ID request with device-readable data");
+        // A shorter buffer gets the id's first bytes; the status byte stays last.
+        const written = writeChain(mem, chain, 0, this.id.subarray(0, Math.min(dataIn, VIRTIO_BLK_ID_BYTES)));
+        return { status: VIRTIO_BLK_S_OK, written };
+      }
+      case VIRTIO_BLK_T_DISCARD:
+      case VIRTIO_BLK_T_WRITE_ZEROES: {
+        const name = type === VIRTIO_BLK_T_DISCARD ? "DISCARD" : "WRITE_ZEROES";
+        if (dataIn !== 0) return fail(`${name} request with device-writable data`);
+        if (this.readOnly) return fail(`${name} request to a read-only drive`);
+        const seg = virtio_blk_discard_write_zeroes.SIZE;
+        if (payload === 0 || payload % seg !== 0 || payload / seg > BLOCK_MAX_DISCARD_SEG) {
+          return fail(`${name} payload of ${payload} bytes is not 1..${BLOCK_MAX_DISCARD_SEG} segments`);
+        }
+        const raw = dataView(readChain(mem, chain, virtio_blk_outhdr.SIZE, payload));
+        const ranges: ZeroRange[] = [];
+        for (let off = 0; off < payload; off += seg) {
+          const start = getU64(raw, off + virtio_blk_discard_write_zeroes.sector);
+          const count = getU32(raw, off + virtio_blk_discard_write_zeroes.num_sectors);
+          const flags = getU32(raw, off + virtio_blk_discard_write_zeroes.flags);
+          // §5.2.6.2: UNMAP is only meaningful for WRITE_ZEROES; other flag bits are reserved.
+          const allowed = type === VIRTIO_BLK_T_WRITE_ZEROES ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0;
+          if ((flags & ~allowed) !== 0) {
+            this.badRequest(ctx, `${name} segment with reserved flags 0x${flags.toString(16)}`);
+            return { status: VIRTIO_BLK_S_UNSUPP, written: 0 };
+          }
+          if (count > BLOCK_MAX_DISCARD_SECTORS) return fail(`${name} of ${count} sectors exceeds the limit`);
+          if (!this.inDisk(start, count * SECTOR_SIZE)) return fail(`${name} sector ${start}+${count} is outside the disk`);
+          ranges.push({ offset: Number(start) * SECTOR_SIZE, length: count * SECTOR_SIZE, unmap: (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 });
+        }
+        for (const r of ranges) {
+          const e = type === VIRTIO_BLK_T_DISCARD ? this.discard(r) : this.writeZeroes(r);
+          if (e < 0) return { status: this.hostError(e), written: 0 };
+        }
+        return { status: VIRTIO_BLK_S_OK, written: 0 };
+      }
+      default:
+        this.metrics.unsupported++;
+        ctx.guestFault(`virtio-blk: unsupported request type ${type}`);
+        return { status: VIRTIO_BLK_S_UNSUPP, written: 0 };
+    }
+  }
+
+  /** True when `bytes` (a whole number of sectors) from `sector` lie inside the disk. */
+  private inDisk(sector: bigint, bytes: number): boolean {
+    const sectors = BigInt(bytes / SECTOR_SIZE);
+    return sector <= this.capacitySectors && sectors <= this.capacitySectors - sector;
+  }
+
+  /** pread/pwrite between the file at `offset` and guest spans; a read past end-of-file yields zeros. */
+  private transfer(mem: GuestMemory, guest: Span[], offset: number, toFile: boolean): Transfer {
+    let bytes = 0;
+    for (const s of guest) {
+      const view = mem.slice(s.addr, s.len);
+      let done = 0;
+      while (done < view.length) {
+        const part = view.subarray(done);
+        const r = toFile
+          ? sys.pwrite(this.fd, part, part.length, offset + bytes + done)
+          : sys.pread(this.fd, part, part.length, offset + bytes + done);
+        if (r === -EINTR) continue;
+        if (r < 0) return { bytes: bytes + done, errno: -r };
+        if (r === 0) {
+          // The image shrank under us: reads see zeros, writes cannot make progress.
+          if (toFile) return { bytes: bytes + done, errno: EIO };
+          part.fill(0);
+          done = view.length;
+          break;
+        }
+        done += r;
+      }
+      bytes += done;
+    }
+    return { bytes, errno: 0 };
+  }
+
+  /** DISCARD: punch a hole; a filesystem without hole punching ignores it (discard is a hint, §5.2.6.2). */
+  private discard(r: ZeroRange): number {
+    if (r.length === 0) return 0;
+    const e = this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r);
+    return e === -EOPNOTSUPP ? 0 : e;
+  }
+
+  /** WRITE_ZEROES: ZERO_RANGE (or PUNCH_HOLE when the driver allows unmapping), else write zeros. */
+  private writeZeroes(r: ZeroRange): number {
+    if (r.length === 0) return 0;
+    if (r.unmap) {
+      const e = this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r);
+      if (e !== -EOPNOTSUPP) return e;
+    }
+    const e = this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, r);
+    if (e !== -EOPNOTSUPP) return e;
+    this.zeros ??= new Uint8Array(ZERO_CHUNK_BYTES);
+    for (let done = 0; done < r.length;) {
+      const n = Math.min(this.zeros.length, r.length - done);
+      const w = sys.pwrite(this.fd, this.zeros, n, r.offset + done);
+      if (w === -EINTR) continue;
+      if (w < 0) return w;
+      if (w === 0) return -EIO;
+      done += w;
+      this.metrics.writtenBytes += w;
+    }
+    return 0;
+  }
+
+  private fallocate(mode: number, r: ZeroRange): number {
+    for (;;) {
+      const e = sys.fallocate(this.fd, mode, r.offset, r.length);
+      if (e !== -EINTR) return e;
+    }
+  }
+
+  /** Counts a host error (negative errno) and returns the status that reports it. */
+  private hostError(negErrno: number): number {
+    this.metrics.hostErrors++;
+    this.metrics.lastHostError = errnoName(-negErrno);
+    return VIRTIO_BLK_S_IOERR;
+  }
+
+  private badRequest(ctx: VirtioDeviceContext, why: string): void {
+    this.metrics.badRequests++;
+    ctx.guestFault(`virtio-blk: ${why}`);
+  }
+}
+
+/** The device thread's entry point: opens the image named in `options`. */
+export function createBackend(options: BlockOptions): VirtioBackend {
+  return new VirtioBlock(options);
+}

@@ -1,0 +1,305 @@
+/**
+ * A split virtqueue, device side (virtio 1.x §2.7 "Split Virtqueues"; Linux's
+ * drivers/virtio/virtio_ring.c is the reference driver, drivers/vhost/vhost.c
+ * the reference device).
+ *
+ * The driver is untrusted. Every index, address, length and flag read from
+ * guest memory is checked before use, and a broken ring throws QueueError (the
+ * device then goes to NEEDS_RESET). A QueueError leaves the queue and guest
+ * memory exactly as they were. The queue only ever touches the three rings
+ * (through views taken once with GuestMemory.slice) and indirect tables
+ * (through GuestMemory.slice after a bounds check); it writes only the used
+ * ring.
+ *
+ * Ordering (§2.7.13): ring indices are read and written with Atomics on
+ * Uint16Array/Uint32Array views, which V8 never reorders with other memory
+ * accesses and compiles to sequentially consistent instructions (a locked
+ * xchg on x86 for stores). So the avail idx is read before the ring entries
+ * it covers, a used element is written before the used idx that publishes
+ * it, and the used idx (or avail_event) is visible before the device reads
+ * used_event/flags (or re-reads avail idx) — the full barrier the spec asks
+ * for around notification suppression.
+ */
+import {
+  VRING_AVAIL_ALIGN_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_ALIGN_SIZE, VRING_DESC_F_INDIRECT,
+  VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_ALIGN_SIZE, VRING_USED_F_NO_NOTIFY,
+  vring_avail, vring_desc, vring_used, vring_used_elem,
+} from "../../linux/abi.generated.js";
+import type { GuestMemory } from "../../memory/guest-memory.js";
+import { dataView, getU16, getU32 } from "../../memory/le.js";
+import type { DescriptorChain, GuestBuffer, QueueFeatures, QueueLayout, VirtQueue } from "./types.js";
+
+/** The largest queue size a split virtqueue can have (§2.7: Queue Size ≤ 32768). */
+export const VIRTQUEUE_MAX_SIZE = 32768;
+
+/** Why a queue refused a layout, a chain or a device call. */
+export type QueueErrorCode =
+  /** The ring addresses or size are unusable (alignment, bounds, overlap, size). */
+  | "EQUEUELAYOUT"
+  /** An index from the driver is out of range: avail idx too far ahead, head or next ≥ size. */
+  | "EQUEUEINDEX"
+  /** A chain is malformed: loop/too long, readable after writable, bad indirect use. */
+  | "EQUEUECHAIN"
+  /** A buffer or indirect table is not inside guest memory. */
+  | "EQUEUERANGE"
+  /** The device misused pushUsed (head not in flight, more bytes than the chain could take). */
+  | "EQUEUEUSED";
+
+/** A virtqueue error with a stable `code`; the message names what the driver did wrong. */
+export class QueueError extends Error {
+  readonly code: QueueErrorCode;
+  constructor(code: QueueErrorCode, message: string) {
+    super(message);
+    this.name = "QueueError";
+    this.code = code;
+  }
+}
+
+// Ring geometry (§2.7, Linux vring_size): all three trailing EVENT_IDX fields
+// are counted whether or not the feature is negotiated, as drivers allocate them.
+/** Bytes of the descriptor table for `size` entries. */
+export const descTableBytes = (size: number): number => vring_desc.SIZE * size;
+/** Bytes of the available ring, including used_event. */
+export const availRingBytes = (size: number): number => vring_avail.ring + 2 * size + 2;
+/** Bytes of the used ring, including avail_event. */
+export const usedRingBytes = (size: number): number => vring_used.ring + vring_used_elem.SIZE * size + 2;
+
+const U16_IDX = vring_avail.idx / 2; // avail.idx and used.idx: same offset in both rings
+const U16_FLAGS = vring_avail.flags / 2;
+const AVAIL_RING_U16 = vring_avail.ring / 2;
+const USED_RING_U32 = vring_used.ring / 4;
+const ELEM_ID_U32 = vring_used_elem.id / 4;
+const ELEM_LEN_U32 = vring_used_elem.len / 4;
+const ELEM_U32S = vring_used_elem.SIZE / 4;
+/** Guest addresses above this cannot be guest RAM (GuestMemory: addresses < 2^52). */
+const ADDR_HI_LIMIT = 2 ** 20;
+
+/** "0x<addr>+<len>" for a 64-bit guest address given as two 32-bit halves (messages only). */
+const hexRange = (hi: number, lo: number, len: number): string => `0x${((BigInt(hi) << 32n) | BigInt(lo)).toString(16)}+${len}`;
+
+const isPowerOfTwo = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+
+/** Linux's vring_need_event (include/uapi/linux/virtio_ring.h): has `eventIdx` been passed going old → new? */
+export function vringNeedEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
+  return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+}
+
+/** A split virtqueue over guest memory, as a device uses it. See the module comment for guarantees. */
+export class SplitQueue implements VirtQueue {
+  readonly layout: QueueLayout;
+  readonly features: QueueFeatures;
+  private readonly mem: GuestMemory;
+  private readonly size: number;
+  private readonly desc: DataView;
+  private readonly avail16: Uint16Array;
+  private readonly used16: Uint16Array;
+  private readonly used32: Uint32Array;
+  /** avail.ring[size] is used_event; used.ring[size] is followed by avail_event. */
+  private readonly usedEventU16: number;
+  private readonly availEventU16: number;
+  /** Writable bytes of each popped chain still in flight, keyed by head; -1 when not in flight. */
+  private readonly inFlightWritable: Float64Array;
+  private inFlight = 0;
+  private nextAvail = 0;
+  private nextUsed = 0;
+  /** used idx when the driver was last interrupted (or asked about), vhost's signalled_used. */
+  private signalledUsed = 0;
+  private signalledUsedValid = false;
+  /** Used entries pushed since needsInterrupt was last asked. */
+  private pushedSinceSignal = 0;
+  private notifications = true;
+
+  /** Validates `layout` against guest memory (throws QueueError "EQUEUELAYOUT") and maps the rings. */
+  constructor(mem: GuestMemory, layout: QueueLayout, features: QueueFeatures, maxSize: number) {
+    const { size, descTable, availRing, usedRing } = layout;
+    if (!isPowerOfTwo(maxSize) || maxSize > VIRTQUEUE_MAX_SIZE) {
+      throw new QueueError("EQUEUELAYOUT", `Cannot set up queue: maximum size ${maxSize} is not a power of two ≤ ${VIRTQUEUE_MAX_SIZE}`);
+    }
+    if (!isPowerOfTwo(size) || size > maxSize) {
+      throw new QueueError("EQUEUELAYOUT", `Cannot set up queue: size ${size} is not a power of two in 1..${maxSize}`);
+    }
+    const rings: [string, number, number, number][] = [
+      ["descriptor table", descTable, descTableBytes(size), VRING_DESC_ALIGN_SIZE],
+      ["available ring", availRing, availRingBytes(size), VRING_AVAIL_ALIGN_SIZE],
+      ["used ring", usedRing, usedRingBytes(size), VRING_USED_ALIGN_SIZE],
+    ];
+    for (const [name, addr, bytes, align] of rings) {
+      if (!Number.isSafeInteger(addr) || addr < 0 || addr % align !== 0) {
+        throw new QueueError("EQUEUELAYOUT", `Cannot set up queue: ${name} address ${addr} is not ${align}-byte aligned`);
+      }
+      if (!mem.contains(addr, bytes)) {
+        throw new QueueError("EQUEUELAYOUT", `Cannot set up queue: ${name} 0x${addr.toString(16)}+${bytes} is outside guest memory`);
+      }
+    }
+    for (let i = 0; i < rings.length; i++) {
+      for (let j = i + 1; j < rings.length; j++) {
+        const [na, a, la] = rings[i]!, [nb, b, lb] = rings[j]!;
+        if (a < b + lb && b < a + la) throw new QueueError("EQUEUELAYOUT", `Cannot set up queue: ${na} overlaps ${nb}`);
+      }
+    }
+    this.mem = mem;
+    this.layout = { size, descTable, availRing, usedRing };
+    this.features = { eventIdx: features.eventIdx, indirect: features.indirect };
+    this.size = size;
+    this.desc = dataView(mem.slice(descTable, descTableBytes(size)));
+    const avail = mem.slice(availRing, availRingBytes(size));
+    const used = mem.slice(usedRing, usedRingBytes(size));
+    this.avail16 = new Uint16Array(avail.buffer, avail.byteOffset, avail.byteLength / 2);
+    this.used16 = new Uint16Array(used.buffer, used.byteOffset, used.byteLength / 2);
+    this.used32 = new Uint32Array(used.buffer, used.byteOffset, (used.byteLength - 2) / 4);
+    this.usedEventU16 = AVAIL_RING_U16 + size;
+    this.availEventU16 = (vring_used.ring + vring_used_elem.SIZE * size) / 2;
+    this.inFlightWritable = new Float64Array(size).fill(-1);
+  }
+
+  /** The device's next index into the available ring (vhost's last_avail_idx). */
+  get lastAvailIdx(): number { return this.nextAvail; }
+  /** The used idx the device has published. */
+  get usedIdx(): number { return this.nextUsed; }
+  /** Chains popped and not yet pushed back. */
+  get inFlightCount(): number { return this.inFlight; }
+
+  /** True when the driver has made chains available that pop() has not taken yet. */
+  hasAvailable(): boolean {
+    return Atomics.load(this.avail16, U16_IDX) !== this.nextAvail;
+  }
+
+  pop(): DescriptorChain | undefined {
+    const availIdx = Atomics.load(this.avail16, U16_IDX);
+    const pending = (availIdx - this.nextAvail) & 0xffff;
+    if (pending === 0) return undefined;
+    if (pending > this.size) {
+      throw new QueueError("EQUEUEINDEX", `Driver error: avail idx ${availIdx} is ${pending} ahead of ${this.nextAvail}, more than the queue size ${this.size}`);
+    }
+    const head = Atomics.load(this.avail16, AVAIL_RING_U16 + (this.nextAvail & (this.size - 1)));
+    if (head >= this.size) {
+      throw new QueueError("EQUEUEINDEX", `Driver error: available head ${head} is not below the queue size ${this.size}`);
+    }
+    if (this.inFlightWritable[head]! >= 0) {
+      throw new QueueError("EQUEUECHAIN", `Driver error: head ${head} is made available again while the device still holds it`);
+    }
+    const chain = this.walk(head);
+    this.nextAvail = (this.nextAvail + 1) & 0xffff;
+    this.inFlightWritable[head] = chain.writableBytes;
+    this.inFlight++;
+    // §2.7.10: with EVENT_IDX, avail_event says which avail idx the device wants a kick for.
+    if (this.features.eventIdx && this.notifications) Atomics.store(this.used16, this.availEventU16, this.nextAvail);
+    return chain;
+  }
+
+  /** Follows the chain at `head`, checking every descriptor (§2.7.5, §2.7.5.3). */
+  private walk(head: number): DescriptorChain {
+    const readable: GuestBuffer[] = [];
+    const writable: GuestBuffer[] = [];
+    let readableBytes = 0, writableBytes = 0, buffers = 0, sawWritable = false;
+    let table = this.desc, tableLen = this.size, indirect = false;
+    let idx = head;
+    // Every pass reads one buffer descriptor, except the single (never nested) indirect one,
+    // and buffers are capped at the queue size, so the walk always ends.
+    for (;;) {
+      const off = idx * vring_desc.SIZE;
+      const addrLo = getU32(table, off + vring_desc.addr), addrHi = getU32(table, off + vring_desc.addr + 4);
+      const len = getU32(table, off + vring_desc.len);
+      const flags = getU16(table, off + vring_desc.flags);
+      const next = getU16(table, off + vring_desc.next);
+      const addr = addrHi < ADDR_HI_LIMIT ? addrHi * 2 ** 32 + addrLo : -1;
+      if (flags & VRING_DESC_F_INDIRECT) {
+        // §2.7.5.3.1: only when negotiated, never nested, never with NEXT; the table is whole descriptors.
+        if (!this.features.indirect) throw new QueueError("EQUEUECHAIN", `Driver error: indirect descriptor in chain ${head} but VIRTIO_RING_F_INDIRECT_DESC was not negotiated`);
+        if (indirect) throw new QueueError("EQUEUECHAIN", `Driver error: nested indirect descriptor in chain ${head}`);
+        if (flags & VRING_DESC_F_NEXT) throw new QueueError("EQUEUECHAIN", `Driver error: indirect descriptor in chain ${head} also has NEXT`);
+        if (len === 0 || len % vring_desc.SIZE !== 0) throw new QueueError("EQUEUECHAIN", `Driver error: indirect table length ${len} in chain ${head} is not a non-zero multiple of ${vring_desc.SIZE}`);
+        if (addr < 0 || !this.mem.contains(addr, len)) throw new QueueError("EQUEUERANGE", `Driver error: indirect table ${hexRange(addrHi, addrLo, len)} in chain ${head} is outside guest memory`);
+        table = dataView(this.mem.slice(addr, len));
+        tableLen = len / vring_desc.SIZE;
+        indirect = true;
+        idx = 0;
+        continue;
+      }
+      // §2.7.5.3.1 / §2.7.4.2: a chain, indirect descriptors included, is never longer than the
+      // queue size (this also ends any loop).
+      if (++buffers > this.size) throw new QueueError("EQUEUECHAIN", `Driver error: chain ${head} is longer than the queue size ${this.size} (a loop?)`);
+      if (len > 0 && (addr < 0 || !this.mem.contains(addr, len))) {
+        throw new QueueError("EQUEUERANGE", `Driver error: buffer ${hexRange(addrHi, addrLo, len)} in chain ${head} is outside guest memory`);
+      }
+      if (flags & VRING_DESC_F_WRITE) {
+        sawWritable = true;
+        if (len > 0) { writable.push({ addr, len }); writableBytes += len; }
+      } else {
+        // §2.7.4.2: device-readable descriptors come before device-writable ones.
+        if (sawWritable) throw new QueueError("EQUEUECHAIN", `Driver error: chain ${head} has a device-readable buffer after a device-writable one`);
+        if (len > 0) { readable.push({ addr, len }); readableBytes += len; }
+      }
+      if (!(flags & VRING_DESC_F_NEXT)) break;
+      if (next >= tableLen) {
+        throw new QueueError("EQUEUEINDEX", `Driver error: next ${next} in chain ${head} is not below the ${indirect ? "indirect table" : "queue"} size ${tableLen}`);
+      }
+      idx = next;
+    }
+    return { head, readable, writable, readableBytes, writableBytes };
+  }
+
+  pushUsed(head: number, writtenBytes: number): void {
+    if (!Number.isInteger(head) || head < 0 || head >= this.size || this.inFlightWritable[head]! < 0) {
+      throw new QueueError("EQUEUEUSED", `Cannot return chain ${head}: it is not in flight`);
+    }
+    const max = this.inFlightWritable[head]!;
+    if (!Number.isInteger(writtenBytes) || writtenBytes < 0 || writtenBytes > max || writtenBytes > 0xffffffff) {
+      throw new QueueError("EQUEUEUSED", `Cannot return chain ${head}: ${writtenBytes} bytes written but it has ${max} writable bytes`);
+    }
+    const elem = USED_RING_U32 + (this.nextUsed & (this.size - 1)) * ELEM_U32S;
+    Atomics.store(this.used32, elem + ELEM_ID_U32, head);
+    Atomics.store(this.used32, elem + ELEM_LEN_U32, writtenBytes);
+    this.nextUsed = (this.nextUsed + 1) & 0xffff;
+    // The element stores above are ordered before this store (§2.7.8.2).
+    Atomics.store(this.used16, U16_IDX, this.nextUsed);
+    this.inFlightWritable[head] = -1;
+    this.inFlight--;
+    // vhost: once 2^16 entries pass unsignalled, old/new no longer say anything.
+    if (++this.pushedSinceSignal >= 0x10000) this.signalledUsedValid = false;
+  }
+
+  /**
+   * True when the driver wants an interrupt for the entries pushed since the last call
+   * (vhost_notify): with EVENT_IDX, vring_need_event(used_event, used idx, used idx at the
+   * last call); otherwise unless VRING_AVAIL_F_NO_INTERRUPT. False when nothing was pushed.
+   */
+  needsInterrupt(): boolean {
+    const oldIdx = this.signalledUsed, valid = this.signalledUsedValid, pushed = this.pushedSinceSignal;
+    this.signalledUsed = this.nextUsed;
+    this.signalledUsedValid = true;
+    this.pushedSinceSignal = 0;
+    if (pushed === 0) return false;
+    if (!this.features.eventIdx) return (Atomics.load(this.avail16, U16_FLAGS) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    if (!valid) return true;
+    return vringNeedEvent(Atomics.load(this.avail16, this.usedEventU16), this.nextUsed, oldIdx);
+  }
+
+  /**
+   * Asks the driver to kick (or not) when it makes buffers available (§2.7.10). After
+   * enabling, call hasAvailable() again: buffers added before the driver saw the change
+   * get no kick (the race virtio_ring.c's virtqueue_enable_cb closes the same way).
+   */
+  setNotifications(enabled: boolean): void {
+    this.notifications = enabled;
+    if (this.features.eventIdx) {
+      // Disabling leaves avail_event behind, so the driver stops kicking once past it.
+      if (enabled) Atomics.store(this.used16, this.availEventU16, this.nextAvail);
+    } else {
+      const flags = Atomics.load(this.used16, U16_FLAGS);
+      Atomics.store(this.used16, U16_FLAGS, enabled ? flags & ~VRING_USED_F_NO_NOTIFY : flags | VRING_USED_F_NO_NOTIFY);
+    }
+  }
+
+  /** Forgets all device-side state (device reset, §2.1.2): indices back to 0, nothing in flight. */
+  reset(): void {
+    this.nextAvail = 0;
+    this.nextUsed = 0;
+    this.inFlightWritable.fill(-1);
+    this.inFlight = 0;
+    this.signalledUsed = 0;
+    this.signalledUsedValid = false;
+    this.pushedSinceSignal = 0;
+    this.notifications = true;
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * virtio-rng / entropy device (virtio 1.x §5.4): one request queue; the
+ * driver posts device-writable buffers and the device fills them with random
+ * bytes from the host's CSPRNG (crypto.randomFillSync: OpenSSL seeded by the
+ * kernel's getrandom). No features, no config space.
+ *
+ * Each request gets at most RNG_MAX_BYTES_PER_REQUEST bytes (the used length
+ * says how many, §5.4.6.1 lets the device fill less), so a guest posting huge
+ * buffers cannot make the device thread spend long on one kick.
+ */
+import { randomFillSync } from "node:crypto";
+import { VIRTIO_ID_RNG } from "../../linux/abi.generated.js";
+import type { DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
+
+/** Descriptors per queue (QueueNumMax). */
+export const RNG_QUEUE_SIZE = 256;
+/** Most random bytes given for one request (64 KiB). */
+export const RNG_MAX_BYTES_PER_REQUEST = 64 * 1024;
+
+/** Options (JSON): none yet. */
+export type RngOptions = Record<string, never>;
+
+/** Counters of what the device did. */
+export interface RngMetrics {
+  requests: number;
+  bytes: number;
+  /** Requests with device-readable buffers (ignored) or no writable space. */
+  badRequests: number;
+}
+
+/** The virtio-rng device. */
+export class VirtioRng implements VirtioBackend {
+  readonly deviceId = VIRTIO_ID_RNG;
+  readonly queueMaxSizes = [RNG_QUEUE_SIZE] as const;
+  readonly deviceFeatures = 0n;
+  readonly metrics: RngMetrics = { requests: 0, bytes: 0, badRequests: 0 };
+  private ctx: VirtioDeviceContext | undefined;
+
+  initialConfig(): Uint8Array {
+    return new Uint8Array(0);
+  }
+
+  activate(ctx: VirtioDeviceContext): void {
+    this.ctx = ctx;
+  }
+
+  onNotify(queue: number): void {
+    const ctx = this.ctx;
+    const q = ctx?.queues[queue];
+    if (!ctx || !q || queue !== 0) return;
+    let pushed = false;
+    try {
+      for (let chain = q.pop(); chain; chain = q.pop()) {
+        q.pushUsed(chain.head, this.fill(ctx, chain));
+        pushed = true;
+      }
+    } catch (e) {
+      // Only the ring itself throws here (QueueError): the driver broke it.
+      this.ctx = undefined;
+      ctx.fail(`virtio-rng: ${(e as Error).message}`);
+    }
+    if (pushed) ctx.notifyUsed(0);
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+  }
+
+  /** Fills the chain's writable buffers in place (no copy); returns the bytes given. Never throws. */
+  private fill(ctx: VirtioDeviceContext, chain: DescriptorChain): number {
+    this.metrics.requests++;
+    if (chain.readableBytes > 0 || chain.writableBytes === 0) {
+      this.metrics.badRequests++;
+      ctx.guestFault(`virtio-rng: request with ${chain.readableBytes} readable and ${chain.writableBytes} writable bytes`);
+    }
+    let given = 0;
+    try {
+      for (const b of chain.writable) {
+        const n = Math.min(b.len, RNG_MAX_BYTES_PER_REQUEST - given);
+        if (n === 0) break;
+        randomFillSync(ctx.memory.slice(b.addr, n));
+        given += n;
+      }
+    } catch (e) {
+      this.metrics.badRequests++;
+      ctx.guestFault(`virtio-rng: ${(e as Error).message}`);
+    }
+    this.metrics.bytes += given;
+    return given;
+  }
+}
+
+/** The device thread's entry point. */
+export function createBackend(_options: RngOptions = {}): VirtioBackend {
+  return new VirtioRng();
+}

@@ -1,0 +1,78 @@
+/**
+ * A trivial virtio backend for testing the transport and the device thread
+ * without a real device: one queue; each chain's readable bytes are copied
+ * into its writable buffers (as far as they fit) and the chain is returned.
+ *
+ * Config space (ECHO_CONFIG_BYTES): u32 `chains` echoed so far (read-only,
+ * published with a config-change interrupt every `configEvery` chains), then
+ * u32 `scratch` the driver may write (read back by tests; a write of
+ * ECHO_FAIL_MAGIC makes the backend call ctx.fail, to test NEEDS_RESET).
+ */
+import { writeFileSync } from "node:fs";
+import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from "../../../linux/abi.generated.js";
+import { dataView } from "../../../memory/le.js";
+import { readChain, writeChain } from "../chain-io.js";
+import type { VirtioBackend, VirtioDeviceContext } from "../types.js";
+
+/** Options (JSON): the device id to claim, the queue size, ring features to offer. */
+export interface EchoOptions {
+  /** Default 0x3fff: not a real device type, so no guest driver binds to it. */
+  deviceId?: number;
+  queueSize?: number;
+  eventIdx?: boolean;
+  indirect?: boolean;
+  /** Raise a config-change interrupt every this many chains (default: never). */
+  configEvery?: number;
+  /** On shutdown, write this file (tests that stop() waits for shutdown). */
+  shutdownMarker?: string;
+}
+
+export const ECHO_DEFAULT_DEVICE_ID = 0x3fff;
+export const ECHO_CONFIG_CHAINS = 0;
+export const ECHO_CONFIG_SCRATCH = 4;
+export const ECHO_CONFIG_BYTES = 8;
+/** Writing this to `scratch` makes the device fail (tests of DEVICE_NEEDS_RESET). */
+export const ECHO_FAIL_MAGIC = 0xdead;
+
+export function createBackend(options: unknown): VirtioBackend {
+  const o = (options ?? {}) as EchoOptions;
+  let ctx: VirtioDeviceContext | undefined;
+  let chains = 0;
+  const bit = (n: number) => 1n << BigInt(n);
+  return {
+    deviceId: o.deviceId ?? ECHO_DEFAULT_DEVICE_ID,
+    queueMaxSizes: [o.queueSize ?? 256],
+    deviceFeatures: (o.eventIdx ? bit(VIRTIO_RING_F_EVENT_IDX) : 0n) | (o.indirect ? bit(VIRTIO_RING_F_INDIRECT_DESC) : 0n),
+    initialConfig: () => new Uint8Array(ECHO_CONFIG_BYTES),
+    configWritable: (offset, length) => offset >= ECHO_CONFIG_SCRATCH && offset + length <= ECHO_CONFIG_BYTES,
+    activate(c) {
+      ctx = c;
+    },
+    onNotify(queue) {
+      if (!ctx) return;
+      const q = ctx.queues[queue]!;
+      let used = false;
+      for (let chain = q.pop(); chain; chain = q.pop()) {
+        const data = readChain(ctx.memory, chain, 0, chain.readableBytes);
+        q.pushUsed(chain.head, writeChain(ctx.memory, chain, 0, data));
+        used = true;
+        chains++;
+        dataView(ctx.config).setUint32(ECHO_CONFIG_CHAINS, chains, true);
+        if (o.configEvery && chains % o.configEvery === 0) ctx.notifyConfigChange();
+      }
+      if (used) ctx.notifyUsed(queue);
+    },
+    onConfigWrite(offset) {
+      if (ctx && offset <= ECHO_CONFIG_SCRATCH && dataView(ctx.config).getUint32(ECHO_CONFIG_SCRATCH, true) === ECHO_FAIL_MAGIC) {
+        ctx.fail("the driver asked the echo device to fail");
+      }
+    },
+    reset() {
+      ctx = undefined;
+      chains = 0;
+    },
+    shutdown() {
+      if (o.shutdownMarker) writeFileSync(o.shutdownMarker, `chains ${chains}\n`);
+    },
+  };
+}
