@@ -96,3 +96,18 @@ test("an initrd that does not fit in guest memory is a one-line error", () => {
 test("a command line that is too long is a one-line error", () => {
   expectUserError(["run", "--kernel", tinyKernel, "--cmdline", "x".repeat(70000)], /Cannot set the kernel command line: it is 70000 bytes/);
 });
+
+test("bad drive arguments are one-line errors before the guest starts", () => {
+  const image = join(dir, "disk.img");
+  writeFileSync(image, new Uint8Array(1 << 20));
+  chmodSync(image, 0o444);
+  const odd = join(dir, "odd.img");
+  writeFileSync(odd, new Uint8Array(1000));
+  expectUserError(["run", "--kernel", tinyKernel, "--disk", join(dir, "nope.img")], /Cannot attach drive: file '.*nope.img' does not exist/);
+  expectUserError(["run", "--kernel", tinyKernel, "--disk", dir], /Cannot attach drive: '.*' is not a regular file/);
+  expectUserError(["run", "--kernel", tinyKernel, "--disk", odd], /not a whole number of 512-byte sectors/);
+  expectUserError(["run", "--kernel", tinyKernel, "--disk", `${image},rx`], /unknown option 'rx'/);
+  expectUserError(["run", "--kernel", tinyKernel, "--balloon", "512", "--memory", "256"], /--balloon 512 MiB is more than the guest's --memory 256 MiB/);
+  // As 'nobody', a root-owned 0444 image can be read but not written.
+  expectUserError(["run", "--kernel", tinyKernel, "--disk", image], /file '.*disk.img' is read-only \(attach it with ',ro'\)/, {}, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
+});

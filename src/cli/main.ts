@@ -10,6 +10,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describeError, isUserError } from "./errors.js";
 import { DEFAULT_CMDLINE } from "./defaults.js";
+import { DeviceArgError, virtioDevicesFromFlags } from "./devices.js";
 import { runDemo } from "./demo.js";
 import { printDoctor } from "./doctor.js";
 import { buildKernelCommand, buildInitramfsCommand } from "./guest.js";
@@ -48,11 +49,18 @@ function buildProgram(): Command {
     .option("--ksm", "let KSM merge identical guest pages")
     .option("--boot-time", "print the time until the guest wrote the boot-timer address")
     .option("--debug-exit", "add a debug-exit device: a guest write of v to port 0xf4 ends flint with exit code v")
+    .option("--disk <path[,ro]>", "virtio-blk drive over a raw image (repeatable; the first is /dev/vda)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("--rng", "virtio-rng device fed from the host's CSPRNG")
+    .option("--balloon <mib>", "virtio-balloon device with an initial target in MiB", wholeNumber("--balloon"))
     .exitOverride()
     .action(async (o) => {
+      if (o.balloon !== undefined && o.balloon > o.memory) {
+        throw new DeviceArgError(`Cannot add balloon: --balloon ${o.balloon} MiB is more than the guest's --memory ${o.memory} MiB`);
+      }
       process.exitCode = await runVm({
         kernel: o.kernel, initrd: o.initrd, cmdline: o.cmdline, cpus: o.cpus, memoryMib: o.memory,
         bootMode: o.boot, acpi: o.acpi, hugePages: !!o.hugePages, mergeable: !!o.ksm, bootTime: !!o.bootTime, debugExit: !!o.debugExit,
+        virtioDevices: virtioDevicesFromFlags({ disk: o.disk, rng: !!o.rng, balloon: o.balloon }),
       });
     });
 

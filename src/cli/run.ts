@@ -4,6 +4,7 @@
  * Ctrl-A x quits (see escape.ts). The exit code is 0 when the guest powers
  * off or reboots, 1 when the VM fails.
  */
+import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult } from "../vm/machine.js";
 import { ESCAPE_HELP, EscapeParser } from "./escape.js";
 
@@ -20,6 +21,8 @@ export interface RunOptions {
   bootTime: boolean;
   /** Add the debug-exit device; its status becomes flint's exit code. */
   debugExit?: boolean;
+  /** virtio devices, in guest order. */
+  virtioDevices?: VirtioDeviceConfig[];
 }
 
 /** Runs the VM to its end and returns the process exit code. Throws for bad input (before the guest starts). */
@@ -32,6 +35,7 @@ export async function runVm(o: RunOptions): Promise<number> {
     hugePages: o.hugePages,
     mergeable: o.mergeable,
     debugExit: o.debugExit,
+    virtioDevices: o.virtioDevices,
     onGuestFault: (device, message) => {
       if (process.env.FLINT_DEBUG) process.stderr.write(`flint: guest fault in ${device}: ${message}\r\n`);
     },
