@@ -88,7 +88,7 @@ function parse(output: string): Seen {
   return seen;
 }
 
-describe("real Linux uses flint's virtio-rng (nested harness)", { timeout: 15 * 60_000 }, () => {
+describe("real Linux uses flint's virtio-rng (nested harness)", { timeout: 25 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-virtio-e2e-"));
   const seen = new Map<string, Seen>();
   let nested: NestedResult;
@@ -104,7 +104,7 @@ describe("real Linux uses flint's virtio-rng (nested harness)", { timeout: 15 * 
       const out = join(share, `${c.name}.out`);
       return `timeout 180 ${q(process.execPath)} ${q(runner)} ${q(kernel.vmlinux)} ${q(initrd)} ${c.announce} ${c.acpi ? "acpi" : "noacpi"} >${q(out)} 2>&1`;
     }).join("\n");
-    nested = await runNested({ command: script, timeoutMs: 12 * 60_000, shareDir: share });
+    nested = await runNested({ command: script, timeoutMs: 20 * 60_000, shareDir: share });
     for (const c of CASES) {
       let text = "";
       try {
