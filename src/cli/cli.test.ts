@@ -111,3 +111,10 @@ test("bad drive arguments are one-line errors before the guest starts", () => {
   // As 'nobody', a root-owned 0444 image can be read but not written.
   expectUserError(["run", "--kernel", tinyKernel, "--disk", image], /file '.*disk.img' is read-only \(attach it with ',ro'\)/, {}, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
 });
+
+test("bad network arguments are one-line errors before the guest starts", () => {
+  expectUserError(["run", "--kernel", tinyKernel, "--net", "tap=flint-no-such-tap0,mac=06:00:ac:10:00:02"], /Cannot attach network: .*flint-no-such-tap0/);
+  expectUserError(["run", "--kernel", tinyKernel, "--net", "tap=lo,mac=06:00:ac:10:00:02"], /Cannot attach network: .*lo/);
+  expectUserError(["run", "--kernel", tinyKernel, "--net", "tap=tap0,mac=01:00:5e:00:00:01"], /Cannot attach network: .*/);
+  expectUserError(["run", "--kernel", tinyKernel, "--net", "tap=tap0,mac=zz"], /Cannot attach network: .*/);
+});

@@ -52,6 +52,8 @@ function buildProgram(): Command {
     .option("--disk <path[,ro]>", "virtio-blk drive over a raw image (repeatable; the first is /dev/vda)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--rng", "virtio-rng device fed from the host's CSPRNG")
     .option("--balloon <mib>", "virtio-balloon device with an initial target in MiB", wholeNumber("--balloon"))
+    .option("--net <tap=NAME,mac=MAC[,mtu=N]>", "virtio-net over an existing TAP interface (repeatable)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("--vsock <cid=N,uds=PATH>", "virtio-vsock: guest CID and host Unix socket (guest port P connects to PATH_P; repeatable)", (v: string, prev: string[] = []) => [...prev, v])
     .exitOverride()
     .action(async (o) => {
       if (o.balloon !== undefined && o.balloon > o.memory) {
@@ -60,7 +62,7 @@ function buildProgram(): Command {
       process.exitCode = await runVm({
         kernel: o.kernel, initrd: o.initrd, cmdline: o.cmdline, cpus: o.cpus, memoryMib: o.memory,
         bootMode: o.boot, acpi: o.acpi, hugePages: !!o.hugePages, mergeable: !!o.ksm, bootTime: !!o.bootTime, debugExit: !!o.debugExit,
-        virtioDevices: virtioDevicesFromFlags({ disk: o.disk, rng: !!o.rng, balloon: o.balloon }),
+        virtioDevices: virtioDevicesFromFlags({ disk: o.disk, rng: !!o.rng, balloon: o.balloon, net: o.net, vsock: o.vsock }),
       });
     });
 

@@ -708,6 +708,15 @@ export const ECONNRESET = 0x68;
 export const EADDRINUSE = 0x62;
 export const ENOTCONN = 0x6b;
 export const EINPROGRESS = 0x73;
+export const SHUT_RD = 0x0;
+export const SHUT_WR = 0x1;
+export const SHUT_RDWR = 0x2;
+export const ENAMETOOLONG = 0x24;
+export const ENOTSOCK = 0x58;
+export const SOCK_DGRAM = 0x2;
+export const ETH_HLEN = 0xe;
+export const ETH_ALEN = 0x6;
+export const ETH_FRAME_LEN = 0x5ea;
 
 // String constants
 export const ACPI_SIG_RSDP = "RSD PTR ";
