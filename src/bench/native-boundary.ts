@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { KVM_CAP_IRQCHIP, KVM_CHECK_EXTENSION, KVM_EXIT_IO, KVM_RUN, kvm_run } from "../linux/abi.generated.js";
 import { Kvm } from "../kvm/kvm.js";
 import { assemble } from "../kvm/testing/assemble.js";
-import { RING3_LAYOUT, startInRing3 } from "../kvm/testing/ring3.js";
+import { RING3_LAYOUT, startInRing3 } from "../arch/x86_64/ring3.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { sys } from "../sys/native.js";
 

@@ -11,7 +11,7 @@ import {
 import { GuestMemory } from "../memory/guest-memory.js";
 import { Kvm } from "./kvm.js";
 import { assemble } from "./testing/assemble.js";
-import { RING3_LAYOUT, startInRing3 } from "./testing/ring3.js";
+import { RING3_LAYOUT, startInRing3 } from "../arch/x86_64/ring3.js";
 import type { VcpuFd } from "./vcpu.js";
 import type { VmFd } from "./vm.js";
 

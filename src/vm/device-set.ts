@@ -20,7 +20,6 @@ import { Serial, SERIAL_PORT_COUNT } from "../devices/legacy/serial.js";
 import { SerialHost } from "../devices/legacy/serial-host.js";
 import { createSerialShared } from "../devices/legacy/serial-state.js";
 import { insertVirtioTransports, type VirtioTransportDescriptor } from "../devices/virtio/virtio-set.js";
-import type { GuestMemory } from "../memory/guest-memory.js";
 
 /** Shared state of the legacy devices; transferable to vCPU threads. */
 export interface DeviceSetDescriptor {
@@ -80,7 +79,7 @@ export function createDeviceSet(opts: { debugExit?: boolean; virtio?: VirtioTran
 }
 
 /** Builds one vCPU thread's port-I/O and MMIO buses over the shared device state. */
-export function buildBuses(desc: DeviceSetDescriptor, _memory: GuestMemory, ctx: DeviceContext): { pio: Bus; mmio: Bus } {
+export function buildBuses(desc: DeviceSetDescriptor, ctx: DeviceContext): { pio: Bus; mmio: Bus } {
   const pio = new Bus();
   const mmio = new Bus();
   pio.insert(COM1_PORT, SERIAL_PORT_COUNT, new Serial(desc.serial, COM1_IRQ, ctx));

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { Writable } from "node:stream";
 import { test } from "node:test";
 import { assemble } from "../kvm/testing/assemble.js";
-import { RING3_LAYOUT } from "../kvm/testing/ring3.js";
+import { RING3_LAYOUT } from "../arch/x86_64/ring3.js";
 import { Machine } from "./machine.js";
 
 /** A Writable collecting everything, optionally slow (backpressure). */

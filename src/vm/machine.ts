@@ -26,7 +26,7 @@ import {
 } from "../devices/virtio/virtio-set.js";
 import { KvmError } from "../kvm/errors.js";
 import { Kvm } from "../kvm/kvm.js";
-import { RING3_LAYOUT, startInRing3 } from "../kvm/testing/ring3.js";
+import { RING3_LAYOUT, startInRing3 } from "../arch/x86_64/ring3.js";
 import type { KvmRegs, KvmSregs } from "../kvm/types.js";
 import type { VcpuFd } from "../kvm/vcpu.js";
 import type { VmFd } from "../kvm/vm.js";
@@ -282,7 +282,7 @@ export class Machine {
     const ready: Promise<void>[] = [];
     for (const vcpu of this.vcpus) {
       const init: VcpuThreadInit = {
-        vcpu: vcpu.describe(), vmFd: this.vm.fd, memory: this.memory.describe(),
+        vcpu: vcpu.describe(), vmFd: this.vm.fd,
         devices: this.host.descriptor, control: this.control, kickSignal: KICK_SIGNAL,
       };
       const w = new Worker(new URL("./vcpu-thread.js", import.meta.url), { workerData: init });

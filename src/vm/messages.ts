@@ -1,7 +1,6 @@
 /** Messages between the main thread and vCPU worker threads. */
 import type { VmExitReason } from "../devices/bus.js";
 import type { VcpuDescriptor } from "../kvm/vcpu.js";
-import type { MemoryDescriptor } from "../memory/guest-memory.js";
 import type { DeviceSetDescriptor } from "./device-set.js";
 import type { VcpuStats } from "./vcpu-loop.js";
 
@@ -9,7 +8,6 @@ import type { VcpuStats } from "./vcpu-loop.js";
 export interface VcpuThreadInit {
   vcpu: VcpuDescriptor;
   vmFd: number;
-  memory: MemoryDescriptor;
   devices: DeviceSetDescriptor;
   control: Int32Array;
   kickSignal: number;

@@ -1,13 +1,12 @@
 /**
- * Entry point of a vCPU worker thread. It attaches to the VM's fds and
- * memory (process-wide), builds its own device objects over shared state,
+ * Entry point of a vCPU worker thread. It attaches to the VM's fds
+ * (process-wide), builds its own device objects over shared state,
  * reports its pthread id so the main thread can kick it out of KVM_RUN, and
  * runs the vCPU loop until the VM stops.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import { VcpuFd } from "../kvm/vcpu.js";
-import { GuestMemory } from "../memory/guest-memory.js";
 import { sys } from "../sys/native.js";
 import { claimExit } from "./control.js";
 import { buildBuses } from "./device-set.js";
@@ -20,7 +19,6 @@ const port = parentPort!;
 const post = (m: VcpuThreadMessage) => port.postMessage(m);
 
 const vcpu = VcpuFd.attach(init.vcpu);
-const memory = GuestMemory.attach(init.memory);
 const stats = newStats();
 
 function end(reason: VmExitReason): void {
@@ -39,7 +37,7 @@ post({ type: "ready", thread: sys.threadSelf() });
 port.once("message", () => {
   let reason: VmExitReason | undefined;
   try {
-    const { pio, mmio } = buildBuses(init.devices, memory, ctx);
+    const { pio, mmio } = buildBuses(init.devices, ctx);
     reason = runVcpu(vcpu, pio, mmio, init.control, stats);
   } catch (e) {
     reason = { kind: "error", message: `vCPU ${init.vcpu.id} failed: ${(e as Error).stack ?? e}` };

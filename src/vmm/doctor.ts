@@ -12,7 +12,7 @@ import {
 } from "../linux/abi.generated.js";
 import { KvmError } from "../kvm/errors.js";
 import { Kvm } from "../kvm/kvm.js";
-import { RING3_LAYOUT, startInRing0, startInRing3 } from "../kvm/testing/ring3.js";
+import { RING3_LAYOUT, startInRing0, startInRing3 } from "../arch/x86_64/ring3.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { sys } from "../sys/native.js";
 import { maxVcpus } from "../vm/machine.js";

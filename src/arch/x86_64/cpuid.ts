@@ -70,12 +70,10 @@ export function vcpuCpuid(supported: readonly KvmCpuidEntry[], cpuId: number, cp
         e.ebx = (e.ebx & ~0xffff) | (apicId & 0xff);
         e.ecx = e.ecx & ~0x7ff;
         break;
-      case KVM_CPUID_SIGNATURE:
-        // "KVMKVMKVM\0\0\0" is provided by KVM; keep it and its max leaf.
-        break;
     }
     out.push(e);
   }
+  // KVM provides the "KVMKVMKVM\0\0\0" signature leaf and its features: kept as they are.
   if (!out.some((e) => e.function === KVM_CPUID_SIGNATURE)) {
     throw new RangeError("KVM_GET_SUPPORTED_CPUID has no KVM paravirtual leaves");
   }

@@ -21,7 +21,7 @@ import { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, setU32, setU64 } from "../../memory/le.js";
 import { BLOCK_MAX_DISCARD_SEG, SECTOR_SIZE, VirtioBlock } from "./block.js";
 import { FakeDriver } from "./testing/fake-driver.js";
-import { arbRawDescriptor, recordingMemory, spaceOf } from "./testing/fake-driver-hostile.js";
+import { arbRawDescriptor, recordingMemory, spaceOf, splitAt as split } from "./testing/fake-driver-hostile.js";
 import type { DescriptorChain, GuestBuffer, VirtioDeviceContext, VirtQueue } from "./types.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-blk-prop-"));
@@ -89,14 +89,6 @@ const reqArb: fc.Arbitrary<Req> = fc.record({
   seed: fc.nat(255),
 });
 
-/** Splits `data` at the given offsets (into at most 4 non-empty pieces). */
-function split(data: Uint8Array, at: number[]): Uint8Array[] {
-  const cuts = [...new Set(at.map((a) => a % (data.length + 1)))].filter((c) => c > 0 && c < data.length).sort((a, b) => a - b);
-  const out: Uint8Array[] = [];
-  let prev = 0;
-  for (const c of [...cuts, data.length]) { out.push(data.subarray(prev, c)); prev = c; }
-  return out.filter((p) => p.length > 0);
-}
 function splitLen(len: number, at: number[]): number[] {
   return split(new Uint8Array(len), at).map((p) => p.length);
 }

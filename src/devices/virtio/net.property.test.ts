@@ -13,7 +13,7 @@ import { GuestMemory } from "../../memory/guest-memory.js";
 import { NET_HDR_BYTES, NET_MAX_FRAME_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, VirtioNet } from "./net.js";
 import { concat, fakeTap, NetContext, readPacket, writePacket } from "./net-test-rig.js";
 import { FakeDriver } from "./testing/fake-driver.js";
-import { arbRawDescriptor, recordingMemory, spaceOf } from "./testing/fake-driver-hostile.js";
+import { arbRawDescriptor, recordingMemory, spaceOf, splitAt as split } from "./testing/fake-driver-hostile.js";
 
 interface Packet {
   flags: number;
@@ -58,14 +58,6 @@ function packetBytes(p: Packet): Uint8Array {
   b[virtio_net_hdr_v1.flags] = p.flags;
   b[virtio_net_hdr_v1.gso_type] = p.gso;
   return b;
-}
-
-function split(data: Uint8Array, at: number[]): Uint8Array[] {
-  const cuts = [...new Set(at.map((a) => a % (data.length + 1)))].filter((c) => c > 0 && c < data.length).sort((a, b) => a - b);
-  const out: Uint8Array[] = [];
-  let prev = 0;
-  for (const c of [...cuts, data.length]) { out.push(data.subarray(prev, c)); prev = c; }
-  return out.filter((p) => p.length > 0);
 }
 
 const offloadFree = (p: Packet) => (p.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0 && p.gso === 0;

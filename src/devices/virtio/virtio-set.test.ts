@@ -18,7 +18,7 @@ import {
 } from "../../linux/abi.generated.js";
 import { DEBUG_EXIT_PORT, FIRST_DEVICE_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE } from "../../arch/x86_64/layout.js";
 import { assemble } from "../../kvm/testing/assemble.js";
-import { RING3_LAYOUT } from "../../kvm/testing/ring3.js";
+import { RING3_LAYOUT } from "../../arch/x86_64/ring3.js";
 import { Machine } from "../../vm/machine.js";
 import { VIRTIO_MMIO_MAGIC } from "./mmio.js";
 import { MAX_VIRTIO_DEVICES, VIRTIO_MMIO_ACPI_HID, virtioAnnouncement, virtioCmdlineParam, virtioDsdtDevices, virtioSlot } from "./virtio-set.js";

@@ -434,3 +434,16 @@ function checkChain(mem: GuestMemory, c: DescriptorChain, size: number): void {
   if (c.readable.length + c.writable.length > size) fail(`chain of ${c.readable.length + c.writable.length} buffers in a queue of ${size}`);
   if (c.head < 0 || c.head >= size) fail(`chain head ${c.head} out of range`);
 }
+
+/**
+ * Splits `data` into non-empty pieces at the given offsets (each taken modulo
+ * length + 1; duplicates and the ends ignored), for tests that scatter one
+ * request over several descriptors at arbitrary byte boundaries.
+ */
+export function splitAt(data: Uint8Array, at: readonly number[]): Uint8Array[] {
+  const cuts = [...new Set(at.map((a) => a % (data.length + 1)))].filter((c) => c > 0 && c < data.length).sort((a, b) => a - b);
+  const out: Uint8Array[] = [];
+  let prev = 0;
+  for (const c of [...cuts, data.length]) { out.push(data.subarray(prev, c)); prev = c; }
+  return out.filter((p) => p.length > 0);
+}
