@@ -94,9 +94,11 @@ poweroff -f
 /** Runs inside the nested VM: the host's echo service, flint, and a host client once the guest listens. */
 const HOST_HELPER = `
 import { spawn } from "node:child_process";
+import { appendFileSync } from "node:fs";
 import net from "node:net";
-const [cli, uds, ...flintArgs] = process.argv.slice(2);
-const say = (k, v) => console.log("flint-e2e: " + k + "=" + v);
+const [cli, uds, report, ...flintArgs] = process.argv.slice(2);
+// The helper's own lines go to a separate file: the guest's console shares stdout and would interleave.
+const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 const server = net.createServer((s) => {
   let buf = "";
   s.on("data", (d) => {
@@ -125,6 +127,7 @@ flint.on("exit", (code) => { say("flint-exit", code); server.close(); process.ex
 describe("real Linux talks to the host over flint's virtio-vsock (nested harness)", { timeout: 15 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-vsock-"));
   let out = "";
+  let hostOut = "";
   let nested: NestedResult | undefined;
 
   before(async () => {
@@ -137,14 +140,16 @@ describe("real Linux talks to the host over flint's virtio-vsock (nested harness
     const helper = join(share, "host-helper.mjs");
     writeFileSync(helper, HOST_HELPER);
     const outFile = join(share, "out.txt");
+    const hostFile = join(share, "host.txt");
     const cmdline = "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init";
     // Unix sockets need a local file system: the nested VM's /dev/shm is a tmpfs (the share is 9p).
     const uds = "/dev/shm/flint-vsock/v.sock";
     const args = ["run", "--kernel", kernel.vmlinux, "--initrd", initrd, "--cmdline", cmdline, "--memory", "256", "--cpus", "2"];
-    const command = `mkdir -p /dev/shm/flint-vsock && timeout 400 ${q(process.execPath)} ${q(helper)} ${q(CLI)} ${q(uds)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1`;
+    const command = `mkdir -p /dev/shm/flint-vsock && timeout 400 ${q(process.execPath)} ${q(helper)} ${q(CLI)} ${q(uds)} ${q(hostFile)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1`;
     nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048 });
     try {
       out = readFileSync(outFile, "utf8");
+      hostOut = readFileSync(hostFile, "utf8");
     } catch {
       // asserted below
     }
@@ -152,8 +157,8 @@ describe("real Linux talks to the host over flint's virtio-vsock (nested harness
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
-  const why = () => `${out.slice(-3000)}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
-  const line = (key: string) => new RegExp(`flint-e2e: ${key}=(.*)`).exec(out)?.[1]?.trim();
+  const why = () => `${out.slice(-3000)}\n--- host helper ---\n${hostOut}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const line = (key: string) => new RegExp(`flint-e2e: ${key}=(.*)$`, "m").exec(`${out}\n${hostOut}`)?.[1]?.trim();
 
   it("boots, and the guest powers off with flint exiting 0", () => {
     assert.ok(parseGuestReport(out).booted, why());
