@@ -21,6 +21,7 @@ import { bootMsrs } from "../arch/x86_64/msr.js";
 import { setupBoot } from "../boot/index.js";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
+import { BalloonControl } from "../devices/virtio/balloon-control.js";
 import {
   VirtioSet, virtioAnnouncement, virtioDsdtDevices, type VirtioAnnouncement, type VirtioDeviceConfig, type VirtioDeviceStats,
 } from "../devices/virtio/virtio-set.js";
@@ -326,6 +327,14 @@ export class Machine {
     claimExit(this.control);
     this.kick();
   }
+
+  /** The balloon's run-time controls, when the VM has a virtio-balloon device (the first, if several). */
+  get balloon(): BalloonControl | undefined {
+    const i = this.virtio.kinds.indexOf("balloon");
+    return i < 0 ? undefined : (this.balloonControl ??= new BalloonControl(this.virtio.devices[i]!, this.config.memoryMib));
+  }
+
+  private balloonControl: BalloonControl | undefined;
 
   /** Pushes bytes to the guest's serial console; returns how many fit. */
   consoleInput(bytes: Uint8Array): number {

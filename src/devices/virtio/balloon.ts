@@ -29,7 +29,7 @@ import {
 import type { GuestMemory, MemoryRegion } from "../../memory/guest-memory.js";
 import { dataView, getU16, getU32, getU64, setU32 } from "../../memory/le.js";
 import { readChain } from "./chain-io.js";
-import type { DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
+import type { BackendRequest, DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
 
 /** Bytes per balloon page: PFNs are always in 4 KiB units, whatever the guest's page size (§5.5.6). */
 export const BALLOON_PAGE_SIZE = 2 ** VIRTIO_BALLOON_PFN_SHIFT;
@@ -68,7 +68,7 @@ export interface BalloonOptions {
 
 /** A host-side misuse of the balloon (bad target). */
 export class BalloonError extends Error {
-  readonly code: "EBALLOONTARGET";
+  readonly code: "EBALLOONTARGET" | "EBALLOONTIMEOUT";
   constructor(code: BalloonError["code"], message: string) {
     super(message);
     this.name = "BalloonError";
@@ -98,6 +98,23 @@ export interface BalloonMetrics {
   hostErrors: number;
   badRequests: number;
 }
+
+/** The balloon as the host sees it: an answer to the "info" and "setTarget" requests. */
+export interface BalloonInfo {
+  /** What the host asked for (config `num_pages`), in MiB. */
+  targetMib: number;
+  /** What the driver reports it holds (config `actual`), in 4 KiB balloon pages and in MiB. */
+  actualPages: number;
+  actualMib: number;
+  /** The guest's latest statistics by name (bytes, or counts for faults), and how many reports came. */
+  stats: Record<string, number>;
+  statsUpdates: number;
+  metrics: BalloonMetrics;
+}
+
+/** Requests the balloon answers (VirtioBackend.control). */
+export const BALLOON_REQUEST_INFO = "info";
+export const BALLOON_REQUEST_SET_TARGET = "setTarget";
 
 /** Which balloon pages of each region are currently inflated. */
 class PageBitmap {
@@ -209,6 +226,41 @@ export class VirtioBalloon implements VirtioBackend {
     }
     ctx.notifyUsed(BALLOON_STATS_QUEUE);
     return true;
+  }
+
+  /** The host's view of the balloon. */
+  info(): BalloonInfo {
+    const actualPages = this.actualPages;
+    const stats: Record<string, number> = {};
+    for (const [name, value] of Object.entries(this.latest.byName)) stats[name] = Number(value);
+    return {
+      targetMib: (this.targetPages * BALLOON_PAGE_SIZE) / BYTES_PER_MIB,
+      actualPages, actualMib: (actualPages * BALLOON_PAGE_SIZE) / BYTES_PER_MIB,
+      stats, statsUpdates: this.latest.updates, metrics: { ...this.metrics },
+    };
+  }
+
+  /**
+   * Host-side requests: "setTarget" {targetMib} sets a new target and answers
+   * the info; "info" answers it and asks the driver for fresh statistics, so
+   * that the next "info" carries them.
+   */
+  control(request: BackendRequest): BalloonInfo {
+    switch (request.op) {
+      case BALLOON_REQUEST_SET_TARGET: {
+        const mib = (request.args as { targetMib?: unknown } | undefined)?.targetMib;
+        if (typeof mib !== "number") throw new BalloonError("EBALLOONTARGET", "Cannot set balloon target: targetMib must be a number");
+        this.setTargetMib(mib);
+        return this.info();
+      }
+      case BALLOON_REQUEST_INFO: {
+        const info = this.info();
+        this.requestStats();
+        return info;
+      }
+      default:
+        throw new Error(`unknown request '${request.op}'`);
+    }
   }
 
   initialConfig(): Uint8Array {

@@ -18,7 +18,7 @@
  * the device in DEVICE_NEEDS_RESET (virtio 1.x §2.1.2) rather than ending the
  * thread: the guest can recover by resetting the device.
  */
-import { parentPort, workerData } from "node:worker_threads";
+import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import {
   EFD_CLOEXEC, EFD_NONBLOCK, EINTR, POLLIN, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_MMIO_INT_CONFIG,
   VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, pollfd,
@@ -26,7 +26,7 @@ import {
 import { dataView } from "../../memory/le.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { errnoName, eventfd, sys } from "../../sys/native.js";
-import type { DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
+import type { DeviceReplyMessage, DeviceRequestMessage, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
 import { TransportState } from "./mmio-state.js";
 import { SplitQueue } from "./queue.js";
 import type { DescriptorChain, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
@@ -199,6 +199,21 @@ function reset(n: number): void {
   state.completeReset(n);
 }
 
+/** Answers the host-side requests queued on the request port (never fails the device). */
+function serveRequests(): void {
+  for (let m = receiveMessageOnPort(init.requests); m; m = receiveMessageOnPort(init.requests)) {
+    const req = m.message as DeviceRequestMessage;
+    let reply: DeviceReplyMessage;
+    try {
+      if (!backend.control) throw new Error(`the device does not take requests`);
+      reply = { id: req.id, ok: true, value: backend.control({ op: req.op, args: req.args }) };
+    } catch (e) {
+      reply = { id: req.id, ok: false, message: (e as Error).message ?? String(e) };
+    }
+    init.requests.postMessage(reply);
+  }
+}
+
 /** Reacts to the control words; returns false on stop. */
 function onControl(): boolean {
   sys.read(init.controlFd, drained, 8);
@@ -215,6 +230,7 @@ function onControl(): boolean {
   }
   const dirty = state.takeConfigDirty();
   if (dirty && backend.onConfigWrite) guarded("config write", () => backend.onConfigWrite!(dirty.offset, dirty.length));
+  serveRequests(); // last, so that answers see the driver's latest status and config writes
   return true;
 }
 

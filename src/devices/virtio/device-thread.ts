@@ -15,7 +15,7 @@
  * read the irqfd eventfd themselves.
  */
 import { closeSync } from "node:fs";
-import { Worker } from "node:worker_threads";
+import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import {
   EFD_CLOEXEC, EFD_NONBLOCK, KVM_IOEVENTFD_FLAG_DATAMATCH, VIRTIO_MMIO_QUEUE_NOTIFY,
 } from "../../linux/abi.generated.js";
@@ -42,7 +42,17 @@ export interface DeviceThreadInit {
   controlFd: number;
   irqFd: number;
   memory: MemoryDescriptor;
+  /** Host-side requests arrive here (read synchronously by the poll loop when the control eventfd fires). */
+  requests: MessagePort;
 }
+
+/** A host-side request to a device thread, and its answer. */
+export interface DeviceRequestMessage {
+  id: number;
+  op: string;
+  args?: unknown;
+}
+export type DeviceReplyMessage = { id: number; ok: true; value: unknown } | { id: number; ok: false; message: string };
 
 /** Device thread -> main thread. */
 export type DeviceThreadMessage =
@@ -84,7 +94,7 @@ export interface VirtioDeviceSpec {
 
 /** Why a virtio device could not start. */
 export class VirtioDeviceError extends Error {
-  readonly code: "EVIRTIOBACKEND" | "EVIRTIOSTATE";
+  readonly code: "EVIRTIOBACKEND" | "EVIRTIOSTATE" | "EVIRTIOREQUEST";
   constructor(code: VirtioDeviceError["code"], message: string) {
     super(message);
     this.name = "VirtioDeviceError";
@@ -106,6 +116,9 @@ export class VirtioDeviceHandle {
   private worker: Worker | undefined;
   private exited: Promise<void> | undefined;
   private closed = false;
+  private requests: MessagePort | undefined;
+  private nextRequestId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; op: string }>();
 
   /** Creates the state and eventfds and registers the irqfd; nothing runs until start(). */
   constructor(spec: VirtioDeviceSpec) {
@@ -125,11 +138,15 @@ export class VirtioDeviceHandle {
   /** Starts the device thread; resolves once the backend is loaded and KVM knows the queues' eventfds. */
   async start(): Promise<void> {
     if (this.worker) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: already started`);
+    const channel = new MessageChannel();
+    this.requests = channel.port1;
+    this.requests.on("message", (m: DeviceReplyMessage) => this.settle(m));
+    this.requests.unref(); // pending requests must not keep a stopped VM's process alive
     const init: DeviceThreadInit = {
       name: this.spec.name, backendModule: this.spec.backendModule.href, backendOptions: this.spec.backendOptions ?? {},
-      state: this.state.sab, controlFd: this.controlFd, irqFd: this.irqFd, memory: this.spec.memory,
+      state: this.state.sab, controlFd: this.controlFd, irqFd: this.irqFd, memory: this.spec.memory, requests: channel.port2,
     };
-    const w = new Worker(new URL("./device-thread-worker.js", import.meta.url), { workerData: init });
+    const w = new Worker(new URL("./device-thread-worker.js", import.meta.url), { workerData: init, transferList: [channel.port2] });
     this.worker = w;
     let startError: string | undefined;
     const ready = new Promise<number[]>((resolve, reject) => {
@@ -166,6 +183,34 @@ export class VirtioDeviceHandle {
     }
   }
 
+  /**
+   * Sends a request to the backend (VirtioBackend.control) and resolves with
+   * its answer. Rejects with EVIRTIOREQUEST when the backend refuses it or
+   * the device is not running.
+   */
+  request(op: string, args?: unknown): Promise<unknown> {
+    const port = this.requests;
+    if (!port || this.closed || this.state.stopRequested) {
+      return Promise.reject(new VirtioDeviceError("EVIRTIOREQUEST", `Cannot ${op} on ${this.spec.name}: the device is not running`));
+    }
+    const id = this.nextRequestId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, op });
+      port.ref(); // keep the process alive until the answer arrives
+      port.postMessage({ id, op, args } satisfies DeviceRequestMessage);
+      this.state.signalControl();
+    });
+  }
+
+  private settle(m: DeviceReplyMessage): void {
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    this.pending.delete(m.id);
+    if (this.pending.size === 0) this.requests?.unref();
+    if (m.ok) p.resolve(m.value);
+    else p.reject(new VirtioDeviceError("EVIRTIOREQUEST", `Cannot ${p.op} on ${this.spec.name}: ${m.message}`));
+  }
+
   stats(): VirtioDeviceStats {
     return { name: this.spec.name, ...this.state.stats, failures: [...this.failures] };
   }
@@ -182,6 +227,11 @@ export class VirtioDeviceHandle {
       this.state.requestStop();
       await this.exited;
     }
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id);
+      p.reject(new VirtioDeviceError("EVIRTIOREQUEST", `Cannot ${p.op} on ${this.spec.name}: the device stopped`));
+    }
+    this.requests?.close();
     this.closeFds();
   }
 

@@ -92,6 +92,16 @@ export interface VirtioDeviceContext {
   unwatch(fd: number): void;
 }
 
+/**
+ * A request from the host side (the library API, e.g. a new balloon target),
+ * delivered on the device thread between guest events. `op` names it; `args`
+ * is JSON-serialisable.
+ */
+export interface BackendRequest {
+  op: string;
+  args?: unknown;
+}
+
 /** A virtio device's behaviour, independent of the transport. */
 export interface VirtioBackend {
   /** VIRTIO_ID_*. */
@@ -114,4 +124,10 @@ export interface VirtioBackend {
   reset(): void;
   /** The VM is stopping: flush what must not be lost (e.g. fdatasync). */
   shutdown?(): void;
+  /**
+   * Answers a host-side request; the value returned (JSON-serialisable) goes
+   * back to the caller, an error thrown rejects the request and leaves the
+   * device as it was. Runs whether or not the driver has activated the device.
+   */
+  control?(request: BackendRequest): unknown;
 }

@@ -112,6 +112,8 @@ export interface VirtioSetHooks {
 /** The main thread's side of all virtio devices. */
 export class VirtioSet {
   readonly devices: readonly VirtioDeviceHandle[];
+  /** Each device's kind, in the same order. */
+  readonly kinds: readonly VirtioDeviceKind[];
 
   /** Builds every device's state and eventfds and registers the irqfds; nothing runs yet. */
   constructor(configs: readonly VirtioDeviceConfig[], memory: MemoryDescriptor, vm: VmFd | undefined, hooks: VirtioSetHooks = {}) {
@@ -136,6 +138,7 @@ export class VirtioSet {
       throw e;
     }
     this.devices = devices;
+    this.kinds = configs.map((c) => c.kind);
   }
 
   /** The command-line parameters announcing every device (empty when there are none). */

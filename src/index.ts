@@ -1,0 +1,35 @@
+/**
+ * flint as a library: build a microVM, run it, steer it while it runs.
+ *
+ *   import { Machine } from "flint";
+ *   const vm = Machine.create({
+ *     cpus: 2, memoryMib: 256,
+ *     boot: { kind: "linux", kernelPath: "vmlinux", cmdline: "console=ttyS0 reboot=k panic=-1" },
+ *     consoleOutput: process.stdout,
+ *     virtioDevices: [{ kind: "block", options: { path: "rootfs.ext4" } }, { kind: "balloon", options: { targetMib: 0 } }],
+ *   });
+ *   const done = vm.run();
+ *   await vm.balloon?.setTarget(64);   // at run time
+ *   const result = await done;         // { reason: { kind: "poweroff" }, ... }
+ *
+ * Every error flint throws for bad input has a stable `code` and a one-line message.
+ */
+export { Machine, MachineError, maxVcpus } from "./vm/machine.js";
+export type { BootConfig, MachineConfig, MachineResult } from "./vm/machine.js";
+export type { VmExitReason } from "./devices/bus.js";
+export type { VirtioDeviceConfig, VirtioDeviceKind, VirtioAnnouncement, VirtioDeviceStats } from "./devices/virtio/virtio-set.js";
+export type { BlockOptions } from "./devices/virtio/block.js";
+export type { NetOptions } from "./devices/virtio/net.js";
+export type { VsockOptions } from "./devices/virtio/vsock.js";
+export type { BalloonOptions, BalloonStats, BalloonMetrics } from "./devices/virtio/balloon.js";
+export { BalloonControl, type BalloonInfo, type BalloonWaitOptions } from "./devices/virtio/balloon-control.js";
+export { BalloonError } from "./devices/virtio/balloon.js";
+export { BlockError } from "./devices/virtio/block.js";
+export { NetError } from "./devices/virtio/net.js";
+export { VsockError } from "./devices/virtio/vsock.js";
+export { VirtioDeviceError } from "./devices/virtio/device-thread.js";
+export { KvmError } from "./kvm/errors.js";
+export { BootError } from "./boot/errors.js";
+export { runDoctor, type DoctorReport, type DoctorCheck } from "./vmm/doctor.js";
+export { buildKernel, type KernelArtifacts, type BuildKernelOptions } from "./guest/kernel-build.js";
+export { buildInitramfs, defaultInit, parseGuestReport, type InitramfsOptions, type InitramfsFile, type GuestReport } from "./guest/initramfs.js";
