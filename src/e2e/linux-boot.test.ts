@@ -33,7 +33,7 @@ interface CaseResult {
   output: string;
 }
 
-describe("flint boots real Linux (nested harness)", { timeout: 20 * 60_000 }, () => {
+describe("flint boots real Linux (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-"));
   const results = new Map<string, CaseResult>();
   let nested: NestedResult;

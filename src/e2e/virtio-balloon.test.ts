@@ -97,7 +97,7 @@ say("exit", result.reason.kind);
 process.exit(0);
 `;
 
-describe("real Linux gives memory back through flint's virtio-balloon (nested harness)", { timeout: 15 * 60_000 }, () => {
+describe("real Linux gives memory back through flint's virtio-balloon (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-balloon-"));
   let out = "";
   let hostOut = "";

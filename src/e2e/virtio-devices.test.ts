@@ -50,7 +50,7 @@ function buildRootfs(work: string, image: string): void {
   execFileSync("mkfs.ext4", ["-q", "-F", "-L", "flintroot", "-d", root, image, "64M"]);
 }
 
-describe("real Linux uses flint's virtio devices (nested harness)", { timeout: 15 * 60_000 }, () => {
+describe("real Linux uses flint's virtio devices (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-virtio-"));
   const rootfs = join(share, "rootfs.ext4");
   const data = join(share, "data.img");

@@ -124,7 +124,7 @@ flint.stdout.on("data", (d) => {
 flint.on("exit", (code) => { say("flint-exit", code); server.close(); process.exit(0); });
 `;
 
-describe("real Linux talks to the host over flint's virtio-vsock (nested harness)", { timeout: 15 * 60_000 }, () => {
+describe("real Linux talks to the host over flint's virtio-vsock (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-vsock-"));
   let out = "";
   let hostOut = "";

@@ -13,7 +13,7 @@ function tail(serial: string): string {
   return serial.split("\n").slice(-25).join("\n");
 }
 
-describe("runNested", { timeout: 5 * TIMEOUT_MS }, () => {
+describe("runNested", { timeout: 5 * TIMEOUT_MS + 20 * 60_000 }, () => {
   it("returns the command's output and exit status", async (t) => {
     const result = await runNested({ command: "echo hi; echo oops >&2; exit 3", timeoutMs: TIMEOUT_MS });
     t.diagnostic(`nested round trip: ${result.durationMs} ms`);

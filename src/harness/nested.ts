@@ -30,6 +30,7 @@ import { cachedDirectory, cacheKey } from "../guest/cache.js";
 import { debianKernel, moduleClosure } from "../guest/debian-kernel.js";
 import { buildInitramfs, HOST_BUSYBOX, LOAD_MODULES_SH } from "../guest/initramfs.js";
 import type { ProgressCallback } from "../guest/progress.js";
+import { acquireHostLock } from "./host-lock.js";
 
 /** The QEMU binary (package qemu-system-x86). */
 export const QEMU_BINARY = process.env.FLINT_QEMU ?? "qemu-system-x86_64";
@@ -52,6 +53,15 @@ const NINEP_MSIZE = 512000;
 /** Bump when the outer VM's /init changes in a way the cache key would not see. */
 const NESTED_INITRAMFS_RECIPE_VERSION = 1;
 
+/**
+ * Outer VMs run one at a time on a host (see host-lock.ts for why); this lock
+ * directory is shared by every process using the harness.
+ */
+export const NESTED_LOCK_DIR = process.env.FLINT_NESTED_LOCK ?? join(tmpdir(), "flint-nested.lock");
+
+/** How long a run waits for the outer VMs before it to finish. */
+const NESTED_LOCK_WAIT_MS = 60 * 60_000;
+
 /** Why the nested harness could not run. */
 export class NestedError extends Error {
   readonly code: "ENOQEMU" | "EBADOPTION" | "EQEMU";
@@ -66,7 +76,7 @@ export class NestedError extends Error {
 export interface NestedOptions {
   /** Shell command run by /bin/sh (the host's dash) inside the chroot. */
   command: string;
-  /** Wall-clock limit for the whole run, boot included; QEMU is killed when it passes. */
+  /** Wall-clock limit for the whole run, boot included (not the wait for other outer VMs); QEMU is killed when it passes. */
   timeoutMs: number;
   /** vCPUs of the outer VM (default 2; TCG runs one host thread per vCPU). */
   cpus?: number;
@@ -255,6 +265,7 @@ export async function runNested(options: NestedOptions): Promise<NestedResult> {
   }
   const { kernel, initramfs } = await prepared;
 
+  const release = await acquireHostLock(NESTED_LOCK_DIR, NESTED_LOCK_WAIT_MS);
   const controlDir = mkdtempSync(join(tmpdir(), "flint-nested-ctl-"));
   const ownShare = options.shareDir === undefined;
   const shareDir = options.shareDir ?? mkdtempSync(join(tmpdir(), "flint-nested-share-"));
@@ -283,6 +294,7 @@ export async function runNested(options: NestedOptions): Promise<NestedResult> {
       shareDir,
     };
   } finally {
+    release();
     rmSync(controlDir, { recursive: true, force: true });
     if (ownShare) rmSync(shareDir, { recursive: true, force: true });
   }

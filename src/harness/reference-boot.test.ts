@@ -16,7 +16,7 @@ import { runNested } from "./nested.js";
 
 const TIMEOUT_MS = 240_000;
 
-describe("the microVM kernel and default initramfs under QEMU microvm with KVM", { timeout: TIMEOUT_MS + 30_000 }, () => {
+describe("the microVM kernel and default initramfs under QEMU microvm with KVM", { timeout: TIMEOUT_MS + 20 * 60_000 }, () => {
   it("boot to /init on 2 vCPUs, report memory, and power off through ACPI", async () => {
     const kernel = await buildKernel(); // prepared by scripts/run-tests.mjs before tests run
     const shareDir = mkdtempSync(join(tmpdir(), "flint-reference-boot-"));

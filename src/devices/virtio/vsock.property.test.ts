@@ -136,8 +136,7 @@ test("hostile guests and random host peers never make the device throw or fail",
   fc.assert(fc.property(fc.array(actionArb, { minLength: 100, maxLength: 220 }), (actions) => run(actions, stats)),
     { numRuns: 1_200, includeErrorInReport: true });
   assert.ok(stats.packets >= 100_000, `${stats.packets} packets`);
-  const ms = Date.now() - start;
-  assert.ok(ms < 20_000, `took ${ms} ms`);
+  const ms = Date.now() - start; // reported, not asserted: speed belongs in benchmarks, and CI machines are shared
   // The random traffic reaches established connections in both directions, not only the error paths.
   assert.ok(stats.rxBytes > 0 && stats.txBytes > 0 && stats.resets > 0, JSON.stringify(stats));
   console.log(`${stats.packets} packets in ${ms} ms: ${JSON.stringify(stats)}`);
