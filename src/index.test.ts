@@ -1,0 +1,38 @@
+/**
+ * The library entry as a user imports it: a VM built and steered through
+ * `src/index.ts` alone — a ring-3 guest program on this host's KVM, a balloon
+ * whose target is changed while the guest runs, and a stop from the host.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { RING3_LAYOUT } from "./arch/x86_64/ring3.js";
+import * as flint from "./index.js";
+import { assemble } from "./kvm/testing/assemble.js";
+
+test("the entry exports the machine, its errors and the guest tooling", () => {
+  for (const name of ["Machine", "MachineError", "BalloonControl", "BalloonError", "BlockError", "NetError", "VsockError", "KvmError", "BootError",
+    "VirtioDeviceError", "runDoctor", "buildKernel", "buildInitramfs", "defaultInit", "parseGuestReport", "maxVcpus"] as const) {
+    assert.equal(typeof flint[name], "function", name);
+  }
+});
+
+test("a VM from the library entry: balloon target changed at run time, then stopped by the host", async () => {
+  const program = assemble("1: pause\n jmp 1b", RING3_LAYOUT.code);
+  const vm = flint.Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, virtioDevices: [{ kind: "balloon", options: { targetMib: 4 } }] });
+  assert.ok(vm.balloon instanceof flint.BalloonControl);
+  const done = vm.run();
+  // The guest has no driver: the target is kept for when one activates the device.
+  assert.equal((await vm.balloon.setTarget(16)).targetMib, 16);
+  const info = await vm.balloon.info();
+  assert.deepEqual([info.targetMib, info.actualMib, info.statsUpdates], [16, 0, 0]);
+  await assert.rejects(vm.balloon.setTarget(65), { code: "EBALLOONTARGET" });
+  vm.stop();
+  const result = await done;
+  assert.equal(result.reason.kind, "poweroff");
+  await assert.rejects(vm.balloon.info(), { code: "EVIRTIOREQUEST" });
+});
+
+test("a VM without a balloon has no balloon controls", () => {
+  const vm = flint.Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: assemble("hlt", RING3_LAYOUT.code) } });
+  assert.equal(vm.balloon, undefined);
+});
