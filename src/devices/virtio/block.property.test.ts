@@ -201,7 +201,8 @@ function hostileRun(readOnly: boolean, numRuns: number, perRun: number) {
           assert.equal(u.len, n + 1);
           assert.deepEqual(all.subarray(0, n), model.subarray(off, off + n), "IN returns the disk's bytes");
         } else if (isOut) {
-          model.set(outData, off);
+          // Header bytes beyond struct virtio_blk_outhdr are the first bytes of the data (§5.2.6).
+          model.set(concat(hdr.subarray(virtio_blk_outhdr.SIZE, r.headerBytes), outData), off);
         } else if (isSeg) {
           for (const s of r.segs) model.fill(0, Number(s.sector) * SECTOR_SIZE, (Number(s.sector) + s.count) * SECTOR_SIZE);
         }

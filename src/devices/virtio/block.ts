@@ -16,6 +16,14 @@
  * VIRTIO_BLK_S_IOERR; they are counted in `metrics`, never thrown.
  *
  * Data moves with pread/pwrite straight between the file and guest memory.
+ *
+ * Write cache (§5.2.6.2): flint always offers VIRTIO_BLK_F_FLUSH. A driver
+ * that negotiates it gets a write-back cache (writes land in the page cache,
+ * FLUSH makes them durable); a driver that does not must get a write-through
+ * one — "a write becomes stable once it is completed and neither
+ * VIRTIO_BLK_F_CONFIG_WCE nor VIRTIO_BLK_F_FLUSH were negotiated, but
+ * VIRTIO_BLK_F_FLUSH was offered" — so then every OUT and WRITE_ZEROES is
+ * followed by fdatasync before it completes (as QEMU does).
  */
 import { closeSync, fstatSync, openSync } from "node:fs";
 import {
@@ -86,6 +94,8 @@ export interface BlockMetrics {
   badRequests: number;
   /** Unknown request types (VIRTIO_BLK_S_UNSUPP). */
   unsupported: number;
+  /** fdatasyncs after writes, because the driver did not negotiate FLUSH (write-through). */
+  writeThroughSyncs: number;
 }
 
 /** A byte range of guest memory. */
@@ -129,12 +139,15 @@ export class VirtioBlock implements VirtioBackend {
   readonly capacitySectors: bigint;
   readonly metrics: BlockMetrics = {
     requests: 0, readBytes: 0, writtenBytes: 0, flushes: 0, hostErrors: 0, badRequests: 0, unsupported: 0,
+    writeThroughSyncs: 0,
   };
   private readonly fd: number;
   private readonly id: Uint8Array;
   private ctx: VirtioDeviceContext | undefined;
   private closed = false;
   private zeros: Uint8Array | undefined;
+  /** Make every write durable before completing it (the driver did not negotiate FLUSH). */
+  private writeThrough = false;
 
   /** Opens the image (in the device thread: the fd belongs to it). */
   constructor(options: BlockOptions) {
@@ -199,6 +212,8 @@ export class VirtioBlock implements VirtioBackend {
 
   activate(ctx: VirtioDeviceContext): void {
     this.ctx = ctx;
+    // FLUSH is offered; without it negotiated, completed writes must be stable (module comment).
+    this.writeThrough = (ctx.features & (1n << BigInt(VIRTIO_BLK_F_FLUSH))) === 0n;
   }
 
   onNotify(queue: number): void {
@@ -221,6 +236,7 @@ export class VirtioBlock implements VirtioBackend {
 
   reset(): void {
     this.ctx = undefined;
+    this.writeThrough = false;
   }
 
   /** Makes every completed write durable, then closes the image. */
@@ -297,7 +313,7 @@ export class VirtioBlock implements VirtioBackend {
         if (!this.inDisk(sector, payload)) return fail(`OUT sector ${sector}+${payload} is outside the disk`);
         const t = this.transfer(mem, spans(chain.readable, virtio_blk_outhdr.SIZE, payload), Number(sector) * SECTOR_SIZE, true);
         this.metrics.writtenBytes += t.bytes;
-        return { status: t.errno ? this.hostError(-t.errno) : VIRTIO_BLK_S_OK, written: 0 };
+        return { status: t.errno ? this.hostError(-t.errno) : this.settleWrite(), written: 0 };
       }
       case VIRTIO_BLK_T_FLUSH: {
         if (payload !== 0 || dataIn !== 0) return fail("FLUSH request with data");
@@ -340,13 +356,22 @@ export class VirtioBlock implements VirtioBackend {
           const e = type === VIRTIO_BLK_T_DISCARD ? this.discard(r) : this.writeZeroes(r);
           if (e < 0) return { status: this.hostError(e), written: 0 };
         }
-        return { status: VIRTIO_BLK_S_OK, written: 0 };
+        // Discard is a hint; zeroing is a write, stable at completion in write-through mode.
+        return { status: type === VIRTIO_BLK_T_WRITE_ZEROES ? this.settleWrite() : VIRTIO_BLK_S_OK, written: 0 };
       }
       default:
         this.metrics.unsupported++;
         ctx.guestFault(`virtio-blk: unsupported request type ${type}`);
         return { status: VIRTIO_BLK_S_UNSUPP, written: 0 };
     }
+  }
+
+  /** The status of a write that succeeded: OK, after fdatasync in write-through mode (§5.2.6.2). */
+  private settleWrite(): number {
+    if (!this.writeThrough) return VIRTIO_BLK_S_OK;
+    this.metrics.writeThroughSyncs++;
+    const r = sys.fdatasync(this.fd);
+    return r < 0 ? this.hostError(r) : VIRTIO_BLK_S_OK;
   }
 
   /** True when `bytes` (a whole number of sectors) from `sector` lie inside the disk. */
