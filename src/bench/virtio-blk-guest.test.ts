@@ -19,15 +19,15 @@ import {
   VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
   VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
   VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
-} from "../../linux/abi.generated.js";
+} from "../linux/abi.generated.js";
 import {
   VBLK_END_OK, VBLK_MAX_DEPTH, VBLK_QUEUE_SIZE, VBLK_SECTOR_BYTES, VBLK_TEST_HOST_BYTES, VBLK_TEST_HOST_SECTOR,
   VBLK_TEST_MIN_DISK_BYTES, VBLK_TEST_WRITE_BYTES, VBLK_TEST_WRITE_SECTOR, VblkReport, buildVirtioBlkGuest,
   fnv1a32, vblkCmdline, vblkWritePattern, writeStampedImage, type VblkRun,
-} from "../../bench/virtio-blk-guest.js";
-import { Machine, type MachineResult } from "../../vm/machine.js";
-import { virtioSlot } from "./virtio-set.js";
-import { VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VERSION_2 } from "./mmio.js";
+} from "./virtio-blk-guest.js";
+import { Machine, type MachineResult } from "../vm/machine.js";
+import { virtioSlot } from "../devices/virtio/virtio-set.js";
+import { VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VERSION_2 } from "../devices/virtio/mmio.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-r3-blk-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
