@@ -52,71 +52,13 @@
 #define MODE_PIO		1
 #define MODE_MMIO		2
 
-/*
- * Selectors (index << 3 | RPL) into the GDT below. sysexit fixes the user
- * ones at KERNEL_CS + 16 and + 24.
- */
-#define KERNEL_CS		0x08
-#define KERNEL_DS		0x10
-#define USER_CS			((KERNEL_CS + 16) | 3)
-#define USER_DS			((KERNEL_CS + 24) | 3)
-#define TSS_SEL			0x28
-
-/*
- * Descriptor access bytes (Intel SDM vol. 3A, 3.4.5 and 7.2.2):
- * present 0x80 | DPL << 5 | S (code/data) 0x10 | type.
- */
-#define ACCESS_CODE(dpl)	(0x80 | ((dpl) << 5) | 0x10 | 0xa)	/* execute/read */
-#define ACCESS_DATA(dpl)	(0x80 | ((dpl) << 5) | 0x10 | 0x2)	/* read/write */
-#define ACCESS_TSS32		(0x80 | 0x9)				/* available 32-bit TSS */
-/* Flags nibble: G (4 KiB granularity) 0x8 | D/B (32-bit) 0x4. */
-#define FLAGS_FLAT32		0xc
-
-/* 32-bit TSS (SDM vol. 3A, 7.2.1): ESP0 at 4, SS0 at 8, I/O map base at 102. */
-#define TSS32_SIZE		104
-#define TSS32_ESP0		4
-#define TSS32_SS0		8
-#define TSS32_IOMAP_BASE	102
-
-/* A flat 4 GiB segment descriptor. */
-.macro flat_descriptor access
-	.word 0xffff			/* limit 15:0 */
-	.word 0				/* base 15:0 */
-	.byte 0				/* base 23:16 */
-	.byte \access
-	.byte (FLAGS_FLAT32 << 4) | 0xf	/* flags, limit 19:16 */
-	.byte 0				/* base 31:24 */
-.endm
+#include "pvh-ring3.h"		/* selectors, GDT, TSS, the way down to ring 3 */
 
 	.code32
 	.text
 
-/*
- * PVH entry, ring 0. EBX = struct hvm_start_info, which ring 3 reads.
- *
- * The way down to ring 3 is sysexit, not iret: KVM's instruction emulator
- * (arch/x86/kvm/emulate.c, em_iret) implements iret in real mode only, and
- * far returns to an outer privilege level not at all, so on a host that
- * emulates guest ring 0 both stop with an emulation failure. em_sysexit
- * is implemented (and sysexit is valid in 32-bit protected mode on Intel
- * and AMD alike). It takes CS = SYSENTER_CS + 16 and SS = SYSENTER_CS + 24
- * (SDM vol. 2B, SYSEXIT), so the GDT is laid out around KERNEL_CS, and
- * it leaves EFLAGS alone, so popfl sets IOPL = 3 first.
- */
-	.globl pvh_start
-pvh_start:
-	lgdt gdt_pointer
-	movw $TSS_SEL, %ax
-	ltr %ax
-	movl $MSR_IA32_SYSENTER_CS, %ecx
-	movl $KERNEL_CS, %eax
-	xorl %edx, %edx
-	wrmsr
-	movl $ring0_eflags, %esp
-	popfl				/* IOPL = 3, IF = 0 */
-	movl $ring3_main, %edx		/* EIP */
-	movl $user_stack_top, %ecx	/* ESP */
-	sysexit
+/* PVH entry, ring 0 (pvh-ring3.h). EBX = struct hvm_start_info, which ring 3 reads. */
+	pvh_enter_ring3 ring3_main, user_stack_top
 
 /* Ring 3 from here on. */
 ring3_main:
@@ -252,68 +194,16 @@ skip_prefix:
 	ret
 
 	.data
-	.balign 8
-gdt:
-	.quad 0				/* null */
-	flat_descriptor ACCESS_CODE(0)	/* KERNEL_CS */
-	flat_descriptor ACCESS_DATA(0)	/* KERNEL_DS */
-	flat_descriptor ACCESS_CODE(3)	/* USER_CS */
-	flat_descriptor ACCESS_DATA(3)	/* USER_DS */
-	/* TSS_SEL: gas cannot split a relocatable address, the linker script does. */
-	.word TSS32_SIZE - 1		/* limit 15:0 */
-	.word exit_loop_tss_base_15_0
-	.byte exit_loop_tss_base_23_16
-	.byte ACCESS_TSS32
-	.byte 0				/* byte granularity, limit 19:16 = 0 */
-	.byte exit_loop_tss_base_31_24
-gdt_end:
-
-	.balign 4
-	.word 0				/* align the base below to 4 */
-gdt_pointer:
-	.word gdt_end - gdt - 1
-	.long gdt
-
-	/* The ring-0 stack: only an exception taken in ring 3 would use it. */
-	.balign 16
-	.fill 64, 1, 0
-kernel_stack_top:
+	pvh_ring3_data exit_loop_tss
 
 	/* The ring-3 stack: skip_prefix's return addresses. */
 	.balign 16
 	.fill 64, 1, 0
 user_stack_top:
 
-	.balign 4
-ring0_eflags:
-	.long X86_EFLAGS_FIXED | X86_EFLAGS_IOPL	/* IF = 0 */
-
-	.balign 4
-	.globl exit_loop_tss
-exit_loop_tss:				/* .org pads with zeros */
-	.org exit_loop_tss + TSS32_ESP0
-	.long kernel_stack_top
-	.org exit_loop_tss + TSS32_SS0
-	.long KERNEL_DS
-	.org exit_loop_tss + TSS32_IOMAP_BASE
-	.word TSS32_SIZE		/* past the limit: no I/O bitmap, IOPL rules */
-
 word_mode:	.asciz "mode="
 word_count:	.asciz "count="
 word_pio:	.asciz "pio"
 word_mmio:	.asciz "mmio"
 
-/*
- * The PVH entry note. Linux's vmlinux gives the address as 8 bytes and
- * QEMU reads 8; the note segment must stay 4-aligned, because QEMU finds
- * the descriptor by aligning the name size to the segment's p_align.
- */
-	.section .note.Xen, "a", @note
-	.balign 4
-	.long 2f - 1f			/* n_namesz */
-	.long 4f - 3f			/* n_descsz */
-	.long XEN_ELFNOTE_PHYS32_ENTRY	/* n_type */
-1:	.asciz "Xen"
-2:	.balign 4
-3:	.quad pvh_start
-4:
+	pvh_entry_note

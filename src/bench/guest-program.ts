@@ -87,7 +87,7 @@ export function writeBenchHeaders(dir: string): void {
   writeFileSync(join(dir, "exit-loop-protocol.h"), exitLoopProtocolHeader());
 }
 
-const GUEST_SOURCES = ["bench/guest/exit-loop.S", "bench/guest/exit-loop.ld"] as const;
+const GUEST_SOURCES = ["bench/guest/exit-loop.S", "bench/guest/exit-loop.ld", "bench/guest/pvh-ring3.h"] as const;
 
 /** Bump when the build steps change in a way that changes the output. */
 const GUEST_RECIPE_VERSION = "exit-loop-guest 1";

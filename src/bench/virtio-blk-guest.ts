@@ -128,7 +128,7 @@ export function vblkProtocolHeader(): string {
   });
 }
 
-const SOURCES = ["bench/guest/virtio-blk-entry.S", "bench/guest/virtio-blk-driver.c", "bench/guest/virtio-blk.ld"] as const;
+const SOURCES = ["bench/guest/virtio-blk-entry.S", "bench/guest/virtio-blk-driver.c", "bench/guest/virtio-blk.ld", "bench/guest/pvh-ring3.h"] as const;
 
 /** Bump when the build steps change in a way that changes the output. */
 const RECIPE_VERSION = "virtio-blk-guest 1";
