@@ -17,6 +17,7 @@ import { BALLOON_PAGE_SIZE } from "./balloon.js";
 import { BalloonControl } from "./balloon-control.js";
 import { VirtioDeviceHandle } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
+import { mmioAccess } from "./testing/mmio-access.js";
 
 const GUEST_MIB = 2;
 const mem = GuestMemory.create([{ guestBase: 0, size: GUEST_MIB << 20 }]);
@@ -37,16 +38,7 @@ async function balloonDevice(backendModule = new URL("./balloon.js", import.meta
   const dev = new VirtioDeviceHandle({ name: "virtio-balloon", backendModule, backendOptions: { targetMib: 1 }, memory: mem.describe(), mmioBase: 0, gsi: 5 });
   await dev.start();
   const t = new VirtioMmioTransport(dev.describe().state, "virtio-balloon", new FakeContext());
-  const r = (off: number) => {
-    const d = new Uint8Array(4);
-    t.read(off, d);
-    return new DataView(d.buffer).getUint32(0, true);
-  };
-  const w = (off: number, v: number) => {
-    const d = new Uint8Array(4);
-    new DataView(d.buffer).setUint32(0, v >>> 0, true);
-    t.write(off, d);
-  };
+  const { r, w } = mmioAccess(t);
   /** The driver's bring-up with no queues made ready: enough for config space and its interrupt. */
   const driverOk = () => {
     const s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;

@@ -24,6 +24,7 @@ import { sys } from "../../sys/native.js";
 import { FakeContext } from "../legacy/fake-context.js";
 import { VirtioDeviceError, VirtioDeviceHandle } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
+import { mmioAccess } from "./testing/mmio-access.js";
 import { ECHO_CONFIG_SCRATCH, ECHO_FAIL_MAGIC, type EchoOptions } from "./testing/test-backend.js";
 import { FakeDriver } from "./testing/fake-driver.js";
 
@@ -60,16 +61,7 @@ async function echoDevice(options: EchoOptions = {}) {
   await dev.start();
   const ctx = new FakeContext();
   const t = new VirtioMmioTransport(dev.describe().state, "virtio-echo", ctx);
-  const r = (off: number) => {
-    const d = new Uint8Array(4);
-    t.read(off, d);
-    return new DataView(d.buffer).getUint32(0, true);
-  };
-  const w = (off: number, v: number) => {
-    const d = new Uint8Array(4);
-    new DataView(d.buffer).setUint32(0, v >>> 0, true);
-    t.write(off, d);
-  };
+  const { r, w } = mmioAccess(t);
   /** Linux's virtio_mmio probe + virtio_dev_probe, for queue 0. */
   const bringUp = (features: bigint, drv: FakeDriver) => {
     w(VIRTIO_MMIO_STATUS, 0);

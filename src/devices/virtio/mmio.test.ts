@@ -19,6 +19,7 @@ import {
 import { FakeContext } from "../legacy/fake-context.js";
 import { eventfd, sys } from "../../sys/native.js";
 import { VIRTIO_MMIO_MAGIC, VirtioMmioTransport } from "./mmio.js";
+import { mmioAccess } from "./testing/mmio-access.js";
 import { TransportState, createTransportShared, offeredFeatures } from "./mmio-state.js";
 
 const bit = (n: number) => 1n << BigInt(n);
@@ -37,18 +38,7 @@ function setup(opts: { features?: bigint; queues?: number[]; config?: number[]; 
   });
   const ctx = new FakeContext();
   const t = new VirtioMmioTransport(sab, "virtio-test", ctx);
-  const r = (off: number, size = 4) => {
-    const d = new Uint8Array(size).fill(0xaa);
-    t.read(off, d);
-    return size === 4 ? new DataView(d.buffer).getUint32(0, true) : size === 2 ? new DataView(d.buffer).getUint16(0, true) : d[0]!;
-  };
-  const w = (off: number, v: number, size = 4) => {
-    const d = new Uint8Array(size);
-    if (size === 4) new DataView(d.buffer).setUint32(0, v >>> 0, true);
-    else if (size === 2) new DataView(d.buffer).setUint16(0, v, true);
-    else d[0] = v;
-    t.write(off, d);
-  };
+  const { r, w } = mmioAccess(t);
   const features = () => (BigInt(r(VIRTIO_MMIO_DEVICE_FEATURES)) | (w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1), BigInt(r(VIRTIO_MMIO_DEVICE_FEATURES)) << 32n));
   const accept = (f: bigint) => {
     w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
