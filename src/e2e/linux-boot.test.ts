@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { debianKernel } from "../guest/debian-kernel.js";
 import { defaultInit, buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { runNested, type NestedResult } from "../harness/nested.js";
+import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 
 /** `quiet`: every console byte is a nested exit, which the outer TCG VM makes expensive. */
@@ -56,7 +56,6 @@ describe("flint boots real Linux (nested harness)", { timeout: 30 * 60_000 }, ()
       { name: "pvh-1cpu-poweroff", args: ["--kernel", kernel.vmlinux, "--initrd", poweroff, "--boot", "pvh", "--memory", "128", "--cmdline", QUIET] },
       { name: "debian-2cpu-poweroff", args: ["--kernel", debian.vmlinuz, "--initrd", poweroff, "--cpus", "2", "--memory", "384", "--cmdline", QUIET] },
     ];
-    const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
     const script = cases
       .map((c) => {
         const out = join(share, `${c.name}.out`);

@@ -7,17 +7,17 @@
  * gives the memory back to the guest, which then uses it again.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { runNested, type NestedResult } from "../harness/nested.js";
+import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const LIBRARY = fileURLToPath(new URL("../index.js", import.meta.url));
-const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 const GUEST_MIB = 256;
 const FILL_MIB = 160;
 const TARGET_MIB = 192;
@@ -112,18 +112,14 @@ describe("real Linux gives memory back through flint's virtio-balloon (nested ha
     const outFile = join(share, "out.txt"), hostFile = join(share, "host.txt");
     const command = `timeout 500 ${q(process.execPath)} ${q(script)} ${q(LIBRARY)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(hostFile)} </dev/null >${q(outFile)} 2>&1`;
     nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048 });
-    try {
-      out = readFileSync(outFile, "utf8");
-      hostOut = readFileSync(hostFile, "utf8");
-    } catch {
-      // asserted below
-    }
+    out = readTextIfAny(outFile);
+    hostOut = readTextIfAny(hostFile);
   });
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
   const why = () => `${out.slice(-2000)}\n--- host ---\n${hostOut}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
-  const value = (key: string) => new RegExp(`flint-e2e: ${key}=(.*)$`, "m").exec(`${out}\n${hostOut}`)?.[1]?.trim();
+  const value = (key: string) => e2eValue(key, out, hostOut);
   const num = (key: string) => Number(value(key) ?? Number.NaN);
 
   it("the guest's virtio_balloon driver binds, and the VM powers off normally", () => {

@@ -25,10 +25,10 @@ import { fileURLToPath } from "node:url";
 import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 import { debianKernel, moduleClosure } from "../guest/debian-kernel.js";
 import { BOOT_TIMER_GUEST_ADDR, buildInitramfs, LOAD_MODULES_SH, parseGuestReport } from "../guest/initramfs.js";
-import { runNested, type NestedResult } from "../harness/nested.js";
+import { e2eValue } from "../harness/e2e-report.js";
+import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
-const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 const GUEST_MAC = "06:00:ac:10:00:02";
 const GUEST_CID = 3;
@@ -216,11 +216,7 @@ describe("Debian's distro kernel uses flint's virtio devices (nested harness)", 
     `${out.slice(-3000)}\n--- host helper ---\n${hostOut}\n--- nested output ---\n${nested?.output.slice(-1500)}` +
     `\n--- outer serial tail (nested run ${nested?.durationMs} ms) ---\n${nested?.serial.slice(-1500)}`;
   /** The value of the last "flint-e2e: key=value" line from the guest console or the host helper. */
-  const line = (key: string) => {
-    let value: string | undefined;
-    for (const m of `${out}\n${hostOut}`.matchAll(new RegExp(`flint-e2e: ${key}=(.*)$`, "gm"))) value = m[1]!.replace(/\r$/, "").trim();
-    return value;
-  };
+  const line = (key: string) => e2eValue(key, out, hostOut);
 
   it("boots Debian's kernel, loads its virtio modules, finds every device in the DSDT, and exits 0 on poweroff", () => {
     assert.equal(nested?.timedOut, false, `nested harness timed out\n${why()}`);

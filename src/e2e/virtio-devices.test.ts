@@ -15,10 +15,10 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { runNested, type NestedResult } from "../harness/nested.js";
+import { e2eValue } from "../harness/e2e-report.js";
+import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
-const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /** The root file system's /init: report, write a file, probe the other devices, power off. */
 const ROOT_INIT = `#!/bin/sh
@@ -83,7 +83,7 @@ describe("real Linux uses flint's virtio devices (nested harness)", { timeout: 3
   after(() => rmSync(share, { recursive: true, force: true }));
 
   const why = () => `${out.slice(-3000)}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
-  const line = (key: string) => new RegExp(`flint-e2e: ${key}=(.*)`).exec(out)?.[1]?.trim();
+  const line = (key: string) => e2eValue(key, out);
 
   it("boots with an ext4 root file system on virtio-blk and exits 0 on poweroff", () => {
     assert.equal(exitCode, 0, why());

@@ -16,10 +16,10 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { runNested, type NestedResult } from "../harness/nested.js";
+import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
-const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 const GUEST_PORT = 1234;
 const HOST_PORT = 5678;
 
@@ -147,18 +147,14 @@ describe("real Linux talks to the host over flint's virtio-vsock (nested harness
     const args = ["run", "--kernel", kernel.vmlinux, "--initrd", initrd, "--cmdline", cmdline, "--memory", "256", "--cpus", "2"];
     const command = `mkdir -p /dev/shm/flint-vsock && timeout 400 ${q(process.execPath)} ${q(helper)} ${q(CLI)} ${q(uds)} ${q(hostFile)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1`;
     nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048 });
-    try {
-      out = readFileSync(outFile, "utf8");
-      hostOut = readFileSync(hostFile, "utf8");
-    } catch {
-      // asserted below
-    }
+    out = readTextIfAny(outFile);
+    hostOut = readTextIfAny(hostFile);
   });
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
   const why = () => `${out.slice(-3000)}\n--- host helper ---\n${hostOut}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
-  const line = (key: string) => new RegExp(`flint-e2e: ${key}=(.*)$`, "m").exec(`${out}\n${hostOut}`)?.[1]?.trim();
+  const line = (key: string) => e2eValue(key, out, hostOut);
 
   it("boots, and the guest powers off with flint exiting 0", () => {
     assert.ok(parseGuestReport(out).booted, why());

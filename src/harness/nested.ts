@@ -118,8 +118,8 @@ export interface NestedResult {
   shareDir: string;
 }
 
-/** Quotes a string for POSIX sh. */
-function shellQuote(text: string): string {
+/** Quotes a string for POSIX sh (for the commands run inside). */
+export function shellQuote(text: string): string {
   return `'${text.replace(/'/g, `'\\''`)}'`;
 }
 

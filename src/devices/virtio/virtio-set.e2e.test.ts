@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { buildInitramfs } from "../../guest/initramfs.js";
 import { buildKernel } from "../../guest/kernel-build.js";
-import { runNested, type NestedResult } from "../../harness/nested.js";
+import { runNested, shellQuote as q, type NestedResult } from "../../harness/nested.js";
 
 /** Lines the guest's /init prints, each prefixed so they can be picked out of the console. */
 const P = "flint-virtio:";
@@ -99,7 +99,6 @@ describe("real Linux uses flint's virtio-rng (nested harness)", { timeout: 25 * 
     writeFileSync(initrd, buildInitramfs({ init: INIT }));
     const runner = join(share, "run-virtio.mjs");
     writeFileSync(runner, RUNNER);
-    const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
     const script = CASES.map((c) => {
       const out = join(share, `${c.name}.out`);
       return `timeout 180 ${q(process.execPath)} ${q(runner)} ${q(kernel.vmlinux)} ${q(initrd)} ${c.announce} ${c.acpi ? "acpi" : "noacpi"} >${q(out)} 2>&1`;

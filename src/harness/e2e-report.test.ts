@@ -1,0 +1,17 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { e2eValue, readTextIfAny } from "./e2e-report.js";
+
+test("the last report line of a key wins, across texts, without \\r", () => {
+  const guest = "boot\r\nflint-e2e: a=1\r\nflint-e2e: b=x y \r\nnoise flint-e2e: a=2\n";
+  const host = "flint-e2e: c=host\n";
+  assert.equal(e2eValue("a", guest, host), "2");
+  assert.equal(e2eValue("b", guest), "x y");
+  assert.equal(e2eValue("c", guest, host), "host");
+  assert.equal(e2eValue("d", guest, host), undefined);
+  assert.equal(e2eValue("a.b", "flint-e2e: aXb=1"), undefined, "keys are literal");
+});
+
+test("a missing file reads as empty", () => {
+  assert.equal(readTextIfAny("/nonexistent/flint/report"), "");
+});
