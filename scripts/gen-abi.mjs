@@ -221,6 +221,14 @@ Object.assign(CONSTANTS, {
     SHUT_RD SHUT_WR SHUT_RDWR ENAMETOOLONG ENOTSOCK SOCK_DGRAM ETH_HLEN ETH_ALEN ETH_FRAME_LEN`,
 });
 
+// virtio-net checksum and segmentation offloads: what the device checks in a frame before
+// passing an offload request on to the TAP (virtio 1.x §5.1.6.2).
+Object.assign(CONSTANTS, {
+  "linux/if_ether.h, linux/in.h, linux/virtio_net.h: frames that carry offload requests": `
+    ETH_P_IP ETH_P_IPV6 ETH_P_8021Q ETH_P_8021AD ETH_TLEN ETH_MAX_MTU IPPROTO_TCP
+    VIRTIO_NET_HDR_F_RSC_INFO`,
+});
+
 const STRINGS = `
   ACPI_SIG_RSDP ACPI_SIG_XSDT ACPI_SIG_FADT ACPI_SIG_MADT ACPI_SIG_DSDT MPC_SIGNATURE
   BUSTYPE_ISA`;
@@ -322,6 +330,15 @@ STRUCTS.push(
   ["pollfd", `fd events revents`],
 );
 
+// Network and transport headers inside a virtio-net frame (offload checks), and the one UAPI
+// struct that is exactly an 802.1Q/802.1ad tag (TPID + TCI).
+STRUCTS.push(
+  ["iphdr", `tos tot_len protocol`],
+  ["ipv6hdr", `payload_len nexthdr`],
+  ["tcphdr", `check`],
+  ["ovs_action_push_vlan", `vlan_tpid vlan_tci`],
+);
+
 // C type for each struct name above (typedefs for the ELF ones).
 const cType = (name) => (name.startsWith("Elf64_") ? name : `struct ${name}`);
 
@@ -354,6 +371,11 @@ function cProgram() {
 #include <linux/virtio_balloon.h>
 #include <linux/if_tun.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/openvswitch.h>
 #include <net/if.h>
 #include <sys/socket.h>
 #include <sys/un.h>

@@ -2,9 +2,13 @@
  * End-to-end: real Linux uses flint's virtio-net over a TAP, driven through the
  * CLI (`flint run --net tap=tap0,mac=...`), one level down in the nested
  * harness. Everything network-related happens inside the outer VM: it creates
- * tap0 (172.16.0.1/24) and a TCP listener; the guest configures eth0 as
- * 172.16.0.2/24, pings the outer side and sends a known payload with busybox
- * nc. The host's own network is never touched.
+ * tap0 (172.16.0.1/24) and two TCP listeners; the guest configures eth0 as
+ * 172.16.0.2/24, reports the virtio features its driver negotiated, pings the
+ * outer side, sends a known payload with busybox nc and then receives another
+ * one (printing its SHA-256). With checksum and TSO offloads negotiated, both
+ * bulk transfers move in GSO packets larger than an Ethernet frame, which the
+ * test checks from the guest's interface counters. The host's own network is
+ * never touched.
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -14,18 +18,27 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
+import {
+  ETH_FRAME_LEN, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_MRG_RXBUF,
+} from "../linux/abi.generated.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { runNested, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 const GUEST_MAC = "06:00:ac:10:00:02";
+/** The outer side listens here for the guest's upload... */
 const PORT = 7777;
+/** ...and here to send the guest its download. */
+const RECV_PORT = 7778;
+/** Bytes the guest receives: many 64 KiB GSO packets. */
+const RECV_BYTES = 4 << 20;
 
 /** A deterministic payload (xorshift32), large enough to need many TCP segments. */
-function payload(bytes: number): Buffer {
+function payload(bytes: number, seed = 0x2545f491): Buffer {
   const out = Buffer.alloc(bytes);
-  let x = 0x2545f491;
+  let x = seed;
   for (let i = 0; i < bytes; i++) {
     x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
     out[i] = x & 0xff;
@@ -43,11 +56,17 @@ ip link set lo up
 ip link set eth0 up
 ip addr add 172.16.0.2/24 dev eth0
 echo "flint-e2e: mac=$(cat /sys/class/net/eth0/address)"
+# The features the driver negotiated: one 0/1 per bit, bit 0 first (virtio_dev's features file).
+for d in /sys/bus/virtio/devices/virtio*; do
+  [ "$(cat $d/device)" = 0x0001 ] && echo "flint-e2e: features=$(cat $d/features)"
+done
+counter() { cat /sys/class/net/eth0/statistics/$1; }
 ping -c 3 -W 10 172.16.0.1 >/tmp/ping.txt
 echo "flint-e2e: ping=$(grep -c 'bytes from' /tmp/ping.txt)"
 echo "flint-e2e: rtt=$(tail -n 1 /tmp/ping.txt | cut -d= -f2 | tr -d ' ')"
 echo "flint-e2e: payload=$(wc -c </payload)"
 start=$(date +%s)
+tx_b=$(counter tx_bytes) tx_p=$(counter tx_packets)
 nc 172.16.0.1 ${PORT} </payload
 echo "flint-e2e: nc=$?"
 # nc returns once its data is queued: wait until the peer has acknowledged all of it
@@ -55,13 +74,29 @@ echo "flint-e2e: nc=$?"
 i=0
 while [ $i -lt 120 ] && netstat -tn | grep ':${PORT} ' | grep -qvE 'FIN_WAIT2|TIME_WAIT'; do sleep 1; i=$((i + 1)); done
 echo "flint-e2e: acked_after_s=$(( $(date +%s) - start ))"
-echo "flint-e2e: rx_errors=$(cat /sys/class/net/eth0/statistics/rx_errors) tx_errors=$(cat /sys/class/net/eth0/statistics/tx_errors)"
+# Average bytes per packet the driver handed the device (TSO makes them larger than a frame).
+echo "flint-e2e: tx_avg=$(( ($(counter tx_bytes) - tx_b) / ($(counter tx_packets) - tx_p) ))"
+# The download: the outer listener sends, then half-closes; our nc exits at that EOF. Its stdin
+# is a FIFO we hold open, so it never half-closes first (the sender would stop at our EOF).
+mkfifo /tmp/hold
+exec 3<>/tmp/hold
+rx_b=$(counter rx_bytes) rx_p=$(counter rx_packets)
+t0=$(cut -d' ' -f1 /proc/uptime)
+nc 172.16.0.1 ${RECV_PORT} </tmp/hold >/tmp/received
+echo "flint-e2e: recv_nc=$?"
+echo "flint-e2e: recv_s=$(echo "$(cut -d' ' -f1 /proc/uptime) $t0" | awk '{ printf "%.2f", $1 - $2 }')"
+echo "flint-e2e: rx_avg=$(( ($(counter rx_bytes) - rx_b) / ($(counter rx_packets) - rx_p) ))"
+echo "flint-e2e: recv_bytes=$(wc -c </tmp/received)"
+echo "flint-e2e: recv_sha256=$(sha256sum /tmp/received | cut -d' ' -f1)"
+echo "flint-e2e: rx_errors=$(counter rx_errors) tx_errors=$(counter tx_errors)"
+echo "flint-e2e: rx_length_errors=$(counter rx_length_errors)"
 poweroff -f
 `;
 
 describe("real Linux uses flint's virtio-net over a TAP (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-net-"));
   const data = payload(256 * 1024);
+  const download = payload(RECV_BYTES, 0x9e3779b9);
   let out = "";
   let exitCode = -1;
   let received: Buffer | undefined;
@@ -71,7 +106,8 @@ describe("real Linux uses flint's virtio-net over a TAP (nested harness)", { tim
     const kernel = await buildKernel();
     const initrd = join(share, "initramfs.cpio.gz");
     writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT, files: [{ path: "/payload", data }] }));
-    const outFile = join(share, "flint.out"), recvFile = join(share, "received");
+    const outFile = join(share, "flint.out"), recvFile = join(share, "received"), downloadFile = join(share, "download");
+    writeFileSync(downloadFile, download);
     const cmdline = "console=ttyS0 reboot=k panic=-1 pci=off loglevel=4 rdinit=/init";
     const args = ["run", "--kernel", kernel.vmlinux, "--initrd", initrd, "--cmdline", cmdline, "--memory", "256", "--cpus", "2",
       "--net", `tap=tap0,mac=${GUEST_MAC}`];
@@ -84,9 +120,11 @@ describe("real Linux uses flint's virtio-net over a TAP (nested harness)", { tim
       // busybox nc half-closes when its stdin ends, and the guest's nc then stops sending:
       // keep the listener's stdin open; it exits when the guest's side ends.
       `(sleep 600 | busybox nc -l -p ${PORT} >${q(recvFile)}) & listener=$!`,
+      // The download: sent when the guest connects, then a half-close ends the guest's nc.
+      `busybox nc -l -p ${RECV_PORT} <${q(downloadFile)} >/dev/null & sender=$!`,
       "set +e",
       `timeout 240 ${q(process.execPath)} ${q(CLI)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1; echo $? >${q(outFile)}.rc`,
-      "sleep 1; kill $listener 2>/dev/null; wait",
+      "sleep 1; kill $listener $sender 2>/dev/null; wait",
     ].join("\n");
     nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048 });
     try {
@@ -120,5 +158,27 @@ describe("real Linux uses flint's virtio-net over a TAP (nested harness)", { tim
     assert.equal(received.length, data.length, why());
     assert.equal(hash(received), hash(data));
     assert.equal(line("rx_errors"), "0", why());
+  });
+
+  it("the guest negotiated CSUM, GUEST_CSUM, HOST_TSO4 and GUEST_TSO4 (and not MRG_RXBUF, which is not offered)", () => {
+    const features = line("features");
+    assert.ok(features && /^[01]{64}$/.test(features), why());
+    for (const f of [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_TSO4]) {
+      assert.equal(features[f], "1", `feature bit ${f} in ${features}`);
+    }
+    assert.equal(features[VIRTIO_NET_F_MRG_RXBUF], "0");
+  });
+
+  it("a TCP transfer from the outer side arrives intact in the guest", () => {
+    assert.equal(line("recv_nc"), "0", why());
+    assert.equal(line("recv_bytes"), String(download.length), why());
+    assert.equal(line("recv_sha256"), createHash("sha256").update(download).digest("hex"), why());
+    assert.equal(line("rx_length_errors"), "0", why());
+  });
+
+  it("both bulk transfers moved in TSO/GSO packets larger than an Ethernet frame", (t) => {
+    t.diagnostic(["features", "acked_after_s", "tx_avg", "recv_s", "rx_avg"].map((k) => `${k}=${line(k)}`).join(" "));
+    assert.ok(Number(line("tx_avg")) > ETH_FRAME_LEN, `guest sent ${line("tx_avg")} bytes per packet on average\n${why()}`);
+    assert.ok(Number(line("rx_avg")) > ETH_FRAME_LEN, `guest received ${line("rx_avg")} bytes per packet on average\n${why()}`);
   });
 });

@@ -718,6 +718,16 @@ export const ETH_HLEN = 0xe;
 export const ETH_ALEN = 0x6;
 export const ETH_FRAME_LEN = 0x5ea;
 
+// linux/if_ether.h, linux/in.h, linux/virtio_net.h: frames that carry offload requests
+export const ETH_P_IP = 0x800;
+export const ETH_P_IPV6 = 0x86dd;
+export const ETH_P_8021Q = 0x8100;
+export const ETH_P_8021AD = 0x88a8;
+export const ETH_TLEN = 0x2;
+export const ETH_MAX_MTU = 0xffff;
+export const IPPROTO_TCP = 0x6;
+export const VIRTIO_NET_HDR_F_RSC_INFO = 0x4;
+
 // String constants
 export const ACPI_SIG_RSDP = "RSD PTR ";
 export const ACPI_SIG_XSDT = "XSDT";
@@ -1363,4 +1373,24 @@ export const pollfd = {
   fd: 0,
   events: 4,
   revents: 6,
+} as const;
+export const iphdr = {
+  SIZE: 20,
+  tos: 1,
+  tot_len: 2,
+  protocol: 9,
+} as const;
+export const ipv6hdr = {
+  SIZE: 40,
+  payload_len: 4,
+  nexthdr: 6,
+} as const;
+export const tcphdr = {
+  SIZE: 20,
+  check: 16,
+} as const;
+export const ovs_action_push_vlan = {
+  SIZE: 4,
+  vlan_tpid: 0,
+  vlan_tci: 2,
 } as const;

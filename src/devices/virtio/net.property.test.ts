@@ -1,23 +1,76 @@
 /**
  * Random and hostile virtio-net traffic (fast-check) through the real
- * SplitQueue and fake drivers, over a fake TAP (a datagram socket pair),
- * checked against a model: the device never throws, never fails for a
- * well-formed ring, sends exactly the valid TX packets (in order, byte for
- * byte), and fills receive chains in order with exactly the packets that fit.
+ * SplitQueue and fake drivers, over a fake TAP (a datagram socket pair), with a
+ * random set of offloads negotiated per run, checked against a model: the
+ * device never throws, never fails for a well-formed ring, sends every complete
+ * frame and every well-formed TSO packet it negotiated (in order, frame byte for
+ * byte) and nothing that asks for an offload it did not negotiate, and fills
+ * receive chains in order with exactly the packets that fit and that the guest
+ * may receive. A direct property throws arbitrary header bytes at the checks.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
-import { VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, virtio_net_hdr_v1 } from "../../linux/abi.generated.js";
+import {
+  ETH_HLEN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN,
+  VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+  VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+  VIRTIO_NET_HDR_GSO_UDP, virtio_net_hdr_v1,
+} from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { NET_HDR_BYTES, NET_MAX_FRAME_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, VirtioNet } from "./net.js";
-import { concat, fakeTap, NetContext, readPacket, writePacket } from "./net-test-rig.js";
+import { checkRxHeader, checkTxHeader, negotiatedOffloads, type OffloadSet } from "./net-offload.js";
+import {
+  concat, fakeTap, NetContext, netHeader, offloadRecorder, readNetHeader, readPacket, tcpFrame, writePacket,
+  type NetHeaderFields,
+} from "./net-test-rig.js";
 import { FakeDriver } from "./testing/fake-driver.js";
 import { arbRawDescriptor, recordingMemory, spaceOf, splitAt as split } from "./testing/fake-driver-hostile.js";
 
+const bit = (n: number) => 1n << BigInt(n);
+const OFFLOAD_BITS = [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+  VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN];
+/** A random driver acceptance of the offload features (dependencies not always met, as a hostile driver would). */
+const featuresArb = fc.subarray(OFFLOAD_BITS).map((fs) => fs.reduce((s, f) => s | bit(f), 0n));
+const NC = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+
+/** What the guest may use, straight from §5.1.3/§5.1.3.1 (the model; the device has its own code). */
+function allowed(features: bigint): { tx: OffloadSet; rx: OffloadSet } {
+  const has = (f: number) => (features & bit(f)) !== 0n;
+  const side = (csum: boolean, tso4: boolean, tso6: boolean, ecn: boolean): OffloadSet =>
+    ({ csum, tso4: csum && tso4, tso6: csum && tso6, ecn: csum && (tso4 || tso6) && ecn });
+  return {
+    tx: side(has(VIRTIO_NET_F_CSUM), has(VIRTIO_NET_F_HOST_TSO4), has(VIRTIO_NET_F_HOST_TSO6), has(VIRTIO_NET_F_HOST_ECN)),
+    rx: side(has(VIRTIO_NET_F_GUEST_CSUM), has(VIRTIO_NET_F_GUEST_TSO4), has(VIRTIO_NET_F_GUEST_TSO6), has(VIRTIO_NET_F_GUEST_ECN)),
+  };
+}
+
+/** True when a header (as the TAP or guest gets it) asks only for offloads in `set`, with sane offsets. */
+function offloadsWithin(packet: Uint8Array, set: OffloadSet, direction: "tx" | "rx"): boolean {
+  const h = readNetHeader(packet);
+  const frameLen = packet.length - NET_HDR_BYTES;
+  const known = direction === "tx" ? NC : NC | VIRTIO_NET_HDR_F_DATA_VALID;
+  if (h.flags & ~known) return false;
+  if (h.flags & (NC | VIRTIO_NET_HDR_F_DATA_VALID) && !set.csum) return false;
+  if (h.flags & NC && h.csumStart + h.csumOffset + 2 > frameLen) return false;
+  if (h.gsoType !== VIRTIO_NET_HDR_GSO_NONE) {
+    const base = h.gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
+    if (!(base === VIRTIO_NET_HDR_GSO_TCPV4 && set.tso4) && !(base === VIRTIO_NET_HDR_GSO_TCPV6 && set.tso6)) return false;
+    if (h.gsoType & VIRTIO_NET_HDR_GSO_ECN && !set.ecn) return false;
+    if (!(h.flags & NC) || h.gsoSize === 0) return false;
+  }
+  return direction === "rx" ? h.numBuffers === 1 : h.hdrLen <= frameLen && h.numBuffers === 0;
+}
+
 interface Packet {
+  /** raw: random bytes under the given header; tso: a well-formed TCP GSO packet (IPv4 or IPv6, maybe ECN). */
+  kind: "raw" | "tso";
   flags: number;
   gso: number;
+  fields: NetHeaderFields;
+  ipv6: boolean;
+  ecn: boolean;
   frameLen: number;
   seed: number;
   splitAt: number[];
@@ -28,13 +81,25 @@ type Action =
   | { kind: "rxBuffers"; chains: { lengths: number[]; readable: boolean }[] }
   | { kind: "inject"; p: Packet };
 
+const u16 = fc.oneof({ weight: 3, arbitrary: fc.nat(80) }, { weight: 1, arbitrary: fc.nat(0xffff) });
 const packetArb: fc.Arbitrary<Packet> = fc.record({
-  flags: fc.oneof({ weight: 12, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constantFrom(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_F_DATA_VALID, 0xff) }),
-  gso: fc.oneof({ weight: 15, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constantFrom(VIRTIO_NET_HDR_GSO_TCPV4, 0x80, 0xff) }),
+  kind: fc.oneof({ weight: 5, arbitrary: fc.constant("raw" as const) }, { weight: 1, arbitrary: fc.constant("tso" as const) }),
+  flags: fc.oneof({ weight: 10, arbitrary: fc.constant(0) }, { weight: 3, arbitrary: fc.constantFrom(NC, VIRTIO_NET_HDR_F_DATA_VALID, NC | VIRTIO_NET_HDR_F_DATA_VALID, 0xff) }),
+  gso: fc.oneof({ weight: 12, arbitrary: fc.constant(0) }, {
+    weight: 3,
+    arbitrary: fc.constantFrom(VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN,
+      VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_ECN, 0xff),
+  }),
+  fields: fc.oneof(
+    { weight: 3, arbitrary: fc.constant({}) },
+    { weight: 1, arbitrary: fc.record({ hdrLen: u16, gsoSize: u16, csumStart: u16, csumOffset: u16 }) },
+  ),
+  ipv6: fc.boolean(),
+  ecn: fc.boolean(),
   frameLen: fc.oneof(
     { weight: 12, arbitrary: fc.integer({ min: 14, max: 1514 }) },
     { weight: 1, arbitrary: fc.nat(13) },
-    { weight: 1, arbitrary: fc.integer({ min: 1515, max: 3000 }) },
+    { weight: 2, arbitrary: fc.integer({ min: 1515, max: 3000 }) },
   ),
   seed: fc.nat(255),
   splitAt: fc.array(fc.nat(4000), { maxLength: 3 }),
@@ -53,28 +118,50 @@ const actionArb: fc.Arbitrary<Action> = fc.oneof(
 );
 
 function packetBytes(p: Packet): Uint8Array {
+  if (p.kind === "tso") {
+    const t = tcpFrame({ ipv6: p.ipv6, payload: Uint8Array.from({ length: p.frameLen }, (_, i) => (i * 31 + p.seed) & 0xff) });
+    const gso = (p.ipv6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4) | (p.ecn ? VIRTIO_NET_HDR_GSO_ECN : 0);
+    return concat(netHeader(NC, gso, { csumStart: t.csumStart, csumOffset: t.csumOffset, gsoSize: 1448, hdrLen: t.headerBytes }), t.frame);
+  }
   const b = Uint8Array.from({ length: NET_HDR_BYTES + p.frameLen }, (_, i) => (i * 31 + p.seed) & 0xff);
-  b.fill(0, 0, NET_HDR_BYTES);
-  b[virtio_net_hdr_v1.flags] = p.flags;
-  b[virtio_net_hdr_v1.gso_type] = p.gso;
+  b.set(netHeader(p.flags, p.gso, p.fields));
   return b;
 }
 
-const offloadFree = (p: Packet) => (p.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0 && p.gso === 0;
+/** A TSO packet the driver negotiated, complete and well-formed. */
+const tsoNegotiated = (p: Packet, tx: OffloadSet) => tx.csum && (p.ipv6 ? tx.tso6 : tx.tso4) && (!p.ecn || tx.ecn);
+/** A packet that asks for no offload and whose hint fits the frame: every device must send it. */
+const plain = (p: Packet) => p.kind === "raw" && !(p.flags & NC) && p.gso === 0 && (p.fields.hdrLen ?? 0) <= p.frameLen;
 
-test("10^5 random TX/RX requests: the TAP sees exactly the valid packets, guests get exactly what fits", () => {
+/** What the guest must receive for a packet the kernel hands the device (undefined: dropped), from §5.1.6.4.1. */
+function rxExpected(pkt: Uint8Array, rx: OffloadSet): Uint8Array | undefined {
+  if (pkt.length < NET_HDR_BYTES + ETH_HLEN) return undefined;
+  const h = readNetHeader(pkt);
+  const want = pkt.slice();
+  want[virtio_net_hdr_v1.num_buffers] = 1;
+  want[virtio_net_hdr_v1.num_buffers + 1] = 0;
+  if (!rx.csum) want[virtio_net_hdr_v1.flags] = h.flags & ~VIRTIO_NET_HDR_F_DATA_VALID;
+  return offloadsWithin(want, rx, "rx") ? want : undefined;
+}
+
+test("10^5 random TX/RX requests with random offloads: the TAP sees exactly the valid packets, guests get exactly what fits", () => {
   const tap = fakeTap();
-  const net = new VirtioNet({ tap: "fake", mac: "06:00:ac:10:00:02" }, tap.device);
+  const offloads = offloadRecorder();
+  const net = new VirtioNet({ tap: "fake", mac: "06:00:ac:10:00:02" }, tap.device, offloads.set);
   const mem = GuestMemory.create([{ guestBase: 0, size: 1 << 20 }]);
   let requests = 0;
-  const seen = { sent: 0, delivered: 0, tooSmall: 0 };
+  const seen = { sent: 0, tsoSent: 0, tsoRefused: 0, offloadSent: 0, delivered: 0, offloadDelivered: 0, rxDropped: 0, tooSmall: 0 };
   try {
-    fc.assert(fc.property(fc.array(actionArb, { minLength: 40, maxLength: 40 }), fc.record({ eventIdx: fc.boolean(), indirect: fc.boolean() }), (actions, features) => {
+    fc.assert(fc.property(fc.array(actionArb, { minLength: 40, maxLength: 40 }), fc.record({ eventIdx: fc.boolean(), indirect: fc.boolean() }), featuresArb, (actions, features, offered) => {
       const rx = new FakeDriver(mem, { base: 0x1000, bytes: 0x7f000, queueSize: 16, features });
       const tx = new FakeDriver(mem, { base: 0x80000, bytes: 0x80000, queueSize: 16, features });
-      const ctx = new NetContext(mem, [rx.createQueue(), tx.createQueue()], net.initialConfig(), net.deviceFeatures);
+      const ctx = new NetContext(mem, [rx.createQueue(), tx.createQueue()], net.initialConfig(), offered);
+      const model = allowed(offered);
       net.reset();
       net.activate(ctx);
+      // The TAP's offloads are exactly the guest's RX offloads.
+      const tun = (model.rx.csum ? TUN_F_CSUM : 0) | (model.rx.tso4 ? TUN_F_TSO4 : 0) | (model.rx.tso6 ? TUN_F_TSO6 : 0) | (model.rx.ecn ? TUN_F_TSO_ECN : 0);
+      assert.equal(net.metrics.tapOffloads, tun);
       // Drain what a previous run left in the socket.
       while (readPacket(tap.peer)) { /* discard */ }
       while (readPacket(tap.device)) { /* discard */ }
@@ -98,10 +185,10 @@ test("10^5 random TX/RX requests: the TAP sees exactly the valid packets, guests
             assert.equal(u.len, fits ? p.length : 0);
             if (fits) seen.delivered++; else seen.tooSmall++;
             if (fits) {
-              const want = p.slice();
-              want[virtio_net_hdr_v1.num_buffers] = 1;
-              want[virtio_net_hdr_v1.num_buffers + 1] = 0;
-              assert.ok(Buffer.from(u.written).equals(Buffer.from(want)), "the guest got the packet with num_buffers = 1");
+              assert.ok(Buffer.from(u.written).equals(Buffer.from(p)), "the guest got the packet as the model says");
+              assert.ok(offloadsWithin(u.written, model.rx, "rx"), "never an offload the guest did not negotiate");
+              const h = readNetHeader(u.written);
+              if (h.flags & NC || h.gsoType) seen.offloadDelivered++;
             }
           }
         }
@@ -120,11 +207,26 @@ test("10^5 random TX/RX requests: the TAP sees exactly the valid packets, guests
           const u = tx.popUsed();
           assert.ok(u);
           assert.equal(u.len, 0);
-          const valid = a.writable === 0 && a.p.frameLen >= 14 && offloadFree(a.p);
           const got = readPacket(tap.peer);
-          if (valid) seen.sent++;
-          if (valid) assert.ok(got && Buffer.from(got).equals(Buffer.from(pkt)), "a valid TX packet reaches the TAP intact");
-          else assert.equal(got, undefined, "an invalid TX packet is not sent");
+          const wellFormed = a.writable === 0 && pkt.length >= NET_HDR_BYTES + ETH_HLEN;
+          if (!wellFormed) assert.equal(got, undefined, "a malformed chain is not sent");
+          else if (plain(a.p)) assert.ok(got, "a packet without offloads is sent");
+          else if (a.p.kind === "tso") {
+            assert.equal(got !== undefined, tsoNegotiated(a.p, model.tx), "a well-formed TSO packet is sent iff negotiated");
+            if (got) seen.tsoSent++; else seen.tsoRefused++;
+          }
+          if (got) {
+            seen.sent++;
+            assert.ok(Buffer.from(got.subarray(NET_HDR_BYTES)).equals(Buffer.from(pkt.subarray(NET_HDR_BYTES))), "the frame reaches the TAP intact");
+            assert.ok(offloadsWithin(got, model.tx, "tx"), "never an offload the driver did not negotiate");
+            const h = readNetHeader(got), sent = readNetHeader(pkt);
+            assert.equal(h.gsoType, sent.gsoType);
+            assert.equal(h.hdrLen, sent.hdrLen);
+            if (h.flags & NC) {
+              seen.offloadSent++;
+              assert.deepEqual([h.csumStart, h.csumOffset], [sent.csumStart, sent.csumOffset]);
+            } else assert.deepEqual([h.csumStart, h.csumOffset], [0, 0]);
+          }
         } else if (a.kind === "rxBuffers") {
           for (const c of a.chains) {
             const n = c.lengths.length + (c.readable ? 1 : 0);
@@ -136,8 +238,9 @@ test("10^5 random TX/RX requests: the TAP sees exactly the valid packets, guests
         } else {
           const pkt = packetBytes(a.p);
           if (writePacket(tap.peer, pkt) !== pkt.length) continue; // socket queue full: not injected
-          // The device drops runts and offload headers when it reads them.
-          if (a.p.frameLen >= 14 && offloadFree(a.p)) packets.push(pkt);
+          // The device drops runts and headers the guest may not get when it reads them.
+          const want = rxExpected(pkt, model.rx);
+          if (want) packets.push(want); else seen.rxDropped++;
         }
         settle();
       }
@@ -150,12 +253,65 @@ test("10^5 random TX/RX requests: the TAP sees exactly the valid packets, guests
   }
   assert.ok(requests >= 100_000, `${requests} requests`);
   // The generators reach every path often.
-  assert.ok(seen.sent > 20_000 && seen.delivered > 10_000 && seen.tooSmall > 1000, JSON.stringify(seen));
+  assert.ok(seen.sent > 15_000 && seen.delivered > 10_000 && seen.tooSmall > 1000, JSON.stringify(seen));
+  assert.ok(seen.tsoSent > 500 && seen.tsoRefused > 1000 && seen.offloadSent > 500 && seen.offloadDelivered > 500 && seen.rxDropped > 1000, JSON.stringify(seen));
+});
+
+test("arbitrary header bytes and frames under random negotiated features: the checks never throw and never let an un-negotiated offload through", () => {
+  const stats = { txPassed: 0, txOffloadPassed: 0, rxPassed: 0, rxOffloadPassed: 0 };
+  const frameArb = fc.oneof(
+    fc.uint8Array({ minLength: ETH_HLEN, maxLength: 200 }),
+    fc.record({ ipv6: fc.boolean(), vlanTags: fc.nat(3), n: fc.nat(3000) }).map(({ ipv6, vlanTags, n }) => tcpFrame({ ipv6, vlanTags, payload: new Uint8Array(n) }).frame),
+  );
+  const headerArb = fc.oneof(
+    fc.uint8Array({ minLength: NET_HDR_BYTES, maxLength: NET_HDR_BYTES }),
+    fc.record({
+      flags: fc.constantFrom(0, NC, VIRTIO_NET_HDR_F_DATA_VALID, NC | VIRTIO_NET_HDR_F_DATA_VALID),
+      gso: fc.constantFrom(0, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV6 | VIRTIO_NET_HDR_GSO_ECN),
+      csumStart: fc.oneof(fc.constantFrom(34, 38, 42, 54, 58, 62), fc.nat(0xffff)),
+      csumOffset: fc.oneof(fc.constant(16), fc.nat(0xffff)),
+      gsoSize: fc.oneof(fc.constant(1448), fc.nat(0xffff)),
+      hdrLen: fc.oneof(fc.constant(0), fc.nat(0xffff)),
+    }).map(({ flags, gso, ...fields }) => netHeader(flags, gso, fields)),
+  );
+  /** A header made for a TCP frame (a valid TSO or checksum request), then maybe one field changed. */
+  const consistentArb = fc.record({
+    ipv6: fc.boolean(), vlanTags: fc.nat(2), n: fc.nat(3000), ecn: fc.boolean(), tso: fc.boolean(),
+    change: fc.option(fc.tuple(fc.constantFrom(...(["hdrLen", "gsoSize", "csumStart", "csumOffset"] as const)), fc.nat(0xffff)), { freq: 3 }),
+  }).map(({ ipv6, vlanTags, n, ecn, tso, change }) => {
+    const t = tcpFrame({ ipv6, vlanTags, payload: new Uint8Array(n) });
+    const gso = tso ? (ipv6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4) | (ecn ? VIRTIO_NET_HDR_GSO_ECN : 0) : 0;
+    const fields: NetHeaderFields = { csumStart: t.csumStart, csumOffset: t.csumOffset, gsoSize: tso ? 1448 : 0, hdrLen: tso ? t.headerBytes : 0 };
+    if (change) fields[change[0]] = change[1];
+    return [netHeader(NC, gso, fields), t.frame] as const;
+  });
+  const caseArb = fc.oneof(fc.tuple(headerArb, frameArb), consistentArb);
+  fc.assert(fc.property(caseArb, featuresArb, ([header, frame], features) => {
+    const set = negotiatedOffloads(features);
+    const model = allowed(features);
+    assert.deepEqual({ tx: set.tx, rx: set.rx }, model);
+    const tx = concat(header, frame);
+    if (checkTxHeader(tx, set.tx) === undefined) {
+      stats.txPassed++;
+      assert.ok(offloadsWithin(tx, model.tx, "tx"), "TX: an un-negotiated or out-of-frame offload passed");
+      assert.deepEqual(tx.subarray(NET_HDR_BYTES), frame);
+      const h = readNetHeader(tx);
+      if (h.flags & NC || h.gsoType) stats.txOffloadPassed++;
+    }
+    const rx = concat(header, frame);
+    if (checkRxHeader(rx, set.rx) === undefined) {
+      stats.rxPassed++;
+      assert.ok(offloadsWithin(rx, model.rx, "rx"), "RX: an un-negotiated offload reached the guest");
+      const h = readNetHeader(rx);
+      if (h.flags & NC || h.gsoType) stats.rxOffloadPassed++;
+    }
+  }), { numRuns: 100_000 });
+  assert.ok(Object.values(stats).every((n) => n > 1000), JSON.stringify(stats));
 });
 
 test("hostile rings on both queues (random raw descriptors and indices) never throw or touch memory outside the guest", () => {
   const tap = fakeTap();
-  const net = new VirtioNet({ tap: "fake", mac: "06:00:ac:10:00:02" }, tap.device);
+  const net = new VirtioNet({ tap: "fake", mac: "06:00:ac:10:00:02" }, tap.device, offloadRecorder().set);
   const real = GuestMemory.create([{ guestBase: 0, size: 0x10000 }, { guestBase: 0x20000, size: 0x20000 }]);
   const rec = recordingMemory(real);
   const space = spaceOf(real);

@@ -3,26 +3,40 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import {
-  POLLIN, VIRTIO_ID_NET, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
-  VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM,
-  VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_S_LINK_UP, virtio_net_config, virtio_net_hdr_v1,
+  EINVAL, POLLIN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VIRTIO_ID_NET, VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+  VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+  VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4,
+  VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+  virtio_net_config, virtio_net_hdr_v1,
 } from "../../linux/abi.generated.js";
 import { dataView, getU16 } from "../../memory/le.js";
 import {
   checkTap, createBackend, NET_HDR_BYTES, NET_MAX_FRAME_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, NetError, parseMac,
 } from "./net.js";
-import { concat, ethFrame, fakeTap, netHeader, netRig, readPacket, RX_CHAIN_BYTES, writePacket } from "./net-test-rig.js";
+import { NET_OFFLOAD_FEATURES } from "./net-offload.js";
+import {
+  concat, ethFrame, fakeTap, netHeader, netRig, readNetHeader, readPacket, RX_CHAIN_BYTES, tcpFrame, writePacket,
+  type NetRigOptions,
+} from "./net-test-rig.js";
 import type { TapScenarioReport } from "./net-tap-scenario.js";
 
 const bit = (n: number) => 1n << BigInt(n);
+const bits = (...ns: number[]) => ns.reduce((s, n) => s | bit(n), 0n);
+/** A driver that accepted no offloads. */
+const NO_OFFLOAD_DRIVER: NetRigOptions = { features: (offered) => offered & ~NET_OFFLOAD_FEATURES };
+/** The big receive buffer a driver with GUEST_TSO posts (§5.1.6.3.1: 65601 bytes). */
+const BIG_RX_CHAIN_BYTES = NET_HDR_BYTES + NET_MAX_FRAME_BYTES;
+const ALL_TUN_FLAGS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
 const GUEST_MAC = parseMac("06:00:ac:10:00:02");
 const HOST_MAC = parseMac("06:00:ac:10:00:01");
 const pattern = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 13 + seed) & 0xff);
 const frame = (n: number, seed = 1) => ethFrame(HOST_MAC, GUEST_MAC, 0x0800, pattern(n - 14, seed));
 
-function withRig(fn: (r: ReturnType<typeof netRig>, peer: number) => void, options = {}): void {
+function withRig(fn: (r: ReturnType<typeof netRig>, peer: number) => void, options = {}, rig: NetRigOptions = {}): void {
   const tap = fakeTap();
-  const r = netRig(tap.device, options);
+  const r = netRig(tap.device, options, rig);
   try {
     fn(r, tap.peer);
   } finally {
@@ -31,7 +45,7 @@ function withRig(fn: (r: ReturnType<typeof netRig>, peer: number) => void, optio
   }
 }
 
-test("offers MAC, STATUS (link up) and MTU only when given; no offloads", () => {
+test("offers MAC, STATUS (link up), MTU only when given, checksum and TSO offloads both ways; no MRG_RXBUF or UFO", () => {
   withRig((r) => {
     const f = r.net.deviceFeatures;
     assert.equal(r.net.deviceId, VIRTIO_ID_NET);
@@ -39,7 +53,12 @@ test("offers MAC, STATUS (link up) and MTU only when given; no offloads", () => 
     assert.ok(f & bit(VIRTIO_NET_F_MAC));
     assert.ok(f & bit(VIRTIO_NET_F_STATUS));
     assert.ok(!(f & bit(VIRTIO_NET_F_MTU)));
-    for (const off of [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF]) {
+    for (const on of [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN,
+      VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN]) {
+      assert.ok(f & bit(on), `feature ${on} is offered`);
+    }
+    assert.ok(f & bit(VIRTIO_RING_F_INDIRECT_DESC) && f & bit(VIRTIO_RING_F_EVENT_IDX), "ring features for big receive buffers");
+    for (const off of [VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_GUEST_UFO]) {
       assert.ok(!(f & bit(off)), `feature ${off} is not offered`);
     }
     const c = r.net.initialConfig();
@@ -103,7 +122,7 @@ test("TX: a batch of chains is sent in order with one notification", () => {
   });
 });
 
-test("TX: malformed, oversized and offload-requesting packets are dropped and counted, never sent", () => {
+test("TX: malformed, oversized and un-negotiated offload packets are dropped and counted, never sent", () => {
   withRig((r, peer) => {
     const hdr = netHeader();
     assert.equal(r.send([hdr.subarray(0, 11)])?.len, 0, "short header");
@@ -122,7 +141,7 @@ test("TX: malformed, oversized and offload-requesting packets are dropped and co
     const max = concat(hdr, new Uint8Array(NET_MAX_FRAME_BYTES).fill(7));
     assert.equal(r.send([max])?.len, 0);
     assert.deepEqual(readPacket(peer), max);
-  });
+  }, {}, NO_OFFLOAD_DRIVER);
 });
 
 test("RX: a packet from the TAP lands in a receive chain with num_buffers = 1", () => {
@@ -188,8 +207,171 @@ test("RX: a packet too big for the buffer is dropped (chain returned empty); rea
     r.ctx.fire(r.fd);
     assert.equal(r.rx.popUsed(), undefined);
     assert.equal(r.net.metrics.rxDropped, 4);
+    assert.equal(r.net.metrics.rxOffloadDropped, 1);
+    assert.equal(r.ctx.failures.length, 0);
+  }, {}, NO_OFFLOAD_DRIVER);
+});
+
+test("activation sets the TAP's offloads from the driver's GUEST_* acceptance; reset and shutdown turn them off", () => {
+  const cases: [string, bigint | undefined, number[]][] = [
+    ["everything offered", undefined, [ALL_TUN_FLAGS]],
+    ["GUEST_CSUM only", bits(VIRTIO_NET_F_GUEST_CSUM), [TUN_F_CSUM]],
+    ["GUEST_CSUM + GUEST_TSO4", bits(VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4), [TUN_F_CSUM | TUN_F_TSO4]],
+    ["GUEST_CSUM + GUEST_TSO6 + GUEST_ECN", bits(VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN), [TUN_F_CSUM | TUN_F_TSO6 | TUN_F_TSO_ECN]],
+    // Host-side offloads do not change what the kernel sends the guest: the TAP stays at 0, no call.
+    ["TX offloads only", bits(VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN), []],
+    ["GUEST_TSO4 without GUEST_CSUM (§5.1.3.1)", bits(VIRTIO_NET_F_GUEST_TSO4), []],
+  ];
+  for (const [what, features, calls] of cases) {
+    withRig((r) => {
+      assert.deepEqual(r.offloads.calls, calls, what);
+      assert.equal(r.net.metrics.tapOffloads, calls[0] ?? 0);
+      r.net.reset();
+      assert.deepEqual(r.offloads.calls, calls.length ? [...calls, 0] : [], `${what}: reset`);
+      r.net.activate(r.ctx);
+      r.net.shutdown();
+      assert.deepEqual(r.offloads.calls, calls.length ? [...calls, 0, ...calls, 0] : [], `${what}: activate again, shut down`);
+      assert.equal(r.net.metrics.hostErrors, 0);
+    }, {}, features === undefined ? {} : { features: bits(VIRTIO_NET_F_MAC) | features });
+  }
+});
+
+test("a TAP that refuses TUNSETOFFLOAD is a counted host error; the device keeps working without RX offloads from the kernel", () => {
+  withRig((r, peer) => {
+    assert.deepEqual(r.offloads.calls, [ALL_TUN_FLAGS]);
+    assert.equal(r.net.metrics.hostErrors, 1);
+    assert.equal(r.net.metrics.lastHostError, "EINVAL");
+    assert.equal(r.net.metrics.tapOffloads, 0);
+    assert.equal(r.ctx.failures.length, 0);
+    // Complete frames still flow both ways.
+    r.addRx(1);
+    writePacket(peer, concat(netHeader(), frame(200)));
+    r.ctx.fire(r.fd);
+    assert.equal(r.rx.popUsed()?.len, NET_HDR_BYTES + 200);
+    assert.equal(r.send([netHeader(), frame(100)])?.len, 0);
+    assert.ok(readPacket(peer));
+  }, {}, { offloadFail: -EINVAL });
+});
+
+test("a driver that accepts TSO or ECN without what they require (§5.1.3.1) gets a fault, and those offloads stay refused", () => {
+  withRig((r, peer) => {
+    assert.equal(r.ctx.faults.length, 2);
+    assert.match(r.ctx.faults[0]!, /^virtio-net: driver accepted VIRTIO_NET_F_HOST_TSO4 without VIRTIO_NET_F_CSUM/);
+    assert.match(r.ctx.faults[1]!, /GUEST_ECN without VIRTIO_NET_F_GUEST_TSO4 or VIRTIO_NET_F_GUEST_TSO6/);
+    assert.deepEqual(r.offloads.calls, [TUN_F_CSUM]);
+    const t = tcpFrame({ payload: pattern(3000, 1) });
+    const tso = concat(netHeader(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, { csumStart: t.csumStart, csumOffset: t.csumOffset, gsoSize: 1448 }), t.frame);
+    assert.equal(r.send([tso])?.len, 0);
+    assert.equal(readPacket(peer), undefined);
+    assert.equal(r.net.metrics.txDropped, 1);
+  }, {}, { features: bits(VIRTIO_NET_F_MAC, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN) });
+});
+
+test("TX with offloads negotiated: partial-checksum and 64 KiB TSO packets reach the TAP with only the checked header fields", () => {
+  withRig((r, peer) => {
+    const NC = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    const small = tcpFrame({ payload: pattern(500, 2) });
+    const partial = concat(netHeader(NC | VIRTIO_NET_HDR_F_DATA_VALID, 0, { csumStart: small.csumStart, csumOffset: small.csumOffset, gsoSize: 9, numBuffers: 5 }), small.frame);
+    assert.equal(r.send([partial.subarray(0, 7), partial.subarray(7)])?.len, 0);
+    const got = readPacket(peer)!;
+    assert.deepEqual(readNetHeader(got), { flags: NC, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: small.csumStart, csumOffset: small.csumOffset, numBuffers: 0 });
+    assert.deepEqual(got.subarray(NET_HDR_BYTES), small.frame);
+    // The largest TSO packet: an IPv6 header and a 64 KiB payload.
+    const big = tcpFrame({ ipv6: true, payload: pattern(NET_MAX_FRAME_BYTES - 14 - 40 - 20, 3) });
+    assert.equal(big.frame.length, NET_MAX_FRAME_BYTES);
+    const fields = { csumStart: big.csumStart, csumOffset: big.csumOffset, gsoSize: 1440, hdrLen: big.headerBytes };
+    const tso = concat(netHeader(NC, VIRTIO_NET_HDR_GSO_TCPV6 | VIRTIO_NET_HDR_GSO_ECN, fields), big.frame);
+    const pieces = [tso.subarray(0, 12), tso.subarray(12, 4096), tso.subarray(4096, 40000), tso.subarray(40000)];
+    assert.equal(r.send(pieces)?.len, 0);
+    const gotBig = readPacket(peer, 70_000)!;
+    assert.deepEqual(readNetHeader(gotBig), { flags: NC, gsoType: VIRTIO_NET_HDR_GSO_TCPV6 | VIRTIO_NET_HDR_GSO_ECN, ...fields, numBuffers: 0 });
+    assert.ok(Buffer.from(gotBig.subarray(NET_HDR_BYTES)).equals(Buffer.from(big.frame)));
+    assert.equal(r.net.metrics.txFrames, 2);
+    assert.equal(r.ctx.faults.length, 0);
+    // One byte more is not a frame the device moves.
+    assert.equal(r.send([concat(tso, Uint8Array.of(0))])?.len, 0);
+    assert.equal(readPacket(peer), undefined);
+  });
+});
+
+test("TX: a hostile header is dropped as a guest fault even when every offload is negotiated", () => {
+  withRig((r, peer) => {
+    const NC = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    const t = tcpFrame({ payload: pattern(3000, 4) });
+    const ok = { csumStart: t.csumStart, csumOffset: t.csumOffset, gsoSize: 1448, hdrLen: t.headerBytes };
+    const lies: [number, number, Partial<typeof ok>][] = [
+      [NC, 0, { csumStart: t.frame.length }],
+      [NC, 0, { csumStart: 2, csumOffset: 2 }],
+      [NC, VIRTIO_NET_HDR_GSO_TCPV4, { gsoSize: 0 }],
+      [0, VIRTIO_NET_HDR_GSO_TCPV4, {}],
+      [NC, VIRTIO_NET_HDR_GSO_TCPV6, {}],
+      [NC, VIRTIO_NET_HDR_GSO_TCPV4, { csumOffset: 6 }],
+      [NC, VIRTIO_NET_HDR_GSO_TCPV4, { hdrLen: t.frame.length + 1 }],
+      [NC, 3, {}],
+    ];
+    for (const [flags, gso, fields] of lies) assert.equal(r.send([netHeader(flags, gso, { ...ok, ...fields }), t.frame])?.len, 0);
+    assert.equal(readPacket(peer), undefined);
+    assert.equal(r.net.metrics.txDropped, lies.length);
+    assert.equal(r.ctx.faults.length, lies.length);
     assert.equal(r.ctx.failures.length, 0);
   });
+});
+
+test("RX: GSO and partial-checksum frames from the TAP reach a guest that negotiated them, a 64 KiB one in one big buffer", () => {
+  withRig((r, peer) => {
+    const NC = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    const big = tcpFrame({ ipv6: true, payload: pattern(NET_MAX_FRAME_BYTES - 14 - 40 - 20, 5) });
+    const fields = { csumStart: big.csumStart, csumOffset: big.csumOffset, gsoSize: 1440, hdrLen: big.headerBytes };
+    const gso = concat(netHeader(NC, VIRTIO_NET_HDR_GSO_TCPV6, fields), big.frame);
+    const small = tcpFrame({ payload: pattern(300, 6) });
+    const partial = concat(netHeader(NC, 0, { csumStart: small.csumStart, csumOffset: small.csumOffset }), small.frame);
+    // Linux's big-packets buffers: the header, then page-sized pieces.
+    r.addRx(2, [NET_HDR_BYTES, ...Array<number>(16).fill(4096), BIG_RX_CHAIN_BYTES - NET_HDR_BYTES - 16 * 4096]);
+    assert.equal(writePacket(peer, gso), gso.length);
+    assert.equal(writePacket(peer, partial), partial.length);
+    r.ctx.fire(r.fd);
+    const [u1, u2] = r.rx.popAllUsed();
+    assert.ok(u1 && u2);
+    assert.equal(u1.len, gso.length);
+    assert.deepEqual(readNetHeader(u1.written), { flags: NC, gsoType: VIRTIO_NET_HDR_GSO_TCPV6, ...fields, numBuffers: 1 });
+    assert.ok(Buffer.from(u1.written.subarray(NET_HDR_BYTES, u1.len)).equals(Buffer.from(big.frame)));
+    assert.equal(u2.len, partial.length);
+    assert.deepEqual(readNetHeader(u2.written), { flags: NC, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: small.csumStart, csumOffset: small.csumOffset, numBuffers: 1 });
+    assert.equal(r.net.metrics.rxFrames, 2);
+    assert.equal(r.net.metrics.rxDropped, 0);
+  });
+});
+
+test("RX: offloaded frames are dropped and counted for a guest that did not negotiate them; DATA_VALID is cleared", () => {
+  withRig((r, peer) => {
+    const NC = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    const t = tcpFrame({ payload: pattern(3000, 7) });
+    const csum = { csumStart: t.csumStart, csumOffset: t.csumOffset };
+    r.addRx(4, [BIG_RX_CHAIN_BYTES]);
+    writePacket(peer, concat(netHeader(NC, VIRTIO_NET_HDR_GSO_TCPV4, { ...csum, gsoSize: 1448 }), t.frame)); // TSO4 not negotiated
+    writePacket(peer, concat(netHeader(NC, VIRTIO_NET_HDR_GSO_TCPV6 | VIRTIO_NET_HDR_GSO_ECN, { ...csum, gsoSize: 1448 }), t.frame)); // ECN not negotiated
+    writePacket(peer, concat(netHeader(NC, VIRTIO_NET_HDR_GSO_TCPV6, { ...csum, gsoSize: 1448 }), t.frame)); // accepted
+    writePacket(peer, concat(netHeader(VIRTIO_NET_HDR_F_DATA_VALID), t.frame)); // kept: GUEST_CSUM negotiated
+    r.ctx.fire(r.fd);
+    const used = r.rx.popAllUsed();
+    assert.equal(used.length, 2);
+    assert.equal(readNetHeader(used[0]!.written).gsoType, VIRTIO_NET_HDR_GSO_TCPV6);
+    assert.equal(readNetHeader(used[1]!.written).flags, VIRTIO_NET_HDR_F_DATA_VALID);
+    assert.equal(r.net.metrics.rxOffloadDropped, 2);
+    assert.equal(r.ctx.faults.length, 0, "what the kernel sends is not the guest's fault");
+  }, {}, { features: bits(VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO6) });
+  withRig((r, peer) => {
+    r.addRx(2);
+    const t = tcpFrame({ payload: pattern(100, 8) });
+    writePacket(peer, concat(netHeader(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, { csumStart: t.csumStart, csumOffset: t.csumOffset }), t.frame));
+    writePacket(peer, concat(netHeader(VIRTIO_NET_HDR_F_DATA_VALID), t.frame));
+    r.ctx.fire(r.fd);
+    const used = r.rx.popAllUsed();
+    assert.equal(used.length, 1, "the partial checksum is dropped");
+    assert.equal(readNetHeader(used[0]!.written).flags, 0, "§5.1.6.4.1: flags are zero without GUEST_CSUM");
+    assert.deepEqual(used[0]!.written.subarray(NET_HDR_BYTES), t.frame);
+    assert.equal(r.net.metrics.rxOffloadDropped, 1);
+  }, {}, NO_OFFLOAD_DRIVER);
 });
 
 test("a broken ring fails the device and stops polling; reset drops the held packet", () => {
@@ -228,7 +410,7 @@ const ipAvailable = (() => {
   }
 })();
 
-test("a real TAP in a private network namespace: guest ARP and ping get answered by the kernel", { skip: !ipAvailable && "needs root and iproute2" }, () => {
+test("a real TAP in a private network namespace: ARP, ping, and TCP both ways with and without offloads", { skip: !ipAvailable && "needs root and iproute2" }, () => {
   const ns = `flint-net-${process.pid}`;
   const tap = "ftap0";
   const ip = (...args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
@@ -254,6 +436,32 @@ test("a real TAP in a private network namespace: guest ARP and ping get answered
     assert.equal(report.echoReply.gsoType, 0);
     assert.equal(report.faults, 0);
     assert.equal(report.failures, 0);
+    assert.deepEqual(report.pingOffloadCalls, [ALL_TUN_FLAGS, 0], "offloads on at activation, off at shutdown");
+
+    // Every offload negotiated: the kernel hands the device GSO and partial-checksum frames.
+    const on = report.tcpOffloaded!;
+    const why = JSON.stringify(on);
+    assert.equal(on.error, undefined, why);
+    assert.deepEqual(on.tunOffloadCalls, [ALL_TUN_FLAGS, 0], why);
+    assert.equal(on.downloadIntact, true, why);
+    assert.ok(on.rxGsoFrames > 0 && on.rxPartialCsumFrames > 0 && on.rxMaxFrame > 1514, why);
+    assert.equal(on.rxChecksumsValid, true, "completing csum_start/csum_offset gives valid TCP checksums");
+    assert.deepEqual(on.server, { n: on.uploadBytes, sha: on.uploadSha }, "the kernel took the guest's TSO packet");
+    assert.equal(on.hostErrors, 0, why);
+    assert.deepEqual([on.faults, on.failures, on.txDropped], [[], [], 0], why);
+
+    // No offloads negotiated: the TAP's offloads stay off and the kernel sends complete frames only.
+    const off = report.tcpPlain!;
+    const why2 = JSON.stringify(off);
+    assert.equal(off.error, undefined, why2);
+    assert.deepEqual(off.tunOffloadCalls, [], why2);
+    assert.equal(off.downloadIntact, true, why2);
+    assert.ok(off.rxTcpFrames > 0, why2);
+    assert.deepEqual([off.rxGsoFrames, off.rxPartialCsumFrames], [0, 0], why2);
+    assert.ok(off.rxMaxFrame <= 1514, why2);
+    assert.equal(off.rxChecksumsValid, true, why2);
+    assert.deepEqual(off.server, { n: off.uploadBytes, sha: off.uploadSha }, why2);
+    assert.deepEqual([off.faults, off.failures, off.hostErrors], [[], [], 0], why2);
   } finally {
     spawnSync("ip", ["netns", "del", ns]);
   }

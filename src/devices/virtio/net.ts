@@ -4,33 +4,52 @@
  *
  * The TAP is opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a vnet header
  * size of sizeof(virtio_net_hdr_v1) (12), so the header that precedes every
- * packet under VIRTIO_F_VERSION_1 (§5.1.6) passes straight between the guest
- * and the TAP: TX gathers header + frame from a chain and writes them with one
- * write(2); RX reads header + frame with one read(2) into a host buffer, sets
- * num_buffers = 1 (the kernel skips those two bytes, §5.1.6.4) and copies the
- * result into one receive chain (no VIRTIO_NET_F_MRG_RXBUF: each chain holds a
- * whole packet).
+ * packet under VIRTIO_F_VERSION_1 (§5.1.6) passes between the guest and the
+ * TAP: TX gathers header + frame from a chain, checks and rewrites the header
+ * (net-offload.ts) and writes both with one write(2); RX reads header + frame
+ * with one read(2) into a host buffer, checks the kernel's header against what
+ * the guest negotiated, sets num_buffers = 1 (the kernel skips those two bytes,
+ * §5.1.6.4) and copies the result into one receive chain.
  *
- * Offered: VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS (always LINK_UP) and
- * VIRTIO_NET_F_MTU when an MTU is given. No checksum or segmentation offload
- * is offered (TUNSETOFFLOAD 0), so the kernel hands us only complete,
- * checksummed frames of at most the TAP's MTU, and a header asking for
- * NEEDS_CSUM or GSO on TX is a guest fault.
+ * Offered: VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS (always LINK_UP),
+ * VIRTIO_NET_F_MTU when an MTU is given, indirect descriptors and event
+ * indices (NET_RING_FEATURES, for the big receive buffers below), and the
+ * checksum and TCP segmentation offloads in both directions (net-offload.ts):
+ * CSUM, HOST_TSO4/6, HOST_ECN (the guest may send partial checksums and TCP
+ * segments of up to 64 KiB, which the kernel completes or segments) and
+ * GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN (the guest takes them). On activation
+ * the TAP's TUNSETOFFLOAD flags are set from what the driver accepted of the
+ * GUEST_* features, so the kernel hands the device exactly those; on reset
+ * (and shutdown) they go back to 0. UFO/USO are not offered.
+ *
+ * VIRTIO_NET_F_MRG_RXBUF is not offered, so each receive chain holds a whole
+ * packet: a driver that accepts GUEST_TSO4/6 posts buffers for 64 KiB packets
+ * (Linux's "big packets" mode, §5.1.6.3.1). Mergeable buffers would spread one
+ * packet over num_buffers chains, which the spec requires the driver to observe
+ * as used together (§5.1.6.4.1); VirtQueue.pushUsed publishes the used index per
+ * chain, so a driver polling concurrently could see a packet's first chain
+ * without the rest and drop it. It needs a batched publish in the queue first
+ * (and a rule for rings too small to ever hold one 64 KiB packet).
  *
  * Nothing a guest does throws out of the device: a malformed TX chain, an
- * oversized frame or an RX buffer too small for a frame drops that frame (and
- * is counted); only a broken ring (QueueError) fails the device.
+ * oversized frame, an offload it did not negotiate or a lying header, or an RX
+ * buffer too small for a frame drops that frame (and is counted); only a broken
+ * ring (QueueError) fails the device.
  */
-import { closeSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import {
-  EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ, O_CLOEXEC,
-  O_NONBLOCK, O_RDWR, POLLIN, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET, VIRTIO_NET_F_MAC,
-  VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
-  VIRTIO_NET_S_LINK_UP, ifreq, virtio_net_config, virtio_net_hdr_v1,
+  EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
+  O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
+  VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC, ifreq, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
 } from "../../linux/abi.generated.js";
-import { dataView, getU8, setU16, setU32 } from "../../memory/le.js";
+import { dataView, setU16, setU32 } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
 import { writeChain } from "./chain-io.js";
+import {
+  checkRxHeader, checkTxHeader, NET_OFFLOAD_FEATURES, negotiatedOffloads, NO_OFFLOADS, tunOffloadFlags,
+  type NegotiatedOffloads,
+} from "./net-offload.js";
 import type { DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
 
 /** The receive queue. */
@@ -41,8 +60,21 @@ export const NET_TX_QUEUE = 1;
 export const NET_QUEUE_SIZE = 256;
 /** Bytes of the header before every packet: sizeof(struct virtio_net_hdr_v1). */
 export const NET_HDR_BYTES = virtio_net_hdr_v1.SIZE;
-/** Largest Ethernet frame (without the virtio header) the device moves; larger ones are dropped. */
-export const NET_MAX_FRAME_BYTES = 64 * 1024;
+/**
+ * Largest Ethernet frame (without the virtio header) the device moves; larger ones are
+ * dropped. §5.1.6.3: with TSO the largest packet is 65589 bytes, an Ethernet header, an
+ * IPv6 header and the largest IPv6 payload (payload_len is 16 bits: 0xffff).
+ */
+export const NET_MAX_FRAME_BYTES = ETH_HLEN + ipv6hdr.SIZE + 0xffff;
+/**
+ * Ring features (§6) offered with the offloads. A driver with GUEST_TSO and no
+ * MRG_RXBUF posts 64 KiB receive buffers of MAX_SKB_FRAGS + 2 pieces each (Linux);
+ * with VIRTIO_RING_F_INDIRECT_DESC each takes one ring slot instead of 19, so a
+ * 256-entry ring holds 256 of them rather than 13, and TCP's ACK clock does not
+ * stall on an empty receive ring. VIRTIO_RING_F_EVENT_IDX lets both sides skip
+ * most kicks and interrupts during bulk transfers. SplitQueue implements both.
+ */
+export const NET_RING_FEATURES: bigint = (1n << BigInt(VIRTIO_RING_F_INDIRECT_DESC)) | (1n << BigInt(VIRTIO_RING_F_EVENT_IDX));
 /** Frames read from the TAP per poll wake-up before the device thread polls again (fairness). */
 const RX_BATCH = 64;
 /** ETH_MIN_MTU (linux/if_ether.h, kernel-internal): the smallest MTU Linux accepts. */
@@ -85,7 +117,20 @@ export interface NetMetrics {
   lastHostError?: string;
   /** Malformed requests from the guest. */
   badRequests: number;
+  /** RX frames whose kernel header carried an offload the guest did not negotiate (also in rxDropped). */
+  rxOffloadDropped: number;
+  /** The TUN_F_* flags the TAP was last set to (TUNSETOFFLOAD). */
+  tapOffloads: number;
 }
+
+/**
+ * Sets a TAP's offloads: TUNSETOFFLOAD with TUN_F_* `flags`; returns 0 or a negative
+ * errno. VirtioNet takes one so that tests can watch what it asks for.
+ */
+export type SetTapOffload = (fd: number, flags: number) => number;
+
+/** The real TUNSETOFFLOAD (linux/if_tun.h). */
+export const tunSetOffload: SetTapOffload = (fd, flags) => sys.ioctlValue(fd, TUNSETOFFLOAD, flags);
 
 /** Parses "xx:xx:xx:xx:xx:xx" into 6 bytes; throws NetError unless it is a unicast, non-zero MAC. */
 export function parseMac(text: string): Uint8Array {
@@ -98,9 +143,9 @@ export function parseMac(text: string): Uint8Array {
   return mac;
 }
 
-/** Checks an MTU for VIRTIO_NET_F_MTU: what Linux accepts and what fits a frame the device moves. */
+/** Checks an MTU for VIRTIO_NET_F_MTU: what Linux accepts, what fits config space's le16 and a frame the device moves. */
 export function checkMtu(mtu: number): void {
-  const max = NET_MAX_FRAME_BYTES - ETH_HLEN;
+  const max = Math.min(NET_MAX_FRAME_BYTES - ETH_HLEN, ETH_MAX_MTU);
   if (!Number.isInteger(mtu) || mtu < MIN_MTU || mtu > max) {
     throw new NetError("ENETCONFIG", `Cannot attach network: MTU ${mtu} is not a whole number from ${MIN_MTU} to ${max}`);
   }
@@ -167,7 +212,10 @@ export class VirtioNet implements VirtioBackend {
   readonly mtu: number | undefined;
   readonly metrics: NetMetrics = {
     txFrames: 0, txBytes: 0, txDropped: 0, rxFrames: 0, rxBytes: 0, rxDropped: 0, hostErrors: 0, badRequests: 0,
+    rxOffloadDropped: 0, tapOffloads: 0,
   };
+  /** What the current session's driver negotiated (none before activation). */
+  private offloads: NegotiatedOffloads = NO_OFFLOADS;
   private ctx: VirtioDeviceContext | undefined;
   private closed = false;
   /** Header + largest frame. */
@@ -178,13 +226,17 @@ export class VirtioNet implements VirtioBackend {
   private rxPending = 0;
   private rxWatching = false;
 
-  /** Takes ownership of `fd` (closed by shutdown). */
-  constructor(options: NetOptions, private readonly fd: number) {
+  /**
+   * Takes ownership of `fd` (closed by shutdown), whose offloads are off (openTap).
+   * `setOffload` changes them (TUNSETOFFLOAD unless a test watches it instead).
+   */
+  constructor(options: NetOptions, private readonly fd: number, private readonly setOffload: SetTapOffload = tunSetOffload) {
     this.mac = parseMac(options.mac);
     if (options.mtu !== undefined) checkMtu(options.mtu);
     this.mtu = options.mtu;
     const bit = (n: number) => 1n << BigInt(n);
-    this.deviceFeatures = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | (options.mtu !== undefined ? bit(VIRTIO_NET_F_MTU) : 0n);
+    this.deviceFeatures = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | (options.mtu !== undefined ? bit(VIRTIO_NET_F_MTU) : 0n) |
+      NET_OFFLOAD_FEATURES | NET_RING_FEATURES;
   }
 
   initialConfig(): Uint8Array {
@@ -200,6 +252,13 @@ export class VirtioNet implements VirtioBackend {
     this.ctx = ctx;
     this.rxPending = 0;
     this.rxWatching = false;
+    this.offloads = negotiatedOffloads(ctx.features);
+    // §5.1.3.1: a driver must not accept a feature without the ones it requires; such a
+    // feature stays unused (its offload is refused), and the driver is told once per session.
+    for (const why of this.offloads.unmet) this.badRequest(ctx, `driver accepted ${why} (§5.1.3.1); not used`);
+    // The kernel then sends the device only what the guest takes (§5.1.6.4.1). If the TAP
+    // refuses, the kernel keeps sending complete frames, which every guest takes.
+    this.applyTapOffloads(tunOffloadFlags(this.offloads.rx));
     this.startRx();
   }
 
@@ -218,13 +277,30 @@ export class VirtioNet implements VirtioBackend {
     this.ctx = undefined;
     this.rxPending = 0;
     this.rxWatching = false;
+    // No driver, no offloads: frames the kernel queues now are complete ones; any offloaded
+    // frame already queued is dropped on RX by the next session's check.
+    this.offloads = NO_OFFLOADS;
+    if (!this.closed) this.applyTapOffloads(0);
   }
 
   shutdown(): void {
     if (this.closed) return;
-    this.closed = true;
     this.ctx = undefined;
-    closeSync(this.fd);
+    this.offloads = NO_OFFLOADS;
+    // Leave the TAP's offloads off, as openTap sets them for the next reader.
+    this.applyTapOffloads(0);
+    this.closed = true;
+    // close(2) directly: the fd came from sys.open, and fs.closeSync on an fd Node did not
+    // open prints a warning ("closed but not opened in unmanaged mode").
+    sys.close(this.fd);
+  }
+
+  /** Sets the TAP's TUN_F_* offloads (counted as a host error when the kernel refuses). */
+  private applyTapOffloads(flags: number): void {
+    if (flags === this.metrics.tapOffloads) return;
+    const r = this.setOffload(this.fd, flags);
+    if (r < 0) this.hostError(r);
+    else this.metrics.tapOffloads = flags;
   }
 
   // --- TX (§5.1.6.2) ---
@@ -266,11 +342,9 @@ export class VirtioNet implements VirtioBackend {
     } catch (e) {
       return drop(`buffers unreadable: ${(e as Error).message}`, true);
     }
-    const flags = getU8(dataView(this.txBuf), virtio_net_hdr_v1.flags);
-    const gso = getU8(dataView(this.txBuf), virtio_net_hdr_v1.gso_type);
-    if (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM || gso !== VIRTIO_NET_HDR_GSO_NONE) {
-      return drop(`header asks for an offload that was not offered (flags 0x${flags.toString(16)}, gso_type 0x${gso.toString(16)})`, true);
-    }
+    // §5.1.6.2: only offloads the driver negotiated, with offsets inside the frame.
+    const bad = checkTxHeader(this.txBuf.subarray(0, bytes), this.offloads.tx);
+    if (bad !== undefined) return drop(bad, true);
     for (;;) {
       const r = sys.write(this.fd, this.txBuf, bytes);
       if (r === -EINTR) continue;
@@ -316,13 +390,13 @@ export class VirtioNet implements VirtioBackend {
           }
           n++;
           if (r < NET_HDR_BYTES + ETH_HLEN || r > NET_HDR_BYTES + NET_MAX_FRAME_BYTES) { this.metrics.rxDropped++; continue; }
-          const v = dataView(this.rxBuf);
-          // Offloads are off, so the kernel never sends partial checksums or GSO: drop rather than mislead the guest.
-          if (getU8(v, virtio_net_hdr_v1.flags) & VIRTIO_NET_HDR_F_NEEDS_CSUM || getU8(v, virtio_net_hdr_v1.gso_type) !== VIRTIO_NET_HDR_GSO_NONE) {
+          // §5.1.6.4.1: pass the kernel's offloads on only when the guest negotiated them
+          // (checkRxHeader also sets num_buffers = 1).
+          if (checkRxHeader(this.rxBuf.subarray(0, r), this.offloads.rx) !== undefined) {
             this.metrics.rxDropped++;
+            this.metrics.rxOffloadDropped++;
             continue;
           }
-          setU16(v, virtio_net_hdr_v1.num_buffers, 1);
           this.rxPending = r;
         }
         const chain = q.pop();
