@@ -8,9 +8,16 @@
  *   3. host memory per VM beyond guest RAM: flint vs QEMU, same guest
  *   4. Linux boot to /init in the nested harness: flint vs QEMU -M microvm,
  *      same kernel and initramfs (skip with --no-boot: it takes minutes)
+ *   5. virtio-blk device path: a ring-3 polled driver guest reading through
+ *      flint's virtio-blk vs QEMU's (skip with --no-blk)
+ *   6. virtio devices with real Linux in the nested harness: virtio-blk
+ *      O_DIRECT reads (4 KiB random at QD1 and QD32, 64 KiB sequential) and
+ *      virtio-net TCP throughput, flint vs QEMU -M microvm with virtio-mmio
+ *      devices (skip with --no-virtio: it takes minutes)
  *
  * Options: --count N (exits per run, default 300000), --runs R (default 3),
- * --no-boot, --json FILE (also write all results as JSON).
+ * --no-boot, --no-blk, --no-virtio, --virtio-rounds R (section 6's rounds,
+ * default 5), --json FILE (also write all results as JSON).
  */
 import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
@@ -22,6 +29,8 @@ import { buildExitLoopGuest, EXIT_LOOP_MODES, exitLoopCmdline } from "./guest-pr
 import { measureNativeBoundary } from "./native-boundary.js";
 import { median } from "./process.js";
 import { runQemuExits } from "./qemu-exits.js";
+import { VIRTIO_FIGURES, benchVirtioNested } from "./virtio-nested.js";
+import { printVirtioBlkSection } from "./virtio-blk-bench.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 
@@ -32,6 +41,8 @@ function arg(name: string, fallback: number): number {
 
 const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
 const k = (x: number) => `${(x / 1000).toFixed(1)}k`;
+/** A rate with three significant digits (IOPS, MB/s). */
+const rate = (x: number | undefined) => (x === undefined ? "n/a" : x >= 100 ? x.toFixed(0) : x.toPrecision(3));
 
 /** Peak RSS (KiB) of `flint run` booting the exit-loop guest with no exits. */
 function flintPeakRssKib(memoryMib: number): number {
@@ -83,6 +94,9 @@ async function main(): Promise<void> {
   }
   results.exits = exits;
 
+  // virtio-blk device path (src/bench/virtio-blk-bench.ts); --no-blk skips it.
+  if (!process.argv.includes("--no-blk")) results.virtioBlk = await printVirtioBlkSection(out, { runs });
+
   if (!process.argv.includes("--no-boot")) {
     out("== Linux boot to /init in the nested harness (TCG outer VM: compare ratios only) ==");
     const boot = await benchBootNested({ runs });
@@ -91,6 +105,23 @@ async function main(): Promise<void> {
     out(`guest uptime at /init: flint ${f.guestUptimeSec.toFixed(2)} s, QEMU microvm ${q.guestUptimeSec.toFixed(2)} s  (QEMU/flint ${ratio(q.guestUptimeSec, f.guestUptimeSec)}, goal >= 1.0x)`);
     out(`process start to exit: flint ${f.wallSec.toFixed(2)} s, QEMU ${q.wallSec.toFixed(2)} s  (QEMU/flint ${ratio(q.wallSec, f.wallSec)})`);
     out(`peak RSS (${boot.memoryMib} MiB guest): flint ${(f.peakRssKib / 1024).toFixed(1)} MiB, QEMU ${(q.peakRssKib / 1024).toFixed(1)} MiB`);
+  }
+  if (!process.argv.includes("--no-virtio")) {
+    out("\n== virtio devices in the nested harness (TCG outer VM: compare ratios only) ==");
+    const v = await benchVirtioNested({ rounds: arg("--virtio-rounds", 5) });
+    results.virtio = v;
+    const o = v.options;
+    out(`same kernel and initramfs, ${o.cpus} vCPUs, ${o.memoryMib} MiB each; both VMs up at once, taking turns test by test, ${o.rounds} rounds; ` +
+      `O_DIRECT reads of a ${o.imageMib} MiB raw image in the outer VM's tmpfs in ${o.runMs} ms windows; ${o.netMs} ms TCP streams; ` +
+      "medians, ratio = median of per-round ratios");
+    const nics = (m: "flint" | "qemu") => (v.nics[m] ?? []).map((n) => `${n.dev} [${n.offloads.join(",") || "no offloads"}]`).join(", ");
+    out(`negotiated: flint ${nics("flint")}; QEMU ${nics("qemu")}`);
+    for (const f of VIRTIO_FIGURES) {
+      const s = v.figures[f.key];
+      out(`${f.label}: flint ${rate(s.flint)} ${f.unit}, QEMU microvm ${rate(s.qemu)} ${f.unit}  ` +
+        `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}, goal >= 1.0x)`);
+    }
+    for (const failure of v.failures) out(`  (left out: ${failure})`);
   }
   const json = process.argv.indexOf("--json");
   if (json > 0) writeFileSync(process.argv[json + 1]!, JSON.stringify(results, (_k, v) => (typeof v === "bigint" ? v.toString() : v), 2));

@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { runDriver } from "./virtio-nested-driver.js";
+import { buildVirtioBenchProgram } from "./virtio-nested.js";
+import { parseVirtioBenchLine } from "./virtio-report.js";
+
+const dir = mkdtempSync(join(tmpdir(), "flint-virtio-driver-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A stand-in for a booted guest: the /init command loop, with canned blk results and a real TCP sender. */
+function fakeGuest(program: string, name: string): string {
+  return `echo "booting ${name}"
+echo "virtio-bench: test=devices virtio=2 name=${name}"
+echo "virtio-bench: test=ready"
+while read -r id verb args; do
+  case "$verb" in
+    blk) echo "virtio-bench: test=blk mode=rand block_bytes=4096 threads=1 ops=10 bytes=40960 ns=1000000000" ;;
+    send) ${program} send $args ;;
+    hang) exec sleep 30 ;;
+    quit) break ;;
+  esac
+  echo "virtio-bench: test=end id=$id"
+done
+echo "${name} done"`;
+}
+
+describe("runDriver", () => {
+  it("boots every monitor, runs the steps in turn with the receiver, and stops the guests with quit", { timeout: 60_000 }, async () => {
+    const program = buildVirtioBenchProgram();
+    const port = "17779";
+    const result = await runDriver({
+      monitors: ["a", "b"].map((name) => ({ name, argv: ["sh", "-c", fakeGuest(program, name)], consoleFile: join(dir, `${name}.console`) })),
+      steps: [
+        { id: 1, monitor: "a", command: "blk /dev/vda rand 4096 1 0 1000", net: false },
+        { id: 2, monitor: "b", command: `send 127.0.0.1 ${port} 100`, net: true },
+        { id: 3, monitor: "b", command: "hang", net: false },
+        { id: 4, monitor: "b", command: "blk", net: false },
+        { id: 5, monitor: "a", command: `send 127.0.0.1 ${port} 50`, net: true },
+      ],
+      sinkArgv: [program, "sink", port],
+      bootTimeoutMs: 20_000,
+      stepTimeoutMs: 2_000,
+      maxRestarts: 0,
+    });
+    assert.deepEqual(result.boots.a!.lines.map((l) => parseVirtioBenchLine(l)!.name), ["a"]);
+    assert.ok(result.boots.b!.readyAfterMs! >= 0);
+    const [blk, sendB, hang, afterHang, sendA] = result.steps;
+    assert.equal(parseVirtioBenchLine(blk!.guestLines[0]!)!.ops, "10");
+    for (const send of [sendB!, sendA!]) {
+      const sent = parseVirtioBenchLine(send.guestLines[0]!)!, received = parseVirtioBenchLine(send.sinkLine!)!;
+      assert.equal(received.test, "sink");
+      assert.equal(received.bytes, sent.bytes);
+    }
+    assert.match(hang!.error!, /no end of step within 2000 ms/);
+    assert.match(afterHang!.error!, /b is not running/);
+    assert.deepEqual(result.exits.a, { code: 0, signal: null, killed: false });
+    assert.equal(result.exits.b!.killed, true);
+    assert.match(readFileSync(join(dir, "a.console"), "utf8"), /booting a[\s\S]*a done/);
+  });
+
+  it("reports a guest that never gets ready and runs nothing on it", { timeout: 60_000 }, async () => {
+    const program = buildVirtioBenchProgram();
+    const result = await runDriver({
+      monitors: [{ name: "x", argv: ["sh", "-c", "echo 'kernel panic'; exit 3"], consoleFile: join(dir, "x.console") }],
+      steps: [{ id: 1, monitor: "x", command: "blk", net: false }],
+      sinkArgv: [program, "sink", "17780"],
+      bootTimeoutMs: 5_000,
+      stepTimeoutMs: 1_000,
+      maxRestarts: 2,
+    });
+    assert.equal(result.boots.x!.error, "exited before its ready report");
+    assert.match(result.steps[0]!.error!, /not run: x did not boot/);
+    assert.equal(result.exits.x!.code, 3);
+  });
+
+  it("boots a monitor whose VM died again and goes on with its next step", { timeout: 60_000 }, async () => {
+    const program = buildVirtioBenchProgram();
+    const result = await runDriver({
+      monitors: [{ name: "c", argv: ["sh", "-c", fakeGuest(program, "c").replace("hang) exec sleep 30", "hang) exit 9")], consoleFile: join(dir, "c.console") }],
+      steps: [
+        { id: 1, monitor: "c", command: "hang", net: false },
+        { id: 2, monitor: "c", command: "blk", net: false },
+        { id: 3, monitor: "c", command: "hang", net: false },
+        { id: 4, monitor: "c", command: "blk", net: false },
+      ],
+      sinkArgv: [program, "sink", "17781"],
+      bootTimeoutMs: 5_000,
+      stepTimeoutMs: 2_000,
+      maxRestarts: 1,
+    });
+    assert.deepEqual(result.steps.map((s) => s.error ?? "ok"), ["the VM exited during the step", "ok", "the VM exited during the step", "c is not running"]);
+    assert.equal(result.restarts.c!.length, 1);
+    assert.equal(result.restarts.c![0]!.beforeStep, 2);
+    assert.ok(result.restarts.c![0]!.readyAfterMs! >= 0);
+    assert.equal((readFileSync(join(dir, "c.console"), "utf8").match(/booting c/g) ?? []).length, 2);
+  });
+});

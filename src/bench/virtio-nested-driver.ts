@@ -1,0 +1,284 @@
+/**
+ * The virtio benchmark's conductor, run by Node *inside* the outer VM of the
+ * nested harness (src/bench/virtio-nested.ts starts it):
+ *
+ *   node virtio-nested-driver.js CONFIG.json RESULT.json
+ *
+ * RESULT.json is rewritten after every step, so it holds what was measured
+ * even if the outer VM freezes before the end.
+ *
+ * It starts the TCP receiver (`virtio-bench sink`), boots every monitor at
+ * once with its console on a pipe, waits until each guest's /init reports
+ * `test=ready`, and then runs the steps one at a time, in the order given:
+ * it writes "ID COMMAND" to that guest's console and waits for the guest's
+ * `test=end id=ID` (and, for a TCP stream, the receiver's report). Only one
+ * guest is busy at any time; the others wait, idle, in `read`. So flint's and
+ * QEMU's tests alternate within seconds of each other and drift in the load
+ * of the shared host hits both alike, while each monitor boots only once.
+ *
+ * A guest that does not finish a step in time is killed; a VM that died
+ * (killed, or its guest crashed) is booted again before its next step, up to
+ * `maxRestarts` times, after which its remaining steps are reported as not
+ * run. When a guest never gets ready at the start, no step runs. Nothing here
+ * throws for a guest's failure.
+ * Imports nothing but Node and the report parser: it runs under TCG, where
+ * every module loaded costs seconds.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream, readFileSync, writeFileSync } from "node:fs";
+import type { Readable } from "node:stream";
+import { fileURLToPath } from "node:url";
+import { parseVirtioBenchLine } from "./virtio-report.js";
+
+/** One VM to boot: a name for the results and the argv that boots it. */
+export interface DriverMonitor {
+  name: string;
+  argv: string[];
+  /** File that receives the monitor's whole console output and stderr. */
+  consoleFile: string;
+}
+
+/** One command for one guest. */
+export interface DriverStep {
+  /** Unique, positive; echoed back by the guest in `test=end id=ID`. */
+  id: number;
+  monitor: string;
+  /** The words after the id, e.g. "blk /dev/vda rand 4096 1 200 1000" or "send 172.16.0.1 7777 2000". */
+  command: string;
+  /** The step sends a TCP stream: wait for the receiver's report too. */
+  net: boolean;
+}
+
+/** What {@link runDriver} is given (written as JSON by the host side). */
+export interface DriverConfig {
+  monitors: DriverMonitor[];
+  steps: DriverStep[];
+  /** argv of the receiver, `virtio-bench sink PORT`. */
+  sinkArgv: string[];
+  /** From spawning the monitors to every guest's `test=ready`. */
+  bootTimeoutMs: number;
+  /** Per monitor, how many times a VM that died (guest crash, step timeout) is booted again for the steps left. */
+  maxRestarts: number;
+  /** From writing a step's command to the guest's `test=end`. */
+  stepTimeoutMs: number;
+}
+
+/** What one step produced. */
+export interface DriverStepResult {
+  id: number;
+  /** The guest's report lines between the command and its end. */
+  guestLines: string[];
+  /** The receiver's report for this step's stream. */
+  sinkLine?: string;
+  /** Why the step gave nothing, if it did not finish. */
+  error?: string;
+  /** Command written to end seen, in milliseconds. */
+  elapsedMs: number;
+}
+
+/** One boot of a monitor: when its guest reported ready, its report lines until then, or why it never did. */
+export interface DriverBoot {
+  readyAfterMs?: number;
+  lines: string[];
+  error?: string;
+}
+
+/** Everything the driver saw, written as JSON for the host side. */
+export interface DriverResult {
+  /** Per monitor, its first boot. */
+  boots: Record<string, DriverBoot>;
+  /** Per monitor, the boots after its VM died, each before the step with id `beforeStep`. */
+  restarts: Record<string, (DriverBoot & { beforeStep: number })[]>;
+  steps: DriverStepResult[];
+  /** Per monitor: how the process ended. */
+  exits: Record<string, { code: number | null; signal: string | null; killed: boolean }>;
+}
+
+/** The lines of a stream, waited for one at a time. */
+class LineStream {
+  private readonly lines: string[] = [];
+  private partial = "";
+  private ended = false;
+  private wake: (() => void) | undefined;
+
+  constructor(stream: Readable, onText?: (text: string) => void) {
+    stream.setEncoding("utf8");
+    stream.on("data", (text: string) => {
+      onText?.(text);
+      const parts = (this.partial + text).split("\n");
+      this.partial = parts.pop()!;
+      for (const line of parts) this.lines.push(line.replace(/\r$/, ""));
+      this.wake?.();
+    });
+    stream.on("close", () => {
+      this.ended = true;
+      this.wake?.();
+    });
+  }
+
+  /** The stream ended (for a console: the monitor exited). */
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  /**
+   * Waits up to `timeoutMs` for a line matching `match`; returns it and the
+   * lines before it (all consumed), or no line when the time ran out or the
+   * stream closed (then nothing is consumed).
+   */
+  async take(match: (line: string) => boolean, timeoutMs: number): Promise<{ line?: string; before: string[] }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const at = this.lines.findIndex(match);
+      if (at >= 0) {
+        const taken = this.lines.splice(0, at + 1);
+        return { line: taken.pop(), before: taken };
+      }
+      const left = deadline - Date.now();
+      if (this.ended || left <= 0) return { before: [] };
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+  }
+}
+
+/** A report line's `test` field. */
+const isTest = (test: string, id?: number) => (line: string) => {
+  const r = parseVirtioBenchLine(line);
+  return r?.test === test && (id === undefined || r.id === String(id));
+};
+
+/** A running VM. */
+interface Vm {
+  monitor: DriverMonitor;
+  child: ChildProcess;
+  lines: LineStream;
+  alive: boolean;
+  killed: boolean;
+  exited: Promise<{ code: number | null; signal: string | null }>;
+  /** The console file is complete (the monitor's stdout closed and everything is written). */
+  logged: Promise<void>;
+}
+
+function startVm(monitor: DriverMonitor): Vm {
+  // Appending: a restarted monitor adds to its console file.
+  const log = createWriteStream(monitor.consoleFile, { flags: "a" });
+  const child = spawn(monitor.argv[0]!, monitor.argv.slice(1), { stdio: ["pipe", "pipe", "pipe"] });
+  const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
+    // "exit", not "close": a killed monitor's stray children may hold its pipes open.
+    child.on("exit", (code, signal) => resolve({ code, signal }));
+    child.on("error", () => resolve({ code: null, signal: null }));
+  });
+  child.stdin!.on("error", () => undefined); // a guest that went away: its step times out instead
+  const write = (data: string | Buffer) => {
+    if (!log.writableEnded) log.write(data);
+  };
+  child.stderr!.on("data", write);
+  child.stdout!.on("close", () => log.end());
+  const logged = new Promise<void>((resolve) => log.on("close", resolve));
+  const vm: Vm = { monitor, child, lines: new LineStream(child.stdout!, write), alive: true, killed: false, exited, logged };
+  void exited.then(() => {
+    vm.alive = false;
+  });
+  return vm;
+}
+
+function kill(vm: Vm): void {
+  if (!vm.alive) return;
+  vm.killed = true;
+  vm.alive = false;
+  vm.child.kill("SIGKILL");
+}
+
+/**
+ * Boots the monitors, runs the steps, stops everything, and reports.
+ * `onProgress` gets the result so far after the boots and after every step,
+ * so that a caller can keep what was measured if the whole machine stops.
+ */
+export async function runDriver(config: DriverConfig, onProgress?: (partial: DriverResult) => void): Promise<DriverResult> {
+  const result: DriverResult = { boots: {}, restarts: {}, steps: [], exits: {} };
+  const sink = spawn(config.sinkArgv[0]!, config.sinkArgv.slice(1), { stdio: ["ignore", "pipe", "inherit"] });
+  const sinkLines = new LineStream(sink.stdout!);
+  const vms = new Map<string, Vm>();
+  /** Starts `monitor`'s VM and waits for its guest's ready report (a VM that never gets ready is killed). */
+  const boot = async (monitor: DriverMonitor): Promise<DriverBoot> => {
+    const started = Date.now();
+    const vm = startVm(monitor);
+    vms.set(monitor.name, vm);
+    const ready = await vm.lines.take(isTest("ready"), config.bootTimeoutMs);
+    const lines = ready.before.filter((l) => parseVirtioBenchLine(l) !== undefined);
+    if (ready.line) return { readyAfterMs: Date.now() - started, lines };
+    kill(vm);
+    return { lines, error: vm.lines.closed ? "exited before its ready report" : "no ready report before the boot timeout" };
+  };
+  try {
+    if (!(await sinkLines.take(isTest("listening"), 60_000)).line) throw new Error("the TCP receiver did not start");
+    await Promise.all(config.monitors.map(async (m) => {
+      result.boots[m.name] = await boot(m);
+    }));
+    onProgress?.(result);
+
+    // Without every guest there is nothing to compare: run no steps.
+    const missing = config.monitors.filter((m) => result.boots[m.name]?.error).map((m) => m.name);
+    for (const step of config.steps) {
+      let vm = vms.get(step.monitor);
+      const restarts = (result.restarts[step.monitor] ??= []);
+      if (missing.length === 0 && vm && !vm.alive && restarts.length < config.maxRestarts) {
+        // The old process must be gone before a new one can take its TAP.
+        await vm.exited;
+        restarts.push({ beforeStep: step.id, ...(await boot(vm.monitor)) });
+        vm = vms.get(step.monitor);
+      }
+      if (missing.length > 0 || !vm?.alive) {
+        const why = missing.length > 0 ? `not run: ${missing.join(", ")} did not boot` : `${step.monitor} is not running`;
+        result.steps.push({ id: step.id, guestLines: [], error: why, elapsedMs: 0 });
+        continue;
+      }
+      const t0 = Date.now();
+      vm.child.stdin!.write(`${step.id} ${step.command}\n`);
+      const end = await vm.lines.take(isTest("end", step.id), config.stepTimeoutMs);
+      const guestLines = end.before.filter((l) => parseVirtioBenchLine(l) !== undefined);
+      const r: DriverStepResult = { id: step.id, guestLines, elapsedMs: Date.now() - t0 };
+      if (!end.line) {
+        r.error = vm.lines.closed ? "the VM exited during the step" : `no end of step within ${config.stepTimeoutMs} ms (the VM was killed)`;
+        kill(vm);
+      }
+      // The sender waits for the receiver's close, so its report is out or on its way.
+      if (step.net && guestLines.some(isTest("send"))) {
+        r.sinkLine = (await sinkLines.take(isTest("sink"), 30_000)).line;
+      }
+      result.steps.push(r);
+      onProgress?.(result);
+    }
+
+    for (const vm of vms.values()) if (vm.alive) vm.child.stdin!.write("0 quit\n");
+    await Promise.all([...vms.values()].map(async (vm) => {
+      const timer = setTimeout(() => kill(vm), 120_000);
+      const { code, signal } = await vm.exited;
+      clearTimeout(timer);
+      result.exits[vm.monitor.name] = { code, signal, killed: vm.killed };
+      // A killed monitor's stray children may keep its stdout open: do not wait for them long.
+      await Promise.race([vm.logged, new Promise((resolve) => setTimeout(resolve, 5_000))]);
+    }));
+    return result;
+  } finally {
+    for (const vm of vms.values()) kill(vm);
+    sink.kill("SIGKILL");
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const [configPath, resultPath] = process.argv.slice(2);
+  if (!configPath || !resultPath) {
+    process.stderr.write("usage: virtio-nested-driver CONFIG.json RESULT.json\n");
+    process.exit(2);
+  }
+  const save = (result: DriverResult) => writeFileSync(resultPath, JSON.stringify(result, null, 1));
+  save(await runDriver(JSON.parse(readFileSync(configPath, "utf8")) as DriverConfig, save));
+}
