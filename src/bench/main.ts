@@ -119,7 +119,7 @@ async function main(): Promise<void> {
     for (const f of VIRTIO_FIGURES) {
       const s = v.figures[f.key];
       out(`${f.label}: flint ${rate(s.flint)} ${f.unit}, QEMU microvm ${rate(s.qemu)} ${f.unit}  ` +
-        `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}, goal >= 1.0x)`);
+        `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}${f.reference ? ", reference" : ", goal >= 1.0x"})`);
     }
     for (const failure of v.failures) out(`  (left out: ${failure})`);
   }
