@@ -18,6 +18,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/uio.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -220,6 +221,17 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
   ARG_U64(1, buf);
   ARG_U64(2, len);
   ssize_t r = write((int)fd, (const void *)(uintptr_t)buf, (size_t)len);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// writev(fd, iov, count) -> bytes, or -errno. `iov` is a buffer of `count`
+// struct iovec the caller laid out (frames gathered straight from guest memory).
+static napi_value js_writev(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  ARG_U64(0, fd);
+  ARG_U64(1, iov);
+  ARG_U64(2, count);
+  ssize_t r = writev((int)fd, (const struct iovec *)(uintptr_t)iov, (int)count);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
@@ -451,6 +463,7 @@ NAPI_MODULE_INIT() {
       {"eventfd", js_eventfd},
       {"read", js_read},
       {"write", js_write},
+      {"writev", js_writev},
       {"close", js_close},
       {"poll", js_poll},
       {"pread", js_pread},

@@ -216,7 +216,7 @@ Object.assign(CONSTANTS, {
     TUNSETIFF TUNGETIFF TUNSETOFFLOAD TUNSETVNETHDRSZ TUNGETVNETHDRSZ TUNGETFEATURES IFF_TAP IFF_NO_PI
     IFF_VNET_HDR IFF_ONE_QUEUE IFF_MULTI_QUEUE TUN_F_CSUM TUN_F_TSO4 TUN_F_TSO6 TUN_F_TSO_ECN TUN_F_UFO
     IFNAMSIZ AF_UNIX SOCK_STREAM SOCK_NONBLOCK SOCK_CLOEXEC O_NONBLOCK O_RDWR O_CLOEXEC
-    POLLIN POLLOUT POLLERR POLLHUP POLLNVAL FALLOC_FL_KEEP_SIZE FALLOC_FL_PUNCH_HOLE FALLOC_FL_ZERO_RANGE
+    POLLIN POLLOUT IOV_MAX POLLERR POLLHUP POLLNVAL FALLOC_FL_KEEP_SIZE FALLOC_FL_PUNCH_HOLE FALLOC_FL_ZERO_RANGE
     ENOSPC EIO EPIPE ECONNREFUSED ECONNRESET EADDRINUSE ENOTCONN EINPROGRESS
     SHUT_RD SHUT_WR SHUT_RDWR ENAMETOOLONG ENOTSOCK SOCK_DGRAM ETH_HLEN ETH_ALEN ETH_FRAME_LEN`,
 });
@@ -328,6 +328,7 @@ STRUCTS.push(
   ["ifreq", `ifr_name ifr_flags`],
   ["sockaddr_un", `sun_family sun_path`],
   ["pollfd", `fd events revents`],
+  ["iovec", `iov_base iov_len`],
 );
 
 // Network and transport headers inside a virtio-net frame (offload checks), and the one UAPI
@@ -380,6 +381,8 @@ function cProgram() {
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <poll.h>
+#include <sys/uio.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <stdbool.h> /* include/linux/i8042.h uses bool in its stubs */

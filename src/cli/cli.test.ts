@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { buildExitLoopGuest, exitLoopCmdline } from "../bench/guest-program.js";
 import { makeElfKernel } from "../boot/testing/images.js";
 
 const CLI = fileURLToPath(new URL("./main.js", import.meta.url));
@@ -117,4 +118,21 @@ test("bad network arguments are one-line errors before the guest starts", () => 
   expectUserError(["run", "--kernel", tinyKernel, "--net", "tap=lo,mac=06:00:ac:10:00:02"], /Cannot attach network: .*lo/);
   expectUserError(["run", "--kernel", tinyKernel, "--net", "tap=tap0,mac=01:00:5e:00:00:01"], /Cannot attach network: .*/);
   expectUserError(["run", "--kernel", tinyKernel, "--net", "tap=tap0,mac=zz"], /Cannot attach network: .*/);
+});
+
+test("FLINT_DEBUG=1 prints the run's counters at exit as one JSON line", () => {
+  const kernel = buildExitLoopGuest();
+  const args = ["run", "--kernel", kernel, "--boot", "pvh", "--no-acpi", "--memory", "64", "--debug-exit", "--rng",
+    "--cmdline", exitLoopCmdline({ mode: "pio", count: 1000 })];
+  const quiet = flint(...args);
+  assert.equal(quiet.code, 0, quiet.stderr);
+  assert.doesNotMatch(quiet.stderr, /counters/, "nothing without FLINT_DEBUG");
+  const r = flintWith({ FLINT_DEBUG: "1" }, [], ...args);
+  assert.equal(r.code, 0, r.stderr);
+  const line = r.stderr.split("\n").find((l) => l.startsWith("flint: counters "));
+  assert.ok(line, r.stderr);
+  const counters = JSON.parse(line.slice("flint: counters ".length)) as { vcpus: { ioExits: number }[]; virtio: { name: string }[] };
+  assert.equal(counters.vcpus.length, 1);
+  assert.ok(counters.vcpus[0]!.ioExits >= 1000, `the guest's 1000 port writes are counted: ${line}`);
+  assert.match(counters.virtio[0]!.name, /^virtio-rng@/);
 });

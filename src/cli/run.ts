@@ -86,6 +86,10 @@ export async function runVm(o: RunOptions): Promise<number> {
   if (o.bootTime && result.bootTimeMs !== undefined) {
     process.stderr.write(`flint: guest reached the boot marker after ${result.bootTimeMs.toFixed(1)} ms\n`);
   }
+  if (process.env.FLINT_DEBUG) {
+    // Counters for whoever debugs a run: exits per vCPU, kicks and interrupts per virtio device.
+    process.stderr.write(`flint: counters ${JSON.stringify({ vcpus: result.stats, virtio: result.virtio, guestFaults: result.guestFaults })}\n`);
+  }
   const r = result.reason;
   if (result.debugExit?.status !== undefined) return result.debugExit.status;
   switch (r.kind) {

@@ -694,6 +694,7 @@ export const O_RDWR = 0x2;
 export const O_CLOEXEC = 0x80000;
 export const POLLIN = 0x1;
 export const POLLOUT = 0x4;
+export const IOV_MAX = 0x400;
 export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
 export const POLLNVAL = 0x20;
@@ -1373,6 +1374,11 @@ export const pollfd = {
   fd: 0,
   events: 4,
   revents: 6,
+} as const;
+export const iovec = {
+  SIZE: 16,
+  iov_base: 0,
+  iov_len: 8,
 } as const;
 export const iphdr = {
   SIZE: 20,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { GiB, MMIO_GAP_END, MMIO_GAP_START, MiB, ramRegions } from "../arch/x86_64/layout.js";
+import { sys } from "../sys/native.js";
 import { GuestMemory, MemoryError } from "./guest-memory.js";
 
 test("memory that fits below the MMIO gap is one region; larger memory is split around it", () => {
@@ -34,10 +35,24 @@ test("every accessor refuses addresses outside guest memory, including hostile o
     for (const [addr, len] of [[MiB, 1], [MiB - 3, 4], [-1, 1], [2 ** 60, 8], [Number.NaN, 1], [0, -1], [0.5, 1]] as const) {
       assert.equal(mem.contains(addr, len), false, `${addr}+${len}`);
       assert.throws(() => mem.slice(addr, len), MemoryError);
+      assert.throws(() => mem.hostAddress(addr, len), MemoryError);
     }
     assert.throws(() => mem.writeU32(MiB - 2, 1), MemoryError);
     assert.throws(() => mem.readU64(MiB - 7), MemoryError);
     assert.equal(mem.readU32(MiB - 4), 0, "the last word is readable");
+  } finally {
+    mem.dispose();
+  }
+});
+
+test("hostAddress names the host bytes behind a guest range, in each region", () => {
+  const mem = GuestMemory.create([{ guestBase: 0, size: MiB }, { guestBase: 4 * MiB, size: MiB }]);
+  try {
+    for (const [addr, len] of [[0, 1], [0x1234, 100], [MiB - 8, 8], [4 * MiB, 4096], [5 * MiB - 1, 1]] as const) {
+      assert.equal(BigInt(mem.hostAddress(addr, len)), sys.addressOf(mem.slice(addr, len)), `0x${addr.toString(16)}+${len}`);
+    }
+    assert.throws(() => mem.hostAddress(MiB - 4, 8), MemoryError, "a range that runs off its region");
+    assert.throws(() => mem.hostAddress(2 * MiB, 1), MemoryError, "a range in the hole between regions");
   } finally {
     mem.dispose();
   }

@@ -145,6 +145,16 @@ export class GuestMemory {
     return r.bytes.subarray(off, off + length);
   }
 
+  /**
+   * The host virtual address of guest bytes [address, address+length), for a
+   * system call that reads or writes them in place (writev). A Number: x86-64
+   * user-space addresses are below 2^47, exact in a double.
+   */
+  hostAddress(address: GuestAddress, length: number): number {
+    const r = this.region(address, length);
+    return Number(r.hostAddress) + (address - r.guestBase);
+  }
+
   /** Copies `data` into guest memory at `address`. */
   write(address: GuestAddress, data: Uint8Array): void {
     this.slice(address, data.length).set(data);

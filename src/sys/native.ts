@@ -25,6 +25,8 @@ interface Addon {
   eventfd(initval: number, flags: number): number;
   read(fd: number, buffer: SysArg, length: number): number;
   write(fd: number, buffer: SysArg, length: number): number;
+  /** writev(2) over a buffer of `count` struct iovec (layout: `iovec` in the generated ABI). */
+  writev(fd: number, iov: SysArg, count: number): number;
   close(fd: number): number;
   /** poll(2) over a buffer of struct pollfd (layout: `pollfd` in the generated ABI). */
   poll(pollfds: SysArg, nfds: number, timeoutMs: number): number;

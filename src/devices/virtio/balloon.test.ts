@@ -29,6 +29,7 @@ class Ctx implements VirtioDeviceContext {
   constructor(readonly memory: GuestMemory, readonly queues: VirtQueue[], readonly config: Uint8Array, readonly features: bigint) {}
   notifyUsed(q: number): void { this.used.push(q); }
   notifyConfigChange(): void { this.configChanges++; }
+  kick(): void {}
   fail(reason: string): void { this.failures.push(reason); }
   guestFault(): void { this.faults++; }
   watch(): void {}

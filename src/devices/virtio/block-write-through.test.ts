@@ -50,7 +50,7 @@ function rig(name: string) {
     drv = new FakeDriver(mem, { base: 0x1000, bytes: 0x40000, queueSize: 16 });
     const ctx: VirtioDeviceContext = {
       memory: mem, queues: [drv.createQueue() as VirtQueue], config: blk.initialConfig(), features,
-      notifyUsed() {}, notifyConfigChange() {}, fail(reason) { throw new Error(reason); }, guestFault() {}, watch() {}, unwatch() {},
+      notifyUsed() {}, notifyConfigChange() {}, kick() {}, fail(reason) { throw new Error(reason); }, guestFault() {}, watch() {}, unwatch() {},
     };
     blk.activate(ctx);
   };

@@ -39,6 +39,7 @@ class RecordingQueue implements VirtQueue {
   pushUsed(head: number, written: number) { this.q.pushUsed(head, written); }
   needsInterrupt() { return this.q.needsInterrupt(); }
   setNotifications(on: boolean) { this.q.setNotifications(on); }
+  hasAvailable() { return this.q.hasAvailable(); }
 }
 
 class Ctx implements VirtioDeviceContext {
@@ -47,6 +48,7 @@ class Ctx implements VirtioDeviceContext {
   constructor(readonly memory: GuestMemory, readonly queues: VirtQueue[], readonly config: Uint8Array, readonly features = 0n) {}
   notifyUsed(): void {}
   notifyConfigChange(): void {}
+  kick(): void {}
   fail(reason: string): void { this.failures.push(reason); }
   guestFault(): void { this.faults++; }
   watch(): void {}

@@ -13,7 +13,7 @@ import {
 } from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, getU32, getU64, setU32, setU64 } from "../../memory/le.js";
-import { BlockError, BLOCK_MAX_DISCARD_SEG, createBackend, SECTOR_SIZE, VirtioBlock, type BlockOptions } from "./block.js";
+import { BlockError, BLOCK_MAX_DISCARD_SEG, BLOCK_SERVE_BUDGET, createBackend, SECTOR_SIZE, VirtioBlock, type BlockOptions } from "./block.js";
 import { FakeDriver } from "./testing/fake-driver.js";
 import type { VirtioDeviceContext, VirtQueue } from "./types.js";
 
@@ -30,6 +30,9 @@ class RecordingContext implements VirtioDeviceContext {
   constructor(readonly memory: GuestMemory, readonly queues: VirtQueue[], readonly config: Uint8Array, readonly features = 0n) {}
   notifyUsed(queue: number): void { this.usedNotifications.push(queue); }
   notifyConfigChange(): void { this.configChanges++; }
+  /** Queues the device asked to be called again for (ctx.kick). */
+  readonly kicks: number[] = [];
+  kick(queue: number): void { this.kicks.push(queue); }
   fail(reason: string): void { this.failures.push(reason); }
   guestFault(message: string): void { this.faults.push(message); }
   watch(): void {}
@@ -75,11 +78,11 @@ interface Rig {
   close(): void;
 }
 
-function rig(options: Partial<BlockOptions> & { bytes?: number; path?: string } = {}): Rig {
+function rig(options: Partial<BlockOptions> & { bytes?: number; path?: string; queueSize?: number } = {}): Rig {
   const path = options.path ?? image(options.bytes ?? 64 * 1024);
   const blk = new VirtioBlock({ path, readOnly: options.readOnly ?? false, ...(options.id !== undefined ? { id: options.id } : {}) });
   const mem = GuestMemory.create([{ guestBase: 0, size: 1 << 20 }]);
-  const drv = new FakeDriver(mem, { base: 0x1000, bytes: (1 << 20) - 0x1000, queueSize: 16 });
+  const drv = new FakeDriver(mem, { base: 0x1000, bytes: (1 << 20) - 0x1000, queueSize: options.queueSize ?? 16 });
   const ctx = new RecordingContext(mem, [drv.createQueue()], blk.initialConfig(), blk.deviceFeatures);
   blk.activate(ctx);
   return {
@@ -114,6 +117,28 @@ test("config space reports capacity in 512-byte sectors, block size and discard 
   assert.ok(f & (1n << BigInt(VIRTIO_BLK_F_DISCARD)));
   assert.ok(f & (1n << BigInt(VIRTIO_BLK_F_WRITE_ZEROES)));
   assert.ok(!(f & (1n << BigInt(VIRTIO_BLK_F_RO))));
+  r.close();
+});
+
+test(`a kick serves at most ${BLOCK_SERVE_BUDGET} requests, signals them, and asks to be called again for the rest`, () => {
+  const r = rig({ bytes: 128 * 1024, queueSize: 256 });
+  const count = BLOCK_SERVE_BUDGET + 16; // 3 descriptors each, in a 256-entry table
+  for (let i = 0; i < count; i++) r.drv.addChain({ readable: [header(VIRTIO_BLK_T_IN, i)], writable: [SECTOR_SIZE, 1] });
+  r.blk.onNotify(0);
+  const first = r.drv.popAllUsed();
+  assert.equal(first.length, BLOCK_SERVE_BUDGET);
+  assert.deepEqual(r.ctx.usedNotifications, [0], "the batch is signalled before the device yields");
+  assert.deepEqual(r.ctx.kicks, [0], "and the device asks to come back");
+  r.blk.onNotify(0);
+  const rest = r.drv.popAllUsed();
+  assert.equal(rest.length, count - BLOCK_SERVE_BUDGET);
+  assert.deepEqual(r.ctx.kicks, [0], "nothing left: no further call asked for");
+  const file = readFileSync(r.path);
+  [...first, ...rest].forEach((u, i) => {
+    const all = concat(...u.buffers);
+    assert.equal(all[SECTOR_SIZE], VIRTIO_BLK_S_OK);
+    assert.ok(Buffer.from(all.subarray(0, SECTOR_SIZE)).equals(file.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE)), `request ${i} read its sector`);
+  });
   r.close();
 });
 

@@ -39,6 +39,7 @@ import type { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, getU32, getU64, setU32, setU64, setU8 } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
 import { readChain, writeChain } from "./chain-io.js";
+import { type ServeResult, serveQueue } from "./queue.js";
 import type { DescriptorChain, GuestBuffer, VirtioBackend, VirtioDeviceContext } from "./types.js";
 
 /**
@@ -51,6 +52,11 @@ export const SECTOR_SIZE = 512;
 export const BLOCK_QUEUE_SIZE = 256;
 /** Data segments per request: the queue size less header and status (what Linux and QEMU advertise). */
 export const BLOCK_SEG_MAX = BLOCK_QUEUE_SIZE - 2;
+/**
+ * Requests served per kick before the completions are signalled and the
+ * device thread looks at its other fds (then it comes back by itself).
+ */
+export const BLOCK_SERVE_BUDGET = 64;
 /** Largest DISCARD / WRITE_ZEROES segment: 1 GiB, so one request cannot stall the device thread for long. */
 export const BLOCK_MAX_DISCARD_SECTORS = (1 << 30) / SECTOR_SIZE;
 /** Segments per DISCARD / WRITE_ZEROES request. */
@@ -220,18 +226,17 @@ export class VirtioBlock implements VirtioBackend {
     const ctx = this.ctx;
     const q = ctx?.queues[queue];
     if (!ctx || !q || queue !== 0 || this.closed) return;
-    let pushed = false;
+    let served: ServeResult = { served: 0, more: false };
     try {
-      for (let chain = q.pop(); chain; chain = q.pop()) {
-        q.pushUsed(chain.head, this.handle(ctx, chain));
-        pushed = true;
-      }
+      served = serveQueue(q, BLOCK_SERVE_BUDGET, (chain) => q.pushUsed(chain.head, this.handle(ctx, chain)));
     } catch (e) {
       // Only the ring itself throws here (QueueError): the driver broke it.
       this.ctx = undefined;
       ctx.fail(`virtio-blk: ${(e as Error).message}`);
+      return;
     }
-    if (pushed) ctx.notifyUsed(0);
+    if (served.served > 0) ctx.notifyUsed(0);
+    if (served.more) ctx.kick(0);
   }
 
   reset(): void {

@@ -46,6 +46,7 @@ const disabledQueue = (size: number): VirtQueue => ({
   pushUsed: (head) => { throw new Error(`pushUsed(${head}) on a queue the driver did not set up`); },
   needsInterrupt: () => false,
   setNotifications: () => undefined,
+  hasAvailable: () => false,
 });
 
 async function loadBackend(): Promise<VirtioBackend> {
@@ -143,6 +144,9 @@ function makeContext(features: bigint, mySession: number): VirtioDeviceContext {
     config: state.config.subarray(0, state.configSize),
     notifyUsed(q) {
       if (live() && queues[q]?.needsInterrupt()) interrupt(VIRTIO_MMIO_INT_VRING);
+    },
+    kick(q) {
+      if (live() && notifyFds[q] !== undefined) sys.write(notifyFds[q]!, one, 8);
     },
     notifyConfigChange() {
       if (session !== mySession) return;

@@ -107,6 +107,27 @@ test("the device thread echoes a chain and interrupts through the irqfd eventfd"
   }
 });
 
+test("a backend that yields after a batch (ctx.kick) is called again by the device thread until the queue is empty", async () => {
+  const { dev, w, bringUp } = await echoDevice({ budget: 2 });
+  try {
+    const drv = new FakeDriver(mem, { base: 0x10000, bytes: 0x10000, queueSize: 16 });
+    bringUp(V1, drv);
+    for (let i = 0; i < 5; i++) drv.addChain({ readable: [text(`chain ${i}`)], writable: [8] });
+    w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    const used: string[] = [];
+    await until(() => {
+      for (let u = drv.popUsed(); u; u = drv.popUsed()) used.push(new TextDecoder().decode(u.written));
+      return used.length === 5;
+    });
+    assert.deepEqual(used, [0, 1, 2, 3, 4].map((i) => `chain ${i}`));
+    // One guest kick, then the thread's own two (after 2 and 4 chains); an interrupt per batch.
+    await until(() => dev.state.stats.interrupts === 3);
+    assert.deepEqual(dev.state.stats, { kicks: 3, interrupts: 3, userspaceNotifies: 1, guestFaults: 0 });
+  } finally {
+    await dev.stop();
+  }
+});
+
 test("with EVENT_IDX, the device interrupts only when the driver's used_event asks", async () => {
   const { dev, w, bringUp } = await echoDevice({ eventIdx: true });
   try {

@@ -6,7 +6,7 @@ import {
   VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
   VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
   VIRTIO_NET_HDR_F_RSC_INFO, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
-  VIRTIO_NET_HDR_GSO_UDP, iphdr, tcphdr,
+  VIRTIO_NET_HDR_GSO_UDP, iphdr, tcphdr, virtio_net_hdr_v1,
 } from "../../linux/abi.generated.js";
 import {
   checkRxHeader, checkTxHeader, NET_OFFLOAD_FEATURES, negotiatedOffloads, tunOffloadFlags, type OffloadSet,
@@ -145,6 +145,19 @@ test("TX: TSO requests pass only when negotiated and consistent with the frame (
   // A frame that ends inside a VLAN tag.
   const tagged = tcpFrame({ vlanTags: 2, payload: new Uint8Array(0) });
   assert.match(checkTxHeader(concat(netHeader(NC, VIRTIO_NET_HDR_GSO_TCPV4, { csumStart: 40, csumOffset: 16, gsoSize: 1 }), tagged.frame.subarray(0, 16)), ALL)!, /not inside|without an IPv4/);
+});
+
+test("TX: the head of a packet is checked against the whole packet's length; headers past the head are refused", () => {
+  const NC = VIRTIO_NET_HDR_F_NEEDS_CSUM, NET_HDR_BYTES = virtio_net_hdr_v1.SIZE;
+  const v4 = tcpFrame({ payload: payload(3000) });
+  const whole = txPacket(NC, VIRTIO_NET_HDR_GSO_TCPV4, v4, { hdrLen: 1000 });
+  const head = whole.slice(0, NET_HDR_BYTES + 128);
+  assert.equal(checkTxHeader(head, ALL, whole.length), undefined, "hdr_len within the whole frame, not the head");
+  assert.match(checkTxHeader(head, ALL)!, /hdr_len/, "against the head alone, hdr_len 1000 is past the end");
+  assert.match(checkTxHeader(whole.slice(0, NET_HDR_BYTES + 1000), ALL, NET_HDR_BYTES + 999)!, /hdr_len/);
+  // A head that stops inside the IP header: the check cannot see the protocol, so it refuses.
+  const cut = whole.slice(0, NET_HDR_BYTES + v4.l3 + 4);
+  assert.match(checkTxHeader(cut, ALL, whole.length)!, /IP header past the .* frame bytes checked/);
 });
 
 test("RX: the kernel's offloads reach the guest only when negotiated; DATA_VALID is cleared without GUEST_CSUM; num_buffers = 1", () => {

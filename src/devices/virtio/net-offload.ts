@@ -122,8 +122,10 @@ function networkHeader(frame: DataView): { etherType: number; offset: number } |
 
 /**
  * Checks the TX header at the start of `packet` (header + frame, as gathered from a
- * chain) against the negotiated TX offloads and the frame, and on success rewrites
- * it as the TAP must see it. Returns why the packet must be dropped, or undefined.
+ * chain, or only its first bytes when `packetLength` gives the whole length) against
+ * the negotiated TX offloads and the frame, and on success rewrites it as the TAP
+ * must see it. Returns why the packet must be dropped, or undefined. Frame headers
+ * it must read and that lie past the bytes given make it refuse the packet.
  *
  * - flags: only NEEDS_CSUM is acted on, and only with VIRTIO_NET_F_CSUM; other bits
  *   (DATA_VALID, RSC_INFO: the driver must not set them) are ignored and cleared.
@@ -137,9 +139,9 @@ function networkHeader(frame: DataView): { etherType: number; offset: number } |
  * - hdr_len is only a hint (§5.1.6.2.2) but must lie within the frame (tun refuses
  *   it otherwise).
  */
-export function checkTxHeader(packet: Uint8Array, tx: OffloadSet): string | undefined {
+export function checkTxHeader(packet: Uint8Array, tx: OffloadSet, packetLength = packet.length): string | undefined {
   const v = dataView(packet);
-  const frameLen = packet.length - virtio_net_hdr_v1.SIZE;
+  const frameLen = packetLength - virtio_net_hdr_v1.SIZE;
   const frame = dataView(packet.subarray(virtio_net_hdr_v1.SIZE));
   const needsCsum = (getU8(v, virtio_net_hdr_v1.flags) & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
   const gsoType = getU8(v, virtio_net_hdr_v1.gso_type);
@@ -167,6 +169,7 @@ export function checkTxHeader(packet: Uint8Array, tx: OffloadSet): string | unde
     if (!l3 || l3.etherType !== (ipv4 ? ETH_P_IP : ETH_P_IPV6) || l3.offset + l3Size > frameLen) {
       return `gso_type ${hex(gsoType)} on a frame without an ${ipv4 ? "IPv4" : "IPv6"} header`;
     }
+    if (l3.offset + l3Size > frame.byteLength) return `gso_type ${hex(gsoType)} with its IP header past the ${frame.byteLength} frame bytes checked`;
     if (ipv4 && frame.getUint8(l3.offset + iphdr.protocol) !== IPPROTO_TCP) return `gso_type ${hex(gsoType)} on an IPv4 packet that is not TCP`;
     if (csumOffset !== tcphdr.check || csumStart < l3.offset + l3Size || csumStart + tcphdr.SIZE > frameLen) {
       return `gso_type ${hex(gsoType)} with csum_start ${csumStart} / csum_offset ${csumOffset} not on a TCP header inside the ${frameLen}-byte frame`;

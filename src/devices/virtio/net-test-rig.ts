@@ -59,6 +59,9 @@ export class NetContext implements VirtioDeviceContext {
   constructor(readonly memory: GuestMemory, readonly queues: VirtQueue[], readonly config: Uint8Array, readonly features = 0n) {}
   notifyUsed(queue: number): void { this.usedNotifications.push(queue); }
   notifyConfigChange(): void {}
+  /** Queues the device asked to be called again for (ctx.kick). */
+  readonly kicks: number[] = [];
+  kick(queue: number): void { this.kicks.push(queue); }
   fail(reason: string): void { this.failures.push(reason); }
   guestFault(message: string): void { this.faults.push(message); }
   watch(fd: number, events: number, onReady: (revents: number) => void): void { this.watches.set(fd, { events, onReady }); }

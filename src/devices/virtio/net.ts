@@ -41,11 +41,12 @@ import {
   EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
   O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
   VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
-  VIRTIO_RING_F_INDIRECT_DESC, ifreq, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
+  VIRTIO_RING_F_INDIRECT_DESC, ifreq, iovec, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
 } from "../../linux/abi.generated.js";
 import { dataView, setU16, setU32 } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
 import { writeChain } from "./chain-io.js";
+import { type ServeResult, serveQueue } from "./queue.js";
 import {
   checkRxHeader, checkTxHeader, NET_OFFLOAD_FEATURES, negotiatedOffloads, NO_OFFLOADS, tunOffloadFlags,
   type NegotiatedOffloads,
@@ -75,8 +76,19 @@ export const NET_MAX_FRAME_BYTES = ETH_HLEN + ipv6hdr.SIZE + 0xffff;
  * most kicks and interrupts during bulk transfers. SplitQueue implements both.
  */
 export const NET_RING_FEATURES: bigint = (1n << BigInt(VIRTIO_RING_F_INDIRECT_DESC)) | (1n << BigInt(VIRTIO_RING_F_EVENT_IDX));
+/**
+ * Bytes of a TX packet copied and checked before it is sent: the virtio header and
+ * an Ethernet header with two VLAN tags, an IPv6 header and a TCP header with
+ * options, with room to spare (everything checkTxHeader reads).
+ */
+const TX_HEAD_BYTES = NET_HDR_BYTES + 128;
 /** Frames read from the TAP per poll wake-up before the device thread polls again (fairness). */
 const RX_BATCH = 64;
+/**
+ * Frames sent per TX kick, with the driver's kicks off meanwhile (serveQueue),
+ * before completions are signalled and the device thread polls again (QEMU's tx_burst).
+ */
+const TX_BATCH = 256;
 /** ETH_MIN_MTU (linux/if_ether.h, kernel-internal): the smallest MTU Linux accepts. */
 const MIN_MTU = 68;
 const TUN_DEVICE = "/dev/net/tun";
@@ -218,8 +230,13 @@ export class VirtioNet implements VirtioBackend {
   private offloads: NegotiatedOffloads = NO_OFFLOADS;
   private ctx: VirtioDeviceContext | undefined;
   private closed = false;
-  /** Header + largest frame. */
-  private readonly txBuf = new Uint8Array(NET_HDR_BYTES + NET_MAX_FRAME_BYTES);
+  /** The head of the TX packet being sent: what checkTxHeader checked and the TAP reads. */
+  private readonly txHead = new Uint8Array(new ArrayBuffer(TX_HEAD_BYTES));
+  /** Its host address (an ArrayBuffer's backing store never moves). */
+  private readonly txHeadAddress = Number(sys.addressOf(this.txHead));
+  /** struct iovec[]: the head, then the rest of the packet in guest memory. */
+  private readonly txIov = new Uint8Array(iovec.SIZE * (1 + NET_QUEUE_SIZE));
+  private readonly txIovView = dataView(this.txIov);
   /** Header + largest frame, plus one byte to recognise a frame that did not fit. */
   private readonly rxBuf = new Uint8Array(NET_HDR_BYTES + NET_MAX_FRAME_BYTES + 1);
   /** Bytes in rxBuf of a frame read from the TAP but not yet given to the guest (0: none). */
@@ -309,20 +326,28 @@ export class VirtioNet implements VirtioBackend {
     const ctx = this.ctx!;
     const q = ctx.queues[NET_TX_QUEUE];
     if (!q) return;
-    let pushed = false;
+    let served: ServeResult;
     try {
-      for (let chain = q.pop(); chain; chain = q.pop()) {
+      served = serveQueue(q, TX_BATCH, (chain) => {
         this.transmit(ctx, chain);
         q.pushUsed(chain.head, 0);
-        pushed = true;
-      }
+      });
     } catch (e) {
       this.broken(ctx, e);
+      return;
     }
-    if (pushed) ctx.notifyUsed(NET_TX_QUEUE);
+    if (served.served > 0) ctx.notifyUsed(NET_TX_QUEUE);
+    if (served.more) ctx.kick(NET_TX_QUEUE);
   }
 
-  /** Sends one TX chain to the TAP, or drops it (counted). Never throws for a popped chain. */
+  /**
+   * Sends one TX chain to the TAP, or drops it (counted). Never throws for a popped chain.
+   *
+   * Only the packet's head (the virtio header and the frame headers checkTxHeader reads)
+   * is copied and checked, because the guest may change its buffers under us and what
+   * the TAP is told must be what was checked. The rest is payload: writev(2) gathers it
+   * straight from guest memory, as the driver's buffers lie (one copy, the kernel's).
+   */
   private transmit(ctx: VirtioDeviceContext, chain: DescriptorChain): void {
     const bytes = chain.readableBytes;
     const drop = (why: string, fault: boolean) => {
@@ -331,22 +356,29 @@ export class VirtioNet implements VirtioBackend {
     };
     if (chain.writable.length > 0) return drop("chain has device-writable buffers", true);
     if (bytes < NET_HDR_BYTES + ETH_HLEN) return drop(`packet of ${bytes} bytes is shorter than header and Ethernet header`, true);
-    if (bytes > this.txBuf.length) return drop(`frame of ${bytes - NET_HDR_BYTES} bytes exceeds ${NET_MAX_FRAME_BYTES}`, true);
-    // Copy first, then validate the copy: the guest may change its buffers under us.
+    if (bytes > NET_HDR_BYTES + NET_MAX_FRAME_BYTES) return drop(`frame of ${bytes - NET_HDR_BYTES} bytes exceeds ${NET_MAX_FRAME_BYTES}`, true);
+    // A chain has at most queue-size buffers (SplitQueue): with the head, it fits txIov.
+    const headLen = Math.min(bytes, TX_HEAD_BYTES);
+    let iovs = 1;
     try {
-      let off = 0;
+      let copied = 0;
       for (const b of chain.readable) {
-        this.txBuf.set(ctx.memory.slice(b.addr, b.len), off);
-        off += b.len;
+        const take = Math.min(b.len, headLen - copied);
+        if (take > 0) {
+          this.txHead.set(ctx.memory.slice(b.addr, take), copied);
+          copied += take;
+        }
+        if (take < b.len) this.setIov(iovs++, ctx.memory.hostAddress(b.addr + take, b.len - take), b.len - take);
       }
     } catch (e) {
       return drop(`buffers unreadable: ${(e as Error).message}`, true);
     }
     // §5.1.6.2: only offloads the driver negotiated, with offsets inside the frame.
-    const bad = checkTxHeader(this.txBuf.subarray(0, bytes), this.offloads.tx);
+    const bad = checkTxHeader(this.txHead.subarray(0, headLen), this.offloads.tx, bytes);
     if (bad !== undefined) return drop(bad, true);
+    this.setIov(0, this.txHeadAddress, headLen);
     for (;;) {
-      const r = sys.write(this.fd, this.txBuf, bytes);
+      const r = sys.writev(this.fd, this.txIov, iovs);
       if (r === -EINTR) continue;
       if (r === -EAGAIN) return drop("TAP queue full", false);
       if (r < 0) { this.hostError(r); return drop(`TAP write failed`, false); }
@@ -354,6 +386,16 @@ export class VirtioNet implements VirtioBackend {
       this.metrics.txBytes += bytes - NET_HDR_BYTES;
       return;
     }
+  }
+
+  /** Sets txIov[i] to `len` bytes at host address `address`. */
+  private setIov(i: number, address: number, len: number): void {
+    // 64-bit fields as two 32-bit halves (both values are below 2^53; ToUint32 keeps the low half).
+    const v = this.txIovView, at = i * iovec.SIZE;
+    setU32(v, at + iovec.iov_base, address >>> 0);
+    setU32(v, at + iovec.iov_base + 4, Math.floor(address / 2 ** 32));
+    setU32(v, at + iovec.iov_len, len >>> 0);
+    setU32(v, at + iovec.iov_len + 4, 0);
   }
 
   // --- RX (§5.1.6.3, §5.1.6.4) ---

@@ -5,9 +5,11 @@ import {
 } from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { readChain, writeChain } from "./chain-io.js";
-import { availRingBytes, descTableBytes, QueueError, type QueueErrorCode, SplitQueue, usedRingBytes, vringNeedEvent } from "./queue.js";
+import {
+  availRingBytes, descTableBytes, QueueError, type QueueErrorCode, serveQueue, SplitQueue, usedRingBytes, vringNeedEvent,
+} from "./queue.js";
 import { FakeDriver } from "./testing/fake-driver.js";
-import type { QueueLayout } from "./types.js";
+import type { QueueLayout, VirtQueue } from "./types.js";
 
 // Two regions with a gap: [0, 1 MiB) and [2 MiB, 2 MiB + 64 KiB).
 const MiB = 1 << 20;
@@ -327,6 +329,79 @@ test("setNotifications toggles VRING_USED_F_NO_NOTIFY, or moves avail_event with
   assert.equal(drv.availEvent, 2);
   assert.equal(e.hasAvailable(), true, "re-check after enabling: chains added meanwhile are still there");
 });
+
+for (const [name, features] of [["EVENT_IDX", EVENT_IDX], ["NO_NOTIFY", NONE]] as const) {
+  test(`serveQueue (${name}): chains added while the device serves cost no kick, and kicks are back on afterwards`, () => {
+    const drv = driver(16, features);
+    const q = drv.createQueue();
+    drv.addChain({ readable: [bytes(0)] });
+    assert.equal(drv.needsKick(), true);
+    const seen: number[] = [];
+    const r = serveQueue(q, 64, (chain) => {
+      seen.push(readChain(mem, chain, 0, 1)[0]!);
+      q.pushUsed(chain.head, 0);
+      // The driver keeps adding while the device works: the last one lands after the device's final pop.
+      if (seen.length <= 3) {
+        drv.addChain({ readable: [bytes(seen.length)] });
+        assert.equal(drv.needsKick(), false, `chain ${seen.length} needs no kick: the device is busy`);
+      }
+    });
+    assert.deepEqual(r, { served: 4, more: false });
+    assert.deepEqual(seen, [0, 1, 2, 3]);
+    assert.equal(q.hasAvailable(), false);
+    drv.addChain({ readable: [bytes(9)] });
+    assert.equal(drv.needsKick(), true, "idle again: the next chain kicks");
+  });
+
+  test(`serveQueue (${name}): a chain made available between the last pop and re-enabling kicks is still served`, () => {
+    const drv = driver(16, features);
+    const q = drv.createQueue();
+    drv.addChain({ readable: [bytes(0)] });
+    assert.equal(drv.needsKick(), true);
+    // A queue whose first "empty" answer comes just before the driver adds a chain without kicking.
+    let raced = false;
+    const racy: VirtQueue = {
+      layout: q.layout,
+      pushUsed: (head, n) => q.pushUsed(head, n),
+      needsInterrupt: () => q.needsInterrupt(),
+      setNotifications: (on) => q.setNotifications(on),
+      hasAvailable: () => q.hasAvailable(),
+      pop: () => {
+        const c = q.pop();
+        if (!c && !raced) {
+          raced = true;
+          drv.addChain({ readable: [bytes(1)] });
+          assert.equal(drv.needsKick(), false, "kicks were off when the driver looked");
+        }
+        return c;
+      },
+    };
+    const seen: number[] = [];
+    const r = serveQueue(racy, 64, (chain) => { seen.push(readChain(mem, chain, 0, 1)[0]!); q.pushUsed(chain.head, 0); });
+    assert.deepEqual(seen, [0, 1]);
+    assert.deepEqual(r, { served: 2, more: false });
+  });
+
+  test(`serveQueue (${name}): stops at its budget with kicks still off and says there is more`, () => {
+    const drv = driver(16, features);
+    const q = drv.createQueue();
+    for (let i = 0; i < 10; i++) drv.addChain({ readable: [bytes(i)] });
+    drv.needsKick();
+    const seen: number[] = [];
+    const serve = (chain: ReturnType<SplitQueue["pop"]> & object) => { seen.push(readChain(mem, chain, 0, 1)[0]!); q.pushUsed(chain.head, 0); };
+    assert.deepEqual(serveQueue(q, 4, serve), { served: 4, more: true });
+    drv.addChain({ readable: [bytes(10)] });
+    assert.equal(drv.needsKick(), false, "the device will come back by itself: no kick");
+    assert.deepEqual(serveQueue(q, 4, serve), { served: 4, more: true });
+    assert.deepEqual(serveQueue(q, 4, serve), { served: 3, more: false });
+    assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    drv.addChain({ readable: [bytes(11)] });
+    assert.equal(drv.needsKick(), true);
+    assert.deepEqual(serveQueue(q, 1, serve), { served: 1, more: false }, "budget reached on the last chain: nothing more");
+    drv.addChain({ readable: [bytes(12)] });
+    assert.equal(drv.needsKick(), true, "and kicks are back on");
+  });
+}
 
 test("used idx and avail idx wrap around at 65535", () => {
   const drv = driver(4);

@@ -303,3 +303,37 @@ export class SplitQueue implements VirtQueue {
     this.notifications = true;
   }
 }
+
+/** What {@link serveQueue} did. */
+export interface ServeResult {
+  /** Chains handed to `serve`. */
+  served: number;
+  /** The budget ran out with chains still available: kicks stay off, so the caller must come back (ctx.kick). */
+  more: boolean;
+}
+
+/**
+ * Serves the queue's available chains with the driver's kicks suppressed
+ * while the device is busy anyway (§2.7.10; vhost's handle_tx and QEMU's
+ * virtio_blk_handle_vq work the same way): every chain the driver adds while
+ * the device serves is found by the next pop() instead of costing an exit.
+ * Kicks are asked for again before returning, and the ring is looked at once
+ * more after that, so a chain added in between is never left without one.
+ * At most `budget` chains are served, so that one busy queue cannot hold the
+ * device thread; `more` then says the caller has to come back.
+ */
+export function serveQueue(q: VirtQueue, budget: number, serve: (chain: DescriptorChain) => void): ServeResult {
+  let served = 0;
+  for (;;) {
+    q.setNotifications(false);
+    for (let chain = q.pop(); chain; chain = q.pop()) {
+      serve(chain);
+      if (++served < budget) continue;
+      if (q.hasAvailable()) return { served, more: true };
+      q.setNotifications(true);
+      return { served, more: q.hasAvailable() };
+    }
+    q.setNotifications(true);
+    if (!q.hasAvailable()) return { served, more: false };
+  }
+}

@@ -68,6 +68,8 @@ export interface VirtQueue {
   needsInterrupt(): boolean;
   /** Asks the driver for (or to stop) notifications of new available buffers. */
   setNotifications(enabled: boolean): void;
+  /** True when the driver has made chains available that pop() has not taken yet. */
+  hasAvailable(): boolean;
 }
 
 /** What a backend may do while it runs (provided by the device thread). */
@@ -79,6 +81,11 @@ export interface VirtioDeviceContext {
   readonly features: bigint;
   /** Signals the driver that `queue` has new used buffers (honours EVENT_IDX / NO_INTERRUPT). */
   notifyUsed(queue: number): void;
+  /**
+   * Has the device thread call onNotify(queue) again once it has looked at its other fds:
+   * for a backend that stops after a batch with chains still available (see serveQueue).
+   */
+  kick(queue: number): void;
   /** Raises a configuration-change interrupt (after updating config space). */
   notifyConfigChange(): void;
   /** The device's config space (shared with the transport, little-endian). */

@@ -26,6 +26,7 @@ export class PollingContext implements VirtioDeviceContext {
   constructor(readonly memory: GuestMemory, readonly queues: VirtQueue[], readonly config: Uint8Array, readonly features = 0n) {}
   notifyUsed(): void {}
   notifyConfigChange(): void {}
+  kick(): void {}
   fail(reason: string): void { this.failures.push(reason); }
   guestFault(message: string): void { this.faults.push(message); }
   watch(fd: number, events: number, onReady: (revents: number) => void): void { this.watches.set(fd, { events, onReady }); }

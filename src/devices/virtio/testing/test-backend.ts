@@ -12,6 +12,7 @@ import { writeFileSync } from "node:fs";
 import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from "../../../linux/abi.generated.js";
 import { dataView } from "../../../memory/le.js";
 import { readChain, writeChain } from "../chain-io.js";
+import { serveQueue } from "../queue.js";
 import type { VirtioBackend, VirtioDeviceContext } from "../types.js";
 
 /** Options (JSON): the device id to claim, the queue size, ring features to offer. */
@@ -23,6 +24,8 @@ export interface EchoOptions {
   indirect?: boolean;
   /** Raise a config-change interrupt every this many chains (default: never). */
   configEvery?: number;
+  /** Chains echoed per kick before the backend yields and asks to be called again (default: no limit). */
+  budget?: number;
   /** On shutdown, write this file (tests that stop() waits for shutdown). */
   shutdownMarker?: string;
 }
@@ -50,17 +53,17 @@ export function createBackend(options: unknown): VirtioBackend {
     },
     onNotify(queue) {
       if (!ctx) return;
-      const q = ctx.queues[queue]!;
-      let used = false;
-      for (let chain = q.pop(); chain; chain = q.pop()) {
-        const data = readChain(ctx.memory, chain, 0, chain.readableBytes);
-        q.pushUsed(chain.head, writeChain(ctx.memory, chain, 0, data));
-        used = true;
+      const c = ctx;
+      const q = c.queues[queue]!;
+      const r = serveQueue(q, o.budget ?? Number.MAX_SAFE_INTEGER, (chain) => {
+        const data = readChain(c.memory, chain, 0, chain.readableBytes);
+        q.pushUsed(chain.head, writeChain(c.memory, chain, 0, data));
         chains++;
-        dataView(ctx.config).setUint32(ECHO_CONFIG_CHAINS, chains, true);
-        if (o.configEvery && chains % o.configEvery === 0) ctx.notifyConfigChange();
-      }
-      if (used) ctx.notifyUsed(queue);
+        dataView(c.config).setUint32(ECHO_CONFIG_CHAINS, chains, true);
+        if (o.configEvery && chains % o.configEvery === 0) c.notifyConfigChange();
+      });
+      if (r.served > 0) c.notifyUsed(queue);
+      if (r.more) c.kick(queue);
     },
     onConfigWrite(offset) {
       if (ctx && offset <= ECHO_CONFIG_SCRATCH && dataView(ctx.config).getUint32(ECHO_CONFIG_SCRATCH, true) === ECHO_FAIL_MAGIC) {
