@@ -111,15 +111,17 @@ async function main(): Promise<void> {
     const v = await benchVirtioNested({ rounds: arg("--virtio-rounds", 5) });
     results.virtio = v;
     const o = v.options;
-    out(`same kernel and initramfs, ${o.cpus} vCPUs, ${o.memoryMib} MiB each; both VMs up at once, taking turns test by test, ${o.rounds} rounds; ` +
+    out(`same kernel and initramfs, ${o.cpus} vCPUs, ${o.memoryMib} MiB each; both VMs up at once, taking turns test by test, ${o.rounds} rounds after ${o.warmupRounds} uncounted warm-up round(s); ` +
       `O_DIRECT reads of a ${o.imageMib} MiB raw image in the outer VM's tmpfs in ${o.runMs} ms windows; ${o.netMs} ms TCP streams; ` +
       "medians, ratio = median of per-round ratios");
     const nics = (m: "flint" | "qemu") => (v.nics[m] ?? []).map((n) => `${n.dev} [${n.offloads.join(",") || "no offloads"}]`).join(", ");
     out(`negotiated: flint ${nics("flint")}; QEMU ${nics("qemu")}`);
     for (const f of VIRTIO_FIGURES) {
       const s = v.figures[f.key];
+      const ratios = s.samples.flint.map((x, i) => (x !== undefined && s.samples.qemu[i] !== undefined ? x / s.samples.qemu[i]! : undefined)).filter((x): x is number => x !== undefined);
+      const spread = ratios.length > 1 ? `, rounds ${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}x` : "";
       out(`${f.label}: flint ${rate(s.flint)} ${f.unit}, QEMU microvm ${rate(s.qemu)} ${f.unit}  ` +
-        `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}${f.reference ? ", reference" : ", goal >= 1.0x"})`);
+        `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}${spread}${f.reference ? ", reference" : ", goal >= 1.0x"})`);
     }
     for (const failure of v.failures) out(`  (left out: ${failure})`);
   }

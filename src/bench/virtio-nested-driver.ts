@@ -116,6 +116,11 @@ class LineStream {
     });
   }
 
+  /** The lines not taken yet, the unterminated last one included (nothing is consumed). */
+  pending(): string[] {
+    return this.partial ? [...this.lines, this.partial] : [...this.lines];
+  }
+
   /** The stream ended (for a console: the monitor exited). */
   get closed(): boolean {
     return this.ended;
@@ -189,6 +194,18 @@ function startVm(monitor: DriverMonitor): Vm {
   return vm;
 }
 
+/**
+ * For the report of a VM that ended by itself: its exit status and the last
+ * console lines that were not benchmark reports (a monitor's error, a panic).
+ */
+async function howItEnded(vm: Vm): Promise<string> {
+  const lines = vm.lines.pending();
+  const status = await Promise.race([vm.exited, new Promise<undefined>((resolve) => setTimeout(resolve, 5_000))]);
+  const how = status === undefined ? "still exiting" : status.signal ? `signal ${status.signal}` : `exit ${status.code}`;
+  const last = lines.filter((l) => l.trim() !== "" && parseVirtioBenchLine(l) === undefined).slice(-3);
+  return ` (${how})${last.length > 0 ? `: ${last.join(" | ")}` : ""}`;
+}
+
 function kill(vm: Vm): void {
   if (!vm.alive) return;
   vm.killed = true;
@@ -214,8 +231,9 @@ export async function runDriver(config: DriverConfig, onProgress?: (partial: Dri
     const ready = await vm.lines.take(isTest("ready"), config.bootTimeoutMs);
     const lines = ready.before.filter((l) => parseVirtioBenchLine(l) !== undefined);
     if (ready.line) return { readyAfterMs: Date.now() - started, lines };
+    if (vm.lines.closed) return { lines, error: `exited before its ready report${await howItEnded(vm)}` };
     kill(vm);
-    return { lines, error: vm.lines.closed ? "exited before its ready report" : "no ready report before the boot timeout" };
+    return { lines, error: "no ready report before the boot timeout" };
   };
   try {
     if (!(await sinkLines.take(isTest("listening"), 60_000)).line) throw new Error("the TCP receiver did not start");
@@ -245,8 +263,10 @@ export async function runDriver(config: DriverConfig, onProgress?: (partial: Dri
       const end = await vm.lines.take(isTest("end", step.id), config.stepTimeoutMs);
       const guestLines = end.before.filter((l) => parseVirtioBenchLine(l) !== undefined);
       const r: DriverStepResult = { id: step.id, guestLines, elapsedMs: Date.now() - t0 };
-      if (!end.line) {
-        r.error = vm.lines.closed ? "the VM exited during the step" : `no end of step within ${config.stepTimeoutMs} ms (the VM was killed)`;
+      if (!end.line && vm.lines.closed) {
+        r.error = `the VM exited during the step${await howItEnded(vm)}`;
+      } else if (!end.line) {
+        r.error = `no end of step within ${config.stepTimeoutMs} ms (the VM was killed)`;
         kill(vm);
       }
       // The sender waits for the receiver's close, so its report is out or on its way.

@@ -5,7 +5,7 @@ import { describe, it } from "node:test";
 import { packagePath } from "./build-cache.js";
 import {
   BENCH_CMDLINE, BENCH_LINKS, BENCH_TCP_PORT, QEMU_NET_NO_OFFLOADS, VIRTIO_FIGURES,
-  buildVirtioBenchProgram, guestInit, monitorCommand, namedNetFeatures, stepValue, summarize, virtioSchedule,
+  buildVirtioBenchProgram, guestInit, monitorCommand, namedNetFeatures, type ScheduledStep, stepValue, summarize, virtioSchedule,
 } from "./virtio-nested.js";
 import { VIRTIO_BENCH_PREFIX, parseVirtioBenchLine, parseVirtioBenchLines } from "./virtio-report.js";
 
@@ -61,6 +61,21 @@ describe("virtioSchedule", () => {
     assert.equal(net.net, true);
     const flintNet = steps.find((s) => s.figure === "netTxMegabytesPerSecond" && s.monitor === "flint")!;
     assert.equal(flintNet.command, `send ${BENCH_LINKS.flint.outerIpv4} ${BENCH_TCP_PORT} 2000`);
+  });
+});
+
+describe("virtioSchedule with warm-up rounds", () => {
+  it("runs them first, with negative round numbers, and summarize leaves them out", () => {
+    const steps = virtioSchedule({ rounds: 2, warmupRounds: 1, warmupMs: 0, runMs: 1000, netMs: 1000 });
+    assert.equal(steps.length, 3 * VIRTIO_FIGURES.length * 2);
+    assert.deepEqual([...new Set(steps.map((s) => s.round))], [-1, 0, 1]);
+    assert.deepEqual(steps.slice(0, 2).map((s) => s.monitor), ["qemu", "flint"], "the warm-up alternates like any round");
+    assert.deepEqual(steps.filter((s) => s.round === 0).slice(0, 2).map((s) => s.monitor), ["flint", "qemu"]);
+    const qd1 = steps.filter((s) => s.figure === "blkRand4kQd1Iops");
+    const iops = (s: ScheduledStep) => (s.round < 0 ? 1 : s.monitor === "flint" ? 100 + s.round : 100);
+    const f = summarize(qd1, qd1.map((s) => ({ id: s.id, guestLines: [blkLine("rand", 4096, 1, iops(s), 1e9)] }))).blkRand4kQd1Iops;
+    assert.deepEqual(f.samples, { flint: [100, 101], qemu: [100, 100] });
+    assert.equal(f.ratio, 1.005);
   });
 });
 

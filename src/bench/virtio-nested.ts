@@ -134,6 +134,8 @@ export const VIRTIO_FIGURES: readonly VirtioFigure[] = [
 export interface VirtioBenchOptions {
   /** Rounds: each runs every figure's test once per monitor (default 5). */
   rounds?: number;
+  /** Rounds run first and not counted (default 1). */
+  warmupRounds?: number;
   cpus?: number;
   memoryMib?: number;
   /** Size of the raw image (default 256 MiB). */
@@ -273,12 +275,15 @@ reboot -f
 /**
  * The order of the steps: per round, figure by figure, each monitor in turn,
  * flint first in even rounds and QEMU first in odd ones, so neither always
- * runs right after the other's same test.
+ * runs right after the other's same test. Warm-up rounds come first, with
+ * negative round numbers: they are run like the others and never counted
+ * (a freshly started monitor's first seconds are not its steady state: flint's
+ * JIT compiles its device code then).
  */
-export function virtioSchedule(o: { rounds: number; warmupMs: number; runMs: number; netMs: number }): ScheduledStep[] {
+export function virtioSchedule(o: { rounds: number; warmupRounds?: number; warmupMs: number; runMs: number; netMs: number }): ScheduledStep[] {
   const steps: ScheduledStep[] = [];
-  for (let round = 0; round < o.rounds; round++) {
-    const order: VirtioMonitor[] = round % 2 === 0 ? ["flint", "qemu"] : ["qemu", "flint"];
+  for (let round = -(o.warmupRounds ?? 0); round < o.rounds; round++) {
+    const order: VirtioMonitor[] = (round + 2 * (o.warmupRounds ?? 0)) % 2 === 0 ? ["flint", "qemu"] : ["qemu", "flint"];
     for (const figure of VIRTIO_FIGURES) {
       for (const monitor of order) {
         const command = figure.blk
@@ -313,14 +318,14 @@ export function stepValue(figure: VirtioFigure, result: Pick<DriverStepResult, "
   return bytes / 1e6 / (ns / 1e9);
 }
 
-/** Per figure: each monitor's values by round, their medians, and the median per-round ratio. */
+/** Per figure: each monitor's values by round, their medians, and the median per-round ratio (warm-up rounds left out). */
 export function summarize(steps: readonly ScheduledStep[], results: readonly Pick<DriverStepResult, "id" | "guestLines" | "sinkLine">[]): Record<VirtioFigureKey, FigureSummary> {
   const byId = new Map(results.map((r) => [r.id, r]));
   const rounds = steps.reduce((n, s) => Math.max(n, s.round + 1), 0);
   const out = {} as Record<VirtioFigureKey, FigureSummary>;
   for (const figure of VIRTIO_FIGURES) {
     const samples: FigureSummary["samples"] = { flint: new Array(rounds).fill(undefined), qemu: new Array(rounds).fill(undefined) };
-    for (const step of steps.filter((s) => s.figure === figure.key)) {
+    for (const step of steps.filter((s) => s.figure === figure.key && s.round >= 0)) {
       const r = byId.get(step.id);
       samples[step.monitor][step.round] = r && stepValue(figure, r);
     }
@@ -533,12 +538,12 @@ async function runAttempt(o: {
  */
 export async function benchVirtioNested(opts: VirtioBenchOptions = {}): Promise<VirtioBenchResult> {
   const options: Required<VirtioBenchOptions> = {
-    rounds: opts.rounds ?? 5, cpus: opts.cpus ?? 2, memoryMib: opts.memoryMib ?? 256, imageMib: opts.imageMib ?? 256,
+    rounds: opts.rounds ?? 5, warmupRounds: opts.warmupRounds ?? 1, cpus: opts.cpus ?? 2, memoryMib: opts.memoryMib ?? 256, imageMib: opts.imageMib ?? 256,
     warmupMs: opts.warmupMs ?? 200, runMs: opts.runMs ?? 1000, netMs: opts.netMs ?? 2000, bootTimeoutSec: opts.bootTimeoutSec ?? 600,
     keepFiles: opts.keepFiles ?? false,
   };
   for (const [name, value] of Object.entries(options)) {
-    if (typeof value === "number" && (!Number.isSafeInteger(value) || value < (name === "warmupMs" ? 0 : 1))) {
+    if (typeof value === "number" && (!Number.isSafeInteger(value) || value < (name === "warmupMs" || name === "warmupRounds" ? 0 : 1))) {
       throw new BenchError("EBENCHARG", `Cannot run the virtio benchmark: ${name} must be a positive integer, not ${value}`);
     }
   }
@@ -562,9 +567,10 @@ export async function benchVirtioNested(opts: VirtioBenchOptions = {}): Promise<
     const failures: string[] = [];
     const attempts: Attempt[] = [];
     for (let attempt = 1; attempt <= 2; attempt++) {
-      const incomplete = new Set(steps.filter((s) => !measured(s)).map((s) => s.round));
+      const incomplete = new Set(steps.filter((s) => s.round >= 0 && !measured(s)).map((s) => s.round));
       if (incomplete.size === 0) break;
-      const attemptSteps = steps.filter((s) => incomplete.has(s.round));
+      // A fresh outer VM starts fresh monitors: they warm up again.
+      const attemptSteps = steps.filter((s) => s.round < 0 || incomplete.has(s.round));
       const run = await runAttempt({ share, attempt, steps: attemptSteps, inputs, sources: { vmlinux: kernel.vmlinux, initrd }, program, options });
       attempts.push(run);
       for (const r of run.driver?.steps ?? []) {
@@ -605,7 +611,7 @@ export async function benchVirtioNested(opts: VirtioBenchOptions = {}): Promise<
         }
       }
     });
-    const notRun = steps.filter((s) => !measured(s));
+    const notRun = steps.filter((s) => s.round >= 0 && !measured(s));
     for (const step of notRun) {
       const r = results.get(step.id);
       if (r?.error?.startsWith("not run") || (!r && attempts.some((a) => a.stalled))) continue;
