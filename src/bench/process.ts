@@ -21,6 +21,10 @@ export interface RunTimedOptions {
   timeoutMs: number;
   /** Called once the process exists, e.g. to watch /proc/<pid>. */
   onSpawn?: (child: ChildProcess) => void;
+  /** Sees each chunk of stdout as it arrives, with its arrival time (process.hrtime.bigint()). */
+  onStdout?: (chunk: Buffer, atNs: bigint) => void;
+  /** How to install the program, for the error when it is missing. */
+  installHint?: string;
 }
 
 /** Runs `file args`, resolving with its exit status and output whatever they are. */
@@ -32,7 +36,10 @@ export function runTimed(file: string, args: readonly string[], options: RunTime
     let timedOut = false;
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
-    child.stdout!.on("data", (c: Buffer) => stdout.push(c));
+    child.stdout!.on("data", (c: Buffer) => {
+      stdout.push(c);
+      options.onStdout?.(c, process.hrtime.bigint());
+    });
     child.stderr!.on("data", (c: Buffer) => stderr.push(c));
     const timer = setTimeout(() => {
       timedOut = true;
@@ -44,7 +51,7 @@ export function runTimed(file: string, args: readonly string[], options: RunTime
     });
     child.on("error", (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      const why = error.code === "ENOENT" ? "it is not installed or not on PATH" : error.message;
+      const why = error.code === "ENOENT" ? `it is not installed or not on PATH${options.installHint ? ` (${options.installHint})` : ""}` : error.message;
       reject(new BenchError("EBENCHRUN", `Cannot run ${file}: ${why}`, { cause: error }));
     });
     child.on("close", (exitCode, signal) => {
@@ -52,7 +59,7 @@ export function runTimed(file: string, args: readonly string[], options: RunTime
       const out = Buffer.concat(stdout).toString("utf8");
       const err = Buffer.concat(stderr).toString("utf8");
       if (timedOut) {
-        reject(new BenchError("EBENCHTIMEOUT", `${file} ${args.join(" ")} ran longer than ${options.timeoutMs} ms:\n${tail(err)}`));
+        reject(new BenchError("EBENCHTIMEOUT", `${file} ${args.join(" ")} ran longer than ${options.timeoutMs} ms:\n${tail(out)}\n${tail(err)}`));
         return;
       }
       resolve({ exitCode, signal, stdout: out, stderr: err, seconds: Number(end - start) / 1e9 });

@@ -20,13 +20,12 @@
  * benchmark): the device model is the monitor's own work, so QEMU is the
  * reference.
  */
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { BenchError } from "./bench-error.js";
-import { median, tail } from "./process.js";
+import { median, runTimed, tail } from "./process.js";
 import {
   VBLK_END_OK, VBLK_MAX_DEPTH, VblkReport, buildVirtioBlkGuest, vblkCmdline, writeStampedImage, type VblkRun,
 } from "./virtio-blk-guest.js";
@@ -194,24 +193,18 @@ export function qemuVblkArgs(guest: string, image: string, counts: VblkCounts, i
 }
 
 /** One QEMU run, calibrated by when the tsc.mark and tsc.end lines arrive on its serial pipe. */
-export function runQemuVblk(image: string, counts: VblkCounts, iothread: boolean, qemuBinary = "qemu-system-x86_64", timeoutMs = 180_000): Promise<VblkRunResult> {
+export async function runQemuVblk(image: string, counts: VblkCounts, iothread: boolean, qemuBinary = "qemu-system-x86_64", timeoutMs = 180_000): Promise<VblkRunResult> {
   const args = qemuVblkArgs(buildVirtioBlkGuest(), image, counts, iothread);
   const monitor: VblkMonitor = iothread ? "qemu-iothread" : "qemu";
-  return new Promise((resolve, reject) => {
-    const child = spawn(qemuBinary, args, { stdio: ["ignore", "pipe", "pipe"] });
-    let text = "";
-    let stderr = "";
-    let markNs: bigint | undefined;
-    let endNs: bigint | undefined;
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    child.stdout!.setEncoding("latin1").on("data", (chunk: string) => {
-      const now = process.hrtime.bigint();
+  let text = "";
+  let markNs: bigint | undefined;
+  let endNs: bigint | undefined;
+  const run = await runTimed(qemuBinary, args, {
+    timeoutMs,
+    installHint: "apt-get install qemu-system-x86",
+    onStdout(chunk, now) {
       const before = text.length;
-      text += chunk;
+      text += chunk.toString("latin1");
       // A line counts when its newline arrives: find the two calibration lines' ends.
       const stamp = (prefix: string): boolean => {
         const at = text.indexOf(`vblk ${prefix}=`);
@@ -219,32 +212,14 @@ export function runQemuVblk(image: string, counts: VblkCounts, iothread: boolean
       };
       if (markNs === undefined && stamp("tsc.mark")) markNs = now;
       if (endNs === undefined && stamp("tsc.end")) endNs = now;
-    });
-    child.stderr!.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-    child.on("error", (error: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      const why = error.code === "ENOENT" ? "it is not installed (apt-get install qemu-system-x86)" : error.message;
-      reject(new BenchError("EBENCHRUN", `Cannot run ${qemuBinary}: ${why}`, { cause: error }));
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      const report = new VblkReport(text);
-      if (timedOut) {
-        reject(new BenchError("EBENCHTIMEOUT", `QEMU's virtio-blk run took longer than ${timeoutMs} ms:\n${tail(text)}\n${tail(stderr)}`));
-        return;
-      }
-      // isa-debug-exit: end code v -> exit status 2v + 1.
-      if (code !== 2 * VBLK_END_OK + 1 || markNs === undefined || endNs === undefined) {
-        reject(new BenchError("EBENCHRUN", `QEMU's virtio-blk run failed (${signal ?? `status ${code}`}; 1 is success${report.error ? `; guest: ${report.error}` : ""}):\n${tail(text)}\n${tail(stderr)}`));
-        return;
-      }
-      try {
-        resolve(vblkRates(monitor, report, calibrationTicks(report) / (Number(endNs - markNs) / 1e9)));
-      } catch (e) {
-        reject(e);
-      }
-    });
+    },
   });
+  const report = new VblkReport(text);
+  // isa-debug-exit: end code v -> exit status 2v + 1.
+  if (run.exitCode !== 2 * VBLK_END_OK + 1 || markNs === undefined || endNs === undefined) {
+    throw new BenchError("EBENCHRUN", `QEMU's virtio-blk run failed (${run.signal ?? `status ${run.exitCode}`}; 1 is success${report.error ? `; guest: ${report.error}` : ""}):\n${tail(text)}\n${tail(run.stderr)}`);
+  }
+  return vblkRates(monitor, report, calibrationTicks(report) / (Number(endNs - markNs) / 1e9));
 }
 
 /** Runs every monitor `runs` times, interleaved, over one stamped image in a temporary directory. */
