@@ -283,7 +283,8 @@ reboot -f
 export function virtioSchedule(o: { rounds: number; warmupRounds?: number; warmupMs: number; runMs: number; netMs: number }): ScheduledStep[] {
   const steps: ScheduledStep[] = [];
   for (let round = -(o.warmupRounds ?? 0); round < o.rounds; round++) {
-    const order: VirtioMonitor[] = (round + 2 * (o.warmupRounds ?? 0)) % 2 === 0 ? ["flint", "qemu"] : ["qemu", "flint"];
+    // Parity by bit: -1 & 1 is 1, so warm-up rounds alternate like the rest.
+    const order: VirtioMonitor[] = (round & 1) === 0 ? ["flint", "qemu"] : ["qemu", "flint"];
     for (const figure of VIRTIO_FIGURES) {
       for (const monitor of order) {
         const command = figure.blk

@@ -226,7 +226,7 @@ export class VirtioBlock implements VirtioBackend {
     const ctx = this.ctx;
     const q = ctx?.queues[queue];
     if (!ctx || !q || queue !== 0 || this.closed) return;
-    let served: ServeResult = { served: 0, more: false };
+    let served: ServeResult;
     try {
       served = serveQueue(q, BLOCK_SERVE_BUDGET, (chain) => q.pushUsed(chain.head, this.handle(ctx, chain)));
     } catch (e) {
