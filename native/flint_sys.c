@@ -5,12 +5,25 @@
 // so that hot paths (KVM_RUN returning EINTR, EAGAIN on a non-blocking fd) stay
 // cheap; the TypeScript layer (src/sys/native.ts) turns them into errors.
 //
-// Pointers cross the boundary as BigInt (uint64) and memory as external
-// ArrayBuffers that alias a mapping; the mapping's lifetime is owned by the
-// TypeScript side, which must not touch a view after unmapping it.
+// What this file does check is memory safety, because TypeScript cannot: a
+// length, count or range handed to the kernel must lie inside the buffer it
+// names, memory crosses as TypedArray/DataView/ArrayBuffer (never as a number
+// that C would trust as a pointer), and raw addresses are only accepted inside
+// mappings this addon made with mmap and has not unmapped. A caller's mistake
+// throws a TypeError (wrong type) or RangeError (wrong value) whose `code` is
+// "EFLINTSYS" and whose message names the function and the argument; it never
+// reaches the kernel.
+//
+// Memory crosses as external ArrayBuffers that alias a mapping (view); the
+// mapping's lifetime is owned by the TypeScript side, which must not touch a
+// view after unmapping it (V8 cannot detach an external buffer from C here).
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <node_api.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,6 +31,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <net/if.h>
 #include <sys/uio.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -27,6 +41,15 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/if_tun.h>
+#include <linux/kvm.h>
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+// Integers up to 2^53 are exact in a JS number.
+#define MAX_SAFE 9007199254740992.0
 
 #define CHECK(call)                                                            \
   do {                                                                         \
@@ -35,6 +58,27 @@
       return NULL;                                                             \
     }                                                                          \
   } while (0)
+
+#define ARGS(n)                                                                \
+  size_t argc = n;                                                             \
+  napi_value argv[n];                                                          \
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+
+// Throws "flint_sys: <fn>: <what>" as a TypeError (range == 0) or RangeError,
+// with code EFLINTSYS.
+static void fail(napi_env env, int range, const char *fmt, ...) {
+  char msg[320];
+  int n = snprintf(msg, sizeof msg, "flint_sys: ");
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg + n, sizeof msg - (size_t)n, fmt, ap);
+  va_end(ap);
+  if (range) napi_throw_range_error(env, "EFLINTSYS", msg);
+  else napi_throw_type_error(env, "EFLINTSYS", msg);
+}
+
+// fail(), as an expression worth 0: argument readers `return FAIL(...)`.
+#define FAIL(...) (fail(__VA_ARGS__), 0)
 
 static napi_value make_i64(napi_env env, int64_t v) {
   napi_value r;
@@ -48,85 +92,287 @@ static napi_value make_u64(napi_env env, uint64_t v) {
   return r;
 }
 
-// Reads a JS number or BigInt as an unsigned 64-bit integer.
-static int get_u64(napi_env env, napi_value v, uint64_t *out) {
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok) return 0;
-  if (t == napi_bigint) {
-    bool lossless;
-    return napi_get_value_bigint_uint64(env, v, out, &lossless) == napi_ok && lossless;
+// --- Argument readers: each returns 1, or throws and returns 0. ------------
+
+// A JS number that is a whole number in [min, max] (no BigInt, no NaN, no fraction).
+static int get_int(napi_env env, napi_value v, const char *fn, const char *name, double min, double max, int64_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return FAIL(env, 0, "%s: %s must be a number", fn, name);
+  if (!(d >= min && d <= max) || d != (double)(int64_t)d) {
+    return FAIL(env, 1, "%s: %s %.17g is not a whole number from %.0f to %.0f", fn, name, d, min, max);
   }
-  if (t == napi_number) {
-    int64_t i;
-    if (napi_get_value_int64(env, v, &i) != napi_ok) return 0;
-    *out = (uint64_t)i;
-    return 1;
-  }
-  return 0;
+  *out = (int64_t)d;
+  return 1;
 }
 
-// Resolves an ioctl/syscall argument: undefined -> 0, number/BigInt -> value,
-// TypedArray/DataView/ArrayBuffer -> pointer to its first byte.
-static int get_arg(napi_env env, napi_value v, uint64_t *out) {
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok) return 0;
-  if (t == napi_undefined || t == napi_null) { *out = 0; return 1; }
-  if (t == napi_number || t == napi_bigint) return get_u64(env, v, out);
-  bool is;
-  void *data = NULL;
-  size_t len = 0;
+static int get_i32(napi_env env, napi_value v, const char *fn, const char *name, int32_t *out) {
+  int64_t x = 0;
+  if (!get_int(env, v, fn, name, INT32_MIN, INT32_MAX, &x)) return 0;
+  *out = (int32_t)x;
+  return 1;
+}
+
+// A file offset or length: a whole number or a BigInt in [0, 2^63).
+static int get_off(napi_env env, napi_value v, const char *fn, const char *name, int64_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) == napi_ok) {
+    if (!(d >= 0 && d <= MAX_SAFE) || d != (double)(int64_t)d) {
+      return FAIL(env, 1, "%s: %s %.17g is not a whole number from 0 to 2^53", fn, name, d);
+    }
+    *out = (int64_t)d;
+    return 1;
+  }
+  uint64_t u;
+  bool lossless;
+  if (napi_get_value_bigint_uint64(env, v, &u, &lossless) != napi_ok) {
+    return FAIL(env, 0, "%s: %s must be a number or a BigInt", fn, name);
+  }
+  if (!lossless || u > (uint64_t)INT64_MAX) return FAIL(env, 1, "%s: %s is not a BigInt from 0 to 2^63-1", fn, name);
+  *out = (int64_t)u;
+  return 1;
+}
+
+// A host address: a BigInt in [0, 2^64).
+static int get_address(napi_env env, napi_value v, const char *fn, uintptr_t *out) {
+  uint64_t u;
+  bool lossless;
+  if (napi_get_value_bigint_uint64(env, v, &u, &lossless) != napi_ok) return FAIL(env, 0, "%s: address must be a BigInt", fn);
+  if (!lossless) return FAIL(env, 1, "%s: address is not a BigInt from 0 to 2^64-1", fn);
+  *out = (uintptr_t)u;
+  return 1;
+}
+
+static size_t element_size(napi_typedarray_type t) {
+  switch (t) {
+    case napi_int8_array: case napi_uint8_array: case napi_uint8_clamped_array: return 1;
+    case napi_int16_array: case napi_uint16_array: return 2;
+    case napi_int32_array: case napi_uint32_array: case napi_float32_array: return 4;
+    default: return 8;  // float64, bigint64, biguint64
+  }
+}
+
+// Memory: a TypedArray or DataView (its own window: byteOffset and byteLength
+// are honoured) or an ArrayBuffer. Never a number: C cannot check a pointer.
+static int get_buffer(napi_env env, napi_value v, const char *fn, const char *name, uint8_t **data, size_t *len) {
+  bool is = false;
+  void *d = NULL;
+  size_t n = 0;
   if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
-    napi_typedarray_type tt;
-    napi_value ab;
-    size_t off;
-    if (napi_get_typedarray_info(env, v, &tt, &len, &data, &ab, &off) != napi_ok) return 0;
-    *out = (uint64_t)(uintptr_t)data;
+    napi_typedarray_type t;
+    if (napi_get_typedarray_info(env, v, &t, &n, &d, NULL, NULL) != napi_ok) goto bad;
+    *data = d;
+    *len = n * element_size(t);
     return 1;
   }
   if (napi_is_dataview(env, v, &is) == napi_ok && is) {
-    napi_value ab;
-    size_t off;
-    if (napi_get_dataview_info(env, v, &len, &data, &ab, &off) != napi_ok) return 0;
-    *out = (uint64_t)(uintptr_t)data;
+    if (napi_get_dataview_info(env, v, &n, &d, NULL, NULL) != napi_ok) goto bad;
+    *data = d;
+    *len = n;
     return 1;
   }
   if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
-    if (napi_get_arraybuffer_info(env, v, &data, &len) != napi_ok) return 0;
-    *out = (uint64_t)(uintptr_t)data;
+    if (napi_get_arraybuffer_info(env, v, &d, &n) != napi_ok) goto bad;
+    *data = d;
+    *len = n;
     return 1;
   }
-  return 0;
+bad:
+  return FAIL(env, 0, "%s: %s must be a TypedArray, DataView or ArrayBuffer", fn, name);
 }
 
-#define ARGS(n)                                                                \
-  size_t argc = n;                                                             \
-  napi_value argv[n];                                                          \
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+// A byte count inside a buffer of `cap` bytes: a whole number in [0, cap].
+static int get_len(napi_env env, napi_value v, const char *fn, const char *name, size_t cap, size_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return FAIL(env, 0, "%s: %s must be a number", fn, name);
+  if (!(d >= 0 && d <= MAX_SAFE) || d != (double)(int64_t)d) return FAIL(env, 1, "%s: %s %.17g is not a whole number of bytes", fn, name, d);
+  if (d > (double)cap) return FAIL(env, 1, "%s: %s %.0f exceeds the buffer's %zu bytes", fn, name, d, cap);
+  *out = (size_t)d;
+  return 1;
+}
 
-#define ARG_U64(i, name)                                                       \
-  uint64_t name;                                                               \
-  if (i >= argc || !get_arg(env, argv[i], &name)) {                            \
-    napi_throw_type_error(env, "EFLINTSYS", "flint_sys: bad argument " #name); \
-    return NULL;                                                               \
+// A path for open/bind/connect: a string without NUL that fits `size` bytes with its terminator.
+static int get_path(napi_env env, napi_value v, const char *fn, char *buf, size_t size, size_t *out) {
+  size_t n = 0;
+  if (napi_get_value_string_utf8(env, v, buf, size, &n) != napi_ok) return FAIL(env, 0, "%s: path must be a string", fn);
+  if (n >= size - 1) return FAIL(env, 1, "%s: path is longer than %zu bytes", fn, size - 2);
+  if (strlen(buf) != n) return FAIL(env, 1, "%s: path contains a NUL character", fn);
+  *out = n;
+  return 1;
+}
+
+// The kick signal must be a real-time signal: any other number would change
+// how the process handles a signal it relies on (SIGSEGV, SIGCHLD...) or end it.
+static int get_rt_signal(napi_env env, napi_value v, const char *fn, int *out) {
+  int64_t s = 0;
+  if (!get_int(env, v, fn, "signo", SIGRTMIN, SIGRTMAX, &s)) return 0;
+  *out = (int)s;
+  return 1;
+}
+
+// --- Mappings made by mmap: the only places a raw address may point. -------
+
+struct mapping {
+  uintptr_t start;
+  size_t len;
+};
+
+static pthread_mutex_t maps_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct mapping *maps;
+static size_t maps_count, maps_cap;
+
+// Index of the mapping that holds all of [a, a+len), or -1. Caller holds maps_lock.
+static ptrdiff_t maps_find(uintptr_t a, size_t len) {
+  for (size_t i = 0; i < maps_count; i++) {
+    const struct mapping *m = &maps[i];
+    if (a >= m->start && a - m->start <= m->len && len <= m->len - (a - m->start)) return (ptrdiff_t)i;
   }
+  return -1;
+}
 
-// ioctl(fd, request, arg?) -> result >= 0, or -errno.
+static int maps_contain(uintptr_t a, size_t len) {
+  pthread_mutex_lock(&maps_lock);
+  int ok = maps_find(a, len) >= 0;
+  pthread_mutex_unlock(&maps_lock);
+  return ok;
+}
+
+// --- ioctl ------------------------------------------------------------------
+
+// Requests whose argument is a value although _IOC_DIR says the kernel reads memory.
+static int takes_value(unsigned int cmd) {
+  return _IOC_DIR(cmd) == _IOC_NONE || cmd == TUNSETOFFLOAD;
+}
+
+// Requests whose kernel-side argument holds a pointer or a size the checks
+// below do not understand: refused, so that every ioctl that passes stays
+// within its buffer. Give one a rule in ioctl_buffer() before using it.
+static int unchecked_request(unsigned int cmd) {
+  switch (cmd) {
+    case KVM_GET_DIRTY_LOG: case KVM_CLEAR_DIRTY_LOG: case KVM_SET_GSI_ROUTING: case KVM_SET_PMU_EVENT_FILTER:
+    case KVM_SET_SIGNAL_MASK: case KVM_GET_ONE_REG: case KVM_SET_ONE_REG: case KVM_GET_REG_LIST:
+    case KVM_GET_NESTED_STATE: case KVM_SET_NESTED_STATE: case KVM_X86_SET_MSR_FILTER:
+    case KVM_SET_DEVICE_ATTR: case KVM_GET_DEVICE_ATTR: case KVM_HAS_DEVICE_ATTR: case KVM_MEMORY_ENCRYPT_OP:
+#ifdef KVM_GET_XSAVE2
+    case KVM_GET_XSAVE2:
+#endif
+#ifdef KVM_SET_USER_MEMORY_REGION2
+    case KVM_SET_USER_MEMORY_REGION2:
+#endif
+    case TUNSETTXFILTER: case TUNATTACHFILTER: case TUNGETFILTER:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+// A request whose struct ends in `count` entries of `entry` bytes after a
+// `header` (api.rst: KVM_SET_CPUID2's nent, KVM_SET_MSRS's nmsrs...): the
+// count is read once, checked against the buffer, and the kernel works on a
+// private copy, so a count changed under us (a SharedArrayBuffer) cannot
+// make it read or write past what was checked.
+static int ioctl_counted(napi_env env, int fd, unsigned int cmd, uint8_t *buf, size_t cap,
+                         size_t header, size_t count_at, size_t entry, int *result) {
+  if (cap < header) return FAIL(env, 1, "ioctl: request 0x%x needs at least %zu bytes, the buffer holds %zu", cmd, header, cap);
+  uint32_t count;
+  memcpy(&count, buf + count_at, sizeof count);
+  size_t need = header + (size_t)count * entry;
+  if (need > cap) return FAIL(env, 1, "ioctl: request 0x%x: count %u needs %zu bytes, the buffer holds %zu", cmd, count, need, cap);
+  uint8_t *copy = malloc(need);
+  if (!copy) { *result = -ENOMEM; return 1; }
+  memcpy(copy, buf, need);
+  int r = ioctl(fd, cmd, copy);
+  int e = errno;
+  if (_IOC_DIR(cmd) & _IOC_READ) memcpy(buf, copy, need);
+  free(copy);
+  *result = r < 0 ? -e : r;
+  return 1;
+}
+
+// ioctl with a buffer argument: the kernel reads or writes at most the size
+// checked here.
+static int ioctl_buffer(napi_env env, int fd, unsigned int cmd, uint8_t *buf, size_t cap, int *result) {
+  size_t need = _IOC_SIZE(cmd);
+  switch (cmd) {
+    case KVM_GET_SUPPORTED_CPUID: case KVM_GET_EMULATED_CPUID: case KVM_SET_CPUID2: case KVM_GET_CPUID2:
+      return ioctl_counted(env, fd, cmd, buf, cap, sizeof(struct kvm_cpuid2), offsetof(struct kvm_cpuid2, nent),
+                           sizeof(struct kvm_cpuid_entry2), result);
+    case KVM_SET_CPUID:
+      return ioctl_counted(env, fd, cmd, buf, cap, sizeof(struct kvm_cpuid), offsetof(struct kvm_cpuid, nent),
+                           sizeof(struct kvm_cpuid_entry), result);
+    case KVM_GET_MSRS: case KVM_SET_MSRS:
+      return ioctl_counted(env, fd, cmd, buf, cap, sizeof(struct kvm_msrs), offsetof(struct kvm_msrs, nmsrs),
+                           sizeof(struct kvm_msr_entry), result);
+    case KVM_GET_MSR_INDEX_LIST: case KVM_GET_MSR_FEATURE_INDEX_LIST:
+      return ioctl_counted(env, fd, cmd, buf, cap, sizeof(struct kvm_msr_list), offsetof(struct kvm_msr_list, nmsrs),
+                           sizeof(__u32), result);
+    case TUNSETIFF: case TUNGETIFF:
+      // Declared with an int, but the kernel reads and writes a whole struct ifreq (drivers/net/tun.c).
+      need = sizeof(struct ifreq);
+      break;
+    case KVM_SET_USER_MEMORY_REGION: {
+      // The struct names host memory KVM will let the guest read and write:
+      // it must be memory this addon mapped (deleting a slot names none).
+      struct kvm_userspace_memory_region m;
+      if (cap < sizeof m) return FAIL(env, 1, "ioctl: request 0x%x reads %zu bytes, the buffer holds %zu", cmd, sizeof m, cap);
+      memcpy(&m, buf, sizeof m);
+      pthread_mutex_lock(&maps_lock);
+      if (m.memory_size != 0 && (m.userspace_addr > UINTPTR_MAX || m.memory_size > SIZE_MAX ||
+                                 maps_find((uintptr_t)m.userspace_addr, (size_t)m.memory_size) < 0)) {
+        pthread_mutex_unlock(&maps_lock);
+        return FAIL(env, 1, "ioctl: KVM_SET_USER_MEMORY_REGION: userspace_addr 0x%llx+%llu is not inside a mapping made by mmap",
+                    (unsigned long long)m.userspace_addr, (unsigned long long)m.memory_size);
+      }
+      int r = ioctl(fd, cmd, &m);
+      int e = errno;
+      pthread_mutex_unlock(&maps_lock);
+      *result = r < 0 ? -e : r;
+      return 1;
+    }
+    default:
+      if (unchecked_request(cmd)) {
+        return FAIL(env, 0, "ioctl: request 0x%x carries pointers or sizes flint_sys does not check", cmd);
+      }
+  }
+  if (need > cap) return FAIL(env, 1, "ioctl: request 0x%x reads or writes %zu bytes, the buffer holds %zu", cmd, need, cap);
+  int r = ioctl(fd, cmd, buf);
+  *result = r < 0 ? -errno : r;
+  return 1;
+}
+
+// ioctl(fd, request, arg?) -> result >= 0, or -errno. `arg` is a buffer when
+// the request's direction (_IOC_DIR) says the kernel reads or writes memory,
+// and a whole number (or nothing: 0) when it takes a value.
 static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   ARGS(3);
-  ARG_U64(0, fd);
-  ARG_U64(1, req);
-  uint64_t arg = 0;
-  if (argc > 2 && !get_arg(env, argv[2], &arg)) {
-    napi_throw_type_error(env, "EFLINTSYS", "flint_sys: bad ioctl argument");
-    return NULL;
+  int32_t fd;
+  int64_t req;
+  if (!get_i32(env, argv[0], "ioctl", "fd", &fd) || !get_int(env, argv[1], "ioctl", "request", 0, UINT32_MAX, &req)) return NULL;
+  unsigned int cmd = (unsigned int)req;  // the kernel's cmd is an unsigned int
+  int r;
+  if (takes_value(cmd)) {
+    napi_valuetype t;
+    CHECK(napi_typeof(env, argv[2], &t));
+    int64_t value = 0;
+    if (t == napi_object) {
+      fail(env, 0, "ioctl: request 0x%x takes a value, not a buffer", cmd);
+      return NULL;
+    }
+    if (t != napi_undefined && !get_int(env, argv[2], "ioctl", "arg", -MAX_SAFE, MAX_SAFE, &value)) return NULL;
+    r = ioctl(fd, cmd, (unsigned long)value);
+    return make_i64(env, r < 0 ? -errno : r);
   }
-  int r = ioctl((int)fd, (unsigned long)req, (unsigned long)arg);
-  return make_i64(env, r < 0 ? -errno : r);
+  uint8_t *buf;
+  size_t cap;
+  char name[48];
+  snprintf(name, sizeof name, "arg of request 0x%x", cmd);
+  if (!get_buffer(env, argv[2], "ioctl", name, &buf, &cap) || !ioctl_buffer(env, fd, cmd, buf, cap, &r)) return NULL;
+  return make_i64(env, r);
 }
 
 // ioctlValue(fd, request, value) -> result >= 0, or -errno. The fast path for
 // ioctls whose argument is a plain integer (KVM_RUN, KVM_CHECK_EXTENSION...):
-// three number reads and no type dispatch.
+// three number reads, a range check and no type dispatch. It takes only the
+// requests ioctl() would take a value for, so it is no way around the checks.
 static napi_value js_ioctl_value(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -136,221 +382,373 @@ static napi_value js_ioctl_value(napi_env env, napi_callback_info info) {
       napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
       napi_get_value_int64(env, argv[1], &req) != napi_ok ||
       (argc > 2 && napi_get_value_int64(env, argv[2], &arg) != napi_ok)) {
-    napi_throw_type_error(env, "EFLINTSYS", "flint_sys: ioctlValue(fd, request, value) takes numbers");
+    fail(env, 0, "ioctlValue: fd, request and value must be numbers");
     return NULL;
   }
-  int r = ioctl(fd, (unsigned long)req, (unsigned long)arg);
+  if (req < 0 || req > UINT32_MAX || !takes_value((unsigned int)req)) {
+    fail(env, 1, "ioctlValue: request 0x%llx does not take a value (pass a buffer to ioctl)", (unsigned long long)req);
+    return NULL;
+  }
+  int r = ioctl(fd, (unsigned int)req, (unsigned long)arg);
   napi_value out;
   napi_create_int32(env, r < 0 ? -errno : r, &out);
   return out;
 }
 
+// --- Memory mappings ----------------------------------------------------------
+
 // mmap(length, prot, flags, fd, offset) -> address (BigInt), or -errno (number).
+// The kernel chooses the address (no MAP_FIXED: that would replace memory the
+// process already uses); the mapping is recorded so view/madvise/munmap and
+// KVM_SET_USER_MEMORY_REGION can check addresses against it.
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
   ARGS(5);
-  ARG_U64(0, len);
-  ARG_U64(1, prot);
-  ARG_U64(2, flags);
-  ARG_U64(3, fd);
-  ARG_U64(4, off);
-  void *p = mmap(NULL, (size_t)len, (int)prot, (int)flags, (int)(int64_t)fd, (off_t)off);
-  if (p == MAP_FAILED) return make_i64(env, -errno);
+  int64_t len, off;
+  int32_t prot, flags, fd;
+  if (!get_int(env, argv[0], "mmap", "length", 1, MAX_SAFE, &len) || !get_i32(env, argv[1], "mmap", "prot", &prot) ||
+      !get_i32(env, argv[2], "mmap", "flags", &flags) || !get_i32(env, argv[3], "mmap", "fd", &fd) ||
+      !get_off(env, argv[4], "mmap", "offset", &off)) {
+    return NULL;
+  }
+  if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) {
+    fail(env, 1, "mmap: flags 0x%x ask for a fixed address, which flint_sys does not map", (unsigned)flags);
+    return NULL;
+  }
+  pthread_mutex_lock(&maps_lock);
+  void *p = mmap(NULL, (size_t)len, prot, flags, fd, (off_t)off);
+  int e = errno;
+  if (p != MAP_FAILED && maps_count == maps_cap) {
+    size_t cap = maps_cap ? 2 * maps_cap : 16;
+    struct mapping *grown = realloc(maps, cap * sizeof *grown);
+    if (grown) { maps = grown; maps_cap = cap; }
+  }
+  if (p != MAP_FAILED && maps_count == maps_cap) {
+    munmap(p, (size_t)len);
+    p = MAP_FAILED;
+    e = ENOMEM;
+  }
+  if (p != MAP_FAILED) maps[maps_count++] = (struct mapping){(uintptr_t)p, (size_t)len};
+  pthread_mutex_unlock(&maps_lock);
+  if (p == MAP_FAILED) return make_i64(env, -e);
   return make_u64(env, (uint64_t)(uintptr_t)p);
 }
 
-// munmap(address, length) -> 0 or -errno.
+// munmap(address, length) -> 0 or -errno. Only a whole mapping made by mmap
+// (same address and length): a part would leave the table and the kernel
+// disagreeing about what is mapped.
 static napi_value js_munmap(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, addr);
-  ARG_U64(1, len);
-  int r = munmap((void *)(uintptr_t)addr, (size_t)len);
-  return make_i64(env, r < 0 ? -errno : 0);
+  uintptr_t addr;
+  int64_t len;
+  if (!get_address(env, argv[0], "munmap", &addr) || !get_int(env, argv[1], "munmap", "length", 0, MAX_SAFE, &len)) return NULL;
+  pthread_mutex_lock(&maps_lock);
+  size_t i = 0;
+  while (i < maps_count && !(maps[i].start == addr && maps[i].len == (size_t)len)) i++;
+  if (i == maps_count) {
+    pthread_mutex_unlock(&maps_lock);
+    fail(env, 1, "munmap: 0x%llx+%lld is not a mapping made by mmap", (unsigned long long)addr, (long long)len);
+    return NULL;
+  }
+  int r = munmap((void *)addr, (size_t)len);
+  int e = errno;
+  if (r == 0) maps[i] = maps[--maps_count];
+  pthread_mutex_unlock(&maps_lock);
+  return make_i64(env, r < 0 ? -e : 0);
 }
 
-// madvise(address, length, advice) -> 0 or -errno.
+// madvise(address, length, advice) -> 0 or -errno, within a mapping made by mmap.
 static napi_value js_madvise(napi_env env, napi_callback_info info) {
   ARGS(3);
-  ARG_U64(0, addr);
-  ARG_U64(1, len);
-  ARG_U64(2, advice);
-  int r = madvise((void *)(uintptr_t)addr, (size_t)len, (int)advice);
-  return make_i64(env, r < 0 ? -errno : 0);
+  uintptr_t addr;
+  int64_t len;
+  int32_t advice;
+  if (!get_address(env, argv[0], "madvise", &addr) || !get_int(env, argv[1], "madvise", "length", 0, MAX_SAFE, &len) ||
+      !get_i32(env, argv[2], "madvise", "advice", &advice)) {
+    return NULL;
+  }
+  // The lock is held across the call so that the range cannot be unmapped in between.
+  pthread_mutex_lock(&maps_lock);
+  if (maps_find(addr, (size_t)len) < 0) {
+    pthread_mutex_unlock(&maps_lock);
+    fail(env, 1, "madvise: 0x%llx+%lld is not inside a mapping made by mmap", (unsigned long long)addr, (long long)len);
+    return NULL;
+  }
+  int r = madvise((void *)addr, (size_t)len, advice);
+  int e = errno;
+  pthread_mutex_unlock(&maps_lock);
+  return make_i64(env, r < 0 ? -e : 0);
 }
 
-// view(address, length) -> ArrayBuffer aliasing [address, address+length).
-// No finalizer: the mapping is owned and unmapped by the caller.
+// view(address, length) -> ArrayBuffer aliasing [address, address+length),
+// which must lie inside a mapping made by mmap (from any thread: mappings are
+// process-wide). No finalizer: the mapping is owned and unmapped by the caller.
 static napi_value js_view(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, addr);
-  ARG_U64(1, len);
+  uintptr_t addr;
+  int64_t len;
+  if (!get_address(env, argv[0], "view", &addr) || !get_int(env, argv[1], "view", "length", 0, MAX_SAFE, &len)) return NULL;
+  if (!maps_contain(addr, (size_t)len)) {
+    fail(env, 1, "view: 0x%llx+%lld is not inside a mapping made by mmap", (unsigned long long)addr, (long long)len);
+    return NULL;
+  }
   napi_value ab;
-  CHECK(napi_create_external_arraybuffer(env, (void *)(uintptr_t)addr, (size_t)len, NULL, NULL, &ab));
+  CHECK(napi_create_external_arraybuffer(env, (void *)addr, (size_t)len, NULL, NULL, &ab));
   return ab;
 }
 
-// addressOf(typedArray | ArrayBuffer | DataView) -> BigInt address of byte 0.
-static napi_value js_address_of(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  ARG_U64(0, addr);
-  return make_u64(env, addr);
-}
+// --- File descriptors ---------------------------------------------------------
 
 // eventfd(initval, flags) -> fd or -errno.
 static napi_value js_eventfd(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, initval);
-  ARG_U64(1, flags);
-  int r = eventfd((unsigned int)initval, (int)flags);
+  int64_t initval;
+  int32_t flags;
+  if (!get_int(env, argv[0], "eventfd", "initval", 0, UINT32_MAX, &initval) || !get_i32(env, argv[1], "eventfd", "flags", &flags)) return NULL;
+  int r = eventfd((unsigned int)initval, flags);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
 // read(fd, buffer, length) / write(fd, buffer, length) without libuv: for
-// eventfds and TAP-like descriptors used from vCPU worker threads.
+// eventfds and TAP-like descriptors used from device and vCPU threads.
+// `length` is at most the buffer's byteLength (a view's own window).
 static napi_value js_read(napi_env env, napi_callback_info info) {
   ARGS(3);
-  ARG_U64(0, fd);
-  ARG_U64(1, buf);
-  ARG_U64(2, len);
-  ssize_t r = read((int)fd, (void *)(uintptr_t)buf, (size_t)len);
+  int32_t fd;
+  uint8_t *buf;
+  size_t cap, len;
+  if (!get_i32(env, argv[0], "read", "fd", &fd) || !get_buffer(env, argv[1], "read", "buffer", &buf, &cap) ||
+      !get_len(env, argv[2], "read", "length", cap, &len)) {
+    return NULL;
+  }
+  ssize_t r = read(fd, buf, len);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
 static napi_value js_write(napi_env env, napi_callback_info info) {
   ARGS(3);
-  ARG_U64(0, fd);
-  ARG_U64(1, buf);
-  ARG_U64(2, len);
-  ssize_t r = write((int)fd, (const void *)(uintptr_t)buf, (size_t)len);
+  int32_t fd;
+  uint8_t *buf;
+  size_t cap, len;
+  if (!get_i32(env, argv[0], "write", "fd", &fd) || !get_buffer(env, argv[1], "write", "buffer", &buf, &cap) ||
+      !get_len(env, argv[2], "write", "length", cap, &len)) {
+    return NULL;
+  }
+  ssize_t r = write(fd, buf, len);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
-// writev(fd, iov, count) -> bytes, or -errno. `iov` is a buffer of `count`
-// struct iovec the caller laid out (frames gathered straight from guest memory).
+// The most buffers one writev may gather from (a packet's head, guest RAM regions).
+#define WRITEV_MAX_BUFFERS 16
+
+// writev(fd, buffers, iov, count) -> bytes, or -errno. `buffers` is an array
+// of up to 16 buffers; `iov` is a Float64Array of `count` (buffer index,
+// offset, length) triples, each naming bytes inside that buffer. C builds the
+// struct iovec array itself, so no raw address crosses the boundary (a frame
+// is still gathered straight from guest memory: zero copies in user space).
 static napi_value js_writev(napi_env env, napi_callback_info info) {
-  ARGS(3);
-  ARG_U64(0, fd);
-  ARG_U64(1, iov);
-  ARG_U64(2, count);
-  ssize_t r = writev((int)fd, (const struct iovec *)(uintptr_t)iov, (int)count);
+  ARGS(4);
+  int32_t fd;
+  int64_t count;
+  if (!get_i32(env, argv[0], "writev", "fd", &fd)) return NULL;
+  bool is = false;
+  uint32_t nbuf = 0;
+  if (napi_is_array(env, argv[1], &is) != napi_ok || !is) {
+    fail(env, 0, "writev: buffers must be an array");
+    return NULL;
+  }
+  CHECK(napi_get_array_length(env, argv[1], &nbuf));
+  if (nbuf > WRITEV_MAX_BUFFERS) {
+    fail(env, 1, "writev: buffers holds %u buffers, at most %d", nbuf, WRITEV_MAX_BUFFERS);
+    return NULL;
+  }
+  uint8_t *base[WRITEV_MAX_BUFFERS];
+  size_t size[WRITEV_MAX_BUFFERS];
+  for (uint32_t i = 0; i < nbuf; i++) {
+    napi_value b;
+    char name[24];
+    CHECK(napi_get_element(env, argv[1], i, &b));
+    snprintf(name, sizeof name, "buffers[%u]", i);
+    if (!get_buffer(env, b, "writev", name, &base[i], &size[i])) return NULL;
+  }
+  napi_typedarray_type t;
+  size_t n = 0;
+  void *data = NULL;
+  if (napi_is_typedarray(env, argv[2], &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, argv[2], &t, &n, &data, NULL, NULL) != napi_ok || t != napi_float64_array) {
+    fail(env, 0, "writev: iov must be a Float64Array");
+    return NULL;
+  }
+  if (!get_int(env, argv[3], "writev", "count", 0, IOV_MAX, &count)) return NULL;
+  if ((size_t)count * 3 > n) {
+    fail(env, 1, "writev: count %lld needs %lld iov numbers, iov holds %zu", (long long)count, (long long)count * 3, n);
+    return NULL;
+  }
+  struct iovec iov[IOV_MAX];
+  const double *triples = data;
+  for (int64_t i = 0; i < count; i++) {
+    double b = triples[3 * i], o = triples[3 * i + 1], l = triples[3 * i + 2];
+    // Every test is written so that NaN fails it.
+    if (!(b >= 0 && b < nbuf && b == (double)(uint32_t)b && o >= 0 && o <= MAX_SAFE && o == (double)(int64_t)o &&
+          l >= 0 && l <= MAX_SAFE && l == (double)(int64_t)l && o <= (double)size[(uint32_t)b] &&
+          l <= (double)size[(uint32_t)b] - o)) {
+      fail(env, 1, "writev: iov entry %lld (buffer %.17g, offset %.17g, length %.17g) is not inside one of the %u buffers",
+           (long long)i, b, o, l, nbuf);
+      return NULL;
+    }
+    iov[i].iov_base = base[(uint32_t)b] + (size_t)o;
+    iov[i].iov_len = (size_t)l;
+  }
+  ssize_t r = writev(fd, iov, (int)count);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
 // poll(pollfds, nfds, timeoutMs) -> ready count, or -errno. `pollfds` is a
-// buffer of struct pollfd that the kernel fills in (revents).
+// buffer holding at least `nfds` struct pollfd, which the kernel fills in (revents).
 static napi_value js_poll(napi_env env, napi_callback_info info) {
   ARGS(3);
-  ARG_U64(0, fds);
-  ARG_U64(1, nfds);
-  ARG_U64(2, timeout);
-  int r = poll((struct pollfd *)(uintptr_t)fds, (nfds_t)nfds, (int)(int64_t)timeout);
+  uint8_t *buf;
+  size_t cap;
+  int64_t nfds;
+  int32_t timeout;
+  if (!get_buffer(env, argv[0], "poll", "pollfds", &buf, &cap) || !get_int(env, argv[1], "poll", "nfds", 0, UINT32_MAX, &nfds) ||
+      !get_i32(env, argv[2], "poll", "timeoutMs", &timeout)) {
+    return NULL;
+  }
+  if ((uint64_t)nfds * sizeof(struct pollfd) > cap) {
+    fail(env, 1, "poll: nfds %lld needs %llu bytes, the buffer holds %zu", (long long)nfds,
+         (unsigned long long)nfds * sizeof(struct pollfd), cap);
+    return NULL;
+  }
+  int r = poll((struct pollfd *)buf, (nfds_t)nfds, timeout);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
 // pread/pwrite(fd, buffer, length, offset) -> bytes, or -errno.
 static napi_value js_pread(napi_env env, napi_callback_info info) {
   ARGS(4);
-  ARG_U64(0, fd);
-  ARG_U64(1, buf);
-  ARG_U64(2, len);
-  ARG_U64(3, off);
-  ssize_t r = pread((int)fd, (void *)(uintptr_t)buf, (size_t)len, (off_t)off);
+  int32_t fd;
+  uint8_t *buf;
+  size_t cap, len;
+  int64_t off;
+  if (!get_i32(env, argv[0], "pread", "fd", &fd) || !get_buffer(env, argv[1], "pread", "buffer", &buf, &cap) ||
+      !get_len(env, argv[2], "pread", "length", cap, &len) || !get_off(env, argv[3], "pread", "offset", &off)) {
+    return NULL;
+  }
+  ssize_t r = pread(fd, buf, len, (off_t)off);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
 static napi_value js_pwrite(napi_env env, napi_callback_info info) {
   ARGS(4);
-  ARG_U64(0, fd);
-  ARG_U64(1, buf);
-  ARG_U64(2, len);
-  ARG_U64(3, off);
-  ssize_t r = pwrite((int)fd, (const void *)(uintptr_t)buf, (size_t)len, (off_t)off);
+  int32_t fd;
+  uint8_t *buf;
+  size_t cap, len;
+  int64_t off;
+  if (!get_i32(env, argv[0], "pwrite", "fd", &fd) || !get_buffer(env, argv[1], "pwrite", "buffer", &buf, &cap) ||
+      !get_len(env, argv[2], "pwrite", "length", cap, &len) || !get_off(env, argv[3], "pwrite", "offset", &off)) {
+    return NULL;
+  }
+  ssize_t r = pwrite(fd, buf, len, (off_t)off);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
 // fallocate(fd, mode, offset, length) -> 0 or -errno (DISCARD, WRITE_ZEROES).
 static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   ARGS(4);
-  ARG_U64(0, fd);
-  ARG_U64(1, mode);
-  ARG_U64(2, off);
-  ARG_U64(3, len);
-  int r = fallocate((int)fd, (int)mode, (off_t)off, (off_t)len);
+  int32_t fd, mode;
+  int64_t off, len;
+  if (!get_i32(env, argv[0], "fallocate", "fd", &fd) || !get_i32(env, argv[1], "fallocate", "mode", &mode) ||
+      !get_off(env, argv[2], "fallocate", "offset", &off) || !get_off(env, argv[3], "fallocate", "length", &len)) {
+    return NULL;
+  }
+  int r = fallocate(fd, mode, (off_t)off, (off_t)len);
   return make_i64(env, r < 0 ? -errno : 0);
 }
 
-// fdatasync(fd) / fsync(fd) -> 0 or -errno, without libuv (device threads).
+// fdatasync(fd) -> 0 or -errno, without libuv (device threads).
 static napi_value js_fdatasync(napi_env env, napi_callback_info info) {
   ARGS(1);
-  ARG_U64(0, fd);
-  int r = fdatasync((int)fd);
+  int32_t fd;
+  if (!get_i32(env, argv[0], "fdatasync", "fd", &fd)) return NULL;
+  int r = fdatasync(fd);
   return make_i64(env, r < 0 ? -errno : 0);
 }
 
 // socket(domain, type, protocol) -> fd or -errno.
 static napi_value js_socket(napi_env env, napi_callback_info info) {
   ARGS(3);
-  ARG_U64(0, domain);
-  ARG_U64(1, type);
-  ARG_U64(2, proto);
-  int r = socket((int)domain, (int)type, (int)proto);
+  int32_t domain, type, proto;
+  if (!get_i32(env, argv[0], "socket", "domain", &domain) || !get_i32(env, argv[1], "socket", "type", &type) ||
+      !get_i32(env, argv[2], "socket", "protocol", &proto)) {
+    return NULL;
+  }
+  int r = socket(domain, type, proto);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
-// Fills a sockaddr_un from a JS string path; returns its length or -ENAMETOOLONG.
-static int unix_addr(napi_env env, napi_value v, struct sockaddr_un *sa) {
+// Fills a sockaddr_un from a JS string path; returns its length, 0 after
+// throwing (not a string, a NUL inside), or -ENAMETOOLONG.
+static int unix_addr(napi_env env, napi_value v, const char *fn, struct sockaddr_un *sa) {
   size_t n = 0;
   memset(sa, 0, sizeof *sa);
   sa->sun_family = AF_UNIX;
-  if (napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &n) != napi_ok) return -EINVAL;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) return FAIL(env, 0, "%s: path must be a string", fn);
+  if (napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &n) != napi_ok) return FAIL(env, 0, "%s: path must be a string", fn);
   if (n >= sizeof sa->sun_path - 1) return -ENAMETOOLONG;
+  if (strlen(sa->sun_path) != n) return FAIL(env, 1, "%s: path contains a NUL character", fn);
   return (int)(offsetof(struct sockaddr_un, sun_path) + n + 1);
 }
 
-// bindUnix(fd, path) / connectUnix(fd, path) -> 0 or -errno.
+// bindUnix(fd, path) / connectUnix(fd, path) -> 0 or -errno (-ENAMETOOLONG for a long path).
 static napi_value js_bind_unix(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, fd);
+  int32_t fd;
+  if (!get_i32(env, argv[0], "bindUnix", "fd", &fd)) return NULL;
   struct sockaddr_un sa;
-  int len = unix_addr(env, argv[1], &sa);
+  int len = unix_addr(env, argv[1], "bindUnix", &sa);
+  if (len == 0) return NULL;
   if (len < 0) return make_i64(env, len);
-  int r = bind((int)fd, (struct sockaddr *)&sa, (socklen_t)len);
+  int r = bind(fd, (struct sockaddr *)&sa, (socklen_t)len);
   return make_i64(env, r < 0 ? -errno : 0);
 }
 
 static napi_value js_connect_unix(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, fd);
+  int32_t fd;
+  if (!get_i32(env, argv[0], "connectUnix", "fd", &fd)) return NULL;
   struct sockaddr_un sa;
-  int len = unix_addr(env, argv[1], &sa);
+  int len = unix_addr(env, argv[1], "connectUnix", &sa);
+  if (len == 0) return NULL;
   if (len < 0) return make_i64(env, len);
-  int r = connect((int)fd, (struct sockaddr *)&sa, (socklen_t)len);
+  int r = connect(fd, (struct sockaddr *)&sa, (socklen_t)len);
   return make_i64(env, r < 0 ? -errno : 0);
 }
 
 // listen(fd, backlog) -> 0 or -errno.
 static napi_value js_listen(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, fd);
-  ARG_U64(1, backlog);
-  int r = listen((int)fd, (int)backlog);
+  int32_t fd, backlog;
+  if (!get_i32(env, argv[0], "listen", "fd", &fd) || !get_i32(env, argv[1], "listen", "backlog", &backlog)) return NULL;
+  int r = listen(fd, backlog);
   return make_i64(env, r < 0 ? -errno : 0);
 }
 
 // accept4(fd, flags) -> new fd or -errno.
 static napi_value js_accept4(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, fd);
-  ARG_U64(1, flags);
-  int r = accept4((int)fd, NULL, NULL, (int)flags);
+  int32_t fd, flags;
+  if (!get_i32(env, argv[0], "accept4", "fd", &fd) || !get_i32(env, argv[1], "accept4", "flags", &flags)) return NULL;
+  int r = accept4(fd, NULL, NULL, flags);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
 // shutdown(fd, how) -> 0 or -errno.
 static napi_value js_shutdown(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, fd);
-  ARG_U64(1, how);
-  int r = shutdown((int)fd, (int)how);
+  int32_t fd, how;
+  if (!get_i32(env, argv[0], "shutdown", "fd", &fd) || !get_i32(env, argv[1], "shutdown", "how", &how)) return NULL;
+  int r = shutdown(fd, how);
   return make_i64(env, r < 0 ? -errno : 0);
 }
 
@@ -359,73 +757,85 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   ARGS(3);
   char path[4096];
   size_t n = 0;
-  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &n) != napi_ok || n >= sizeof path - 1) {
-    napi_throw_type_error(env, "EFLINTSYS", "flint_sys: bad path");
+  int32_t flags, mode;
+  if (!get_path(env, argv[0], "open", path, sizeof path, &n) || !get_i32(env, argv[1], "open", "flags", &flags) ||
+      !get_i32(env, argv[2], "open", "mode", &mode)) {
     return NULL;
   }
-  ARG_U64(1, flags);
-  ARG_U64(2, mode);
-  int r = open(path, (int)flags, (mode_t)mode);
+  int r = open(path, flags, (mode_t)mode);
   return make_i64(env, r < 0 ? -errno : r);
 }
 
 // close(fd) -> 0 or -errno.
 static napi_value js_close(napi_env env, napi_callback_info info) {
   ARGS(1);
-  ARG_U64(0, fd);
-  int r = close((int)fd);
+  int32_t fd;
+  if (!get_i32(env, argv[0], "close", "fd", &fd)) return NULL;
+  int r = close(fd);
   return make_i64(env, r < 0 ? -errno : 0);
 }
 
+// --- Threads and signals -------------------------------------------------------
+
 // Interrupting a vCPU thread blocked in KVM_RUN: flint installs a handler
 // that does nothing for one real-time signal, without SA_RESTART, so that a
-// pthread_kill() makes KVM_RUN return -EINTR (Documentation/virt/kvm/api.rst,
+// signal to the thread makes KVM_RUN return -EINTR (Documentation/virt/kvm/api.rst,
 // "immediate_exit" and KVM_RUN's EINTR).
 static void noop_handler(int sig) { (void)sig; }
 
-// installKickSignal(signo) -> 0 or -errno.
+// installKickSignal(signo) -> 0 or -errno. signo is a real-time signal.
 static napi_value js_install_kick_signal(napi_env env, napi_callback_info info) {
   ARGS(1);
-  ARG_U64(0, signo);
+  int signo;
+  if (!get_rt_signal(env, argv[0], "installKickSignal", &signo)) return NULL;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = noop_handler;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = 0;  // no SA_RESTART: the blocked ioctl must return EINTR
-  int r = sigaction((int)signo, &sa, NULL);
+  int r = sigaction(signo, &sa, NULL);
   if (r == 0) {
     sigset_t set;
     sigemptyset(&set);
-    sigaddset(&set, (int)signo);
+    sigaddset(&set, signo);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
   }
   return make_i64(env, r < 0 ? -errno : 0);
 }
 
-// threadSelf() -> BigInt pthread_t of the calling thread.
+// threadSelf() -> BigInt kernel thread id (gettid) of the calling thread. A
+// thread id, not a pthread_t: signalThread can then never dereference a stale
+// or made-up handle, and a thread that has exited gives ESRCH.
 static napi_value js_thread_self(napi_env env, napi_callback_info info) {
   (void)info;
-  return make_u64(env, (uint64_t)pthread_self());
+  return make_u64(env, (uint64_t)syscall(SYS_gettid));
 }
 
 // unblockSignal(signo): lets this thread receive the kick signal.
 static napi_value js_unblock_signal(napi_env env, napi_callback_info info) {
   ARGS(1);
-  ARG_U64(0, signo);
+  int signo;
+  if (!get_rt_signal(env, argv[0], "unblockSignal", &signo)) return NULL;
   sigset_t set;
   sigemptyset(&set);
-  sigaddset(&set, (int)signo);
+  sigaddset(&set, signo);
   int r = pthread_sigmask(SIG_UNBLOCK, &set, NULL);
   return make_i64(env, r == 0 ? 0 : -r);
 }
 
-// signalThread(pthread, signo) -> 0 or -errno.
+// signalThread(thread, signo) -> 0 or -errno: tgkill to a thread of this process.
 static napi_value js_signal_thread(napi_env env, napi_callback_info info) {
   ARGS(2);
-  ARG_U64(0, thread);
-  ARG_U64(1, signo);
-  int r = pthread_kill((pthread_t)thread, (int)signo);
-  return make_i64(env, r == 0 ? 0 : -r);
+  int64_t tid;
+  int signo;
+  if (!get_off(env, argv[0], "signalThread", "thread", &tid)) return NULL;
+  if (tid < 1 || tid > INT32_MAX) {
+    fail(env, 1, "signalThread: thread %lld is not a thread id", (long long)tid);
+    return NULL;
+  }
+  if (!get_rt_signal(env, argv[1], "signalThread", &signo)) return NULL;
+  long r = syscall(SYS_tgkill, (long)getpid(), (long)tid, (long)signo);
+  return make_i64(env, r < 0 ? -errno : 0);
 }
 
 // sigrtmin() -> the first real-time signal number usable by applications.
@@ -459,7 +869,6 @@ NAPI_MODULE_INIT() {
       {"munmap", js_munmap},
       {"madvise", js_madvise},
       {"view", js_view},
-      {"addressOf", js_address_of},
       {"eventfd", js_eventfd},
       {"read", js_read},
       {"write", js_write},

@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { GiB, MMIO_GAP_END, MMIO_GAP_START, MiB, ramRegions } from "../arch/x86_64/layout.js";
-import { sys } from "../sys/native.js";
 import { GuestMemory, MemoryError } from "./guest-memory.js";
 
 test("memory that fits below the MMIO gap is one region; larger memory is split around it", () => {
@@ -35,7 +34,7 @@ test("every accessor refuses addresses outside guest memory, including hostile o
     for (const [addr, len] of [[MiB, 1], [MiB - 3, 4], [-1, 1], [2 ** 60, 8], [Number.NaN, 1], [0, -1], [0.5, 1]] as const) {
       assert.equal(mem.contains(addr, len), false, `${addr}+${len}`);
       assert.throws(() => mem.slice(addr, len), MemoryError);
-      assert.throws(() => mem.hostAddress(addr, len), MemoryError);
+      assert.throws(() => mem.regionIndex(addr, len), MemoryError);
     }
     assert.throws(() => mem.writeU32(MiB - 2, 1), MemoryError);
     assert.throws(() => mem.readU64(MiB - 7), MemoryError);
@@ -45,14 +44,17 @@ test("every accessor refuses addresses outside guest memory, including hostile o
   }
 });
 
-test("hostAddress names the host bytes behind a guest range, in each region", () => {
+test("regionIndex names the region behind a guest range, in each region", () => {
   const mem = GuestMemory.create([{ guestBase: 0, size: MiB }, { guestBase: 4 * MiB, size: MiB }]);
   try {
-    for (const [addr, len] of [[0, 1], [0x1234, 100], [MiB - 8, 8], [4 * MiB, 4096], [5 * MiB - 1, 1]] as const) {
-      assert.equal(BigInt(mem.hostAddress(addr, len)), sys.addressOf(mem.slice(addr, len)), `0x${addr.toString(16)}+${len}`);
+    for (const [addr, len, index] of [[0, 1, 0], [0x1234, 100, 0], [MiB - 8, 8, 0], [4 * MiB, 4096, 1], [5 * MiB - 1, 1, 1]] as const) {
+      assert.equal(mem.regionIndex(addr, len), index, `0x${addr.toString(16)}+${len}`);
+      const r = mem.regions[index]!;
+      mem.writeU8(addr, 0xa5);
+      assert.equal(r.bytes[addr - r.guestBase], 0xa5, "the offset in the region's bytes is address - guestBase");
     }
-    assert.throws(() => mem.hostAddress(MiB - 4, 8), MemoryError, "a range that runs off its region");
-    assert.throws(() => mem.hostAddress(2 * MiB, 1), MemoryError, "a range in the hole between regions");
+    assert.throws(() => mem.regionIndex(MiB - 4, 8), MemoryError, "a range that runs off its region");
+    assert.throws(() => mem.regionIndex(2 * MiB, 1), MemoryError, "a range in the hole between regions");
   } finally {
     mem.dispose();
   }

@@ -146,13 +146,14 @@ export class GuestMemory {
   }
 
   /**
-   * The host virtual address of guest bytes [address, address+length), for a
-   * system call that reads or writes them in place (writev). A Number: x86-64
-   * user-space addresses are below 2^47, exact in a double.
+   * The index in `regions` of the region that holds guest bytes [address,
+   * address+length) (their offset in its `bytes` is address - guestBase), for a
+   * system call that reads or writes them in place: writev names them by
+   * (buffer, offset, length) and the addon checks the range, so no host address
+   * leaves this module. Throws MemoryError like the accessors.
    */
-  hostAddress(address: GuestAddress, length: number): number {
-    const r = this.region(address, length);
-    return Number(r.hostAddress) + (address - r.guestBase);
+  regionIndex(address: GuestAddress, length: number): number {
+    return this.regions.indexOf(this.region(address, length));
   }
 
   /** Copies `data` into guest memory at `address`. */

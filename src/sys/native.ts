@@ -10,40 +10,95 @@ import { constants as osConstants } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-/** Anything the addon accepts as a pointer-sized argument. */
-export type SysArg = number | bigint | ArrayBufferView | ArrayBuffer | undefined;
+/**
+ * Memory the addon may hand to the kernel: a TypedArray or DataView (its own
+ * window, byteOffset..byteOffset+byteLength) or a whole ArrayBuffer. Never a
+ * number: the addon does not take pointers from JavaScript.
+ */
+export type SysBuffer = ArrayBufferView | ArrayBuffer;
 
+/**
+ * The addon's functions. Each is one system call and returns a negative errno
+ * on failure. The addon checks what TypeScript cannot make safe: a length,
+ * count or range given with a buffer must lie inside that buffer's byteLength,
+ * memory is passed as a SysBuffer, and a raw address must lie inside a mapping
+ * made by `mmap` and not yet unmapped. A caller's mistake (wrong type, a length
+ * past the buffer, a negative, fractional or NaN number) throws a TypeError or
+ * RangeError with `code` "EFLINTSYS" and a message naming the function and the
+ * argument; it never reaches the kernel. Numbers that are not lengths (fds,
+ * flags) must be whole numbers in the C type's range.
+ */
 interface Addon {
-  ioctl(fd: number, request: number, arg?: SysArg): number;
-  /** ioctl whose argument is an integer (fast path: KVM_RUN, KVM_IRQ_LINE-free calls). */
+  /**
+   * ioctl(2). When the request's direction (_IOC_DIR) is _IOC_NONE, or it is
+   * TUNSETOFFLOAD (declared _IOW but takes its flags as the value), `arg` is a
+   * whole number (undefined: 0) and a buffer throws. For every other request
+   * `arg` must be a buffer of at least _IOC_SIZE(request) bytes, and a number
+   * throws. Requests whose kernel-side size differs are checked by their own
+   * rule: TUNSETIFF/TUNGETIFF read and write a struct ifreq; KVM_SET_CPUID2,
+   * KVM_GET_SUPPORTED_CPUID (and the other cpuid2 calls), KVM_GET_MSRS,
+   * KVM_SET_MSRS and KVM_GET_MSR_INDEX_LIST check their entry count against
+   * the buffer (the kernel works on a private copy); KVM_SET_USER_MEMORY_REGION's
+   * userspace_addr range must lie in a mapping made by `mmap`. Requests whose
+   * arguments hold pointers or sizes the addon does not understand
+   * (KVM_GET_DIRTY_LOG, KVM_SET_GSI_ROUTING, KVM_GET_ONE_REG...) throw.
+   */
+  ioctl(fd: number, request: number, arg?: number | SysBuffer): number;
+  /**
+   * ioctl whose argument is an integer (fast path: KVM_RUN). Takes only the
+   * requests `ioctl` takes a value for; any other request throws, so it is no
+   * way around the buffer checks.
+   */
   ioctlValue(fd: number, request: number, value?: number): number;
+  /** Maps memory where the kernel chooses (MAP_FIXED throws) and records the mapping for view/madvise/munmap. */
   mmap(length: number, prot: number, flags: number, fd: number, offset: number): bigint | number;
+  /** Unmaps exactly one whole mapping made by `mmap` (same address and length); anything else throws. */
   munmap(address: bigint, length: number): number;
+  /** madvise(2) on a range inside a mapping made by `mmap`; anything else throws. */
   madvise(address: bigint, length: number, advice: number): number;
+  /**
+   * An ArrayBuffer aliasing [address, address+length), which must lie inside a
+   * mapping made by `mmap` (any thread's: mappings are process-wide). It must
+   * not be used after that mapping is unmapped.
+   */
   view(address: bigint, length: number): ArrayBuffer;
-  addressOf(buffer: ArrayBufferView | ArrayBuffer): bigint;
   eventfd(initval: number, flags: number): number;
-  read(fd: number, buffer: SysArg, length: number): number;
-  write(fd: number, buffer: SysArg, length: number): number;
-  /** writev(2) over a buffer of `count` struct iovec (layout: `iovec` in the generated ABI). */
-  writev(fd: number, iov: SysArg, count: number): number;
+  /** read(2) of `length` bytes, at most the buffer's byteLength, into its start. */
+  read(fd: number, buffer: SysBuffer, length: number): number;
+  /** write(2) of `length` bytes, at most the buffer's byteLength, from its start. */
+  write(fd: number, buffer: SysBuffer, length: number): number;
+  /**
+   * writev(2) gathering `count` (at most IOV_MAX) pieces, each named in `iov` by a
+   * (buffer index, offset, length) triple into `buffers` (at most 16): C checks
+   * each lies inside its buffer and builds the struct iovec array itself, so
+   * guest memory is sent in place without any raw address crossing the boundary.
+   */
+  writev(fd: number, buffers: readonly SysBuffer[], iov: Float64Array, count: number): number;
   close(fd: number): number;
-  /** poll(2) over a buffer of struct pollfd (layout: `pollfd` in the generated ABI). */
-  poll(pollfds: SysArg, nfds: number, timeoutMs: number): number;
-  pread(fd: number, buffer: SysArg, length: number, offset: number | bigint): number;
-  pwrite(fd: number, buffer: SysArg, length: number, offset: number | bigint): number;
+  /** poll(2) over `nfds` struct pollfd (layout: `pollfd` in the generated ABI); the buffer must hold them all. */
+  poll(pollfds: SysBuffer, nfds: number, timeoutMs: number): number;
+  /** pread(2) of `length` bytes, at most the buffer's byteLength. */
+  pread(fd: number, buffer: SysBuffer, length: number, offset: number | bigint): number;
+  /** pwrite(2) of `length` bytes, at most the buffer's byteLength. */
+  pwrite(fd: number, buffer: SysBuffer, length: number, offset: number | bigint): number;
   fallocate(fd: number, mode: number, offset: number | bigint, length: number | bigint): number;
   fdatasync(fd: number): number;
   socket(domain: number, type: number, protocol: number): number;
+  /** bind(2) to a Unix path; -ENAMETOOLONG when it does not fit sun_path; a non-string or a NUL inside throws. */
   bindUnix(fd: number, path: string): number;
+  /** connect(2) to a Unix path; as bindUnix. */
   connectUnix(fd: number, path: string): number;
   listen(fd: number, backlog: number): number;
   accept4(fd: number, flags: number): number;
   shutdown(fd: number, how: number): number;
   open(path: string, flags: number, mode: number): number;
+  /** Installs a do-nothing handler (no SA_RESTART) for a real-time signal; other signals throw. */
   installKickSignal(signo: number): number;
+  /** Unblocks a real-time signal in the calling thread. */
   unblockSignal(signo: number): number;
+  /** The calling thread's kernel thread id (gettid), for signalThread. */
   threadSelf(): bigint;
+  /** Sends a real-time signal to a thread of this process (tgkill); -ESRCH once it has exited. */
   signalThread(thread: bigint, signo: number): number;
   sigrtmin(): number;
   monotonicNs(): bigint;

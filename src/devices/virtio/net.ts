@@ -41,8 +41,9 @@ import {
   EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
   O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
   VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
-  VIRTIO_RING_F_INDIRECT_DESC, ifreq, iovec, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
+  VIRTIO_RING_F_INDIRECT_DESC, ifreq, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
 } from "../../linux/abi.generated.js";
+import type { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, setU16, setU32 } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
 import { writeChain } from "./chain-io.js";
@@ -82,6 +83,9 @@ export const NET_RING_FEATURES: bigint = (1n << BigInt(VIRTIO_RING_F_INDIRECT_DE
  * options, with room to spare (everything checkTxHeader reads).
  */
 const TX_HEAD_BYTES = NET_HDR_BYTES + 128;
+/** writev buffer index of the copied TX head; guest memory region `i` is TX_GUEST_BUFFER + i. */
+const TX_HEAD_BUFFER = 0;
+const TX_GUEST_BUFFER = 1;
 /** Frames read from the TAP per poll wake-up before the device thread polls again (fairness). */
 const RX_BATCH = 64;
 /**
@@ -232,11 +236,12 @@ export class VirtioNet implements VirtioBackend {
   private closed = false;
   /** The head of the TX packet being sent: what checkTxHeader checked and the TAP reads. */
   private readonly txHead = new Uint8Array(new ArrayBuffer(TX_HEAD_BYTES));
-  /** Its host address (an ArrayBuffer's backing store never moves). */
-  private readonly txHeadAddress = Number(sys.addressOf(this.txHead));
-  /** struct iovec[]: the head, then the rest of the packet in guest memory. */
-  private readonly txIov = new Uint8Array(iovec.SIZE * (1 + NET_QUEUE_SIZE));
-  private readonly txIovView = dataView(this.txIov);
+  /** What writev gathers from: txHead, then each guest memory region's bytes (TX_GUEST_BUFFER + index). */
+  private txBuffers: Uint8Array[] = [this.txHead];
+  /** The guest memory txBuffers were made for. */
+  private txMemory: GuestMemory | undefined;
+  /** writev's (buffer, offset, length) triples: the head, then the rest of the packet in guest memory. */
+  private readonly txIov = new Float64Array(3 * (1 + NET_QUEUE_SIZE));
   /** Header + largest frame, plus one byte to recognise a frame that did not fit. */
   private readonly rxBuf = new Uint8Array(NET_HDR_BYTES + NET_MAX_FRAME_BYTES + 1);
   /** Bytes in rxBuf of a frame read from the TAP but not yet given to the guest (0: none). */
@@ -359,16 +364,25 @@ export class VirtioNet implements VirtioBackend {
     if (bytes > NET_HDR_BYTES + NET_MAX_FRAME_BYTES) return drop(`frame of ${bytes - NET_HDR_BYTES} bytes exceeds ${NET_MAX_FRAME_BYTES}`, true);
     // A chain has at most queue-size buffers (SplitQueue): with the head, it fits txIov.
     const headLen = Math.min(bytes, TX_HEAD_BYTES);
+    const memory = ctx.memory;
+    if (this.txMemory !== memory) {
+      this.txMemory = memory;
+      this.txBuffers = [this.txHead, ...memory.regions.map((r) => r.bytes)];
+    }
     let iovs = 1;
     try {
       let copied = 0;
       for (const b of chain.readable) {
         const take = Math.min(b.len, headLen - copied);
         if (take > 0) {
-          this.txHead.set(ctx.memory.slice(b.addr, take), copied);
+          this.txHead.set(memory.slice(b.addr, take), copied);
           copied += take;
         }
-        if (take < b.len) this.setIov(iovs++, ctx.memory.hostAddress(b.addr + take, b.len - take), b.len - take);
+        if (take < b.len) {
+          const at = b.addr + take, len = b.len - take;
+          const region = memory.regionIndex(at, len);
+          this.setIov(iovs++, TX_GUEST_BUFFER + region, at - memory.regions[region]!.guestBase, len);
+        }
       }
     } catch (e) {
       return drop(`buffers unreadable: ${(e as Error).message}`, true);
@@ -376,9 +390,9 @@ export class VirtioNet implements VirtioBackend {
     // §5.1.6.2: only offloads the driver negotiated, with offsets inside the frame.
     const bad = checkTxHeader(this.txHead.subarray(0, headLen), this.offloads.tx, bytes);
     if (bad !== undefined) return drop(bad, true);
-    this.setIov(0, this.txHeadAddress, headLen);
+    this.setIov(0, TX_HEAD_BUFFER, 0, headLen);
     for (;;) {
-      const r = sys.writev(this.fd, this.txIov, iovs);
+      const r = sys.writev(this.fd, this.txBuffers, this.txIov, iovs);
       if (r === -EINTR) continue;
       if (r === -EAGAIN) return drop("TAP queue full", false);
       if (r < 0) { this.hostError(r); return drop(`TAP write failed`, false); }
@@ -388,14 +402,12 @@ export class VirtioNet implements VirtioBackend {
     }
   }
 
-  /** Sets txIov[i] to `len` bytes at host address `address`. */
-  private setIov(i: number, address: number, len: number): void {
-    // 64-bit fields as two 32-bit halves (both values are below 2^53; ToUint32 keeps the low half).
-    const v = this.txIovView, at = i * iovec.SIZE;
-    setU32(v, at + iovec.iov_base, address >>> 0);
-    setU32(v, at + iovec.iov_base + 4, Math.floor(address / 2 ** 32));
-    setU32(v, at + iovec.iov_len, len >>> 0);
-    setU32(v, at + iovec.iov_len + 4, 0);
+  /** Sets txIov[i] to `len` bytes at `offset` in txBuffers[buffer] (the addon checks the range). */
+  private setIov(i: number, buffer: number, offset: number, len: number): void {
+    const v = this.txIov, at = 3 * i;
+    v[at] = buffer;
+    v[at + 1] = offset;
+    v[at + 2] = len;
   }
 
   // --- RX (§5.1.6.3, §5.1.6.4) ---
