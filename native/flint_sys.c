@@ -238,9 +238,13 @@ static int maps_contain(uintptr_t a, size_t len) {
 
 // --- ioctl ------------------------------------------------------------------
 
-// Requests whose argument is a value although _IOC_DIR says the kernel reads memory.
+// Requests whose argument is a value, not memory: KVM's _IO requests
+// (KVM_RUN, KVM_CREATE_VCPU, KVM_SET_TSS_ADDR...), and TUNSETOFFLOAD, declared
+// _IOW but taking its flags as the value (drivers/net/tun.c). Other requests
+// with no direction are the old, unencoded ones (FIONREAD, TCGETS, SIOC*),
+// many of which take a pointer of a size C cannot know: they are refused.
 static int takes_value(unsigned int cmd) {
-  return _IOC_DIR(cmd) == _IOC_NONE || cmd == TUNSETOFFLOAD;
+  return (_IOC_DIR(cmd) == _IOC_NONE && _IOC_TYPE(cmd) == KVMIO) || cmd == TUNSETOFFLOAD;
 }
 
 // Requests whose kernel-side argument holds a pointer or a size the checks
@@ -339,9 +343,9 @@ static int ioctl_buffer(napi_env env, int fd, unsigned int cmd, uint8_t *buf, si
   return 1;
 }
 
-// ioctl(fd, request, arg?) -> result >= 0, or -errno. `arg` is a buffer when
-// the request's direction (_IOC_DIR) says the kernel reads or writes memory,
-// and a whole number (or nothing: 0) when it takes a value.
+// ioctl(fd, request, arg?) -> result >= 0, or -errno. `arg` is a whole number
+// (or nothing: 0) for a request that takes a value (takes_value), and a buffer
+// when the request's direction (_IOC_DIR) says the kernel reads or writes memory.
 static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   ARGS(3);
   int32_t fd;
@@ -360,6 +364,10 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
     if (t != napi_undefined && !get_int(env, argv[2], "ioctl", "arg", -MAX_SAFE, MAX_SAFE, &value)) return NULL;
     r = ioctl(fd, cmd, (unsigned long)value);
     return make_i64(env, r < 0 ? -errno : r);
+  }
+  if (_IOC_DIR(cmd) == _IOC_NONE) {
+    fail(env, 0, "ioctl: request 0x%x has no _IOC direction and size, so flint_sys cannot check its argument", cmd);
+    return NULL;
   }
   uint8_t *buf;
   size_t cap;

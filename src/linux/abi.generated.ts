@@ -175,6 +175,7 @@ export const MAP_SHARED = 0x1;
 export const MAP_PRIVATE = 0x2;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
+export const MAP_FIXED = 0x10;
 export const MADV_NORMAL = 0x0;
 export const MADV_DONTNEED = 0x4;
 export const MADV_REMOVE = 0x9;
@@ -718,6 +719,7 @@ export const SOCK_DGRAM = 0x2;
 export const ETH_HLEN = 0xe;
 export const ETH_ALEN = 0x6;
 export const ETH_FRAME_LEN = 0x5ea;
+export const FIONREAD = 0x541b;
 
 // linux/if_ether.h, linux/in.h, linux/virtio_net.h: frames that carry offload requests
 export const ETH_P_IP = 0x800;

@@ -105,6 +105,18 @@ interface Addon {
   pageSize(): number;
 }
 
+/** A failed system call. `code` is the errno name (EINTR, ENOMEM...). */
+export class SysError extends Error {
+  readonly code: string;
+  readonly errno: number;
+  constructor(code: string, message: string, errno = 0) {
+    super(message);
+    this.name = "SysError";
+    this.code = code;
+    this.errno = errno;
+  }
+}
+
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 
@@ -128,18 +140,6 @@ const errnoNames = new Map<number, string>(
 /** Name of an errno value, e.g. 4 -> "EINTR". */
 export function errnoName(errno: number): string {
   return errnoNames.get(errno) ?? `E${errno}`;
-}
-
-/** A failed system call. `code` is the errno name (EINTR, ENOMEM...). */
-export class SysError extends Error {
-  readonly code: string;
-  readonly errno: number;
-  constructor(code: string, message: string, errno = 0) {
-    super(message);
-    this.name = "SysError";
-    this.code = code;
-    this.errno = errno;
-  }
 }
 
 /** Throws a SysError when `result` is a negative errno; returns it otherwise. */

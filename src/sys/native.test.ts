@@ -1,0 +1,485 @@
+/**
+ * The native boundary checks what TypeScript cannot: every length, count and
+ * range it is given against the buffer it names, and every argument's type.
+ * Each test hands the addon what an arithmetic or typing bug in TypeScript
+ * would (a length past the buffer, negative, NaN or fractional numbers, a view
+ * whose length fits its ArrayBuffer but not its own window, a number or BigInt
+ * where memory belongs) and asserts an EFLINTSYS exception, and that the guard
+ * bytes around the buffer were never written. Sources of data are bounded so
+ * that a boundary that did not check would overwrite the guards, never memory
+ * outside the test's own ArrayBuffer.
+ */
+import assert from "node:assert/strict";
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import {
+  AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, ENAMETOOLONG, FIONREAD, KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_CREATE_VM,
+  KVM_GET_DIRTY_LOG, KVM_GET_MSR_INDEX_LIST, KVM_GET_REGS, KVM_GET_SUPPORTED_CPUID, KVM_SET_MSRS,
+  KVM_SET_USER_MEMORY_REGION, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, O_CLOEXEC, O_RDWR, POLLIN,
+  PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
+  kvm_regs, kvm_userspace_memory_region, pollfd,
+} from "../linux/abi.generated.js";
+import { PAGE_SIZE, sys } from "./native.js";
+
+const dir = mkdtempSync(join(tmpdir(), "flint-native-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Asserts that `fn` throws the addon's error for `fn`'s argument `arg`: one line, code EFLINTSYS. */
+function rejects(fn: () => unknown, name: string, arg: string, why: string): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof TypeError || e instanceof RangeError, `${why}: ${String(e)}`);
+    assert.equal((e as { code?: unknown }).code, "EFLINTSYS", why);
+    assert.match(e.message, new RegExp(`^flint_sys: ${name}: .*${arg}`), why);
+    assert.ok(!e.message.includes("\n"), why);
+    return true;
+  }, why);
+}
+
+const FILL = 0xee;
+
+/**
+ * `n` bytes (a Uint8Array at byteOffset `before`) inside a larger ArrayBuffer
+ * whose other bytes are guards, and a check that no guard changed.
+ */
+function guarded(n: number, before = 16, afterBytes = 16) {
+  const ab = new ArrayBuffer(before + n + afterBytes);
+  const all = new Uint8Array(ab).fill(FILL);
+  const view = new Uint8Array(ab, before, n);
+  const intact = () => all.subarray(0, before).every((b) => b === FILL) && all.subarray(before + n).every((b) => b === FILL);
+  return { ab, all, view, intact };
+}
+
+/** Lengths that must be refused for a view of `n` bytes made by guarded(n) (16 guard bytes each side). */
+function badLengths(n: number): [unknown, string][] {
+  return [
+    [n + 1, "one byte past the view"],
+    [n + 16, "fits the ArrayBuffer from the view's offset, not the view"],
+    [n + 32, "fits the ArrayBuffer's byteLength, not the view"],
+    [-1, "negative"], [Number.NaN, "NaN"], [1.5, "fractional"], [Number.POSITIVE_INFINITY, "infinite"],
+    [2 ** 53 + 2, "beyond 2^53"], [BigInt(n), "a BigInt"], ["8", "a string"], [undefined, "missing"],
+  ];
+}
+
+/** Things that are not memory, where a buffer belongs. */
+const notBuffers: [unknown, string][] = [
+  [0, "the number 0"], [0x1000, "a number that looks like an address"], [8n, "a BigInt"], ["abcdefgh", "a string"],
+  [{ length: 8 }, "a plain object"], [[1, 2, 3, 4, 5, 6, 7, 8], "an array"], [undefined, "missing"], [null, "null"],
+];
+
+/** Non-numbers and out-of-range numbers where an fd (a C int) belongs. */
+const badFds: [unknown, string][] = [
+  ["3", "a string"], [3n, "a BigInt"], [1.5, "fractional"], [Number.NaN, "NaN"], [2 ** 31, "past INT_MAX"], [{}, "an object"],
+];
+
+/** A file holding `n` bytes of 0x11: a read source that cannot fill more than that. */
+function source(n: number): string {
+  const path = join(dir, `src-${n}`);
+  writeFileSync(path, new Uint8Array(n).fill(0x11));
+  return path;
+}
+
+test("read: a length past the buffer's own window throws and the bytes after it stay untouched", () => {
+  const n = 24;
+  const path = source(n + 16);
+  for (const [len, why] of badLengths(n)) {
+    const g = guarded(n);
+    const fd = openSync(path, "r");
+    try {
+      rejects(() => sys.read(fd, g.view, len as number), "read", "length", `read length ${why}`);
+    } finally {
+      closeSync(fd);
+    }
+    assert.ok(g.intact(), `guards intact after read length ${why}`);
+    assert.ok(g.view.every((b) => b === FILL), `nothing read after read length ${why}`);
+  }
+  const g = guarded(n);
+  const fd = openSync(path, "r");
+  try {
+    assert.equal(sys.read(fd, g.view, n), n, "the whole view can be read into");
+  } finally {
+    closeSync(fd);
+  }
+  assert.ok(g.view.every((b) => b === 0x11) && g.intact());
+});
+
+test("read: the limit is byteLength for every kind of view, not the element count or the ArrayBuffer", () => {
+  const path = source(64);
+  const ab = new ArrayBuffer(64);
+  const views: [ArrayBufferView | ArrayBuffer, number, string][] = [
+    [new Uint32Array(ab, 16, 2), 8, "Uint32Array of 2 elements"],
+    [new Float64Array(ab, 8, 1), 8, "Float64Array of 1 element"],
+    [new DataView(ab, 20, 8), 8, "DataView at offset 20"],
+    [new ArrayBuffer(8), 8, "ArrayBuffer"],
+  ];
+  for (const [v, bytes, why] of views) {
+    const fd = openSync(path, "r");
+    try {
+      rejects(() => sys.read(fd, v, bytes + 1), "read", "length", why);
+      assert.equal(sys.read(fd, v, bytes), bytes, why);
+    } finally {
+      closeSync(fd);
+    }
+  }
+});
+
+test("read and write: numbers, BigInts and other non-buffers are refused, and so are bad fds", () => {
+  const efd = sys.eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC);
+  try {
+    for (const [b, why] of notBuffers) {
+      rejects(() => sys.read(efd, b as Uint8Array, 8), "read", "buffer", `read into ${why}`);
+      rejects(() => sys.write(efd, b as Uint8Array, 8), "write", "buffer", `write from ${why}`);
+    }
+    for (const [fd, why] of badFds) {
+      rejects(() => sys.read(fd as number, new Uint8Array(8), 8), "read", "fd", `read fd ${why}`);
+      rejects(() => sys.write(fd as number, new Uint8Array(8), 8), "write", "fd", `write fd ${why}`);
+    }
+  } finally {
+    sys.close(efd);
+  }
+});
+
+test("write: a length past the buffer throws and nothing reaches the file", () => {
+  const n = 24;
+  const path = join(dir, "write");
+  writeFileSync(path, "");
+  const fd = openSync(path, "r+");
+  try {
+    for (const [len, why] of badLengths(n)) {
+      rejects(() => sys.write(fd, guarded(n).view, len as number), "write", "length", `write length ${why}`);
+    }
+    assert.equal(fstatSync(fd).size, 0, "no byte was written");
+    assert.equal(sys.write(fd, guarded(n).view, n), n);
+    assert.deepEqual(new Uint8Array(readFileSync(path)), new Uint8Array(n).fill(FILL), "exactly the view was written");
+  } finally {
+    closeSync(fd);
+  }
+});
+
+test("pread: a length past the buffer throws and the guard bytes stay untouched; offsets are checked", () => {
+  const n = 24;
+  const fd = openSync(source(n + 16), "r");
+  try {
+    for (const [len, why] of badLengths(n)) {
+      const g = guarded(n);
+      rejects(() => sys.pread(fd, g.view, len as number, 0), "pread", "length", `pread length ${why}`);
+      assert.ok(g.intact() && g.view.every((b) => b === FILL), `nothing read after pread length ${why}`);
+    }
+    for (const [b, why] of notBuffers) rejects(() => sys.pread(fd, b as Uint8Array, 8, 0), "pread", "buffer", `pread into ${why}`);
+    for (const [off, why] of [[-1, "negative"], [0.5, "fractional"], [Number.NaN, "NaN"], [-1n, "a negative BigInt"], [2n ** 63n, "a BigInt past 2^63-1"], ["0", "a string"]] as const) {
+      rejects(() => sys.pread(fd, new Uint8Array(8), 8, off as number), "pread", "offset", `pread offset ${why}`);
+    }
+    const g = guarded(n);
+    assert.equal(sys.pread(fd, g.view, n, 0n), n, "a BigInt offset is fine");
+    assert.ok(g.intact());
+  } finally {
+    closeSync(fd);
+  }
+});
+
+test("pwrite: a length past the buffer throws and nothing reaches the file", () => {
+  const n = 24;
+  const path = join(dir, "pwrite");
+  writeFileSync(path, "");
+  const fd = openSync(path, "r+");
+  try {
+    for (const [len, why] of badLengths(n)) {
+      rejects(() => sys.pwrite(fd, guarded(n).view, len as number, 0), "pwrite", "length", `pwrite length ${why}`);
+    }
+    for (const [b, why] of notBuffers) rejects(() => sys.pwrite(fd, b as Uint8Array, 8, 0), "pwrite", "buffer", `pwrite from ${why}`);
+    rejects(() => sys.pwrite(fd, new Uint8Array(8), 8, -1), "pwrite", "offset", "negative offset");
+    assert.equal(fstatSync(fd).size, 0, "no byte was written");
+    assert.equal(sys.pwrite(fd, guarded(n).view, n, 4), n);
+    assert.equal(fstatSync(fd).size, n + 4);
+  } finally {
+    closeSync(fd);
+  }
+});
+
+test("poll: nfds past the buffer throws and the kernel writes no revents past it", () => {
+  const efd = sys.eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC);
+  try {
+    const cases: [unknown, string][] = [
+      [2, "two pollfds in a buffer of one"], [-1, "negative"], [Number.NaN, "NaN"], [1.5, "fractional"], [1n, "a BigInt"], ["1", "a string"],
+    ];
+    for (const [nfds, why] of cases) {
+      const g = guarded(pollfd.SIZE, 16, pollfd.SIZE * 4);
+      const v = new DataView(g.ab, 16, pollfd.SIZE);
+      v.setInt32(pollfd.fd, efd, true);
+      v.setInt16(pollfd.events, POLLIN, true);
+      v.setInt16(pollfd.revents, 0, true);
+      rejects(() => sys.poll(g.view, nfds as number, 0), "poll", "nfds", `poll nfds ${why}`);
+      assert.ok(g.intact(), `guards intact after poll nfds ${why}`);
+    }
+    for (const [b, why] of notBuffers) rejects(() => sys.poll(b as Uint8Array, 1, 0), "poll", "pollfds", `poll over ${why}`);
+    const g = guarded(pollfd.SIZE);
+    const v = new DataView(g.ab, 16, pollfd.SIZE);
+    v.setInt32(pollfd.fd, efd, true);
+    v.setInt16(pollfd.events, POLLIN, true);
+    v.setInt16(pollfd.revents, 0, true);
+    assert.equal(sys.poll(g.view, 1, 0), 1, "one pollfd in a buffer of one is fine");
+    assert.ok(g.intact());
+  } finally {
+    sys.close(efd);
+  }
+});
+
+test("writev: gathers checked (buffer, offset, length) triples and refuses every one outside its buffer", () => {
+  const path = join(dir, "writev");
+  writeFileSync(path, "");
+  const fd = openSync(path, "r+");
+  const a = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]);
+  const big = guarded(8);
+  big.view.set([9, 10, 11, 12, 13, 14, 15, 16]);
+  const buffers = [a, big.view];
+  const iov = (...xs: number[]) => Float64Array.from(xs);
+  try {
+    const cases: [readonly unknown[], Float64Array | unknown, unknown, string, string][] = [
+      [buffers, iov(0, 4, 5), 1, "iov entry 0", "runs one byte off buffer 0"],
+      [buffers, iov(1, 0, 9), 1, "iov entry 0", "one byte past a view (into its guard)"],
+      [buffers, iov(1, 0, 24), 1, "iov entry 0", "fits the view's ArrayBuffer from its offset"],
+      [buffers, iov(1, 9, 0), 1, "iov entry 0", "an empty piece that starts past the end"],
+      [buffers, iov(0, 0, 8, 2, 0, 1), 2, "iov entry 1", "a buffer index past the array"],
+      [buffers, iov(0, 0, 8, -1, 0, 1), 2, "iov entry 1", "a negative buffer index"],
+      [buffers, iov(0.5, 0, 1), 1, "iov entry 0", "a fractional buffer index"],
+      [buffers, iov(0, -1, 2), 1, "iov entry 0", "a negative offset"],
+      [buffers, iov(0, 0, -1), 1, "iov entry 0", "a negative length"],
+      [buffers, iov(0, Number.NaN, 1), 1, "iov entry 0", "a NaN offset"],
+      [buffers, iov(0, 0, Number.NaN), 1, "iov entry 0", "a NaN length"],
+      [buffers, iov(0, 1.5, 1), 1, "iov entry 0", "a fractional offset"],
+      [buffers, iov(0, 2 ** 60, 2 ** 60), 1, "iov entry 0", "huge offset and length"],
+      [buffers, iov(0, 0, 1), 2, "count", "count needs more triples than iov holds"],
+      [buffers, new Float64Array(3 * 2000), 1025, "count", "count past IOV_MAX"],
+      [buffers, iov(0, 0, 1), -1, "count", "a negative count"],
+      [buffers, iov(0, 0, 1), 1.5, "count", "a fractional count"],
+      [buffers, iov(0, 0, 1), 1n, "count", "a BigInt count"],
+      [buffers, Uint32Array.from([0, 0, 1]), 1, "iov", "iov that is not a Float64Array"],
+      [buffers, new ArrayBuffer(24), 1, "iov", "iov that is an ArrayBuffer"],
+      [[a, 0x1000], iov(0, 0, 1), 1, "buffers\\[1\\]", "a number among the buffers"],
+      [[a, 8n], iov(0, 0, 1), 1, "buffers\\[1\\]", "a BigInt among the buffers"],
+      [Array.from({ length: 17 }, () => a), iov(0, 0, 1), 1, "buffers", "17 buffers"],
+    ];
+    for (const [bufs, v, count, arg, why] of cases) {
+      rejects(() => sys.writev(fd, bufs as Uint8Array[], v as Float64Array, count as number), "writev", arg, why);
+    }
+    for (const [b, why] of [[a, "a buffer"], [0x1000, "a number"], [{ length: 1 }, "an array-like"], [undefined, "missing"]] as const) {
+      rejects(() => sys.writev(fd, b as unknown as Uint8Array[], iov(0, 0, 1), 1), "writev", "buffers", `buffers that is ${why}`);
+    }
+    assert.equal(fstatSync(fd).size, 0, "no byte was written");
+    assert.ok(big.intact());
+    assert.equal(sys.writev(fd, buffers, iov(1, 6, 2, 0, 0, 3, 1, 0, 0, 0, 7, 1), 4), 6);
+    assert.deepEqual([...readFileSync(path)], [15, 16, 1, 2, 3, 8], "the pieces, in order");
+    assert.equal(sys.writev(fd, [], new Float64Array(0), 0), 0, "nothing to write is fine");
+  } finally {
+    closeSync(fd);
+  }
+});
+
+test("view, madvise and munmap only work inside mappings made by mmap", () => {
+  const size = 4 * PAGE_SIZE;
+  const addr = sys.mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  assert.equal(typeof addr, "bigint");
+  const base = addr as bigint;
+  const page = BigInt(PAGE_SIZE);
+  try {
+    const outside: [bigint, number, string][] = [
+      [base, size + 1, "one byte past the mapping"],
+      [base + 1n, size, "shifted one byte"],
+      [base - page, PAGE_SIZE, "the page before"],
+      [base + BigInt(size), 1, "the byte after"],
+      [base + 2n * page, 2 ** 52, "a huge length"],
+      [0x1000n, PAGE_SIZE, "an address flint never mapped"],
+      [2n ** 64n - 1n, 2, "a range that wraps around"],
+    ];
+    for (const [a, len, why] of outside) {
+      rejects(() => sys.view(a, len), "view", "not inside a mapping", `view ${why}`);
+      rejects(() => sys.madvise(a, len, MADV_NORMAL), "madvise", "not inside a mapping", `madvise ${why}`);
+    }
+    for (const [a, why] of [[Number(base), "a number"], ["0", "a string"], [-1n, "a negative BigInt"], [2n ** 64n, "a BigInt past 64 bits"]] as const) {
+      rejects(() => sys.view(a as bigint, 8), "view", "address", `view address ${why}`);
+      rejects(() => sys.madvise(a as bigint, 8, MADV_NORMAL), "madvise", "address", `madvise address ${why}`);
+      rejects(() => sys.munmap(a as bigint, size), "munmap", "address", `munmap address ${why}`);
+    }
+    for (const [len, why] of [[-1, "negative"], [Number.NaN, "NaN"], [0.5, "fractional"], [8n, "a BigInt"]] as const) {
+      rejects(() => sys.view(base, len as number), "view", "length", `view length ${why}`);
+    }
+    // Only a whole mapping can be unmapped: part of one would leave a view over nothing.
+    rejects(() => sys.munmap(base, PAGE_SIZE), "munmap", "not a mapping", "munmap of the first page only");
+    rejects(() => sys.munmap(base + page, size - PAGE_SIZE), "munmap", "not a mapping", "munmap of the tail only");
+    const v = new Uint8Array(sys.view(base + page, PAGE_SIZE));
+    v[0] = 7;
+    assert.equal(new Uint8Array(sys.view(base, size))[PAGE_SIZE], 7, "views inside the mapping alias it");
+    assert.equal(sys.madvise(base, size, MADV_NORMAL), 0);
+  } finally {
+    assert.equal(sys.munmap(base, size), 0);
+  }
+  rejects(() => sys.view(base, PAGE_SIZE), "view", "not inside a mapping", "view after munmap");
+  rejects(() => sys.munmap(base, size), "munmap", "not a mapping", "a second munmap");
+});
+
+test("mmap refuses fixed addresses and lengths that are not whole positive numbers", () => {
+  rejects(() => sys.mmap(PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0), "mmap", "fixed address", "MAP_FIXED");
+  for (const [len, why] of [[0, "zero"], [-1, "negative"], [Number.NaN, "NaN"], [1.5, "fractional"], [4096n, "a BigInt"], ["4096", "a string"]] as const) {
+    rejects(() => sys.mmap(len as number, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmap", "length", `mmap length ${why}`);
+  }
+  rejects(() => sys.mmap(PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, -1), "mmap", "offset", "negative offset");
+});
+
+test("ioctl: a request that takes a value refuses buffers, and one that reads or writes memory refuses numbers", () => {
+  const efd = sys.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  try {
+    // FIONREAD is not _IOC-encoded: the addon cannot know its size, so neither form is taken.
+    for (const [arg, why] of [[0, "a number"], [new Uint8Array(4), "a buffer"]] as const) {
+      rejects(() => sys.ioctl(efd, FIONREAD, arg), "ioctl", "request 0x541b", `FIONREAD with ${why}`);
+    }
+    for (const [arg, why] of notBuffers.filter(([a]) => a !== undefined)) {
+      rejects(() => sys.ioctl(efd, TUNSETIFF, arg as Uint8Array), "ioctl", "arg of request 0x400454ca", `TUNSETIFF with ${why}`);
+    }
+    rejects(() => sys.ioctl(efd, TUNSETIFF), "ioctl", "arg of request", "TUNSETIFF with no argument");
+    for (const [req, why] of [[TUNSETIFF + 2 ** 32, "past 32 bits (the kernel would see TUNSETIFF)"], [-1, "negative"], [1.5, "fractional"], [BigInt(TUNSETIFF), "a BigInt"]] as const) {
+      rejects(() => sys.ioctl(efd, req as number, new Uint8Array(40)), "ioctl", "request", `request ${why}`);
+      rejects(() => sys.ioctlValue(efd, req as number, 0), "ioctlValue", "request", `ioctlValue request ${why}`);
+    }
+    // TUNSETIFF is declared with an int, but the kernel reads and writes a struct ifreq.
+    const g = guarded(4, 16, 64);
+    rejects(() => sys.ioctl(efd, TUNSETIFF, g.view), "ioctl", "request 0x400454ca .* 40 bytes", "TUNSETIFF with 4 bytes");
+    assert.ok(g.intact());
+    for (const [fd, why] of badFds) rejects(() => sys.ioctl(fd as number, TUNSETIFF, new Uint8Array(40)), "ioctl", "fd", `ioctl fd ${why}`);
+  } finally {
+    sys.close(efd);
+  }
+});
+
+/** Opens /dev/kvm, a VM and vCPU 0 with the raw addon; closes them after `fn`. */
+function withKvm(fn: (k: { kvm: number; vm: number; vcpu: number }) => void): void {
+  const kvm = openSync("/dev/kvm", O_RDWR | O_CLOEXEC);
+  const vm = sys.ioctlValue(kvm, KVM_CREATE_VM, 0);
+  assert.ok(vm >= 0, `KVM_CREATE_VM: ${vm}`);
+  const vcpu = sys.ioctl(vm, KVM_CREATE_VCPU, 0);
+  assert.ok(vcpu >= 0, `KVM_CREATE_VCPU: ${vcpu}`);
+  try {
+    fn({ kvm, vm, vcpu });
+  } finally {
+    closeSync(vcpu);
+    closeSync(vm);
+    closeSync(kvm);
+  }
+}
+
+test("ioctl on KVM: a buffer smaller than the request's struct throws before the kernel writes past it", () => {
+  withKvm(({ kvm, vcpu }) => {
+    for (const n of [0, 16, kvm_regs.SIZE - 1]) {
+      const g = guarded(n, 16, kvm_regs.SIZE + 16);
+      rejects(() => sys.ioctl(vcpu, KVM_GET_REGS, g.view), "ioctl", `${kvm_regs.SIZE} bytes`, `KVM_GET_REGS into ${n} bytes`);
+      assert.ok(g.intact(), `guards intact after KVM_GET_REGS into ${n} bytes`);
+    }
+    // The struct fits between the view's byteOffset and the end of its ArrayBuffer, not in the view.
+    const dv = new DataView(new ArrayBuffer(64 + kvm_regs.SIZE), 64, kvm_regs.SIZE - 8);
+    rejects(() => sys.ioctl(vcpu, KVM_GET_REGS, dv), "ioctl", `${kvm_regs.SIZE} bytes`, "a DataView shorter than the rest of its buffer");
+    for (const [arg, why] of notBuffers) {
+      rejects(() => sys.ioctl(vcpu, KVM_GET_REGS, arg as Uint8Array), "ioctl", "arg", `KVM_GET_REGS with ${why}`);
+    }
+    rejects(() => sys.ioctlValue(vcpu, KVM_GET_REGS, 0), "ioctlValue", "does not take a value", "ioctlValue is no way around");
+    rejects(() => sys.ioctl(kvm, KVM_CHECK_EXTENSION, new Uint8Array(8)), "ioctl", "takes a value", "a buffer where a value belongs");
+    rejects(() => sys.ioctl(kvm, KVM_CHECK_EXTENSION, 1n as unknown as number), "ioctl", "arg", "a BigInt value");
+    const g = guarded(kvm_regs.SIZE);
+    assert.equal(sys.ioctl(vcpu, KVM_GET_REGS, g.view), 0, "a buffer of exactly the struct is fine");
+    assert.ok(g.intact());
+  });
+});
+
+test("ioctl on KVM: entry counts in cpuid2 and msr structs are checked against the buffer", () => {
+  withKvm(({ kvm, vm, vcpu }) => {
+    // KVM_GET_SUPPORTED_CPUID with nent = 200 in a buffer of 2 entries: the kernel would write them all.
+    const cpuidBytes = kvm_cpuid2.SIZE + 2 * kvm_cpuid_entry2.SIZE;
+    const c = guarded(cpuidBytes, 16, 200 * kvm_cpuid_entry2.SIZE);
+    new DataView(c.ab, 16).setUint32(kvm_cpuid2.nent, 200, true);
+    rejects(() => sys.ioctl(kvm, KVM_GET_SUPPORTED_CPUID, c.view), "ioctl", "count 200 needs", "KVM_GET_SUPPORTED_CPUID nent past the buffer");
+    assert.ok(c.intact(), "guards intact after KVM_GET_SUPPORTED_CPUID");
+    rejects(() => sys.ioctl(kvm, KVM_GET_SUPPORTED_CPUID, new Uint8Array(4)), "ioctl", "at least 8 bytes", "no room for the header");
+    // KVM_GET_MSR_INDEX_LIST with nmsrs = 1024 in a buffer of 2.
+    const m = guarded(kvm_msr_list.SIZE + 8, 16, 4 * 1024);
+    new DataView(m.ab, 16).setUint32(kvm_msr_list.nmsrs, 1024, true);
+    rejects(() => sys.ioctl(kvm, KVM_GET_MSR_INDEX_LIST, m.view), "ioctl", "count 1024 needs", "KVM_GET_MSR_INDEX_LIST nmsrs past the buffer");
+    assert.ok(m.intact(), "guards intact after KVM_GET_MSR_INDEX_LIST");
+    const s = new Uint8Array(kvm_msrs.SIZE + 16);
+    new DataView(s.buffer).setUint32(kvm_msrs.nmsrs, 2, true);
+    rejects(() => sys.ioctl(vcpu, KVM_SET_MSRS, s), "ioctl", "count 2 needs", "KVM_SET_MSRS nmsrs past the buffer");
+    // A count that fits works, and the kernel's answer comes back.
+    const ok = new Uint8Array(kvm_cpuid2.SIZE + 256 * kvm_cpuid_entry2.SIZE);
+    new DataView(ok.buffer).setUint32(kvm_cpuid2.nent, 256, true);
+    assert.equal(sys.ioctl(kvm, KVM_GET_SUPPORTED_CPUID, ok), 0);
+    const nent = new DataView(ok.buffer).getUint32(kvm_cpuid2.nent, true);
+    assert.ok(nent > 0 && nent <= 256, `nent ${nent} written back`);
+    // Requests whose structs hold pointers the addon does not check are refused whole.
+    rejects(() => sys.ioctl(vm, KVM_GET_DIRTY_LOG, new Uint8Array(64)), "ioctl", "does not check", "KVM_GET_DIRTY_LOG");
+  });
+});
+
+test("ioctl on KVM: KVM_SET_USER_MEMORY_REGION takes only memory the addon mapped", () => {
+  withKvm(({ vm }) => {
+    const size = 4 * PAGE_SIZE;
+    const base = sys.mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) as bigint;
+    const region = (addr: bigint, bytes: number) => {
+      const b = new Uint8Array(kvm_userspace_memory_region.SIZE);
+      const v = new DataView(b.buffer);
+      v.setUint32(kvm_userspace_memory_region.slot, 0, true);
+      v.setBigUint64(kvm_userspace_memory_region.guest_phys_addr, 0n, true);
+      v.setBigUint64(kvm_userspace_memory_region.memory_size, BigInt(bytes), true);
+      v.setBigUint64(kvm_userspace_memory_region.userspace_addr, addr, true);
+      return b;
+    };
+    try {
+      for (const [addr, bytes, why] of [[base, size + PAGE_SIZE, "one page too long"], [0x10000n, PAGE_SIZE, "memory flint never mapped"], [base + BigInt(size), PAGE_SIZE, "the page after"]] as const) {
+        rejects(() => sys.ioctl(vm, KVM_SET_USER_MEMORY_REGION, region(addr, bytes)), "ioctl", "not inside a mapping", why);
+      }
+      assert.equal(sys.ioctl(vm, KVM_SET_USER_MEMORY_REGION, region(base, size)), 0, "the whole mapping is fine");
+      assert.equal(sys.ioctl(vm, KVM_SET_USER_MEMORY_REGION, region(0n, 0)), 0, "deleting the slot names no memory");
+    } finally {
+      sys.munmap(base, size);
+    }
+  });
+});
+
+test("paths: open, bindUnix and connectUnix refuse non-strings and NUL characters; a long Unix path is ENAMETOOLONG", () => {
+  const fd = sys.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  try {
+    for (const [p, why] of [[42, "a number"], [undefined, "missing"], [{}, "an object"], [new Uint8Array(4), "a buffer"], [8n, "a BigInt"]] as const) {
+      rejects(() => sys.open(p as unknown as string, O_RDWR, 0), "open", "path", `open ${why}`);
+      rejects(() => sys.bindUnix(fd, p as unknown as string), "bindUnix", "path", `bindUnix ${why}`);
+      rejects(() => sys.connectUnix(fd, p as unknown as string), "connectUnix", "path", `connectUnix ${why}`);
+    }
+    rejects(() => sys.open(`${dir}/a\0b`, O_RDWR, 0), "open", "NUL", "open with a NUL inside");
+    rejects(() => sys.bindUnix(fd, `${dir}/a\0b`), "bindUnix", "NUL", "bindUnix with a NUL inside");
+    rejects(() => sys.open("x".repeat(5000), O_RDWR, 0), "open", "longer", "open with a path longer than PATH_MAX");
+    assert.equal(sys.bindUnix(fd, `${dir}/${"x".repeat(200)}`), -ENAMETOOLONG);
+    assert.equal(sys.connectUnix(fd, `${dir}/${"x".repeat(200)}`), -ENAMETOOLONG);
+  } finally {
+    sys.close(fd);
+  }
+});
+
+test("every other function refuses wrong types instead of passing them on", () => {
+  const bad: [() => unknown, string, string][] = [
+    [() => sys.eventfd(-1, 0), "eventfd", "initval"],
+    [() => sys.eventfd(0, "x" as unknown as number), "eventfd", "flags"],
+    [() => sys.close("3" as unknown as number), "close", "fd"],
+    [() => sys.fdatasync(1.5), "fdatasync", "fd"],
+    [() => sys.socket(AF_UNIX, Number.NaN, 0), "socket", "type"],
+    [() => sys.listen(2 ** 40, 1), "listen", "fd"],
+    [() => sys.accept4(0, {} as unknown as number), "accept4", "flags"],
+    [() => sys.shutdown(0, 1n as unknown as number), "shutdown", "how"],
+    [() => sys.fallocate(0, 0, -1, 1), "fallocate", "offset"],
+    [() => sys.fallocate(0, 0, 0, Number.NaN), "fallocate", "length"],
+    [() => sys.ioctlValue("3" as unknown as number, KVM_CHECK_EXTENSION, 0), "ioctlValue", "numbers"],
+    [() => sys.installKickSignal(sys.sigrtmin() - 1), "installKickSignal", "signo"],
+    [() => sys.installKickSignal(65), "installKickSignal", "signo"],
+    [() => sys.unblockSignal(0), "unblockSignal", "signo"],
+    [() => sys.signalThread(sys.threadSelf(), 0), "signalThread", "signo"],
+    [() => sys.signalThread(0n, sys.sigrtmin()), "signalThread", "thread"],
+    [() => sys.signalThread(2n ** 40n, sys.sigrtmin()), "signalThread", "thread"],
+    [() => sys.signalThread("1" as unknown as bigint, sys.sigrtmin()), "signalThread", "thread"],
+  ];
+  for (const [fn, name, arg] of bad) rejects(fn, name, arg, `${name} ${arg}`);
+});
