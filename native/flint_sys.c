@@ -147,7 +147,8 @@ static size_t element_size(napi_typedarray_type t) {
     case napi_int8_array: case napi_uint8_array: case napi_uint8_clamped_array: return 1;
     case napi_int16_array: case napi_uint16_array: return 2;
     case napi_int32_array: case napi_uint32_array: case napi_float32_array: return 4;
-    default: return 8;  // float64, bigint64, biguint64
+    case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: return 8;
+    default: return 0;  // a kind this file does not know: refused rather than guessed
   }
 }
 
@@ -159,7 +160,7 @@ static int get_buffer(napi_env env, napi_value v, const char *fn, const char *na
   size_t n = 0;
   if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
     napi_typedarray_type t;
-    if (napi_get_typedarray_info(env, v, &t, &n, &d, NULL, NULL) != napi_ok) goto bad;
+    if (napi_get_typedarray_info(env, v, &t, &n, &d, NULL, NULL) != napi_ok || element_size(t) == 0) goto bad;
     *data = d;
     *len = n * element_size(t);
     return 1;

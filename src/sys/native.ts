@@ -4,6 +4,11 @@
  * return a negative errno from the addon; `check` turns that into a SysError
  * with the errno's name as its `code`, so callers choose where an error is
  * normal (EINTR from KVM_RUN) and where it is fatal.
+ *
+ * A caller's mistake is not an errno: the addon checks every length, count and
+ * range against the buffer it names, and never takes a number as a pointer, so
+ * an arithmetic or typing bug here throws (TypeError/RangeError, code
+ * "EFLINTSYS") instead of corrupting host memory. See `Addon` for each rule.
  */
 import { createRequire } from "node:module";
 import { constants as osConstants } from "node:os";
