@@ -154,31 +154,38 @@ static size_t element_size(napi_typedarray_type t) {
 
 // Memory: a TypedArray or DataView (its own window: byteOffset and byteLength
 // are honoured) or an ArrayBuffer. Never a number: C cannot check a pointer.
-static int get_buffer(napi_env env, napi_value v, const char *fn, const char *name, uint8_t **data, size_t *len) {
+// Returns 0 without throwing when `v` is not memory.
+static int buffer_of(napi_env env, napi_value v, uint8_t **data, size_t *len) {
   bool is = false;
   void *d = NULL;
   size_t n = 0;
   if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
     napi_typedarray_type t;
-    if (napi_get_typedarray_info(env, v, &t, &n, &d, NULL, NULL) != napi_ok || element_size(t) == 0) goto bad;
+    if (napi_get_typedarray_info(env, v, &t, &n, &d, NULL, NULL) != napi_ok || element_size(t) == 0) return 0;
     *data = d;
     *len = n * element_size(t);
     return 1;
   }
   if (napi_is_dataview(env, v, &is) == napi_ok && is) {
-    if (napi_get_dataview_info(env, v, &n, &d, NULL, NULL) != napi_ok) goto bad;
+    if (napi_get_dataview_info(env, v, &n, &d, NULL, NULL) != napi_ok) return 0;
     *data = d;
     *len = n;
     return 1;
   }
   if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
-    if (napi_get_arraybuffer_info(env, v, &d, &n) != napi_ok) goto bad;
+    if (napi_get_arraybuffer_info(env, v, &d, &n) != napi_ok) return 0;
     *data = d;
     *len = n;
     return 1;
   }
-bad:
-  return FAIL(env, 0, "%s: %s must be a TypedArray, DataView or ArrayBuffer", fn, name);
+  return 0;
+}
+
+#define NOT_A_BUFFER "must be a TypedArray, DataView or ArrayBuffer"
+
+// buffer_of, throwing "<fn>: <name> must be a TypedArray..." when `v` is not memory.
+static int get_buffer(napi_env env, napi_value v, const char *fn, const char *name, uint8_t **data, size_t *len) {
+  return buffer_of(env, v, data, len) || FAIL(env, 0, "%s: %s " NOT_A_BUFFER, fn, name);
 }
 
 // A byte count inside a buffer of `cap` bytes: a whole number in [0, cap].
@@ -372,9 +379,11 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   }
   uint8_t *buf;
   size_t cap;
-  char name[48];
-  snprintf(name, sizeof name, "arg of request 0x%x", cmd);
-  if (!get_buffer(env, argv[2], "ioctl", name, &buf, &cap) || !ioctl_buffer(env, fd, cmd, buf, cap, &r)) return NULL;
+  if (!buffer_of(env, argv[2], &buf, &cap)) {
+    fail(env, 0, "ioctl: arg of request 0x%x " NOT_A_BUFFER, cmd);
+    return NULL;
+  }
+  if (!ioctl_buffer(env, fd, cmd, buf, cap, &r)) return NULL;
   return make_i64(env, r);
 }
 
@@ -549,45 +558,43 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
 // The most buffers one writev may gather from (a packet's head, guest RAM regions).
 #define WRITEV_MAX_BUFFERS 16
 
-// writev(fd, buffers, iov, count) -> bytes, or -errno. `buffers` is an array
-// of up to 16 buffers; `iov` is a Float64Array of `count` (buffer index,
-// offset, length) triples, each naming bytes inside that buffer. C builds the
-// struct iovec array itself, so no raw address crosses the boundary (a frame
-// is still gathered straight from guest memory: zero copies in user space).
+// writev(fd, iov, count, ...buffers) -> bytes, or -errno. `iov` is a
+// Float64Array of `count` (buffer index, offset, length) triples, each naming
+// bytes inside one of the up to 16 trailing buffer arguments. C checks every
+// triple and builds the struct iovec array itself, so no raw address crosses
+// the boundary and a frame is still gathered straight from guest memory (no
+// copy in user space). Buffers are arguments rather than an array: reading an
+// array's elements through N-API costs more than the checks.
 static napi_value js_writev(napi_env env, napi_callback_info info) {
-  ARGS(4);
+  size_t argc = 3 + WRITEV_MAX_BUFFERS + 1;
+  napi_value argv[3 + WRITEV_MAX_BUFFERS + 1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd;
   int64_t count;
   if (!get_i32(env, argv[0], "writev", "fd", &fd)) return NULL;
-  bool is = false;
-  uint32_t nbuf = 0;
-  if (napi_is_array(env, argv[1], &is) != napi_ok || !is) {
-    fail(env, 0, "writev: buffers must be an array");
-    return NULL;
-  }
-  CHECK(napi_get_array_length(env, argv[1], &nbuf));
+  uint32_t nbuf = argc > 3 ? (uint32_t)(argc - 3) : 0;
   if (nbuf > WRITEV_MAX_BUFFERS) {
-    fail(env, 1, "writev: buffers holds %u buffers, at most %d", nbuf, WRITEV_MAX_BUFFERS);
+    fail(env, 1, "writev: buffers: more than %d", WRITEV_MAX_BUFFERS);
     return NULL;
   }
   uint8_t *base[WRITEV_MAX_BUFFERS];
   size_t size[WRITEV_MAX_BUFFERS];
   for (uint32_t i = 0; i < nbuf; i++) {
-    napi_value b;
-    char name[24];
-    CHECK(napi_get_element(env, argv[1], i, &b));
-    snprintf(name, sizeof name, "buffers[%u]", i);
-    if (!get_buffer(env, b, "writev", name, &base[i], &size[i])) return NULL;
+    if (!buffer_of(env, argv[3 + i], &base[i], &size[i])) {
+      fail(env, 0, "writev: buffers[%u] " NOT_A_BUFFER, i);
+      return NULL;
+    }
   }
+  bool is = false;
   napi_typedarray_type t;
   size_t n = 0;
   void *data = NULL;
-  if (napi_is_typedarray(env, argv[2], &is) != napi_ok || !is ||
-      napi_get_typedarray_info(env, argv[2], &t, &n, &data, NULL, NULL) != napi_ok || t != napi_float64_array) {
+  if (napi_is_typedarray(env, argv[1], &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, argv[1], &t, &n, &data, NULL, NULL) != napi_ok || t != napi_float64_array) {
     fail(env, 0, "writev: iov must be a Float64Array");
     return NULL;
   }
-  if (!get_int(env, argv[3], "writev", "count", 0, IOV_MAX, &count)) return NULL;
+  if (!get_int(env, argv[2], "writev", "count", 0, IOV_MAX, &count)) return NULL;
   if ((size_t)count * 3 > n) {
     fail(env, 1, "writev: count %lld needs %lld iov numbers, iov holds %zu", (long long)count, (long long)count * 3, n);
     return NULL;

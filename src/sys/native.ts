@@ -74,11 +74,11 @@ interface Addon {
   write(fd: number, buffer: SysBuffer, length: number): number;
   /**
    * writev(2) gathering `count` (at most IOV_MAX) pieces, each named in `iov` by a
-   * (buffer index, offset, length) triple into `buffers` (at most 16): C checks
-   * each lies inside its buffer and builds the struct iovec array itself, so
-   * guest memory is sent in place without any raw address crossing the boundary.
+   * (buffer index, offset, length) triple into the trailing `buffers` (at most 16):
+   * C checks each lies inside its buffer and builds the struct iovec array itself,
+   * so guest memory is sent in place without any raw address crossing the boundary.
    */
-  writev(fd: number, buffers: readonly SysBuffer[], iov: Float64Array, count: number): number;
+  writev(fd: number, iov: Float64Array, count: number, ...buffers: SysBuffer[]): number;
   close(fd: number): number;
   /** poll(2) over `nfds` struct pollfd (layout: `pollfd` in the generated ABI); the buffer must hold them all. */
   poll(pollfds: SysBuffer, nfds: number, timeoutMs: number): number;

@@ -392,7 +392,7 @@ export class VirtioNet implements VirtioBackend {
     if (bad !== undefined) return drop(bad, true);
     this.setIov(0, TX_HEAD_BUFFER, 0, headLen);
     for (;;) {
-      const r = sys.writev(this.fd, this.txBuffers, this.txIov, iovs);
+      const r = sys.writev(this.fd, this.txIov, iovs, ...this.txBuffers);
       if (r === -EINTR) continue;
       if (r === -EAGAIN) return drop("TAP queue full", false);
       if (r < 0) { this.hostError(r); return drop(`TAP write failed`, false); }
