@@ -116,6 +116,8 @@ export class VirtioDeviceHandle {
   private worker: Worker | undefined;
   private exited: Promise<void> | undefined;
   private closed = false;
+  /** stop() gave up waiting for the thread (see stop()). */
+  private abandoned = false;
   private requests: MessagePort | undefined;
   private nextRequestId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; op: string }>();
@@ -220,19 +222,48 @@ export class VirtioDeviceHandle {
     return { name: this.spec.name, mmioBase: this.spec.mmioBase, mmioSize: VIRTIO_MMIO_SIZE, state: this.state.sab };
   }
 
-  /** Stops the device thread after backend.shutdown() (data flushed), then closes the eventfds. */
-  async stop(): Promise<void> {
-    if (this.closed) return;
-    if (this.worker && this.exited) {
+  /**
+   * Stops the device thread after backend.shutdown() (data flushed), then
+   * closes the eventfds; resolves true. A thread blocked in a host syscall
+   * (a disk that does not answer) cannot be interrupted from JavaScript: if
+   * it has not stopped within `timeoutMs`, it is given up on and stop()
+   * resolves false. It is then terminated (it runs no more device code once
+   * its syscall returns) and unref'd, and its eventfds stay open until it
+   * has exited (see threadExited), so that a late write never lands on a
+   * reused fd number.
+   */
+  async stop(timeoutMs = Infinity): Promise<boolean> {
+    if (this.closed || this.abandoned) return !this.abandoned;
+    const w = this.worker;
+    let ended = true;
+    if (w && this.exited) {
       this.state.requestStop();
-      await this.exited;
+      let timer: NodeJS.Timeout | undefined;
+      ended = await Promise.race([
+        this.exited.then(() => true),
+        ...(Number.isFinite(timeoutMs) ? [new Promise<boolean>((resolve) => (timer = setTimeout(resolve, timeoutMs, false)))] : []),
+      ]);
+      clearTimeout(timer);
     }
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
       p.reject(new VirtioDeviceError("EVIRTIOREQUEST", `Cannot ${p.op} on ${this.spec.name}: the device stopped`));
     }
     this.requests?.close();
-    this.closeFds();
+    if (ended) {
+      this.closeFds();
+      return true;
+    }
+    this.abandoned = true;
+    void w!.terminate();
+    w!.unref();
+    void this.exited!.then(() => this.closeFds());
+    return false;
+  }
+
+  /** Settles when the device thread has exited (at once if it never started). */
+  get threadExited(): Promise<void> {
+    return this.exited ?? Promise.resolve();
   }
 
   private closeFds(): void {
