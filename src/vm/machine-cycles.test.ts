@@ -22,6 +22,8 @@ const WARMUP = Math.min(50, Math.ceil(CYCLES / 10));
 const FD_SLACK = 0;
 const THREAD_SLACK = 0;
 const RSS_SLACK_MIB = 64;
+/** Address space: one leaked guest RAM mapping (32 MiB) per cycle crosses this within 8 cycles. */
+const VMSIZE_SLACK_MIB = 256;
 
 const dir = mkdtempSync("/tmp/flint-cycles-");
 const tap = `flcyc${process.pid % 100000}`;
@@ -51,16 +53,18 @@ function config(): MachineConfig {
   };
 }
 
-interface Usage { fds: number; threads: number; rssMib: number; sockets: number; tunFds: number }
+interface Usage { fds: number; threads: number; rssMib: number; vmSizeMib: number; sockets: number; tunFds: number }
 
 function usage(): Usage {
   const fds = readdirSync("/proc/self/fd");
   const targets = fds.map((fd) => { try { return readlinkSync(`/proc/self/fd/${fd}`); } catch { return ""; } });
-  const rssKib = Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]);
+  const status = readFileSync("/proc/self/status", "utf8");
+  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)![1]);
   return {
     fds: fds.length,
     threads: readdirSync("/proc/self/task").length,
-    rssMib: rssKib / 1024,
+    rssMib: kib("VmRSS") / 1024,
+    vmSizeMib: kib("VmSize") / 1024,
     sockets: targets.filter((t) => t.startsWith("socket:")).length,
     tunFds: targets.filter((t) => t === "/dev/net/tun").length,
   };
@@ -89,10 +93,11 @@ test(`${CYCLES} create/run/destroy cycles with every device type leak no fds, th
   const ms = performance.now() - t0;
   const end = usage();
   process.stderr.write(`# ${CYCLES - WARMUP} cycles after ${WARMUP} warm-up: ${(ms / 1000).toFixed(1)} s, ${(ms / (CYCLES - WARMUP)).toFixed(1)} ms/cycle; ` +
-    `fds ${base.fds} -> ${end.fds}, threads ${base.threads} -> ${end.threads}, RSS ${base.rssMib.toFixed(1)} -> ${end.rssMib.toFixed(1)} MiB (peak ${peak.rssMib.toFixed(1)})\n`);
+    `fds ${base.fds} -> ${end.fds}, threads ${base.threads} -> ${end.threads}, RSS ${base.rssMib.toFixed(1)} -> ${end.rssMib.toFixed(1)} MiB (peak ${peak.rssMib.toFixed(1)}), VmSize ${base.vmSizeMib.toFixed(0)} -> ${end.vmSizeMib.toFixed(0)} MiB\n`);
   assert.ok(end.fds <= base.fds + FD_SLACK, `fds: ${base.fds} after the warm-up, ${end.fds} at the end`);
   assert.ok(end.threads <= base.threads + THREAD_SLACK, `threads: ${base.threads} after the warm-up, ${end.threads} at the end`);
   assert.ok(end.rssMib <= base.rssMib + RSS_SLACK_MIB, `RSS: ${base.rssMib.toFixed(1)} MiB after the warm-up, ${end.rssMib.toFixed(1)} MiB at the end`);
+  assert.ok(end.vmSizeMib <= base.vmSizeMib + VMSIZE_SLACK_MIB, `VmSize: ${base.vmSizeMib.toFixed(0)} MiB after the warm-up, ${end.vmSizeMib.toFixed(0)} MiB at the end`);
   assert.equal(end.tunFds, 0, "a TAP fd is still open");
   assert.ok(end.sockets <= base.sockets, `sockets: ${base.sockets} after the warm-up, ${end.sockets} at the end`);
   assert.equal(existsSync(uds), false, "the vsock listener's socket file is left");

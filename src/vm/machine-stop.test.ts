@@ -7,6 +7,7 @@
  * is measured by `npm run bench` (src/bench/stop-latency.ts).
  */
 import assert from "node:assert/strict";
+import { readdirSync } from "node:fs";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { MachineResult } from "./machine.js";
@@ -55,6 +56,7 @@ test("stop() ends a vCPU blocked on a full serial ring whose console never compl
 });
 
 test("stop() gives up on a device thread blocked in a host syscall, reports it, and cleans up once it returns", async () => {
+  const fdsBefore = readdirSync("/proc/self/fd").length;
   const { machine, running, release } = await scenario("device-io").enter();
   machine.stop({ kind: "poweroff" });
   let r: MachineResult;
@@ -66,4 +68,6 @@ test("stop() gives up on a device thread blocked in a host syscall, reports it, 
   assert.deepEqual(r.reason, { kind: "poweroff" });
   assert.equal(r.unstoppedDevices.length, 1);
   assert.match(r.unstoppedDevices[0]!, /^virtio-block@/);
+  // Once its syscall returned, the thread shut its backend down and its fds were closed.
+  assert.equal(readdirSync("/proc/self/fd").length, fdsBefore, "fds left open after the stuck thread ended");
 });

@@ -96,10 +96,11 @@ export interface MachineResult {
   /** Counters of each virtio device, in configuration order. */
   virtio: VirtioDeviceStats[];
   /**
-   * Device threads that did not stop within DEVICE_STOP_TIMEOUT_MS (blocked
-   * in a host syscall, e.g. a disk that does not answer), by device name.
-   * run() resolved without them; they end when their syscall returns, and
-   * their fds and the guest memory mapping are released then.
+   * Device threads that had not stopped DEVICE_STOP_TIMEOUT_MS after stop()
+   * (blocked in a host syscall, e.g. a disk that does not answer), by device
+   * name. run() resolved without them; each ends once its syscall returns
+   * (backend shut down as usual), and its eventfds and the guest memory
+   * mapping are released then (see deviceThreadsExited).
    */
   unstoppedDevices: string[];
   /** Guest console bytes that were not delivered: written after stop() released a full ring, or left when a stalled output was given up. */
@@ -117,10 +118,11 @@ export class MachineError extends Error {
 }
 
 /**
- * How long run() waits for each device thread to stop. A thread blocked in a
- * host syscall (a disk that does not answer) cannot be interrupted from
- * JavaScript; after this, run() gives up on it and reports it in
- * MachineResult.unstoppedDevices.
+ * How long after stop() run() still waits for device threads to stop. A
+ * thread blocked in a host syscall (a disk that does not answer) cannot be
+ * interrupted from JavaScript; run() then gives up on it and reports it in
+ * MachineResult.unstoppedDevices. A VM that ends by itself waits for its
+ * devices as long as they need (a slow final flush is not cut short).
  */
 export const DEVICE_STOP_TIMEOUT_MS = 1000;
 
@@ -177,6 +179,10 @@ export class Machine {
   private giveUpFlush!: () => void;
   /** Settles STOP_FLUSH_TIMEOUT_MS after stop(): run() then abandons a console flush that has not finished. */
   private readonly flushGivenUp = new Promise<void>((resolve) => (this.giveUpFlush = resolve));
+  private giveUpDevices!: () => void;
+  /** Settles DEVICE_STOP_TIMEOUT_MS after stop(): run() then stops waiting for device threads. */
+  private readonly devicesGivenUp = new Promise<void>((resolve) => (this.giveUpDevices = resolve));
+  private stopTimers: NodeJS.Timeout[] = [];
 
   private constructor(
     config: MachineConfig, kvm: Kvm, vm: VmFd, memory: GuestMemory, vcpus: VcpuFd[], host: HostDevices, virtio: VirtioSet, summary: string,
@@ -344,8 +350,8 @@ export class Machine {
     for (const w of this.workers) w.postMessage("start");
     await Promise.all(done);
     // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves;
-    // one stuck in a host syscall is given up on after DEVICE_STOP_TIMEOUT_MS.
-    const stopped = await Promise.all(this.virtio.devices.map((d) => d.stop(DEVICE_STOP_TIMEOUT_MS)));
+    // after stop(), one stuck in a host syscall is given up on (DEVICE_STOP_TIMEOUT_MS).
+    const stopped = await Promise.all(this.virtio.devices.map((d) => d.stop(this.devicesGivenUp)));
     await this.host.stop(this.flushGivenUp);
     const bootNs = this.host.bootTimeNs();
     const unstopped = this.virtio.devices.filter((_, i) => !stopped[i]);
@@ -367,7 +373,7 @@ export class Machine {
    * before or during run(); the first reason given (here or by the guest) is
    * the one reported. Every vCPU leaves KVM_RUN (kicked), a vCPU blocked on a
    * full console ring gives up its byte, console output still pending is
-   * flushed for at most STOP_FLUSH_TIMEOUT_MS, and each device thread gets
+   * flushed for at most STOP_FLUSH_TIMEOUT_MS, and device threads get
    * DEVICE_STOP_TIMEOUT_MS: run() resolves within those bounds.
    */
   stop(reason: VmExitReason = { kind: "poweroff" }): void {
@@ -376,7 +382,7 @@ export class Machine {
     if (this.stopCalled) return;
     this.stopCalled = true;
     this.host.releaseConsole();
-    setTimeout(this.giveUpFlush, STOP_FLUSH_TIMEOUT_MS);
+    this.stopTimers.push(setTimeout(this.giveUpFlush, STOP_FLUSH_TIMEOUT_MS), setTimeout(this.giveUpDevices, DEVICE_STOP_TIMEOUT_MS));
   }
 
   /** Ends the VM for `reason` (the guest's, or stop()'s): every vCPU leaves its loop. */
@@ -439,6 +445,7 @@ export class Machine {
   private dispose(stillRunning: Promise<void>[] = []): void {
     this.disposed = true;
     if (this.kickTimer) clearInterval(this.kickTimer);
+    for (const t of this.stopTimers) clearTimeout(t);
     for (const v of this.vcpus) v.close();
     if (stillRunning.length === 0) this.memory.dispose();
     else void Promise.all(stillRunning).then(() => this.memory.dispose());

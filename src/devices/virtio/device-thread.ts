@@ -226,24 +226,19 @@ export class VirtioDeviceHandle {
    * Stops the device thread after backend.shutdown() (data flushed), then
    * closes the eventfds; resolves true. A thread blocked in a host syscall
    * (a disk that does not answer) cannot be interrupted from JavaScript: if
-   * it has not stopped within `timeoutMs`, it is given up on and stop()
-   * resolves false. It is then terminated (it runs no more device code once
-   * its syscall returns) and unref'd, and its eventfds stay open until it
-   * has exited (see threadExited), so that a late write never lands on a
+   * `giveUp` settles first, stop() resolves false without it. The thread is
+   * unref'd and left to finish: once its syscall returns it sees the stop
+   * request, shuts its backend down and exits, and only then are its
+   * eventfds closed (see threadExited), so a late write never lands on a
    * reused fd number.
    */
-  async stop(timeoutMs = Infinity): Promise<boolean> {
+  async stop(giveUp?: Promise<void>): Promise<boolean> {
     if (this.closed || this.abandoned) return !this.abandoned;
     const w = this.worker;
     let ended = true;
     if (w && this.exited) {
       this.state.requestStop();
-      let timer: NodeJS.Timeout | undefined;
-      ended = await Promise.race([
-        this.exited.then(() => true),
-        ...(Number.isFinite(timeoutMs) ? [new Promise<boolean>((resolve) => (timer = setTimeout(resolve, timeoutMs, false)))] : []),
-      ]);
-      clearTimeout(timer);
+      ended = await Promise.race([this.exited.then(() => true), ...(giveUp ? [giveUp.then(() => false)] : [])]);
     }
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
@@ -255,7 +250,6 @@ export class VirtioDeviceHandle {
       return true;
     }
     this.abandoned = true;
-    void w!.terminate();
     w!.unref();
     void this.exited!.then(() => this.closeFds());
     return false;
