@@ -14,9 +14,11 @@
  *      O_DIRECT reads (4 KiB random at QD1 and QD32, 64 KiB sequential) and
  *      virtio-net TCP throughput, flint vs QEMU -M microvm with virtio-mmio
  *      devices (skip with --no-virtio: it takes minutes)
+ *   7. stop latency: Machine.stop() to run() resolved, from each state a VM
+ *      can be stuck in (skip with --no-stop)
  *
  * Options: --count N (exits per run, default 300000), --runs R (default 3),
- * --no-boot, --no-blk, --no-virtio, --virtio-rounds R (section 6's rounds,
+ * --no-boot, --no-blk, --no-virtio, --no-stop, --virtio-rounds R (section 6's rounds,
  * default 5), --json FILE (also write all results as JSON).
  */
 import { spawnSync } from "node:child_process";
@@ -29,6 +31,7 @@ import { buildExitLoopGuest, EXIT_LOOP_MODES, exitLoopCmdline } from "./guest-pr
 import { measureNativeBoundary } from "./native-boundary.js";
 import { median } from "./process.js";
 import { runQemuExits } from "./qemu-exits.js";
+import { printStopLatencySection } from "./stop-latency.js";
 import { VIRTIO_FIGURES, benchVirtioNested } from "./virtio-nested.js";
 import { printVirtioBlkSection } from "./virtio-blk-bench.js";
 
@@ -124,6 +127,11 @@ async function main(): Promise<void> {
         `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}${spread}${f.reference ? ", reference" : ", goal >= 1.0x"})`);
     }
     for (const failure of v.failures) out(`  (left out: ${failure})`);
+  }
+  // Stop latency from each state (src/bench/stop-latency.ts); --no-stop skips it.
+  if (!process.argv.includes("--no-stop")) {
+    out("");
+    results.stopLatency = await printStopLatencySection(out, Math.max(runs, 5));
   }
   const json = process.argv.indexOf("--json");
   if (json > 0) writeFileSync(process.argv[json + 1]!, JSON.stringify(results, (_k, v) => (typeof v === "bigint" ? v.toString() : v), 2));

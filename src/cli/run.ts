@@ -90,6 +90,20 @@ export async function runVm(o: RunOptions): Promise<number> {
     // Counters for whoever debugs a run: exits per vCPU, kicks and interrupts per virtio device.
     process.stderr.write(`flint: counters ${JSON.stringify({ vcpus: result.stats, virtio: result.virtio, guestFaults: result.guestFaults })}\n`);
   }
+  if (result.unstoppedDevices.length > 0) {
+    process.stderr.write(`flint: device threads still blocked in host I/O at exit: ${result.unstoppedDevices.join(", ")}\n`);
+  }
+  const code = exitCode(result, quit);
+  // Console bytes a reader never took (a pipe nobody reads) are pending writes
+  // that would keep this process alive forever: give them a grace, then exit.
+  if (process.stdout.writableLength > 0) setTimeout(() => process.exit(code), EXIT_FLUSH_GRACE_MS).unref();
+  return code;
+}
+
+/** After the VM ended, how long stdout may take to accept the console's last bytes before flint exits anyway. */
+const EXIT_FLUSH_GRACE_MS = 1000;
+
+function exitCode(result: MachineResult, quit: boolean): number {
   const r = result.reason;
   if (result.debugExit?.status !== undefined) return result.debugExit.status;
   switch (r.kind) {

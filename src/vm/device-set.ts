@@ -37,8 +37,19 @@ export interface HostDevices {
   readonly descriptor: DeviceSetDescriptor;
   /** Starts the console pump (guest output to `output`, default: discarded). */
   start(ctx: DeviceContext, output?: NodeJS.WritableStream): void;
-  /** Flushes remaining guest output and closes the console. */
-  stop(): Promise<void>;
+  /**
+   * The VM is stopping: vCPUs blocked on a full console ring drop their byte
+   * instead of waiting for a stalled output (SerialHost.releaseWriters).
+   */
+  releaseConsole(): void;
+  /**
+   * Flushes remaining guest output and closes the console. The flush is
+   * abandoned when `giveUp` settles (an output that stopped taking bytes);
+   * without it, it waits as long as the output needs.
+   */
+  stop(giveUp?: Promise<void>): Promise<void>;
+  /** Guest console bytes dropped: written after the release, or left unflushed at a given-up stop. */
+  consoleDroppedBytes(): number;
   /** CLOCK_MONOTONIC ns of the guest's first boot-timer write. */
   bootTimeNs(): bigint | undefined;
   consoleInput(bytes: Uint8Array): number;
@@ -61,16 +72,27 @@ export function createDeviceSet(opts: { debugExit?: boolean; virtio?: VirtioTran
     ...(opts.virtio?.length ? { virtio: opts.virtio } : {}),
   };
   let serial: SerialHost | undefined;
+  let unflushed = 0;
+  let released = false;
   return {
     descriptor,
     start(ctx, output) {
       serial = new SerialHost(descriptor.serial, COM1_IRQ, ctx, output ?? sink());
+      if (released) serial.releaseWriters();
     },
-    async stop() {
+    releaseConsole() {
+      released = true;
+      serial?.releaseWriters();
+    },
+    async stop(giveUp) {
       if (!serial) return;
-      await serial.flush();
-      await serial.close();
+      const s = serial;
+      let flushed = false;
+      await Promise.race([s.flush().then(() => (flushed = true)), ...(giveUp ? [giveUp] : [])]);
+      if (!flushed) unflushed = s.pendingBytes;
+      await s.close();
     },
+    consoleDroppedBytes: () => (serial?.droppedBytes ?? 0) + unflushed,
     bootTimeNs: () => bootTimerReading(descriptor.bootTimer),
     consoleInput: (bytes) => serial?.input(bytes) ?? 0,
     consoleWritable: () => serial?.inputRoom() ?? Promise.resolve(),

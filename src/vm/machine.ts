@@ -95,6 +95,16 @@ export interface MachineResult {
   debugExit?: DebugExitReading;
   /** Counters of each virtio device, in configuration order. */
   virtio: VirtioDeviceStats[];
+  /**
+   * Device threads that had not stopped DEVICE_STOP_TIMEOUT_MS after stop()
+   * (blocked in a host syscall, e.g. a disk that does not answer), by device
+   * name. run() resolved without them; each ends once its syscall returns
+   * (backend shut down as usual), and its eventfds and the guest memory
+   * mapping are released then (see deviceThreadsExited).
+   */
+  unstoppedDevices: string[];
+  /** Guest console bytes that were not delivered: written after stop() released a full ring, or left when a stalled output was given up. */
+  consoleDroppedBytes: number;
 }
 
 /** Bad configuration or host limits; `code` is stable, the message is one line. */
@@ -106,6 +116,23 @@ export class MachineError extends Error {
     this.code = code;
   }
 }
+
+/**
+ * How long after stop() run() still waits for device threads to stop. A
+ * thread blocked in a host syscall (a disk that does not answer) cannot be
+ * interrupted from JavaScript; run() then gives up on it and reports it in
+ * MachineResult.unstoppedDevices. A VM that ends by itself waits for its
+ * devices as long as they need (a slow final flush is not cut short).
+ */
+export const DEVICE_STOP_TIMEOUT_MS = 1000;
+
+/**
+ * After stop(), how long run() still waits for console output the output
+ * stream is slow to take. A VM that ends by itself waits for all of it (a
+ * slow terminal loses nothing); stop() bounds the wait, so that a console
+ * reader that stopped reading cannot keep the VM from ending.
+ */
+export const STOP_FLUSH_TIMEOUT_MS = 50;
 
 /** A signal (a real-time one, no SA_RESTART) that kicks a vCPU thread out of KVM_RUN. */
 const KICK_SIGNAL = sys.sigrtmin() + 2;
@@ -140,11 +167,22 @@ export class Machine {
   private readonly control = createControl();
   private readonly host: HostDevices;
   private readonly virtio: VirtioSet;
-  private threads: bigint[] = [];
+  /** pthread ids of the vCPU threads that are alive (cleared on each one's exit, so a stale id is never signalled). */
+  private threads: (bigint | undefined)[] = [];
   private workers: Worker[] = [];
   private exitReason: VmExitReason | undefined;
   private guestFaults = 0;
   private ran = false;
+  private disposed = false;
+  /** stop() was called: console writers are released and the final flush is bounded. */
+  private stopCalled = false;
+  private giveUpFlush!: () => void;
+  /** Settles STOP_FLUSH_TIMEOUT_MS after stop(): run() then abandons a console flush that has not finished. */
+  private readonly flushGivenUp = new Promise<void>((resolve) => (this.giveUpFlush = resolve));
+  private giveUpDevices!: () => void;
+  /** Settles DEVICE_STOP_TIMEOUT_MS after stop(): run() then stops waiting for device threads. */
+  private readonly devicesGivenUp = new Promise<void>((resolve) => (this.giveUpDevices = resolve));
+  private stopTimers: NodeJS.Timeout[] = [];
 
   private constructor(
     config: MachineConfig, kvm: Kvm, vm: VmFd, memory: GuestMemory, vcpus: VcpuFd[], host: HostDevices, virtio: VirtioSet, summary: string,
@@ -273,7 +311,7 @@ export class Machine {
     }
     const mainCtx: DeviceContext = {
       ...irqLineContext(this.vm.fd, (m) => this.fault("irqchip", m)),
-      requestExit: (reason) => this.stop(reason),
+      requestExit: (reason) => this.end(reason),
       guestFault: (device, message) => this.fault(device, message),
     };
     this.host.start(mainCtx, this.config.consoleOutput);
@@ -294,23 +332,30 @@ export class Machine {
         w.on("message", (m: VcpuThreadMessage) => {
           switch (m.type) {
             case "ready": this.threads[vcpu.id] = m.thread; readyResolve(); break;
-            case "exit": this.stop(m.reason); break;
+            case "exit": this.end(m.reason); break;
             case "fault": this.fault(m.device, m.message); break;
             case "done": stats[vcpu.id] = m.stats; break;
           }
         });
-        w.on("error", (e) => this.stop({ kind: "error", message: `vCPU ${vcpu.id} thread failed: ${e.message}` }));
-        w.on("exit", () => { readyResolve(); resolve(); });
+        w.on("error", (e) => this.end({ kind: "error", message: `vCPU ${vcpu.id} thread failed: ${e.message}` }));
+        w.on("exit", () => {
+          // Node has joined the thread: its pthread id may now name another thread.
+          this.threads[vcpu.id] = undefined;
+          readyResolve();
+          resolve();
+        });
       }));
     }
     await Promise.all(ready);
     for (const w of this.workers) w.postMessage("start");
     await Promise.all(done);
-    // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves.
-    await this.virtio.stop();
-    await this.host.stop();
+    // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves;
+    // after stop(), one stuck in a host syscall is given up on (DEVICE_STOP_TIMEOUT_MS).
+    const stopped = await Promise.all(this.virtio.devices.map((d) => d.stop(this.devicesGivenUp)));
+    await this.host.stop(this.flushGivenUp);
     const bootNs = this.host.bootTimeNs();
-    this.dispose();
+    const unstopped = this.virtio.devices.filter((_, i) => !stopped[i]);
+    this.dispose(unstopped.map((d) => d.threadExited));
     return {
       reason: this.exitReason ?? { kind: "error", message: "VM stopped without a reason" },
       bootTimeMs: bootNs !== undefined ? Number(bootNs - startNs) / 1e6 : undefined,
@@ -318,14 +363,39 @@ export class Machine {
       guestFaults: this.guestFaults,
       debugExit: this.host.debugExit(),
       virtio: this.virtio.stats(),
+      unstoppedDevices: unstopped.map((d) => d.spec.name),
+      consoleDroppedBytes: this.host.consoleDroppedBytes(),
     };
   }
 
-  /** Stops every vCPU (from any caller); the first reason given is the one reported. */
+  /**
+   * Stops the VM from the host (console escape, API, signal), from any state,
+   * before or during run(); the first reason given (here or by the guest) is
+   * the one reported. Every vCPU leaves KVM_RUN (kicked), a vCPU blocked on a
+   * full console ring gives up its byte, console output still pending is
+   * flushed for at most STOP_FLUSH_TIMEOUT_MS, and device threads get
+   * DEVICE_STOP_TIMEOUT_MS: run() resolves within those bounds.
+   */
   stop(reason: VmExitReason = { kind: "poweroff" }): void {
+    if (this.disposed) return;
+    this.end(reason);
+    if (this.stopCalled) return;
+    this.stopCalled = true;
+    this.host.releaseConsole();
+    this.stopTimers.push(setTimeout(this.giveUpFlush, STOP_FLUSH_TIMEOUT_MS), setTimeout(this.giveUpDevices, DEVICE_STOP_TIMEOUT_MS));
+  }
+
+  /** Ends the VM for `reason` (the guest's, or stop()'s): every vCPU leaves its loop. */
+  private end(reason: VmExitReason): void {
+    if (this.disposed) return;
     this.exitReason ??= reason;
     claimExit(this.control);
     this.kick();
+  }
+
+  /** Settles when every device thread has exited, including any that run() gave up on (MachineResult.unstoppedDevices). */
+  async deviceThreadsExited(): Promise<void> {
+    await Promise.all(this.virtio.devices.map((d) => d.threadExited));
   }
 
   /** The balloon's run-time controls, when the VM has a virtio-balloon device (the first, if several). */
@@ -350,6 +420,7 @@ export class Machine {
 
   private kick(): void {
     const once = () => {
+      if (this.disposed) return;
       for (const v of this.vcpus) {
         v.setImmediateExit(true);
         const t = this.threads[v.id];
@@ -366,10 +437,18 @@ export class Machine {
     this.config.onGuestFault?.(device, message);
   }
 
-  private dispose(): void {
+  /**
+   * Closes the VM. A device thread still running (`stillRunning`: given up on
+   * in a host syscall) may touch guest memory once its syscall returns, so
+   * the mapping is released only after every such thread has exited.
+   */
+  private dispose(stillRunning: Promise<void>[] = []): void {
+    this.disposed = true;
     if (this.kickTimer) clearInterval(this.kickTimer);
+    for (const t of this.stopTimers) clearTimeout(t);
     for (const v of this.vcpus) v.close();
-    this.memory.dispose();
+    if (stillRunning.length === 0) this.memory.dispose();
+    else void Promise.all(stillRunning).then(() => this.memory.dispose());
     this.vm.close();
     this.kvm.close();
   }

@@ -29,6 +29,8 @@ export class SerialHost {
   private waitingForDrain = false;
   /** Settles when `output` has finished (or failed) writing the last chunk handed to it. */
   private lastWrite: Promise<void> = Promise.resolve();
+  /** Bytes handed to `output.write()` whose callback has not come yet. */
+  private inFlightBytes = 0;
   /** Ends a wait for 'drain' early (close() on a stuck output). */
   private stopWaiting: (() => void) | undefined;
   private readonly pump: Promise<void>;
@@ -130,9 +132,25 @@ export class SerialHost {
     if (!this.closed) await this.lastWrite;
   }
 
+  /** Guest bytes not yet written by `output`: still in the ring, or handed to it and not completed. */
+  get pendingBytes(): number {
+    return this.state.txUsed() + this.inFlightBytes;
+  }
+
   /** Guest bytes lost because no one could take them (port closed, or written from the main thread). */
   get droppedBytes(): number {
     return this.state.txDropped();
+  }
+
+  /**
+   * The VM is stopping: a vCPU blocked on a full ring, or one that finds it
+   * full from now on, drops its byte (counted in droppedBytes) instead of
+   * waiting for `output`. Draining goes on, so flush() still delivers what
+   * the ring holds if `output` moves. Until this is called (or close()), a
+   * stalled output stalls the guest's writers and loses nothing.
+   */
+  releaseWriters(): void {
+    this.state.releaseWriters();
   }
 
   /**
@@ -184,8 +202,16 @@ export class SerialHost {
   /** Writes a chunk, waiting for 'drain' (or the stream's end) when it applies backpressure. */
   private async write(chunk: Buffer): Promise<void> {
     if (this.outputBroken) return;
-    let written!: () => void;
-    this.lastWrite = new Promise<void>((resolve) => (written = resolve));
+    let resolveWritten!: () => void;
+    this.lastWrite = new Promise<void>((resolve) => (resolveWritten = resolve));
+    this.inFlightBytes += chunk.length;
+    let done = false;
+    const written = (): void => {
+      if (done) return;
+      done = true;
+      this.inFlightBytes -= chunk.length;
+      resolveWritten();
+    };
     let ok: boolean;
     try {
       ok = this.output.write(chunk, () => written());

@@ -54,6 +54,13 @@ export const SERIAL_TX_RING_BYTES = 64 * KiB;
 /** Guest input buffered from the host. */
 export const SERIAL_RX_RING_BYTES = 4 * KiB;
 /**
+ * Longest single sleep of a vCPU waiting for TX room. The host's notify
+ * normally wakes it at once; the slice bounds the one race a notify cannot
+ * cover (a release or close that lands between the writer's check and its
+ * wait), so a stopping VM never waits on a stalled console for longer.
+ */
+export const SERIAL_TX_WAIT_SLICE_MS = 20;
+/**
  * Divisor latch after reset: 12 = 9600 baud from the 1.8432 MHz clock, what a
  * PC BIOS leaves (Linux's console probe_baud() divides by it, so never 0).
  */
@@ -89,6 +96,8 @@ const RX_TAIL = 18;
 const CLOSED = 19;
 /** Bytes the guest wrote that could not be kept (ring full and the writer may not block, or closed). */
 const TX_DROPPED = 20;
+/** Set when the VM is being stopped: a writer finding the ring full drops its byte instead of waiting. */
+const TX_RELEASED = 21;
 const SLOTS = 32;
 
 const HEADER_BYTES = SLOTS * Int32Array.BYTES_PER_ELEMENT;
@@ -259,19 +268,36 @@ export class SerialState {
 
   /**
    * Blocks the calling vCPU thread (lock released) until the host moves the
-   * TX tail away from `tail` or closes. Returns false where blocking is not
-   * allowed (the main thread, whose event loop is the one that drains).
+   * TX tail away from `tail`, closes the port or releases writers. Returns
+   * false where the writer must give up instead: blocking is not allowed (the
+   * main thread, whose event loop is the one that drains), or the port was
+   * closed or its writers released (the VM is stopping).
    */
   waitForTxRoom(tail: number, canBlock: boolean): boolean {
     if (!canBlock) return false;
     this.lock.unlock();
     try {
-      Atomics.wait(this.s, TX_TAIL, tail);
+      // Sleep in slices: a release that slips in between the check and the wait is seen within one.
+      while (Atomics.load(this.s, TX_TAIL) === tail && !this.isClosed() && !this.writersReleased()) {
+        Atomics.wait(this.s, TX_TAIL, tail, SERIAL_TX_WAIT_SLICE_MS);
+      }
     } finally {
       this.lock.lock();
     }
-    return true;
+    return !this.isClosed() && !this.writersReleased();
   }
+
+  /**
+   * Stops vCPUs from waiting for TX room (the VM is stopping): a writer
+   * blocked on a full ring, or one that finds it full later, drops its byte
+   * and counts it. The host keeps draining what the ring holds.
+   */
+  releaseWriters(): void {
+    Atomics.store(this.s, TX_RELEASED, 1);
+    Atomics.notify(this.s, TX_TAIL);
+  }
+
+  writersReleased(): boolean { return Atomics.load(this.s, TX_RELEASED) !== 0; }
 
   countTxDropped(): void { Atomics.add(this.s, TX_DROPPED, 1); }
   txDropped(): number { return Atomics.load(this.s, TX_DROPPED); }
@@ -340,6 +366,7 @@ export class SerialState {
   /** Marks the port closed and wakes everyone who may be waiting on it. */
   close(): void {
     Atomics.store(this.s, CLOSED, 1);
+    Atomics.store(this.s, TX_RELEASED, 1);
     for (const slot of [TX_HEAD, TX_TAIL, RX_TAIL]) Atomics.notify(this.s, slot);
   }
 

@@ -464,4 +464,27 @@ describe("16550A UART across threads", () => {
     assert.ok(host.droppedBytes > 0);
     await host.flush(); // resolves at once after close
   });
+
+  it("keeps a vCPU blocked on a full ring until writers are released, then lets it drop its bytes and finish", async () => {
+    const shared = createSerialShared();
+    const ctx = new FakeContext();
+    const stuck = new Writable({ highWaterMark: 1, write() { /* a console reader that stopped reading */ } });
+    const host = new SerialHost(shared, IRQ, ctx, stuck);
+    const count = 4 * SERIAL_TX_RING_BYTES;
+    const { worker, done } = runWriter({ shared, count, offset: 0, modulus: 256 });
+    const st = new SerialState(shared, IRQ, new FakeContext());
+    while (st.txFree() > 0) await new Promise((r) => setTimeout(r, 5));
+    // Full and stalled: the writer waits (nothing is dropped) for as long as nobody stops the VM.
+    let finished = false;
+    void done.then(() => (finished = true));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(finished, false, "the writer gave up on its own");
+    assert.equal(host.droppedBytes, 0);
+    host.releaseWriters();
+    await done; // released: the rest of its bytes are dropped instead of waited for
+    await worker.terminate();
+    assert.ok(host.droppedBytes > 0);
+    assert.ok(host.pendingBytes >= SERIAL_TX_RING_BYTES, "what the ring holds is still there to flush");
+    await host.close();
+  });
 });

@@ -18,6 +18,9 @@
  *   survive that).
  * - Output is never lost: a THR write with the ring full blocks this vCPU
  *   (lock released) until the host drains; a slow terminal slows the guest.
+ *   Only stopping the VM (SerialHost.releaseWriters, or close) ends the
+ *   wait: the byte is then dropped and counted, so a stalled console can
+ *   never keep a vCPU from stopping.
  * - The receiver FIFO is the RX ring, deeper than 16 bytes for host input;
  *   bytes looped back in loopback mode still obey the real FIFO depth (so
  *   the driver's size_fifo() measures 16) and overrun sets LSR.OE.
@@ -213,7 +216,7 @@ export class Serial implements BusDevice {
       return;
     }
     while (st.txFree() === 0) {
-      if (st.isClosed() || !st.waitForTxRoom(st.txTail(), this.canBlock)) {
+      if (st.writersReleased() || !st.waitForTxRoom(st.txTail(), this.canBlock)) {
         st.countTxDropped();
         return;
       }

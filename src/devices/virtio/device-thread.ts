@@ -116,6 +116,8 @@ export class VirtioDeviceHandle {
   private worker: Worker | undefined;
   private exited: Promise<void> | undefined;
   private closed = false;
+  /** stop() gave up waiting for the thread (see stop()). */
+  private abandoned = false;
   private requests: MessagePort | undefined;
   private nextRequestId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; op: string }>();
@@ -220,19 +222,42 @@ export class VirtioDeviceHandle {
     return { name: this.spec.name, mmioBase: this.spec.mmioBase, mmioSize: VIRTIO_MMIO_SIZE, state: this.state.sab };
   }
 
-  /** Stops the device thread after backend.shutdown() (data flushed), then closes the eventfds. */
-  async stop(): Promise<void> {
-    if (this.closed) return;
-    if (this.worker && this.exited) {
+  /**
+   * Stops the device thread after backend.shutdown() (data flushed), then
+   * closes the eventfds; resolves true. A thread blocked in a host syscall
+   * (a disk that does not answer) cannot be interrupted from JavaScript: if
+   * `giveUp` settles first, stop() resolves false without it. The thread is
+   * unref'd and left to finish: once its syscall returns it sees the stop
+   * request, shuts its backend down and exits, and only then are its
+   * eventfds closed (see threadExited), so a late write never lands on a
+   * reused fd number.
+   */
+  async stop(giveUp?: Promise<void>): Promise<boolean> {
+    if (this.closed || this.abandoned) return !this.abandoned;
+    const w = this.worker;
+    let ended = true;
+    if (w && this.exited) {
       this.state.requestStop();
-      await this.exited;
+      ended = await Promise.race([this.exited.then(() => true), ...(giveUp ? [giveUp.then(() => false)] : [])]);
     }
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
       p.reject(new VirtioDeviceError("EVIRTIOREQUEST", `Cannot ${p.op} on ${this.spec.name}: the device stopped`));
     }
     this.requests?.close();
-    this.closeFds();
+    if (ended) {
+      this.closeFds();
+      return true;
+    }
+    this.abandoned = true;
+    w!.unref();
+    void this.exited!.then(() => this.closeFds());
+    return false;
+  }
+
+  /** Settles when the device thread has exited (at once if it never started). */
+  get threadExited(): Promise<void> {
+    return this.exited ?? Promise.resolve();
   }
 
   private closeFds(): void {

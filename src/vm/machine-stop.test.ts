@@ -1,0 +1,73 @@
+/**
+ * Machine.stop() ends a VM from any state within a bounded time: a vCPU in
+ * KVM_RUN, one spinning on MMIO exits, one blocked on a full serial ring
+ * whose console stopped reading, and a device thread blocked in a host
+ * syscall. Each scenario (testing/stop-scenarios.ts) is a ring-3 guest on
+ * this host's /dev/kvm. The limit only catches a hang; the latency itself
+ * is measured by `npm run bench` (src/bench/stop-latency.ts).
+ */
+import assert from "node:assert/strict";
+import { readdirSync } from "node:fs";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { MachineResult } from "./machine.js";
+import { STOP_SCENARIOS, type StopScenario } from "./testing/stop-scenarios.js";
+
+/** Generous: stop() is meant to take milliseconds (one second for a device stuck in a syscall). */
+const HANG_LIMIT_MS = 10_000;
+
+async function withinLimit(p: Promise<MachineResult>, what: string): Promise<MachineResult> {
+  const hung = sleep(HANG_LIMIT_MS, "hung" as const, { ref: false });
+  const r = await Promise.race([p, hung]);
+  if (r === "hung") assert.fail(`${what}: run() did not resolve within ${HANG_LIMIT_MS} ms of stop()`);
+  return r;
+}
+
+function scenario(name: StopScenario["name"]): StopScenario {
+  return STOP_SCENARIOS.find((s) => s.name === name)!;
+}
+
+test("stop() ends a vCPU in a tight ring-3 loop", async () => {
+  const { machine, running, release } = await scenario("ring3-loop").enter();
+  machine.stop({ kind: "poweroff" });
+  const r = await withinLimit(running, "ring-3 loop");
+  await release();
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.deepEqual(r.unstoppedDevices, []);
+});
+
+test("stop() ends a vCPU spinning on MMIO exits", async () => {
+  const { machine, running, release } = await scenario("mmio-spin").enter();
+  machine.stop({ kind: "poweroff" });
+  const r = await withinLimit(running, "MMIO spin");
+  await release();
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.ok(r.stats[0]!.unhandledMmio > 0, "the guest really made MMIO exits");
+});
+
+test("stop() ends a vCPU blocked on a full serial ring whose console never completes a write", async () => {
+  const { machine, running, release } = await scenario("stalled-console").enter();
+  machine.stop({ kind: "poweroff" });
+  const r = await withinLimit(running, "stalled console");
+  await release();
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  // The bytes the stalled console never took are counted, not silently lost.
+  assert.ok(r.consoleDroppedBytes > 0, `consoleDroppedBytes ${r.consoleDroppedBytes}`);
+});
+
+test("stop() gives up on a device thread blocked in a host syscall, reports it, and cleans up once it returns", async () => {
+  const fdsBefore = readdirSync("/proc/self/fd").length;
+  const { machine, running, release } = await scenario("device-io").enter();
+  machine.stop({ kind: "poweroff" });
+  let r: MachineResult;
+  try {
+    r = await withinLimit(running, "device thread blocked in a syscall");
+  } finally {
+    await release();
+  }
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.equal(r.unstoppedDevices.length, 1);
+  assert.match(r.unstoppedDevices[0]!, /^virtio-block@/);
+  // Once its syscall returned, the thread shut its backend down and its fds were closed.
+  assert.equal(readdirSync("/proc/self/fd").length, fdsBefore, "fds left open after the stuck thread ended");
+});
