@@ -2,7 +2,7 @@
  * A test rig for virtio-vsock: the fake driver plays the guest on the three
  * queues, a context polls the fds the device watches (as the device thread's
  * poll loop does), and host peers are plain non-blocking Unix sockets.
- * Used by vsock.test.ts and vsock.property.test.ts only.
+ * Used by the vsock unit and property tests only.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -10,13 +10,13 @@ import { join } from "node:path";
 import {
   AF_UNIX, EAGAIN, EINTR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, VIRTIO_VSOCK_TYPE_STREAM, VMADDR_CID_HOST,
   pollfd, virtio_vsock_hdr,
-} from "../../linux/abi.generated.js";
-import { GuestMemory } from "../../memory/guest-memory.js";
-import { dataView, getU16, setU16, setU32 } from "../../memory/le.js";
-import { sys } from "../../sys/native.js";
-import { FakeDriver } from "./testing/fake-driver.js";
-import type { VirtioDeviceContext, VirtQueue } from "./types.js";
-import { decodeVsockHeader, encodeVsockHeader, VirtioVsock, VSOCK_EVENT_QUEUE, VSOCK_RX_QUEUE, VSOCK_TX_QUEUE, type VsockHeader } from "./vsock.js";
+} from "../../../../linux/abi.generated.js";
+import { GuestMemory } from "../../../../memory/guest-memory.js";
+import { dataView, getU16, setU16, setU32 } from "../../../../memory/le.js";
+import { sys } from "../../../../sys/native.js";
+import { FakeDriver } from "../../testing/fake-driver.js";
+import type { VirtioDeviceContext, VirtQueue } from "../../types.js";
+import { decodeVsockHeader, encodeVsockHeader, VirtioVsock, VSOCK_EVENT_QUEUE, VSOCK_RX_QUEUE, VSOCK_TX_QUEUE, type VsockHeader } from "../index.js";
 
 /** A context that records faults and polls watched fds on demand. */
 export class PollingContext implements VirtioDeviceContext {
