@@ -80,13 +80,13 @@ function run(actions: Action[], stats: Stats): void {
           const cut = Math.min(a.splitAt, bytes.length - 1);
           if (r.tx.freeDescriptors < 2) break;
           r.tx.addChain({ readable: cut > 0 ? [bytes.subarray(0, cut), bytes.subarray(cut)] : [bytes] });
-          r.dev.onNotify(VSOCK_TX_QUEUE);
+          r.notify(VSOCK_TX_QUEUE);
           stats.packets++;
           break;
         }
         case "rx":
           for (let i = 0; i < a.count && r.rx.freeDescriptors > 0; i++) r.rx.addChain({ writable: [a.bytes] });
-          r.dev.onNotify(VSOCK_RX_QUEUE);
+          r.notify(VSOCK_RX_QUEUE);
           break;
         case "host-connect": {
           const fd = r.connectClient();
@@ -105,6 +105,7 @@ function run(actions: Action[], stats: Stats): void {
         }
       }
       r.ctx.pollOnce(0);
+      r.runKicks();
       for (const u of r.rx.popAllUsed()) {
         if (u.len === 0) continue;
         assert.ok(u.len >= virtio_vsock_hdr.SIZE, `RX used length ${u.len}`);

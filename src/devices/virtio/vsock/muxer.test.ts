@@ -12,49 +12,9 @@ import {
 import { dataView, getU32, getU64 } from "../../../memory/le.js";
 import { sys } from "../../../sys/native.js";
 import { createBackend, listenUnix, VsockError, VSOCK_BUF_ALLOC, VSOCK_CONN_MAX_HELD_BYTES, VSOCK_EVENT_QUEUE, VSOCK_FIRST_HOST_PORT } from "./index.js";
-import { concat, GUEST_CID, readNow, str, VsockRig, writeAll, type RxPacket } from "./testing/rig.js";
+import { assertFromHost, concat, GUEST_CID, guestRead, hostConnect, readNow, str, VsockRig, writeAll, type RxPacket } from "./testing/rig.js";
 
 const BOTH = VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND;
-
-/** Checks what every packet to the guest must say about addresses and flint's credit. */
-function assertFromHost(p: RxPacket): void {
-  assert.equal(p.hdr.srcCid, BigInt(VMADDR_CID_HOST));
-  assert.equal(p.hdr.dstCid, BigInt(GUEST_CID));
-  assert.equal(p.hdr.type, VIRTIO_VSOCK_TYPE_STREAM);
-  assert.equal(p.hdr.bufAlloc, VSOCK_BUF_ALLOC);
-  assert.equal(p.usedLen, 44 + p.hdr.len);
-}
-
-/** Host client connects with CONNECT <port>; the guest accepts. Returns the client fd and host port. */
-function hostConnect(r: VsockRig, guestPort: number, guestBufAlloc = 1 << 20): { client: number; hostPort: number } {
-  r.giveRx(4);
-  const client = r.connectClient();
-  assert.ok(writeAll(client, `CONNECT ${guestPort}\n`) > 0);
-  let req: RxPacket | undefined;
-  r.pump(() => (req = r.received().find((p) => p.hdr.op === VIRTIO_VSOCK_OP_REQUEST)) !== undefined);
-  assert.ok(req, "the guest got OP_REQUEST");
-  assertFromHost(req);
-  assert.equal(req.hdr.dstPort, guestPort);
-  assert.ok(req.hdr.srcPort >= VSOCK_FIRST_HOST_PORT);
-  const hostPort = req.hdr.srcPort;
-  assert.ok(r.send({ op: VIRTIO_VSOCK_OP_RESPONSE, srcPort: guestPort, dstPort: hostPort, bufAlloc: guestBufAlloc }));
-  let line = "";
-  r.pump(() => (line += str(readNow(client).data)).endsWith("\n"));
-  assert.equal(line, `OK ${hostPort}\n`);
-  return { client, hostPort };
-}
-
-/** RW packets the guest receives (giving RX buffers as needed) until `bytes` arrived or nothing more comes. */
-function guestRead(r: VsockRig, bytes: number, timeoutMs = 300): { data: Uint8Array; packets: RxPacket[] } {
-  const packets: RxPacket[] = [];
-  let got = 0;
-  r.pump(() => {
-    if (r.rx.outstandingChains < 4) r.giveRx(4);
-    for (const p of r.received()) { packets.push(p); if (p.hdr.op === VIRTIO_VSOCK_OP_RW) got += p.hdr.len; }
-    return got >= bytes;
-  }, timeoutMs);
-  return { data: concat(packets.filter((p) => p.hdr.op === VIRTIO_VSOCK_OP_RW).map((p) => p.data)), packets };
-}
 
 test("config space holds the guest cid; three queues; stream only", () => {
   const r = new VsockRig();
@@ -282,7 +242,7 @@ test("bad headers are guest faults: wrong cids and short or lying lengths are dr
   assert.ok(r.send({ ...base, op: VIRTIO_VSOCK_OP_REQUEST, dstCid: 5n }));
   assert.ok(r.send({ ...base, op: VIRTIO_VSOCK_OP_RW, len: 10 }, new Uint8Array(4)));
   r.tx.addChain({ readable: [new Uint8Array(20)] });
-  r.dev.onNotify(1);
+  r.notify(1);
   assert.equal(r.tx.popAllUsed().length, 1);
   assert.equal(r.received().length, 0, "no answer to packets not addressed properly");
   assert.ok(r.send({ ...base, op: 99 }));
