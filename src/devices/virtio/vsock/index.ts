@@ -16,7 +16,7 @@ export { checkGuestCid, VsockError, VSOCK_MAX_GUEST_CID, VSOCK_MIN_GUEST_CID, ty
 export { VSOCK_BUF_ALLOC, VSOCK_CONN_MAX_HELD_BYTES } from "./connection.js";
 export {
   VirtioVsock, VSOCK_EVENT_QUEUE, VSOCK_FIRST_HOST_PORT, VSOCK_MAX_CONNECTIONS, VSOCK_MAX_HELD_BYTES, VSOCK_MAX_PENDING_RSTS,
-  VSOCK_QUEUE_SIZE, VSOCK_RX_BUDGET, VSOCK_RX_QUEUE, VSOCK_TX_BUDGET, VSOCK_TX_QUEUE, type VsockMetrics,
+  VSOCK_QUEUE_SIZE, VSOCK_RX_BUDGET, VSOCK_RX_QUEUE, VSOCK_TX_BUDGET, VSOCK_TX_QUEUE, type VsockMetrics, type VsockStats,
 } from "./muxer.js";
 export { decodeVsockHeader, encodeVsockHeader, VSOCK_MAX_PKT_BYTES, type VsockHeader } from "./packet.js";
 export { listenUnix, probeUnix } from "./unix.js";

@@ -51,7 +51,7 @@ import { dataView, setU32, setU64 } from "../../../memory/le.js";
 import { sys } from "../../../sys/native.js";
 import { readChain, writeChain } from "../chain-io.js";
 import { type ServeResult, serveQueue } from "../queue.js";
-import type { DescriptorChain, VirtioBackend, VirtioDeviceContext } from "../types.js";
+import type { BackendRequest, DescriptorChain, VirtioBackend, VirtioDeviceContext } from "../types.js";
 import { checkGuestCid, type VsockOptions } from "./config.js";
 import { VSOCK_BUF_ALLOC, VSOCK_CONN_MAX_HELD_BYTES, VsockConnection } from "./connection.js";
 import { checkTxHeader, decodeVsockHeader, encodeVsockHeader, VSOCK_MAX_PKT_BYTES, type VsockHeader } from "./packet.js";
@@ -80,6 +80,8 @@ const ACCEPT_BUDGET = 16;
 
 /** Counters of what the device did. */
 export interface VsockMetrics {
+  /** TX chains served (every one goes back at once). */
+  txPackets: number;
   /** Malformed or unexpected packets from the guest (each a guest fault). */
   badPackets: number;
   /** RST packets sent to the guest. */
@@ -102,6 +104,16 @@ export interface VsockMetrics {
   /** Passes that ran out of budget with work left (the device thread came back). */
   txYields: number;
   rxYields: number;
+}
+
+/** The counters and what the device holds now: the answer to a "metrics" request. */
+export interface VsockStats extends VsockMetrics {
+  /** Open host sockets (at most VSOCK_MAX_CONNECTIONS). */
+  connections: number;
+  /** Control packets waiting for RX buffers. */
+  pendingControls: number;
+  /** Bytes allocated for held guest data (at most VSOCK_MAX_HELD_BYTES). */
+  heldBytes: number;
 }
 
 /** A control packet waiting for an RX buffer. */
@@ -128,7 +140,7 @@ export class VirtioVsock implements VirtioBackend {
   readonly cid: number;
   readonly uds: string;
   readonly metrics: VsockMetrics = {
-    badPackets: 0, resetsSent: 0, txBytes: 0, rxBytes: 0, hostClientsRejected: 0, oversizePackets: 0, creditViolations: 0,
+    txPackets: 0, badPackets: 0, resetsSent: 0, txBytes: 0, rxBytes: 0, hostClientsRejected: 0, oversizePackets: 0, creditViolations: 0,
     connectionsRefused: 0, resetsCoalesced: 0, resetsDropped: 0, txYields: 0, rxYields: 0,
   };
   private readonly listenFd: number;
@@ -196,6 +208,12 @@ export class VirtioVsock implements VirtioBackend {
     try { unlinkSync(this.uds); } catch { /* already gone */ }
   }
 
+  /** Host-side requests: "metrics" answers VsockStats (the device thread serves it between guest events). */
+  control(request: BackendRequest): VsockStats {
+    if (request.op !== "metrics") throw new Error(`unknown request '${request.op}' (virtio-vsock answers 'metrics')`);
+    return { ...this.metrics, connections: this.connectionCount, pendingControls: this.pendingControlCount, heldBytes: this.heldBytes };
+  }
+
   /** Open host sockets. */
   get connectionCount(): number { return this.byFd.size; }
   /** Control packets waiting for RX buffers. */
@@ -226,6 +244,7 @@ export class VirtioVsock implements VirtioBackend {
     let r: ServeResult;
     try {
       r = serveQueue(q, VSOCK_TX_BUDGET, (chain) => {
+        this.metrics.txPackets++;
         this.handleTx(ctx, chain);
         q.pushUsed(chain.head, 0);
       });
