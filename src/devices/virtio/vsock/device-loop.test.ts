@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { VIRTIO_VSOCK_OP_RW, VRING_DESC_F_NEXT } from "../../../linux/abi.generated.js";
+import { VIRTIO_VSOCK_OP_REQUEST, VRING_DESC_F_NEXT } from "../../../linux/abi.generated.js";
 import { DeviceLoopRig, LatencyLog } from "../testing/device-loop-rig.js";
 import { VSOCK_TX_BUDGET, type VsockStats } from "./index.js";
 import { GUEST_CID, guestHeader } from "./testing/rig.js";
@@ -29,7 +29,8 @@ test("a TX flood from another vCPU does not starve host requests or a device res
     // 4 KiB buffer): every chain costs the device a 129-descriptor walk, so a flooder re-adding them
     // from its own thread stays ahead of the device however it is scheduled.
     const hdrAddr = tx.alloc(64), payloadAddr = tx.alloc(4096);
-    rig.mem.write(hdrAddr, guestHeader({ op: VIRTIO_VSOCK_OP_RW, srcPort: 3, dstPort: 4, len: 4096 }));
+    // A REQUEST to a port nobody serves: the device tries a connect(2) for each, and answers RST.
+    rig.mem.write(hdrAddr, guestHeader({ op: VIRTIO_VSOCK_OP_REQUEST, srcPort: 3, dstPort: 4 }));
     const HEADS = 128;
     for (let i = 0; i < 256; i++) {
       const isHead = i < HEADS;
