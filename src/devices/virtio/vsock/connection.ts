@@ -121,7 +121,7 @@ export class VsockConnection {
   guestShutdown = 0;
   /** The guest asked for flint's credit, or is owed an update. */
   creditUpdateDue = false;
-  /** Key of this connection's pending REQUEST/RESPONSE in the muxer's control queue, if any. */
+  /** Key of this connection's REQUEST/RESPONSE waiting in the control queue (control-queue.ts), if any. */
   pendingControl: string | undefined;
   /** Guest data (after flint's own OK line) not yet taken by the host socket. */
   private readonly out = new ByteQueue();

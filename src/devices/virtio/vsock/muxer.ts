@@ -2,7 +2,8 @@
  * virtio-vsock (virtio 1.x §5.10), the device: its three queues, the
  * scheduling of RX buffers over connections, and the Unix-socket listener.
  * The wire format is packet.ts, one connection's state and credit is
- * connection.ts, the host sockets' conventions are unix.ts:
+ * connection.ts, the control packets owed to the guest are control-queue.ts,
+ * the host sockets' conventions are unix.ts:
  *
  *   host-initiated   flint listens on `uds`. A host client connects and sends
  *                    "CONNECT <port>\n"; flint sends OP_REQUEST to the guest
@@ -54,6 +55,7 @@ import { type ServeResult, serveQueue } from "../queue.js";
 import type { BackendRequest, DescriptorChain, VirtioBackend, VirtioDeviceContext } from "../types.js";
 import { checkGuestCid, type VsockOptions } from "./config.js";
 import { VSOCK_BUF_ALLOC, VSOCK_CONN_MAX_HELD_BYTES, VsockConnection } from "./connection.js";
+import { type ControlPacket, ControlQueue } from "./control-queue.js";
 import { checkTxHeader, decodeVsockHeader, encodeVsockHeader, VSOCK_MAX_PKT_BYTES, type VsockHeader } from "./packet.js";
 import { connectService, listenUnix } from "./unix.js";
 
@@ -69,8 +71,6 @@ export const VSOCK_FIRST_HOST_PORT = 1 << 30;
 export const VSOCK_MAX_CONNECTIONS = 256;
 /** Most guest data one device makes flint hold: every connection's buffer full. */
 export const VSOCK_MAX_HELD_BYTES = VSOCK_MAX_CONNECTIONS * VSOCK_CONN_MAX_HELD_BYTES;
-/** Most OP_RSTs waiting for RX buffers (one per port pair at most). */
-export const VSOCK_MAX_PENDING_RSTS = 1024;
 /** TX chains served per pass before the device thread looks at its other fds. */
 export const VSOCK_TX_BUDGET = 64;
 /** RX packets written per pass (each at most VSOCK_MAX_PKT_BYTES). */
@@ -116,18 +116,6 @@ export interface VsockStats extends VsockMetrics {
   heldBytes: number;
 }
 
-/** A control packet waiting for an RX buffer. */
-interface Control {
-  /** Its key in the control queue: op and port pair. */
-  key: string;
-  op: number;
-  localPort: number;
-  peerPort: number;
-  flags: number;
-  /** The connection whose fwd_cnt to advertise. */
-  conn?: VsockConnection;
-}
-
 const pairKey = (localPort: number, peerPort: number): string => `${localPort}:${peerPort}`;
 const HDR = virtio_vsock_hdr.SIZE;
 
@@ -152,9 +140,8 @@ export class VirtioVsock implements VirtioBackend {
   private readonly conns = new Map<string, VsockConnection>();
   /** Every open host socket, including handshake and draining ones. */
   private readonly byFd = new Map<number, VsockConnection>();
-  /** Control packets for the guest, in order; keyed by op and port pair. */
-  private readonly controls = new Map<string, Control>();
-  private pendingRsts = 0;
+  /** Control packets owed to the guest, in order (bounded: see control-queue.ts). */
+  private readonly controls = new ControlQueue();
   /** Connections that may have work for an RX buffer, in round-robin order. */
   private readonly rxReady = new Set<VsockConnection>();
   private nextHostPort = VSOCK_FIRST_HOST_PORT;
@@ -230,7 +217,6 @@ export class VirtioVsock implements VirtioBackend {
     this.byFd.clear();
     this.conns.clear();
     this.controls.clear();
-    this.pendingRsts = 0;
     this.rxReady.clear();
   }
 
@@ -371,7 +357,7 @@ export class VirtioVsock implements VirtioBackend {
     conn.updatePeerCredit(h.bufAlloc, h.fwdCnt);
     this.byFd.set(fd, conn);
     this.conns.set(pairKey(conn.localPort, conn.peerPort), conn);
-    this.queueConnControl(VIRTIO_VSOCK_OP_RESPONSE, conn);
+    this.controls.pushForConn(VIRTIO_VSOCK_OP_RESPONSE, conn);
     this.rewatch(conn);
   }
 
@@ -420,7 +406,7 @@ export class VirtioVsock implements VirtioBackend {
     this.conns.set(pairKey(conn.localPort, conn.peerPort), conn);
     // Nothing to read until the guest answers (a hang-up is noticed then).
     this.ctx?.unwatch(conn.fd);
-    this.queueConnControl(VIRTIO_VSOCK_OP_REQUEST, conn);
+    this.controls.pushForConn(VIRTIO_VSOCK_OP_REQUEST, conn);
     this.fillRx();
   }
 
@@ -475,10 +461,7 @@ export class VirtioVsock implements VirtioBackend {
     this.rxReady.delete(conn);
     const k = pairKey(conn.localPort, conn.peerPort);
     if (this.conns.get(k) === conn) this.conns.delete(k);
-    if (conn.pendingControl !== undefined) {
-      this.controls.delete(conn.pendingControl);
-      conn.pendingControl = undefined;
-    }
+    this.controls.forget(conn);
   }
 
   /** The host side failed: RST to the guest, close the socket. */
@@ -487,28 +470,11 @@ export class VirtioVsock implements VirtioBackend {
     this.close(conn);
   }
 
-  // --- The control queue ---
-
-  /** Queues an RST: at most one per port pair, at most VSOCK_MAX_PENDING_RSTS in all (beyond: dropped, counted). */
+  /** Queues an RST for the guest (coalesced or dropped past the control queue's bounds, and counted). */
   private queueRst(localPort: number, peerPort: number, conn?: VsockConnection): void {
-    const key = `${VIRTIO_VSOCK_OP_RST}:${pairKey(localPort, peerPort)}`;
-    if (this.controls.has(key)) {
-      this.metrics.resetsCoalesced++;
-      return;
-    }
-    if (this.pendingRsts >= VSOCK_MAX_PENDING_RSTS) {
-      this.metrics.resetsDropped++;
-      return;
-    }
-    this.pendingRsts++;
-    this.controls.set(key, { key, op: VIRTIO_VSOCK_OP_RST, localPort, peerPort, flags: 0, ...(conn ? { conn } : {}) });
-  }
-
-  /** Queues a live connection's REQUEST or RESPONSE (one per connection: bounded by the connection count). */
-  private queueConnControl(op: number, conn: VsockConnection): void {
-    const key = `${op}:${pairKey(conn.localPort, conn.peerPort)}`;
-    this.controls.set(key, { key, op, localPort: conn.localPort, peerPort: conn.peerPort, flags: 0, conn });
-    conn.pendingControl = key;
+    const r = this.controls.pushRst(localPort, peerPort, conn);
+    if (r === "coalesced") this.metrics.resetsCoalesced++;
+    else if (r === "dropped") this.metrics.resetsDropped++;
   }
 
   // --- Host -> guest (RX) ---
@@ -550,9 +516,9 @@ export class VirtioVsock implements VirtioBackend {
   }
 
   /** What the next RX buffer is for, without consuming it. */
-  private nextRxWork(): Control | VsockConnection | undefined {
-    const first = this.controls.values().next();
-    if (!first.done) return first.value;
+  private nextRxWork(): ControlPacket | VsockConnection | undefined {
+    const control = this.controls.peek();
+    if (control) return control;
     for (const c of this.rxReady) {
       if (c.hasRxWork()) return c;
       this.rxReady.delete(c);
@@ -561,15 +527,11 @@ export class VirtioVsock implements VirtioBackend {
   }
 
   /** Writes one packet for `work` into `chain`; returns the bytes written. */
-  private fillOne(ctx: VirtioDeviceContext, chain: DescriptorChain, work: Control | VsockConnection): number {
+  private fillOne(ctx: VirtioDeviceContext, chain: DescriptorChain, work: ControlPacket | VsockConnection): number {
     if (!(work instanceof VsockConnection)) {
-      this.controls.delete(work.key);
-      if (work.conn?.pendingControl === work.key) work.conn.pendingControl = undefined;
-      if (work.op === VIRTIO_VSOCK_OP_RST) {
-        this.pendingRsts--;
-        this.metrics.resetsSent++;
-      }
-      return this.writePacket(ctx, chain, work.op, work.localPort, work.peerPort, work.flags, work.conn, undefined);
+      this.controls.take(work);
+      if (work.op === VIRTIO_VSOCK_OP_RST) this.metrics.resetsSent++;
+      return this.writePacket(ctx, chain, work.op, work.localPort, work.peerPort, 0, work.conn, undefined);
     }
     const conn = work;
     // Round robin: this connection goes to the back of the line.
