@@ -9,11 +9,13 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import {
   SOCK_CLOEXEC, SOCK_NONBLOCK, VIRTIO_VSOCK_OP_REQUEST, VIRTIO_VSOCK_OP_RESPONSE, VIRTIO_VSOCK_OP_RST, VIRTIO_VSOCK_OP_RW,
+  VRING_DESC_F_NEXT,
 } from "../../../linux/abi.generated.js";
 import { sys } from "../../../sys/native.js";
 import {
   VSOCK_CONN_MAX_HELD_BYTES, VSOCK_MAX_CONNECTIONS, VSOCK_MAX_PENDING_RSTS, VSOCK_TX_QUEUE,
 } from "./index.js";
+import { collectGarbage } from "../testing/device-loop-rig.js";
 import { guestHeader, hostConnect, readNow, str, VsockRig, type RxPacket } from "./testing/rig.js";
 
 const MiB = 1024 * 1024;
@@ -95,6 +97,45 @@ test("a guest that sends past flint's credit has that connection reset; flint ne
     assert.equal(r.dev.connectionCount, 0, "the host socket is closed");
     const got = readToEof(r, client);
     assert.ok(got.eof && got.bytes < sent, `the host peer read ${got.bytes} bytes, then EOF`);
+  } finally {
+    r.close();
+  }
+});
+
+test("a flood of 1-byte packets within the credit costs flint about its bytes, not an allocation per packet", () => {
+  const r = new VsockRig({ queueSize: 256 });
+  try {
+    const { hostPort } = hostConnect(r, 7006);
+    // The host reads nothing: fill its socket until flint itself holds bytes.
+    for (let i = 0; i < 64 && r.dev.heldBytes === 0; i++) {
+      assert.ok(r.send({ op: VIRTIO_VSOCK_OP_RW, srcPort: 7006, dstPort: hostPort }, new Uint8Array(16 * 1024)));
+    }
+    assert.ok(r.dev.heldBytes > 0);
+    collectGarbage();
+    const before = process.memoryUsage();
+    // Then as many 1-byte packets as the credit allows (the guest stops at 200000: well within 256 KiB).
+    // 100 two-descriptor chains (header, one byte), written once and made available again and again.
+    const tx = r.tx;
+    const hdrAddr = tx.alloc(64), byteAddr = tx.alloc(8);
+    r.mem.write(hdrAddr, guestHeader({ op: VIRTIO_VSOCK_OP_RW, srcPort: 7006, dstPort: hostPort, len: 1 }));
+    for (let i = 0; i < 100; i++) {
+      tx.writeDescriptor(2 * i, { addr: hdrAddr, len: 44, flags: VRING_DESC_F_NEXT, next: 2 * i + 1 });
+      tx.writeDescriptor(2 * i + 1, { addr: byteAddr, len: 1, flags: 0, next: 0 });
+    }
+    let idx = tx.availIdx;
+    for (let sent = 0; sent < 200_000; sent += 100) {
+      for (let i = 0; i < 100; i++) tx.setAvailRing(idx++, 2 * i);
+      tx.setAvailIdx(idx);
+      r.notify(VSOCK_TX_QUEUE);
+      assert.equal(tx.usedIdx, idx & 0xffff, "every chain comes back");
+    }
+    collectGarbage();
+    const after = process.memoryUsage();
+    // Generous: 200000 one-byte arrays would take tens of MiB of heap; the bytes themselves are 200 KB.
+    const grewBy = (after.heapUsed - before.heapUsed) + (after.arrayBuffers - before.arrayBuffers);
+    assert.ok(grewBy < 8 * MiB, `memory grew by ${grewBy} bytes for 200000 one-byte packets`);
+    assert.ok(r.dev.heldBytes <= VSOCK_CONN_MAX_HELD_BYTES, `${r.dev.heldBytes} bytes held`);
+    assert.equal(r.dev.metrics.creditViolations, 0);
   } finally {
     r.close();
   }

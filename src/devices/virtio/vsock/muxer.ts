@@ -303,8 +303,10 @@ export class VirtioVsock implements VirtioBackend {
           this.metrics.creditViolations++;
           return rst(`RW of ${h.len} bytes on ${pair} exceeds flint's credit of ${conn.freeBufBytes}`);
         }
+        // Bytes already waiting mean the socket was full: POLLOUT flushes them, no write(2) per packet meanwhile.
+        const waiting = conn.pendingBytes > 0;
         conn.pushGuestData(readChain(mem, chain, HDR, h.len));
-        this.flushConn(conn);
+        if (!waiting) this.flushConn(conn);
         this.rewatch(conn);
         return;
       }
