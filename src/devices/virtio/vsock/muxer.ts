@@ -25,10 +25,10 @@
  *   - a TX packet's payload: at most VSOCK_MAX_PKT_BYTES (more: OP_RST);
  *   - guest data held per connection: at most VSOCK_BUF_ALLOC, the credit
  *     flint advertises (more: a credit violation, OP_RST and the host socket
- *     closed), stored in at most VSOCK_CONN_MAX_HELD_BYTES;
+ *     closed), stored in at most VSOCK_CONN_MAX_HELD_BYTES (288 KiB);
  *   - connections (host sockets of any state): at most VSOCK_MAX_CONNECTIONS
  *     (more: a guest OP_REQUEST gets OP_RST, a host client is closed at once);
- *     so at most VSOCK_MAX_HELD_BYTES guest data per device;
+ *     so at most VSOCK_MAX_HELD_BYTES (72 MiB) of guest data per device;
  *   - control packets waiting for RX buffers: one per live connection
  *     (its REQUEST or RESPONSE), plus OP_RSTs coalesced to one per port pair
  *     and capped at VSOCK_MAX_PENDING_RSTS (more: dropped and counted). A
@@ -40,6 +40,7 @@
  * (within its credit) and never stops another's. Every bad packet is a
  * counted guest fault (ctx.guestFault), never an exception.
  */
+import { unlinkSync } from "node:fs";
 import {
   POLLERR, POLLHUP, POLLIN, POLLOUT, SHUT_RD, EAGAIN, EINTR, VIRTIO_ID_VSOCK, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
   VIRTIO_VSOCK_OP_CREDIT_REQUEST, VIRTIO_VSOCK_OP_CREDIT_UPDATE, VIRTIO_VSOCK_OP_REQUEST, VIRTIO_VSOCK_OP_RESPONSE,
@@ -47,7 +48,6 @@ import {
   VIRTIO_VSOCK_TYPE_STREAM, VMADDR_CID_HOST, SOCK_CLOEXEC, SOCK_NONBLOCK, virtio_vsock_config, virtio_vsock_event,
   virtio_vsock_hdr,
 } from "../../../linux/abi.generated.js";
-import { unlinkSync } from "node:fs";
 import { dataView, setU32, setU64 } from "../../../memory/le.js";
 import { sys } from "../../../sys/native.js";
 import { readChain, writeChain } from "../chain-io.js";
