@@ -14,7 +14,7 @@ import { Buffer } from "node:buffer";
 import { accessSync, constants, lstatSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { sockaddr_un } from "../linux/abi.generated.js";
-import { probeUnix, VSOCK_MAX_GUEST_CID, VSOCK_MIN_GUEST_CID, type VsockOptions } from "../devices/virtio/vsock.js";
+import { probeUnix, VSOCK_MAX_GUEST_CID, VSOCK_MIN_GUEST_CID, type VsockOptions } from "../devices/virtio/vsock/index.js";
 import { checkMtu, checkTap, NetError, parseMac, type NetOptions } from "../devices/virtio/net.js";
 import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 

@@ -8,7 +8,7 @@ import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { DeviceArgError, MAX_UDS_PATH_BYTES, virtioDevicesFromFlags } from "../cli/devices.js";
 import { sys } from "../sys/native.js";
-import { listenUnix } from "../devices/virtio/vsock.js";
+import { listenUnix } from "../devices/virtio/vsock/index.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "flint-vsock-cli-"));

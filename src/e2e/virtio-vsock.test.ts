@@ -5,7 +5,10 @@
  * program (compiled here with gcc): it serves port 1234 and connects to the
  * host's port 5678. On the host side (inside the nested VM), a Node helper
  * listens at PATH_5678 and, once the guest listens, connects to PATH with
- * "CONNECT 1234": an echo is initiated from each side.
+ * "CONNECT 1234": an echo is initiated from each side. Then a bulk run: the
+ * guest sends BULK_BYTES to the host's port 5679, which echoes them back, and
+ * checks every byte (credit is exercised both ways, many buffers over; the
+ * Linux driver respects flint's credit, so nothing may be reset).
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -22,6 +25,8 @@ import { runNested, shellQuote as q, type NestedResult } from "../harness/nested
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 const GUEST_PORT = 1234;
 const HOST_PORT = 5678;
+const BULK_PORT = 5679;
+const BULK_BYTES = 2 * 1024 * 1024;
 
 /** The guest's AF_VSOCK client/server: `serve PORT` (one connection) or `connect CID PORT MESSAGE`. */
 const GUEST_C = `
@@ -30,7 +35,11 @@ const GUEST_C = `
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <linux/vm_sockets.h>
+
+/* The bulk stream's byte at offset i. */
+static unsigned char pattern(long i) { return (unsigned char)(i * 7 + (i >> 11)); }
 
 static int readline(int fd, char *buf, int max) {
   int n = 0;
@@ -73,7 +82,39 @@ int main(int argc, char **argv) {
     printf("flint-e2e: guest-got=%s\\n", line);
     return 0;
   }
-  fprintf(stderr, "usage: vsock-e2e serve PORT | connect CID PORT MESSAGE\\n");
+  if (argc == 5 && !strcmp(argv[1], "bulk")) {
+    static unsigned char buf[65536];
+    long n = atol(argv[4]), got = 0, bad = -1;
+    sa.svm_cid = atoi(argv[2]);
+    sa.svm_port = atoi(argv[3]);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) { perror("connect"); return 1; }
+    pid_t pid = fork();
+    if (pid == 0) {
+      long sent = 0;
+      while (sent < n) {
+        int k = n - sent < (long)sizeof buf ? (int)(n - sent) : (int)sizeof buf;
+        for (int i = 0; i < k; i++) buf[i] = pattern(sent + i);
+        int w = write(fd, buf, k);
+        if (w <= 0) { perror("bulk write"); _exit(1); }
+        sent += w;
+      }
+      shutdown(fd, SHUT_WR);
+      _exit(0);
+    }
+    while (got < n) {
+      int r = read(fd, buf, sizeof buf);
+      if (r <= 0) { if (r < 0) perror("bulk read"); break; }
+      for (int i = 0; i < r; i++) if (bad < 0 && buf[i] != pattern(got + i)) bad = got + i;
+      got += r;
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    int ok = got == n && bad < 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    printf("flint-e2e: guest-bulk=%s %ld\\n", ok ? "ok" : "bad", got);
+    if (bad >= 0) printf("flint-e2e: guest-bulk-mismatch=%ld\\n", bad);
+    return 0;
+  }
+  fprintf(stderr, "usage: vsock-e2e serve PORT | connect CID PORT MESSAGE | bulk CID PORT BYTES\\n");
   return 2;
 }
 `;
@@ -88,6 +129,7 @@ echo "flint-guest: booted"
 server=$!
 /bin/vsock-e2e connect 2 ${HOST_PORT} "hello from guest" || echo "flint-e2e: guest-connect-failed"
 wait $server
+/bin/vsock-e2e bulk 2 ${BULK_PORT} ${BULK_BYTES} || echo "flint-e2e: guest-bulk=failed"
 poweroff -f
 `;
 
@@ -107,6 +149,15 @@ const server = net.createServer((s) => {
   });
 });
 server.listen(uds + "_${HOST_PORT}");
+// The bulk service echoes everything back (pipe: it stops reading while the guest is slow to take the echo).
+const bulk = net.createServer((s) => {
+  let n = 0;
+  s.on("data", (d) => { n += d.length; });
+  s.on("close", () => say("host-bulk", n));
+  s.on("error", (e) => say("host-bulk-error", e.code));
+  s.pipe(s);
+});
+bulk.listen(uds + "_${BULK_PORT}");
 const flint = spawn(process.execPath, [cli, ...flintArgs, "--vsock", "cid=3,uds=" + uds], { stdio: ["ignore", "pipe", "inherit"] });
 let out = "", connected = false;
 flint.stdout.on("data", (d) => {
@@ -121,7 +172,7 @@ flint.stdout.on("data", (d) => {
     c.on("close", () => { say("host-got", JSON.stringify(got)); });
   }
 });
-flint.on("exit", (code) => { say("flint-exit", code); server.close(); process.exit(0); });
+flint.on("exit", (code) => { say("flint-exit", code); server.close(); bulk.close(); process.exit(0); });
 `;
 
 describe("real Linux talks to the host over flint's virtio-vsock (nested harness)", { timeout: 30 * 60_000 }, () => {
@@ -164,6 +215,11 @@ describe("real Linux talks to the host over flint's virtio-vsock (nested harness
   it("guest-initiated: the guest connects to host port 5678 (PATH_5678) and gets the echo", () => {
     assert.equal(line("host-served"), "hello from guest", why());
     assert.equal(line("guest-got"), "host-echo:hello from guest", why());
+  });
+
+  it("bulk: 2 MiB from the guest come back through the host's echo intact, and the connection is never reset", () => {
+    assert.equal(line("guest-bulk"), `ok ${BULK_BYTES}`, why());
+    assert.equal(line("host-bulk"), String(BULK_BYTES), why());
   });
 
   it("host-initiated: CONNECT 1234 on PATH reaches the guest's server, OK <port>, then the echo", () => {

@@ -49,7 +49,7 @@ export interface VirtioDeviceConfig {
 export const VIRTIO_BACKEND_MODULES: Readonly<Record<VirtioDeviceKind, URL>> = {
   block: new URL("./block.js", import.meta.url),
   net: new URL("./net.js", import.meta.url),
-  vsock: new URL("./vsock.js", import.meta.url),
+  vsock: new URL("./vsock/index.js", import.meta.url),
   rng: new URL("./rng.js", import.meta.url),
   balloon: new URL("./balloon.js", import.meta.url),
 };

@@ -2,21 +2,26 @@
  * A test rig for virtio-vsock: the fake driver plays the guest on the three
  * queues, a context polls the fds the device watches (as the device thread's
  * poll loop does), and host peers are plain non-blocking Unix sockets.
- * Used by vsock.test.ts and vsock.property.test.ts only.
+ * Used by the vsock unit and property tests only.
  */
+import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  AF_UNIX, EAGAIN, EINTR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, VIRTIO_VSOCK_TYPE_STREAM, VMADDR_CID_HOST,
+  AF_UNIX, EAGAIN, EINTR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, VIRTIO_VSOCK_OP_REQUEST, VIRTIO_VSOCK_OP_RESPONSE,
+  VIRTIO_VSOCK_OP_RW, VIRTIO_VSOCK_TYPE_STREAM, VMADDR_CID_HOST,
   pollfd, virtio_vsock_hdr,
-} from "../../linux/abi.generated.js";
-import { GuestMemory } from "../../memory/guest-memory.js";
-import { dataView, getU16, setU16, setU32 } from "../../memory/le.js";
-import { sys } from "../../sys/native.js";
-import { FakeDriver } from "./testing/fake-driver.js";
-import type { VirtioDeviceContext, VirtQueue } from "./types.js";
-import { decodeVsockHeader, encodeVsockHeader, VirtioVsock, VSOCK_EVENT_QUEUE, VSOCK_RX_QUEUE, VSOCK_TX_QUEUE, type VsockHeader } from "./vsock.js";
+} from "../../../../linux/abi.generated.js";
+import { GuestMemory } from "../../../../memory/guest-memory.js";
+import { dataView, getU16, setU16, setU32 } from "../../../../memory/le.js";
+import { sys } from "../../../../sys/native.js";
+import { FakeDriver } from "../../testing/fake-driver.js";
+import type { VirtioDeviceContext, VirtQueue } from "../../types.js";
+import {
+  decodeVsockHeader, encodeVsockHeader, VirtioVsock, VSOCK_BUF_ALLOC, VSOCK_EVENT_QUEUE, VSOCK_FIRST_HOST_PORT, VSOCK_RX_QUEUE,
+  VSOCK_TX_QUEUE, type VsockHeader,
+} from "../index.js";
 
 /** A context that records faults and polls watched fds on demand. */
 export class PollingContext implements VirtioDeviceContext {
@@ -26,7 +31,9 @@ export class PollingContext implements VirtioDeviceContext {
   constructor(readonly memory: GuestMemory, readonly queues: VirtQueue[], readonly config: Uint8Array, readonly features = 0n) {}
   notifyUsed(): void {}
   notifyConfigChange(): void {}
-  kick(): void {}
+  /** Queues the device asked to be called again for (ctx.kick), delivered by the rig's notify(). */
+  readonly kicks = new Set<number>();
+  kick(queue: number): void { this.kicks.add(queue); }
   fail(reason: string): void { this.failures.push(reason); }
   guestFault(message: string): void { this.faults.push(message); }
   watch(fd: number, events: number, onReady: (revents: number) => void): void { this.watches.set(fd, { events, onReady }); }
@@ -64,6 +71,14 @@ export interface RxPacket {
 export const GUEST_CID = 3;
 const text = new TextEncoder();
 
+/** A guest's TX header: the fields given, the rest those of a valid stream packet from the guest to the host. */
+export function guestHeader(h: Partial<VsockHeader> & Pick<VsockHeader, "op" | "srcPort" | "dstPort">): Uint8Array {
+  return encodeVsockHeader({
+    srcCid: BigInt(GUEST_CID), dstCid: BigInt(VMADDR_CID_HOST), len: 0, type: VIRTIO_VSOCK_TYPE_STREAM,
+    flags: 0, bufAlloc: 1 << 20, fwdCnt: 0, ...h,
+  });
+}
+
 /** A device with a fake guest on its queues. */
 export class VsockRig {
   readonly dir: string;
@@ -76,12 +91,13 @@ export class VsockRig {
   readonly dev: VirtioVsock;
   private readonly peers: number[] = [];
 
-  constructor(options: { queueSize?: number } = {}) {
+  /** `memBytes` (default 1 MiB): guest memory, all of it usable by raw descriptors (the queues live in the first MiB). */
+  constructor(options: { queueSize?: number; memBytes?: number } = {}) {
     this.dir = mkdtempSync(join(tmpdir(), "flint-vsock-"));
     this.uds = join(this.dir, "v.sock");
     this.dev = new VirtioVsock({ cid: GUEST_CID, uds: this.uds });
     // 1 MiB of guest memory: RX buffers, TX packets (a few of 32 KiB at a time), the event queue.
-    this.mem = GuestMemory.create([{ guestBase: 0, size: 1 << 20 }]);
+    this.mem = GuestMemory.create([{ guestBase: 0, size: Math.max(1 << 20, options.memBytes ?? 0) }]);
     const queueSize = options.queueSize ?? 64;
     this.rx = new FakeDriver(this.mem, { base: 0x1000, bytes: 0x7f000, queueSize });
     this.tx = new FakeDriver(this.mem, { base: 0x80000, bytes: 0x70000, queueSize });
@@ -98,19 +114,35 @@ export class VsockRig {
 
   /** The guest sends one packet (header fields default to a valid stream packet); returns whether its chain came back. */
   send(h: Partial<VsockHeader> & Pick<VsockHeader, "op" | "srcPort" | "dstPort">, payload = new Uint8Array(0)): boolean {
-    const full: VsockHeader = {
-      srcCid: BigInt(GUEST_CID), dstCid: BigInt(VMADDR_CID_HOST), len: payload.length, type: VIRTIO_VSOCK_TYPE_STREAM,
-      flags: 0, bufAlloc: 1 << 20, fwdCnt: 0, ...h,
-    };
-    const head = this.tx.addChain({ readable: payload.length ? [encodeVsockHeader(full), payload] : [encodeVsockHeader(full)] });
-    this.dev.onNotify(VSOCK_TX_QUEUE);
+    const hdr = guestHeader({ len: payload.length, ...h });
+    const head = this.tx.addChain({ readable: payload.length ? [hdr, payload] : [hdr] });
+    this.notify(VSOCK_TX_QUEUE);
     return this.tx.popAllUsed().some((u) => u.head === head);
   }
 
   /** Gives the device `n` RX buffers (header and data in separate descriptors, as Linux does). */
   giveRx(n: number, dataBytes = 4096): void {
     for (let i = 0; i < n; i++) this.rx.addChain({ writable: [virtio_vsock_hdr.SIZE, dataBytes] });
-    this.dev.onNotify(VSOCK_RX_QUEUE);
+    this.notify(VSOCK_RX_QUEUE);
+  }
+
+  /**
+   * A driver kick of `queue`, then the device's own kicks (ctx.kick after a budgeted pass)
+   * until it has none, as the device thread's poll loop delivers them.
+   */
+  notify(queue: number): void {
+    this.dev.onNotify(queue);
+    this.runKicks();
+  }
+
+  /** Delivers the device's own kicks until it has none. */
+  runKicks(): void {
+    for (let rounds = 0; this.ctx.kicks.size > 0; rounds++) {
+      if (rounds > 100_000) throw new Error("the device keeps kicking itself");
+      const [q] = this.ctx.kicks;
+      this.ctx.kicks.delete(q!);
+      this.dev.onNotify(q!);
+    }
   }
 
   /** Packets the device returned on RX. */
@@ -130,6 +162,7 @@ export class VsockRig {
     while (!done()) {
       if (Date.now() >= end) return false;
       this.ctx.pollOnce(10);
+      this.runKicks();
     }
     return true;
   }
@@ -201,3 +234,44 @@ export function concat(parts: Uint8Array[]): Uint8Array {
 }
 
 export const str = (b: Uint8Array): string => new TextDecoder().decode(b);
+
+/** Checks what every packet to the guest must say about addresses and flint's credit. */
+export function assertFromHost(p: RxPacket): void {
+  assert.equal(p.hdr.srcCid, BigInt(VMADDR_CID_HOST));
+  assert.equal(p.hdr.dstCid, BigInt(GUEST_CID));
+  assert.equal(p.hdr.type, VIRTIO_VSOCK_TYPE_STREAM);
+  assert.equal(p.hdr.bufAlloc, VSOCK_BUF_ALLOC);
+  assert.equal(p.usedLen, 44 + p.hdr.len);
+}
+
+/** Host client connects with CONNECT <port>; the guest accepts. Returns the client fd and host port. */
+export function hostConnect(r: VsockRig, guestPort: number, guestBufAlloc = 1 << 20): { client: number; hostPort: number } {
+  r.giveRx(4);
+  const client = r.connectClient();
+  assert.ok(writeAll(client, `CONNECT ${guestPort}\n`) > 0);
+  let req: RxPacket | undefined;
+  r.pump(() => (req = r.received().find((p) => p.hdr.op === VIRTIO_VSOCK_OP_REQUEST)) !== undefined);
+  assert.ok(req, "the guest got OP_REQUEST");
+  assertFromHost(req);
+  assert.equal(req.hdr.dstPort, guestPort);
+  assert.ok(req.hdr.srcPort >= VSOCK_FIRST_HOST_PORT);
+  const hostPort = req.hdr.srcPort;
+  assert.ok(r.send({ op: VIRTIO_VSOCK_OP_RESPONSE, srcPort: guestPort, dstPort: hostPort, bufAlloc: guestBufAlloc }));
+  let line = "";
+  r.pump(() => (line += str(readNow(client).data)).endsWith("\n"));
+  assert.equal(line, `OK ${hostPort}\n`);
+  return { client, hostPort };
+}
+
+/** RW packets the guest receives (giving RX buffers as needed) until `bytes` arrived or nothing more comes. */
+export function guestRead(r: VsockRig, bytes: number, timeoutMs = 300): { data: Uint8Array; packets: RxPacket[] } {
+  const packets: RxPacket[] = [];
+  let got = 0;
+  r.pump(() => {
+    if (r.rx.outstandingChains < 4) r.giveRx(4);
+    for (const p of r.received()) { packets.push(p); if (p.hdr.op === VIRTIO_VSOCK_OP_RW) got += p.hdr.len; }
+    return got >= bytes;
+  }, timeoutMs);
+  return { data: concat(packets.filter((p) => p.hdr.op === VIRTIO_VSOCK_OP_RW).map((p) => p.data)), packets };
+}
+
