@@ -319,16 +319,23 @@ export interface ServeResult {
  * the device serves is found by the next pop() instead of costing an exit.
  * Kicks are asked for again before returning, and the ring is looked at once
  * more after that, so a chain added in between is never left without one.
- * At most `budget` chains are served, so that one busy queue cannot hold the
- * device thread; `more` then says the caller has to come back.
+ *
+ * At most `budget` units of work are done, so that a guest adding chains
+ * from another vCPU as fast as they are served cannot hold the device thread
+ * (its control eventfd — reset, stop, host requests — is served between two
+ * passes); `more` then says the caller has to come back (ctx.kick). A chain
+ * costs what `serve` returns (e.g. the PFNs of a balloon request), 1 when it
+ * returns nothing; a chain is never cut short, so a pass may overrun the
+ * budget by one chain's cost.
  */
-export function serveQueue(q: VirtQueue, budget: number, serve: (chain: DescriptorChain) => void): ServeResult {
-  let served = 0;
+export function serveQueue(q: VirtQueue, budget: number, serve: (chain: DescriptorChain) => number | void): ServeResult {
+  let served = 0, spent = 0;
   for (;;) {
     q.setNotifications(false);
     for (let chain = q.pop(); chain; chain = q.pop()) {
-      serve(chain);
-      if (++served < budget) continue;
+      served++;
+      spent += Math.max(1, serve(chain) ?? 1);
+      if (spent < budget) continue;
       if (q.hasAvailable()) return { served, more: true };
       q.setNotifications(true);
       return { served, more: q.hasAvailable() };
