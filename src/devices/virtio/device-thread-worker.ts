@@ -26,6 +26,7 @@ import {
 import { dataView } from "../../memory/le.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { errnoName, eventfd, sys } from "../../sys/native.js";
+import { GUEST_FAULT_LOG_FIRST, GuestFaultLog } from "../fault-log.js";
 import type { DeviceReplyMessage, DeviceRequestMessage, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
 import { TransportState } from "./mmio-state.js";
 import { SplitQueue } from "./queue.js";
@@ -38,6 +39,16 @@ const state = new TransportState(init.state);
 const memory = GuestMemory.attach(init.memory);
 const one = new BigUint64Array([1n]);
 const drained = new Uint8Array(8);
+/**
+ * Guest faults are counted in the shared state (TransportState.guestFaults);
+ * only the first few, then a summary at most every second, are posted to the
+ * main thread, so a guest faulting millions of times cannot grow its message
+ * queue (issue 9, finding 2). Pending summaries are posted from the poll loop
+ * (its timeout) and at stop.
+ */
+const faultLog = new GuestFaultLog((r) => post({ type: "fault", message: r.message, count: r.count }));
+/** NEEDS_RESET episodes so far: past the first few, each is reported as a guest fault instead. */
+let failures = 0;
 
 /** A queue the driver did not make ready: it never has buffers. */
 const disabledQueue = (size: number): VirtQueue => ({
@@ -121,7 +132,21 @@ function fail(reason: string): void {
   watchesChanged = true;
   state.orStatus(VIRTIO_CONFIG_S_NEEDS_RESET);
   interrupt(VIRTIO_MMIO_INT_CONFIG);
-  post({ type: "failed", reason });
+  reportFailure(reason);
+}
+
+/** Posts a failure; a guest that breaks its rings over and over gets rate-limited guest faults instead. */
+function reportFailure(reason: string): void {
+  if (++failures <= GUEST_FAULT_LOG_FIRST) {
+    post({ type: "failed", reason });
+    return;
+  }
+  guestFault(`device needs reset: ${reason}`);
+}
+
+function guestFault(message: string): void {
+  state.countGuestFault();
+  faultLog.fault(init.name, message);
 }
 
 /** Runs a backend callback; anything it throws fails the device, never the thread. */
@@ -131,7 +156,7 @@ function guarded(what: string, fn: () => void): void {
   } catch (e) {
     const message = `${what}: ${(e as Error).message ?? e}`;
     if (active) fail(message);
-    else post({ type: "failed", reason: message });
+    else reportFailure(message);
   }
 }
 
@@ -156,10 +181,7 @@ function makeContext(features: bigint, mySession: number): VirtioDeviceContext {
     fail(reason) {
       if (session === mySession) fail(reason);
     },
-    guestFault(message) {
-      state.countGuestFault();
-      post({ type: "fault", message });
-    },
+    guestFault,
     watch(fd, events, onReady) {
       if (!live()) return;
       watches.set(fd, { events, onReady });
@@ -248,9 +270,13 @@ function onKick(q: number): void {
 function loop(): void {
   for (;;) {
     if (watchesChanged) rebuildPollSet();
-    const n = sys.poll(pollBuf, pollBuf.length / pollfd.SIZE, -1);
+    // Wake up for a due fault summary even when nothing else happens.
+    const summaryIn = faultLog.nextSummaryInMs();
+    const n = sys.poll(pollBuf, pollBuf.length / pollfd.SIZE, summaryIn === undefined ? -1 : Math.ceil(summaryIn));
     if (n === -EINTR) continue;
     if (n < 0) throw new Error(`poll failed: ${errnoName(-n)}`);
+    if (summaryIn !== undefined) faultLog.tick();
+    if (n === 0) continue;
     const order = watchOrder;
     const view = pollView;
     for (let i = 0; i < pollBuf.length / pollfd.SIZE; i++) {
@@ -280,6 +306,7 @@ try {
   } catch (e) {
     post({ type: "failed", reason: `shutdown: ${(e as Error).message}` });
   }
+  faultLog.flush();
   state.threadStopped();
   post({ type: "stopped" });
 }

@@ -93,8 +93,10 @@ export class DeviceLoopRig {
   readonly transport: VirtioMmioTransport;
   /** Register access on this thread, as a vCPU does it. */
   readonly mmio: MmioAccess;
-  /** Guest faults the device thread reported (postMessage), and those the register file counted. */
+  /** Guest fault reports the device thread posted (one fault or a summary each), and those the register file counted. */
   readonly deviceFaults = new BoundedLog();
+  /** Faults the device thread's reports stand for (a summary stands for many). */
+  deviceFaultsReported = 0;
   readonly transportFaults = new BoundedLog();
   /** Failures (NEEDS_RESET reasons) the device thread reported. */
   readonly failureLog = new BoundedLog();
@@ -119,7 +121,11 @@ export class DeviceLoopRig {
     const dev = new VirtioDeviceHandle({
       name: o.name ?? "virtio-rig", backendModule: o.backendModule, backendOptions: o.backendOptions ?? {},
       memory: mem.describe(), mmioBase: 0, gsi: 5,
-      onGuestFault: (_d, m) => rig?.deviceFaults.push(m),
+      onGuestFault: (_d, m, count) => {
+        if (!rig) return;
+        rig.deviceFaults.push(m);
+        rig.deviceFaultsReported += count;
+      },
       onFailed: (_d, r) => rig?.failureLog.push(r),
     });
     try {
