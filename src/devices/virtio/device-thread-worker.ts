@@ -30,7 +30,7 @@ import { GUEST_FAULT_LOG_FIRST, GuestFaultLog } from "../fault-log.js";
 import type { DeviceReplyMessage, DeviceRequestMessage, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
 import { TransportState } from "./mmio-state.js";
 import { SplitQueue } from "./queue.js";
-import type { DescriptorChain, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
+import type { DescriptorChain, QueueSession, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
 const init = workerData as DeviceThreadInit;
 const port = parentPort!;
@@ -117,6 +117,9 @@ let queues: VirtQueue[] = [];
 let pendingKicks = 0;
 let seenResets = state.resetsRequested;
 let seenActivations = state.activations;
+let seenQueueStops = state.queueStops;
+/** Driver resets requested when the current session started. */
+let sessionResets = -1;
 
 function interrupt(bits: number): void {
   state.raiseInterrupt(bits);
@@ -130,6 +133,9 @@ function fail(reason: string): void {
   session++;
   watches.clear();
   watchesChanged = true;
+  // A session the driver already ended (reset) fails silently: NEEDS_RESET and the
+  // interrupt would land on the driver's next session.
+  if (state.resetsRequested !== sessionResets) return;
   state.orStatus(VIRTIO_CONFIG_S_NEEDS_RESET);
   interrupt(VIRTIO_MMIO_INT_CONFIG);
   reportFailure(reason);
@@ -160,8 +166,21 @@ function guarded(what: string, fn: () => void): void {
   }
 }
 
-function makeContext(features: bigint, mySession: number): VirtioDeviceContext {
-  const live = () => session === mySession && active;
+/**
+ * The session's view for its queues: live until the device thread ends it or a
+ * vCPU asks to (a reset or a stopped queue bumps the epoch at once, before
+ * this thread catches up). Ring writes check it under the transport lock,
+ * which the vCPU holds while it bumps the epoch.
+ */
+function queueSession(mySession: number, myEpoch: number): QueueSession {
+  return {
+    live: () => session === mySession && active && state.epoch === myEpoch,
+    exclusive: (write) => state.lock.with(write),
+  };
+}
+
+function makeContext(features: bigint, mySession: number, qs: QueueSession): VirtioDeviceContext {
+  const live = qs.live;
   return {
     memory,
     queues,
@@ -197,17 +216,23 @@ function activate(): void {
   const bit = (n: number) => 1n << BigInt(n);
   const features = state.driverFeatures;
   const qf = { eventIdx: (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n, indirect: (features & bit(VIRTIO_RING_F_INDIRECT_DESC)) !== 0n };
-  const plan = state.lock.with(() =>
-    backend.queueMaxSizes.map((max, q) => ({ max, ready: state.queueRegister(q, "ready") === 1, layout: state.queueLayout(q) })));
+  // The queues as the driver left them, and the epoch they belong to, read together.
+  const { plan, epoch, resetsAtStart } = state.lock.with(() => ({
+    plan: backend.queueMaxSizes.map((max, q) => ({ max, ready: state.queueRegister(q, "ready") === 1, layout: state.queueLayout(q) })),
+    epoch: state.epoch,
+    resetsAtStart: state.resetsRequested,
+  }));
   session++;
   active = true;
+  sessionResets = resetsAtStart;
+  const qs = queueSession(session, epoch);
   try {
-    queues = plan.map((p) => (p.ready ? new SplitQueue(memory, p.layout, qf, p.max) : disabledQueue(p.layout.size)));
+    queues = plan.map((p) => (p.ready ? new SplitQueue(memory, p.layout, qf, p.max, qs) : disabledQueue(p.layout.size)));
   } catch (e) {
     fail((e as Error).message);
     return;
   }
-  const ctx = makeContext(features, session);
+  const ctx = makeContext(features, session, qs);
   guarded("activate", () => backend.activate(ctx));
   const kicks = pendingKicks;
   pendingKicks = 0;
@@ -244,6 +269,12 @@ function serveRequests(): void {
 function onControl(): boolean {
   sys.read(init.controlFd, drained, 8);
   if (state.stopRequested) return false;
+  // A queue stopped while live ends the session it was stopped in (before any reset that followed).
+  const stops = state.queueStops;
+  if (stops !== seenQueueStops) {
+    seenQueueStops = stops;
+    if (active) fail(`the driver stopped queue ${state.stoppedQueue} while the device was live (QueueReady = 0 after DRIVER_OK without VIRTIO_F_RING_RESET)`);
+  }
   const resets = state.resetsRequested;
   if (resets !== seenResets) {
     seenResets = resets;
