@@ -7,7 +7,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { BALLOON_DEFLATE_QUEUE, BALLOON_INFLATE_QUEUE, BALLOON_MAX_PFNS_PER_REQUEST, BALLOON_PAGE_SIZE, BALLOON_QUEUE_SIZE, type BalloonInfo } from "./balloon.js";
-import { DeviceLoopRig, LatencyLog, VIRTIO_V1 } from "./testing/device-loop-rig.js";
+import { VIRTIO_BALLOON_F_STATS_VQ } from "../../linux/abi.generated.js";
+import { DeviceLoopRig, LatencyLog, VIRTIO_V1, actionCount, arbLoopAction } from "./testing/device-loop-rig.js";
+import { formatReport, runLoopProperty } from "./testing/device-loop-property.js";
 
 const BALLOON = new URL("./balloon.js", import.meta.url);
 const MIB = 1 << 20;
@@ -47,6 +49,53 @@ test("a guest flooding the inflate and deflate queues from two threads does not 
     const resetMs = await rig.timedReset(ANSWER_LIMIT_MS);
     console.log(`${lat.report("virtio-balloon requests under flood")}; reset ${resetMs.toFixed(1)} ms; ${floods[0]!.added} + ${floods[1]!.added} requests added`);
     assert.equal(rig.failureLog.count, 0, rig.failureLog.last.join("; "));
+  } finally {
+    await rig.stop();
+  }
+});
+
+test(`a hostile driver on the inflate and stats queues (${actionCount()} actions, a second thread kicking) leaves deflate requests and setTarget/info served, memory bounded`, async () => {
+  const rig = await DeviceLoopRig.start({ backendModule: BALLOON, name: "virtio-balloon", memoryBytes: 16 * MIB });
+  try {
+    const features = VIRTIO_V1 | (1n << BigInt(VIRTIO_BALLOON_F_STATS_VQ));
+    rig.bringUp({
+      features,
+      drivers: [0, 1, 2].map((q) => rig.newDriver(q, { queueSize: 64, heapBytes: 64 * 1024 })),
+    });
+    const page = (addr: number) => addr / BALLOON_PAGE_SIZE;
+    const report = await runLoopProperty({
+      rig, label: "virtio-balloon", actions: actionCount(), seed: 4242,
+      // Hostile actions on queue 0 (inflate) and, mapped, queue 2 (stats); queue 1 stays well-formed.
+      arb: arbLoopAction(rig.mem, { queues: 2, maxQueueSize: 64, configBytes: 8 }).map((a) => ("queue" in a && a.queue === 1 ? { ...a, queue: 2 } : a)),
+      bounds: { heapGrowthBytes: 32 << 20, rssGrowthBytes: 96 << 20 },
+      control: { op: "info" },
+      // The second thread re-adds inflate requests of one PFN list (the top 1 MiB of guest RAM).
+      flood: {
+        queue: BALLOON_INFLATE_QUEUE, heads: (drv) => {
+          const list = drv.heapStart;
+          for (let i = 0; i < 64; i++) rig.mem.writeU32(list + 4 * i, page(15 * MIB) + i);
+          for (let i = 0; i < 8; i++) drv.writeDescriptor(i, { addr: list, len: 256, flags: 0, next: 0 });
+          return [0, 1, 2, 3, 4, 5, 6, 7];
+        },
+      },
+      wellFormed: async () => {
+        const set = await rig.timedRequest("setTarget", { targetMib: 1 }, ANSWER_LIMIT_MS);
+        assert.equal(set.ok, true, String(set.value));
+        if (rig.needsReset) {
+          rig.bringUpAgain();
+          await rig.untilReset(undefined, ANSWER_LIMIT_MS);
+        }
+        const drv = rig.drivers[BALLOON_DEFLATE_QUEUE]!;
+        const before = drv.usedIdx;
+        const pfns = new Uint8Array(16);
+        for (let i = 0; i < 4; i++) new DataView(pfns.buffer).setUint32(4 * i, page(14 * MIB) + i, true);
+        drv.addChain({ readable: [pfns] });
+        rig.kick(BALLOON_DEFLATE_QUEUE);
+        await rig.until(() => drv.usedIdx !== before, "a well-formed deflate request completes", ANSWER_LIMIT_MS);
+        drv.popAllUsed();
+      },
+    });
+    console.log(formatReport("virtio-balloon", report));
   } finally {
     await rig.stop();
   }

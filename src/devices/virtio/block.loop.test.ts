@@ -15,7 +15,8 @@ import {
 import { dataView, setU32, setU64 } from "../../memory/le.js";
 import { BLOCK_ZERO_BYTES_PER_PASS, SECTOR_SIZE } from "./block.js";
 import { usedRingBytes } from "./queue.js";
-import { DeviceLoopRig, VIRTIO_V1 } from "./testing/device-loop-rig.js";
+import { DeviceLoopRig, VIRTIO_V1, actionCount, arbLoopAction } from "./testing/device-loop-rig.js";
+import { formatReport, runLoopProperty } from "./testing/device-loop-property.js";
 
 const BLOCK = new URL("./block.js", import.meta.url);
 const MIB = 1 << 20;
@@ -120,6 +121,49 @@ test("a reset mid-pass never lets the old session write into the rings of the ne
     fresh.addChain({ readable: [header(VIRTIO_BLK_T_GET_ID, 0)], writable: [20, 1] });
     rig.kick(0);
     await rig.until(() => fresh.usedIdx === 1, "the new session serves requests", LIMIT_MS);
+  } finally {
+    await rig.stop();
+  }
+});
+
+test(`a hostile driver (${actionCount()} actions, a second thread kicking) leaves virtio-blk answering, bounded and serving`, async () => {
+  const path = image(tmpdir(), 64 * MIB, true);
+  const rig = await DeviceLoopRig.start({ backendModule: BLOCK, backendOptions: { path, readOnly: false }, name: "virtio-blk", memoryBytes: 16 * MIB });
+  try {
+    const features = VIRTIO_V1 | (1n << BigInt(VIRTIO_BLK_F_WRITE_ZEROES));
+    rig.bringUp({ features, drivers: [rig.newDriver(0, { queueSize: 64, heapBytes: 64 * 1024 })] });
+    const report = await runLoopProperty({
+      rig, label: "virtio-blk", actions: actionCount(), seed: 777,
+      arb: arbLoopAction(rig.mem, { queues: 1, maxQueueSize: 64, configBytes: 64 }),
+      // Guest RAM is 16 MiB and the page cache of the image is not ours: growth past that is.
+      bounds: { heapGrowthBytes: 32 << 20, rssGrowthBytes: 96 << 20 },
+      control: { op: "info" },
+      // The second thread re-adds GET_ID requests (header, 20-byte id, status).
+      flood: {
+        queue: 0, heads: (drv) => {
+          const base = drv.heapStart;
+          rig.mem.write(base, header(VIRTIO_BLK_T_GET_ID, 0));
+          const heads: number[] = [];
+          for (let i = 0; i < 8; i++) {
+            const d = 3 * i;
+            drv.writeDescriptor(d, { addr: base, len: virtio_blk_outhdr.SIZE, flags: VRING_DESC_F_NEXT, next: d + 1 });
+            drv.writeDescriptor(d + 1, { addr: base + 64 + 32 * i, len: 20, flags: VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, next: d + 2 });
+            drv.writeDescriptor(d + 2, { addr: base + 512 + i, len: 1, flags: VRING_DESC_F_WRITE, next: 0 });
+            heads.push(d);
+          }
+          return heads;
+        },
+      },
+      wellFormed: async () => {
+        const [drv] = rig.bringUpAgain();
+        await rig.untilReset(undefined, LIMIT_MS);
+        drv!.addChain({ readable: [header(VIRTIO_BLK_T_IN, 8)], writable: [4096, 1] });
+        rig.kick(0);
+        await rig.until(() => drv!.usedIdx === 1, "a well-formed read completes", LIMIT_MS);
+        assert.equal(drv!.popUsed()!.buffers[1]![0], VIRTIO_BLK_S_OK);
+      },
+    });
+    console.log(formatReport("virtio-blk", report));
   } finally {
     await rig.stop();
   }

@@ -7,7 +7,10 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from "../../linux/abi.generated.js";
 import { RNG_QUEUE_SIZE } from "./rng.js";
-import { DeviceLoopRig, LatencyLog, VIRTIO_V1 } from "./testing/device-loop-rig.js";
+import type { GuestMemory } from "../../memory/guest-memory.js";
+import { DeviceLoopRig, LatencyLog, VIRTIO_V1, actionCount, arbLoopAction } from "./testing/device-loop-rig.js";
+import { formatReport, runLoopProperty } from "./testing/device-loop-property.js";
+import type { FakeDriver } from "./testing/fake-driver.js";
 
 const RNG = new URL("./rng.js", import.meta.url);
 /** Hang-catching limit for one answer (generous: the machine may be loaded). */
@@ -45,3 +48,37 @@ test("a guest flooding the rng queue from another thread does not starve control
     await rig.stop();
   }
 });
+
+test(`a hostile driver (${actionCount()} actions, a second thread kicking) leaves virtio-rng answering, bounded and serving`, async () => {
+  const rig = await DeviceLoopRig.start({ backendModule: RNG, name: "virtio-rng", memoryBytes: 16 << 20 });
+  try {
+    rig.bringUp({ features: VIRTIO_V1, drivers: [rig.newDriver(0, { queueSize: 64, heapBytes: 64 * 1024 })] });
+    const report = await runLoopProperty({
+      rig, label: "virtio-rng", actions: actionCount(), seed: 9001,
+      arb: arbLoopAction(rig.mem, { queues: 1, maxQueueSize: 64, configBytes: 4 }),
+      // Guest RAM is 16 MiB: everything the device may touch fits in it, so growth past it is the host's.
+      bounds: { heapGrowthBytes: 32 << 20, rssGrowthBytes: 96 << 20 },
+      control: { op: "info" },
+      flood: { queue: 0, heads: (drv) => wellFormedHeads(rig.mem, drv, 8) },
+      wellFormed: async () => {
+        const [drv] = rig.bringUpAgain();
+        await rig.untilReset(undefined, ANSWER_LIMIT_MS);
+        drv!.addChain({ writable: [32] });
+        rig.kick(0);
+        await rig.until(() => drv!.usedIdx === 1, "a well-formed request completes", ANSWER_LIMIT_MS);
+        assert.equal(drv!.popUsed()!.len, 32);
+      },
+    });
+    console.log(formatReport("virtio-rng", report));
+  } finally {
+    await rig.stop();
+  }
+});
+
+/** Writes `n` one-buffer writable chains (heads 0..n-1) into `drv`'s rings, for the second thread to re-add. */
+function wellFormedHeads(mem: GuestMemory, drv: FakeDriver, n: number): number[] {
+  const buf = drv.heapStart;
+  for (let i = 0; i < n; i++) drv.writeDescriptor(i, { addr: buf + 64 * i, len: 64, flags: VRING_DESC_F_WRITE, next: 0 });
+  void mem;
+  return Array.from({ length: n }, (_, i) => i);
+}

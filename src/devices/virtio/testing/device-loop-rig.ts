@@ -291,10 +291,12 @@ export class DeviceLoopRig {
 
   /** Polls `cond` every couple of milliseconds (the event loop keeps running); rejects after `timeoutMs`. */
   async until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-    const end = performance.now() + timeoutMs;
+    const start = performance.now(), end = start + timeoutMs;
     while (!cond()) {
-      if (performance.now() > end) throw new Error(`${this.dev.spec.name}: timed out after ${timeoutMs} ms waiting for: ${what}`);
-      await new Promise((r) => setTimeout(r, 2));
+      const now = performance.now();
+      if (now > end) throw new Error(`${this.dev.spec.name}: timed out after ${timeoutMs} ms waiting for: ${what}`);
+      // Most waits are short (a reset, a request): poll without a timer's delay at first.
+      await new Promise((r) => (now - start < 2 ? setImmediate(r) : setTimeout(r, 1)));
     }
   }
 
