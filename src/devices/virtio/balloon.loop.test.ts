@@ -9,7 +9,7 @@ import { test } from "node:test";
 import { BALLOON_DEFLATE_QUEUE, BALLOON_INFLATE_QUEUE, BALLOON_MAX_PFNS_PER_REQUEST, BALLOON_PAGE_SIZE, BALLOON_QUEUE_SIZE, type BalloonInfo } from "./balloon.js";
 import { VIRTIO_BALLOON_F_STATS_VQ } from "../../linux/abi.generated.js";
 import { DeviceLoopRig, LatencyLog, VIRTIO_V1, actionCount, arbLoopAction } from "./testing/device-loop-rig.js";
-import { formatReport, runLoopProperty } from "./testing/device-loop-property.js";
+import { LOOP_PROPERTY_BOUNDS, formatReport, runLoopProperty } from "./testing/device-loop-property.js";
 
 const BALLOON = new URL("./balloon.js", import.meta.url);
 const MIB = 1 << 20;
@@ -67,8 +67,8 @@ test(`a hostile driver on the inflate and stats queues (${actionCount()} actions
       rig, label: "virtio-balloon", actions: actionCount(), seed: 4242,
       // Hostile actions on queue 0 (inflate) and, mapped, queue 2 (stats); queue 1 stays well-formed.
       arb: arbLoopAction(rig.mem, { queues: 2, maxQueueSize: 64, configBytes: 8 }).map((a) => ("queue" in a && a.queue === 1 ? { ...a, queue: 2 } : a)),
-      bounds: { heapGrowthBytes: 32 << 20, rssGrowthBytes: 96 << 20 },
-      control: { op: "info" },
+      bounds: LOOP_PROPERTY_BOUNDS,
+      control: { op: "info" }, progress: process.env.FLINT_FUZZ_ACTIONS ? (l) => console.log(l) : undefined,
       // The second thread re-adds inflate requests of one PFN list (the top 1 MiB of guest RAM).
       flood: {
         queue: BALLOON_INFLATE_QUEUE, heads: (drv) => {

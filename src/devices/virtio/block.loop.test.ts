@@ -16,7 +16,7 @@ import { dataView, setU32, setU64 } from "../../memory/le.js";
 import { BLOCK_ZERO_BYTES_PER_PASS, SECTOR_SIZE } from "./block.js";
 import { usedRingBytes } from "./queue.js";
 import { DeviceLoopRig, VIRTIO_V1, actionCount, arbLoopAction } from "./testing/device-loop-rig.js";
-import { formatReport, runLoopProperty } from "./testing/device-loop-property.js";
+import { LOOP_PROPERTY_BOUNDS, formatReport, runLoopProperty } from "./testing/device-loop-property.js";
 
 const BLOCK = new URL("./block.js", import.meta.url);
 const MIB = 1 << 20;
@@ -135,9 +135,8 @@ test(`a hostile driver (${actionCount()} actions, a second thread kicking) leave
     const report = await runLoopProperty({
       rig, label: "virtio-blk", actions: actionCount(), seed: 777,
       arb: arbLoopAction(rig.mem, { queues: 1, maxQueueSize: 64, configBytes: 64 }),
-      // Guest RAM is 16 MiB and the page cache of the image is not ours: growth past that is.
-      bounds: { heapGrowthBytes: 32 << 20, rssGrowthBytes: 96 << 20 },
-      control: { op: "info" },
+      bounds: LOOP_PROPERTY_BOUNDS,
+      control: { op: "info" }, progress: process.env.FLINT_FUZZ_ACTIONS ? (l) => console.log(l) : undefined,
       // The second thread re-adds GET_ID requests (header, 20-byte id, status).
       flood: {
         queue: 0, heads: (drv) => {

@@ -31,6 +31,7 @@ test("QueueReady = 0 after DRIVER_OK reads back 0, is a guest fault, and puts th
     assert.equal(rig.guestFaults, faults + 1);
     await rig.until(() => rig.needsReset, "DEVICE_NEEDS_RESET");
     assert.ok(rig.ackInterrupts() & VIRTIO_MMIO_INT_CONFIG, "with a configuration change interrupt");
+    await rig.until(() => rig.failureLog.count === 1, "the failure is reported");
     assert.match(rig.failureLog.last.at(-1)!, /stopped queue 0 while the device was live/);
     // The stopped queue is not served any more.
     drv.addChain({ readable: [text("after")], writable: [5] });

@@ -9,7 +9,7 @@ import { VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from "../../linux/abi.generated
 import { RNG_QUEUE_SIZE } from "./rng.js";
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { DeviceLoopRig, LatencyLog, VIRTIO_V1, actionCount, arbLoopAction } from "./testing/device-loop-rig.js";
-import { formatReport, runLoopProperty } from "./testing/device-loop-property.js";
+import { LOOP_PROPERTY_BOUNDS, formatReport, runLoopProperty } from "./testing/device-loop-property.js";
 import type { FakeDriver } from "./testing/fake-driver.js";
 
 const RNG = new URL("./rng.js", import.meta.url);
@@ -56,9 +56,8 @@ test(`a hostile driver (${actionCount()} actions, a second thread kicking) leave
     const report = await runLoopProperty({
       rig, label: "virtio-rng", actions: actionCount(), seed: 9001,
       arb: arbLoopAction(rig.mem, { queues: 1, maxQueueSize: 64, configBytes: 4 }),
-      // Guest RAM is 16 MiB: everything the device may touch fits in it, so growth past it is the host's.
-      bounds: { heapGrowthBytes: 32 << 20, rssGrowthBytes: 96 << 20 },
-      control: { op: "info" },
+      bounds: LOOP_PROPERTY_BOUNDS,
+      control: { op: "info" }, progress: process.env.FLINT_FUZZ_ACTIONS ? (l) => console.log(l) : undefined,
       flood: { queue: 0, heads: (drv) => wellFormedHeads(rig.mem, drv, 8) },
       wellFormed: async () => {
         const [drv] = rig.bringUpAgain();

@@ -18,7 +18,20 @@
 import assert from "node:assert/strict";
 import type fc from "fast-check";
 import type { FakeDriver } from "./fake-driver.js";
-import { type DeviceLoopRig, LatencyLog, type LoopAction, type MemoryBounds, MemoryWatch, loopActions } from "./device-loop-rig.js";
+import { type DeviceLoopRig, LatencyLog, type LoopAction, type MemoryBounds, MemoryWatch, loopActions, memoryFigures } from "./device-loop-rig.js";
+
+/**
+ * The bounds every device-loop property run states, over a baseline taken
+ * once the device is up: the process's V8 heap on the test's thread may grow
+ * 32 MiB; its RSS (every thread: main, device, second guest thread) 128 MiB,
+ * which covers the 16 MiB of guest RAM the hostile driver touches, the
+ * device and guest threads' V8 heaps growing to their working size, and
+ * nothing a guest could make grow with its request count or sizes (measured:
+ * +60 MiB after 10^5 actions, +72 MiB after 2 x 10^5, flattening). A guest
+ * that could make flint allocate per request or per fault crosses it long
+ * before 10^5 actions.
+ */
+export const LOOP_PROPERTY_BOUNDS: MemoryBounds = { heapGrowthBytes: 32 << 20, rssGrowthBytes: 128 << 20 };
 
 /** What a property run needs. */
 export interface LoopPropertyOptions {
@@ -40,6 +53,8 @@ export interface LoopPropertyOptions {
   flood?: { queue: number; heads: (drv: FakeDriver) => number[] };
   checkEvery?: number;
   answerLimitMs?: number;
+  /** Gets a progress line at every checkpoint (actions done, memory growth so far). */
+  progress?: (line: string) => void;
 }
 
 /** What a run did, for the test's log. */
@@ -84,9 +99,13 @@ export async function runLoopProperty(o: LoopPropertyOptions): Promise<LoopPrope
     const r = await rig.timedRequest(o.control.op, o.control.args, limit);
     requests.add(r.ms);
     watch.check();
-    await stopFlood();
+    const now = memoryFigures();
+    o.progress?.(`${o.label}: ${done} actions, RSS +${((now.rssBytes - watch.baseline.rssBytes) / 2 ** 20).toFixed(1)} MiB, heap +${((now.heapUsedBytes - watch.baseline.heapUsedBytes) / 2 ** 20).toFixed(1)} MiB`);
+    // The well-formed request may use the flooded queue: the second thread waits meanwhile.
+    await flood?.pause();
     await o.wellFormed();
-    await startFlood();
+    floodHeads();
+    flood?.resume();
   };
 
   await startFlood();

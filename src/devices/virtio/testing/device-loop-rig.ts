@@ -51,7 +51,7 @@ import { availRingBytes, descTableBytes, usedRingBytes } from "../queue.js";
 import type { QueueFeatures } from "../types.js";
 import { FakeDriver, type RawDescriptor } from "./fake-driver.js";
 import { arbGuestAddress, arbRawDescriptor, spaceOf } from "./fake-driver-hostile.js";
-import { FLOOD_ADDED, FLOOD_KICKS, FLOOD_RUNNING, FLOOD_SLOTS, FLOOD_STOP, type FlooderInit } from "./guest-flooder.js";
+import { FLOOD_ADDED, FLOOD_KICKS, FLOOD_PAUSE, FLOOD_PAUSED, FLOOD_RUNNING, FLOOD_SLOTS, FLOOD_STOP, type FlooderInit } from "./guest-flooder.js";
 import { type MmioAccess, mmioAccess } from "./mmio-access.js";
 
 /** VIRTIO_F_VERSION_1 as a feature bit (every driver accepts it). */
@@ -420,6 +420,19 @@ export class GuestFlooder {
   get added(): number { return Atomics.load(this.ctl, FLOOD_ADDED); }
   /** Kicks sent so far. */
   get kicks(): number { return Atomics.load(this.ctl, FLOOD_KICKS); }
+
+  /** Stops adding chains until resume(); resolves once the thread has stopped writing. */
+  async pause(): Promise<void> {
+    Atomics.store(this.ctl, FLOOD_PAUSE, 1);
+    while (Atomics.load(this.ctl, FLOOD_PAUSED) !== 1 && !this.stopped) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  /** Carries on after pause(), from the ring indices as they are in guest memory now. */
+  resume(): void {
+    Atomics.store(this.ctl, FLOOD_PAUSED, 0);
+    Atomics.store(this.ctl, FLOOD_PAUSE, 0);
+    Atomics.notify(this.ctl, FLOOD_PAUSE);
+  }
 
   /** Ends the thread; resolves with the chains it added. */
   async stop(): Promise<number> {
