@@ -28,7 +28,11 @@ import { TransportState, createTransportShared, type TransportStats } from "./mm
 /** A device's counters, for MachineResult. */
 export interface VirtioDeviceStats extends TransportStats {
   name: string;
-  /** Why the device entered NEEDS_RESET, each time it did. */
+  /**
+   * Why the device entered NEEDS_RESET: the first few times (the device thread
+   * reports later ones as guest faults, rate-limited, so a guest breaking its
+   * rings over and over cannot grow this list).
+   */
   failures: string[];
 }
 
