@@ -36,6 +36,7 @@ export async function runVm(o: RunOptions): Promise<number> {
     mergeable: o.mergeable,
     debugExit: o.debugExit,
     virtioDevices: o.virtioDevices,
+    // Already rate-limited by the Machine: the first few per device, then a summary a second at most.
     onGuestFault: (device, message) => {
       if (process.env.FLINT_DEBUG) process.stderr.write(`flint: guest fault in ${device}: ${message}\r\n`);
     },
@@ -88,7 +89,7 @@ export async function runVm(o: RunOptions): Promise<number> {
   }
   if (process.env.FLINT_DEBUG) {
     // Counters for whoever debugs a run: exits per vCPU, kicks and interrupts per virtio device.
-    process.stderr.write(`flint: counters ${JSON.stringify({ vcpus: result.stats, virtio: result.virtio, guestFaults: result.guestFaults })}\n`);
+    process.stderr.write(`flint: counters ${JSON.stringify({ vcpus: result.stats, virtio: result.virtio, guestFaults: result.guestFaultsByDevice })}\n`);
   }
   if (result.unstoppedDevices.length > 0) {
     process.stderr.write(`flint: device threads still blocked in host I/O at exit: ${result.unstoppedDevices.join(", ")}\n`);

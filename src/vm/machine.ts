@@ -21,6 +21,7 @@ import { bootMsrs } from "../arch/x86_64/msr.js";
 import { setupBoot } from "../boot/index.js";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
+import { GuestFaultLog } from "../devices/fault-log.js";
 import { BalloonControl } from "../devices/virtio/balloon-control.js";
 import {
   VirtioSet, virtioAnnouncement, virtioDsdtDevices, type VirtioAnnouncement, type VirtioDeviceConfig, type VirtioDeviceStats,
@@ -71,7 +72,12 @@ export interface MachineConfig {
   mergeable?: boolean;
   /** Add the debug-exit device (ports 0xf0 mark, 0xf4 exit with status), for benchmarks and tests. */
   debugExit?: boolean;
-  /** Called for guest-caused faults (counted and logged, never fatal). */
+  /**
+   * Called for guest-caused faults (counted and logged, never fatal): the first
+   * GUEST_FAULT_LOG_FIRST of each device one by one, then a summary line
+   * ("N more guest faults in <device>, last: ...") at most every second and at
+   * the end of the run, so a guest cannot flood the log (fault-log.ts).
+   */
   onGuestFault?: (device: string, message: string) => void;
   /**
    * virtio-mmio devices, in order: device i gets the window VIRTIO_MMIO_BASE +
@@ -90,7 +96,10 @@ export interface MachineResult {
   /** Milliseconds from run() to the guest's first boot-timer write, if any. */
   bootTimeMs?: number;
   stats: VcpuStats[];
+  /** Guest-caused faults, all devices (the sum of guestFaultsByDevice). */
   guestFaults: number;
+  /** Guest-caused faults by device name (legacy devices, "irqchip", and each virtio device by its name). */
+  guestFaultsByDevice: Record<string, number>;
   /** What the guest wrote to the debug-exit device (when configured). */
   debugExit?: DebugExitReading;
   /** Counters of each virtio device, in configuration order. */
@@ -171,7 +180,9 @@ export class Machine {
   private threads: (bigint | undefined)[] = [];
   private workers: Worker[] = [];
   private exitReason: VmExitReason | undefined;
-  private guestFaults = 0;
+  /** Counts guest faults per device and rate-limits what reaches config.onGuestFault. */
+  private readonly faultLog = new GuestFaultLog((r) => this.config.onGuestFault?.(r.device, r.message));
+  private faultTimer: NodeJS.Timeout | undefined;
   private ran = false;
   private disposed = false;
   /** stop() was called: console writers are released and the final flush is bounded. */
@@ -241,7 +252,7 @@ export class Machine {
       // Device threads report faults before the Machine exists; route them through it once it does.
       let machine: Machine | undefined;
       virtio = new VirtioSet(config.virtioDevices ?? [], memory.describe(), vm, {
-        onGuestFault: (device, message) => (machine ? machine.fault(device, message) : config.onGuestFault?.(device, message)),
+        onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
       });
       const host = createDeviceSet({ debugExit: config.debugExit, virtio: virtio.describe() });
       let bsp: { regs: KvmRegs; sregs: Partial<KvmSregs> } | undefined;
@@ -356,13 +367,14 @@ export class Machine {
     const bootNs = this.host.bootTimeNs();
     const unstopped = this.virtio.devices.filter((_, i) => !stopped[i]);
     this.dispose(unstopped.map((d) => d.threadExited));
+    const virtioStats = this.virtio.stats();
     return {
       reason: this.exitReason ?? { kind: "error", message: "VM stopped without a reason" },
       bootTimeMs: bootNs !== undefined ? Number(bootNs - startNs) / 1e6 : undefined,
       stats,
-      guestFaults: this.guestFaults,
+      ...this.faultCounts(virtioStats),
       debugExit: this.host.debugExit(),
-      virtio: this.virtio.stats(),
+      virtio: virtioStats,
       unstoppedDevices: unstopped.map((d) => d.spec.name),
       consoleDroppedBytes: this.host.consoleDroppedBytes(),
     };
@@ -432,9 +444,36 @@ export class Machine {
     this.kickTimer ??= setInterval(once, 20);
   }
 
-  private fault(device: string, message: string): void {
-    this.guestFaults++;
-    this.config.onGuestFault?.(device, message);
+  /** Counts `count` guest faults of `device` (a summary from a device thread when > 1) and logs them, rate-limited. */
+  private fault(device: string, message: string, count = 1): void {
+    this.faultLog.fault(device, message, count);
+    this.scheduleFaultSummary();
+  }
+
+  /** A pending summary is logged when due even if the guest stops faulting. */
+  private scheduleFaultSummary(): void {
+    const due = this.faultLog.nextSummaryInMs();
+    if (due === undefined || this.faultTimer) return;
+    this.faultTimer = setTimeout(() => {
+      this.faultTimer = undefined;
+      this.faultLog.tick();
+      this.scheduleFaultSummary();
+    }, due);
+    this.faultTimer.unref();
+  }
+
+  /**
+   * The run's fault counts, after logging what is still summarised. A virtio
+   * device's own count (its shared state: register file and device thread)
+   * is authoritative; messages still in flight at stop would be missing here.
+   */
+  private faultCounts(virtio: readonly VirtioDeviceStats[]): Pick<MachineResult, "guestFaults" | "guestFaultsByDevice"> {
+    if (this.faultTimer) clearTimeout(this.faultTimer);
+    this.faultTimer = undefined;
+    this.faultLog.flush();
+    const byDevice = this.faultLog.counts();
+    for (const v of virtio) if (v.guestFaults > 0 || byDevice[v.name] !== undefined) byDevice[v.name] = v.guestFaults;
+    return { guestFaults: Object.values(byDevice).reduce((a, b) => a + b, 0), guestFaultsByDevice: byDevice };
   }
 
   /**

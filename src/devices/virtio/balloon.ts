@@ -29,6 +29,7 @@ import {
 import type { GuestMemory, MemoryRegion } from "../../memory/guest-memory.js";
 import { dataView, getU16, getU32, getU64, setU32 } from "../../memory/le.js";
 import { readChain } from "./chain-io.js";
+import { type ServeResult, serveQueue } from "./queue.js";
 import type { BackendRequest, DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
 
 /** Bytes per balloon page: PFNs are always in 4 KiB units, whatever the guest's page size (§5.5.6). */
@@ -41,6 +42,11 @@ export const BALLOON_STATS_QUEUE = 2;
 export const BALLOON_QUEUE_SIZE = 256;
 /** Most PFNs taken from one inflate/deflate request (Linux sends at most 256), bounding work per request. */
 export const BALLOON_MAX_PFNS_PER_REQUEST = 4096;
+/**
+ * PFNs handled per pass before the device thread looks at its other fds (its
+ * control eventfd first): four maximal requests, at most 16384 madvise calls.
+ */
+export const BALLOON_PFN_BUDGET = 4 * BALLOON_MAX_PFNS_PER_REQUEST;
 /** Most stat entries parsed from one stats buffer (Linux sends VIRTIO_BALLOON_S_NR). */
 export const BALLOON_MAX_STATS = 64;
 const PFN_BYTES = 4;
@@ -294,25 +300,32 @@ export class VirtioBalloon implements VirtioBackend {
     if (!ctx || !q) return;
     if (queue === BALLOON_STATS_QUEUE && !(ctx.features & (1n << BigInt(VIRTIO_BALLOON_F_STATS_VQ)))) return;
     let pushed = false;
+    let served: ServeResult;
     try {
-      for (let chain = q.pop(); chain; chain = q.pop()) {
+      // Budgeted in PFNs (a request costs its PFNs): a guest re-adding requests from another
+      // vCPU cannot keep the device thread from setTarget/info, reset or stop.
+      served = serveQueue(q, BALLOON_PFN_BUDGET, (chain) => {
         if (queue === BALLOON_STATS_QUEUE) {
           this.guarded(ctx, () => this.takeStats(ctx, chain));
           // Keep the newest buffer; an older one (a driver posting two) goes straight back.
           if (this.statsHead !== undefined) { q.pushUsed(this.statsHead, 0); pushed = true; }
           this.statsHead = chain.head;
-          continue;
+          return 1;
         }
-        this.guarded(ctx, () => this.movePages(ctx, chain, queue === BALLOON_INFLATE_QUEUE));
+        let pfns = 0;
+        this.guarded(ctx, () => { pfns = this.movePages(ctx, chain, queue === BALLOON_INFLATE_QUEUE); });
         q.pushUsed(chain.head, 0);
         pushed = true;
-      }
+        return pfns;
+      });
     } catch (e) {
       // Only the ring itself throws here (QueueError): the driver broke it.
       this.ctx = undefined;
       ctx.fail(`virtio-balloon: ${(e as Error).message}`);
+      return;
     }
     if (pushed) ctx.notifyUsed(queue);
+    if (served.more) ctx.kick(queue);
   }
 
   reset(): void {
@@ -321,8 +334,8 @@ export class VirtioBalloon implements VirtioBackend {
     this.inflated.clear();
   }
 
-  /** Inflates (discarding newly ballooned pages) or deflates the PFNs of one request. */
-  private movePages(ctx: VirtioDeviceContext, chain: DescriptorChain, inflate: boolean): void {
+  /** Inflates (discarding newly ballooned pages) or deflates the PFNs of one request; returns the PFNs looked at. */
+  private movePages(ctx: VirtioDeviceContext, chain: DescriptorChain, inflate: boolean): number {
     const name = inflate ? "inflate" : "deflate";
     if (chain.readableBytes % PFN_BYTES !== 0 || chain.writableBytes !== 0) {
       this.badRequest(ctx, `${name} request of ${chain.readableBytes} readable and ${chain.writableBytes} writable bytes`);
@@ -344,6 +357,7 @@ export class VirtioBalloon implements VirtioBackend {
       ctx.guestFault(`virtio-balloon: ${bad} of ${count} ${name} PFNs outside guest RAM${inflate ? " or already inflated" : ""}`);
     }
     if (inflate) this.discardRuns(ctx, fresh);
+    return count;
   }
 
   /** Gives pages back to the host, one madvise per run of contiguous pages in one region. */

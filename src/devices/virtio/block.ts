@@ -40,7 +40,7 @@ import { dataView, getU32, getU64, setU32, setU64, setU8 } from "../../memory/le
 import { errnoName, sys } from "../../sys/native.js";
 import { readChain, writeChain } from "./chain-io.js";
 import { type ServeResult, serveQueue } from "./queue.js";
-import type { DescriptorChain, GuestBuffer, VirtioBackend, VirtioDeviceContext } from "./types.js";
+import type { DescriptorChain, GuestBuffer, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
 /**
  * Bytes per sector. virtio-blk counts capacity, request sectors and discard
@@ -65,6 +65,13 @@ export const BLOCK_MAX_DISCARD_SEG = 8;
 export const BLOCK_DISCARD_SECTOR_ALIGNMENT = 4096 / SECTOR_SIZE;
 /** Size of the zero buffer used when the filesystem cannot FALLOC_FL_ZERO_RANGE. */
 const ZERO_CHUNK_BYTES = 1 << 20;
+/**
+ * Zeros written per pass when the file system cannot zero a range itself
+ * (no FALLOC_FL_ZERO_RANGE, e.g. tmpfs): a WRITE_ZEROES of up to 8 GiB
+ * (BLOCK_MAX_DISCARD_SEG segments of 1 GiB) then completes over many passes,
+ * while other requests and the device thread's control requests are served.
+ */
+export const BLOCK_ZERO_BYTES_PER_PASS = 8 * ZERO_CHUNK_BYTES;
 
 /** How to attach a drive (JSON-serialisable: it is posted to the device thread). */
 export interface BlockOptions {
@@ -135,6 +142,19 @@ interface ZeroRange {
   unmap: boolean;
 }
 
+/** A WRITE_ZEROES request whose zeros are written over several passes (BLOCK_ZERO_BYTES_PER_PASS). */
+interface ZeroJob {
+  head: number;
+  statusAddr: number;
+  /** What is left to write, first range first (its offset advances). */
+  ranges: ZeroRange[];
+}
+
+/** handle()'s answer for a request that completes later (a ZeroJob). */
+const DEFERRED = -1;
+/** zeroInPlace()'s answer when the file system cannot zero the range itself. */
+const ZERO_BY_WRITING = 1;
+
 /** The virtio-blk device. */
 export class VirtioBlock implements VirtioBackend {
   readonly deviceId = VIRTIO_ID_BLOCK;
@@ -154,6 +174,10 @@ export class VirtioBlock implements VirtioBackend {
   private zeros: Uint8Array | undefined;
   /** Make every write durable before completing it (the driver did not negotiate FLUSH). */
   private writeThrough = false;
+  /** WRITE_ZEROES requests being written out, oldest first (at most one per descriptor: bounded by the queue). */
+  private zeroJobs: ZeroJob[] = [];
+  /** Ranges serve() found it must write zeros to, for handle() to make a job of. */
+  private deferredRanges: ZeroRange[] | undefined;
 
   /** Opens the image (in the device thread: the fd belongs to it). */
   constructor(options: BlockOptions) {
@@ -227,23 +251,63 @@ export class VirtioBlock implements VirtioBackend {
     const q = ctx?.queues[queue];
     if (!ctx || !q || queue !== 0 || this.closed) return;
     let served: ServeResult;
+    let completed = 0;
+    const zeroBudget = { bytes: BLOCK_ZERO_BYTES_PER_PASS };
     try {
-      served = serveQueue(q, BLOCK_SERVE_BUDGET, (chain) => q.pushUsed(chain.head, this.handle(ctx, chain)));
+      // Older work first: zeros still owed to earlier WRITE_ZEROES requests; then new requests,
+      // and with what is left of this pass's zero budget, the zeros they asked for.
+      completed = this.stepZeroJobs(ctx, q, zeroBudget);
+      served = serveQueue(q, BLOCK_SERVE_BUDGET, (chain) => {
+        const used = this.handle(ctx, chain);
+        if (used !== DEFERRED) q.pushUsed(chain.head, used);
+      });
+      completed += this.stepZeroJobs(ctx, q, zeroBudget);
     } catch (e) {
       // Only the ring itself throws here (QueueError): the driver broke it.
       this.ctx = undefined;
+      this.zeroJobs = [];
       ctx.fail(`virtio-blk: ${(e as Error).message}`);
       return;
     }
-    if (served.served > 0) ctx.notifyUsed(0);
-    if (served.more) ctx.kick(0);
+    if (served.served > 0 || completed > 0) ctx.notifyUsed(0);
+    if (served.more || this.zeroJobs.length > 0) ctx.kick(0);
   }
 
   reset(): void {
     this.ctx = undefined;
     this.writeThrough = false;
+    // The driver gave up on its outstanding requests (§2.1.2 / §3.1.1): no more zeros for them.
+    this.zeroJobs = [];
   }
 
+  /**
+   * Writes up to `budget` (what is left of this pass's BLOCK_ZERO_BYTES_PER_PASS)
+   * of the zeros owed to WRITE_ZEROES requests, oldest first, and completes
+   * those that are done. Returns how many it completed.
+   */
+  private stepZeroJobs(ctx: VirtioDeviceContext, q: VirtQueue, budget: { bytes: number }): number {
+    let completed = 0;
+    while (this.zeroJobs.length > 0 && budget.bytes > 0) {
+      const job = this.zeroJobs[0]!;
+      let status: number | undefined;
+      while (job.ranges.length > 0 && budget.bytes > 0) {
+        const r = job.ranges[0]!;
+        const step = Math.min(r.length, budget.bytes);
+        const e = this.writeZeroBytes(r.offset, step);
+        if (e < 0) { status = this.hostError(e); break; }
+        budget.bytes -= step;
+        r.offset += step;
+        r.length -= step;
+        if (r.length === 0) job.ranges.shift();
+      }
+      if (status === undefined && job.ranges.length > 0) break; // budget spent: next pass
+      this.zeroJobs.shift();
+      status ??= this.settleWrite();
+      q.pushUsed(job.head, this.writeStatus(ctx, job.statusAddr, status) ? 1 : 0);
+      completed++;
+    }
+    return completed;
+  }
   /** Makes every completed write durable, then closes the image. */
   shutdown(): void {
     if (this.closed) return;
@@ -257,7 +321,6 @@ export class VirtioBlock implements VirtioBackend {
   /** Serves one request and returns the used length (bytes written to the guest). Never throws. */
   private handle(ctx: VirtioDeviceContext, chain: DescriptorChain): number {
     this.metrics.requests++;
-    const mem = ctx.memory;
     // The status byte is the chain's last byte, which must be device-writable.
     let statusAddr = -1;
     for (let i = chain.writable.length - 1; i >= 0 && statusAddr < 0; i--) {
@@ -270,6 +333,7 @@ export class VirtioBlock implements VirtioBackend {
     }
     let written = 0;
     let status: number;
+    this.deferredRanges = undefined;
     try {
       const r = this.serve(ctx, chain);
       status = r.status;
@@ -279,13 +343,23 @@ export class VirtioBlock implements VirtioBackend {
       this.badRequest(ctx, `request failed: ${(e as Error).message}`);
       status = VIRTIO_BLK_S_IOERR;
     }
+    const ranges = this.deferredRanges as ZeroRange[] | undefined;
+    if (status === VIRTIO_BLK_S_OK && ranges && ranges.length > 0) {
+      this.zeroJobs.push({ head: chain.head, statusAddr, ranges });
+      return DEFERRED;
+    }
+    return this.writeStatus(ctx, statusAddr, status) ? written + 1 : written;
+  }
+
+  /** Writes a request's status byte; false (a guest fault) when it cannot be written. */
+  private writeStatus(ctx: VirtioDeviceContext, statusAddr: number, status: number): boolean {
     try {
-      mem.writeU8(statusAddr, status);
+      ctx.memory.writeU8(statusAddr, status);
+      return true;
     } catch (e) {
       this.badRequest(ctx, `status byte unwritable: ${(e as Error).message}`);
-      return written;
+      return false;
     }
-    return written + 1;
   }
 
   private serve(ctx: VirtioDeviceContext, chain: DescriptorChain): { status: number; written: number } {
@@ -357,9 +431,16 @@ export class VirtioBlock implements VirtioBackend {
           if (!this.inDisk(start, count * SECTOR_SIZE)) return fail(`${name} sector ${start}+${count} is outside the disk`);
           ranges.push({ offset: Number(start) * SECTOR_SIZE, length: count * SECTOR_SIZE, unmap: (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 });
         }
+        const toWrite: ZeroRange[] = [];
         for (const r of ranges) {
-          const e = type === VIRTIO_BLK_T_DISCARD ? this.discard(r) : this.writeZeroes(r);
-          if (e < 0) return { status: this.hostError(e), written: 0 };
+          const e = type === VIRTIO_BLK_T_DISCARD ? this.discard(r) : this.zeroInPlace(r);
+          if (e === ZERO_BY_WRITING) toWrite.push(r);
+          else if (e < 0) return { status: this.hostError(e), written: 0 };
+        }
+        // Zeros the file system could not make itself are written over several passes (a ZeroJob).
+        if (toWrite.length > 0) {
+          this.deferredRanges = toWrite;
+          return { status: VIRTIO_BLK_S_OK, written: 0 };
         }
         // Discard is a hint; zeroing is a write, stable at completion in write-through mode.
         return { status: type === VIRTIO_BLK_T_WRITE_ZEROES ? this.settleWrite() : VIRTIO_BLK_S_OK, written: 0 };
@@ -419,19 +500,27 @@ export class VirtioBlock implements VirtioBackend {
     return e === -EOPNOTSUPP ? 0 : e;
   }
 
-  /** WRITE_ZEROES: ZERO_RANGE (or PUNCH_HOLE when the driver allows unmapping), else write zeros. */
-  private writeZeroes(r: ZeroRange): number {
+  /**
+   * WRITE_ZEROES in the file system: ZERO_RANGE (or PUNCH_HOLE when the driver
+   * allows unmapping). ZERO_BY_WRITING when it can do neither: the zeros must
+   * then be written (stepZeroJobs).
+   */
+  private zeroInPlace(r: ZeroRange): number {
     if (r.length === 0) return 0;
     if (r.unmap) {
       const e = this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r);
       if (e !== -EOPNOTSUPP) return e;
     }
     const e = this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, r);
-    if (e !== -EOPNOTSUPP) return e;
+    return e === -EOPNOTSUPP ? ZERO_BY_WRITING : e;
+  }
+
+  /** Writes `length` zero bytes at `offset`; 0 or a negative errno. */
+  private writeZeroBytes(offset: number, length: number): number {
     this.zeros ??= new Uint8Array(ZERO_CHUNK_BYTES);
-    for (let done = 0; done < r.length;) {
-      const n = Math.min(this.zeros.length, r.length - done);
-      const w = sys.pwrite(this.fd, this.zeros, n, r.offset + done);
+    for (let done = 0; done < length;) {
+      const n = Math.min(this.zeros.length, length - done);
+      const w = sys.pwrite(this.fd, this.zeros, n, offset + done);
       if (w === -EINTR) continue;
       if (w < 0) return w;
       if (w === 0) return -EIO;

@@ -26,10 +26,11 @@ import {
 import { dataView } from "../../memory/le.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { errnoName, eventfd, sys } from "../../sys/native.js";
+import { GUEST_FAULT_LOG_FIRST, GuestFaultLog } from "../fault-log.js";
 import type { DeviceReplyMessage, DeviceRequestMessage, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
 import { TransportState } from "./mmio-state.js";
 import { SplitQueue } from "./queue.js";
-import type { DescriptorChain, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
+import type { DescriptorChain, QueueSession, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
 const init = workerData as DeviceThreadInit;
 const port = parentPort!;
@@ -38,6 +39,16 @@ const state = new TransportState(init.state);
 const memory = GuestMemory.attach(init.memory);
 const one = new BigUint64Array([1n]);
 const drained = new Uint8Array(8);
+/**
+ * Guest faults are counted in the shared state (TransportState.guestFaults);
+ * only the first few, then a summary at most every second, are posted to the
+ * main thread, so a guest faulting millions of times cannot grow its message
+ * queue (issue 9, finding 2). Pending summaries are posted from the poll loop
+ * (its timeout) and at stop.
+ */
+const faultLog = new GuestFaultLog((r) => post({ type: "fault", message: r.message, count: r.count }));
+/** NEEDS_RESET episodes so far: past the first few, each is reported as a guest fault instead. */
+let failures = 0;
 
 /** A queue the driver did not make ready: it never has buffers. */
 const disabledQueue = (size: number): VirtQueue => ({
@@ -106,6 +117,9 @@ let queues: VirtQueue[] = [];
 let pendingKicks = 0;
 let seenResets = state.resetsRequested;
 let seenActivations = state.activations;
+let seenQueueStops = state.queueStops;
+/** Driver resets requested when the current session started. */
+let sessionResets = -1;
 
 function interrupt(bits: number): void {
   state.raiseInterrupt(bits);
@@ -119,9 +133,26 @@ function fail(reason: string): void {
   session++;
   watches.clear();
   watchesChanged = true;
+  // A session the driver already ended (reset) fails silently: NEEDS_RESET and the
+  // interrupt would land on the driver's next session.
+  if (state.resetsRequested !== sessionResets) return;
   state.orStatus(VIRTIO_CONFIG_S_NEEDS_RESET);
   interrupt(VIRTIO_MMIO_INT_CONFIG);
-  post({ type: "failed", reason });
+  reportFailure(reason);
+}
+
+/** Posts a failure; a guest that breaks its rings over and over gets rate-limited guest faults instead. */
+function reportFailure(reason: string): void {
+  if (++failures <= GUEST_FAULT_LOG_FIRST) {
+    post({ type: "failed", reason });
+    return;
+  }
+  guestFault(`device needs reset: ${reason}`);
+}
+
+function guestFault(message: string): void {
+  state.countGuestFault();
+  faultLog.fault(init.name, message);
 }
 
 /** Runs a backend callback; anything it throws fails the device, never the thread. */
@@ -131,12 +162,25 @@ function guarded(what: string, fn: () => void): void {
   } catch (e) {
     const message = `${what}: ${(e as Error).message ?? e}`;
     if (active) fail(message);
-    else post({ type: "failed", reason: message });
+    else reportFailure(message);
   }
 }
 
-function makeContext(features: bigint, mySession: number): VirtioDeviceContext {
-  const live = () => session === mySession && active;
+/**
+ * The session's view for its queues: live until the device thread ends it or a
+ * vCPU asks to (a reset or a stopped queue bumps the epoch at once, before
+ * this thread catches up). Ring writes check it under the transport lock,
+ * which the vCPU holds while it bumps the epoch.
+ */
+function queueSession(mySession: number, myEpoch: number): QueueSession {
+  return {
+    live: () => session === mySession && active && state.epoch === myEpoch,
+    exclusive: (write) => state.lock.with(write),
+  };
+}
+
+function makeContext(features: bigint, mySession: number, qs: QueueSession): VirtioDeviceContext {
+  const live = qs.live;
   return {
     memory,
     queues,
@@ -156,10 +200,7 @@ function makeContext(features: bigint, mySession: number): VirtioDeviceContext {
     fail(reason) {
       if (session === mySession) fail(reason);
     },
-    guestFault(message) {
-      state.countGuestFault();
-      post({ type: "fault", message });
-    },
+    guestFault,
     watch(fd, events, onReady) {
       if (!live()) return;
       watches.set(fd, { events, onReady });
@@ -175,17 +216,23 @@ function activate(): void {
   const bit = (n: number) => 1n << BigInt(n);
   const features = state.driverFeatures;
   const qf = { eventIdx: (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n, indirect: (features & bit(VIRTIO_RING_F_INDIRECT_DESC)) !== 0n };
-  const plan = state.lock.with(() =>
-    backend.queueMaxSizes.map((max, q) => ({ max, ready: state.queueRegister(q, "ready") === 1, layout: state.queueLayout(q) })));
+  // The queues as the driver left them, and the epoch they belong to, read together.
+  const { plan, epoch, resetsAtStart } = state.lock.with(() => ({
+    plan: backend.queueMaxSizes.map((max, q) => ({ max, ready: state.queueRegister(q, "ready") === 1, layout: state.queueLayout(q) })),
+    epoch: state.epoch,
+    resetsAtStart: state.resetsRequested,
+  }));
   session++;
   active = true;
+  sessionResets = resetsAtStart;
+  const qs = queueSession(session, epoch);
   try {
-    queues = plan.map((p) => (p.ready ? new SplitQueue(memory, p.layout, qf, p.max) : disabledQueue(p.layout.size)));
+    queues = plan.map((p) => (p.ready ? new SplitQueue(memory, p.layout, qf, p.max, qs) : disabledQueue(p.layout.size)));
   } catch (e) {
     fail((e as Error).message);
     return;
   }
-  const ctx = makeContext(features, session);
+  const ctx = makeContext(features, session, qs);
   guarded("activate", () => backend.activate(ctx));
   const kicks = pendingKicks;
   pendingKicks = 0;
@@ -222,6 +269,12 @@ function serveRequests(): void {
 function onControl(): boolean {
   sys.read(init.controlFd, drained, 8);
   if (state.stopRequested) return false;
+  // A queue stopped while live ends the session it was stopped in (before any reset that followed).
+  const stops = state.queueStops;
+  if (stops !== seenQueueStops) {
+    seenQueueStops = stops;
+    if (active) fail(`the driver stopped queue ${state.stoppedQueue} while the device was live (QueueReady = 0 after DRIVER_OK without VIRTIO_F_RING_RESET)`);
+  }
   const resets = state.resetsRequested;
   if (resets !== seenResets) {
     seenResets = resets;
@@ -248,9 +301,13 @@ function onKick(q: number): void {
 function loop(): void {
   for (;;) {
     if (watchesChanged) rebuildPollSet();
-    const n = sys.poll(pollBuf, pollBuf.length / pollfd.SIZE, -1);
+    // Wake up for a due fault summary even when nothing else happens.
+    const summaryIn = faultLog.nextSummaryInMs();
+    const n = sys.poll(pollBuf, pollBuf.length / pollfd.SIZE, summaryIn === undefined ? -1 : Math.ceil(summaryIn));
     if (n === -EINTR) continue;
     if (n < 0) throw new Error(`poll failed: ${errnoName(-n)}`);
+    if (summaryIn !== undefined) faultLog.tick();
+    if (n === 0) continue;
     const order = watchOrder;
     const view = pollView;
     for (let i = 0; i < pollBuf.length / pollfd.SIZE; i++) {
@@ -280,6 +337,7 @@ try {
   } catch (e) {
     post({ type: "failed", reason: `shutdown: ${(e as Error).message}` });
   }
+  faultLog.flush();
   state.threadStopped();
   post({ type: "stopped" });
 }

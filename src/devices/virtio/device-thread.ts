@@ -28,7 +28,11 @@ import { TransportState, createTransportShared, type TransportStats } from "./mm
 /** A device's counters, for MachineResult. */
 export interface VirtioDeviceStats extends TransportStats {
   name: string;
-  /** Why the device entered NEEDS_RESET, each time it did. */
+  /**
+   * Why the device entered NEEDS_RESET: the first few times (the device thread
+   * reports later ones as guest faults, rate-limited, so a guest breaking its
+   * rings over and over cannot grow this list).
+   */
   failures: string[];
 }
 
@@ -59,8 +63,12 @@ export type DeviceThreadMessage =
   | { type: "ready"; notifyFds: number[] }
   /** The backend could not be loaded or described. */
   | { type: "error"; message: string }
-  /** A guest-caused fault (bad request), counted and logged. */
-  | { type: "fault"; message: string }
+  /**
+   * A guest-caused fault (bad request), or with `count` > 1 a summary of that
+   * many (the thread posts only the first few, then summaries: fault-log.ts).
+   * Every fault is also counted in the transport state (stats().guestFaults).
+   */
+  | { type: "fault"; message: string; count: number }
   /** The device went to DEVICE_NEEDS_RESET (or a backend callback threw). */
   | { type: "failed"; reason: string }
   | { type: "stopped" };
@@ -86,8 +94,11 @@ export interface VirtioDeviceSpec {
   gsi: number;
   /** Registers the ioeventfds and the irqfd with this VM (omit in unit tests). */
   vm?: VmFd;
-  /** Guest-caused faults reported by the device thread. */
-  onGuestFault?: (device: string, message: string) => void;
+  /**
+   * Guest-caused faults reported by the device thread: one fault (`count` 1), or
+   * a summary line standing for `count` faults. Rate-limited (fault-log.ts).
+   */
+  onGuestFault?: (device: string, message: string, count: number) => void;
   /** The device entered NEEDS_RESET (or a backend callback threw). */
   onFailed?: (device: string, reason: string) => void;
 }
@@ -156,7 +167,7 @@ export class VirtioDeviceHandle {
         switch (m.type) {
           case "ready": resolve(m.notifyFds); break;
           case "error": startError = m.message; break;
-          case "fault": this.spec.onGuestFault?.(this.spec.name, m.message); break;
+          case "fault": this.spec.onGuestFault?.(this.spec.name, m.message, m.count); break;
           case "failed": this.failures.push(m.reason); this.spec.onFailed?.(this.spec.name, m.reason); break;
           case "stopped": break;
         }

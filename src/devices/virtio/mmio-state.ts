@@ -65,6 +65,16 @@ const STAT_KICKS = 24;
 const STAT_INTERRUPTS = 25;
 /** QueueNotify writes that reached the transport (no ioeventfd caught them). */
 const STAT_USER_NOTIFIES = 26;
+/**
+ * Bumped (under the lock) by whatever ends the device's current session from a
+ * vCPU: a reset, a queue stopped while live. A device-thread session remembers
+ * the value it started with, and its queues write nothing once it changed
+ * (QueueSession), even while the device thread has not yet caught up.
+ */
+const EPOCH = 27;
+/** Queues the driver stopped (QueueReady = 0) after DRIVER_OK (a counter), and the last one. */
+const QUEUE_STOPS = 28;
+const STOPPED_QUEUE = 29;
 const HEADER_SLOTS = 32;
 
 /** Int32 slots of each queue. */
@@ -85,7 +95,13 @@ const CONFIG_OFFSET = (HEADER_SLOTS + VIRTIO_MAX_QUEUES * QUEUE_SLOTS) * 4;
 const WRITABLE_OFFSET = CONFIG_OFFSET + VIRTIO_CONFIG_MAX_BYTES;
 const STATE_BYTES = WRITABLE_OFFSET + VIRTIO_CONFIG_MAX_BYTES;
 
-/** How long a vCPU waits for the device thread to finish a reset before going on. */
+/**
+ * How long a vCPU waits for the device thread to finish a reset before going
+ * on. Every queue handler has a work budget, so a pass ends well within it;
+ * should it not, the old session still writes nothing into the rings after
+ * the reset (EPOCH, QueueSession), though a buffer it was filling may still
+ * receive data.
+ */
 const RESET_WAIT_MS = 1000;
 
 /** A queue register of QueueLayout/QueueNum/QueueReady, as an offset within a queue's slots. */
@@ -334,10 +350,23 @@ export class TransportState {
     if (fd >= 0) sys.write(fd, one, 8);
   }
 
-  /** A driver reset (lock held): counts it; the caller signals and may wait. */
+  /** A driver reset (lock held): counts it and ends the session; the caller signals and may wait. */
   noteResetRequest(): number {
+    Atomics.add(this.i32, EPOCH, 1);
     return Atomics.add(this.i32, RESETS_REQUESTED, 1) + 1;
   }
+
+  /** The driver stopped queue `q` while the device was live (lock held): ends the session; the caller signals. */
+  noteQueueStop(q: number): void {
+    Atomics.store(this.i32, STOPPED_QUEUE, q);
+    Atomics.add(this.i32, EPOCH, 1);
+    Atomics.add(this.i32, QUEUE_STOPS, 1);
+  }
+
+  /** See EPOCH: changes whenever a vCPU ends the device's session. */
+  get epoch(): number { return Atomics.load(this.i32, EPOCH); }
+  get queueStops(): number { return Atomics.load(this.i32, QUEUE_STOPS); }
+  get stoppedQueue(): number { return Atomics.load(this.i32, STOPPED_QUEUE); }
 
   /**
    * Waits (worker threads only) until the device thread has completed reset

@@ -209,12 +209,30 @@ export class VirtioMmioTransport implements BusDevice {
     return undefined;
   }
 
+  /**
+   * QueueReady (§4.2.2). Before DRIVER_OK the driver sets queues up and may
+   * take one down again (Linux's error path writes 0). After DRIVER_OK the
+   * device is using its queues: making one ready is refused, and stopping one
+   * needs VIRTIO_F_RING_RESET (§2.6.1), which flint does not offer. A driver
+   * that writes 0 anyway wants the device off that queue's rings: the
+   * register reads 0 back, the session ends at once (EPOCH: the device writes
+   * nothing more into any ring) and the device thread puts the device in
+   * DEVICE_NEEDS_RESET (§2.1.2); it is a guest fault.
+   */
   private writeQueueReady(value: number): string | undefined {
     const q = this.selectedQueue("QueueReady");
     if (typeof q === "string") return q;
+    const s = this.state;
     if (value > 1) return `QueueReady set to ${value}`;
-    if (this.state.status & VIRTIO_CONFIG_S_DRIVER_OK && value === 1) return `queue ${q} made ready after DRIVER_OK`;
-    this.state.setQueueRegister(q, "ready", value);
+    if (s.status & VIRTIO_CONFIG_S_DRIVER_OK) {
+      if (value === 1) return `queue ${q} made ready after DRIVER_OK`;
+      if (s.queueRegister(q, "ready") === 0) return `queue ${q} stopped after DRIVER_OK, but it was not ready`;
+      s.setQueueRegister(q, "ready", 0);
+      s.noteQueueStop(q);
+      s.signalControl();
+      return `queue ${q} stopped (QueueReady = 0) while the device is live: VIRTIO_F_RING_RESET is not offered, the device needs a reset`;
+    }
+    s.setQueueRegister(q, "ready", value);
     return undefined;
   }
 

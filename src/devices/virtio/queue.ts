@@ -27,7 +27,7 @@ import {
 } from "../../linux/abi.generated.js";
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, getU16, getU32 } from "../../memory/le.js";
-import type { DescriptorChain, GuestBuffer, QueueFeatures, QueueLayout, VirtQueue } from "./types.js";
+import type { DescriptorChain, GuestBuffer, QueueFeatures, QueueLayout, QueueSession, VirtQueue } from "./types.js";
 
 /** The largest queue size a split virtqueue can have (§2.7: Queue Size ≤ 32768). */
 export const VIRTQUEUE_MAX_SIZE = 32768;
@@ -109,8 +109,17 @@ export class SplitQueue implements VirtQueue {
   private pushedSinceSignal = 0;
   private notifications = true;
 
-  /** Validates `layout` against guest memory (throws QueueError "EQUEUELAYOUT") and maps the rings. */
-  constructor(mem: GuestMemory, layout: QueueLayout, features: QueueFeatures, maxSize: number) {
+  /** The device session this queue belongs to; undefined: always live (unit tests). */
+  private readonly session: QueueSession | undefined;
+
+  /**
+   * Validates `layout` against guest memory (throws QueueError "EQUEUELAYOUT") and maps the rings.
+   * With a `session`, the queue goes quiet once it ends: pop() and hasAvailable() find nothing,
+   * and pushUsed/setNotifications/avail_event writes are dropped, each checked atomically with
+   * the write, so a late completion of an old session never lands in a new session's rings.
+   */
+  constructor(mem: GuestMemory, layout: QueueLayout, features: QueueFeatures, maxSize: number, session?: QueueSession) {
+    this.session = session;
     const { size, descTable, availRing, usedRing } = layout;
     if (!isPowerOfTwo(maxSize) || maxSize > VIRTQUEUE_MAX_SIZE) {
       throw new QueueError("EQUEUELAYOUT", `Cannot set up queue: maximum size ${maxSize} is not a power of two ≤ ${VIRTQUEUE_MAX_SIZE}`);
@@ -161,10 +170,12 @@ export class SplitQueue implements VirtQueue {
 
   /** True when the driver has made chains available that pop() has not taken yet. */
   hasAvailable(): boolean {
+    if (this.session && !this.session.live()) return false;
     return Atomics.load(this.avail16, U16_IDX) !== this.nextAvail;
   }
 
   pop(): DescriptorChain | undefined {
+    if (this.session && !this.session.live()) return undefined;
     const availIdx = Atomics.load(this.avail16, U16_IDX);
     const pending = (availIdx - this.nextAvail) & 0xffff;
     if (pending === 0) return undefined;
@@ -183,8 +194,15 @@ export class SplitQueue implements VirtQueue {
     this.inFlightWritable[head] = chain.writableBytes;
     this.inFlight++;
     // §2.7.10: with EVENT_IDX, avail_event says which avail idx the device wants a kick for.
-    if (this.features.eventIdx && this.notifications) Atomics.store(this.used16, this.availEventU16, this.nextAvail);
+    if (this.features.eventIdx && this.notifications) this.ringWrite(() => Atomics.store(this.used16, this.availEventU16, this.nextAvail));
     return chain;
+  }
+
+  /** Runs a write to the used ring unless the queue's session has ended (see the constructor). */
+  private ringWrite(write: () => void): void {
+    const s = this.session;
+    if (!s) write();
+    else s.exclusive(() => { if (s.live()) write(); });
   }
 
   /** Follows the chain at `head`, checking every descriptor (§2.7.5, §2.7.5.3). */
@@ -240,6 +258,15 @@ export class SplitQueue implements VirtQueue {
   }
 
   pushUsed(head: number, writtenBytes: number): void {
+    if (this.session) {
+      const s = this.session;
+      s.exclusive(() => { if (s.live()) this.publishUsed(head, writtenBytes); });
+    } else {
+      this.publishUsed(head, writtenBytes);
+    }
+  }
+
+  private publishUsed(head: number, writtenBytes: number): void {
     if (!Number.isInteger(head) || head < 0 || head >= this.size || this.inFlightWritable[head]! < 0) {
       throw new QueueError("EQUEUEUSED", `Cannot return chain ${head}: it is not in flight`);
     }
@@ -282,13 +309,15 @@ export class SplitQueue implements VirtQueue {
    */
   setNotifications(enabled: boolean): void {
     this.notifications = enabled;
-    if (this.features.eventIdx) {
-      // Disabling leaves avail_event behind, so the driver stops kicking once past it.
-      if (enabled) Atomics.store(this.used16, this.availEventU16, this.nextAvail);
-    } else {
-      const flags = Atomics.load(this.used16, U16_FLAGS);
-      Atomics.store(this.used16, U16_FLAGS, enabled ? flags & ~VRING_USED_F_NO_NOTIFY : flags | VRING_USED_F_NO_NOTIFY);
-    }
+    this.ringWrite(() => {
+      if (this.features.eventIdx) {
+        // Disabling leaves avail_event behind, so the driver stops kicking once past it.
+        if (enabled) Atomics.store(this.used16, this.availEventU16, this.nextAvail);
+      } else {
+        const flags = Atomics.load(this.used16, U16_FLAGS);
+        Atomics.store(this.used16, U16_FLAGS, enabled ? flags & ~VRING_USED_F_NO_NOTIFY : flags | VRING_USED_F_NO_NOTIFY);
+      }
+    });
   }
 
   /** Forgets all device-side state (device reset, §2.1.2): indices back to 0, nothing in flight. */
@@ -319,16 +348,23 @@ export interface ServeResult {
  * the device serves is found by the next pop() instead of costing an exit.
  * Kicks are asked for again before returning, and the ring is looked at once
  * more after that, so a chain added in between is never left without one.
- * At most `budget` chains are served, so that one busy queue cannot hold the
- * device thread; `more` then says the caller has to come back.
+ *
+ * At most `budget` units of work are done, so that a guest adding chains
+ * from another vCPU as fast as they are served cannot hold the device thread
+ * (its control eventfd — reset, stop, host requests — is served between two
+ * passes); `more` then says the caller has to come back (ctx.kick). A chain
+ * costs what `serve` returns (e.g. the PFNs of a balloon request), 1 when it
+ * returns nothing; a chain is never cut short, so a pass may overrun the
+ * budget by one chain's cost.
  */
-export function serveQueue(q: VirtQueue, budget: number, serve: (chain: DescriptorChain) => void): ServeResult {
-  let served = 0;
+export function serveQueue(q: VirtQueue, budget: number, serve: (chain: DescriptorChain) => number | void): ServeResult {
+  let served = 0, spent = 0;
   for (;;) {
     q.setNotifications(false);
     for (let chain = q.pop(); chain; chain = q.pop()) {
-      serve(chain);
-      if (++served < budget) continue;
+      served++;
+      spent += Math.max(1, serve(chain) ?? 1);
+      if (spent < budget) continue;
       if (q.hasAvailable()) return { served, more: true };
       q.setNotifications(true);
       return { served, more: q.hasAvailable() };

@@ -6,16 +6,27 @@
  *
  * Each request gets at most RNG_MAX_BYTES_PER_REQUEST bytes (the used length
  * says how many, §5.4.6.1 lets the device fill less), so a guest posting huge
- * buffers cannot make the device thread spend long on one kick.
+ * buffers cannot make the device thread spend long on one request, and at
+ * most RNG_SERVE_BUDGET units of work are done per pass (serveQueue; a
+ * request costs its buffers or its 4 KiB pages, whichever is more), so a
+ * guest re-adding buffers from another vCPU as fast as they are filled cannot
+ * keep the device thread from its control requests (reset, stop).
  */
 import { randomFillSync } from "node:crypto";
 import { VIRTIO_ID_RNG } from "../../linux/abi.generated.js";
+import { type ServeResult, serveQueue } from "./queue.js";
 import type { DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
 
 /** Descriptors per queue (QueueNumMax). */
 export const RNG_QUEUE_SIZE = 256;
 /** Most random bytes given for one request (64 KiB). */
 export const RNG_MAX_BYTES_PER_REQUEST = 64 * 1024;
+/**
+ * Work per pass before the device thread looks at its other fds, in units of one
+ * buffer filled or 4 KiB given (at most 1 MiB of random bytes, or 256 fills).
+ */
+export const RNG_SERVE_BUDGET = 256;
+const RNG_COST_BYTES = 4096;
 
 /** Options (JSON): none yet. */
 export type RngOptions = Record<string, never>;
@@ -48,18 +59,21 @@ export class VirtioRng implements VirtioBackend {
     const ctx = this.ctx;
     const q = ctx?.queues[queue];
     if (!ctx || !q || queue !== 0) return;
-    let pushed = false;
+    let served: ServeResult;
     try {
-      for (let chain = q.pop(); chain; chain = q.pop()) {
-        q.pushUsed(chain.head, this.fill(ctx, chain));
-        pushed = true;
-      }
+      served = serveQueue(q, RNG_SERVE_BUDGET, (chain) => {
+        const given = this.fill(ctx, chain);
+        q.pushUsed(chain.head, given);
+        return Math.max(chain.writable.length, Math.ceil(given / RNG_COST_BYTES));
+      });
     } catch (e) {
       // Only the ring itself throws here (QueueError): the driver broke it.
       this.ctx = undefined;
       ctx.fail(`virtio-rng: ${(e as Error).message}`);
+      return;
     }
-    if (pushed) ctx.notifyUsed(0);
+    if (served.served > 0) ctx.notifyUsed(0);
+    if (served.more) ctx.kick(0);
   }
 
   reset(): void {

@@ -72,6 +72,18 @@ export interface VirtQueue {
   hasAvailable(): boolean;
 }
 
+/**
+ * The device session a queue belongs to (from DRIVER_OK to a reset), so that
+ * a queue of an ended session never touches guest memory again: the driver
+ * may already have put new rings where the old ones were.
+ */
+export interface QueueSession {
+  /** False once the session ended (a reset or a stopped queue was requested, from any thread). */
+  live(): boolean;
+  /** Runs a ring write so that the session cannot end between a live() check and the write. */
+  exclusive<T>(write: () => T): T;
+}
+
 /** What a backend may do while it runs (provided by the device thread). */
 export interface VirtioDeviceContext {
   readonly memory: GuestMemory;

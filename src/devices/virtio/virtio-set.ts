@@ -106,7 +106,8 @@ export function virtioAnnouncement(how: VirtioAnnouncement, acpi: boolean): { cm
 
 /** What the set reports to the machine. */
 export interface VirtioSetHooks {
-  onGuestFault?: (device: string, message: string) => void;
+  /** A guest fault, or a summary standing for `count` of them (VirtioDeviceSpec.onGuestFault). */
+  onGuestFault?: (device: string, message: string, count: number) => void;
 }
 
 /** The main thread's side of all virtio devices. */
@@ -130,7 +131,7 @@ export class VirtioSet {
           backendOptions: c.options ?? {},
           memory, mmioBase, gsi, vm,
           onGuestFault: hooks.onGuestFault,
-          onFailed: (device, reason) => hooks.onGuestFault?.(device, `device needs reset: ${reason}`),
+          onFailed: (device, reason) => hooks.onGuestFault?.(device, `device needs reset: ${reason}`, 1),
         }));
       });
     } catch (e) {

@@ -51,7 +51,7 @@ import { availRingBytes, descTableBytes, usedRingBytes } from "../queue.js";
 import type { QueueFeatures } from "../types.js";
 import { FakeDriver, type RawDescriptor } from "./fake-driver.js";
 import { arbGuestAddress, arbRawDescriptor, spaceOf } from "./fake-driver-hostile.js";
-import { FLOOD_ADDED, FLOOD_KICKS, FLOOD_RUNNING, FLOOD_SLOTS, FLOOD_STOP, type FlooderInit } from "./guest-flooder.js";
+import { FLOOD_ADDED, FLOOD_KICKS, FLOOD_PAUSE, FLOOD_PAUSED, FLOOD_RUNNING, FLOOD_SLOTS, FLOOD_STOP, type FlooderInit } from "./guest-flooder.js";
 import { type MmioAccess, mmioAccess } from "./mmio-access.js";
 
 /** VIRTIO_F_VERSION_1 as a feature bit (every driver accepts it). */
@@ -93,8 +93,10 @@ export class DeviceLoopRig {
   readonly transport: VirtioMmioTransport;
   /** Register access on this thread, as a vCPU does it. */
   readonly mmio: MmioAccess;
-  /** Guest faults the device thread reported (postMessage), and those the register file counted. */
+  /** Guest fault reports the device thread posted (one fault or a summary each), and those the register file counted. */
   readonly deviceFaults = new BoundedLog();
+  /** Faults the device thread's reports stand for (a summary stands for many). */
+  deviceFaultsReported = 0;
   readonly transportFaults = new BoundedLog();
   /** Failures (NEEDS_RESET reasons) the device thread reported. */
   readonly failureLog = new BoundedLog();
@@ -119,7 +121,11 @@ export class DeviceLoopRig {
     const dev = new VirtioDeviceHandle({
       name: o.name ?? "virtio-rig", backendModule: o.backendModule, backendOptions: o.backendOptions ?? {},
       memory: mem.describe(), mmioBase: 0, gsi: 5,
-      onGuestFault: (_d, m) => rig?.deviceFaults.push(m),
+      onGuestFault: (_d, m, count) => {
+        if (!rig) return;
+        rig.deviceFaults.push(m);
+        rig.deviceFaultsReported += count;
+      },
       onFailed: (_d, r) => rig?.failureLog.push(r),
     });
     try {
@@ -285,10 +291,12 @@ export class DeviceLoopRig {
 
   /** Polls `cond` every couple of milliseconds (the event loop keeps running); rejects after `timeoutMs`. */
   async until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-    const end = performance.now() + timeoutMs;
+    const start = performance.now(), end = start + timeoutMs;
     while (!cond()) {
-      if (performance.now() > end) throw new Error(`${this.dev.spec.name}: timed out after ${timeoutMs} ms waiting for: ${what}`);
-      await new Promise((r) => setTimeout(r, 2));
+      const now = performance.now();
+      if (now > end) throw new Error(`${this.dev.spec.name}: timed out after ${timeoutMs} ms waiting for: ${what}`);
+      // Most waits are short (a reset, a request): poll without a timer's delay at first.
+      await new Promise((r) => (now - start < 2 ? setImmediate(r) : setTimeout(r, 1)));
     }
   }
 
@@ -412,6 +420,19 @@ export class GuestFlooder {
   get added(): number { return Atomics.load(this.ctl, FLOOD_ADDED); }
   /** Kicks sent so far. */
   get kicks(): number { return Atomics.load(this.ctl, FLOOD_KICKS); }
+
+  /** Stops adding chains until resume(); resolves once the thread has stopped writing. */
+  async pause(): Promise<void> {
+    Atomics.store(this.ctl, FLOOD_PAUSE, 1);
+    while (Atomics.load(this.ctl, FLOOD_PAUSED) !== 1 && !this.stopped) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  /** Carries on after pause(), from the ring indices as they are in guest memory now. */
+  resume(): void {
+    Atomics.store(this.ctl, FLOOD_PAUSED, 0);
+    Atomics.store(this.ctl, FLOOD_PAUSE, 0);
+    Atomics.notify(this.ctl, FLOOD_PAUSE);
+  }
 
   /** Ends the thread; resolves with the chains it added. */
   async stop(): Promise<number> {

@@ -19,7 +19,7 @@ import { workerData } from "node:worker_threads";
 import { vring_avail, vring_used } from "../../../linux/abi.generated.js";
 import { GuestMemory } from "../../../memory/guest-memory.js";
 import { sys } from "../../../sys/native.js";
-import { FLOOD_ADDED, FLOOD_KICKS, FLOOD_RUNNING, FLOOD_STOP, type FlooderInit } from "./guest-flooder.js";
+import { FLOOD_ADDED, FLOOD_KICKS, FLOOD_PAUSE, FLOOD_PAUSED, FLOOD_RUNNING, FLOOD_STOP, type FlooderInit } from "./guest-flooder.js";
 
 const init = workerData as FlooderInit;
 const ctl = new Int32Array(init.control);
@@ -35,6 +35,12 @@ const one = new BigUint64Array([1n]);
 Atomics.store(ctl, FLOOD_RUNNING, 1);
 let next = 0, spins = 0;
 while (Atomics.load(ctl, FLOOD_STOP) === 0) {
+  if (Atomics.load(ctl, FLOOD_PAUSE) !== 0) {
+    Atomics.store(ctl, FLOOD_PAUSED, 1);
+    Atomics.wait(ctl, FLOOD_PAUSE, 1, 5);
+    continue;
+  }
+  Atomics.store(ctl, FLOOD_PAUSED, 0);
   const a = Atomics.load(avail16, AVAIL_IDX);
   const u = Atomics.load(used16, USED_IDX);
   if (((a - u) & 0xffff) >= init.maxOutstanding) {

@@ -13,7 +13,7 @@ export interface FlooderInit {
   maxOutstanding: number;
   /** The queue's notify eventfd, or -1 for no kicks. */
   notifyFd: number;
-  /** Int32 slots: FLOOD_STOP, FLOOD_ADDED, FLOOD_KICKS, FLOOD_RUNNING. */
+  /** Int32 slots: FLOOD_STOP, FLOOD_ADDED, FLOOD_KICKS, FLOOD_RUNNING, FLOOD_PAUSE, FLOOD_PAUSED. */
   control: SharedArrayBuffer;
 }
 
@@ -22,4 +22,7 @@ export const FLOOD_STOP = 0;
 export const FLOOD_ADDED = 1;
 export const FLOOD_KICKS = 2;
 export const FLOOD_RUNNING = 3;
-export const FLOOD_SLOTS = 4;
+/** Set by the main thread to pause the flood; the thread answers in FLOOD_PAUSED. */
+export const FLOOD_PAUSE = 4;
+export const FLOOD_PAUSED = 5;
+export const FLOOD_SLOTS = 6;
