@@ -27,7 +27,7 @@
  */
 import { closeSync, fstatSync, openSync } from "node:fs";
 import {
-  EINTR, EIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+  BLKGETSIZE64, EINTR, EIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
   VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
@@ -68,7 +68,7 @@ const ZERO_CHUNK_BYTES = 1 << 20;
 
 /** How to attach a drive (JSON-serialisable: it is posted to the device thread). */
 export interface BlockOptions {
-  /** Path of a raw disk image (a regular file). */
+  /** Path of a raw disk image: a regular file, or a host block device (a volume, a device-mapper target). */
   path: string;
   /** Offer VIRTIO_BLK_F_RO and refuse every write. */
   readOnly: boolean;
@@ -166,8 +166,10 @@ export class VirtioBlock implements VirtioBackend {
     }
     try {
       const st = fstatSync(fd, { bigint: true });
-      if (!st.isFile()) throw new BlockError("EBLKOPEN", `Cannot attach drive: '${options.path}' is not a regular file`);
-      this.capacitySectors = st.size / BigInt(SECTOR_SIZE);
+      if (!st.isFile() && !st.isBlockDevice()) {
+        throw new BlockError("EBLKOPEN", `Cannot attach drive: '${options.path}' is neither a regular file nor a block device`);
+      }
+      this.capacitySectors = (st.isFile() ? st.size : VirtioBlock.blockDeviceBytes(fd, options.path)) / BigInt(SECTOR_SIZE);
       this.id = VirtioBlock.makeId(options, st.dev, st.ino);
     } catch (e) {
       closeSync(fd);
@@ -181,6 +183,14 @@ export class VirtioBlock implements VirtioBackend {
       ? 1n << BigInt(VIRTIO_BLK_F_RO)
       : (1n << BigInt(VIRTIO_BLK_F_DISCARD)) | (1n << BigInt(VIRTIO_BLK_F_WRITE_ZEROES));
     this.deviceFeatures = features;
+  }
+
+  /** A block device's size (fstat reports 0 for it), from the BLKGETSIZE64 ioctl. */
+  private static blockDeviceBytes(fd: number, path: string): bigint {
+    const size = new BigUint64Array(1);
+    const r = sys.ioctl(fd, BLKGETSIZE64, size);
+    if (r < 0) throw new BlockError("EBLKOPEN", `Cannot attach drive: the size of block device '${path}' is unknown (${errnoName(-r)})`);
+    return size[0]!;
   }
 
   private static makeId(options: BlockOptions, dev: bigint, ino: bigint): Uint8Array {
