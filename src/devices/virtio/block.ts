@@ -148,6 +148,7 @@ export class VirtioBlock implements VirtioBackend {
     writeThroughSyncs: 0,
   };
   private readonly fd: number;
+  private readonly path: string;
   private readonly id: Uint8Array;
   private ctx: VirtioDeviceContext | undefined;
   private closed = false;
@@ -176,6 +177,7 @@ export class VirtioBlock implements VirtioBackend {
       throw e;
     }
     this.fd = fd;
+    this.path = options.path;
     let features = (1n << BigInt(VIRTIO_BLK_F_FLUSH)) | (1n << BigInt(VIRTIO_BLK_F_BLK_SIZE)) |
       (1n << BigInt(VIRTIO_BLK_F_SEG_MAX));
     // Discarding or zeroing a read-only disk can only fail: offer them on writable drives only.
@@ -258,9 +260,9 @@ export class VirtioBlock implements VirtioBackend {
   shutdown(): void {
     if (this.closed) return;
     this.closed = true;
-    this.ctx = undefined;
     const r = sys.fdatasync(this.fd);
-    if (r < 0) this.hostError(r);
+    if (r < 0) this.hostError(r, "the flush at shutdown");
+    this.ctx = undefined;
     closeSync(this.fd);
   }
 
@@ -318,7 +320,7 @@ export class VirtioBlock implements VirtioBackend {
         if (!this.inDisk(sector, dataIn)) return fail(`IN sector ${sector}+${dataIn} is outside the disk`);
         const t = this.transfer(mem, spans(chain.writable, 0, dataIn), Number(sector) * SECTOR_SIZE, false);
         this.metrics.readBytes += t.bytes;
-        if (t.errno) return { status: this.hostError(-t.errno), written: t.bytes };
+        if (t.errno) return { status: this.hostError(-t.errno, `reading ${dataIn} bytes at sector ${sector}`), written: t.bytes };
         return { status: VIRTIO_BLK_S_OK, written: t.bytes };
       }
       case VIRTIO_BLK_T_OUT: {
@@ -328,13 +330,13 @@ export class VirtioBlock implements VirtioBackend {
         if (!this.inDisk(sector, payload)) return fail(`OUT sector ${sector}+${payload} is outside the disk`);
         const t = this.transfer(mem, spans(chain.readable, virtio_blk_outhdr.SIZE, payload), Number(sector) * SECTOR_SIZE, true);
         this.metrics.writtenBytes += t.bytes;
-        return { status: t.errno ? this.hostError(-t.errno) : this.settleWrite(), written: 0 };
+        return { status: t.errno ? this.hostError(-t.errno, `writing ${payload} bytes at sector ${sector}`) : this.settleWrite(), written: 0 };
       }
       case VIRTIO_BLK_T_FLUSH: {
         if (payload !== 0 || dataIn !== 0) return fail("FLUSH request with data");
         this.metrics.flushes++;
         const r = sys.fdatasync(this.fd);
-        return { status: r < 0 ? this.hostError(r) : VIRTIO_BLK_S_OK, written: 0 };
+        return { status: r < 0 ? this.hostError(r, "FLUSH") : VIRTIO_BLK_S_OK, written: 0 };
       }
       case VIRTIO_BLK_T_GET_ID: {
         if (payload !== 0) return fail("GET_ID request with device-readable data");
@@ -369,7 +371,7 @@ export class VirtioBlock implements VirtioBackend {
         }
         for (const r of ranges) {
           const e = type === VIRTIO_BLK_T_DISCARD ? this.discard(r) : this.writeZeroes(r);
-          if (e < 0) return { status: this.hostError(e), written: 0 };
+          if (e < 0) return { status: this.hostError(e, `${name} of ${r.length} bytes at byte ${r.offset}`), written: 0 };
         }
         // Discard is a hint; zeroing is a write, stable at completion in write-through mode.
         return { status: type === VIRTIO_BLK_T_WRITE_ZEROES ? this.settleWrite() : VIRTIO_BLK_S_OK, written: 0 };
@@ -386,7 +388,7 @@ export class VirtioBlock implements VirtioBackend {
     if (!this.writeThrough) return VIRTIO_BLK_S_OK;
     this.metrics.writeThroughSyncs++;
     const r = sys.fdatasync(this.fd);
-    return r < 0 ? this.hostError(r) : VIRTIO_BLK_S_OK;
+    return r < 0 ? this.hostError(r, "the write-through sync") : VIRTIO_BLK_S_OK;
   }
 
   /** True when `bytes` (a whole number of sectors) from `sector` lie inside the disk. */
@@ -458,10 +460,11 @@ export class VirtioBlock implements VirtioBackend {
     }
   }
 
-  /** Counts a host error (negative errno) and returns the status that reports it. */
-  private hostError(negErrno: number): number {
+  /** Counts and reports a host error (negative errno) while doing `what`; returns the status that tells the guest. */
+  private hostError(negErrno: number, what: string): number {
     this.metrics.hostErrors++;
     this.metrics.lastHostError = errnoName(-negErrno);
+    this.ctx?.hostError?.(`drive '${this.path}': ${what} failed (${this.metrics.lastHostError}); the guest got VIRTIO_BLK_S_IOERR`);
     return VIRTIO_BLK_S_IOERR;
   }
 

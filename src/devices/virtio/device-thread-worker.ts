@@ -27,7 +27,7 @@ import { dataView } from "../../memory/le.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { errnoName, eventfd, sys } from "../../sys/native.js";
 import type { DeviceReplyMessage, DeviceRequestMessage, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
-import { TransportState } from "./mmio-state.js";
+import { HOST_ERRORS_LOGGED, TransportState } from "./mmio-state.js";
 import { SplitQueue } from "./queue.js";
 import type { DescriptorChain, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
@@ -159,6 +159,10 @@ function makeContext(features: bigint, mySession: number): VirtioDeviceContext {
     guestFault(message) {
       state.countGuestFault();
       post({ type: "fault", message });
+    },
+    hostError(message) {
+      // A failing disk fails every request: count them all, post only the first few.
+      if (state.countHostError() < HOST_ERRORS_LOGGED) post({ type: "hostError", message });
     },
     watch(fd, events, onReady) {
       if (!live()) return;

@@ -61,6 +61,8 @@ export type DeviceThreadMessage =
   | { type: "error"; message: string }
   /** A guest-caused fault (bad request), counted and logged. */
   | { type: "fault"; message: string }
+  /** A host-side failure reported to the guest (one of the first HOST_ERRORS_LOGGED, mmio-state.ts; all are counted). */
+  | { type: "hostError"; message: string }
   /** The device went to DEVICE_NEEDS_RESET (or a backend callback threw). */
   | { type: "failed"; reason: string }
   | { type: "stopped" };
@@ -90,6 +92,8 @@ export interface VirtioDeviceSpec {
   onGuestFault?: (device: string, message: string) => void;
   /** The device entered NEEDS_RESET (or a backend callback threw). */
   onFailed?: (device: string, reason: string) => void;
+  /** Host-side failures reported to the guest (the first HOST_ERRORS_LOGGED of them, mmio-state.ts). */
+  onHostError?: (device: string, message: string) => void;
 }
 
 /** Why a virtio device could not start. */
@@ -155,6 +159,7 @@ export class VirtioDeviceHandle {
           case "ready": resolve(m.notifyFds); break;
           case "error": startError = m.message; break;
           case "fault": this.spec.onGuestFault?.(this.spec.name, m.message); break;
+          case "hostError": this.spec.onHostError?.(this.spec.name, m.message); break;
           case "failed": this.failures.push(m.reason); this.spec.onFailed?.(this.spec.name, m.reason); break;
           case "stopped": break;
         }

@@ -107,6 +107,7 @@ export function virtioAnnouncement(how: VirtioAnnouncement, acpi: boolean): { cm
 /** What the set reports to the machine. */
 export interface VirtioSetHooks {
   onGuestFault?: (device: string, message: string) => void;
+  onHostError?: (device: string, message: string) => void;
 }
 
 /** The main thread's side of all virtio devices. */
@@ -130,6 +131,7 @@ export class VirtioSet {
           backendOptions: c.options ?? {},
           memory, mmioBase, gsi, vm,
           onGuestFault: hooks.onGuestFault,
+          onHostError: hooks.onHostError,
           onFailed: (device, reason) => hooks.onGuestFault?.(device, `device needs reset: ${reason}`),
         }));
       });
