@@ -34,14 +34,19 @@ const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 const DISK_SECTORS = 131072;
 /** Size of the tmpfs that holds the full disk's image: far less than the image. */
 const FULL_FS_MIB = 8;
+/** Scratch directory inside the outer VM (its /dev/shm is the writable tmpfs, see nested.ts). */
+const SCRATCH = "/dev/shm/flint-disk-faults";
+/** The full disk's image inside the outer VM, on an FULL_FS_MIB tmpfs. */
+const FULL_DISK = `${SCRATCH}/full/full.ext4`;
 /** What the host put on the flaky disk's file system; the guest reads it back. */
 const FLAKY_TEXT = "readable on a disk whose writes fail";
 /** What the guest writes on the root disk after the faults; the host finds it after power-off. */
 const AFTER_TEXT = "written on the healthy disk after the faults";
 
 /**
- * The guest's /init. `outcome` runs a command and prints ok or failed; `mode`
- * prints a mount point's first option (rw or ro). The root file system is
+ * The guest's /init. `outcome` runs a command and prints ok or failed (and,
+ * on the console, what the command said); `mode` prints a mount point's
+ * first option (rw or ro). The root file system is
  * remounted read-only before power-off so the host sees it clean.
  */
 const ROOT_INIT = `#!/bin/sh
@@ -53,7 +58,7 @@ mount -t tmpfs tmpfs /tmp
 mkdir -p /mnt/flaky /mnt/full
 echo "flint-guest: booted"
 say() { echo "flint-e2e: $1=$2"; }
-outcome() { if "$@" >/tmp/outcome 2>&1; then echo ok; else echo failed; fi; }
+outcome() { if "$@" >/tmp/outcome 2>&1; then echo ok; else echo failed; sed "s|^|flint-e2e-log: $1: |" /tmp/outcome >&2; fi; }
 mode() { awk -v m="$1" '$2 == m { split($4, o, ","); print o[1] }' /proc/mounts; }
 say disks "$(cd /sys/block && echo vd*)"
 
@@ -130,9 +135,9 @@ describe("disk faults reach the guest, not the monitor (nested harness)", { time
     buildExt4(share, fullImage, "full", {});
     // loglevel=5: the console shows warnings and errors (a `quiet` console would hide WARNING lines).
     const cmdline = "console=ttyS0 reboot=k panic=-1 pci=off loglevel=5 root=/dev/vda rw rootfstype=ext4 init=/init";
-    const scratch = "$TMPDIR/disk-faults";
+    const scratch = q(SCRATCH);
     const args = ["run", "--kernel", kernel.vmlinux, "--cmdline", cmdline, "--memory", "256", "--cpus", "2",
-      "--disk", rootfs, "--disk", "/dev/mapper/flint-error", "--disk", "/dev/mapper/flint-flakey", "--disk", `${scratch}/full/full.ext4`];
+      "--disk", rootfs, "--disk", "/dev/mapper/flint-error", "--disk", "/dev/mapper/flint-flakey", "--disk", FULL_DISK];
     // Inside the outer VM (root, the host's tools through the chroot). No udev there:
     // libdevmapper makes the /dev/mapper nodes itself and dmsetup does not wait for udev.
     const command = `
@@ -149,7 +154,7 @@ step dmsetup create --noudevsync flint-flakey --table "0 ${DISK_SECTORS} flakey 
 step mount -t tmpfs -o size=${FULL_FS_MIB}m tmpfs ${scratch}/full
 step cp --sparse=always ${q(fullImage)} ${scratch}/full/full.ext4
 echo "flint-e2e: setup=ok" >>"$log"
-timeout 900 ${q(process.execPath)} ${q(CLI)} ${args.map((a) => (a.startsWith("$TMPDIR") ? a : q(a))).join(" ")} </dev/null >${q(consoleFile)} 2>${q(stderrFile)}
+timeout 900 ${q(process.execPath)} ${q(CLI)} ${args.map(q).join(" ")} </dev/null >${q(consoleFile)} 2>${q(stderrFile)}
 echo "flint-e2e: flint-exit=$?" >>"$log"
 echo "flint-e2e: full-fs-free=$(df -k ${scratch}/full | awk 'NR == 2 { print $4 }')" >>"$log"
 dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umount ${scratch}/full
@@ -203,6 +208,20 @@ dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umo
     const text = execFileSync("debugfs", ["-R", "cat /after-faults.txt", rootfs], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
     assert.equal(text, `${AFTER_TEXT}\n`);
     execFileSync("e2fsck", ["-fn", rootfs], { stdio: "ignore" }); // throws if the file system is inconsistent
+  });
+
+  it("tells the operator on stderr which drive failed, how, and that the guest was told", () => {
+    const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const reported = (drive: string, errno: string) =>
+      new RegExp(`^flint: host error in virtio-block@\\S+: drive '${escape(drive)}': .* failed \\(${errno}\\); the guest got VIRTIO_BLK_S_IOERR\r?$`, "m");
+    assert.match(stderr, reported("/dev/mapper/flint-error", "EIO"), why());
+    assert.match(stderr, reported("/dev/mapper/flint-flakey", "EIO"), why());
+    assert.match(stderr, reported(FULL_DISK, "ENOSPC"), why());
+    assert.doesNotMatch(stderr, new RegExp(`drive '${escape(rootfs)}'`), why());
+    // Nothing else: no exception, no device failure.
+    for (const l of stderr.split("\n").filter((l) => l.trim() !== "")) {
+      assert.match(l, /^flint: (host error in virtio-block@|virtio-block@\S+: \d+ host errors in all)/, why());
+    }
   });
 
   it("leaves no kernel warning, bug or call trace on the guest console", () => {
