@@ -11,7 +11,9 @@
  * flint hands host errors to the guest as VIRTIO_BLK_S_IOERR (virtio 1.x
  * §5.2.6), so the guest's direct I/O (`dd iflag=direct`/`oflag=direct`, which
  * the guest's page cache cannot hide; `conv=fsync` for the FLUSH that
- * reports a write-back failure) fails and ext4 reports the errors, while flint
+ * reports a write-back failure) fails and ext4 reports the errors (it reads
+ * the flaky disk but refuses to mount it read-write, and turns the full one
+ * read-only after its journal commit fails), while flint
  * keeps running, says on stderr which drive failed, and exits 0 when the
  * guest powers off; the root disk keeps working (what the guest writes after
  * the faults is in the host image, which e2fsck finds consistent).
@@ -44,6 +46,13 @@ const FLAKY_TEXT = "readable on a disk whose writes fail";
 const AFTER_TEXT = "written on the healthy disk after the faults";
 
 /**
+ * The one kernel warning allowed: the nested harness's emulated (TCG) CPU
+ * reports inconsistent XSAVE sizes in CPUID leaf 0xD, and 6.1 warns with a
+ * call trace at boot under any monitor there (kvm-on-these-machines.md).
+ */
+const ALLOWED_WARNING = /WARNING: CPU: \d+ PID: \d+ at arch\/x86\/kernel\/fpu\/xstate\.c/;
+
+/**
  * The guest's /init. `outcome` runs a command and prints ok or failed (and,
  * on the console, what the command said); `mode` prints a mount point's
  * first option (rw or ro). The root file system is
@@ -66,13 +75,15 @@ say disks "$(cd /sys/block && echo vd*)"
 say error-read "$(outcome dd if=/dev/vdb of=/dev/null bs=4096 count=1 iflag=direct)"
 say error-write "$(outcome dd if=/dev/zero of=/dev/vdb bs=4096 count=1 oflag=direct conv=fsync)"
 
-# vdc, flakey with error_writes: reads work, writes fail.
+# vdc, flakey with error_writes: reads work, writes fail. Read-only, ext4 reads
+# its files; read-write, it must write its superblock, which fails (6.1 then
+# refuses the mount).
 say flaky-raw-read "$(outcome dd if=/dev/vdc of=/dev/null bs=4096 count=16 iflag=direct)"
-say flaky-mount "$(outcome mount -t ext4 -o errors=remount-ro /dev/vdc /mnt/flaky)"
+say flaky-raw-write "$(outcome dd if=/dev/zero of=/dev/vdc bs=4096 count=1 seek=8192 oflag=direct conv=fsync)"
+say flaky-mount-ro "$(outcome mount -t ext4 -o ro /dev/vdc /mnt/flaky)"
 say flaky-text "$(cat /mnt/flaky/hello.txt)"
-say flaky-write "$(outcome dd if=/dev/zero of=/mnt/flaky/new bs=4096 count=16 oflag=direct conv=fsync)"
-sync
-say flaky-mode "$(mode /mnt/flaky)"
+umount /mnt/flaky
+say flaky-mount-rw "$(outcome mount -t ext4 -o errors=remount-ro /dev/vdc /mnt/flaky)"
 
 # vdd, on a full file system: reads work, writes into its holes fail.
 say full-read "$(outcome dd if=/dev/vdd of=/dev/null bs=1M count=8 iflag=direct)"
@@ -80,6 +91,8 @@ say full-raw-write "$(outcome dd if=/dev/zero of=/dev/vdd bs=1M count=16 seek=48
 say full-mount "$(outcome mount -t ext4 -o errors=remount-ro /dev/vdd /mnt/full)"
 say full-write "$(outcome dd if=/dev/zero of=/mnt/full/big bs=1M count=4 oflag=direct conv=fsync)"
 sync
+# ext4 remounts read-only from a work queue after the failed journal commit: wait for it (at most 60 s).
+n=0; while [ "$(mode /mnt/full)" = rw ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done
 say full-mode "$(mode /mnt/full)"
 
 # vda is unaffected.
@@ -87,7 +100,9 @@ echo "${AFTER_TEXT}" > /after-faults.txt
 say root-sync "$(outcome sync)"
 say root-text "$(cat /after-faults.txt)"
 say root-mode "$(mode /)"
-say dmesg-bad "$(dmesg | grep -c -E 'WARNING:|BUG:|Call Trace')"
+# The emulated CPU's XSAVE warning (see ALLOWED_WARNING) is the only one allowed.
+say dmesg-bad "$(dmesg | grep -E 'WARNING:|BUG:' | grep -v -c 'XSAVE consistency\\|fpu/xstate.c')"
+say dmesg-traces "$(dmesg | grep -c 'Call Trace')"
 umount /mnt/flaky /mnt/full 2>/dev/null
 mount -o remount,ro /
 say done yes
@@ -186,12 +201,13 @@ dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umo
     assert.equal(line("error-write"), "failed", why());
   });
 
-  it("lets the guest read the flaky disk but fails its writes: ext4 reports them and turns read-only", () => {
+  it("lets the guest read the flaky disk but fails its writes: ext4 reads its files, then reports the failed superblock write", () => {
     assert.equal(line("flaky-raw-read"), "ok", why());
-    assert.equal(line("flaky-mount"), "ok", why());
+    assert.equal(line("flaky-raw-write"), "failed", why());
+    assert.equal(line("flaky-mount-ro"), "ok", why());
     assert.equal(line("flaky-text"), FLAKY_TEXT, why());
-    assert.equal(line("flaky-write"), "failed", why());
-    assert.equal(line("flaky-mode"), "ro", why());
+    assert.equal(line("flaky-mount-rw"), "failed", why());
+    assert.match(console_, /EXT4-fs \(vdc\): I\/O error while writing superblock/, why());
   });
 
   it("lets the guest read the disk on a full file system but fails writes into its holes", () => {
@@ -199,6 +215,8 @@ dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umo
     assert.equal(line("full-raw-write"), "failed", why());
     assert.equal(line("full-mount"), "ok", why());
     assert.equal(line("full-write"), "failed", why());
+    assert.equal(line("full-mode"), "ro", why());
+    assert.match(console_, /EXT4-fs \(vdd\): Remounting filesystem read-only/, why());
     assert.equal(e2eValue("full-fs-free", readTextIfAny(setupLog)), "0", why());
   });
 
@@ -224,8 +242,12 @@ dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umo
     }
   });
 
-  it("leaves no kernel warning, bug or call trace on the guest console", () => {
-    assert.doesNotMatch(console_, /WARNING:|BUG:|Call Trace/, why());
+  it("leaves no kernel warning, bug or call trace on the guest console (but the emulated CPU's XSAVE one)", () => {
+    const warnings = console_.split("\n").filter((l) => /WARNING:|BUG:/.test(l));
+    const allowed = warnings.filter((l) => ALLOWED_WARNING.test(l)).length;
+    assert.deepEqual(warnings.filter((l) => !ALLOWED_WARNING.test(l)), [], why());
+    assert.equal(console_.match(/Call Trace/g)?.length ?? 0, allowed, why());
     assert.equal(line("dmesg-bad"), "0", why());
+    assert.equal(line("dmesg-traces"), String(allowed), why());
   });
 });
