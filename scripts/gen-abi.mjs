@@ -229,6 +229,11 @@ Object.assign(CONSTANTS, {
     VIRTIO_NET_HDR_F_RSC_INFO`,
 });
 
+// virtio-blk over a host block device (an LVM volume, a device-mapper target): its size.
+Object.assign(CONSTANTS, {
+  "linux/fs.h: host block devices": `BLKGETSIZE64`,
+});
+
 const STRINGS = `
   ACPI_SIG_RSDP ACPI_SIG_XSDT ACPI_SIG_FADT ACPI_SIG_MADT ACPI_SIG_DSDT MPC_SIGNATURE
   BUSTYPE_ISA`;
@@ -386,6 +391,7 @@ function cProgram() {
 #include <limits.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
 #include <stdbool.h> /* include/linux/i8042.h uses bool in its stubs */
 #include "include/linux/i8042.h"
 #include <asm/bootparam.h>

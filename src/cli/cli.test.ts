@@ -105,7 +105,7 @@ test("bad drive arguments are one-line errors before the guest starts", () => {
   const odd = join(dir, "odd.img");
   writeFileSync(odd, new Uint8Array(1000));
   expectUserError(["run", "--kernel", tinyKernel, "--disk", join(dir, "nope.img")], /Cannot attach drive: file '.*nope.img' does not exist/);
-  expectUserError(["run", "--kernel", tinyKernel, "--disk", dir], /Cannot attach drive: '.*' is not a regular file/);
+  expectUserError(["run", "--kernel", tinyKernel, "--disk", dir], /Cannot attach drive: '.*' is neither a regular file nor a block device/);
   expectUserError(["run", "--kernel", tinyKernel, "--disk", odd], /not a whole number of 512-byte sectors/);
   expectUserError(["run", "--kernel", tinyKernel, "--disk", `${image},rx`], /unknown option 'rx'/);
   expectUserError(["run", "--kernel", tinyKernel, "--balloon", "512", "--memory", "256"], /--balloon 512 MiB is more than the guest's --memory 256 MiB/);

@@ -1,7 +1,7 @@
 /**
  * Turning device flags into virtio device configurations, with every check a
  * user can act on done before the guest starts (one line, exit code 2):
- *   --disk PATH[,ro]   virtio-blk over a raw image file (repeatable; the first is /dev/vda)
+ *   --disk PATH[,ro]   virtio-blk over a raw image file or a host block device (repeatable; the first is /dev/vda)
  *   --rng              virtio-rng from the host's CSPRNG
  *   --balloon MIB      virtio-balloon with an initial target of MIB
  *   --net tap=NAME,mac=XX:XX:XX:XX:XX:XX[,mtu=N]
@@ -56,8 +56,9 @@ export function checkDisk(d: DiskSpec): void {
     const code = (e as NodeJS.ErrnoException).code;
     throw new DeviceArgError(`Cannot attach drive: file '${d.path}' ${code === "ENOENT" ? "does not exist" : `cannot be read (${code})`}`);
   }
-  if (!st.isFile()) throw new DeviceArgError(`Cannot attach drive: '${d.path}' is not a regular file`);
-  if (st.size % 512 !== 0) throw new DeviceArgError(`Cannot attach drive: file '${d.path}' is ${st.size} bytes, not a whole number of 512-byte sectors`);
+  if (!st.isFile() && !st.isBlockDevice()) throw new DeviceArgError(`Cannot attach drive: '${d.path}' is neither a regular file nor a block device`);
+  // A block device's size is a whole number of sectors; stat gives 0 for it (the device reads it with BLKGETSIZE64).
+  if (st.isFile() && st.size % 512 !== 0) throw new DeviceArgError(`Cannot attach drive: file '${d.path}' is ${st.size} bytes, not a whole number of 512-byte sectors`);
   try {
     accessSync(d.path, d.readOnly ? constants.R_OK : constants.R_OK | constants.W_OK);
   } catch {

@@ -4,6 +4,7 @@
  * Ctrl-A x quits (see escape.ts). The exit code is 0 when the guest powers
  * off or reboots, 1 when the VM fails.
  */
+import { HOST_ERRORS_LOGGED } from "../devices/virtio/mmio-state.js";
 import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult } from "../vm/machine.js";
 import { ESCAPE_HELP, EscapeParser } from "./escape.js";
@@ -40,6 +41,8 @@ export async function runVm(o: RunOptions): Promise<number> {
     onGuestFault: (device, message) => {
       if (process.env.FLINT_DEBUG) process.stderr.write(`flint: guest fault in ${device}: ${message}\r\n`);
     },
+    // Always shown: a failing or full host disk is the operator's to fix (the guest carries on).
+    onHostError: (device, message) => process.stderr.write(`flint: host error in ${device}: ${message}\r\n`),
   });
   const stdin = process.stdin;
   const raw = stdin.isTTY === true;
@@ -86,6 +89,9 @@ export async function runVm(o: RunOptions): Promise<number> {
   }
   if (o.bootTime && result.bootTimeMs !== undefined) {
     process.stderr.write(`flint: guest reached the boot marker after ${result.bootTimeMs.toFixed(1)} ms\n`);
+  }
+  for (const d of result.virtio) {
+    if (d.hostErrors > HOST_ERRORS_LOGGED) process.stderr.write(`flint: ${d.name}: ${d.hostErrors} host errors in all (the first ${HOST_ERRORS_LOGGED} shown)\n`);
   }
   if (process.env.FLINT_DEBUG) {
     // Counters for whoever debugs a run: exits per vCPU, kicks and interrupts per virtio device.

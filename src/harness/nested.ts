@@ -6,7 +6,7 @@
  * See /work/shared/notes/kvm-on-these-machines.md.
  *
  * The outer VM boots Debian's distro kernel with a busybox initramfs whose
- * /init loads 9p, virtio-pci, tun and (optionally) kvm-amd, mounts the host's root
+ * /init loads 9p, virtio-pci, tun, loop, device-mapper and (optionally) kvm-amd, mounts the host's root
  * file system read-only at /host, mounts proc/sys/dev/tmp inside it, mounts a
  * writable share at the same absolute path it has on the host, and runs the
  * command with `chroot /host /bin/sh -c`. The command's combined stdout and
@@ -40,6 +40,13 @@ export const NESTED_9P_MODULES = ["9p", "9pnet_virtio", "virtio_pci"] as const;
 
 /** Modules for TAP interfaces (/dev/net/tun), for virtio-net end-to-end tests. */
 export const NESTED_NET_MODULES = ["tun"] as const;
+
+/**
+ * Modules for failing and full disks in disk-fault tests: loop devices, and
+ * device-mapper with its built-in `error` target and the `flakey` target
+ * (driven with the host's dmsetup and losetup through the chroot).
+ */
+export const NESTED_DISK_MODULES = ["loop", "dm_mod", "dm_flakey"] as const;
 
 /** Modules for SVM-backed KVM; moduleClosure adds irqbypass, ccp and kvm before kvm-amd. */
 export const NESTED_KVM_MODULES = ["irqbypass", "ccp", "kvm", "kvm_amd"] as const;
@@ -166,7 +173,7 @@ const preparedBoot = new Map<boolean, Promise<{ kernel: string; initramfs: strin
 
 async function prepareBoot(kvm: boolean, onProgress?: ProgressCallback): Promise<{ kernel: string; initramfs: string }> {
   const kernel = await debianKernel({ onProgress });
-  const modules = moduleClosure(kernel.modulesDir, [...NESTED_9P_MODULES, ...NESTED_NET_MODULES, ...(kvm ? NESTED_KVM_MODULES : [])]);
+  const modules = moduleClosure(kernel.modulesDir, [...NESTED_9P_MODULES, ...NESTED_NET_MODULES, ...NESTED_DISK_MODULES, ...(kvm ? NESTED_KVM_MODULES : [])]);
   const init = nestedInit(kvm);
   const busybox = statSync(HOST_BUSYBOX);
   const key = cacheKey([

@@ -731,6 +731,9 @@ export const ETH_MAX_MTU = 0xffff;
 export const IPPROTO_TCP = 0x6;
 export const VIRTIO_NET_HDR_F_RSC_INFO = 0x4;
 
+// linux/fs.h: host block devices
+export const BLKGETSIZE64 = 0x80081272;
+
 // String constants
 export const ACPI_SIG_RSDP = "RSD PTR ";
 export const ACPI_SIG_XSDT = "XSDT";

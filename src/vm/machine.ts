@@ -80,6 +80,12 @@ export interface MachineConfig {
    */
   onGuestFault?: (device: string, message: string) => void;
   /**
+   * Called for the first few host-side failures of each device that the guest
+   * was told about as device errors (a disk image's EIO or ENOSPC); all are
+   * counted in MachineResult.virtio[i].hostErrors.
+   */
+  onHostError?: (device: string, message: string) => void;
+  /**
    * virtio-mmio devices, in order: device i gets the window VIRTIO_MMIO_BASE +
    * i * VIRTIO_MMIO_SIZE and GSI FIRST_DEVICE_IRQ + i. Each is announced once:
    * in the DSDT when the guest has ACPI, else on the kernel command line
@@ -253,6 +259,7 @@ export class Machine {
       let machine: Machine | undefined;
       virtio = new VirtioSet(config.virtioDevices ?? [], memory.describe(), vm, {
         onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
+        onHostError: config.onHostError,
       });
       const host = createDeviceSet({ debugExit: config.debugExit, virtio: virtio.describe() });
       let bsp: { regs: KvmRegs; sregs: Partial<KvmSregs> } | undefined;

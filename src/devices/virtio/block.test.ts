@@ -35,6 +35,8 @@ class RecordingContext implements VirtioDeviceContext {
   kick(queue: number): void { this.kicks.push(queue); }
   fail(reason: string): void { this.failures.push(reason); }
   guestFault(message: string): void { this.faults.push(message); }
+  readonly hostErrors: string[] = [];
+  hostError(message: string): void { this.hostErrors.push(message); }
   watch(): void {}
   unwatch(): void {}
 }
@@ -351,6 +353,11 @@ test("host ENOSPC becomes IOERR for that request and the device keeps working", 
     assert.ok(statuses.includes(VIRTIO_BLK_S_IOERR), `some write fails: ${statuses}`);
     assert.equal(statuses[0], VIRTIO_BLK_S_OK);
     assert.equal(r.blk.metrics.lastHostError, "ENOSPC");
+    // Reported as a host error naming the drive, never as the guest's fault.
+    const failed = statuses.filter((s) => s === VIRTIO_BLK_S_IOERR).length;
+    assert.equal(r.ctx.hostErrors.length, failed);
+    assert.match(r.ctx.hostErrors[0]!, new RegExp(`^drive '${path}': writing 262144 bytes at sector \\d+ failed \\(ENOSPC\\)`));
+    assert.deepEqual(r.ctx.faults, []);
     // On tmpfs ZERO_RANGE is unsupported: WRITE_ZEROES falls back to writing zeros over allocated blocks.
     assert.equal(r.send([header(VIRTIO_BLK_T_WRITE_ZEROES, 0), segment(0, 8)], [1]).status, VIRTIO_BLK_S_OK);
     const rd = r.send([header(VIRTIO_BLK_T_IN, 0)], [16 * SECTOR_SIZE + 1]);
@@ -364,4 +371,37 @@ test("host ENOSPC becomes IOERR for that request and the device keeps working", 
     execFileSync("umount", [mnt]);
     rmSync(mnt, { recursive: true, force: true });
   }
+});
+
+test("attaches a host block device (a loop device): size from BLKGETSIZE64, data both ways, flushes", (t) => {
+  const file = image(256 * 1024);
+  let loop: string;
+  try {
+    loop = execFileSync("losetup", ["-f", "--show", file], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+  } catch {
+    return t.skip("cannot create a loop device here");
+  }
+  try {
+    assert.ok(statSync(loop).isBlockDevice());
+    const r = rig({ path: loop });
+    assert.equal(r.blk.capacitySectors, BigInt((256 * 1024) / SECTOR_SIZE));
+    const rd = r.send([header(VIRTIO_BLK_T_IN, 2)], [SECTOR_SIZE + 1]);
+    assert.equal(rd.status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(rd.data, new Uint8Array(readFileSync(file).subarray(2 * SECTOR_SIZE, 3 * SECTOR_SIZE)));
+    const data = pattern(4096, 5);
+    assert.equal(r.send([header(VIRTIO_BLK_T_OUT, 8), data], [1]).status, VIRTIO_BLK_S_OK);
+    assert.equal(r.send([header(VIRTIO_BLK_T_FLUSH, 0)], [1]).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(r.send([header(VIRTIO_BLK_T_IN, 8)], [4096 + 1]).data, data);
+    // Past the device's end is outside the disk, as for a file.
+    assert.equal(r.send([header(VIRTIO_BLK_T_IN, 512)], [SECTOR_SIZE + 1]).status, VIRTIO_BLK_S_IOERR);
+    r.close();
+    assert.deepEqual(new Uint8Array(readFileSync(file).subarray(8 * SECTOR_SIZE, 8 * SECTOR_SIZE + 4096)), data);
+  } finally {
+    execFileSync("losetup", ["-d", loop]);
+  }
+});
+
+test("refuses a character device with EBLKOPEN", () => {
+  assert.throws(() => createBackend({ path: "/dev/null", readOnly: true }),
+    (e: unknown) => e instanceof BlockError && e.code === "EBLKOPEN" && /neither a regular file nor a block device/.test(e.message));
 });

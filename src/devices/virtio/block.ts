@@ -27,7 +27,7 @@
  */
 import { closeSync, fstatSync, openSync } from "node:fs";
 import {
-  EINTR, EIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+  BLKGETSIZE64, EINTR, EIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
   VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
@@ -75,7 +75,7 @@ export const BLOCK_ZERO_BYTES_PER_PASS = 8 * ZERO_CHUNK_BYTES;
 
 /** How to attach a drive (JSON-serialisable: it is posted to the device thread). */
 export interface BlockOptions {
-  /** Path of a raw disk image (a regular file). */
+  /** Path of a raw disk image: a regular file, or a host block device (a volume, a device-mapper target). */
   path: string;
   /** Offer VIRTIO_BLK_F_RO and refuse every write. */
   readOnly: boolean;
@@ -168,6 +168,7 @@ export class VirtioBlock implements VirtioBackend {
     writeThroughSyncs: 0,
   };
   private readonly fd: number;
+  private readonly path: string;
   private readonly id: Uint8Array;
   private ctx: VirtioDeviceContext | undefined;
   private closed = false;
@@ -190,14 +191,17 @@ export class VirtioBlock implements VirtioBackend {
     }
     try {
       const st = fstatSync(fd, { bigint: true });
-      if (!st.isFile()) throw new BlockError("EBLKOPEN", `Cannot attach drive: '${options.path}' is not a regular file`);
-      this.capacitySectors = st.size / BigInt(SECTOR_SIZE);
+      if (!st.isFile() && !st.isBlockDevice()) {
+        throw new BlockError("EBLKOPEN", `Cannot attach drive: '${options.path}' is neither a regular file nor a block device`);
+      }
+      this.capacitySectors = (st.isFile() ? st.size : VirtioBlock.blockDeviceBytes(fd, options.path)) / BigInt(SECTOR_SIZE);
       this.id = VirtioBlock.makeId(options, st.dev, st.ino);
     } catch (e) {
       closeSync(fd);
       throw e;
     }
     this.fd = fd;
+    this.path = options.path;
     let features = (1n << BigInt(VIRTIO_BLK_F_FLUSH)) | (1n << BigInt(VIRTIO_BLK_F_BLK_SIZE)) |
       (1n << BigInt(VIRTIO_BLK_F_SEG_MAX));
     // Discarding or zeroing a read-only disk can only fail: offer them on writable drives only.
@@ -205,6 +209,14 @@ export class VirtioBlock implements VirtioBackend {
       ? 1n << BigInt(VIRTIO_BLK_F_RO)
       : (1n << BigInt(VIRTIO_BLK_F_DISCARD)) | (1n << BigInt(VIRTIO_BLK_F_WRITE_ZEROES));
     this.deviceFeatures = features;
+  }
+
+  /** A block device's size (fstat reports 0 for it), from the BLKGETSIZE64 ioctl. */
+  private static blockDeviceBytes(fd: number, path: string): bigint {
+    const size = new BigUint64Array(1);
+    const r = sys.ioctl(fd, BLKGETSIZE64, size);
+    if (r < 0) throw new BlockError("EBLKOPEN", `Cannot attach drive: the size of block device '${path}' is unknown (${errnoName(-r)})`);
+    return size[0]!;
   }
 
   private static makeId(options: BlockOptions, dev: bigint, ino: bigint): Uint8Array {
@@ -294,7 +306,7 @@ export class VirtioBlock implements VirtioBackend {
         const r = job.ranges[0]!;
         const step = Math.min(r.length, budget.bytes);
         const e = this.writeZeroBytes(r.offset, step);
-        if (e < 0) { status = this.hostError(e); break; }
+        if (e < 0) { status = this.hostError(e, `writing ${step} zero bytes at byte ${r.offset} (WRITE_ZEROES)`); break; }
         budget.bytes -= step;
         r.offset += step;
         r.length -= step;
@@ -312,9 +324,9 @@ export class VirtioBlock implements VirtioBackend {
   shutdown(): void {
     if (this.closed) return;
     this.closed = true;
-    this.ctx = undefined;
     const r = sys.fdatasync(this.fd);
-    if (r < 0) this.hostError(r);
+    if (r < 0) this.hostError(r, "the flush at shutdown");
+    this.ctx = undefined;
     closeSync(this.fd);
   }
 
@@ -382,7 +394,7 @@ export class VirtioBlock implements VirtioBackend {
         if (!this.inDisk(sector, dataIn)) return fail(`IN sector ${sector}+${dataIn} is outside the disk`);
         const t = this.transfer(mem, spans(chain.writable, 0, dataIn), Number(sector) * SECTOR_SIZE, false);
         this.metrics.readBytes += t.bytes;
-        if (t.errno) return { status: this.hostError(-t.errno), written: t.bytes };
+        if (t.errno) return { status: this.hostError(-t.errno, `reading ${dataIn} bytes at sector ${sector}`), written: t.bytes };
         return { status: VIRTIO_BLK_S_OK, written: t.bytes };
       }
       case VIRTIO_BLK_T_OUT: {
@@ -392,13 +404,13 @@ export class VirtioBlock implements VirtioBackend {
         if (!this.inDisk(sector, payload)) return fail(`OUT sector ${sector}+${payload} is outside the disk`);
         const t = this.transfer(mem, spans(chain.readable, virtio_blk_outhdr.SIZE, payload), Number(sector) * SECTOR_SIZE, true);
         this.metrics.writtenBytes += t.bytes;
-        return { status: t.errno ? this.hostError(-t.errno) : this.settleWrite(), written: 0 };
+        return { status: t.errno ? this.hostError(-t.errno, `writing ${payload} bytes at sector ${sector}`) : this.settleWrite(), written: 0 };
       }
       case VIRTIO_BLK_T_FLUSH: {
         if (payload !== 0 || dataIn !== 0) return fail("FLUSH request with data");
         this.metrics.flushes++;
         const r = sys.fdatasync(this.fd);
-        return { status: r < 0 ? this.hostError(r) : VIRTIO_BLK_S_OK, written: 0 };
+        return { status: r < 0 ? this.hostError(r, "FLUSH") : VIRTIO_BLK_S_OK, written: 0 };
       }
       case VIRTIO_BLK_T_GET_ID: {
         if (payload !== 0) return fail("GET_ID request with device-readable data");
@@ -435,7 +447,7 @@ export class VirtioBlock implements VirtioBackend {
         for (const r of ranges) {
           const e = type === VIRTIO_BLK_T_DISCARD ? this.discard(r) : this.zeroInPlace(r);
           if (e === ZERO_BY_WRITING) toWrite.push(r);
-          else if (e < 0) return { status: this.hostError(e), written: 0 };
+          else if (e < 0) return { status: this.hostError(e, `${name} of ${r.length} bytes at byte ${r.offset}`), written: 0 };
         }
         // Zeros the file system could not make itself are written over several passes (a ZeroJob).
         if (toWrite.length > 0) {
@@ -457,7 +469,7 @@ export class VirtioBlock implements VirtioBackend {
     if (!this.writeThrough) return VIRTIO_BLK_S_OK;
     this.metrics.writeThroughSyncs++;
     const r = sys.fdatasync(this.fd);
-    return r < 0 ? this.hostError(r) : VIRTIO_BLK_S_OK;
+    return r < 0 ? this.hostError(r, "the write-through sync") : VIRTIO_BLK_S_OK;
   }
 
   /** True when `bytes` (a whole number of sectors) from `sector` lie inside the disk. */
@@ -537,10 +549,11 @@ export class VirtioBlock implements VirtioBackend {
     }
   }
 
-  /** Counts a host error (negative errno) and returns the status that reports it. */
-  private hostError(negErrno: number): number {
+  /** Counts and reports a host error (negative errno) while doing `what`; returns the status that tells the guest. */
+  private hostError(negErrno: number, what: string): number {
     this.metrics.hostErrors++;
     this.metrics.lastHostError = errnoName(-negErrno);
+    this.ctx?.hostError?.(`drive '${this.path}': ${what} failed (${this.metrics.lastHostError}); the guest got VIRTIO_BLK_S_IOERR`);
     return VIRTIO_BLK_S_IOERR;
   }
 

@@ -28,7 +28,7 @@ import { GuestMemory } from "../../memory/guest-memory.js";
 import { errnoName, eventfd, sys } from "../../sys/native.js";
 import { GUEST_FAULT_LOG_FIRST, GuestFaultLog } from "../fault-log.js";
 import type { DeviceReplyMessage, DeviceRequestMessage, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
-import { TransportState } from "./mmio-state.js";
+import { HOST_ERRORS_LOGGED, TransportState } from "./mmio-state.js";
 import { SplitQueue } from "./queue.js";
 import type { DescriptorChain, QueueSession, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
@@ -201,6 +201,10 @@ function makeContext(features: bigint, mySession: number, qs: QueueSession): Vir
       if (session === mySession) fail(reason);
     },
     guestFault,
+    hostError(message) {
+      // A failing disk fails every request: count them all, post only the first few.
+      if (state.countHostError() < HOST_ERRORS_LOGGED) post({ type: "hostError", message });
+    },
     watch(fd, events, onReady) {
       if (!live()) return;
       watches.set(fd, { events, onReady });

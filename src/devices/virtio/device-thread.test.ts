@@ -24,6 +24,7 @@ import { sys } from "../../sys/native.js";
 import { FakeContext } from "../legacy/fake-context.js";
 import { VirtioDeviceError, VirtioDeviceHandle } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
+import { HOST_ERRORS_LOGGED } from "./mmio-state.js";
 import { mmioAccess } from "./testing/mmio-access.js";
 import { ECHO_CONFIG_SCRATCH, ECHO_FAIL_MAGIC, type EchoOptions } from "./testing/test-backend.js";
 import { FakeDriver } from "./testing/fake-driver.js";
@@ -54,9 +55,11 @@ async function until(cond: () => boolean, timeoutMs = 5000): Promise<void> {
 /** Starts an echo device and returns a driver-side view: MMIO accessors and the queue's rings. */
 async function echoDevice(options: EchoOptions = {}) {
   const faults: string[] = [];
+  const hostErrors: string[] = [];
   const dev = new VirtioDeviceHandle({
     name: "virtio-echo", backendModule: ECHO, backendOptions: options, memory: mem.describe(), mmioBase: 0, gsi: 5,
     onGuestFault: (_d, m) => faults.push(m),
+    onHostError: (_d, m) => hostErrors.push(m),
   });
   await dev.start();
   const ctx = new FakeContext();
@@ -81,7 +84,7 @@ async function echoDevice(options: EchoOptions = {}) {
     w(VIRTIO_MMIO_QUEUE_READY, 1);
     w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
   };
-  return { dev, t, r, w, bringUp, faults, ctx };
+  return { dev, t, r, w, bringUp, faults, hostErrors, ctx };
 }
 
 const V1 = 1n << BigInt(VIRTIO_F_VERSION_1);
@@ -101,7 +104,7 @@ test("the device thread echoes a chain and interrupts through the irqfd eventfd"
     const used = drv.popUsed()!;
     assert.equal(used.len, 13);
     assert.equal(new TextDecoder().decode(used.written), "hello, virtio");
-    assert.deepEqual(dev.state.stats, { kicks: 1, interrupts: 1, userspaceNotifies: 1, guestFaults: 0 });
+    assert.deepEqual(dev.state.stats, { kicks: 1, interrupts: 1, userspaceNotifies: 1, guestFaults: 0, hostErrors: 0 });
   } finally {
     await dev.stop();
   }
@@ -122,7 +125,31 @@ test("a backend that yields after a batch (ctx.kick) is called again by the devi
     assert.deepEqual(used, [0, 1, 2, 3, 4].map((i) => `chain ${i}`));
     // One guest kick, then the thread's own two (after 2 and 4 chains); an interrupt per batch.
     await until(() => dev.state.stats.interrupts === 3);
-    assert.deepEqual(dev.state.stats, { kicks: 3, interrupts: 3, userspaceNotifies: 1, guestFaults: 0 });
+    assert.deepEqual(dev.state.stats, { kicks: 3, interrupts: 3, userspaceNotifies: 1, guestFaults: 0, hostErrors: 0 });
+  } finally {
+    await dev.stop();
+  }
+});
+
+test("host errors are all counted but only the first HOST_ERRORS_LOGGED reach the main thread; the device keeps working", async () => {
+  const { dev, w, bringUp, faults, hostErrors } = await echoDevice({ hostErrorsPerChain: 7 });
+  try {
+    const drv = new FakeDriver(mem, { base: 0x10000, bytes: 0x10000, queueSize: 16 });
+    bringUp(V1, drv);
+    for (let i = 0; i < 4; i++) drv.addChain({ readable: [text(`chain ${i}`)], writable: [8] });
+    w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    let used = 0;
+    await until(() => {
+      while (drv.popUsed()) used++;
+      return used === 4 && hostErrors.length === HOST_ERRORS_LOGGED;
+    });
+    assert.equal(dev.state.stats.hostErrors, 28);
+    assert.deepEqual(hostErrors.slice(0, 2), ["host error 0 on chain 1", "host error 1 on chain 1"]);
+    assert.deepEqual(faults, [], "a host error is not the guest's fault");
+    assert.equal(dev.state.stats.guestFaults, 0);
+    // Give stray messages time to arrive: none beyond the limit does.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(hostErrors.length, HOST_ERRORS_LOGGED);
   } finally {
     await dev.stop();
   }

@@ -69,6 +69,8 @@ export type DeviceThreadMessage =
    * Every fault is also counted in the transport state (stats().guestFaults).
    */
   | { type: "fault"; message: string; count: number }
+  /** A host-side failure reported to the guest (one of the first HOST_ERRORS_LOGGED, mmio-state.ts; all are counted). */
+  | { type: "hostError"; message: string }
   /** The device went to DEVICE_NEEDS_RESET (or a backend callback threw). */
   | { type: "failed"; reason: string }
   | { type: "stopped" };
@@ -101,6 +103,8 @@ export interface VirtioDeviceSpec {
   onGuestFault?: (device: string, message: string, count: number) => void;
   /** The device entered NEEDS_RESET (or a backend callback threw). */
   onFailed?: (device: string, reason: string) => void;
+  /** Host-side failures reported to the guest (the first HOST_ERRORS_LOGGED of them, mmio-state.ts). */
+  onHostError?: (device: string, message: string) => void;
 }
 
 /** Why a virtio device could not start. */
@@ -168,6 +172,7 @@ export class VirtioDeviceHandle {
           case "ready": resolve(m.notifyFds); break;
           case "error": startError = m.message; break;
           case "fault": this.spec.onGuestFault?.(this.spec.name, m.message, m.count); break;
+          case "hostError": this.spec.onHostError?.(this.spec.name, m.message); break;
           case "failed": this.failures.push(m.reason); this.spec.onFailed?.(this.spec.name, m.reason); break;
           case "stopped": break;
         }

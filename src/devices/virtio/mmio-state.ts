@@ -75,7 +75,17 @@ const EPOCH = 27;
 /** Queues the driver stopped (QueueReady = 0) after DRIVER_OK (a counter), and the last one. */
 const QUEUE_STOPS = 28;
 const STOPPED_QUEUE = 29;
+/** Host-side failures the backend reported to the guest as device errors (VirtioDeviceContext.hostError). */
+const STAT_HOST_ERRORS = 30;
 const HEADER_SLOTS = 32;
+
+/**
+ * Host errors of one device that are posted to the main thread (and logged)
+ * per run; later ones are only counted (TransportStats.hostErrors), so a
+ * guest that keeps retrying on a failing disk cannot flood the log or the
+ * message queue.
+ */
+export const HOST_ERRORS_LOGGED = 10;
 
 /** Int32 slots of each queue. */
 const Q_NUM_MAX = 0;
@@ -120,6 +130,8 @@ export interface TransportStats {
   /** QueueNotify writes that reached the register file (a VM exit each); 0 when ioeventfds work. */
   userspaceNotifies: number;
   guestFaults: number;
+  /** Host-side failures (the disk image's EIO, ENOSPC...) the guest was told about as device errors. */
+  hostErrors: number;
 }
 
 /** What the device thread publishes about its backend. */
@@ -410,11 +422,14 @@ export class TransportState {
   countKick(): void { Atomics.add(this.i32, STAT_KICKS, 1); }
   countInterrupt(): void { Atomics.add(this.i32, STAT_INTERRUPTS, 1); }
   countUserNotify(): void { Atomics.add(this.i32, STAT_USER_NOTIFIES, 1); }
+  /** Counts a host error; returns how many there were before this one. */
+  countHostError(): number { return Atomics.add(this.i32, STAT_HOST_ERRORS, 1); }
   /** Queue kicks seen and interrupts sent by the device thread; notifies that exited to userspace. */
   get stats(): TransportStats {
     return {
       kicks: Atomics.load(this.i32, STAT_KICKS), interrupts: Atomics.load(this.i32, STAT_INTERRUPTS),
       userspaceNotifies: Atomics.load(this.i32, STAT_USER_NOTIFIES), guestFaults: this.guestFaults,
+      hostErrors: Atomics.load(this.i32, STAT_HOST_ERRORS),
     };
   }
 

@@ -106,6 +106,12 @@ export interface VirtioDeviceContext {
   fail(reason: string): void;
   /** Counts a guest-caused fault (bad request): logged, never fatal. */
   guestFault(message: string): void;
+  /**
+   * Counts a host-side failure the guest was told about as a device error
+   * (e.g. the disk image's EIO or ENOSPC): not the guest's fault, never fatal;
+   * the first few per device are logged. Absent in backend test rigs.
+   */
+  hostError?(message: string): void;
   /** Watches a host fd: `onReady(revents)` is called from the device thread's poll loop. */
   watch(fd: number, events: number, onReady: (revents: number) => void): void;
   unwatch(fd: number): void;

@@ -108,6 +108,8 @@ export function virtioAnnouncement(how: VirtioAnnouncement, acpi: boolean): { cm
 export interface VirtioSetHooks {
   /** A guest fault, or a summary standing for `count` of them (VirtioDeviceSpec.onGuestFault). */
   onGuestFault?: (device: string, message: string, count: number) => void;
+  /** A host-side failure reported to the guest (VirtioDeviceSpec.onHostError). */
+  onHostError?: (device: string, message: string) => void;
 }
 
 /** The main thread's side of all virtio devices. */
@@ -131,6 +133,7 @@ export class VirtioSet {
           backendOptions: c.options ?? {},
           memory, mmioBase, gsi, vm,
           onGuestFault: hooks.onGuestFault,
+          onHostError: hooks.onHostError,
           onFailed: (device, reason) => hooks.onGuestFault?.(device, `device needs reset: ${reason}`, 1),
         }));
       });

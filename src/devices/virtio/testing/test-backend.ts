@@ -26,6 +26,8 @@ export interface EchoOptions {
   configEvery?: number;
   /** Chains echoed per kick before the backend yields and asks to be called again (default: no limit). */
   budget?: number;
+  /** Report this many host errors (ctx.hostError) per chain echoed (default 0). */
+  hostErrorsPerChain?: number;
   /** On shutdown, write this file (tests that stop() waits for shutdown). */
   shutdownMarker?: string;
 }
@@ -59,6 +61,7 @@ export function createBackend(options: unknown): VirtioBackend {
         const data = readChain(c.memory, chain, 0, chain.readableBytes);
         q.pushUsed(chain.head, writeChain(c.memory, chain, 0, data));
         chains++;
+        for (let i = 0; i < (o.hostErrorsPerChain ?? 0); i++) c.hostError?.(`host error ${i} on chain ${chains}`);
         dataView(c.config).setUint32(ECHO_CONFIG_CHAINS, chains, true);
         if (o.configEvery && chains % o.configEvery === 0) c.notifyConfigChange();
       });
