@@ -351,7 +351,7 @@ export class Machine {
           switch (m.type) {
             case "ready": this.threads[vcpu.id] = m.thread; readyResolve(); break;
             case "exit": this.end(m.reason); break;
-            case "fault": this.fault(m.device, m.message); break;
+            case "fault": this.fault(m.device, m.message, m.count); break;
             case "done": stats[vcpu.id] = m.stats; break;
           }
         });

@@ -17,5 +17,6 @@ export interface VcpuThreadInit {
 export type VcpuThreadMessage =
   | { type: "ready"; thread: bigint }
   | { type: "exit"; reason: VmExitReason }
-  | { type: "fault"; device: string; message: string }
+  /** A guest fault, or with `count` > 1 a summary of that many (fault-log.ts). */
+  | { type: "fault"; device: string; message: string; count: number }
   | { type: "done"; stats: VcpuStats };

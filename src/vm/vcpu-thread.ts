@@ -6,6 +6,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
+import { GuestFaultLog } from "../devices/fault-log.js";
 import { VcpuFd } from "../kvm/vcpu.js";
 import { sys } from "../sys/native.js";
 import { claimExit } from "./control.js";
@@ -25,10 +26,13 @@ function end(reason: VmExitReason): void {
   if (claimExit(init.control)) post({ type: "exit", reason });
 }
 
+// A guest can fault on every exit: post the first few per device, then summaries
+// (fault-log.ts), so the main thread's message queue stays bounded.
+const faults = new GuestFaultLog((r) => post({ type: "fault", device: r.device, message: r.message, count: r.count }));
 const ctx: DeviceContext = {
-  ...irqLineContext(init.vmFd, (m) => post({ type: "fault", device: "irqchip", message: m })),
+  ...irqLineContext(init.vmFd, (m) => faults.fault("irqchip", m)),
   requestExit: end,
-  guestFault: (device, message) => post({ type: "fault", device, message }),
+  guestFault: (device, message) => faults.fault(device, message),
 };
 
 sys.unblockSignal(init.kickSignal);
@@ -43,6 +47,7 @@ port.once("message", () => {
     reason = { kind: "error", message: `vCPU ${init.vcpu.id} failed: ${(e as Error).stack ?? e}` };
   }
   if (reason) end(reason);
+  faults.flush();
   post({ type: "done", stats });
   port.close();
 });
