@@ -54,6 +54,25 @@ const DRIVERS: Readonly<Record<string, string>> = {
 /** Kernel log lines that mean something went wrong in the guest (an extended regular expression for grep -E too). */
 const KERNEL_TROUBLE = "WARNING:|BUG:|Call Trace|probe of .* failed";
 
+/**
+ * The trouble lines among `lines`, less the one warning the outer VM causes:
+ * its TCG CPU's CPUID leaf 0xD is inconsistent, so the guest kernel warns in
+ * fpu__init_system_xstate (with flint and with QEMU's microvm alike), a
+ * WARNING line and its Call Trace.
+ */
+function kernelTrouble(lines: readonly string[]): string[] {
+  const trouble = lines.filter((l) => new RegExp(KERNEL_TROUBLE).test(l));
+  let allowedTraces = trouble.filter((l) => /WARNING: .* fpu__init_system_xstate/.test(l)).length;
+  return trouble.filter((l) => {
+    if (/WARNING: .* fpu__init_system_xstate/.test(l)) return false;
+    if (/Call Trace/.test(l) && allowedTraces > 0) {
+      allowedTraces -= 1;
+      return false;
+    }
+    return true;
+  });
+}
+
 /** `vsock-connect CID PORT MESSAGE`: sends a line, prints the line that comes back. */
 const GUEST_VSOCK_C = `
 #include <stdio.h>
@@ -117,8 +136,7 @@ echo "flint-e2e: ping=$(grep -c 'bytes from' /tmp/ping.txt)"
 /bin/vsock-connect 2 ${HOST_PORT} "hello from $name" || echo "flint-e2e: vsock-got=connect failed ($?)"
 
 # The kernel log at any level (the console shows warnings and worse only).
-dmesg | grep -E "virtio|WARNING:|BUG:|Call Trace|probe of" | sed 's/^/flint-e2e: dmesg=/'
-echo "flint-e2e: trouble=$(dmesg | grep -cE '${KERNEL_TROUBLE}')"
+dmesg | grep -E "virtio|${KERNEL_TROUBLE}" | sed 's/^/flint-e2e: dmesg=/'
 echo "flint-e2e: end=reached"
 exec </dev/null >/dev/null 2>&1
 # reboot=k: the i8042 reset works with and without ACPI (a kernel without ACPI cannot power off).
@@ -252,9 +270,11 @@ describe("kernels with and without ACPI find every flint virtio device, no flag 
     });
 
     it(`${label}: no kernel warning, oops or failed probe, and every kick went through the ioeventfd`, () => {
-      assert.equal(line("trouble"), "0", why());
+      const dmesg = [...run().out.matchAll(/^flint-e2e: dmesg=(.*)$/gm)].map((m) => m[1]!);
+      assert.ok(dmesg.some((l) => /virtio/.test(l)), `the guest's kernel log was not reported\n${why()}`);
+      assert.deepEqual(kernelTrouble(dmesg), [], why());
       const console = run().out.split("\n").filter((l) => !l.includes("flint-e2e:"));
-      assert.deepEqual(console.filter((l) => new RegExp(KERNEL_TROUBLE).test(l)), [], why());
+      assert.deepEqual(kernelTrouble(console), [], why());
       const counters = /^flint: counters (.*)$/m.exec(run().out);
       assert.ok(counters, why());
       const virtio = (JSON.parse(counters[1]!) as { virtio: { name: string; kicks: number; userspaceNotifies: number; failures: string[] }[] }).virtio;
