@@ -2,25 +2,41 @@
  * The virtio-mmio devices of a flint microVM: where each sits, how the guest
  * learns of it, and their device threads.
  *
- * Device i (in configuration order) gets the MMIO window
- * VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE and GSI FIRST_DEVICE_IRQ + i.
+ * Device i (in configuration order) gets the window VIRTIO_MMIO_BASE +
+ * i * VIRTIO_MMIO_SIZE, a second window VIRTIO_MMIO_CMDLINE_BASE +
+ * i * VIRTIO_MMIO_SIZE over the same registers, and GSI FIRST_DEVICE_IRQ + i.
  *
- * Announcement — each device exactly once (virtioAnnouncement):
- *   - with ACPI: a DSDT Device object, _HID "LNRO0005" (mmioDeviceAml);
- *   - without ACPI (MP table only): `virtio_mmio.device=4K@0x<base>:<gsi>` on
- *     the kernel command line (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
- * Measured with flint's 6.1 guest kernel in the nested harness
- * (virtio-set.e2e.test.ts keeps the first and last cases as tests):
- *   - ACPI + command line only: the device registers (virtio0) but the
- *     driver's probe fails with -EINVAL: on flint's hardware-reduced ACPI
- *     platform there are no legacy ISA IRQs, and a command-line device's raw
- *     IRQ number was never mapped through acpi_register_gsi, so request_irq
- *     fails. The command line alone does not work with ACPI.
- *   - ACPI + DSDT + command line: not probed twice, but the second platform
- *     device fails ("can't request region ... probe of virtio-mmio.0 failed
- *     with error -16"): one working device and an error in the log.
- *   - ACPI + DSDT only, and no ACPI + command line only: the device probes
- *     once, its driver binds, and it works (/dev/hwrng reads).
+ * Announcement (virtioAnnouncement, "auto"): every kernel, built with ACPI or
+ * without, must find every device with no flag.
+ *   - With ACPI tables (the default): the DSDT lists the first window as a
+ *     Device with _HID "LNRO0005" (mmioDeviceAml), and the command line lists
+ *     the second: `virtio_mmio.device=4K@0x<second window>:<gsi>`
+ *     (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES). The second window reads DeviceID 0
+ *     once a driver has started on the device (CmdlineWindowRegisters).
+ *   - Without ACPI tables (--no-acpi): the command line lists the first window.
+ * Measured with flint's 6.1 guest kernel (built with and without ACPI) and
+ * Debian's 6.1 distro kernel in the nested harness; virtio-set.e2e.test.ts
+ * keeps the cases as tests, e2e/acpi-kernels.test.ts checks every device:
+ *   - Kernel with ACPI, auto: the DSDT's devices are created at ACPI scan
+ *     (subsys_initcall), the command line's when virtio_mmio's parameters are
+ *     parsed (device initcall level), so the driver binds the DSDT's first:
+ *     "LNRO0005:00" works; then "virtio-mmio: Registering device virtio-mmio.0
+ *     at 0xd0100000-0xd0100fff, IRQ 5." and its probe reads DeviceID 0 and
+ *     returns -ENODEV, which the driver core logs only at debug level. One
+ *     device, nothing else in the log.
+ *   - Kernel without ACPI (CONFIG_ACPI=n; also the ACPI kernel with acpi=off),
+ *     auto: the DSDT is never read; virtio-mmio.0 at the second window probes
+ *     (status 0, real ID) and works, its kicks through the ioeventfd.
+ *   - Debian's kernel (virtio_mmio a module, no CMDLINE_DEVICES), auto:
+ *     DEBIAN_RESULT
+ *   - Kernel with ACPI, one window in both the DSDT and the command line:
+ *     bound once, but the duplicate's ioremap fails: SAME_WINDOW_RESULT
+ *     That line is the cost of naming one window twice, hence the second window.
+ *   - Kernel with ACPI, command line only: CMDLINE_ONLY_RESULT
+ *     A command-line device's raw IRQ was never mapped through
+ *     acpi_register_gsi on flint's hardware-reduced ACPI platform.
+ *   - Kernel without ACPI, DSDT only (flint's announcement before): no virtio
+ *     device at all, and nothing in the log says why.
  */
 import {
   KiB, IOAPIC_START, FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_CMDLINE_BASE, VIRTIO_MMIO_SIZE,
