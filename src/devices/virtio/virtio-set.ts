@@ -27,14 +27,23 @@
  *   - Kernel without ACPI (CONFIG_ACPI=n; also the ACPI kernel with acpi=off),
  *     auto: the DSDT is never read; virtio-mmio.0 at the second window probes
  *     (status 0, real ID) and works, its kicks through the ioeventfd.
- *   - Debian's kernel (virtio_mmio a module, no CMDLINE_DEVICES), auto:
- *     DEBIAN_RESULT
+ *   - Debian's kernel (virtio_mmio a module, no CMDLINE_DEVICES), auto: the
+ *     module binds LNRO0005:00 and :01 and they work; the kernel passes over
+ *     `virtio_mmio.device=` (a module's parameter it does not know) without a
+ *     line, and insmod does not read the command line.
  *   - Kernel with ACPI, one window in both the DSDT and the command line:
- *     bound once, but the duplicate's ioremap fails: SAME_WINDOW_RESULT
- *     That line is the cost of naming one window twice, hence the second window.
- *   - Kernel with ACPI, command line only: CMDLINE_ONLY_RESULT
- *     A command-line device's raw IRQ was never mapped through
- *     acpi_register_gsi on flint's hardware-reduced ACPI platform.
+ *     bound once (LNRO0005:00), and the duplicate's probe fails for every
+ *     device: "virtio-mmio virtio-mmio.0: can't request region for resource
+ *     [mem 0xd0001000-0xd0001fff]", "virtio-mmio: probe of virtio-mmio.0
+ *     failed with error -16" (-EBUSY), two error lines per device on the
+ *     console. Order cannot avoid it (the DSDT's device always binds first and
+ *     holds the region); a second window, which the duplicate finds as a
+ *     placeholder, does.
+ *   - Kernel with ACPI, command line only: virtio-mmio.0 registers and virtio0
+ *     appears, but its driver fails ("virtio_rng: probe of virtio0 failed with
+ *     error -22"): a command-line device's raw IRQ was never mapped through
+ *     acpi_register_gsi on flint's hardware-reduced ACPI platform, so
+ *     request_irq fails. The command line alone does not serve ACPI kernels.
  *   - Kernel without ACPI, DSDT only (flint's announcement before): no virtio
  *     device at all, and nothing in the log says why.
  */
