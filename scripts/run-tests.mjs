@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // README's test command runs this (after `npm run build`): it prepares the
-// slow, cached guest artifacts once — flint's minimal guest kernel and
-// Debian's distro kernel — so that test files running in parallel never race
-// to build them, then runs every test file under dist/ with node's test
+// slow, cached guest artifacts once — flint's minimal guest kernel, the same
+// kernel without ACPI, and Debian's distro kernel — so that test files running
+// in parallel never race to build them, then runs every test file under dist/ with node's test
 // runner: unit tests, direct-KVM tests (ring-3 guest programs) and nested
 // end-to-end tests (real Linux in QEMU with KVM inside).
 import { spawnSync } from "node:child_process";
@@ -11,15 +11,15 @@ import { join } from "node:path";
 
 const { buildKernel } = await import("../dist/guest/kernel-build.js");
 const { debianKernel } = await import("../dist/guest/debian-kernel.js");
-let lastPhase = "";
-const onProgress = (p) => {
-  if (p.phase !== lastPhase || (p.done !== undefined && p.total && p.done % 500 === 0)) console.log(`[prepare] ${p.message}`);
-  lastPhase = p.phase;
-};
+const { lineProgress } = await import("../dist/guest/progress.js");
+// One line per phase and per 10 % of a long one, for each artifact: CI logs show the build moving.
+const onProgress = () => lineProgress(process.stdout, "[prepare] ");
 const t0 = Date.now();
-const kernel = await buildKernel({ onProgress });
-const debian = await debianKernel({ onProgress });
-console.log(`[prepare] guest kernels ready in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${kernel.vmlinux}, ${debian.vmlinuz}`);
+const kernel = await buildKernel({ onProgress: onProgress() });
+// The same kernel built without ACPI: e2e tests check that such a kernel finds every device.
+const noAcpi = await buildKernel({ variant: "no-acpi", onProgress: onProgress() });
+const debian = await debianKernel({ onProgress: onProgress() });
+console.log(`[prepare] guest kernels ready in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${kernel.vmlinux}, ${noAcpi.vmlinux}, ${debian.vmlinuz}`);
 
 function find(dir, out = []) {
   for (const name of readdirSync(dir)) {

@@ -1,13 +1,24 @@
 /** `flint build-kernel` and `flint build-initramfs`: guest artifacts for microVMs. */
 import { SingleBar, Presets } from "cli-progress";
 import { readFileSync, writeFileSync } from "node:fs";
-import { buildKernel, type KernelArtifacts } from "../guest/kernel-build.js";
+import { buildKernel, type KernelArtifacts, type KernelVariant } from "../guest/kernel-build.js";
 import { buildInitramfs, defaultInit, type DefaultInitFinish } from "../guest/initramfs.js";
-import type { GuestProgress } from "../guest/progress.js";
+import { lineProgress, type GuestProgress, type ProgressCallback } from "../guest/progress.js";
 
-/** Builds (or finds cached) the guest kernel, showing progress on stderr. */
-export async function buildKernelWithProgress(): Promise<KernelArtifacts> {
-  const tty = process.stderr.isTTY === true;
+/** A progress display on a stream, and how to end it. */
+export interface ProgressDisplay {
+  onProgress: ProgressCallback;
+  /** Ends a bar still drawn (a no-op for line output). */
+  stop(): void;
+}
+
+/**
+ * Shows progress on `stream`: a bar per countable phase on a terminal, and in
+ * a log (not a terminal: CI, a file, `| tee`) one line per phase and per 10 %
+ * of each countable phase (lineProgress), so long work is never silent there.
+ */
+export function progressDisplay(stream: NodeJS.WritableStream & { isTTY?: boolean }): ProgressDisplay {
+  if (stream.isTTY !== true) return { onProgress: lineProgress(stream, "flint: "), stop: () => {} };
   let bar: SingleBar | undefined;
   let phase = "";
   const onProgress = (p: GuestProgress) => {
@@ -15,26 +26,32 @@ export async function buildKernelWithProgress(): Promise<KernelArtifacts> {
       bar?.stop();
       bar = undefined;
       phase = p.phase;
-      if (!(tty && p.total)) process.stderr.write(`flint: ${p.message}\n`);
+      if (!p.total) stream.write(`flint: ${p.message}\n`);
     }
-    if (tty && p.total) {
+    if (p.total) {
       if (!bar) {
-        bar = new SingleBar({ format: `${p.phase} [{bar}] {percentage}% {value}/{total}`, stream: process.stderr }, Presets.shades_classic);
+        bar = new SingleBar({ format: `${p.phase} [{bar}] {percentage}% {value}/{total}`, stream }, Presets.shades_classic);
         bar.start(p.total, p.done ?? 0);
       }
       bar.setTotal(Math.max(p.total, p.done ?? 0));
       bar.update(p.done ?? 0);
     }
   };
+  return { onProgress, stop: () => bar?.stop() };
+}
+
+/** Builds (or finds cached) a guest kernel variant, showing progress on stderr. */
+export async function buildKernelWithProgress(variant: KernelVariant = "default"): Promise<KernelArtifacts> {
+  const display = progressDisplay(process.stderr);
   try {
-    return await buildKernel({ onProgress });
+    return await buildKernel({ variant, onProgress: display.onProgress });
   } finally {
-    bar?.stop();
+    display.stop();
   }
 }
 
-export async function buildKernelCommand(o: { json: boolean }): Promise<void> {
-  const k = await buildKernelWithProgress();
+export async function buildKernelCommand(o: { json: boolean; acpi: boolean }): Promise<void> {
+  const k = await buildKernelWithProgress(o.acpi ? "default" : "no-acpi");
   if (o.json) process.stdout.write(`${JSON.stringify(k, null, 2)}\n`);
   else process.stdout.write(`vmlinux: ${k.vmlinux}\nbzImage: ${k.bzImage}\n`);
 }

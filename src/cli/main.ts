@@ -44,7 +44,7 @@ function buildProgram(): Command {
     .option("--cpus <n>", "number of vCPUs", wholeNumber("--cpus"), 1)
     .option("--memory <mib>", "guest memory in MiB", wholeNumber("--memory"), 256)
     .addOption(new Option("--boot <mode>", "kernel entry: auto (64-bit boot protocol), linux64, or pvh").choices(["auto", "linux64", "pvh"]).default("auto"))
-    .option("--no-acpi", "do not give the guest ACPI tables (MP table only)")
+    .option("--no-acpi", "no ACPI tables: MP table only, virtio devices on the kernel command line only (kernels built without ACPI need no flag)")
     .option("--huge-pages", "back guest memory with transparent huge pages")
     .option("--ksm", "let KSM merge identical guest pages")
     .option("--boot-time", "print the time until the guest wrote the boot-timer address")
@@ -80,9 +80,10 @@ function buildProgram(): Command {
     .command("build-kernel")
     .description("build (or find cached) the minimal microVM guest kernel from linux-source-6.1")
     .option("--json", "print the artifact paths as JSON")
+    .option("--no-acpi", "build the variant without ACPI (CONFIG_ACPI=n), as many microVM kernels are built")
     .exitOverride()
     .action(async (o) => {
-      await buildKernelCommand({ json: !!o.json });
+      await buildKernelCommand({ json: !!o.json, acpi: o.acpi !== false });
     });
 
   program

@@ -4,7 +4,8 @@ import { readFileSync } from "node:fs";
 import { before, describe, it } from "node:test";
 import { XEN_ELFNOTE_PHYS32_ENTRY } from "../linux/abi.generated.js";
 import {
-  buildKernel, KERNEL_CONFIG_FRAGMENT, missingConfigSettings, parseKernelConfig,
+  buildKernel, KERNEL_CONFIG_FRAGMENT, KERNEL_NOACPI_CONFIG_FRAGMENT, kernelCacheKey, kernelConfigFragments, missingConfigSettings,
+  parseKernelConfig,
 } from "./kernel-build.js";
 
 describe("parseKernelConfig", () => {
@@ -44,6 +45,25 @@ describe("the microVM kernel config fragment", () => {
   });
 });
 
+describe("the no-acpi kernel variant", () => {
+  it("is the committed fragment with ACPI (and the PCI it needed) turned off, merged last", () => {
+    assert.deepEqual(kernelConfigFragments("no-acpi"), [KERNEL_CONFIG_FRAGMENT, KERNEL_NOACPI_CONFIG_FRAGMENT]);
+    assert.deepEqual(kernelConfigFragments(), [KERNEL_CONFIG_FRAGMENT]);
+    const merged = parseKernelConfig(kernelConfigFragments("no-acpi").map((f) => readFileSync(f, "utf8")).join("\n"));
+    assert.equal(merged.get("CONFIG_ACPI"), "n");
+    assert.equal(merged.get("CONFIG_PCI"), "n");
+    assert.equal(merged.get("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES"), "y", "its devices come from the command line");
+    assert.equal(merged.get("CONFIG_X86_MPPARSE"), "y", "its CPUs and IOAPIC come from the MP table");
+  });
+
+  it("has its own cache key, and the default kernel keeps the key of its single fragment", () => {
+    const base = readFileSync(KERNEL_CONFIG_FRAGMENT, "utf8");
+    const overlay = readFileSync(KERNEL_NOACPI_CONFIG_FRAGMENT, "utf8");
+    assert.equal(kernelCacheKey([base]), kernelCacheKey(base));
+    assert.notEqual(kernelCacheKey([base, overlay]), kernelCacheKey(base));
+  });
+});
+
 describe("the built microVM kernel", () => {
   // scripts/run-tests.mjs builds (or finds cached) the kernel before tests run.
   let kernel: Awaited<ReturnType<typeof buildKernel>> | undefined;
@@ -70,5 +90,15 @@ describe("the built microVM kernel", () => {
   it("was configured with every setting of the fragment", () => {
     const missing = missingConfigSettings(readFileSync(KERNEL_CONFIG_FRAGMENT, "utf8"), readFileSync(kernel!.config, "utf8"));
     assert.deepEqual(missing, []);
+  });
+
+  it("has a no-acpi sibling built without ACPI, with every other setting of the fragment", async () => {
+    // Also prepared by scripts/run-tests.mjs.
+    const noAcpi = await buildKernel({ variant: "no-acpi" });
+    assert.notEqual(noAcpi.cacheKey, kernel!.cacheKey);
+    const config = readFileSync(noAcpi.config, "utf8");
+    assert.equal(parseKernelConfig(config).get("CONFIG_ACPI") ?? "n", "n");
+    const fragments = kernelConfigFragments("no-acpi").map((f) => readFileSync(f, "utf8")).join("\n");
+    assert.deepEqual(missingConfigSettings(fragments, config), []);
   });
 });

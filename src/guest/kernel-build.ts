@@ -3,12 +3,13 @@
  * tarball: `make tinyconfig`, the committed fragment
  * guest/kernel/microvm-x86_64.config merged on top with the kernel's own
  * scripts/kconfig/merge_config.sh, `make olddefconfig`, then
- * `make -j<cpus> bzImage` (which also links vmlinux).
+ * `make -j<cpus> bzImage` (which also links vmlinux). The "no-acpi" variant
+ * merges guest/kernel/microvm-x86_64-noacpi.config after it.
  *
  * Both the extracted source and the finished kernel are cached (see cache.ts):
- * the source under the tarball's identity, the kernel under
- * sha256(fragment + tarball identity + recipe version). A second call with the
- * same inputs returns at once.
+ * the source under the tarball's identity, each kernel under
+ * sha256(fragments + tarball identity + recipe version). A second call with
+ * the same inputs returns at once.
  */
 import { copyFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
@@ -32,6 +33,26 @@ export const KERNEL_TOPDIR = "linux-source-6.1";
 
 /** The committed config fragment, relative to the package root. */
 export const KERNEL_CONFIG_FRAGMENT = fileURLToPath(new URL("../../guest/kernel/microvm-x86_64.config", import.meta.url));
+
+/**
+ * The committed fragment of the "no-acpi" variant, merged after
+ * {@link KERNEL_CONFIG_FRAGMENT}: the same kernel with CONFIG_ACPI=n.
+ */
+export const KERNEL_NOACPI_CONFIG_FRAGMENT = fileURLToPath(
+  new URL("../../guest/kernel/microvm-x86_64-noacpi.config", import.meta.url),
+);
+
+/**
+ * Which committed kernel to build: "default" (with ACPI: flint's own guest
+ * kernel) or "no-acpi" (CONFIG_ACPI=n, as many microVM kernels are built; the
+ * tests use it to check that such a kernel still finds every device).
+ */
+export type KernelVariant = "default" | "no-acpi";
+
+/** The committed fragments of a variant, in merge order (later settings win). */
+export function kernelConfigFragments(variant: KernelVariant = "default"): string[] {
+  return variant === "no-acpi" ? [KERNEL_CONFIG_FRAGMENT, KERNEL_NOACPI_CONFIG_FRAGMENT] : [KERNEL_CONFIG_FRAGMENT];
+}
 
 /** Expected number of make output lines (CC, LD, ...) when nothing better is known. */
 const DEFAULT_BUILD_STEPS = 1850;
@@ -64,7 +85,9 @@ export interface BuildKernelOptions {
   onProgress?: ProgressCallback;
   /** Parallel make jobs (default: the number of host CPUs). */
   jobs?: number;
-  /** A config fragment to use instead of the committed one (for experiments and tests). */
+  /** Which committed kernel to build (default: "default"). */
+  variant?: KernelVariant;
+  /** A config fragment to use instead of the committed ones (for experiments and tests). */
   configFragment?: string;
 }
 
@@ -76,7 +99,7 @@ export interface KernelArtifacts {
   bzImage: string;
   /** The final kernel .config. */
   config: string;
-  /** The cache key: sha256 over fragment, tarball identity and recipe version. */
+  /** The cache key: sha256 over the fragments, tarball identity and recipe version. */
   cacheKey: string;
 }
 
@@ -177,9 +200,19 @@ async function checkTools(): Promise<void> {
   }
 }
 
-/** The cache key of the kernel built from `fragment` (the text of a config fragment). */
-export function kernelCacheKey(fragment: string): string {
-  return cacheKey([fragment, kernelTarballIdentity(), `recipe-${KERNEL_RECIPE_VERSION}`]);
+/**
+ * The cache key of the kernel built from `fragments` (the texts of config
+ * fragments, in merge order). One fragment gives the key earlier versions
+ * gave, so the default kernel's cache entry stays valid.
+ */
+export function kernelCacheKey(fragments: string | readonly string[]): string {
+  const texts = typeof fragments === "string" ? [fragments] : fragments;
+  return cacheKey([...texts, kernelTarballIdentity(), `recipe-${KERNEL_RECIPE_VERSION}`]);
+}
+
+/** The fragment files a build uses: `configFragment` alone, or the variant's committed ones. */
+function fragmentPaths(options: Pick<BuildKernelOptions, "variant" | "configFragment">): string[] {
+  return options.configFragment !== undefined ? [options.configFragment] : kernelConfigFragments(options.variant);
 }
 
 function artifactsIn(dir: string, key: string): KernelArtifacts {
@@ -187,12 +220,15 @@ function artifactsIn(dir: string, key: string): KernelArtifacts {
 }
 
 /**
- * The already-built kernel for the committed fragment (or `configFragment`),
- * or undefined if {@link buildKernel} has not built it yet. Never builds.
+ * The already-built kernel of a variant (or of `configFragment`), or
+ * undefined if {@link buildKernel} has not built it yet. Never builds.
  */
-export function findCachedKernel(configFragment: string = KERNEL_CONFIG_FRAGMENT): KernelArtifacts | undefined {
-  if (!existsSync(configFragment)) return undefined;
-  const key = kernelCacheKey(readFileSync(configFragment, "utf8"));
+export function findCachedKernel(
+  options: Pick<BuildKernelOptions, "variant" | "configFragment"> = {},
+): KernelArtifacts | undefined {
+  const paths = fragmentPaths(options);
+  if (!paths.every((path) => existsSync(path))) return undefined;
+  const key = kernelCacheKey(paths.map((path) => readFileSync(path, "utf8")));
   const dir = join(cacheDir(), `kernel-${key}`);
   return existsSync(dir) ? artifactsIn(dir, key) : undefined;
 }
@@ -204,14 +240,16 @@ export function findCachedKernel(configFragment: string = KERNEL_CONFIG_FRAGMENT
  */
 export async function buildKernel(options: BuildKernelOptions = {}): Promise<KernelArtifacts> {
   const { onProgress } = options;
-  const fragmentPath = options.configFragment ?? KERNEL_CONFIG_FRAGMENT;
-  if (!existsSync(fragmentPath)) {
-    throw new KernelBuildError("EKERNELCONFIG", `Cannot build kernel: config fragment ${fragmentPath} is missing`);
+  const paths = fragmentPaths(options);
+  for (const path of paths) {
+    if (!existsSync(path)) {
+      throw new KernelBuildError("EKERNELCONFIG", `Cannot build kernel: config fragment ${path} is missing`);
+    }
   }
-  const fragment = readFileSync(fragmentPath, "utf8");
-  const key = kernelCacheKey(fragment);
+  const fragments = paths.map((path) => readFileSync(path, "utf8"));
+  const key = kernelCacheKey(fragments);
   const entryName = `kernel-${key}`;
-  const cached = findCachedKernel(options.configFragment);
+  const cached = findCachedKernel(options);
   if (cached) {
     onProgress?.({ phase: "done", message: `Kernel ${key} is cached` });
     return cached;
@@ -238,11 +276,14 @@ export async function buildKernel(options: BuildKernelOptions = {}): Promise<Ker
 
     onProgress?.({ phase: "configure", message: "make tinyconfig" });
     await make(["tinyconfig"]);
-    onProgress?.({ phase: "configure", message: `merging ${fragmentPath}` });
-    // Kept in the entry: the exact fragment this kernel was built from.
-    const fragmentCopy = join(tmp, "fragment.config");
-    writeFileSync(fragmentCopy, fragment);
-    await runCommand(join(source, "scripts/kconfig/merge_config.sh"), ["-m", "-O", out, join(out, ".config"), fragmentCopy], {
+    onProgress?.({ phase: "configure", message: `merging ${paths.join(" + ")}` });
+    // Kept in the entry: the exact fragments this kernel was built from.
+    const fragmentCopies = fragments.map((text, i) => {
+      const copy = join(tmp, i === 0 ? "fragment.config" : `fragment-${i}.config`);
+      writeFileSync(copy, text);
+      return copy;
+    });
+    await runCommand(join(source, "scripts/kconfig/merge_config.sh"), ["-m", "-O", out, join(out, ".config"), ...fragmentCopies], {
       cwd: source,
       env,
     }).catch((error: unknown) => {
@@ -253,11 +294,12 @@ export async function buildKernel(options: BuildKernelOptions = {}): Promise<Ker
     onProgress?.({ phase: "configure", message: "make olddefconfig" });
     await make(["olddefconfig"]);
     const finalConfig = readFileSync(join(out, ".config"), "utf8");
-    const missing = missingConfigSettings(fragment, finalConfig);
+    // Concatenated, later fragments' settings override earlier ones, as in merge_config.sh.
+    const missing = missingConfigSettings(fragments.join("\n"), finalConfig);
     if (missing.length > 0) {
       throw new KernelBuildError(
         "EKERNELCONFIG",
-        `Cannot build kernel: olddefconfig dropped settings of ${fragmentPath} (unmet dependencies?): ${missing.join(", ")}`,
+        `Cannot build kernel: olddefconfig dropped settings of ${paths.join(" + ")} (unmet dependencies?): ${missing.join(", ")}`,
       );
     }
 

@@ -87,9 +87,11 @@ export interface MachineConfig {
   onHostError?: (device: string, message: string) => void;
   /**
    * virtio-mmio devices, in order: device i gets the window VIRTIO_MMIO_BASE +
-   * i * VIRTIO_MMIO_SIZE and GSI FIRST_DEVICE_IRQ + i. Each is announced once:
-   * in the DSDT when the guest has ACPI, else on the kernel command line
-   * (see src/devices/virtio/virtio-set.ts for why).
+   * i * VIRTIO_MMIO_SIZE and GSI FIRST_DEVICE_IRQ + i. With ACPI tables each
+   * is announced twice, so kernels with and without ACPI find it: in the DSDT,
+   * and on the kernel command line at a second window a kernel with ACPI skips;
+   * without ACPI tables, on the command line only (see
+   * src/devices/virtio/virtio-set.ts for what Linux does with each).
    */
   virtioDevices?: VirtioDeviceConfig[];
   /** Override how virtio devices are announced (tests and experiments; default "auto"). */
@@ -257,17 +259,20 @@ export class Machine {
 
       // Device threads report faults before the Machine exists; route them through it once it does.
       let machine: Machine | undefined;
+      const announce = config.boot.kind === "linux"
+        ? virtioAnnouncement(config.virtioAnnounce ?? "auto", config.boot.acpi ?? true)
+        : { cmdline: "none" as const, dsdt: false };
       virtio = new VirtioSet(config.virtioDevices ?? [], memory.describe(), vm, {
         onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
         onHostError: config.onHostError,
+        cmdlineWindows: announce.cmdline === "second-window",
       });
       const host = createDeviceSet({ debugExit: config.debugExit, virtio: virtio.describe() });
       let bsp: { regs: KvmRegs; sregs: Partial<KvmSregs> } | undefined;
       let summary: string;
       if (config.boot.kind === "linux") {
         const b = config.boot;
-        const announce = virtioAnnouncement(config.virtioAnnounce ?? "auto", b.acpi ?? true);
-        const params = announce.cmdline ? virtio.cmdlineParams() : [];
+        const params = virtio.cmdlineParams(announce.cmdline);
         const cmdline = [b.cmdline, ...params].filter((p) => p.length > 0).join(" ");
         const boot = setupBoot(memory, {
           kernel: kernel!, kernelPath: b.kernelPath, initrd, initrdPath: b.initrdPath, cmdline, cpus,

@@ -17,6 +17,7 @@
  *   0xc000_0000  start of the 32-bit MMIO gap (MMIO_GAP_START)
  *   0xd000_0000  boot-timer MMIO byte (BOOT_TIMER_ADDR)
  *   0xd000_1000  virtio-mmio devices, one page each (VIRTIO_MMIO_BASE)
+ *   0xd010_0000  the same devices' command-line windows (VIRTIO_MMIO_CMDLINE_BASE)
  *   0xfec0_0000  IOAPIC (in-kernel irqchip)
  *   0xfee0_0000  local APICs
  *   0x1_0000_0000 RAM above 4 GiB when memory does not fit below the gap
@@ -64,6 +65,12 @@ export const BOOT_TIMER_SIZE = 0x1000;
 /** virtio-mmio device windows, VIRTIO_MMIO_SIZE bytes each. */
 export const VIRTIO_MMIO_BASE = 0xd000_1000;
 export const VIRTIO_MMIO_SIZE = 0x1000;
+/**
+ * A second window per virtio-mmio device, in the same order, announced on the
+ * kernel command line when the DSDT announces the first: two announcements of
+ * one window would clash in the guest (devices/virtio/virtio-set.ts says why).
+ */
+export const VIRTIO_MMIO_CMDLINE_BASE = 0xd010_0000;
 /** In-kernel IOAPIC and local APIC (fixed by KVM's irqchip). */
 export const IOAPIC_START = 0xfec0_0000;
 export const LAPIC_START = 0xfee0_0000;

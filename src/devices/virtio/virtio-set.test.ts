@@ -13,33 +13,75 @@ import {
   VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_INT_VRING, VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
   VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY,
   VIRTIO_MMIO_QUEUE_NUM, VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH,
-  VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+  VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VIRTIO_ID_RNG, VIRTIO_MMIO_DEVICE_ID,
+  VIRTIO_MMIO_VERSION,
   vring_avail, vring_desc, vring_used, vring_used_elem,
 } from "../../linux/abi.generated.js";
-import { DEBUG_EXIT_PORT, FIRST_DEVICE_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE } from "../../arch/x86_64/layout.js";
+import {
+  DEBUG_EXIT_PORT, FIRST_DEVICE_IRQ, IOAPIC_START, VIRTIO_MMIO_BASE, VIRTIO_MMIO_CMDLINE_BASE, VIRTIO_MMIO_SIZE,
+} from "../../arch/x86_64/layout.js";
 import { assemble } from "../../kvm/testing/assemble.js";
 import { RING3_LAYOUT } from "../../arch/x86_64/ring3.js";
 import { Machine } from "../../vm/machine.js";
 import { VIRTIO_MMIO_MAGIC } from "./mmio.js";
-import { MAX_VIRTIO_DEVICES, VIRTIO_MMIO_ACPI_HID, virtioAnnouncement, virtioCmdlineParam, virtioDsdtDevices, virtioSlot } from "./virtio-set.js";
+import { Bus, type BusDevice } from "../bus.js";
+import { FakeContext } from "../legacy/fake-context.js";
+import { createTransportShared, TransportState } from "./mmio-state.js";
+import { mmioAccess } from "./testing/mmio-access.js";
+import {
+  insertVirtioTransports, MAX_VIRTIO_DEVICES, VIRTIO_MMIO_ACPI_HID, virtioAnnouncement, virtioCmdlineParam, virtioDsdtDevices, virtioSlot,
+} from "./virtio-set.js";
 
 const ECHO = new URL("./testing/test-backend.js", import.meta.url);
 
-test("device i sits at its own window and GSI and is announced as virtio_mmio.device=4K@base:gsi", () => {
-  assert.deepEqual(virtioSlot(0), { mmioBase: VIRTIO_MMIO_BASE, gsi: FIRST_DEVICE_IRQ });
-  assert.deepEqual(virtioSlot(2), { mmioBase: VIRTIO_MMIO_BASE + 2 * VIRTIO_MMIO_SIZE, gsi: FIRST_DEVICE_IRQ + 2 });
+test("device i sits at its own window, a command-line window and a GSI, and is announced as virtio_mmio.device=4K@base:gsi", () => {
+  assert.deepEqual(virtioSlot(0), { mmioBase: VIRTIO_MMIO_BASE, cmdlineBase: VIRTIO_MMIO_CMDLINE_BASE, gsi: FIRST_DEVICE_IRQ });
+  assert.deepEqual(virtioSlot(2), {
+    mmioBase: VIRTIO_MMIO_BASE + 2 * VIRTIO_MMIO_SIZE, cmdlineBase: VIRTIO_MMIO_CMDLINE_BASE + 2 * VIRTIO_MMIO_SIZE, gsi: FIRST_DEVICE_IRQ + 2,
+  });
   assert.equal(virtioCmdlineParam(0), "virtio_mmio.device=4K@0xd0001000:5");
+  assert.equal(virtioCmdlineParam(1, "second-window"), "virtio_mmio.device=4K@0xd0101000:6");
   assert.equal(MAX_VIRTIO_DEVICES, 19);
+  const last = virtioSlot(MAX_VIRTIO_DEVICES - 1);
+  assert.ok(last.mmioBase + VIRTIO_MMIO_SIZE <= VIRTIO_MMIO_CMDLINE_BASE, "device windows end below the command-line windows");
+  assert.ok(last.cmdlineBase + VIRTIO_MMIO_SIZE <= IOAPIC_START, "command-line windows end below the IOAPIC");
 });
 
-test("each device is announced once: DSDT with ACPI, command line without", () => {
-  assert.deepEqual(virtioAnnouncement("auto", true), { cmdline: false, dsdt: true });
-  assert.deepEqual(virtioAnnouncement("auto", false), { cmdline: true, dsdt: false });
-  assert.deepEqual(virtioAnnouncement("dsdt", false), { cmdline: false, dsdt: false }, "no DSDT without ACPI");
+test("with ACPI tables each device is announced in the DSDT and, at its second window, on the command line; without, on the command line", () => {
+  assert.deepEqual(virtioAnnouncement("auto", true), { cmdline: "second-window", dsdt: true });
+  assert.deepEqual(virtioAnnouncement("auto", false), { cmdline: "same-window", dsdt: false });
+  assert.deepEqual(virtioAnnouncement("dsdt", false), { cmdline: "none", dsdt: false }, "no DSDT without ACPI");
+  assert.deepEqual(virtioAnnouncement("cmdline+dsdt", true), { cmdline: "same-window", dsdt: true });
   const aml = virtioDsdtDevices(2);
   assert.equal(aml.length, 2);
   const text = Buffer.from(aml[1]!).toString("latin1");
   assert.ok(text.includes("V001") && text.includes(VIRTIO_MMIO_ACPI_HID), text);
+});
+
+test("the command-line window is the device's registers, but reads DeviceID 0 once a driver started through either window", () => {
+  const sab = createTransportShared();
+  new TransportState(sab).initDevice({ deviceId: VIRTIO_ID_RNG, deviceFeatures: 0n, queueMaxSizes: [64], config: new Uint8Array(0) });
+  const { mmioBase, cmdlineBase } = virtioSlot(0);
+  const bus = new Bus();
+  insertVirtioTransports(bus, [{ name: "virtio-rng", mmioBase, mmioSize: VIRTIO_MMIO_SIZE, state: sab, cmdlineBase }], new FakeContext());
+  const window = (base: number): BusDevice => ({ read: (o, d) => void bus.read(base + o, d), write: (o, d) => void bus.write(base + o, d) });
+  const dsdt = mmioAccess(window(mmioBase));
+  const cmdline = mmioAccess(window(cmdlineBase));
+  // A kernel without ACPI probes only the command-line window: a fresh device, its real ID.
+  assert.equal(cmdline.r(VIRTIO_MMIO_MAGIC_VALUE), VIRTIO_MMIO_MAGIC);
+  assert.equal(cmdline.r(VIRTIO_MMIO_VERSION), 2);
+  assert.equal(cmdline.r(VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_RNG);
+  // A kernel with ACPI registers the DSDT's device first (reset, then ACKNOWLEDGE)...
+  assert.equal(dsdt.r(VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_RNG);
+  dsdt.w(VIRTIO_MMIO_STATUS, 0);
+  dsdt.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+  // ...then probes the command-line window: a placeholder (§4.2.2), which Linux skips quietly.
+  assert.equal(cmdline.r(VIRTIO_MMIO_MAGIC_VALUE), VIRTIO_MMIO_MAGIC);
+  assert.equal(cmdline.r(VIRTIO_MMIO_DEVICE_ID), 0);
+  assert.equal(dsdt.r(VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_RNG, "the DSDT's window keeps its ID");
+  assert.equal(cmdline.r(VIRTIO_MMIO_STATUS), VIRTIO_CONFIG_S_ACKNOWLEDGE, "the other registers are the device's");
+  dsdt.w(VIRTIO_MMIO_STATUS, 0);
+  assert.equal(cmdline.r(VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_RNG, "after a reset the device is free again");
 });
 
 test("too many virtio devices is a configuration error", () => {

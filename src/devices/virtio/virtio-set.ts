@@ -2,36 +2,70 @@
  * The virtio-mmio devices of a flint microVM: where each sits, how the guest
  * learns of it, and their device threads.
  *
- * Device i (in configuration order) gets the MMIO window
- * VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE and GSI FIRST_DEVICE_IRQ + i.
+ * Device i (in configuration order) gets the window VIRTIO_MMIO_BASE +
+ * i * VIRTIO_MMIO_SIZE, a second window VIRTIO_MMIO_CMDLINE_BASE +
+ * i * VIRTIO_MMIO_SIZE over the same registers, and GSI FIRST_DEVICE_IRQ + i.
  *
- * Announcement — each device exactly once (virtioAnnouncement):
- *   - with ACPI: a DSDT Device object, _HID "LNRO0005" (mmioDeviceAml);
- *   - without ACPI (MP table only): `virtio_mmio.device=4K@0x<base>:<gsi>` on
- *     the kernel command line (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
- * Measured with flint's 6.1 guest kernel in the nested harness
- * (virtio-set.e2e.test.ts keeps the first and last cases as tests):
- *   - ACPI + command line only: the device registers (virtio0) but the
- *     driver's probe fails with -EINVAL: on flint's hardware-reduced ACPI
- *     platform there are no legacy ISA IRQs, and a command-line device's raw
- *     IRQ number was never mapped through acpi_register_gsi, so request_irq
- *     fails. The command line alone does not work with ACPI.
- *   - ACPI + DSDT + command line: not probed twice, but the second platform
- *     device fails ("can't request region ... probe of virtio-mmio.0 failed
- *     with error -16"): one working device and an error in the log.
- *   - ACPI + DSDT only, and no ACPI + command line only: the device probes
- *     once, its driver binds, and it works (/dev/hwrng reads).
+ * Announcement (virtioAnnouncement, "auto"): every kernel, built with ACPI or
+ * without, must find every device with no flag.
+ *   - With ACPI tables (the default): the DSDT lists the first window as a
+ *     Device with _HID "LNRO0005" (mmioDeviceAml), and the command line lists
+ *     the second: `virtio_mmio.device=4K@0x<second window>:<gsi>`
+ *     (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES). The second window reads DeviceID 0
+ *     once a driver has started on the device (CmdlineWindowRegisters).
+ *   - Without ACPI tables (--no-acpi): the command line lists the first window.
+ * Measured with flint's 6.1 guest kernel (built with and without ACPI) and
+ * Debian's 6.1 distro kernel in the nested harness; virtio-set.e2e.test.ts
+ * keeps the cases as tests, e2e/acpi-kernels.test.ts checks every device:
+ *   - Kernel with ACPI, auto: the DSDT's devices are created at ACPI scan
+ *     (subsys_initcall), the command line's when virtio_mmio's parameters are
+ *     parsed (device initcall level), so the driver binds the DSDT's first:
+ *     "LNRO0005:00" works; then "virtio-mmio: Registering device virtio-mmio.0
+ *     at 0xd0100000-0xd0100fff, IRQ 5." and its probe reads DeviceID 0 and
+ *     returns -ENODEV, which the driver core logs only at debug level. One
+ *     device, nothing else in the log.
+ *   - Kernel without ACPI (CONFIG_ACPI=n; also the ACPI kernel with acpi=off),
+ *     auto: the DSDT is never read; virtio-mmio.0 at the second window probes
+ *     (status 0, real ID) and works, its kicks through the ioeventfd.
+ *   - Debian's kernel (virtio_mmio a module, no CMDLINE_DEVICES), auto: the
+ *     module binds LNRO0005:00 and :01 and they work; the kernel passes over
+ *     `virtio_mmio.device=` (a module's parameter it does not know) without a
+ *     line, and insmod does not read the command line.
+ *   - Kernel with ACPI, one window in both the DSDT and the command line:
+ *     bound once (LNRO0005:00), and the duplicate's probe fails for every
+ *     device: "virtio-mmio virtio-mmio.0: can't request region for resource
+ *     [mem 0xd0001000-0xd0001fff]", "virtio-mmio: probe of virtio-mmio.0
+ *     failed with error -16" (-EBUSY), two error lines per device on the
+ *     console. Order cannot avoid it (the DSDT's device always binds first and
+ *     holds the region); a second window, which the duplicate finds as a
+ *     placeholder, does.
+ *   - Kernel with ACPI, command line only: virtio-mmio.0 registers and virtio0
+ *     appears, but its driver fails ("virtio_rng: probe of virtio0 failed with
+ *     error -22"): a command-line device's raw IRQ was never mapped through
+ *     acpi_register_gsi on flint's hardware-reduced ACPI platform, so
+ *     request_irq fails. The command line alone does not serve ACPI kernels.
+ *   - Kernel without ACPI, DSDT only (flint's announcement before): no virtio
+ *     device at all, and nothing in the log says why.
  */
-import { KiB, IOAPIC_START, FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE } from "../../arch/x86_64/layout.js";
+import {
+  KiB, IOAPIC_START, FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_CMDLINE_BASE, VIRTIO_MMIO_SIZE,
+} from "../../arch/x86_64/layout.js";
 import type { Aml } from "../../arch/x86_64/acpi/aml.js";
 import { mmioDeviceAml } from "../../arch/x86_64/acpi/dsdt.js";
 import type { VmFd } from "../../kvm/vm.js";
+import { KVM_IOEVENTFD_FLAG_DATAMATCH, VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_QUEUE_NOTIFY } from "../../linux/abi.generated.js";
 import type { MemoryDescriptor } from "../../memory/guest-memory.js";
-import type { Bus, DeviceContext } from "../bus.js";
-import { VirtioDeviceHandle, type VirtioDeviceStats, type VirtioTransportDescriptor } from "./device-thread.js";
+import type { Bus, BusDevice, DeviceContext } from "../bus.js";
+import { VirtioDeviceHandle, type VirtioDeviceStats, type VirtioTransportDescriptor as DeviceThreadDescriptor } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
 
-export type { VirtioDeviceStats, VirtioTransportDescriptor } from "./device-thread.js";
+export type { VirtioDeviceStats } from "./device-thread.js";
+
+/** What a vCPU thread needs to put one device's register windows on its MMIO bus. */
+export interface VirtioTransportDescriptor extends DeviceThreadDescriptor {
+  /** The device's command-line window (see the header), when the command line announces it. */
+  cmdlineBase?: number;
+}
 
 /** The device types flint offers. */
 export type VirtioDeviceKind = "block" | "net" | "vsock" | "rng" | "balloon";
@@ -54,10 +88,11 @@ export const VIRTIO_BACKEND_MODULES: Readonly<Record<VirtioDeviceKind, URL>> = {
   balloon: new URL("./balloon.js", import.meta.url),
 };
 
-/** Most virtio devices a VM can have: one GSI each, and windows below the IOAPIC. */
+/** Most virtio devices a VM can have: one GSI each, two windows each below the IOAPIC. */
 export const MAX_VIRTIO_DEVICES = Math.min(
   LAST_DEVICE_IRQ - FIRST_DEVICE_IRQ + 1,
-  Math.floor((IOAPIC_START - VIRTIO_MMIO_BASE) / VIRTIO_MMIO_SIZE),
+  Math.floor((VIRTIO_MMIO_CMDLINE_BASE - VIRTIO_MMIO_BASE) / VIRTIO_MMIO_SIZE),
+  Math.floor((IOAPIC_START - VIRTIO_MMIO_CMDLINE_BASE) / VIRTIO_MMIO_SIZE),
 );
 
 /** Bad virtio configuration; `code` is stable. */
@@ -69,15 +104,31 @@ export class VirtioSetError extends Error {
   }
 }
 
-/** Where device `index` lives. */
-export function virtioSlot(index: number): { mmioBase: number; gsi: number } {
-  return { mmioBase: VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE, gsi: FIRST_DEVICE_IRQ + index };
+/**
+ * Where device `index` lives: its window (announced in the DSDT, or alone on
+ * the command line), its command-line window (announced on the command line
+ * next to the DSDT) and its GSI.
+ */
+export function virtioSlot(index: number): { mmioBase: number; cmdlineBase: number; gsi: number } {
+  return {
+    mmioBase: VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE,
+    cmdlineBase: VIRTIO_MMIO_CMDLINE_BASE + index * VIRTIO_MMIO_SIZE,
+    gsi: FIRST_DEVICE_IRQ + index,
+  };
 }
 
-/** The kernel command-line parameter announcing the device at `index`. */
-export function virtioCmdlineParam(index: number): string {
-  const { mmioBase, gsi } = virtioSlot(index);
-  return `virtio_mmio.device=${VIRTIO_MMIO_SIZE / KiB}K@0x${mmioBase.toString(16)}:${gsi}`;
+/**
+ * Which window of each device the kernel command line names: none, the
+ * device's own window ("same-window"), or its command-line window
+ * ("second-window", for when the DSDT names the first).
+ */
+export type CmdlineWindow = "none" | "same-window" | "second-window";
+
+/** The kernel command-line parameter announcing the device at `index` in `window`. */
+export function virtioCmdlineParam(index: number, window: Exclude<CmdlineWindow, "none"> = "same-window"): string {
+  const { mmioBase, cmdlineBase, gsi } = virtioSlot(index);
+  const base = window === "second-window" ? cmdlineBase : mmioBase;
+  return `virtio_mmio.device=${VIRTIO_MMIO_SIZE / KiB}K@0x${base.toString(16)}:${gsi}`;
 }
 
 /** The _HID Linux's virtio_mmio driver matches in ACPI tables (drivers/virtio/virtio_mmio.c). */
@@ -91,25 +142,39 @@ export function virtioDsdtDevices(count: number): Aml[] {
   });
 }
 
-/** How devices are announced: "auto" picks the DSDT with ACPI and the command line without. */
+/**
+ * How devices are announced. "auto" (the default) reaches kernels with and
+ * without ACPI: with ACPI tables, the DSDT names each device's window and the
+ * command line its second window; without, the command line names the device's
+ * window. The others are for tests and experiments: "cmdline" and "dsdt" alone,
+ * and "cmdline+dsdt", one window named both ways (a clash: see the header).
+ */
 export type VirtioAnnouncement = "auto" | "cmdline" | "dsdt" | "cmdline+dsdt";
 
+/** Where devices are announced: which window the command line names, and whether the DSDT lists them. */
+export interface VirtioAnnouncementPlan {
+  cmdline: CmdlineWindow;
+  dsdt: boolean;
+}
+
 /** Where to announce devices for a guest with or without ACPI tables. */
-export function virtioAnnouncement(how: VirtioAnnouncement, acpi: boolean): { cmdline: boolean; dsdt: boolean } {
+export function virtioAnnouncement(how: VirtioAnnouncement, acpi: boolean): VirtioAnnouncementPlan {
   switch (how) {
-    case "auto": return { cmdline: !acpi, dsdt: acpi };
-    case "cmdline": return { cmdline: true, dsdt: false };
-    case "dsdt": return { cmdline: false, dsdt: acpi };
-    case "cmdline+dsdt": return { cmdline: true, dsdt: acpi };
+    case "auto": return acpi ? { cmdline: "second-window", dsdt: true } : { cmdline: "same-window", dsdt: false };
+    case "cmdline": return { cmdline: "same-window", dsdt: false };
+    case "dsdt": return { cmdline: "none", dsdt: acpi };
+    case "cmdline+dsdt": return { cmdline: "same-window", dsdt: acpi };
   }
 }
 
-/** What the set reports to the machine. */
+/** What the set reports to the machine, and how it is announced. */
 export interface VirtioSetHooks {
   /** A guest fault, or a summary standing for `count` of them (VirtioDeviceSpec.onGuestFault). */
   onGuestFault?: (device: string, message: string, count: number) => void;
   /** A host-side failure reported to the guest (VirtioDeviceSpec.onHostError). */
   onHostError?: (device: string, message: string) => void;
+  /** Give each device its command-line window too (announcement "second-window"). */
+  cmdlineWindows?: boolean;
 }
 
 /** The main thread's side of all virtio devices. */
@@ -117,6 +182,8 @@ export class VirtioSet {
   readonly devices: readonly VirtioDeviceHandle[];
   /** Each device's kind, in the same order. */
   readonly kinds: readonly VirtioDeviceKind[];
+  private readonly vm: VmFd | undefined;
+  private readonly cmdlineWindows: boolean;
 
   /** Builds every device's state and eventfds and registers the irqfds; nothing runs yet. */
   constructor(configs: readonly VirtioDeviceConfig[], memory: MemoryDescriptor, vm: VmFd | undefined, hooks: VirtioSetHooks = {}) {
@@ -143,11 +210,17 @@ export class VirtioSet {
     }
     this.devices = devices;
     this.kinds = configs.map((c) => c.kind);
+    this.vm = vm;
+    this.cmdlineWindows = hooks.cmdlineWindows ?? false;
   }
 
-  /** The command-line parameters announcing every device (empty when there are none). */
-  cmdlineParams(): string[] {
-    return this.devices.map((_, i) => virtioCmdlineParam(i));
+  /** The command-line parameters announcing every device in `window` (empty for "none" or no devices). */
+  cmdlineParams(window: CmdlineWindow): string[] {
+    if (window === "none") return [];
+    if (window === "second-window" && !this.cmdlineWindows) {
+      throw new VirtioSetError("Cannot announce virtio devices: the set was built without command-line windows");
+    }
+    return this.devices.map((_, i) => virtioCmdlineParam(i, window));
   }
 
   stats(): VirtioDeviceStats[] {
@@ -155,16 +228,31 @@ export class VirtioSet {
   }
 
   describe(): VirtioTransportDescriptor[] {
-    return this.devices.map((d) => d.describe());
+    return this.devices.map((d, i) => (this.cmdlineWindows ? { ...d.describe(), cmdlineBase: virtioSlot(i).cmdlineBase } : d.describe()));
   }
 
-  /** Starts every device thread; if one fails, stops the others and rethrows. */
+  /**
+   * Starts every device thread; if one fails, stops the others and rethrows.
+   * With command-line windows, a kick written there also reaches the queue's
+   * eventfd in the kernel (api.rst §4.60 KVM_IOEVENTFD: several addresses may
+   * signal one eventfd), as fast as a kick through the device's own window.
+   */
   async start(): Promise<void> {
     const results = await Promise.allSettled(this.devices.map((d) => d.start()));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) {
       await this.stop();
       throw failed.reason;
+    }
+    const vm = this.vm;
+    if (!vm || !this.cmdlineWindows) return;
+    try {
+      this.devices.forEach((d, i) => d.notifyFds.forEach((fd, q) => vm.ioeventfd({
+        address: virtioSlot(i).cmdlineBase + VIRTIO_MMIO_QUEUE_NOTIFY, length: 4, fd, flags: KVM_IOEVENTFD_FLAG_DATAMATCH, datamatch: BigInt(q),
+      })));
+    } catch (e) {
+      await this.stop();
+      throw e;
     }
   }
 
@@ -174,7 +262,36 @@ export class VirtioSet {
   }
 }
 
-/** Puts a register file for each device on a vCPU thread's MMIO bus. */
+/**
+ * A device's command-line window: the registers of its own window, except
+ * that DeviceID reads 0 once a driver has started on the device (status not
+ * 0). A device ID of 0 marks a placeholder with no function (virtio 1.2
+ * §4.2.2) and Linux's virtio_mmio_probe ends quietly with -ENODEV on it, so a
+ * kernel with ACPI, which probes the DSDT's window first, skips this one
+ * without a line in its log; a kernel without ACPI probes only this one, finds
+ * status 0 and the real ID, and drives the device here.
+ */
+class CmdlineWindowRegisters implements BusDevice {
+  constructor(private readonly transport: VirtioMmioTransport) {}
+
+  read(offset: number, data: Uint8Array): void {
+    if (offset === VIRTIO_MMIO_DEVICE_ID && data.length === 4 && this.transport.state.status !== 0) {
+      data.fill(0);
+      return;
+    }
+    this.transport.read(offset, data);
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    this.transport.write(offset, data);
+  }
+}
+
+/** Puts a register file for each device (and its command-line window, if any) on a vCPU thread's MMIO bus. */
 export function insertVirtioTransports(mmio: Bus, descriptors: readonly VirtioTransportDescriptor[], ctx: Pick<DeviceContext, "guestFault">): void {
-  for (const d of descriptors) mmio.insert(d.mmioBase, d.mmioSize, new VirtioMmioTransport(d.state, d.name, ctx));
+  for (const d of descriptors) {
+    const transport = new VirtioMmioTransport(d.state, d.name, ctx);
+    mmio.insert(d.mmioBase, d.mmioSize, transport);
+    if (d.cmdlineBase !== undefined) mmio.insert(d.cmdlineBase, d.mmioSize, new CmdlineWindowRegisters(transport));
+  }
 }

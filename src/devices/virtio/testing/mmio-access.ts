@@ -4,7 +4,7 @@
  * register of 1, 2 or 4 bytes (virtio 1.x §4.2.2: device registers are
  * 32-bit, config space may be narrower), little-endian.
  */
-import type { VirtioMmioTransport } from "../mmio.js";
+import type { BusDevice } from "../../bus.js";
 
 export interface MmioAccess {
   /** Reads `size` bytes at `off` (the buffer starts as 0xaa, so an untouched byte shows). */
@@ -12,7 +12,8 @@ export interface MmioAccess {
   w(off: number, v: number, size?: number): void;
 }
 
-export function mmioAccess(t: VirtioMmioTransport): MmioAccess {
+/** Accessors over a transport, or any register window that forwards to one. */
+export function mmioAccess(t: BusDevice): MmioAccess {
   return {
     r(off, size = 4) {
       const d = new Uint8Array(size).fill(0xaa);
