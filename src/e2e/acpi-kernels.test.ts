@@ -28,6 +28,7 @@ import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel, type KernelVariant } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
@@ -74,36 +75,10 @@ function kernelTrouble(lines: readonly string[]): string[] {
 }
 
 /** `vsock-connect CID PORT MESSAGE`: sends a line, prints the line that comes back. */
-const GUEST_VSOCK_C = `
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-#include <sys/socket.h>
-#include <linux/vm_sockets.h>
-
-int main(int argc, char **argv) {
-  if (argc != 4) return 2;
-  struct sockaddr_vm sa = { .svm_family = AF_VSOCK, .svm_cid = atoi(argv[1]), .svm_port = atoi(argv[2]) };
-  int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa)) { perror("vsock"); return 1; }
-  char out[300], line[300];
-  int n = snprintf(out, sizeof out, "%s\\n", argv[3]);
-  if (write(fd, out, n) != n) { perror("write"); return 1; }
-  n = 0;
-  while (n < (int)sizeof line - 1 && read(fd, line + n, 1) == 1 && line[n] != '\\n') n++;
-  line[n] = 0;
-  printf("flint-e2e: vsock-got=%s\\n", line);
-  return 0;
-}
-`;
+const GUEST_VSOCK_C = vsockConnectC();
 
 /** The guest's /init; its first argument (from the command line) names the kernel. */
-const GUEST_INIT = `#!/bin/sh
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo "flint-guest: booted"
+const GUEST_INIT = `${initPrologue()}echo "flint-guest: booted"
 name=$(sed -n 's/.*flint_e2e_name=\\([a-z]*\\).*/\\1/p' /proc/cmdline)
 if [ -d /sys/firmware/acpi/tables ]; then echo "flint-e2e: acpi=on"; else echo "flint-e2e: acpi=off"; fi
 echo "flint-e2e: virtio-devices=$(ls /sys/bus/virtio/devices | wc -l)"

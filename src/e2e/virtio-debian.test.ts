@@ -17,7 +17,7 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -26,6 +26,8 @@ import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 import { debianKernel, moduleClosure } from "../guest/debian-kernel.js";
 import { BOOT_TIMER_GUEST_ADDR, buildInitramfs, LOAD_MODULES_SH, parseGuestReport } from "../guest/initramfs.js";
 import { e2eValue } from "../harness/e2e-report.js";
+import { buildExt4Image } from "../harness/guest-disks.js";
+import { initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
@@ -56,43 +58,9 @@ const GUEST_MODULES = [
 const VIRTIO_DRIVERS = ["virtio_blk", "virtio_net", "virtio_rng", "virtio_balloon", "vmw_vsock_virtio_transport"] as const;
 
 /** The guest's AF_VSOCK client: `vsock-connect CID PORT MESSAGE` prints its own CID, then the line that comes back. */
-const GUEST_VSOCK_C = `
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-#include <fcntl.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
-#include <linux/vm_sockets.h>
+const GUEST_VSOCK_C = vsockConnectC({ reportLocalCid: true, detailedErrors: true });
 
-int main(int argc, char **argv) {
-  if (argc != 4) { fprintf(stderr, "usage: vsock-connect CID PORT MESSAGE\\n"); return 2; }
-  unsigned int cid = 0;
-  int dev = open("/dev/vsock", O_RDONLY);
-  if (dev >= 0 && ioctl(dev, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid) == 0) printf("flint-e2e: vsock-local-cid=%u\\n", cid);
-  fflush(stdout);
-  struct sockaddr_vm sa = { .svm_family = AF_VSOCK, .svm_cid = atoi(argv[1]), .svm_port = atoi(argv[2]) };
-  int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
-  if (fd < 0) { perror("socket"); return 1; }
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) { perror("connect"); return 1; }
-  char out[300], line[300];
-  int n = snprintf(out, sizeof out, "%s\\n", argv[3]);
-  if (write(fd, out, n) != n) { perror("write"); return 1; }
-  n = 0;
-  while (n < (int)sizeof line - 1 && read(fd, line + n, 1) == 1 && line[n] != '\\n') n++;
-  line[n] = 0;
-  printf("flint-e2e: vsock-got=%s\\n", line);
-  return 0;
-}
-`;
-
-const GUEST_INIT = `#!/bin/sh
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-# Boot timer: flint's --boot-time reports when user space ran (for the timing in failure messages).
+const GUEST_INIT = `${initPrologue()}# Boot timer: flint's --boot-time reports when user space ran (for the timing in failure messages).
 devmem 0x${BOOT_TIMER_GUEST_ADDR.toString(16)} 8 1
 echo "flint-guest: booted"
 echo "flint-e2e: kernel=$(uname -r)"
@@ -172,10 +140,7 @@ describe("Debian's distro kernel uses flint's virtio devices (nested harness)", 
       init: GUEST_INIT, modules, files: [{ path: "/bin/vsock-connect", hostPath: program, mode: 0o755 }],
     }));
 
-    const seed = join(share, "seed");
-    mkdirSync(seed);
-    writeFileSync(join(seed, "seeded.txt"), `${SEEDED_TEXT}\n`);
-    execFileSync("mkfs.ext4", ["-q", "-F", "-L", "flintdata", "-d", seed, disk, "32M"]);
+    buildExt4Image(disk, join(share, "seed"), { "seeded.txt": `${SEEDED_TEXT}\n` }, { label: "flintdata", size: "32M" });
 
     const helper = join(share, "host-helper.mjs");
     writeFileSync(helper, HOST_HELPER);

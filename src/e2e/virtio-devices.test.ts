@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -16,17 +16,14 @@ import { fileURLToPath } from "node:url";
 import { parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue } from "../harness/e2e-report.js";
+import { buildBusyboxRootfs } from "../harness/guest-disks.js";
+import { initPrologue } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
 
 /** The root file system's /init: report, write a file, probe the other devices, power off. */
-const ROOT_INIT = `#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo "flint-guest: booted"
+const ROOT_INIT = `${initPrologue("/bin")}echo "flint-guest: booted"
 echo "flint-e2e: root=$(awk '$2 == "/" { print $1 " " $3 }' /proc/mounts)"
 echo "written by the guest on virtio-blk" > /guest-wrote.txt
 sync
@@ -36,20 +33,6 @@ echo "flint-e2e: vdb-head=$(head -c 20 /dev/vdb)"
 echo "flint-e2e: hwrng=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \\n')"
 poweroff -f
 `;
-
-/** Builds an ext4 image holding busybox and ROOT_INIT (mkfs.ext4 -d, e2fsprogs). */
-function buildRootfs(work: string, image: string): void {
-  const root = join(work, "rootfs");
-  for (const d of ["bin", "proc", "sys", "dev", "tmp"]) mkdirSync(join(root, d), { recursive: true });
-  copyFileSync("/bin/busybox", join(root, "bin/busybox"));
-  execFileSync("chmod", ["755", join(root, "bin/busybox")]);
-  for (const applet of execFileSync("/bin/busybox", ["--list"], { encoding: "utf8" }).split("\n").filter(Boolean)) {
-    if (applet !== "busybox") symlinkSync("busybox", join(root, "bin", applet));
-  }
-  writeFileSync(join(root, "init"), ROOT_INIT, { mode: 0o755 });
-  execFileSync("mkfs.ext4", ["-q", "-F", "-L", "flintroot", "-d", root, image, "64M"]);
-}
-
 describe("real Linux uses flint's virtio devices (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-virtio-"));
   const rootfs = join(share, "rootfs.ext4");
@@ -62,7 +45,7 @@ describe("real Linux uses flint's virtio devices (nested harness)", { timeout: 3
 
   before(async () => {
     const kernel = await buildKernel();
-    buildRootfs(share, rootfs);
+    buildBusyboxRootfs(share, rootfs, ROOT_INIT, ["bin", "proc", "sys", "dev", "tmp"]);
     writeFileSync(data, dataContent);
     const outFile = join(share, "flint.out");
     const cmdline = "console=ttyS0 reboot=k panic=-1 pci=off quiet root=/dev/vda rw rootfstype=ext4 init=/init";

@@ -20,7 +20,7 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -28,6 +28,8 @@ import { fileURLToPath } from "node:url";
 import { parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { buildBusyboxRootfs, buildExt4Image } from "../harness/guest-disks.js";
+import { initPrologue } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
@@ -58,12 +60,7 @@ const ALLOWED_WARNING = /WARNING: CPU: \d+ PID: \d+ at arch\/x86\/kernel\/fpu\/x
  * first option (rw or ro). The root file system is
  * remounted read-only before power-off so the host sees it clean.
  */
-const ROOT_INIT = `#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t tmpfs tmpfs /tmp
+const ROOT_INIT = `${initPrologue("/bin")}mount -t tmpfs tmpfs /tmp
 mkdir -p /mnt/flaky /mnt/full
 echo "flint-guest: booted"
 say() { echo "flint-e2e: $1=$2"; }
@@ -111,27 +108,6 @@ say done yes
 poweroff -f
 `;
 
-/** Builds the root ext4 image holding busybox and ROOT_INIT (mkfs.ext4 -d, e2fsprogs). */
-function buildRootfs(work: string, image: string): void {
-  const root = join(work, "rootfs");
-  for (const d of ["bin", "proc", "sys", "dev", "tmp", "mnt"]) mkdirSync(join(root, d), { recursive: true });
-  copyFileSync("/bin/busybox", join(root, "bin/busybox"));
-  execFileSync("chmod", ["755", join(root, "bin/busybox")]);
-  for (const applet of execFileSync("/bin/busybox", ["--list"], { encoding: "utf8" }).split("\n").filter(Boolean)) {
-    if (applet !== "busybox") symlinkSync("busybox", join(root, "bin", applet));
-  }
-  writeFileSync(join(root, "init"), ROOT_INIT, { mode: 0o755 });
-  execFileSync("mkfs.ext4", ["-q", "-F", "-L", "flintroot", "-d", root, image, "64M"]);
-}
-
-/** Builds a 64 MiB ext4 image, holding `files` (name → text). */
-function buildExt4(work: string, image: string, label: string, files: Record<string, string>): void {
-  const dir = join(work, `${label}-files`);
-  mkdirSync(dir, { recursive: true });
-  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
-  execFileSync("mkfs.ext4", ["-q", "-F", "-L", label, "-d", dir, image, `${(DISK_SECTORS * 512) >> 20}M`]);
-}
-
 describe("disk faults reach the guest, not the monitor (nested harness)", { timeout: 40 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-disk-faults-"));
   const rootfs = join(share, "rootfs.ext4");
@@ -147,9 +123,10 @@ describe("disk faults reach the guest, not the monitor (nested harness)", { time
 
   before(async () => {
     const kernel = await buildKernel();
-    buildRootfs(share, rootfs);
-    buildExt4(share, flakyImage, "flaky", { "hello.txt": `${FLAKY_TEXT}\n` });
-    buildExt4(share, fullImage, "full", {});
+    buildBusyboxRootfs(share, rootfs, ROOT_INIT, ["bin", "proc", "sys", "dev", "tmp", "mnt"]);
+    const ext4 = { size: `${(DISK_SECTORS * 512) >> 20}M` };
+    buildExt4Image(flakyImage, join(share, "flaky-files"), { "hello.txt": `${FLAKY_TEXT}\n` }, { ...ext4, label: "flaky" });
+    buildExt4Image(fullImage, join(share, "full-files"), {}, { ...ext4, label: "full" });
     // loglevel=5: the console shows warnings and errors (a `quiet` console would hide WARNING lines).
     const cmdline = "console=ttyS0 reboot=k panic=-1 pci=off loglevel=5 root=/dev/vda rw rootfstype=ext4 init=/init";
     const scratch = q(SCRATCH);

@@ -20,6 +20,7 @@ import { fileURLToPath } from "node:url";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { initPrologue } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
@@ -119,12 +120,7 @@ int main(int argc, char **argv) {
 }
 `;
 
-const GUEST_INIT = `#!/bin/sh
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo "flint-guest: booted"
+const GUEST_INIT = `${initPrologue()}echo "flint-guest: booted"
 /bin/vsock-e2e serve ${GUEST_PORT} &
 server=$!
 /bin/vsock-e2e connect 2 ${HOST_PORT} "hello from guest" || echo "flint-e2e: guest-connect-failed"

@@ -11,11 +11,11 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import {
   VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-  VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_F_VERSION_1, virtio_blk_discard_write_zeroes, virtio_blk_outhdr,
+  VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_F_VERSION_1,
 } from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
-import { dataView, setU32, setU64 } from "../../memory/le.js";
 import { SECTOR_SIZE, VirtioBlock } from "./block.js";
+import { blkHeader as header, blkSegment as zeroSegment } from "./testing/block-requests.js";
 import { FakeDriver } from "./testing/fake-driver.js";
 import type { VirtioDeviceContext, VirtQueue } from "./types.js";
 
@@ -24,20 +24,6 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 const VERSION_1 = 1n << BigInt(VIRTIO_F_VERSION_1);
 const FLUSH = 1n << BigInt(VIRTIO_BLK_F_FLUSH);
-
-function header(type: number, sector: number): Uint8Array {
-  const h = new Uint8Array(virtio_blk_outhdr.SIZE);
-  setU32(dataView(h), virtio_blk_outhdr.type, type);
-  setU64(dataView(h), virtio_blk_outhdr.sector, BigInt(sector));
-  return h;
-}
-
-function zeroSegment(sector: number, sectors: number): Uint8Array {
-  const s = new Uint8Array(virtio_blk_discard_write_zeroes.SIZE);
-  setU64(dataView(s), virtio_blk_discard_write_zeroes.sector, BigInt(sector));
-  setU32(dataView(s), virtio_blk_discard_write_zeroes.num_sectors, sectors);
-  return s;
-}
 
 /** A device over a fresh 64 KiB image; `activate(features)` starts a driver session with those features. */
 function rig(name: string) {

@@ -10,11 +10,11 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import {
   VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_WRITE_ZEROES,
-  VIRTIO_CONFIG_S_NEEDS_RESET, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, virtio_blk_discard_write_zeroes, virtio_blk_outhdr,
+  VIRTIO_CONFIG_S_NEEDS_RESET, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, virtio_blk_outhdr,
 } from "../../linux/abi.generated.js";
-import { dataView, setU32, setU64 } from "../../memory/le.js";
 import { BLOCK_ZERO_BYTES_PER_PASS, SECTOR_SIZE } from "./block.js";
 import { usedRingBytes } from "./queue.js";
+import { blkHeader as header, blkSegment as segment } from "./testing/block-requests.js";
 import { DeviceLoopRig, VIRTIO_V1, actionCount, arbLoopAction } from "./testing/device-loop-rig.js";
 import { LOOP_PROPERTY_BOUNDS, formatReport, runLoopProperty } from "./testing/device-loop-property.js";
 
@@ -23,20 +23,6 @@ const MIB = 1 << 20;
 const LIMIT_MS = 20_000;
 const dirs: string[] = [];
 after(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
-
-function header(type: number, sector: number): Uint8Array {
-  const h = new Uint8Array(virtio_blk_outhdr.SIZE);
-  setU32(dataView(h), virtio_blk_outhdr.type, type);
-  setU64(dataView(h), virtio_blk_outhdr.sector, BigInt(sector));
-  return h;
-}
-
-function segment(sector: number, count: number): Uint8Array {
-  const s = new Uint8Array(virtio_blk_discard_write_zeroes.SIZE);
-  setU64(dataView(s), virtio_blk_discard_write_zeroes.sector, BigInt(sector));
-  setU32(dataView(s), virtio_blk_discard_write_zeroes.num_sectors, count);
-  return s;
-}
 
 /** An image of `bytes` in `base` (a new directory), every byte 0xab unless `sparse`. */
 function image(base: string, bytes: number, sparse = false): string {

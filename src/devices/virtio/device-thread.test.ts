@@ -11,13 +11,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import {
-  POLLIN, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
-  VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG_GENERATION,
-  VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS,
-  VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW,
-  VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM,
-  VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW,
-  VIRTIO_MMIO_STATUS, VIRTIO_RING_F_EVENT_IDX, pollfd,
+  POLLIN, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG_GENERATION,
+  VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
+  VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_STATUS, VIRTIO_RING_F_EVENT_IDX, pollfd,
 } from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { sys } from "../../sys/native.js";
@@ -25,7 +21,7 @@ import { FakeContext } from "../legacy/fake-context.js";
 import { VirtioDeviceError, VirtioDeviceHandle } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
 import { HOST_ERRORS_LOGGED } from "./mmio-state.js";
-import { mmioAccess } from "./testing/mmio-access.js";
+import { mmioAccess, probeAsLinux } from "./testing/mmio-access.js";
 import { ECHO_CONFIG_SCRATCH, ECHO_FAIL_MAGIC, type EchoOptions } from "./testing/test-backend.js";
 import { FakeDriver } from "./testing/fake-driver.js";
 
@@ -66,24 +62,7 @@ async function echoDevice(options: EchoOptions = {}) {
   const t = new VirtioMmioTransport(dev.describe().state, "virtio-echo", ctx);
   const { r, w } = mmioAccess(t);
   /** Linux's virtio_mmio probe + virtio_dev_probe, for queue 0. */
-  const bringUp = (features: bigint, drv: FakeDriver) => {
-    w(VIRTIO_MMIO_STATUS, 0);
-    w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
-    w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-    w(VIRTIO_MMIO_DRIVER_FEATURES, Number(features & 0xffffffffn));
-    w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-    w(VIRTIO_MMIO_DRIVER_FEATURES, Number(features >> 32n));
-    w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK);
-    const l = drv.layout;
-    w(VIRTIO_MMIO_QUEUE_SEL, 0);
-    w(VIRTIO_MMIO_QUEUE_NUM, l.size);
-    w(VIRTIO_MMIO_QUEUE_DESC_LOW, l.descTable); w(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-    w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, l.availRing); w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-    w(VIRTIO_MMIO_QUEUE_USED_LOW, l.usedRing); w(VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
-    w(VIRTIO_MMIO_QUEUE_READY, 1);
-    w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
-  };
+  const bringUp = (features: bigint, drv: FakeDriver) => probeAsLinux(w, features, [drv]);
   return { dev, t, r, w, bringUp, faults, hostErrors, ctx };
 }
 

@@ -6,36 +6,21 @@
  * well-formed frames still sent (issue 9).
  */
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { actionCount } from "./testing/device-loop-rig.js";
+import { netnsAvailable, withTapNamespace } from "./testing/tap-namespace.js";
 
-const ipAvailable = (() => {
-  try {
-    execFileSync("ip", ["netns", "list"], { stdio: "ignore" });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-})();
-
-test(`a hostile driver (${actionCount()} actions) against virtio-net on a real TAP leaves it answering, bounded and sending`, { skip: !ipAvailable && "needs root and iproute2" }, () => {
+test(`a hostile driver (${actionCount()} actions) against virtio-net on a real TAP leaves it answering, bounded and sending`, { skip: !netnsAvailable && "needs root and iproute2" }, () => {
   const ns = `flint-netloop-${process.pid}`;
   const tap = "fltap0";
-  const ip = (...args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
-  ip("netns", "add", ns);
-  try {
-    ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap");
-    ip("-n", ns, "addr", "add", "10.78.0.1/24", "dev", tap);
-    ip("-n", ns, "link", "set", tap, "up");
+  withTapNamespace({ ns, tap, address: "10.78.0.1/24" }, () => {
     const script = fileURLToPath(new URL("./testing/net-loop-scenario.js", import.meta.url));
     const run = spawnSync("ip", ["netns", "exec", ns, process.execPath, script, tap], { encoding: "utf8", timeout: 300_000, env: process.env });
     assert.equal(run.status, 0, `scenario failed:\n${run.stdout}\n${run.stderr}`);
     const report = JSON.parse(run.stdout) as { line: string; actions: number };
     console.log(report.line);
     assert.equal(report.actions, actionCount());
-  } finally {
-    spawnSync("ip", ["netns", "del", ns]);
-  }
+  });
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import {
@@ -21,6 +21,7 @@ import {
   type NetRigOptions,
 } from "./net-test-rig.js";
 import type { TapScenarioReport } from "./net-tap-scenario.js";
+import { netnsAvailable, withTapNamespace } from "./testing/tap-namespace.js";
 
 const bit = (n: number) => 1n << BigInt(n);
 const bits = (...ns: number[]) => ns.reduce((s, n) => s | bit(n), 0n);
@@ -401,25 +402,10 @@ test("after reset and re-activation the device polls the TAP again", () => {
   });
 });
 
-const ipAvailable = (() => {
-  try {
-    execFileSync("ip", ["netns", "list"], { stdio: "ignore" });
-    return process.getuid?.() === 0;
-  } catch {
-    return false;
-  }
-})();
-
-test("a real TAP in a private network namespace: ARP, ping, and TCP both ways with and without offloads", { skip: !ipAvailable && "needs root and iproute2" }, () => {
+test("a real TAP in a private network namespace: ARP, ping, and TCP both ways with and without offloads", { skip: !netnsAvailable && "needs root and iproute2" }, () => {
   const ns = `flint-net-${process.pid}`;
   const tap = "ftap0";
-  const ip = (...args: string[]) => execFileSync("ip", args, { stdio: ["ignore", "ignore", "pipe"] });
-  ip("netns", "add", ns);
-  try {
-    ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap");
-    ip("-n", ns, "addr", "add", "10.77.0.1/24", "dev", tap);
-    ip("-n", ns, "link", "set", "lo", "up");
-    ip("-n", ns, "link", "set", tap, "up");
+  withTapNamespace({ ns, tap, address: "10.77.0.1/24", loopbackUp: true }, () => {
     const script = fileURLToPath(new URL("./net-tap-scenario.js", import.meta.url));
     const run = spawnSync("ip", ["netns", "exec", ns, process.execPath, script, tap], { encoding: "utf8", timeout: 30_000 });
     assert.equal(run.status, 0, `scenario failed:\n${run.stdout}\n${run.stderr}`);
@@ -462,7 +448,5 @@ test("a real TAP in a private network namespace: ARP, ping, and TCP both ways wi
     assert.equal(off.rxChecksumsValid, true, why2);
     assert.deepEqual(off.server, { n: off.uploadBytes, sha: off.uploadSha }, why2);
     assert.deepEqual([off.faults, off.failures, off.hostErrors], [[], [], 0], why2);
-  } finally {
-    spawnSync("ip", ["netns", "del", ns]);
-  }
+  });
 });

@@ -35,12 +35,8 @@ import { runInNewContext } from "node:vm";
 import { Worker } from "node:worker_threads";
 import fc from "fast-check";
 import {
-  EAGAIN, POLLIN, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-  VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_MMIO_CONFIG,
-  VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS,
-  VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW,
-  VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM, VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL,
-  VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+  EAGAIN, POLLIN, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_INTERRUPT_ACK,
+  VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_STATUS, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
   pollfd,
 } from "../../../linux/abi.generated.js";
 import { GuestMemory } from "../../../memory/guest-memory.js";
@@ -52,7 +48,7 @@ import type { QueueFeatures } from "../types.js";
 import { FakeDriver, type RawDescriptor } from "./fake-driver.js";
 import { arbGuestAddress, arbRawDescriptor, spaceOf } from "./fake-driver-hostile.js";
 import { FLOOD_ADDED, FLOOD_KICKS, FLOOD_PAUSE, FLOOD_PAUSED, FLOOD_RUNNING, FLOOD_SLOTS, FLOOD_STOP, type FlooderInit } from "./guest-flooder.js";
-import { type MmioAccess, mmioAccess } from "./mmio-access.js";
+import { type MmioAccess, mmioAccess, probeAsLinux } from "./mmio-access.js";
 
 /** VIRTIO_F_VERSION_1 as a feature bit (every driver accepts it). */
 export const VIRTIO_V1 = 1n << BigInt(VIRTIO_F_VERSION_1);
@@ -183,25 +179,7 @@ export class DeviceLoopRig {
     const features = o.features ?? VIRTIO_V1;
     this.features = features;
     this.drivers = [...o.drivers];
-    w(VIRTIO_MMIO_STATUS, 0);
-    w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
-    w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-    w(VIRTIO_MMIO_DRIVER_FEATURES, Number(features & 0xffffffffn));
-    w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-    w(VIRTIO_MMIO_DRIVER_FEATURES, Number(features >> 32n));
-    w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK);
-    o.drivers.forEach((drv, q) => {
-      if (!drv) return;
-      const l = drv.layout;
-      w(VIRTIO_MMIO_QUEUE_SEL, q);
-      w(VIRTIO_MMIO_QUEUE_NUM, l.size);
-      w(VIRTIO_MMIO_QUEUE_DESC_LOW, l.descTable % 2 ** 32); w(VIRTIO_MMIO_QUEUE_DESC_HIGH, Math.floor(l.descTable / 2 ** 32));
-      w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, l.availRing % 2 ** 32); w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, Math.floor(l.availRing / 2 ** 32));
-      w(VIRTIO_MMIO_QUEUE_USED_LOW, l.usedRing % 2 ** 32); w(VIRTIO_MMIO_QUEUE_USED_HIGH, Math.floor(l.usedRing / 2 ** 32));
-      w(VIRTIO_MMIO_QUEUE_READY, 1);
-    });
-    w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+    probeAsLinux(w, features, o.drivers);
   }
 
   /**

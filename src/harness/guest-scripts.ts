@@ -1,0 +1,77 @@
+/**
+ * Pieces of guest programs the end-to-end tests (src/e2e/) share: the start
+ * of every guest /init and the AF_VSOCK client some guests run. Each test
+ * still writes its own script around them; these only keep the common lines
+ * in one place.
+ */
+
+/** PATH for guests whose initramfs has the usual bin and sbin folders. */
+export const GUEST_PATH_FULL = "/bin:/sbin:/usr/bin:/usr/sbin";
+
+/**
+ * The first lines of a guest /init (a busybox shell script): the shebang, PATH,
+ * and /proc, /sys and /dev mounted. Ends with a newline; the caller goes on
+ * with its own lines (usually `echo "flint-guest: booted"`, which
+ * parseGuestReport looks for).
+ */
+export function initPrologue(path: string = GUEST_PATH_FULL): string {
+  return `#!/bin/sh
+export PATH=${path}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+`;
+}
+
+/** What the guest's `vsock-connect` program does besides connecting and echoing. */
+export interface VsockConnectOptions {
+  /**
+   * Before connecting, print the guest's own CID (IOCTL_VM_SOCKETS_GET_LOCAL_CID
+   * on /dev/vsock) as `flint-e2e: vsock-local-cid=N`.
+   */
+  reportLocalCid?: boolean;
+  /** Print a usage line on a wrong argument count, and say which of socket() and connect() failed (else one perror("vsock")). */
+  detailedErrors?: boolean;
+}
+
+/**
+ * C source of `vsock-connect CID PORT MESSAGE`: connects over AF_VSOCK,
+ * sends MESSAGE as a line and prints the line that comes back as
+ * `flint-e2e: vsock-got=LINE` (compile with gcc -static).
+ */
+export function vsockConnectC(o: VsockConnectOptions = {}): string {
+  const headers = [
+    "stdio.h", "stdlib.h", ...(o.detailedErrors ? ["string.h"] : []), "unistd.h",
+    ...(o.reportLocalCid ? ["fcntl.h", "sys/ioctl.h"] : []), "sys/socket.h", "linux/vm_sockets.h",
+  ];
+  const usage = o.detailedErrors ? `{ fprintf(stderr, "usage: vsock-connect CID PORT MESSAGE\\n"); return 2; }` : "return 2;";
+  const localCid = o.reportLocalCid
+    ? `  unsigned int cid = 0;
+  int dev = open("/dev/vsock", O_RDONLY);
+  if (dev >= 0 && ioctl(dev, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid) == 0) printf("flint-e2e: vsock-local-cid=%u\\n", cid);
+  fflush(stdout);
+`
+    : "";
+  const connect = o.detailedErrors
+    ? `  if (fd < 0) { perror("socket"); return 1; }
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) { perror("connect"); return 1; }`
+    : `  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa)) { perror("vsock"); return 1; }`;
+  return `
+${headers.map((h) => `#include <${h}>`).join("\n")}
+
+int main(int argc, char **argv) {
+  if (argc != 4) ${usage}
+${localCid}  struct sockaddr_vm sa = { .svm_family = AF_VSOCK, .svm_cid = atoi(argv[1]), .svm_port = atoi(argv[2]) };
+  int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
+${connect}
+  char out[300], line[300];
+  int n = snprintf(out, sizeof out, "%s\\n", argv[3]);
+  if (write(fd, out, n) != n) { perror("write"); return 1; }
+  n = 0;
+  while (n < (int)sizeof line - 1 && read(fd, line + n, 1) == 1 && line[n] != '\\n') n++;
+  line[n] = 0;
+  printf("flint-e2e: vsock-got=%s\\n", line);
+  return 0;
+}
+`;
+}
