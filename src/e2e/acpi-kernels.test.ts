@@ -28,7 +28,7 @@ import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel, type KernelVariant } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
-import { initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
+import { ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
@@ -95,16 +95,9 @@ echo "flint-e2e: seeded=$(cat /mnt/disk/seeded.txt)"
 echo "written by the $name kernel" >/mnt/disk/guest-wrote.txt && sync && echo "flint-e2e: synced=ok"
 umount /mnt/disk && echo "flint-e2e: umount=ok"
 
-# virtio-rng
-echo "flint-e2e: rng-current=$(cat /sys/class/misc/hw_random/rng_current)"
-echo "flint-e2e: hwrng=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \\n')"
-
+${HWRNG_REPORT_SH}
 # virtio-net
-ip link set lo up
-ip link set eth0 up
-ip addr add ${GUEST_IP}/24 dev eth0
-echo "flint-e2e: mac=$(cat /sys/class/net/eth0/address)"
-ping -c 3 -W 10 ${HOST_IP} >/tmp/ping.txt 2>&1
+${ethUpSh(GUEST_IP)}ping -c 3 -W 10 ${HOST_IP} >/tmp/ping.txt 2>&1
 echo "flint-e2e: ping=$(grep -c 'bytes from' /tmp/ping.txt)"
 
 # virtio-vsock

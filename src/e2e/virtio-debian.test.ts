@@ -27,7 +27,7 @@ import { debianKernel, moduleClosure } from "../guest/debian-kernel.js";
 import { BOOT_TIMER_GUEST_ADDR, buildInitramfs, LOAD_MODULES_SH, parseGuestReport } from "../guest/initramfs.js";
 import { e2eValue } from "../harness/e2e-report.js";
 import { buildExt4Image } from "../harness/guest-disks.js";
-import { initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
+import { ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
@@ -81,16 +81,9 @@ echo "flint-e2e: seeded=$(cat /mnt/disk/seeded.txt)"
 echo "${GUEST_TEXT}" >/mnt/disk/guest-wrote.txt && sync && echo "flint-e2e: synced=ok"
 umount /mnt/disk && echo "flint-e2e: umount=ok"
 
-# virtio-rng
-echo "flint-e2e: rng-current=$(cat /sys/class/misc/hw_random/rng_current)"
-echo "flint-e2e: hwrng=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \\n')"
-
+${HWRNG_REPORT_SH}
 # virtio-net
-ip link set lo up
-ip link set eth0 up
-ip addr add ${GUEST_IP}/24 dev eth0
-echo "flint-e2e: mac=$(cat /sys/class/net/eth0/address)"
-echo "flint-e2e: eth0-driver=$(basename "$(readlink /sys/class/net/eth0/device/driver)")"
+${ethUpSh(GUEST_IP)}echo "flint-e2e: eth0-driver=$(basename "$(readlink /sys/class/net/eth0/device/driver)")"
 ping -c 3 -A -W 10 ${HOST_IP} >/tmp/ping.txt 2>&1
 echo "flint-e2e: ping=$(grep -c 'bytes from' /tmp/ping.txt)"
 

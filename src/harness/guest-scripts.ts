@@ -23,6 +23,24 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 `;
 }
 
+/**
+ * /init lines that report the hardware RNG: which one backs /dev/hwrng
+ * (`rng-current`) and 32 bytes read from it in hex (`hwrng`).
+ */
+export const HWRNG_REPORT_SH = `# virtio-rng
+echo "flint-e2e: rng-current=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "flint-e2e: hwrng=$(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \\n')"
+`;
+
+/** /init lines that bring lo and eth0 up, give eth0 `guestIp`/24 and report its MAC (`mac`). */
+export function ethUpSh(guestIp: string): string {
+  return `ip link set lo up
+ip link set eth0 up
+ip addr add ${guestIp}/24 dev eth0
+echo "flint-e2e: mac=$(cat /sys/class/net/eth0/address)"
+`;
+}
+
 /** What the guest's `vsock-connect` program does besides connecting and echoing. */
 export interface VsockConnectOptions {
   /**
