@@ -15,8 +15,9 @@
  *     once a driver has started on the device (CmdlineWindowRegisters).
  *   - Without ACPI tables (--no-acpi): the command line lists the first window.
  * Measured with flint's 6.1 guest kernel (built with and without ACPI) and
- * Debian's 6.1 distro kernel in the nested harness; virtio-set.e2e.test.ts
- * keeps the cases as tests, e2e/acpi-kernels.test.ts checks every device:
+ * Debian's 6.1 distro kernel in the nested harness; e2e/acpi-kernels.test.ts
+ * checks "auto" with every device on both kernels, virtio-set.e2e.test.ts keeps
+ * the other cases as tests:
  *   - Kernel with ACPI, auto: the DSDT's devices are created at ACPI scan
  *     (subsys_initcall), the command line's when virtio_mmio's parameters are
  *     parsed (device initcall level), so the driver binds the DSDT's first:
