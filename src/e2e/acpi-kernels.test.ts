@@ -136,7 +136,7 @@ interface Run {
   disk: string;
 }
 
-describe("kernels with and without ACPI find every flint virtio device, no flag (nested harness)", { timeout: 30 * 60_000 }, () => {
+describe("kernels with and without ACPI find every flint virtio device, no flag (nested harness)", { timeout: 50 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-acpi-"));
   const runs = new Map<string, Run>();
   let hostOut = "";
@@ -185,6 +185,14 @@ describe("kernels with and without ACPI find every flint virtio device, no flag 
     }
     lines.push("kill $helper 2>/dev/null; wait");
     nested = await runNested({ command: lines.join("\n"), timeoutMs: 15 * 60_000, shareDir: share, memoryMib: 2048 });
+    if (nested.timedOut) {
+      // The TCG outer VM has been seen to freeze (see README, Benchmarks); one fresh outer VM
+      // tells that apart from a flint hang, which times out again and fails the tests below.
+      console.log(`acpi-kernels: the outer VM timed out after ${nested.durationMs} ms; retrying once in a fresh one`);
+      for (const r of runs.values()) for (const f of [r.out, r.exitCode]) rmSync(f, { force: true });
+      rmSync(hostFile, { force: true });
+      nested = await runNested({ command: lines.join("\n"), timeoutMs: 15 * 60_000, shareDir: share, memoryMib: 2048 });
+    }
     for (const r of runs.values()) {
       r.out = readTextIfAny(r.out);
       r.exitCode = readTextIfAny(r.exitCode).trim();
