@@ -110,6 +110,13 @@ export async function runVm(o: RunOptions): Promise<number> {
 /** After the VM ended, how long stdout may take to accept the console's last bytes before flint exits anyway. */
 const EXIT_FLUSH_GRACE_MS = 1000;
 
+const RESET_SOURCES = {
+  "i8042": "i8042 keyboard-controller reset",
+  "acpi": "ACPI reset register",
+  "triple-fault": "triple fault",
+  "kvm": "KVM system-event reset",
+} as const;
+
 function exitCode(result: MachineResult, quit: boolean): number {
   const r = result.reason;
   if (result.debugExit?.status !== undefined) return result.debugExit.status;
@@ -118,6 +125,8 @@ function exitCode(result: MachineResult, quit: boolean): number {
       if (quit) process.stderr.write("flint: stopped from the console\n");
       return 0;
     case "reset":
+      // A reset ends the VM (flint has no reboot): say who asked, and where a triple fault hit.
+      process.stderr.write(`flint: the guest reset the VM (${RESET_SOURCES[r.source]})${r.detail ? `: ${r.detail}` : ""}\n`);
       return 0;
     case "error":
       process.stderr.write(`flint: VM failed: ${r.message.split("\n")[0]}\n`);

@@ -23,7 +23,12 @@ export interface DeviceContext {
 /** Why a VM ended, as seen by the user. */
 export type VmExitReason =
   | { kind: "poweroff" }
-  | { kind: "reset"; source: "i8042" | "acpi" | "triple-fault" | "kvm" }
+  | {
+      kind: "reset";
+      source: "i8042" | "acpi" | "triple-fault" | "kvm";
+      /** Which vCPU and where, for a triple fault (e.g. "vCPU 1: rip 0x… rsp 0x… cr2 0x… cr3 0x…"). */
+      detail?: string;
+    }
   | { kind: "error"; message: string };
 
 /** A device on a bus. `data.length` is the access size (1, 2, 4 or 8). */

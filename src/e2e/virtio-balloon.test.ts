@@ -94,6 +94,7 @@ try {
 }
 const result = await done;
 say("exit", result.reason.kind);
+if (result.reason.kind === "reset") say("reset", JSON.stringify(result.reason.source + " " + (result.reason.detail ?? "")));
 process.exit(0);
 `;
 

@@ -72,8 +72,9 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
         // Only reachable without an in-kernel irqchip: nothing can wake the vCPU.
         return { kind: "error", message: `vCPU ${vcpu.id} halted with interrupts unavailable` };
       case KVM_EXIT_SHUTDOWN:
-        // A triple fault: a PC resets. Linux uses this for reboot=t.
-        return { kind: "reset", source: "triple-fault" };
+        // A triple fault: a PC resets. Linux uses this for reboot=t; anything else
+        // is a guest crash, so say where it happened.
+        return { kind: "reset", source: "triple-fault", detail: describeCpu(vcpu) };
       case KVM_EXIT_SYSTEM_EVENT: {
         const type = v.getUint32(kvm_run.system_event_type, true);
         if (type === KVM_SYSTEM_EVENT_SHUTDOWN) return { kind: "poweroff" };
@@ -99,6 +100,18 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
         if (r < 0) return { kind: "error", message: `KVM_RUN failed on vCPU ${vcpu.id}: ${errnoName(-r)}` };
         return { kind: "error", message: `unhandled KVM exit ${r} on vCPU ${vcpu.id}${describeRip(vcpu)}` };
     }
+  }
+}
+
+/** "vCPU n: rip … rsp … cr0 … cr2 … cr3 … cr4 … efer …", or just the vCPU when the registers cannot be read. */
+export function describeCpu(vcpu: VcpuFd): string {
+  const hex = (x: bigint | number): string => `0x${x.toString(16)}`;
+  try {
+    const r = vcpu.getRegs(), s = vcpu.getSregs();
+    return `vCPU ${vcpu.id}: rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} cs ${hex(s.cs.selector)} ` +
+      `cr0 ${hex(s.cr0)} cr2 ${hex(s.cr2)} cr3 ${hex(s.cr3)} cr4 ${hex(s.cr4)} efer ${hex(s.efer)}`;
+  } catch {
+    return `vCPU ${vcpu.id}`;
   }
 }
 
