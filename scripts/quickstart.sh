@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 npm ci
 npm run build
-node dist/cli/main.js doctor
-node dist/cli/main.js demo "$@"
+node dist/bundle/main.js doctor
+node dist/bundle/main.js demo "$@"

@@ -1,12 +1,16 @@
 /**
- * The library entry as a user imports it: a VM built and steered through
- * `src/index.ts` alone — a ring-3 guest program on this host's KVM, a balloon
+ * The library entry as a user imports it — the package's "exports", the
+ * bundle scripts/bundle.mjs makes of `src/index.ts`, with its vCPU and device
+ * threads bundled too: a VM built and steered through it alone — a ring-3 guest program on this host's KVM, a balloon
  * whose target is changed while the guest runs, and a stop from the host.
  */
 import assert from "node:assert/strict";
+import { Writable } from "node:stream";
 import { test } from "node:test";
 import { RING3_LAYOUT } from "./arch/x86_64/ring3.js";
-import * as flint from "./index.js";
+
+/** The bundled library (dist/bundle/index.js), typed as its source. */
+const flint = (await import(new URL("./bundle/index.js", import.meta.url).href)) as typeof import("./index.js");
 import { assemble } from "./kvm/testing/assemble.js";
 
 test("the entry exports the machine, its errors and the guest tooling", () => {
@@ -30,6 +34,15 @@ test("a VM from the library entry: balloon target changed at run time, then stop
   const result = await done;
   assert.equal(result.reason.kind, "poweroff");
   await assert.rejects(vm.balloon.info(), { code: "EVIRTIOREQUEST" });
+});
+
+test("the bundled library runs its guest on the bundled vCPU thread: console output, then ACPI power-off", async () => {
+  const program = assemble("mov dx, 0x3f8\n mov al, 'k'\n out dx, al\n mov dx, 0x600\n mov al, 0x34\n out dx, al\n 1: jmp 1b", RING3_LAYOUT.code);
+  let text = "";
+  const consoleOutput = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString("latin1"); cb(); } });
+  const result = await flint.Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput }).run();
+  assert.deepEqual(result.reason, { kind: "poweroff" });
+  assert.equal(text, "k");
 });
 
 test("a VM without a balloon has no balloon controls", () => {

@@ -35,7 +35,7 @@ export interface BootBenchResult {
   cpus: number;
 }
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
 /**
  * The same guest for both: reboot through a triple fault (microvm has no

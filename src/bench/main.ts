@@ -35,7 +35,7 @@ import { printStopLatencySection } from "./stop-latency.js";
 import { VIRTIO_FIGURES, benchVirtioNested } from "./virtio-nested.js";
 import { printVirtioBlkSection } from "./virtio-blk-bench.js";
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(name);

@@ -190,7 +190,7 @@ export interface VirtioBenchResult {
   filesDir: string;
 }
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const DRIVER = fileURLToPath(new URL("./virtio-nested-driver.js", import.meta.url));
 const PROGRAM_SOURCE = "bench/guest/virtio-bench.c";
 /** Bump when the build steps change in a way that changes the output. */

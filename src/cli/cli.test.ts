@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { buildExitLoopGuest, exitLoopCmdline } from "../bench/guest-program.js";
 import { makeElfKernel } from "../boot/testing/images.js";
 
-const CLI = fileURLToPath(new URL("./main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "flint-cli-test-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 

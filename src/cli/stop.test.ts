@@ -15,7 +15,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { buildSerialFloodGuest } from "../bench/serial-flood-guest.js";
 
-const CLI = fileURLToPath(new URL("./main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "flint-stop-cli-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { buildExitLoopGuest, exitLoopCmdline } from "../bench/guest-program.js";
 
-const CLI = fileURLToPath(new URL("./main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "flint-tty-"));
 const session = `flint-test-${process.pid}`;
 const tmux = (...args: string[]) => execFileSync("tmux", args, { encoding: "utf8" });

@@ -21,7 +21,7 @@ import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 /** `quiet`: every console byte is a nested exit, which the outer TCG VM makes expensive. */
 const QUIET = `${DEFAULT_CMDLINE} quiet`;
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
 interface Case {
   name: string;

@@ -30,7 +30,7 @@ import { buildExt4Image } from "../harness/guest-disks.js";
 import { ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
 const GUEST_MAC = "06:00:ac:10:00:02";
 const GUEST_CID = 3;

@@ -20,7 +20,7 @@ import { buildBusyboxRootfs } from "../harness/guest-disks.js";
 import { initPrologue } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
 /** The root file system's /init: report, write a file, probe the other devices, power off. */
 const ROOT_INIT = `${initPrologue("/bin")}echo "flint-guest: booted"

@@ -32,7 +32,7 @@ import { buildBusyboxRootfs, buildExt4Image } from "../harness/guest-disks.js";
 import { initPrologue } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
 /** Size of every disk but the root, in 512-byte sectors (64 MiB). */
 const DISK_SECTORS = 131072;

@@ -25,7 +25,7 @@ import {
 import { buildKernel } from "../guest/kernel-build.js";
 import { runNested, type NestedResult } from "../harness/nested.js";
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 const GUEST_MAC = "06:00:ac:10:00:02";
 /** The outer side listens here for the guest's upload... */

@@ -10,7 +10,7 @@ import { DeviceArgError, MAX_UDS_PATH_BYTES, virtioDevicesFromFlags } from "../c
 import { sys } from "../sys/native.js";
 import { listenUnix } from "../devices/virtio/vsock/index.js";
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "flint-vsock-cli-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -23,7 +23,7 @@ import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { initPrologue } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
-const CLI = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const GUEST_PORT = 1234;
 const HOST_PORT = 5678;
 const BULK_PORT = 5679;

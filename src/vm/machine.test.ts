@@ -70,6 +70,16 @@ test("the i8042 reset command ends the VM as a reset", async () => {
   assert.deepEqual(r.reason, { kind: "reset", source: "i8042" });
 });
 
+test("a triple fault ends the VM as a reset that says which vCPU faulted and where", async () => {
+  // No IDT: the #UD cannot be delivered, nor the #DF after it.
+  const program = ring3("nop\n ud2");
+  const m = Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program } });
+  const r = await m.run();
+  assert.equal(r.reason.kind, "reset");
+  assert.ok(r.reason.kind === "reset" && r.reason.source === "triple-fault", JSON.stringify(r.reason));
+  assert.match(r.reason.detail ?? "", new RegExp(`^vCPU 0: rip 0x${(RING3_LAYOUT.code + 1).toString(16)} rsp 0x[0-9a-f]+ .* cr3 0x[0-9a-f]+ `));
+});
+
 test("stop() from the main thread kicks spinning vCPUs out of KVM_RUN", async () => {
   // Each vCPU says it is running (one byte on the UART), then spins in the guest.
   let seen = 0;
