@@ -70,6 +70,17 @@ test("the i8042 reset command ends the VM as a reset", async () => {
   assert.deepEqual(r.reason, { kind: "reset", source: "i8042" });
 });
 
+test("a device that cannot start fails run() before the guest runs, and the vCPU threads started beside it end", { timeout: 30_000 }, async () => {
+  const program = ring3("mov dx, 0x3f8\n mov al, 'x'\n out dx, al\n 1: jmp 1b");
+  const out = collector();
+  const m = Machine.create({
+    cpus: 2, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput: out.stream,
+    virtioDevices: [{ kind: "block", options: { path: "/nonexistent/flint-disk.img", readOnly: true } }],
+  });
+  await assert.rejects(m.run(), (e: Error & { code?: string }) => e.code === "EVIRTIOBACKEND" && /flint-disk\.img/.test(e.message));
+  assert.equal(out.text(), "");
+});
+
 test("a triple fault ends the VM as a reset that says which vCPU faulted and where", async () => {
   // No IDT: the #UD cannot be delivered, nor the #DF after it.
   const program = ring3("nop\n ud2");

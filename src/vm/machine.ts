@@ -322,12 +322,9 @@ export class Machine {
   async run(): Promise<MachineResult> {
     if (this.ran) throw new KvmError("EKVMIOCTL", "a Machine runs once");
     this.ran = true;
-    try {
-      await this.virtio.start();
-    } catch (e) {
-      this.dispose();
-      throw e;
-    }
+    // Device threads and vCPU threads start at the same time (each is a worker that must
+    // load before it answers); no vCPU enters the guest before every device is ready.
+    const devicesStarted = this.virtio.start().then(() => undefined, (e: unknown) => e);
     if (!kickInstalled) {
       sys.installKickSignal(KICK_SIGNAL);
       kickInstalled = true;
@@ -337,8 +334,6 @@ export class Machine {
       requestExit: (reason) => this.end(reason),
       guestFault: (device, message) => this.fault(device, message),
     };
-    this.host.start(mainCtx, this.config.consoleOutput);
-    const startNs = sys.monotonicNs();
     const stats: VcpuStats[] = [];
     const done: Promise<void>[] = [];
     const ready: Promise<void>[] = [];
@@ -369,7 +364,17 @@ export class Machine {
         });
       }));
     }
+    const deviceError = await devicesStarted;
+    if (deviceError !== undefined) {
+      // The guest never ran: end the waiting vCPU threads, then release the VM.
+      for (const w of this.workers) void w.terminate();
+      await Promise.all(done);
+      this.dispose();
+      throw deviceError;
+    }
+    this.host.start(mainCtx, this.config.consoleOutput);
     await Promise.all(ready);
+    const startNs = sys.monotonicNs();
     for (const w of this.workers) w.postMessage("start");
     await Promise.all(done);
     // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves;
