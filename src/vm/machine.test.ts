@@ -7,6 +7,8 @@ import { Writable } from "node:stream";
 import { test } from "node:test";
 import { assemble } from "../kvm/testing/assemble.js";
 import { RING3_LAYOUT } from "../arch/x86_64/ring3.js";
+import { KVM_CAP_TSC_DEADLINE_TIMER } from "../linux/abi.generated.js";
+import { Kvm } from "../kvm/kvm.js";
 import { Machine } from "./machine.js";
 
 /** A Writable collecting everything, optionally slow (backpressure). */
@@ -79,6 +81,18 @@ test("a device that cannot start fails run() before the guest runs, and the vCPU
   });
   await assert.rejects(m.run(), (e: Error & { code?: string }) => e.code === "EVIRTIOBACKEND" && /flint-disk\.img/.test(e.message));
   assert.equal(out.text(), "");
+});
+
+test("the guest sees the TSC-deadline timer exactly when this host's KVM emulates it", async () => {
+  const kvm = Kvm.open();
+  const expected = kvm.checkExtension(KVM_CAP_TSC_DEADLINE_TIMER) > 0 ? "1" : "0";
+  kvm.close();
+  // CPUID.1:ECX bit 24 as '0' or '1' on the UART, then power off.
+  const program = ring3(`mov eax, 1\n xor ecx, ecx\n cpuid\n shr ecx, 24\n and ecx, 1\n lea eax, [ecx + '0']\n mov dx, 0x3f8\n out dx, al\n ${S5_POWEROFF}\n 1: jmp 1b`);
+  const out = collector();
+  const r = await Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput: out.stream }).run();
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.equal(out.text(), expected);
 });
 
 test("a triple fault ends the VM as a reset that says which vCPU faulted and where", async () => {

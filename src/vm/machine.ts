@@ -9,7 +9,7 @@ import { totalmem } from "node:os";
 import { Worker } from "node:worker_threads";
 import {
   KVM_CAP_EXT_CPUID, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_IOEVENTFD, KVM_CAP_IRQCHIP, KVM_CAP_IRQFD, KVM_CAP_MAX_VCPUS,
-  KVM_CAP_MP_STATE, KVM_CAP_NR_VCPUS, KVM_CAP_PIT2, KVM_CAP_SET_TSS_ADDR, KVM_CAP_USER_MEMORY,
+  KVM_CAP_MP_STATE, KVM_CAP_NR_VCPUS, KVM_CAP_PIT2, KVM_CAP_SET_TSS_ADDR, KVM_CAP_TSC_DEADLINE_TIMER, KVM_CAP_USER_MEMORY,
   KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY,
 } from "../linux/abi.generated.js";
 import {
@@ -287,10 +287,11 @@ export class Machine {
       }
 
       const supported = kvm.getSupportedCpuid();
+      const cpuidHost = { tscDeadline: kvm.checkExtension(KVM_CAP_TSC_DEADLINE_TIMER) > 0 };
       for (let id = 0; id < cpus; id++) {
         const vcpu = vm.createVcpu(id);
         vcpus.push(vcpu);
-        vcpu.setCpuid2(vcpuCpuid(supported, id, cpus));
+        vcpu.setCpuid2(vcpuCpuid(supported, id, cpus, cpuidHost));
         vcpu.setMsrs(bootMsrs());
         vcpu.setFpuDefaults();
         vcpu.setLapic(configureLints(vcpu.getLapic()));

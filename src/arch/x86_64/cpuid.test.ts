@@ -35,3 +35,11 @@ test("the extended topology leaf describes N single-thread cores and the vCPU's 
   assert.equal(core.edx, 2);
   assert.equal(leaf(t, 0xb, 2)!.ecx >> 8, 0, "sub-leaf 2 ends the enumeration");
 });
+
+test("the TSC-deadline timer bit (CPUID.1:ECX[24]) follows what KVM emulates, not KVM_GET_SUPPORTED_CPUID", () => {
+  const bit = (t: ReturnType<typeof vcpuCpuid>) => (leaf(t, 1)!.ecx >>> 24) & 1;
+  // Some KVMs list the bit in KVM_GET_SUPPORTED_CPUID, others (e.g. nested under an emulated SVM) do not.
+  const without = supported.map((e) => (e.function === 1 ? { ...e, ecx: e.ecx & ~(1 << 24) } : e));
+  assert.equal(bit(vcpuCpuid(without, 0, 1, { tscDeadline: true })), 1);
+  assert.equal(bit(vcpuCpuid(without, 0, 1, { tscDeadline: false })), 0);
+});

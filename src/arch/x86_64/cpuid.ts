@@ -10,6 +10,14 @@ import type { KvmCpuidEntry } from "../../kvm/types.js";
 
 /** CPUID.1:ECX bit 31: "running under a hypervisor" (reserved for this use on bare metal). */
 const CPUID1_ECX_HYPERVISOR = 1 << 31;
+/**
+ * CPUID.1:ECX bit 24: the local APIC's TSC-deadline timer mode. KVM emulates it
+ * but leaves the bit to userspace (api.rst, KVM_CAP_TSC_DEADLINE_TIMER). With it,
+ * Linux arms its per-CPU timer against the TSC (whose rate kvm-clock gives) and
+ * skips calibrating the APIC timer against the PIT, a step that costs boot time
+ * and fails on a loaded host ("APIC timer disabled due to verification failure").
+ */
+const CPUID1_ECX_TSC_DEADLINE = 1 << 24;
 /** CPUID.1:EDX bit 28: HTT — EBX[23:16] holds the logical processor count. */
 const CPUID1_EDX_HTT = 1 << 28;
 /** Leaf 0xB/0x1F level types (ECX[15:8]). */
@@ -36,8 +44,16 @@ function topologyLeaf(fn: number, apicId: number, cpuCount: number, coreBits: nu
   ];
 }
 
+/** What KVM offers beyond KVM_GET_SUPPORTED_CPUID. */
+export interface CpuidHostFeatures {
+  /** KVM_CAP_TSC_DEADLINE_TIMER: KVM emulates the TSC-deadline timer. */
+  tscDeadline: boolean;
+}
+
 /** The CPUID table for vCPU `cpuId` of `cpuCount`. */
-export function vcpuCpuid(supported: readonly KvmCpuidEntry[], cpuId: number, cpuCount: number): KvmCpuidEntry[] {
+export function vcpuCpuid(
+  supported: readonly KvmCpuidEntry[], cpuId: number, cpuCount: number, host: CpuidHostFeatures = { tscDeadline: false },
+): KvmCpuidEntry[] {
   const apicId = cpuId;
   const coreBits = bitsFor(cpuCount);
   const out: KvmCpuidEntry[] = [];
@@ -46,6 +62,7 @@ export function vcpuCpuid(supported: readonly KvmCpuidEntry[], cpuId: number, cp
     switch (e.function) {
       case 0x1:
         e.ecx |= CPUID1_ECX_HYPERVISOR;
+        if (host.tscDeadline) e.ecx |= CPUID1_ECX_TSC_DEADLINE;
         // EBX[31:24] initial APIC id, [23:16] logical processors per package, [15:8] CLFLUSH size (kept).
         e.ebx = ((apicId & 0xff) << 24) | ((cpuCount & 0xff) << 16) | (e.ebx & 0xffff);
         if (cpuCount > 1) e.edx |= CPUID1_EDX_HTT;
