@@ -5,6 +5,9 @@
  * whose target is changed while the guest runs, and a stop from the host.
  */
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Writable } from "node:stream";
 import { test } from "node:test";
 import { RING3_LAYOUT } from "./arch/x86_64/ring3.js";
@@ -36,13 +39,29 @@ test("a VM from the library entry: balloon target changed at run time, then stop
   await assert.rejects(vm.balloon.info(), { code: "EVIRTIOREQUEST" });
 });
 
-test("the bundled library runs its guest on the bundled vCPU thread: console output, then ACPI power-off", async () => {
+test("the bundled library runs its guest on the bundled vCPU thread and starts every device backend: console output, then ACPI power-off", async () => {
   const program = assemble("mov dx, 0x3f8\n mov al, 'k'\n out dx, al\n mov dx, 0x600\n mov al, 0x34\n out dx, al\n 1: jmp 1b", RING3_LAYOUT.code);
   let text = "";
   const consoleOutput = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString("latin1"); cb(); } });
-  const result = await flint.Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput }).run();
-  assert.deepEqual(result.reason, { kind: "poweroff" });
-  assert.equal(text, "k");
+  const dir = mkdtempSync(join(tmpdir(), "flint-bundle-"));
+  try {
+    const disk = join(dir, "disk.img");
+    writeFileSync(disk, Buffer.alloc(1 << 20));
+    const result = await flint.Machine.create({
+      cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput,
+      virtioDevices: [
+        { kind: "block", options: { path: disk, readOnly: false } },
+        { kind: "vsock", options: { cid: 3, uds: join(dir, "v.sock") } },
+        { kind: "rng", options: {} },
+        { kind: "balloon", options: { targetMib: 0 } },
+      ],
+    }).run();
+    assert.deepEqual(result.reason, { kind: "poweroff" });
+    assert.equal(text, "k");
+    assert.deepEqual(result.virtio.map((d) => d.failures), [[], [], [], []]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("a VM without a balloon has no balloon controls", () => {

@@ -10,6 +10,7 @@
  * an arithmetic or typing bug here throws (TypeError/RangeError, code
  * "EFLINTSYS") instead of corrupting host memory. See `Addon` for each rule.
  */
+import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { constants as osConstants } from "node:os";
 import { dirname, join } from "node:path";
@@ -125,9 +126,16 @@ export class SysError extends Error {
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 
+/** The package root: the nearest directory above this module with a package.json (dist/sys/ or a bundle's folder). */
+function packageRoot(): string {
+  for (let dir = here; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, "package.json"))) return dir;
+    if (dirname(dir) === dir) return join(here, "..", "..");
+  }
+}
+
 function load(): Addon {
-  // dist/sys/native.js -> <package>/build/Release/flint_sys.node
-  const path = join(here, "..", "..", "build", "Release", "flint_sys.node");
+  const path = join(packageRoot(), "build", "Release", "flint_sys.node");
   try {
     return require(path) as Addon;
   } catch (e) {
