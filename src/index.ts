@@ -30,6 +30,6 @@ export { VsockError } from "./devices/virtio/vsock/index.js";
 export { VirtioDeviceError } from "./devices/virtio/device-thread.js";
 export { KvmError } from "./kvm/errors.js";
 export { BootError } from "./boot/errors.js";
-export { runDoctor, type DoctorReport, type DoctorCheck } from "./vmm/doctor.js";
+export { runDoctor, type DoctorReport, type DoctorCheck } from "./doctor/doctor.js";
 export { buildKernel, type KernelArtifacts, type BuildKernelOptions } from "./guest/kernel-build.js";
 export { buildInitramfs, defaultInit, parseGuestReport, type InitramfsOptions, type InitramfsFile, type GuestReport } from "./guest/initramfs.js";

@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { cacheKey, cachePath } from "../guest/cache.js";
 import { buildInitramfs, defaultInit } from "../guest/initramfs.js";
 import { runNested } from "../harness/nested.js";
-import { runDoctor } from "../vmm/doctor.js";
+import { runDoctor } from "../doctor/doctor.js";
 import { buildKernelWithProgress } from "./guest.js";
 import { DEFAULT_CMDLINE } from "./defaults.js";
 import { runVm } from "./run.js";

@@ -1,5 +1,5 @@
 /** `flint doctor`: prints the host report. Exit code 0 when flint can run VMs here, 1 otherwise. */
-import { runDoctor } from "../vmm/doctor.js";
+import { runDoctor } from "../doctor/doctor.js";
 
 export function printDoctor(o: { json: boolean; probe: boolean }): number {
   const report = runDoctor({ probe: o.probe });

@@ -8,7 +8,7 @@ import {
 } from "../../linux/abi.generated.js";
 import { Bus } from "../bus.js";
 import { AcpiPm, ACPI_PM_BASE_PORT, ACPI_PM_PORT_COUNT, createAcpiPmShared } from "./acpi-pm.js";
-import { FakeContext } from "./fake-context.js";
+import { FakeContext } from "../testing/fake-context.js";
 
 /** SLP_TYP | SLP_EN as ACPICA's acpi_hw_extended_sleep() composes it. */
 const sleepControl = (type: number, enable = true): number =>

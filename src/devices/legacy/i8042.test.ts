@@ -6,7 +6,7 @@ import {
   I8042_CTR_AUXINT, I8042_CTR_KBDDIS, I8042_CTR_KBDINT, I8042_STR_AUXDATA, I8042_STR_IBF, I8042_STR_KEYLOCK,
   I8042_STR_OBF, I8042_STR_TIMEOUT,
 } from "../../linux/abi.generated.js";
-import { FakeContext } from "./fake-context.js";
+import { FakeContext } from "../testing/fake-context.js";
 import {
   I8042, I8042_AUX_IRQ, I8042_CMD_PULSE_RESET, I8042_CMD_WRITE_OUTPUT_PORT, I8042_KBD_IRQ,
   I8042_OUTPUT_PORT_A20, I8042_OUTPUT_PORT_RESET, I8042_RET_CTL_TEST, createI8042Shared,

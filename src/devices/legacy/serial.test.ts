@@ -12,11 +12,11 @@ import {
   UART_MCR_OUT2, UART_MCR_RTS, UART_MSR, UART_MSR_CTS, UART_MSR_DCD, UART_MSR_DSR, UART_RX, UART_SCR,
   UART_TX,
 } from "../../linux/abi.generated.js";
-import { FakeContext, portsOf, type FakePorts } from "./fake-context.js";
+import { FakeContext, portsOf, type FakePorts } from "../testing/fake-context.js";
 import { Serial, SERIAL_PORT_COUNT, createSerialShared } from "./serial.js";
 import { SerialHost } from "./serial-host.js";
 import { SERIAL_RX_RING_BYTES, SERIAL_TX_RING_BYTES, SerialState } from "./serial-state.js";
-import { patternByte, type SerialWriterJob } from "./serial-test-worker.js";
+import { patternByte, type SerialWriterJob } from "./testing/serial-test-worker.js";
 
 const IRQ = COM1_IRQ;
 
@@ -400,7 +400,7 @@ describe("16550A UART", () => {
 });
 
 function runWriter(job: SerialWriterJob): { worker: Worker; done: Promise<{ fullSeen: number; faults: string[] }> } {
-  const worker = new Worker(new URL("./serial-test-worker.js", import.meta.url), { workerData: job });
+  const worker = new Worker(new URL("./testing/serial-test-worker.js", import.meta.url), { workerData: job });
   const done = new Promise<{ fullSeen: number; faults: string[] }>((resolve, reject) => {
     worker.once("message", resolve);
     worker.once("error", reject);

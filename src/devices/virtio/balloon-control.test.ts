@@ -12,7 +12,7 @@ import {
 } from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { sys } from "../../sys/native.js";
-import { FakeContext } from "../legacy/fake-context.js";
+import { FakeContext } from "../testing/fake-context.js";
 import { BALLOON_PAGE_SIZE } from "./balloon.js";
 import { BalloonControl } from "./balloon-control.js";
 import { VirtioDeviceHandle } from "./device-thread.js";

@@ -17,7 +17,7 @@ import {
 } from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { sys } from "../../sys/native.js";
-import { FakeContext } from "../legacy/fake-context.js";
+import { FakeContext } from "../testing/fake-context.js";
 import { VirtioDeviceError, VirtioDeviceHandle } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
 import { HOST_ERRORS_LOGGED } from "./mmio-state.js";

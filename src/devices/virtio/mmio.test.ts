@@ -16,7 +16,7 @@ import {
   VIRTIO_MMIO_SHM_LEN_LOW, VIRTIO_MMIO_STATUS, VIRTIO_MMIO_VERSION, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, EFD_NONBLOCK,
 } from "../../linux/abi.generated.js";
-import { FakeContext } from "../legacy/fake-context.js";
+import { FakeContext } from "../testing/fake-context.js";
 import { eventfd, sys } from "../../sys/native.js";
 import { VIRTIO_MMIO_MAGIC, VirtioMmioTransport } from "./mmio.js";
 import { mmioAccess } from "./testing/mmio-access.js";

@@ -25,7 +25,7 @@ import { RING3_LAYOUT } from "../../arch/x86_64/ring3.js";
 import { Machine } from "../../vm/machine.js";
 import { VIRTIO_MMIO_MAGIC } from "./mmio.js";
 import { Bus, type BusDevice } from "../bus.js";
-import { FakeContext } from "../legacy/fake-context.js";
+import { FakeContext } from "../testing/fake-context.js";
 import { createTransportShared, TransportState } from "./mmio-state.js";
 import { mmioAccess } from "./testing/mmio-access.js";
 import {

@@ -4,9 +4,9 @@
  * Posts { done, fullSeen } where fullSeen counts LSR reads with THRE clear.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { COM1_IRQ } from "../../arch/x86_64/layout.js";
-import { UART_LSR, UART_LSR_THRE, UART_TX } from "../../linux/abi.generated.js";
-import { Serial } from "./serial.js";
+import { COM1_IRQ } from "../../../arch/x86_64/layout.js";
+import { UART_LSR, UART_LSR_THRE, UART_TX } from "../../../linux/abi.generated.js";
+import { Serial } from "../serial.js";
 
 export interface SerialWriterJob {
   shared: SharedArrayBuffer;
