@@ -2,7 +2,7 @@
  * kvm-exit-ceiling: the fastest a monitor can handle the exits of
  * bench/guest/exit-loop.S, as a reference for flint's own exit path.
  *
- *   kvm-exit-ceiling GUEST_ELF pio|mmio COUNT
+ *   kvm-exit-ceiling GUEST_ELF pio|mmio COUNT [hello]
  *
  * One VM, one vCPU, no irqchip, no devices: load the ELF's PT_LOAD
  * segments, write a struct hvm_start_info and the command line
@@ -13,6 +13,9 @@
  *   {"mode":..., "count":N, "exits":n, "seconds":t, "exitsPerSecond":r,
  *    "bootSeconds":b, "otherExits":o}
  * bootSeconds is from the first KVM_RUN to the start marker (ring-0 setup).
+ * With `hello`, the command line gets the word `hello` too; bytes the guest
+ * writes to COM1's transmit register (EXIT_LOOP_HELLO_PORT) go straight to
+ * stdout as they come, ahead of the JSON line, like a serial console.
  * Exit status 0 on success, 1 on any failure (message on stderr).
  *
  * Built and run by src/bench/c-ceiling.ts, which generates the two headers
@@ -237,8 +240,9 @@ static void setup_vcpu(int vcpu, uint32_t entry)
 
 int main(int argc, char **argv)
 {
-	if (argc != 4 || (strcmp(argv[2], "pio") != 0 && strcmp(argv[2], "mmio") != 0))
-		die("usage: kvm-exit-ceiling GUEST_ELF pio|mmio COUNT");
+	if (argc < 4 || argc > 5 || (strcmp(argv[2], "pio") != 0 && strcmp(argv[2], "mmio") != 0) ||
+	    (argc == 5 && strcmp(argv[4], "hello") != 0))
+		die("usage: kvm-exit-ceiling GUEST_ELF pio|mmio COUNT [hello]");
 	const char *mode = argv[2];
 	char *end;
 	errno = 0;
@@ -247,7 +251,7 @@ int main(int argc, char **argv)
 		die("COUNT must be a decimal number below 2^31");
 	int mmio_mode = strcmp(mode, "mmio") == 0;
 	char cmdline[64];
-	snprintf(cmdline, sizeof cmdline, "mode=%s count=%lu", mode, count);
+	snprintf(cmdline, sizeof cmdline, "mode=%s count=%lu%s", mode, count, argc == 5 ? " hello" : "");
 
 	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (kvm < 0)
@@ -288,6 +292,13 @@ int main(int argc, char **argv)
 		case KVM_EXIT_IO:
 			if (!mmio_mode && run->io.direction == KVM_EXIT_IO_OUT && run->io.port == EXIT_LOOP_PIO_EXIT_PORT) {
 				loop_exits++;
+			} else if (run->io.direction == KVM_EXIT_IO_OUT && run->io.port == EXIT_LOOP_HELLO_PORT) {
+				/* A serial console: out as it comes, unbuffered. */
+				size_t n = (size_t)run->io.size * run->io.count;
+				if (run->io.data_offset > (uint64_t)run_size || n > (uint64_t)run_size - run->io.data_offset)
+					die("serial output outside kvm_run");
+				if (write(STDOUT_FILENO, (uint8_t *)run + run->io.data_offset, n) != (ssize_t)n)
+					die("cannot write the guest's serial output: %s", strerror(errno));
 			} else if (run->io.direction == KVM_EXIT_IO_OUT && run->io.port == EXIT_LOOP_START_MARKER_PORT) {
 				t_start = now_seconds();
 				started = 1;

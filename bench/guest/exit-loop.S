@@ -9,10 +9,15 @@
  * protected mode with flat CS/DS/SS, paging off, interrupts off, and
  * EBX = physical address of struct hvm_start_info.
  *
- * Command line (hvm_start_info.cmdline_paddr): `mode=pio|mmio count=N`,
- * N decimal, 0 <= N < 2^31; other words are ignored.
+ * Command line (hvm_start_info.cmdline_paddr): `mode=pio|mmio count=N
+ * [hello] [halt]`, N decimal, 0 <= N < 2^31; other words are ignored.
  *
  * Protocol, all from ring 3 (CPL 3, EFLAGS.IOPL = 3, IF = 0, paging off):
+ *   0. with `hello`: one byte written to COM1's transmit register (port
+ *      0x3f8), the guest's first output, right after the command line is
+ *      parsed (before it is checked): a monitor with a serial console shows
+ *      it, so process start to this byte is start to first guest
+ *      instruction, observed the same way under every monitor
  *   1. one byte written to port 0xf0                     start marker
  *   2. N exits:
  *        mode=pio:  `outb` to port 0x80
@@ -22,7 +27,10 @@
  *      value 0 = done; 1 = bad start info magic; 2 = bad command line
  *      (then without a start marker). Port 0xf4 is where QEMU's
  *      isa-debug-exit is put: value v makes QEMU exit with status 2v+1.
- *   4. a `pause` loop forever (`hlt` would fault at CPL 3).
+ *   4. a `pause` loop forever (`hlt` would fault at CPL 3); with the word
+ *      `halt`, a `sysenter` back to ring 0 and `hlt` there with IF = 0
+ *      instead, so that a guest kept running (memory and multi-VM
+ *      benchmarks) sleeps in the host kernel rather than spinning a core.
  * A monitor times the run from the start marker to the end marker. The
  * numbers above are defined once, in src/bench/guest-program.ts.
  *
@@ -58,7 +66,12 @@
 	.text
 
 /* PVH entry, ring 0 (pvh-ring3.h). EBX = struct hvm_start_info, which ring 3 reads. */
-	pvh_enter_ring3 ring3_main, user_stack_top
+	pvh_enter_ring3 ring3_main, user_stack_top, ring0_halt
+
+/* Ring 0 again, after the end marker with `halt` (sysenter): sleep for good. */
+ring0_halt:
+	hlt
+	jmp ring0_halt
 
 /* Ring 3 from here on. */
 ring3_main:
@@ -74,7 +87,7 @@ ring3_main:
 	testl %esi, %esi
 	jz bad_cmdline
 
-	/* Parse: %ebp = mode, %ecx = count, %ebx = 1 once count= was seen. */
+	/* Parse: %ebp = mode, %ecx = count, %ebx = 1 once count= was seen; hello_flag, halt_flag = 1 once those words were. */
 	movl $MODE_NONE, %ebp
 	xorl %ecx, %ecx
 	xorl %ebx, %ebx
@@ -101,8 +114,18 @@ parse_word:
 	jmp end_of_word
 2:	movl $word_count, %edi
 	call skip_prefix
+	jnz 4f
+	movl $word_hello, %edi
+	call skip_prefix
+	jz 5f
+	movl $1, hello_flag
+	jmp end_of_word
+5:	movl $word_halt, %edi
+	call skip_prefix
 	jz skip_word
-	movl $1, %ebx
+	movl $1, halt_flag
+	jmp end_of_word
+4:	movl $1, %ebx
 	movzbl (%esi), %eax		/* at least one digit */
 	subl $'0', %eax
 	cmpl $9, %eax
@@ -133,7 +156,12 @@ skip_word:				/* ignore words we do not know */
 	incl %esi
 	jmp skip_word
 parse_done:
-	testl %ebx, %ebx
+	cmpl $0, hello_flag
+	je 1f
+	movw $EXIT_LOOP_HELLO_PORT, %dx
+	movb $EXIT_LOOP_HELLO_BYTE, %al
+	outb %al, %dx
+1:	testl %ebx, %ebx
 	jz bad_cmdline
 	cmpl $MODE_PIO, %ebp
 	je pio_loop
@@ -169,6 +197,9 @@ bad_cmdline:
 	movb $EXIT_LOOP_END_BAD_CMDLINE, %al
 end:
 	outb %al, $EXIT_LOOP_END_MARKER_PORT
+	cmpl $0, halt_flag
+	je 1f
+	sysenter			/* to ring0_halt */
 1:	pause
 	jmp 1b
 
@@ -205,5 +236,11 @@ word_mode:	.asciz "mode="
 word_count:	.asciz "count="
 word_pio:	.asciz "pio"
 word_mmio:	.asciz "mmio"
+word_hello:	.asciz "hello"
+word_halt:	.asciz "halt"
+
+	.balign 4
+hello_flag:	.long 0
+halt_flag:	.long 0
 
 	pvh_entry_note

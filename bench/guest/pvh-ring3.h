@@ -15,7 +15,7 @@
  *
  * Ring 3 keeps flat 4 GiB DPL-3 segments with paging off: linear addresses
  * are guest-physical ones. The including file needs <asm/processor-flags.h>
- * and flint-abi.h (MSR_IA32_SYSENTER_CS, XEN_ELFNOTE_PHYS32_ENTRY) first,
+ * and flint-abi.h (MSR_IA32_SYSENTER_*, XEN_ELFNOTE_PHYS32_ENTRY) first,
  * and its linker script must split the TSS address into
  * <tss>_base_15_0, _23_16 and _31_24 (gas cannot split a relocatable
  * address).
@@ -57,9 +57,11 @@
 /*
  * The PVH entry, ring 0, as the global symbol pvh_start: loads the GDT and
  * TSS below, sets IOPL = 3 (IF = 0) and sysexits to `entry` in ring 3 with
- * ESP = `stack`. EBX (struct hvm_start_info) is left for ring 3.
+ * ESP = `stack`. EBX (struct hvm_start_info) is left for ring 3. With
+ * `sysenter_entry`, a `sysenter` from ring 3 comes back to ring 0 there, on
+ * the ring-0 stack (SDM vol. 2B, SYSENTER: EIP and ESP from their MSRs).
  */
-.macro pvh_enter_ring3 entry, stack
+.macro pvh_enter_ring3 entry, stack, sysenter_entry
 	.globl pvh_start
 pvh_start:
 	lgdt gdt_pointer
@@ -69,6 +71,14 @@ pvh_start:
 	movl $KERNEL_CS, %eax
 	xorl %edx, %edx
 	wrmsr
+.ifnb \sysenter_entry
+	movl $MSR_IA32_SYSENTER_EIP, %ecx
+	movl $\sysenter_entry, %eax
+	wrmsr
+	movl $MSR_IA32_SYSENTER_ESP, %ecx
+	movl $kernel_stack_top, %eax
+	wrmsr
+.endif
 	movl $ring0_eflags, %esp
 	popfl				/* IOPL = 3, IF = 0 */
 	movl $\entry, %edx		/* EIP */

@@ -7,6 +7,8 @@
  */
 import {
   MSR_IA32_SYSENTER_CS,
+  MSR_IA32_SYSENTER_EIP,
+  MSR_IA32_SYSENTER_ESP,
   XEN_ELFNOTE_PHYS32_ENTRY,
   XEN_HVM_START_MAGIC_VALUE,
   hvm_start_info,
@@ -34,6 +36,8 @@ export function flintAbiHeader(): string {
     XEN_ELFNOTE_PHYS32_ENTRY,
     XEN_HVM_START_MAGIC_VALUE,
     MSR_IA32_SYSENTER_CS,
+    MSR_IA32_SYSENTER_EIP,
+    MSR_IA32_SYSENTER_ESP,
   };
   for (const [field, value] of Object.entries(hvm_start_info)) defines[`hvm_start_info_${field}`] = value;
   return cHeader("constants from src/linux/abi.generated.ts", defines);

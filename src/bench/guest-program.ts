@@ -10,6 +10,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { COM1_PORT } from "../arch/x86_64/layout.js";
 import { BenchError } from "./bench-error.js";
 import { cachedArtifact, gcc, packagePath, readSources } from "./build-cache.js";
 import { cHeader, flintAbiHeader } from "./c-header.js";
@@ -39,6 +40,16 @@ export const EXIT_LOOP_END_MARKER_PORT = 0xf4;
 export const EXIT_LOOP_END_OK = 0;
 export const EXIT_LOOP_END_BAD_MAGIC = 1;
 export const EXIT_LOOP_END_BAD_CMDLINE = 2;
+/**
+ * With the `hello` word, the guest's first output: one byte to COM1's
+ * transmit register, from ring 3, right after it has read its command line.
+ * Every monitor under test has a serial console on its stdout (the C ceiling
+ * prints this port's bytes), so the byte's arrival there marks the guest's
+ * first instruction the same way for all of them.
+ */
+export const EXIT_LOOP_HELLO_PORT = COM1_PORT;
+/** The byte the guest writes for `hello` ('H'). */
+export const EXIT_LOOP_HELLO_BYTE = 0x48;
 /** The largest count the guest accepts (it counts in a signed 32-bit register). */
 export const EXIT_LOOP_MAX_COUNT = 0x7fff_ffff;
 
@@ -49,6 +60,14 @@ export const EXIT_LOOP_LOAD_ADDR = 0x10_0000;
 export interface ExitLoopRun {
   mode: ExitLoopMode;
   count: number;
+  /** Write EXIT_LOOP_HELLO_BYTE to COM1 first (start-up latency runs). */
+  hello?: boolean;
+  /**
+   * After the end marker, halt in ring 0 (IF = 0) instead of spinning in
+   * ring 3, so that a VM kept up for measuring sleeps (a monitor with an
+   * in-kernel irqchip never sees the hlt).
+   */
+  halt?: boolean;
 }
 
 /** Throws EBENCHARG unless `run` is a mode and count the guest accepts. */
@@ -61,10 +80,10 @@ export function checkExitLoopRun(run: ExitLoopRun): void {
   }
 }
 
-/** The guest's command line for `run`, e.g. `mode=pio count=1000000`. */
+/** The guest's command line for `run`, e.g. `mode=pio count=1000000` or `mode=pio count=0 hello halt`. */
 export function exitLoopCmdline(run: ExitLoopRun): string {
   checkExitLoopRun(run);
-  return `mode=${run.mode} count=${run.count}`;
+  return `mode=${run.mode} count=${run.count}${run.hello ? " hello" : ""}${run.halt ? " halt" : ""}`;
 }
 
 /** `exit-loop-protocol.h`: the constants above for C and assembly. */
@@ -77,6 +96,8 @@ export function exitLoopProtocolHeader(): string {
     EXIT_LOOP_END_OK,
     EXIT_LOOP_END_BAD_MAGIC,
     EXIT_LOOP_END_BAD_CMDLINE,
+    EXIT_LOOP_HELLO_PORT,
+    EXIT_LOOP_HELLO_BYTE,
     EXIT_LOOP_LOAD_ADDR,
   });
 }

@@ -16,10 +16,16 @@
  *      devices (skip with --no-virtio: it takes minutes)
  *   7. stop latency: Machine.stop() to run() resolved, from each state a VM
  *      can be stuck in (skip with --no-stop)
+ *   8. per-VM overhead (issue 10's goal rows): memory beyond guest RAM with
+ *      every device, per further vCPU, start to first guest instruction and
+ *      to exit, and 8 VMs in one process through the library; flint vs QEMU
+ *      microvm vs the C ceiling (skip with --no-overhead; run it alone with
+ *      --overhead-only, i.e. `npm run bench:overhead`)
  *
  * Options: --count N (exits per run, default 300000), --runs R (default 3),
- * --no-boot, --no-blk, --no-virtio, --no-stop, --virtio-rounds R (section 6's rounds,
- * default 5), --json FILE (also write all results as JSON).
+ * --no-boot, --no-blk, --no-virtio, --no-stop, --no-overhead, --overhead-only,
+ * --virtio-rounds R (section 6's rounds, default 5), --overhead-runs R
+ * (section 8's rounds, default 7), --json FILE (also write all results as JSON).
  */
 import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
@@ -31,6 +37,7 @@ import { buildExitLoopGuest, EXIT_LOOP_MODES, exitLoopCmdline } from "./guest-pr
 import { measureNativeBoundary } from "./native-boundary.js";
 import { median } from "./process.js";
 import { runQemuExits } from "./qemu-exits.js";
+import { printOverheadSection } from "./per-vm-overhead.js";
 import { printStopLatencySection } from "./stop-latency.js";
 import { VIRTIO_FIGURES, benchVirtioNested } from "./virtio-nested.js";
 import { printVirtioBlkSection } from "./virtio-blk-bench.js";
@@ -62,6 +69,19 @@ async function main(): Promise<void> {
   const runs = arg("--runs", 3);
   const results: Record<string, unknown> = {};
   const out = (s: string) => process.stdout.write(`${s}\n`);
+  const json = process.argv.indexOf("--json");
+  const writeJson = () => {
+    if (json > 0) writeFileSync(process.argv[json + 1]!, JSON.stringify(results, (_k, v) => (typeof v === "bigint" ? v.toString() : v), 2));
+  };
+  // Per-VM overhead (src/bench/per-vm-overhead.ts): alone with --overhead-only, skipped with --no-overhead.
+  const overhead = async () => {
+    results.overhead = await printOverheadSection(out, { runs: arg("--overhead-runs", 7) });
+  };
+  if (process.argv.includes("--overhead-only")) {
+    await overhead();
+    writeJson();
+    return;
+  }
 
   out("== native boundary (same ioctls, same run) ==");
   const nb = measureNativeBoundary(50_000, 1_000_000);
@@ -96,6 +116,7 @@ async function main(): Promise<void> {
     }
   }
   results.exits = exits;
+  if (!process.argv.includes("--no-overhead")) await overhead();
 
   // virtio-blk device path (src/bench/virtio-blk-bench.ts); --no-blk skips it.
   if (!process.argv.includes("--no-blk")) results.virtioBlk = await printVirtioBlkSection(out, { runs });
@@ -133,8 +154,7 @@ async function main(): Promise<void> {
     out("");
     results.stopLatency = await printStopLatencySection(out, Math.max(runs, 5));
   }
-  const json = process.argv.indexOf("--json");
-  if (json > 0) writeFileSync(process.argv[json + 1]!, JSON.stringify(results, (_k, v) => (typeof v === "bigint" ? v.toString() : v), 2));
+  writeJson();
 }
 
 await main();
