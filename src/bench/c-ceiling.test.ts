@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { BenchError } from "./bench-error.js";
 import { buildCeiling, parseCeilingOutput, runCeiling } from "./c-ceiling.js";
+import { EXIT_LOOP_HELLO_BYTE, buildExitLoopGuest } from "./guest-program.js";
+import { runTimed } from "./process.js";
 
 
 describe("buildCeiling", () => {
@@ -21,6 +23,19 @@ describe("runCeiling", () => {
       assert.ok(result.exitsPerSecond > 1000, `${result.exitsPerSecond} exits/s`);
     });
   }
+
+  it("with hello, prints the guest's COM1 byte before its JSON line, which counts the same exits", async () => {
+    const run = await runTimed(buildCeiling(), [buildExitLoopGuest(), "pio", "7", "hello"], { timeoutMs: 60_000 });
+    assert.equal(run.exitCode, 0, run.stderr);
+    assert.equal(run.stdout.charCodeAt(0), EXIT_LOOP_HELLO_BYTE);
+    assert.equal(parseCeilingOutput(run.stdout.slice(1), { mode: "pio", count: 7 }).exits, 7);
+  });
+
+  it("refuses an unknown fourth argument", async () => {
+    const run = await runTimed(buildCeiling(), [buildExitLoopGuest(), "pio", "7", "hullo"], { timeoutMs: 60_000 });
+    assert.equal(run.exitCode, 1);
+    assert.match(run.stderr, /usage/);
+  });
 
   it("handles a loop of zero exits", async () => {
     const result = await runCeiling({ mode: "pio", count: 0, runs: 1 });

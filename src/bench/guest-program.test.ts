@@ -50,6 +50,13 @@ describe("exitLoopCmdline", () => {
     assert.equal(exitLoopCmdline({ mode: "mmio", count: 0 }), "mode=mmio count=0");
   });
 
+  it("adds the hello and halt words when asked", () => {
+    assert.equal(exitLoopCmdline({ mode: "pio", count: 0, hello: true }), "mode=pio count=0 hello");
+    assert.equal(exitLoopCmdline({ mode: "pio", count: 0, halt: true }), "mode=pio count=0 halt");
+    assert.equal(exitLoopCmdline({ mode: "pio", count: 0, hello: true, halt: true }), "mode=pio count=0 hello halt");
+    assert.equal(exitLoopCmdline({ mode: "pio", count: 0, hello: false, halt: false }), "mode=pio count=0");
+  });
+
   it("rejects counts the guest cannot hold and unknown modes", () => {
     for (const count of [-1, 1.5, 2 ** 31, Number.NaN]) {
       assert.throws(() => exitLoopCmdline({ mode: "pio", count }), (e: BenchError) => e.code === "EBENCHARG");

@@ -85,8 +85,10 @@ export function probeMemory(cmd: ProbeCommand, guestMib: number, settleMs: numbe
       return { firstOutputMs, peakRssKib: status.vmHwmKib, peakAnonKib, guestRam: guestRamResidency(smaps, guestMib * 1024), threads: status.threads };
     });
     const killed = measured.finally(() => {
-      sampler.stop();
       child.kill();
+      try {
+        sampler.stop(); // only to end the timer: a failed sample has failed `measured` already
+      } catch {}
     });
     return killed.then(async (r) => {
       await child.done;

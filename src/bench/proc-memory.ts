@@ -93,36 +93,51 @@ export function guestRamResidency(smaps: string, guestKib: number, count = 1): G
   return { rssKib, mappings, mergedExtraKib: totalKib - count * guestKib };
 }
 
-/** Reads /proc/<pid>/status, or undefined once the process is gone. */
+/**
+ * Reads /proc/<pid>/status, or undefined once the process is gone or is
+ * exiting (a zombie has released its memory: its status has no Vm* lines).
+ */
 export function readProcStatus(pid: number | "self"): ProcStatus | undefined {
+  let status: string;
   try {
-    return parseProcStatus(readFileSync(`/proc/${pid}/status`, "utf8"));
+    status = readFileSync(`/proc/${pid}/status`, "utf8");
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT" || (error as NodeJS.ErrnoException).code === "ESRCH") return undefined;
     throw error;
   }
+  return /^VmRSS:/m.test(status) ? parseProcStatus(status) : undefined;
 }
 
 /** Follows a process's anonymous memory to its peak, reading /proc every `intervalMs`. */
 export class PeakSampler {
   private peak = 0;
+  private failure: unknown;
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly pid: number, intervalMs = 5) {
-    this.timer = setInterval(() => this.sample(), intervalMs);
+    this.timer = setInterval(() => {
+      try {
+        this.sample();
+      } catch (error) {
+        // Not thrown from a timer (it would end the benchmark): stop() rethrows it.
+        this.failure ??= error;
+        clearInterval(this.timer);
+      }
+    }, intervalMs);
     this.sample();
   }
 
-  /** Takes one sample now (also called by the timer). */
+  /** Takes one sample now (also called by the timer); undefined once the process is gone. */
   sample(): ProcStatus | undefined {
     const s = readProcStatus(this.pid);
     if (s) this.peak = Math.max(this.peak, anonKib(s));
     return s;
   }
 
-  /** Stops sampling; returns the peak anonymous KiB seen. */
+  /** Stops sampling; returns the peak anonymous KiB seen, or throws what a timed sample threw. */
   stop(): number {
     clearInterval(this.timer);
+    if (this.failure !== undefined) throw this.failure;
     return this.peak;
   }
 }

@@ -32,6 +32,14 @@ describe("the exit-loop guest under QEMU", () => {
     assert.equal(await exitStatusOf("  console=ttyS0 mode=pio  count=3 quiet"), ok);
   });
 
+  it("takes the hello and halt words (the end marker still ends it), but not longer words that start with them", async () => {
+    assert.equal(await exitStatusOf("mode=pio count=3 hello halt"), ok);
+    assert.equal(await exitStatusOf("halt mode=mmio hello count=0"), ok);
+    for (const cmdline of ["mode=pio count=3 hellox", "mode=pio count=3 halted", "mode=pio count=3 hello=1"]) {
+      assert.equal(await exitStatusOf(cmdline), badCmdline, cmdline);
+    }
+  });
+
   it("reports a bad command line on the end marker", async () => {
     for (const cmdline of ["mode=pio", "count=3", "mode=disk count=3", "mode=pio count=", "mode=pio count=3x", "mode=mmio count=2147483648"]) {
       assert.equal(await exitStatusOf(cmdline), badCmdline, cmdline);
