@@ -76,6 +76,17 @@ export function prepareOverheadHost(vms: number): OverheadHost {
     qemuVsockMissing = `/dev/vhost-vsock is not usable here (${(error as NodeJS.ErrnoException).code}; vhost_vsock module not loaded)`;
   }
   let sockets = 0;
+  const removeAll = () => {
+    for (const t of taps.splice(0)) spawnSync("ip", ["link", "del", t]);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  // Ctrl-C during the section: leave no TAP behind, then die of the signal as usual.
+  const onSignal = (signal: NodeJS.Signals) => {
+    removeAll();
+    process.kill(process.pid, signal);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
   return {
     tapMissing,
     qemuVsockMissing,
@@ -90,8 +101,9 @@ export function prepareOverheadHost(vms: number): OverheadHost {
       };
     },
     close() {
-      for (const t of taps.splice(0)) spawnSync("ip", ["link", "del", t]);
-      rmSync(dir, { recursive: true, force: true });
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      removeAll();
     },
   };
 }
