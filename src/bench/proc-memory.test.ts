@@ -34,13 +34,13 @@ describe("parseProcStatus", () => {
   });
 
   it("treats a process that has released its memory (a zombie) as gone", async () => {
-    // The shell's background child exits; the shell, replaced by sleep, never reaps it.
-    const parent = spawn("sh", ["-c", "true & echo $!; exec sleep 30"], { stdio: ["ignore", "pipe", "ignore"] });
+    // The shell's background child exits after the shell has become `sleep 30`, which never reaps it.
+    const parent = spawn("sh", ["-c", "sleep 0.2 & echo $!; exec sleep 30"], { stdio: ["ignore", "pipe", "ignore"] });
     try {
       const [line] = (await once(parent.stdout!, "data")) as [Buffer];
       const zombie = Number(line.toString().trim());
       let state = "";
-      for (let i = 0; i < 100 && !state.includes("Z"); i++) {
+      for (let i = 0; i < 500 && !state.startsWith("Z"); i++) {
         await new Promise((r) => setTimeout(r, 10));
         state = /^State:\s+(.*)$/m.exec(readFileSync(`/proc/${zombie}/status`, "utf8"))?.[1] ?? "";
       }
