@@ -138,10 +138,18 @@ export class MachineError extends Error {
  * How long after stop() run() still waits for device threads to stop. A
  * thread blocked in a host syscall (a disk that does not answer) cannot be
  * interrupted from JavaScript; run() then gives up on it and reports it in
- * MachineResult.unstoppedDevices. A VM that ends by itself waits for its
- * devices as long as they need (a slow final flush is not cut short).
+ * MachineResult.unstoppedDevices. A VM that ends by itself gives its devices
+ * DEVICE_END_TIMEOUT_MS instead (a slow final flush is not cut short).
  */
 export const DEVICE_STOP_TIMEOUT_MS = 1000;
+
+/**
+ * How long after the guest ended the VM (poweroff, reset, failure) run() waits
+ * for device threads: long enough for any final flush a working disk needs, but
+ * bounded, so a device thread stuck in a host syscall cannot keep run() (and the
+ * CLI) from ever returning; it is then reported like one stop() gave up on.
+ */
+export const DEVICE_END_TIMEOUT_MS = 30_000;
 
 /**
  * After stop(), how long run() still waits for console output the output
@@ -418,7 +426,12 @@ export class Machine {
   /** Ends the VM for `reason` (the guest's, or stop()'s): every vCPU leaves its loop. */
   private end(reason: VmExitReason): void {
     if (this.disposed) return;
-    this.exitReason ??= reason;
+    if (this.exitReason === undefined) {
+      this.exitReason = reason;
+      const t = setTimeout(this.giveUpDevices, DEVICE_END_TIMEOUT_MS);
+      t.unref();
+      this.stopTimers.push(t);
+    }
     claimExit(this.control);
     this.kick();
   }
