@@ -30,7 +30,18 @@ export interface EchoOptions {
   hostErrorsPerChain?: number;
   /** On shutdown, write this file (tests that stop() waits for shutdown). */
   shutdownMarker?: string;
+  /** Throw this message from onNotify (a backend bug: tests that it fails only this device). */
+  throwOnNotify?: string;
+  /**
+   * Instead of echoing, write the u32 count of chains every echo device on
+   * this device thread had served before this one (threadChains): tests of
+   * fairness between devices sharing a thread count with it.
+   */
+  stampThreadChains?: boolean;
 }
+
+/** Chains served by every echo device of this module instance, i.e. of one device thread (module state is per thread). */
+let threadChains = 0;
 
 export const ECHO_DEFAULT_DEVICE_ID = 0x3fff;
 export const ECHO_CONFIG_CHAINS = 0;
@@ -54,13 +65,17 @@ export function createBackend(options: unknown): VirtioBackend {
       ctx = c;
     },
     onNotify(queue) {
+      if (o.throwOnNotify !== undefined) throw new Error(o.throwOnNotify);
       if (!ctx) return;
       const c = ctx;
       const q = c.queues[queue]!;
       const r = serveQueue(q, o.budget ?? Number.MAX_SAFE_INTEGER, (chain) => {
-        const data = readChain(c.memory, chain, 0, chain.readableBytes);
+        const data = o.stampThreadChains
+          ? new Uint8Array(Uint32Array.of(threadChains).buffer)
+          : readChain(c.memory, chain, 0, chain.readableBytes);
         q.pushUsed(chain.head, writeChain(c.memory, chain, 0, data));
         chains++;
+        threadChains++;
         for (let i = 0; i < (o.hostErrorsPerChain ?? 0); i++) c.hostError?.(`host error ${i} on chain ${chains}`);
         dataView(c.config).setUint32(ECHO_CONFIG_CHAINS, chains, true);
         if (o.configEvery && chains % o.configEvery === 0) c.notifyConfigChange();
