@@ -136,9 +136,10 @@ test("a device the guest floods does not starve another on the same thread: serv
   const BUDGET = 8;
   const [a, b] = await echoPair({ budget: BUDGET }, { stampThreadChains: true });
   try {
-    const drv = a.newDriver(0, { queueSize: 64, heapBytes: 1 << 20 });
+    // A ring of 128 two-descriptor chains kept full: a's queue always has far more than one budget of work.
+    const drv = a.newDriver(0, { queueSize: 256, heapBytes: 4 << 20 });
     a.bringUp({ features: VIRTIO_V1, drivers: [drv] });
-    const heads = Array.from({ length: 32 }, () => drv.addChain({ readable: [new Uint8Array(4096)], writable: [4096] }, false));
+    const heads = Array.from({ length: 128 }, () => drv.addChain({ readable: [new Uint8Array(4096)], writable: [4096] }, false));
     const flood = await a.flood(0, { heads });
     await a.until(() => flood.added > 1000, "the flood is under way");
     const bDrv = b.newDriver(0, { queueSize: 16 });
