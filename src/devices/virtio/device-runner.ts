@@ -29,7 +29,7 @@ import {
   EFD_CLOEXEC, EFD_NONBLOCK, POLLIN, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_MMIO_INT_CONFIG,
   VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 } from "../../linux/abi.generated.js";
-import { GuestMemory } from "../../memory/guest-memory.js";
+import type { GuestMemory } from "../../memory/guest-memory.js";
 import { eventfd, sys } from "../../sys/native.js";
 import { GUEST_FAULT_LOG_FIRST, GuestFaultLog } from "../fault-log.js";
 import type { DeviceEvent, DeviceInit, DeviceReplyMessage, DeviceRequestMessage } from "./device-thread.js";
@@ -101,17 +101,19 @@ export class DeviceRunner {
   /**
    * Publishes the backend's identity into the transport state and creates the
    * queues' notify eventfds; throws (nothing left open) if the backend cannot
-   * be described. `pollSetChanged` is called whenever the runner's fds change.
+   * be described. `memory` is init.memory attached in this thread (devices of
+   * one VM share it). `pollSetChanged` is called whenever the runner's fds change.
    */
   constructor(
     init: DeviceInit,
+    memory: GuestMemory,
     private readonly backend: VirtioBackend,
     private readonly post: (m: DeviceEvent) => void,
     private readonly pollSetChanged: () => void,
   ) {
     this.name = init.name;
     this.state = new TransportState(init.state);
-    this.memory = GuestMemory.attach(init.memory);
+    this.memory = memory;
     this.controlFd = init.controlFd;
     this.irqFd = init.irqFd;
     this.requests = init.requests;
@@ -179,6 +181,7 @@ export class DeviceRunner {
       this.post({ type: "failed", reason: `shutdown: ${(e as Error).message}` });
     }
     this.faultLog.flush();
+    this.requests.close(); // the main side rejects what is still pending
     this.state.threadStopped();
     this.post({ type: "stopped" });
   }

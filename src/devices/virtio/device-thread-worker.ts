@@ -20,6 +20,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { EINTR, pollfd } from "../../linux/abi.generated.js";
+import { GuestMemory, type MemoryDescriptor } from "../../memory/guest-memory.js";
 import { dataView } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
 import { VIRTIO_BACKENDS } from "./backends.js";
@@ -42,6 +43,14 @@ async function createBackend(d: DeviceInit): Promise<VirtioBackend> {
   return mod.createBackend(d.backendOptions);
 }
 
+/** Guest memory attached once per VM: a VM's devices share one descriptor object (structured clone keeps identity). */
+const attached = new Map<MemoryDescriptor, GuestMemory>();
+function attach(desc: MemoryDescriptor): GuestMemory {
+  let m = attached.get(desc);
+  if (!m) attached.set(desc, (m = GuestMemory.attach(desc)));
+  return m;
+}
+
 let pollSetChanged = true;
 const markChanged = () => { pollSetChanged = true; };
 const runners: DeviceRunner[] = [];
@@ -49,7 +58,7 @@ const results: DeviceStartResult[] = [];
 for (const [device, d] of init.devices.entries()) {
   try {
     const backend = await createBackend(d);
-    const r = new DeviceRunner(d, backend, (m: DeviceEvent) => post({ ...m, device }), markChanged);
+    const r = new DeviceRunner(d, attach(d.memory), backend, (m: DeviceEvent) => post({ ...m, device }), markChanged);
     runners.push(r);
     results.push({ ok: true, notifyFds: [...r.queueNotifyFds] });
   } catch (e) {
