@@ -9,7 +9,8 @@
  * ECHO_FAIL_MAGIC makes the backend call ctx.fail, to test NEEDS_RESET).
  */
 import { writeFileSync } from "node:fs";
-import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from "../../../linux/abi.generated.js";
+import { EFD_CLOEXEC, EFD_NONBLOCK, POLLIN, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from "../../../linux/abi.generated.js";
+import { eventfd, sys } from "../../../sys/native.js";
 import { dataView } from "../../../memory/le.js";
 import { readChain, writeChain } from "../chain-io.js";
 import { serveQueue } from "../queue.js";
@@ -38,6 +39,12 @@ export interface EchoOptions {
    * fairness between devices sharing a thread count with it.
    */
   stampThreadChains?: boolean;
+  /**
+   * On every notify, stop watching an idle eventfd and watch it again: the
+   * device changes the thread's poll set on every pass (as a backend whose
+   * watches follow its connections does).
+   */
+  rewatchOnNotify?: boolean;
 }
 
 /** Chains served by every echo device of this module instance, i.e. of one device thread (module state is per thread). */
@@ -54,6 +61,7 @@ export function createBackend(options: unknown): VirtioBackend {
   const o = (options ?? {}) as EchoOptions;
   let ctx: VirtioDeviceContext | undefined;
   let chains = 0;
+  let idleFd: number | undefined;
   const bit = (n: number) => 1n << BigInt(n);
   return {
     deviceId: o.deviceId ?? ECHO_DEFAULT_DEVICE_ID,
@@ -68,6 +76,11 @@ export function createBackend(options: unknown): VirtioBackend {
       if (o.throwOnNotify !== undefined) throw new Error(o.throwOnNotify);
       if (!ctx) return;
       const c = ctx;
+      if (o.rewatchOnNotify) {
+        idleFd ??= eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        c.unwatch(idleFd);
+        c.watch(idleFd, POLLIN, () => undefined);
+      }
       const q = c.queues[queue]!;
       const r = serveQueue(q, o.budget ?? Number.MAX_SAFE_INTEGER, (chain) => {
         const data = o.stampThreadChains
@@ -93,6 +106,7 @@ export function createBackend(options: unknown): VirtioBackend {
       chains = 0;
     },
     shutdown() {
+      if (idleFd !== undefined) sys.close(idleFd);
       if (o.shutdownMarker) writeFileSync(o.shutdownMarker, `chains ${chains}\n`);
     },
   };
