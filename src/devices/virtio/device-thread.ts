@@ -353,7 +353,7 @@ export class VirtioDeviceHandle {
     }
   }
 
-  /** @internal From DeviceThread, before "ready" is answered: whether the runner exists is known by then. */
+  /** @internal An event the device thread posted about this device (after its "ready"). */
   onEvent(m: DeviceEvent): void {
     switch (m.type) {
       case "fault": this.spec.onGuestFault?.(this.spec.name, m.message, m.count); break;
