@@ -1,7 +1,9 @@
 /**
  * Turning device flags into virtio device configurations, with every check a
  * user can act on done before the guest starts (one line, exit code 2):
- *   --disk PATH[,ro]   virtio-blk over a raw image file or a host block device (repeatable; the first is /dev/vda)
+ *   --disk PATH[,ro][,thread=own]
+ *                      virtio-blk over a raw image file or a host block device (repeatable; the first is /dev/vda);
+ *                      thread=own runs it on a device thread of its own instead of the VM's shared one
  *   --rng              virtio-rng from the host's CSPRNG
  *   --balloon MIB      virtio-balloon with an initial target of MIB
  *   --net tap=NAME,mac=XX:XX:XX:XX:XX:XX[,mtu=N]
@@ -16,7 +18,7 @@ import { dirname } from "node:path";
 import { sockaddr_un } from "../linux/abi.generated.js";
 import { probeUnix, VSOCK_MAX_GUEST_CID, VSOCK_MIN_GUEST_CID, type VsockOptions } from "../devices/virtio/vsock/index.js";
 import { checkMtu, checkTap, NetError, parseMac, type NetOptions } from "../devices/virtio/net.js";
-import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
+import type { DeviceThreadPlacement, VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 
 /** A device flag the user got wrong. */
 export class DeviceArgError extends Error {
@@ -27,24 +29,28 @@ export class DeviceArgError extends Error {
   }
 }
 
-/** One --disk value: `PATH` or `PATH,ro`. */
+/** One --disk value: `PATH`, `PATH,ro`, `PATH,thread=own`... */
 export interface DiskSpec {
   path: string;
   readOnly: boolean;
+  /** Which device thread runs the disk (VirtioDeviceConfig.thread). */
+  thread: DeviceThreadPlacement;
 }
 
-/** Parses `PATH[,ro|,rw]`. */
+/** Parses `PATH[,ro|,rw][,thread=own|,thread=shared]`. */
 export function parseDisk(value: string): DiskSpec {
   const parts = value.split(",");
   const path = parts[0] ?? "";
   if (path === "") throw new DeviceArgError(`Cannot attach drive: '--disk ${value}' has no file path`);
   let readOnly = false;
+  let thread: DeviceThreadPlacement = "shared";
   for (const opt of parts.slice(1)) {
     if (opt === "ro") readOnly = true;
     else if (opt === "rw") readOnly = false;
-    else throw new DeviceArgError(`Cannot attach drive '${path}': unknown option '${opt}' (use ro or rw)`);
+    else if (opt === "thread=own" || opt === "thread=shared") thread = opt === "thread=own" ? "own" : "shared";
+    else throw new DeviceArgError(`Cannot attach drive '${path}': unknown option '${opt}' (use ro, rw or thread=own)`);
   }
-  return { path, readOnly };
+  return { path, readOnly, thread };
 }
 
 /** Checks a disk image the way the device will use it. */
@@ -145,7 +151,7 @@ export function virtioDevicesFromFlags(o: { disk?: string[]; rng?: boolean; ball
   for (const value of o.disk ?? []) {
     const d = parseDisk(value);
     checkDisk(d);
-    devices.push({ kind: "block", options: { path: d.path, readOnly: d.readOnly } });
+    devices.push({ kind: "block", options: { path: d.path, readOnly: d.readOnly }, ...(d.thread === "own" ? { thread: "own" as const } : {}) });
   }
   const taps = new Set<string>();
   for (const value of o.net ?? []) {

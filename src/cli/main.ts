@@ -49,7 +49,7 @@ function buildProgram(): Command {
     .option("--ksm", "let KSM merge identical guest pages")
     .option("--boot-time", "print the time until the guest wrote the boot-timer address")
     .option("--debug-exit", "add a debug-exit device: a guest write of v to port 0xf4 ends flint with exit code v")
-    .option("--disk <path[,ro]>", "virtio-blk drive over a raw image or a block device (repeatable; the first is /dev/vda)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("--disk <path[,ro][,thread=own]>", "virtio-blk drive over a raw image or a block device (repeatable; the first is /dev/vda; thread=own: on a device thread of its own)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--rng", "virtio-rng device fed from the host's CSPRNG")
     .option("--balloon <mib>", "virtio-balloon device with an initial target in MiB", wholeNumber("--balloon"))
     .option("--net <tap=NAME,mac=MAC[,mtu=N]>", "virtio-net over an existing TAP interface (repeatable)", (v: string, prev: string[] = []) => [...prev, v])

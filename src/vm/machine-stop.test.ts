@@ -11,7 +11,8 @@ import { readdirSync } from "node:fs";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { MachineResult } from "./machine.js";
-import { STOP_SCENARIOS, type StopScenario } from "./testing/stop-scenarios.js";
+import { virtioSlot } from "../devices/virtio/virtio-set.js";
+import { enterDeviceIo, STOP_SCENARIOS, type StopScenario } from "./testing/stop-scenarios.js";
 
 /** Generous: stop() is meant to take milliseconds (one second for a device stuck in a syscall). */
 const HANG_LIMIT_MS = 10_000;
@@ -69,5 +70,25 @@ test("stop() gives up on a device thread blocked in a host syscall, reports it, 
   assert.equal(r.unstoppedDevices.length, 1);
   assert.match(r.unstoppedDevices[0]!, /^virtio-block@/);
   // Once its syscall returned, the thread shut its backend down and its fds were closed.
+  assert.equal(readdirSync("/proc/self/fd").length, fdsBefore, "fds left open after the stuck thread ended");
+});
+
+test("stop() with one device stuck on the shared device thread reports every device of that thread unstopped, not one on its own thread", async () => {
+  const fdsBefore = readdirSync("/proc/self/fd").length;
+  const echo = new URL("../devices/virtio/testing/test-backend.js", import.meta.url);
+  const { machine, running, release } = await enterDeviceIo([
+    { kind: "rng", options: {}, backendModule: echo },
+    { kind: "rng", options: {}, backendModule: echo, thread: "own" },
+  ]);
+  machine.stop({ kind: "poweroff" });
+  let r: MachineResult;
+  try {
+    r = await withinLimit(running, "shared device thread blocked in a syscall");
+  } finally {
+    await release();
+  }
+  const name = (kind: string, i: number) => `virtio-${kind}@0x${virtioSlot(i).mmioBase.toString(16)}`;
+  // The rng device could not stop: its thread was inside the block device's read(2).
+  assert.deepEqual(r.unstoppedDevices, [name("block", 0), name("rng", 1)]);
   assert.equal(readdirSync("/proc/self/fd").length, fdsBefore, "fds left open after the stuck thread ended");
 });

@@ -113,9 +113,9 @@ export interface MachineResult {
   /** Counters of each virtio device, in configuration order. */
   virtio: VirtioDeviceStats[];
   /**
-   * Device threads that had not stopped DEVICE_STOP_TIMEOUT_MS after stop()
-   * (blocked in a host syscall, e.g. a disk that does not answer), by device
-   * name. run() resolved without them; each ends once its syscall returns
+   * Devices that had not stopped DEVICE_STOP_TIMEOUT_MS after stop(), by
+   * name: every device of a device thread blocked in a host syscall (e.g. a
+   * disk that does not answer). run() resolved without them; each ends once its syscall returns
    * (backend shut down as usual), and its eventfds and the guest memory
    * mapping are released then (see deviceThreadsExited).
    */

@@ -1,11 +1,19 @@
 /**
- * The main thread's handle on one virtio-mmio device: its shared transport
- * state, its eventfds and its device thread (device-thread-worker.ts).
+ * The main thread's side of virtio devices and their device threads.
  *
- *   const dev = new VirtioDeviceHandle({ name, backendModule, backendOptions, memory, mmioBase, gsi, vm });
- *   await dev.start();            // backend loaded, ioeventfds + irqfd registered
+ *   const thread = new DeviceThread("virtio devices");        // one worker for several devices
+ *   const blk = new VirtioDeviceHandle({ name, kind: "block", backendOptions, memory, mmioBase, gsi, vm, thread });
+ *   const rng = new VirtioDeviceHandle({ name, kind: "rng", memory, mmioBase, gsi, vm, thread });
+ *   await Promise.all([blk.start(), rng.start()]); // the thread starts once: backends created, ioeventfds + irqfds registered
  *   ...dev.describe() to every vCPU thread (VirtioMmioTransport over its state)...
- *   await dev.stop();             // backend.shutdown() done, fds closed
+ *   await Promise.all([blk.stop(), rng.stop()]);   // each backend.shutdown() done, fds closed, thread exited
+ *
+ * Without `thread`, a device gets a thread of its own. Which devices share a
+ * thread is decided in one place, the device manager (virtio-set.ts). A
+ * device thread costs a V8 isolate (~9 MiB and ~100 ms to start with its
+ * module graph), so a VM's devices share one by default; every device keeps
+ * its own state, fds, session and failure on it (device-runner.ts), and one
+ * device failing never fails another.
  *
  * KVM wiring (api.rst §4.59 KVM_IRQFD, §4.60 KVM_IOEVENTFD): a 4-byte guest
  * write of q to mmioBase + VIRTIO_MMIO_QUEUE_NOTIFY signals queue q's eventfd
@@ -23,6 +31,7 @@ import { VIRTIO_MMIO_SIZE } from "../../arch/x86_64/layout.js";
 import type { VmFd } from "../../kvm/vm.js";
 import type { MemoryDescriptor } from "../../memory/guest-memory.js";
 import { eventfd } from "../../sys/native.js";
+import type { VirtioDeviceKind } from "./backends.js";
 import { TransportState, createTransportShared, type TransportStats } from "./mmio-state.js";
 
 /** A device's counters, for MachineResult. */
@@ -36,11 +45,17 @@ export interface VirtioDeviceStats extends TransportStats {
   failures: string[];
 }
 
-/** workerData of a device thread. */
-export interface DeviceThreadInit {
+/** How a device thread gets a device's backend. */
+export type DeviceBackendSource =
+  /** A built-in kind, from the thread's static registry (backends.ts). */
+  | { kind: VirtioDeviceKind }
+  /** URL (href) of a module exporting `createBackend(options): VirtioBackend` (test backends). */
+  | { module: string };
+
+/** One device of a device thread's workerData. */
+export interface DeviceInit {
   name: string;
-  /** URL (href) of the backend module; it exports `createBackend(options): VirtioBackend`. */
-  backendModule: string;
+  backend: DeviceBackendSource;
   backendOptions: unknown;
   state: SharedArrayBuffer;
   controlFd: number;
@@ -48,6 +63,11 @@ export interface DeviceThreadInit {
   memory: MemoryDescriptor;
   /** Host-side requests arrive here (read synchronously by the poll loop when the control eventfd fires). */
   requests: MessagePort;
+}
+
+/** workerData of a device thread: its devices, in the order its messages name them. */
+export interface DeviceThreadInit {
+  devices: DeviceInit[];
 }
 
 /** A host-side request to a device thread, and its answer. */
@@ -58,11 +78,11 @@ export interface DeviceRequestMessage {
 }
 export type DeviceReplyMessage = { id: number; ok: true; value: unknown } | { id: number; ok: false; message: string };
 
-/** Device thread -> main thread. */
-export type DeviceThreadMessage =
-  | { type: "ready"; notifyFds: number[] }
-  /** The backend could not be loaded or described. */
-  | { type: "error"; message: string }
+/** How one device of a thread started: its queues' notify eventfds, or why its backend could not be created. */
+export type DeviceStartResult = { ok: true; notifyFds: number[] } | { ok: false; message: string };
+
+/** What a device on a device thread reports about itself. */
+export type DeviceEvent =
   /**
    * A guest-caused fault (bad request), or with `count` > 1 a summary of that
    * many (the thread posts only the first few, then summaries: fault-log.ts).
@@ -73,7 +93,11 @@ export type DeviceThreadMessage =
   | { type: "hostError"; message: string }
   /** The device went to DEVICE_NEEDS_RESET (or a backend callback threw). */
   | { type: "failed"; reason: string }
+  /** The device was stopped: backend.shutdown() ran and the thread no longer uses its fds. */
   | { type: "stopped" };
+
+/** Device thread -> main thread: "ready" once, then events of device number `device` (DeviceThreadInit order). */
+export type DeviceThreadMessage = { type: "ready"; devices: DeviceStartResult[] } | (DeviceEvent & { device: number });
 
 /** What a vCPU thread needs to put the device's register file on its MMIO bus. */
 export interface VirtioTransportDescriptor {
@@ -87,8 +111,10 @@ export interface VirtioTransportDescriptor {
 export interface VirtioDeviceSpec {
   /** For messages, e.g. "virtio-rng@0xd0001000". */
   name: string;
-  /** The backend module (e.g. new URL("./rng.js", import.meta.url)). */
-  backendModule: URL;
+  /** A built-in backend (backends.ts). Give this or backendModule. */
+  kind?: VirtioDeviceKind;
+  /** A backend module instead (tests: e.g. new URL("./testing/test-backend.js", import.meta.url)). */
+  backendModule?: URL;
   /** JSON-serialisable options for its createBackend. */
   backendOptions?: unknown;
   memory: MemoryDescriptor;
@@ -96,6 +122,8 @@ export interface VirtioDeviceSpec {
   gsi: number;
   /** Registers the ioeventfds and the irqfd with this VM (omit in unit tests). */
   vm?: VmFd;
+  /** The device thread to run on, shared with other devices (default: a thread of its own). */
+  thread?: DeviceThread;
   /**
    * Guest-caused faults reported by the device thread: one fault (`count` 1), or
    * a summary line standing for `count` faults. Rate-limited (fault-log.ts).
@@ -117,9 +145,123 @@ export class VirtioDeviceError extends Error {
   }
 }
 
+/**
+ * One device thread (a worker running device-thread-worker.ts) and the
+ * devices placed on it. Devices join before it starts; the first
+ * VirtioDeviceHandle.start() starts it for all of them (one worker, one
+ * "ready" answer), and it ends once every device on it has been stopped.
+ * Where devices go is the device manager's decision (virtio-set.ts).
+ */
+export class DeviceThread {
+  readonly name: string;
+  private readonly members: VirtioDeviceHandle[] = [];
+  /** The members the worker was started with, in its device order. */
+  private started: VirtioDeviceHandle[] = [];
+  private worker: Worker | undefined;
+  private startup: Promise<DeviceStartResult[]> | undefined;
+  private exitedPromise: Promise<void> | undefined;
+  private hasExited = false;
+
+  /** `name` appears in messages about the thread itself. */
+  constructor(name = "virtio device thread") {
+    this.name = name;
+  }
+
+  /** The devices on this thread (in the order they joined). */
+  get devices(): readonly VirtioDeviceHandle[] {
+    return this.members;
+  }
+
+  /** Settles when the worker has exited (at once if it never started). */
+  get exited(): Promise<void> {
+    return this.exitedPromise ?? Promise.resolve();
+  }
+
+  /** @internal VirtioDeviceHandle's constructor: a device joins before the thread starts. */
+  join(device: VirtioDeviceHandle): void {
+    if (this.startup) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot add ${device.spec.name} to ${this.name}: the thread has started`);
+    this.members.push(device);
+  }
+
+  /**
+   * Starts the worker with every member not already closed (once; later
+   * calls get the same answer): resolves with each started device's result,
+   * rejects if the thread ended before answering.
+   */
+  start(): Promise<DeviceStartResult[]> {
+    this.startup ??= this.launch();
+    return this.startup;
+  }
+
+  /** Where `device` is in the worker's order, or -1 when it is not on the started worker. */
+  indexOf(device: VirtioDeviceHandle): number {
+    return this.started.indexOf(device);
+  }
+
+  /** The devices on the started worker whose thread-side runner has not ended. */
+  private get running(): VirtioDeviceHandle[] {
+    return this.started.filter((d) => d.runningOnThread);
+  }
+
+  /**
+   * After a member stopped: when no member runs any more, waits for the
+   * worker to exit (true), or for `giveUp` (false: the worker is still inside
+   * some device's handler, e.g. blocked in a host syscall).
+   */
+  async idle(giveUp?: Promise<void>): Promise<boolean> {
+    if (this.running.length > 0 || !this.worker || this.hasExited) return true;
+    return Promise.race([this.exited.then(() => true), ...(giveUp ? [giveUp.then(() => false)] : [])]);
+  }
+
+  /** @internal A member was given up on: once every member has stopped or been given up on, the worker must not keep the process alive. */
+  released(): void {
+    if (this.running.every((d) => d.givenUp)) this.worker?.unref();
+  }
+
+  private async launch(): Promise<DeviceStartResult[]> {
+    this.started = this.members.filter((d) => !d.closedBeforeStart);
+    if (this.started.length === 0) return [];
+    const init: DeviceThreadInit = { devices: this.started.map((d) => d.threadInit()) };
+    const w = new Worker(new URL("./device-thread-worker.js", import.meta.url), {
+      workerData: init, transferList: init.devices.map((d) => d.requests),
+    });
+    this.worker = w;
+    let readyAnswered = false;
+    const ready = new Promise<DeviceStartResult[]>((resolve, reject) => {
+      w.on("message", (m: DeviceThreadMessage) => {
+        if (m.type === "ready") {
+          readyAnswered = true;
+          m.devices.forEach((r, i) => { if (r.ok) this.started[i]!.runningOnThread = true; });
+          resolve(m.devices);
+        } else {
+          this.started[m.device]?.onEvent(m);
+        }
+      });
+      w.on("error", (e) => {
+        reject(e);
+        // After start, a crashed device thread is a failure of every device still on it.
+        if (readyAnswered) for (const d of this.running) d.onThreadFailed(e);
+      });
+      w.on("exit", () => reject(new Error("the device thread exited")));
+    });
+    this.exitedPromise = new Promise((resolve) => w.on("exit", () => {
+      this.hasExited = true;
+      for (const d of this.started) d.onThreadExit();
+      resolve();
+    }));
+    return ready;
+  }
+}
+
+/**
+ * The main thread's handle on one virtio-mmio device: its shared transport
+ * state, its eventfds, and its place on a device thread.
+ */
 export class VirtioDeviceHandle {
   readonly spec: VirtioDeviceSpec;
   readonly state: TransportState;
+  /** The thread the device runs on (its own unless spec.thread was given). */
+  readonly thread: DeviceThread;
   /** Written by the device thread to interrupt the guest (registered with KVM_IRQFD). */
   readonly irqFd: number;
   /** Written to wake the device thread (status changes, stop). */
@@ -128,77 +270,109 @@ export class VirtioDeviceHandle {
   notifyFds: number[] = [];
   /** Reasons the device failed, in order. */
   readonly failures: string[] = [];
-  private worker: Worker | undefined;
-  private exited: Promise<void> | undefined;
+  /** @internal Closed before its thread started: the thread leaves it out. */
+  closedBeforeStart = false;
+  /** @internal The device's runner on the thread was created and has not ended (stopped, or thread gone). */
+  runningOnThread = false;
+  private startCalled = false;
   private closed = false;
   /** stop() gave up waiting for the thread (see stop()). */
   private abandoned = false;
   private requests: MessagePort | undefined;
   private nextRequestId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; op: string }>();
+  private markStopped!: () => void;
+  /** Settles when the thread reported this device stopped, or the thread is gone. */
+  private readonly stoppedOnThread = new Promise<void>((resolve) => (this.markStopped = resolve));
 
-  /** Creates the state and eventfds and registers the irqfd; nothing runs until start(). */
+  /** Creates the state and eventfds, registers the irqfd and joins the thread; nothing runs until start(). */
   constructor(spec: VirtioDeviceSpec) {
+    if (!spec.kind === !spec.backendModule) {
+      throw new VirtioDeviceError("EVIRTIOBACKEND", `Cannot create ${spec.name}: give either a backend kind or a backend module`);
+    }
     this.spec = spec;
+    this.thread = spec.thread ?? new DeviceThread(`device thread of ${spec.name}`);
     this.state = new TransportState(createTransportShared());
     this.controlFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     this.irqFd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     this.state.controlFd = this.controlFd;
     try {
       spec.vm?.irqfd(this.irqFd, spec.gsi);
+      this.thread.join(this);
     } catch (e) {
       this.closeFds();
       throw e;
     }
   }
 
-  /** Starts the device thread; resolves once the backend is loaded and KVM knows the queues' eventfds. */
-  async start(): Promise<void> {
-    if (this.worker) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: already started`);
+  /** @internal What the thread's worker needs for this device (its request port is transferred). */
+  threadInit(): DeviceInit {
     const channel = new MessageChannel();
     this.requests = channel.port1;
     this.requests.on("message", (m: DeviceReplyMessage) => this.settle(m));
     this.requests.unref(); // pending requests must not keep a stopped VM's process alive
-    const init: DeviceThreadInit = {
-      name: this.spec.name, backendModule: this.spec.backendModule.href, backendOptions: this.spec.backendOptions ?? {},
-      state: this.state.sab, controlFd: this.controlFd, irqFd: this.irqFd, memory: this.spec.memory, requests: channel.port2,
+    const s = this.spec;
+    return {
+      name: s.name, backend: s.kind ? { kind: s.kind } : { module: s.backendModule!.href }, backendOptions: s.backendOptions ?? {},
+      state: this.state.sab, controlFd: this.controlFd, irqFd: this.irqFd, memory: s.memory, requests: channel.port2,
     };
-    const w = new Worker(new URL("./device-thread-worker.js", import.meta.url), { workerData: init, transferList: [channel.port2] });
-    this.worker = w;
-    let startError: string | undefined;
-    const ready = new Promise<number[]>((resolve, reject) => {
-      w.on("message", (m: DeviceThreadMessage) => {
-        switch (m.type) {
-          case "ready": resolve(m.notifyFds); break;
-          case "error": startError = m.message; break;
-          case "fault": this.spec.onGuestFault?.(this.spec.name, m.message, m.count); break;
-          case "hostError": this.spec.onHostError?.(this.spec.name, m.message); break;
-          case "failed": this.failures.push(m.reason); this.spec.onFailed?.(this.spec.name, m.reason); break;
-          case "stopped": break;
-        }
-      });
-      w.on("error", (e) => {
-        reject(e);
-        // After start, a crashed device thread is a device failure, reported like one.
-        this.failures.push(`device thread failed: ${e.message}`);
-        this.spec.onFailed?.(this.spec.name, `device thread failed: ${e.message}`);
-      });
-      w.on("exit", () => reject(new Error(startError ?? "the device thread exited")));
-    });
-    this.exited = new Promise((resolve) => w.on("exit", () => resolve()));
+  }
+
+  /**
+   * Starts the device's thread if it has not started (with every device on
+   * it), and resolves once this device's backend is created and KVM knows its
+   * queues' eventfds.
+   */
+  async start(): Promise<void> {
+    if (this.startCalled) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: already started`);
+    this.startCalled = true;
+    if (this.closed) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: it was stopped`);
+    let results: DeviceStartResult[];
     try {
-      this.notifyFds = await ready;
+      results = await this.thread.start();
     } catch (e) {
-      await this.exited;
+      // The thread ended before answering: nothing of it runs any more.
+      await this.thread.exited;
       this.closeFds();
-      throw new VirtioDeviceError("EVIRTIOBACKEND", `Cannot start ${this.spec.name}: ${startError ?? (e as Error).message}`);
+      throw new VirtioDeviceError("EVIRTIOBACKEND", `Cannot start ${this.spec.name}: ${(e as Error).message}`);
     }
+    const mine = results[this.thread.indexOf(this)];
+    if (!mine) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: it is not on its thread`);
+    if (!mine.ok) {
+      // The thread never touches this device's fds (it made none of its own for it).
+      this.markStopped();
+      this.closeFds();
+      throw new VirtioDeviceError("EVIRTIOBACKEND", `Cannot start ${this.spec.name}: ${mine.message}`);
+    }
+    this.notifyFds = mine.notifyFds;
     const vm = this.spec.vm;
     if (vm) {
       this.notifyFds.forEach((fd, q) => vm.ioeventfd({
         address: this.spec.mmioBase + VIRTIO_MMIO_QUEUE_NOTIFY, length: 4, fd, flags: KVM_IOEVENTFD_FLAG_DATAMATCH, datamatch: BigInt(q),
       }));
     }
+  }
+
+  /** @internal An event the device thread posted about this device (after its "ready"). */
+  onEvent(m: DeviceEvent): void {
+    switch (m.type) {
+      case "fault": this.spec.onGuestFault?.(this.spec.name, m.message, m.count); break;
+      case "hostError": this.spec.onHostError?.(this.spec.name, m.message); break;
+      case "failed": this.failures.push(m.reason); this.spec.onFailed?.(this.spec.name, m.reason); break;
+      case "stopped": this.runningOnThread = false; this.markStopped(); break;
+    }
+  }
+
+  /** @internal The worker crashed after start. */
+  onThreadFailed(e: Error): void {
+    this.failures.push(`device thread failed: ${e.message}`);
+    this.spec.onFailed?.(this.spec.name, `device thread failed: ${e.message}`);
+  }
+
+  /** @internal The worker has exited: nothing of this device runs any more. */
+  onThreadExit(): void {
+    this.runningOnThread = false;
+    this.markStopped();
   }
 
   /**
@@ -239,22 +413,30 @@ export class VirtioDeviceHandle {
   }
 
   /**
-   * Stops the device thread after backend.shutdown() (data flushed), then
-   * closes the eventfds; resolves true. A thread blocked in a host syscall
-   * (a disk that does not answer) cannot be interrupted from JavaScript: if
-   * `giveUp` settles first, stop() resolves false without it. The thread is
-   * unref'd and left to finish: once its syscall returns it sees the stop
-   * request, shuts its backend down and exits, and only then are its
-   * eventfds closed (see threadExited), so a late write never lands on a
-   * reused fd number.
+   * Stops the device on its thread after backend.shutdown() (data flushed)
+   * and closes its eventfds; resolves true. The last device of a thread to
+   * stop also waits for the thread to exit. A thread blocked in a host
+   * syscall (a disk that does not answer) cannot be interrupted from
+   * JavaScript: if `giveUp` settles first, stop() resolves false without it,
+   * and so does every other device of that thread still waiting. The thread
+   * is unref'd once none of its devices runs and left to finish: once its
+   * syscall returns it sees the stop requests, shuts the backends down and
+   * exits, and only then are the given-up devices' eventfds closed (see
+   * threadExited), so a late write never lands on a reused fd number.
    */
   async stop(giveUp?: Promise<void>): Promise<boolean> {
     if (this.closed || this.abandoned) return !this.abandoned;
-    const w = this.worker;
+    if (this.thread.indexOf(this) < 0) {
+      this.closedBeforeStart = true; // the thread has not started: it will leave this device out
+    } else if (!(await this.thread.start().then(() => true, () => false))) {
+      await this.thread.exited; // it ended before answering: its fds are free once it is gone
+    }
     let ended = true;
-    if (w && this.exited) {
+    if (this.runningOnThread) {
       this.state.requestStop();
-      ended = await Promise.race([this.exited.then(() => true), ...(giveUp ? [giveUp.then(() => false)] : [])]);
+      const race = (p: Promise<boolean>) => Promise.race([p, ...(giveUp ? [giveUp.then(() => false)] : [])]);
+      ended = await race(this.stoppedOnThread.then(() => true));
+      if (ended) ended = await this.thread.idle(giveUp);
     }
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
@@ -266,19 +448,25 @@ export class VirtioDeviceHandle {
       return true;
     }
     this.abandoned = true;
-    w!.unref();
-    void this.exited!.then(() => this.closeFds());
+    this.thread.released();
+    void this.thread.exited.then(() => this.closeFds());
     return false;
   }
 
-  /** Settles when the device thread has exited (at once if it never started). */
+  /** @internal stop() gave up waiting for the thread. */
+  get givenUp(): boolean {
+    return this.abandoned;
+  }
+
+  /** Settles when the device's thread has exited (at once if it never started). */
   get threadExited(): Promise<void> {
-    return this.exited ?? Promise.resolve();
+    return this.thread.exited;
   }
 
   private closeFds(): void {
     if (this.closed) return;
     this.closed = true;
+    this.state.controlFd = -1; // a late status write must not signal a reused fd number
     for (const fd of [this.controlFd, this.irqFd, ...this.notifyFds]) closeSync(fd);
   }
 }

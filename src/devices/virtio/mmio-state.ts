@@ -50,7 +50,7 @@ const GUEST_FAULTS = 15;
 /** Resets requested by the driver (a counter), and the last one the device thread completed. */
 const RESETS_REQUESTED = 16;
 const RESETS_DONE = 17;
-/** 1 while a device thread runs: a reset then waits for it (see requestReset). */
+/** 1 while the device runs on its device thread: a reset then waits for it (see requestReset). */
 const THREAD_RUNNING = 18;
 /** Config bytes the driver wrote since the device thread last looked: [start, end), end 0 = none. */
 const CONFIG_DIRTY_START = 19;
@@ -405,7 +405,7 @@ export class TransportState {
     Atomics.notify(this.i32, RESETS_DONE);
   }
 
-  /** The device thread has ended: wake any vCPU waiting for a reset. */
+  /** The device has stopped on its device thread (or the thread ended): wake any vCPU waiting for a reset. */
   threadStopped(): void {
     Atomics.store(this.i32, THREAD_RUNNING, 0);
     Atomics.notify(this.i32, RESETS_DONE);

@@ -5,7 +5,7 @@
  *                         whose state lives in a SharedArrayBuffer (TransportState)
  *   KVM                   QueueNotify writes go to an ioeventfd per queue (no exit);
  *                         interrupts come from an irqfd per device (no exit)
- *   device thread         one worker per device (device-thread.ts): poll(2)s the
+ *   device thread         one worker for a VM's devices (device-thread.ts): poll(2)s the
  *                         queue-notify eventfds, a control eventfd and the backend's
  *                         fds; on DRIVER_OK builds SplitQueues over guest memory and
  *                         calls the VirtioBackend; after used-ring writes, raises

@@ -22,14 +22,16 @@ import {
 } from "../../arch/x86_64/layout.js";
 import { assemble } from "../../kvm/testing/assemble.js";
 import { RING3_LAYOUT } from "../../arch/x86_64/ring3.js";
+import { GuestMemory } from "../../memory/guest-memory.js";
 import { Machine } from "../../vm/machine.js";
-import { VIRTIO_MMIO_MAGIC } from "./mmio.js";
+import { VIRTIO_MMIO_MAGIC, VirtioMmioTransport } from "./mmio.js";
 import { Bus, type BusDevice } from "../bus.js";
 import { FakeContext } from "../testing/fake-context.js";
 import { createTransportShared, TransportState } from "./mmio-state.js";
-import { mmioAccess } from "./testing/mmio-access.js";
+import { FakeDriver } from "./testing/fake-driver.js";
+import { mmioAccess, probeAsLinux } from "./testing/mmio-access.js";
 import {
-  insertVirtioTransports, MAX_VIRTIO_DEVICES, VIRTIO_MMIO_ACPI_HID, virtioAnnouncement, virtioCmdlineParam, virtioDsdtDevices, virtioSlot,
+  devicePlacement, insertVirtioTransports, MAX_VIRTIO_DEVICES, VirtioSet, VIRTIO_MMIO_ACPI_HID, virtioAnnouncement, virtioCmdlineParam, virtioDsdtDevices, virtioSlot,
 } from "./virtio-set.js";
 
 const ECHO = new URL("./testing/test-backend.js", import.meta.url);
@@ -212,15 +214,55 @@ test("a ring-3 guest driver echoes through the device thread: kick by ioeventfd 
   console.log(`# ring-3 virtio round trip: ${r.stats[0]!.mmioExits} MMIO exits for ${registerAccesses} register accesses (${polls} status polls), VM run ${ms.toFixed(1)} ms`);
 });
 
-test("two virtio devices coexist: each has its own window, eventfds and thread", async () => {
-  const source = driverProgram(VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE);
-  const m = Machine.create({
-    cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: assemble(source, RING3_LAYOUT.code) }, debugExit: true,
-    virtioDevices: [{ kind: "rng", options: {}, backendModule: ECHO }, { kind: "rng", options: {}, backendModule: ECHO }],
+for (const thread of ["shared", "own"] as const) {
+  test(`two virtio devices coexist, the second on ${thread === "own" ? "a thread of its own" : "the shared device thread"}: each has its own window and eventfds`, async () => {
+    const source = driverProgram(VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE);
+    const m = Machine.create({
+      cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: assemble(source, RING3_LAYOUT.code) }, debugExit: true,
+      virtioDevices: [{ kind: "rng", options: {}, backendModule: ECHO }, { kind: "rng", options: {}, backendModule: ECHO, thread }],
+    });
+    const r = await m.run();
+    assert.deepEqual(r.reason, { kind: "poweroff" }, `failed check ${r.debugExit?.status}`);
+    assert.equal(r.virtio[0]!.kicks, 0);
+    assert.equal(r.virtio[1]!.kicks, 1);
+    assert.equal(r.virtio[1]!.interrupts, 1);
+    assert.deepEqual(r.unstoppedDevices, []);
   });
-  const r = await m.run();
-  assert.deepEqual(r.reason, { kind: "poweroff" }, `failed check ${r.debugExit?.status}`);
-  assert.equal(r.virtio[0]!.kicks, 0);
-  assert.equal(r.virtio[1]!.kicks, 1);
-  assert.equal(r.virtio[1]!.interrupts, 1);
+}
+
+test("devices share one device thread unless placed on their own", () => {
+  assert.deepEqual(devicePlacement([]), { threadOf: [], threads: 0 });
+  assert.deepEqual(devicePlacement([{}, { thread: "shared" }, {}]), { threadOf: [0, 0, 0], threads: 1 });
+  assert.deepEqual(devicePlacement([{ thread: "own" }, {}, { thread: "own" }, {}]), { threadOf: [0, 1, 2, 1], threads: 3 });
+});
+
+test("a device placed on its own thread runs there, and the shared thread carries the others", async () => {
+  const mem = GuestMemory.create([{ guestBase: 0, size: 1 << 20 }]);
+  const set = new VirtioSet([
+    { kind: "rng", options: {}, backendModule: ECHO },
+    { kind: "rng", options: {}, backendModule: ECHO, thread: "own" },
+    { kind: "rng", options: {}, backendModule: ECHO },
+  ], mem.describe(), undefined);
+  try {
+    assert.equal(set.threads.length, 2);
+    const [d0, d1, d2] = set.devices;
+    assert.equal(d0!.thread, d2!.thread);
+    assert.notEqual(d1!.thread, d0!.thread);
+    assert.deepEqual(d1!.thread.devices, [d1]);
+    await set.start();
+    // Drive the dedicated device as a guest would: its chain comes back through its own thread.
+    const { w } = mmioAccess(new VirtioMmioTransport(d1!.describe().state, "own", new FakeContext()));
+    const drv = new FakeDriver(mem, { base: 0x10000, bytes: 0x10000, queueSize: 16 });
+    probeAsLinux(w, 1n << BigInt(VIRTIO_F_VERSION_1), [drv]);
+    drv.addChain({ readable: [new TextEncoder().encode("own")], writable: [3] });
+    w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    const end = Date.now() + 10_000;
+    while (drv.usedIdx === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 1));
+    assert.equal(new TextDecoder().decode(drv.popUsed()!.written), "own");
+    assert.equal(d1!.state.stats.kicks, 1);
+    assert.equal(d0!.state.stats.kicks + d2!.state.stats.kicks, 0);
+  } finally {
+    await set.stop();
+    mem.dispose();
+  }
 });

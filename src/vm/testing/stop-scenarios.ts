@@ -19,7 +19,7 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { RING3_LAYOUT } from "../../arch/x86_64/ring3.js";
-import { virtioSlot } from "../../devices/virtio/virtio-set.js";
+import { virtioSlot, type VirtioDeviceConfig } from "../../devices/virtio/virtio-set.js";
 import { assemble } from "../../kvm/testing/assemble.js";
 import {
   VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
@@ -145,63 +145,70 @@ const stalledConsole: StopScenario = {
 const deviceIo: StopScenario = {
   name: "device-io",
   describe: "device thread blocked in a host syscall",
-  async enter() {
-    const dir = mkdtempSync(join(tmpdir(), "flint-stall-"));
-    const fifoPath = join(dir, "disk");
-    const markerPath = join(dir, "blocked");
-    execFileSync("mkfifo", [fifoPath]);
-    const { mmioBase } = virtioSlot(0);
-    const status = (bits: number) => `mov dword ptr [rbx + ${VIRTIO_MMIO_STATUS}], ${bits}`;
-    const machine = Machine.create({
-      cpus: 1, memoryMib: 64,
-      virtioDevices: [{
-        kind: "block", options: { fifoPath, markerPath },
-        backendModule: new URL("./stall-backend.js", import.meta.url),
-      }],
-      // A minimal driver (virtio 1.x §3.1.1): accept VERSION_1, DRIVER_OK, then kick queue 0.
-      boot: {
-        kind: "ring3",
-        program: ring3(`
-             mov ebx, ${mmioBase}
-             ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE)}
-             ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER)}
-             mov dword ptr [rbx + ${VIRTIO_MMIO_DRIVER_FEATURES_SEL}], ${VIRTIO_F_VERSION_1 >> 5}
-             mov dword ptr [rbx + ${VIRTIO_MMIO_DRIVER_FEATURES}], ${1 << (VIRTIO_F_VERSION_1 & 31)}
-             ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK)}
-             ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)}
-             mov dword ptr [rbx + ${VIRTIO_MMIO_QUEUE_NOTIFY}], 0
-          1: pause
-             jmp 1b`),
-      },
-    });
-    const running = machine.run();
-    let released = false;
-    const release = async (): Promise<void> => {
-      if (released) return;
-      released = true;
-      // The "disk" answers: the device thread's read returns and the thread ends.
-      const fd = openSync(fifoPath, constants.O_RDWR | constants.O_NONBLOCK);
-      writeSync(fd, Uint8Array.of(1));
-      closeSync(fd);
-      // The given-up worker is unref'd: hold the event loop open until its exit is seen.
-      const hold = setInterval(() => undefined, 1000);
-      try {
-        await machine.deviceThreadsExited();
-      } finally {
-        clearInterval(hold);
-      }
-      rmSync(dir, { recursive: true, force: true });
-    };
-    try {
-      await until("the device thread to block", () => existsSync(markerPath));
-    } catch (e) {
-      machine.stop();
-      await release();
-      throw e;
-    }
-    return { machine, running, release };
-  },
+  enter: () => enterDeviceIo(),
 };
+
+/**
+ * The "device-io" state: device 0's backend (stall-backend.ts) blocks its
+ * device thread in a read(2); `alongside` are more devices after it, on the
+ * same thread unless their config places them elsewhere.
+ */
+export async function enterDeviceIo(alongside: VirtioDeviceConfig[] = []): Promise<StopScenarioRun> {
+  const dir = mkdtempSync(join(tmpdir(), "flint-stall-"));
+  const fifoPath = join(dir, "disk");
+  const markerPath = join(dir, "blocked");
+  execFileSync("mkfifo", [fifoPath]);
+  const { mmioBase } = virtioSlot(0);
+  const status = (bits: number) => `mov dword ptr [rbx + ${VIRTIO_MMIO_STATUS}], ${bits}`;
+  const machine = Machine.create({
+    cpus: 1, memoryMib: 64,
+    virtioDevices: [{
+      kind: "block", options: { fifoPath, markerPath },
+      backendModule: new URL("./stall-backend.js", import.meta.url),
+    }, ...alongside],
+    // A minimal driver (virtio 1.x §3.1.1): accept VERSION_1, DRIVER_OK, then kick queue 0.
+    boot: {
+      kind: "ring3",
+      program: ring3(`
+           mov ebx, ${mmioBase}
+           ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE)}
+           ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER)}
+           mov dword ptr [rbx + ${VIRTIO_MMIO_DRIVER_FEATURES_SEL}], ${VIRTIO_F_VERSION_1 >> 5}
+           mov dword ptr [rbx + ${VIRTIO_MMIO_DRIVER_FEATURES}], ${1 << (VIRTIO_F_VERSION_1 & 31)}
+           ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK)}
+           ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)}
+           mov dword ptr [rbx + ${VIRTIO_MMIO_QUEUE_NOTIFY}], 0
+        1: pause
+           jmp 1b`),
+    },
+  });
+  const running = machine.run();
+  let released = false;
+  const release = async (): Promise<void> => {
+    if (released) return;
+    released = true;
+    // The "disk" answers: the device thread's read returns and the thread ends.
+    const fd = openSync(fifoPath, constants.O_RDWR | constants.O_NONBLOCK);
+    writeSync(fd, Uint8Array.of(1));
+    closeSync(fd);
+    // The given-up worker is unref'd: hold the event loop open until its exit is seen.
+    const hold = setInterval(() => undefined, 1000);
+    try {
+      await machine.deviceThreadsExited();
+    } finally {
+      clearInterval(hold);
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await until("the device thread to block", () => existsSync(markerPath));
+  } catch (e) {
+    machine.stop();
+    await release();
+    throw e;
+  }
+  return { machine, running, release };
+}
 
 /** Every state, in report order. */
 export const STOP_SCENARIOS: readonly StopScenario[] = [ring3Loop, mmioSpin, stalledConsole, deviceIo];

@@ -41,7 +41,7 @@ import {
 } from "../../../linux/abi.generated.js";
 import { GuestMemory } from "../../../memory/guest-memory.js";
 import { sys } from "../../../sys/native.js";
-import { VirtioDeviceHandle } from "../device-thread.js";
+import { DeviceThread, VirtioDeviceHandle } from "../device-thread.js";
 import { VirtioMmioTransport } from "../mmio.js";
 import { availRingBytes, descTableBytes, usedRingBytes } from "../queue.js";
 import type { QueueFeatures } from "../types.js";
@@ -110,24 +110,44 @@ export class DeviceLoopRig {
     this.mmio = mmioAccess(this.transport);
   }
 
-  /** Maps guest RAM and starts the backend in its device thread. */
+  /** Maps guest RAM and starts the backend in a device thread of its own. */
   static async start(o: DeviceLoopRigOptions): Promise<DeviceLoopRig> {
+    const [rig] = await DeviceLoopRig.startShared([o]);
+    return rig!;
+  }
+
+  /**
+   * One rig per options, each with its own guest RAM, all devices on ONE
+   * device thread (started once for all of them), as a VM's devices are.
+   */
+  static async startShared(options: readonly DeviceLoopRigOptions[]): Promise<DeviceLoopRig[]> {
+    const thread = new DeviceThread("rig device thread");
+    const rigs = options.map((o) => DeviceLoopRig.build(o, thread));
+    const started = await Promise.allSettled(rigs.map((r) => r.dev.start()));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) {
+      for (const r of rigs) await r.stop();
+      throw failed.reason;
+    }
+    return rigs;
+  }
+
+  private static build(o: DeviceLoopRigOptions, thread: DeviceThread): DeviceLoopRig {
     const mem = GuestMemory.create([{ guestBase: 0, size: o.memoryBytes ?? 16 * MIB }]);
     let rig: DeviceLoopRig | undefined;
-    const dev = new VirtioDeviceHandle({
-      name: o.name ?? "virtio-rig", backendModule: o.backendModule, backendOptions: o.backendOptions ?? {},
-      memory: mem.describe(), mmioBase: 0, gsi: 5,
-      onGuestFault: (_d, m, count) => {
-        if (!rig) return;
-        rig.deviceFaults.push(m);
-        rig.deviceFaultsReported += count;
-      },
-      onFailed: (_d, r) => rig?.failureLog.push(r),
-    });
+    let dev: VirtioDeviceHandle;
     try {
-      await dev.start();
+      dev = new VirtioDeviceHandle({
+        name: o.name ?? "virtio-rig", backendModule: o.backendModule, backendOptions: o.backendOptions ?? {},
+        memory: mem.describe(), mmioBase: 0, gsi: 5, thread,
+        onGuestFault: (_d, m, count) => {
+          if (!rig) return;
+          rig.deviceFaults.push(m);
+          rig.deviceFaultsReported += count;
+        },
+        onFailed: (_d, r) => rig?.failureLog.push(r),
+      });
     } catch (e) {
-      await dev.stop();
       mem.dispose();
       throw e;
     }

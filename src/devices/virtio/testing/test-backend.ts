@@ -9,7 +9,8 @@
  * ECHO_FAIL_MAGIC makes the backend call ctx.fail, to test NEEDS_RESET).
  */
 import { writeFileSync } from "node:fs";
-import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from "../../../linux/abi.generated.js";
+import { EFD_CLOEXEC, EFD_NONBLOCK, POLLIN, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from "../../../linux/abi.generated.js";
+import { eventfd, sys } from "../../../sys/native.js";
 import { dataView } from "../../../memory/le.js";
 import { readChain, writeChain } from "../chain-io.js";
 import { serveQueue } from "../queue.js";
@@ -30,7 +31,24 @@ export interface EchoOptions {
   hostErrorsPerChain?: number;
   /** On shutdown, write this file (tests that stop() waits for shutdown). */
   shutdownMarker?: string;
+  /** Throw this message from onNotify (a backend bug: tests that it fails only this device). */
+  throwOnNotify?: string;
+  /**
+   * Instead of echoing, write the u32 count of chains every echo device on
+   * this device thread had served before this one (threadChains): tests of
+   * fairness between devices sharing a thread count with it.
+   */
+  stampThreadChains?: boolean;
+  /**
+   * On every notify, stop watching an idle eventfd and watch it again: the
+   * device changes the thread's poll set on every pass (as a backend whose
+   * watches follow its connections does).
+   */
+  rewatchOnNotify?: boolean;
 }
+
+/** Chains served by every echo device of this module instance, i.e. of one device thread (module state is per thread). */
+let threadChains = 0;
 
 export const ECHO_DEFAULT_DEVICE_ID = 0x3fff;
 export const ECHO_CONFIG_CHAINS = 0;
@@ -43,6 +61,7 @@ export function createBackend(options: unknown): VirtioBackend {
   const o = (options ?? {}) as EchoOptions;
   let ctx: VirtioDeviceContext | undefined;
   let chains = 0;
+  let idleFd: number | undefined;
   const bit = (n: number) => 1n << BigInt(n);
   return {
     deviceId: o.deviceId ?? ECHO_DEFAULT_DEVICE_ID,
@@ -54,13 +73,22 @@ export function createBackend(options: unknown): VirtioBackend {
       ctx = c;
     },
     onNotify(queue) {
+      if (o.throwOnNotify !== undefined) throw new Error(o.throwOnNotify);
       if (!ctx) return;
       const c = ctx;
+      if (o.rewatchOnNotify) {
+        idleFd ??= eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        c.unwatch(idleFd);
+        c.watch(idleFd, POLLIN, () => undefined);
+      }
       const q = c.queues[queue]!;
       const r = serveQueue(q, o.budget ?? Number.MAX_SAFE_INTEGER, (chain) => {
-        const data = readChain(c.memory, chain, 0, chain.readableBytes);
+        const data = o.stampThreadChains
+          ? new Uint8Array(Uint32Array.of(threadChains).buffer)
+          : readChain(c.memory, chain, 0, chain.readableBytes);
         q.pushUsed(chain.head, writeChain(c.memory, chain, 0, data));
         chains++;
+        threadChains++;
         for (let i = 0; i < (o.hostErrorsPerChain ?? 0); i++) c.hostError?.(`host error ${i} on chain ${chains}`);
         dataView(c.config).setUint32(ECHO_CONFIG_CHAINS, chains, true);
         if (o.configEvery && chains % o.configEvery === 0) c.notifyConfigChange();
@@ -78,6 +106,7 @@ export function createBackend(options: unknown): VirtioBackend {
       chains = 0;
     },
     shutdown() {
+      if (idleFd !== undefined) sys.close(idleFd);
       if (o.shutdownMarker) writeFileSync(o.shutdownMarker, `chains ${chains}\n`);
     },
   };

@@ -1,6 +1,6 @@
 /**
- * virtio-vsock, the module a device thread loads (VIRTIO_BACKEND_MODULES in
- * virtio-set.ts): createBackend, and what the rest of flint uses of the
+ * virtio-vsock, whose createBackend a device thread calls (VIRTIO_BACKENDS in
+ * backends.ts): createBackend, and what the rest of flint uses of the
  * device. The device is split as the reference monitors split it:
  *   packet.ts         the wire format (virtio_vsock_hdr) and header checks
  *   connection.ts     one stream's state, held bytes and credit accounting
