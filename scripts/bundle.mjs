@@ -22,13 +22,7 @@ export const BUNDLE_ENTRIES = {
   main: "cli/main.js", // the CLI (package.json "bin", ./flint)
   index: "index.js", // the library (package.json "exports")
   "vcpu-thread": "vm/vcpu-thread.js",
-  "device-thread-worker": "devices/virtio/device-thread-worker.js",
-  // Device backends a device thread imports by URL (virtio-set.ts: new URL("./block.js", import.meta.url)).
-  block: "devices/virtio/block.js",
-  net: "devices/virtio/net.js",
-  rng: "devices/virtio/rng.js",
-  balloon: "devices/virtio/balloon.js",
-  "vsock/index": "devices/virtio/vsock/index.js",
+  "device-thread-worker": "devices/virtio/device-thread-worker.js", // with every built-in backend (backends.ts)
 };
 
 rmSync(out, { recursive: true, force: true });

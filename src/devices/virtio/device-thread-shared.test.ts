@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { VIRTIO_MMIO_QUEUE_NOTIFY } from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
-import { FakeContext } from "../legacy/fake-context.js";
+import { FakeContext } from "../testing/fake-context.js";
 import { DeviceThread, VirtioDeviceError, VirtioDeviceHandle } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
 import { DeviceLoopRig, VIRTIO_V1 } from "./testing/device-loop-rig.js";
