@@ -73,6 +73,20 @@ test("stop() gives up on a device thread blocked in a host syscall, reports it, 
   assert.equal(readdirSync("/proc/self/fd").length, fdsBefore, "fds left open after the stuck thread ended");
 });
 
+test("a VM the guest powers off does not wait forever for a device thread stuck in a host syscall: it is reported unstopped", async () => {
+  const { machine, running, release } = await enterDeviceIo([], { deviceEndTimeoutMs: 500 });
+  machine.consoleInput(Buffer.from("x")); // the guest powers off when it sees a byte
+  let r: MachineResult;
+  try {
+    r = await withinLimit(running, "device thread blocked in a syscall after a guest poweroff");
+  } finally {
+    await release();
+  }
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.equal(r.unstoppedDevices.length, 1);
+  assert.match(r.unstoppedDevices[0]!, /^virtio-block@/);
+});
+
 test("stop() with one device stuck on the shared device thread reports every device of that thread unstopped, not one on its own thread", async () => {
   const fdsBefore = readdirSync("/proc/self/fd").length;
   const echo = new URL("../devices/virtio/testing/test-backend.js", import.meta.url);

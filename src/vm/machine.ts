@@ -72,6 +72,8 @@ export interface MachineConfig {
   mergeable?: boolean;
   /** Add the debug-exit device (ports 0xf0 mark, 0xf4 exit with status), for benchmarks and tests. */
   debugExit?: boolean;
+  /** When the guest ends the VM, how long run() waits for device threads (default DEVICE_END_TIMEOUT_MS). */
+  deviceEndTimeoutMs?: number;
   /**
    * Called for guest-caused faults (counted and logged, never fatal): the first
    * GUEST_FAULT_LOG_FIRST of each device one by one, then a summary line
@@ -428,7 +430,7 @@ export class Machine {
     if (this.disposed) return;
     if (this.exitReason === undefined) {
       this.exitReason = reason;
-      const t = setTimeout(this.giveUpDevices, DEVICE_END_TIMEOUT_MS);
+      const t = setTimeout(this.giveUpDevices, this.config.deviceEndTimeoutMs ?? DEVICE_END_TIMEOUT_MS);
       t.unref();
       this.stopTimers.push(t);
     }

@@ -153,7 +153,7 @@ const deviceIo: StopScenario = {
  * device thread in a read(2); `alongside` are more devices after it, on the
  * same thread unless their config places them elsewhere.
  */
-export async function enterDeviceIo(alongside: VirtioDeviceConfig[] = []): Promise<StopScenarioRun> {
+export async function enterDeviceIo(alongside: VirtioDeviceConfig[] = [], options: { deviceEndTimeoutMs?: number } = {}): Promise<StopScenarioRun> {
   const dir = mkdtempSync(join(tmpdir(), "flint-stall-"));
   const fifoPath = join(dir, "disk");
   const markerPath = join(dir, "blocked");
@@ -161,12 +161,13 @@ export async function enterDeviceIo(alongside: VirtioDeviceConfig[] = []): Promi
   const { mmioBase } = virtioSlot(0);
   const status = (bits: number) => `mov dword ptr [rbx + ${VIRTIO_MMIO_STATUS}], ${bits}`;
   const machine = Machine.create({
-    cpus: 1, memoryMib: 64,
+    cpus: 1, memoryMib: 64, ...options,
     virtioDevices: [{
       kind: "block", options: { fifoPath, markerPath },
       backendModule: new URL("./stall-backend.js", import.meta.url),
     }, ...alongside],
-    // A minimal driver (virtio 1.x §3.1.1): accept VERSION_1, DRIVER_OK, then kick queue 0.
+    // A minimal driver (virtio 1.x §3.1.1): accept VERSION_1, DRIVER_OK, then kick queue 0;
+    // then wait, and power off (ACPI S5) once a byte arrives on the console.
     boot: {
       kind: "ring3",
       program: ring3(`
@@ -179,7 +180,14 @@ export async function enterDeviceIo(alongside: VirtioDeviceConfig[] = []): Promi
            ${status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)}
            mov dword ptr [rbx + ${VIRTIO_MMIO_QUEUE_NOTIFY}], 0
         1: pause
-           jmp 1b`),
+           mov dx, 0x3fd
+           in al, dx
+           test al, 1
+           jz 1b
+           mov dx, 0x600
+           mov al, 0x34
+           out dx, al
+        2: jmp 2b`),
     },
   });
   const running = machine.run();
