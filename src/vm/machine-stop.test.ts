@@ -12,7 +12,7 @@ import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { MachineResult } from "./machine.js";
 import { virtioSlot } from "../devices/virtio/virtio-set.js";
-import { enterDeviceIo, STOP_SCENARIOS, type StopScenario } from "./testing/stop-scenarios.js";
+import { enterDeviceIo, STOP_SCENARIOS, type StopScenario, type StopScenarioRun } from "./testing/stop-scenarios.js";
 
 /** Generous: stop() is meant to take milliseconds (one second for a device stuck in a syscall). */
 const HANG_LIMIT_MS = 10_000;
@@ -22,6 +22,15 @@ async function withinLimit(p: Promise<MachineResult>, what: string): Promise<Mac
   const r = await Promise.race([p, hung]);
   if (r === "hung") assert.fail(`${what}: run() did not resolve within ${HANG_LIMIT_MS} ms of stop()`);
   return r;
+}
+
+/** The result of a run with a device stuck in a syscall (within the hang limit); the device is let go either way. */
+async function resultThenRelease(run: StopScenarioRun, what: string): Promise<MachineResult> {
+  try {
+    return await withinLimit(run.running, what);
+  } finally {
+    await run.release();
+  }
 }
 
 function scenario(name: StopScenario["name"]): StopScenario {
@@ -58,14 +67,9 @@ test("stop() ends a vCPU blocked on a full serial ring whose console never compl
 
 test("stop() gives up on a device thread blocked in a host syscall, reports it, and cleans up once it returns", async () => {
   const fdsBefore = readdirSync("/proc/self/fd").length;
-  const { machine, running, release } = await scenario("device-io").enter();
-  machine.stop({ kind: "poweroff" });
-  let r: MachineResult;
-  try {
-    r = await withinLimit(running, "device thread blocked in a syscall");
-  } finally {
-    await release();
-  }
+  const run = await scenario("device-io").enter();
+  run.machine.stop({ kind: "poweroff" });
+  const r = await resultThenRelease(run, "device thread blocked in a syscall");
   assert.deepEqual(r.reason, { kind: "poweroff" });
   assert.equal(r.unstoppedDevices.length, 1);
   assert.match(r.unstoppedDevices[0]!, /^virtio-block@/);
@@ -74,14 +78,9 @@ test("stop() gives up on a device thread blocked in a host syscall, reports it, 
 });
 
 test("a VM the guest powers off does not wait forever for a device thread stuck in a host syscall: it is reported unstopped", async () => {
-  const { machine, running, release } = await enterDeviceIo([], { deviceEndTimeoutMs: 500 });
-  machine.consoleInput(Buffer.from("x")); // the guest powers off when it sees a byte
-  let r: MachineResult;
-  try {
-    r = await withinLimit(running, "device thread blocked in a syscall after a guest poweroff");
-  } finally {
-    await release();
-  }
+  const run = await enterDeviceIo([], { deviceEndTimeoutMs: 500 });
+  run.machine.consoleInput(Buffer.from("x")); // the guest powers off when it sees a byte
+  const r = await resultThenRelease(run, "device thread blocked in a syscall after a guest poweroff");
   assert.deepEqual(r.reason, { kind: "poweroff" });
   assert.equal(r.unstoppedDevices.length, 1);
   assert.match(r.unstoppedDevices[0]!, /^virtio-block@/);
@@ -90,17 +89,12 @@ test("a VM the guest powers off does not wait forever for a device thread stuck 
 test("stop() with one device stuck on the shared device thread reports every device of that thread unstopped, not one on its own thread", async () => {
   const fdsBefore = readdirSync("/proc/self/fd").length;
   const echo = new URL("../devices/virtio/testing/test-backend.js", import.meta.url);
-  const { machine, running, release } = await enterDeviceIo([
+  const run = await enterDeviceIo([
     { kind: "rng", options: {}, backendModule: echo },
     { kind: "rng", options: {}, backendModule: echo, thread: "own" },
   ]);
-  machine.stop({ kind: "poweroff" });
-  let r: MachineResult;
-  try {
-    r = await withinLimit(running, "shared device thread blocked in a syscall");
-  } finally {
-    await release();
-  }
+  run.machine.stop({ kind: "poweroff" });
+  const r = await resultThenRelease(run, "shared device thread blocked in a syscall");
   const name = (kind: string, i: number) => `virtio-${kind}@0x${virtioSlot(i).mmioBase.toString(16)}`;
   // The rng device could not stop: its thread was inside the block device's read(2).
   assert.deepEqual(r.unstoppedDevices, [name("block", 0), name("rng", 1)]);
