@@ -43,6 +43,7 @@ export async function runVm(o: RunOptions): Promise<number> {
     },
     // Always shown: a failing or full host disk is the operator's to fix (the guest carries on).
     onHostError: (device, message) => process.stderr.write(`flint: host error in ${device}: ${message}\r\n`),
+    onSlowEnd: (message) => process.stderr.write(`flint: ${message}\r\n`),
   });
   const stdin = process.stdin;
   const raw = stdin.isTTY === true;

@@ -63,6 +63,7 @@ const vm = Machine.create({
   cpus: 2, memoryMib: ${GUEST_MIB}, consoleOutput,
   boot: { kind: "linux", kernelPath, initrdPath, cmdline: "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init" },
   virtioDevices: [{ kind: "balloon", options: { targetMib: 0 } }],
+  onSlowEnd: (m) => say("slow_end", JSON.stringify(m)),
 });
 const done = vm.run();
 try {

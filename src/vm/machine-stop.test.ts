@@ -78,12 +78,16 @@ test("stop() gives up on a device thread blocked in a host syscall, reports it, 
 });
 
 test("a VM the guest powers off does not wait forever for a device thread stuck in a host syscall: it is reported unstopped", async () => {
-  const run = await enterDeviceIo([], { deviceEndTimeoutMs: 500 });
+  const slow: string[] = [];
+  const run = await enterDeviceIo([], { deviceEndTimeoutMs: 1500, slowEndReportMs: 200, onSlowEnd: (m) => slow.push(m) });
   run.machine.consoleInput(Buffer.from("x")); // the guest powers off when it sees a byte
   const r = await resultThenRelease(run, "device thread blocked in a syscall after a guest poweroff");
   assert.deepEqual(r.reason, { kind: "poweroff" });
   assert.equal(r.unstoppedDevices.length, 1);
   assert.match(r.unstoppedDevices[0]!, /^virtio-block@/);
+  // Before giving up, flint said what the ending VM was waiting for.
+  assert.equal(slow.length, 1, JSON.stringify(slow));
+  assert.match(slow[0]!, /still waiting for device\(s\) virtio-block@0x[0-9a-f]+ to stop/);
 });
 
 test("stop() with one device stuck on the shared device thread reports every device of that thread unstopped, not one on its own thread", async () => {

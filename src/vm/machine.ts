@@ -34,6 +34,8 @@ import type { VcpuFd } from "../kvm/vcpu.js";
 import type { VmFd } from "../kvm/vm.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { sys } from "../sys/native.js";
+import { WorkerPool } from "../sys/worker-pool.js";
+import { DEVICE_THREAD_POOL } from "../devices/virtio/device-thread.js";
 import { claimExit, createControl } from "./control.js";
 import { createDeviceSet, type HostDevices } from "./device-set.js";
 import { irqLineContext } from "./irq.js";
@@ -87,6 +89,15 @@ export interface MachineConfig {
    * counted in MachineResult.virtio[i].hostErrors.
    */
   onHostError?: (device: string, message: string) => void;
+  /**
+   * Called when the VM ended (by the guest or stop()) SLOW_END_REPORT_MS ago and
+   * run() is still waiting, with what it waits for (vCPU threads that have not
+   * left the guest, devices that have not stopped, console output not taken):
+   * a diagnosis for a VM that does not finish ending.
+   */
+  onSlowEnd?: (message: string) => void;
+  /** How long after the VM ended onSlowEnd waits before it reports (default SLOW_END_REPORT_MS). */
+  slowEndReportMs?: number;
   /**
    * virtio-mmio devices, in order: device i gets the window VIRTIO_MMIO_BASE +
    * i * VIRTIO_MMIO_SIZE and GSI FIRST_DEVICE_IRQ + i. With ACPI tables each
@@ -161,6 +172,20 @@ export const DEVICE_END_TIMEOUT_MS = 30_000;
  */
 export const STOP_FLUSH_TIMEOUT_MS = 50;
 
+/** How long after the VM ended run() may still be waiting before onSlowEnd says for what. */
+export const SLOW_END_REPORT_MS = 10_000;
+
+/** vCPU threads: started from a booted spare when keepWarm asked for some (worker-pool.ts). */
+const VCPU_THREAD_POOL = WorkerPool.for(new URL("./vcpu-thread.js", import.meta.url));
+
+/** What Machine.keepWarm keeps booted, per process. */
+export interface WarmThreads {
+  /** vCPU threads kept waiting (a VM takes one per vCPU). */
+  vcpuThreads: number;
+  /** Device threads kept waiting (a VM takes one, plus one per device placed on its own thread). */
+  deviceThreads: number;
+}
+
 /** A signal (a real-time one, no SA_RESTART) that kicks a vCPU thread out of KVM_RUN. */
 const KICK_SIGNAL = sys.sigrtmin() + 2;
 let kickInstalled = false;
@@ -212,6 +237,10 @@ export class Machine {
   /** Settles DEVICE_STOP_TIMEOUT_MS after stop(): run() then stops waiting for device threads. */
   private readonly devicesGivenUp = new Promise<void>((resolve) => (this.giveUpDevices = resolve));
   private stopTimers: NodeJS.Timeout[] = [];
+  /** What run() is waiting for once the VM has ended, for onSlowEnd. */
+  private readonly waitingVcpus = new Set<number>();
+  private readonly waitingDevices = new Set<string>();
+  private ending: "vcpus" | "devices" | "console" | "done" = "vcpus";
 
   private constructor(
     config: MachineConfig, kvm: Kvm, vm: VmFd, memory: GuestMemory, vcpus: VcpuFd[], host: HostDevices, virtio: VirtioSet, summary: string,
@@ -224,6 +253,18 @@ export class Machine {
     this.host = host;
     this.virtio = virtio;
     this.summary = summary;
+  }
+
+  /**
+   * For a process that starts many VMs: keeps this many vCPU and device
+   * threads booted ahead (each an idle V8 isolate of a few MiB), so that a
+   * new VM's run() takes ready threads instead of waiting for isolates to
+   * boot; each one taken is replaced in the background. 0 and 0 (the
+   * default) keep none.
+   */
+  static keepWarm(threads: WarmThreads): void {
+    VCPU_THREAD_POOL.keepSpares(threads.vcpuThreads);
+    DEVICE_THREAD_POOL.keepSpares(threads.deviceThreads);
   }
 
   /** Validates `config`, opens KVM and builds the VM; throws MachineError/KvmError/BootError on bad input. */
@@ -353,7 +394,7 @@ export class Machine {
         vcpu: vcpu.describe(), vmFd: this.vm.fd,
         devices: this.host.descriptor, control: this.control, kickSignal: KICK_SIGNAL,
       };
-      const w = new Worker(new URL("./vcpu-thread.js", import.meta.url), { workerData: init });
+      const w = VCPU_THREAD_POOL.take(init);
       this.workers.push(w);
       let readyResolve!: () => void;
       ready.push(new Promise((r) => (readyResolve = r)));
@@ -367,7 +408,9 @@ export class Machine {
           }
         });
         w.on("error", (e) => this.end({ kind: "error", message: `vCPU ${vcpu.id} thread failed: ${e.message}` }));
+        this.waitingVcpus.add(vcpu.id);
         w.on("exit", () => {
+          this.waitingVcpus.delete(vcpu.id);
           // Node has joined the thread: its pthread id may now name another thread.
           this.threads[vcpu.id] = undefined;
           readyResolve();
@@ -390,8 +433,16 @@ export class Machine {
     await Promise.all(done);
     // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves;
     // after stop(), one stuck in a host syscall is given up on (DEVICE_STOP_TIMEOUT_MS).
-    const stopped = await Promise.all(this.virtio.devices.map((d) => d.stop(this.devicesGivenUp)));
+    this.ending = "devices";
+    const stopped = await Promise.all(this.virtio.devices.map(async (d) => {
+      this.waitingDevices.add(d.spec.name);
+      const ok = await d.stop(this.devicesGivenUp);
+      this.waitingDevices.delete(d.spec.name);
+      return ok;
+    }));
+    this.ending = "console";
     await this.host.stop(this.flushGivenUp);
+    this.ending = "done";
     const bootNs = this.host.bootTimeNs();
     const unstopped = this.virtio.devices.filter((_, i) => !stopped[i]);
     this.dispose(unstopped.map((d) => d.threadExited));
@@ -430,12 +481,25 @@ export class Machine {
     if (this.disposed) return;
     if (this.exitReason === undefined) {
       this.exitReason = reason;
-      const t = setTimeout(this.giveUpDevices, this.config.deviceEndTimeoutMs ?? DEVICE_END_TIMEOUT_MS);
-      t.unref();
-      this.stopTimers.push(t);
+      const giveUp = setTimeout(this.giveUpDevices, this.config.deviceEndTimeoutMs ?? DEVICE_END_TIMEOUT_MS);
+      const report = setTimeout(() => this.reportSlowEnd(), this.config.slowEndReportMs ?? SLOW_END_REPORT_MS);
+      giveUp.unref();
+      report.unref();
+      this.stopTimers.push(giveUp, report);
     }
     claimExit(this.control);
     this.kick();
+  }
+
+  /** Tells onSlowEnd what run() still waits for, SLOW_END_REPORT_MS after the VM ended. */
+  private reportSlowEnd(): void {
+    if (this.ending === "done" || !this.config.onSlowEnd) return;
+    const what =
+      this.ending === "vcpus" ? `vCPU thread(s) ${[...this.waitingVcpus].join(", ")} to leave the guest (in KVM_RUN, or blocked on a full console)`
+      : this.ending === "devices" ? `device(s) ${[...this.waitingDevices].join(", ")} to stop (a device thread busy or blocked in a host syscall)`
+      : "the console output stream to take the guest's last output";
+    const after = this.config.slowEndReportMs ?? SLOW_END_REPORT_MS;
+    this.config.onSlowEnd(`the VM ended ${after / 1000} s ago and is still waiting for ${what}`);
   }
 
   /** Settles when every device thread has exited, including any that run() gave up on (MachineResult.unstoppedDevices). */

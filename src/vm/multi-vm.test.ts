@@ -142,3 +142,24 @@ async function checkIsolation(all: readonly Running[]): Promise<void> {
     else assert.equal(result.guestFaults, 0, `VM ${r.id}: ${JSON.stringify(result.guestFaultsByDevice)}`);
   }
 }
+
+test("with threads kept warm (Machine.keepWarm), VMs one after another start on booted spares and run", { timeout: 60_000 }, async () => {
+  Machine.keepWarm({ vcpuThreads: 2, deviceThreads: 1 });
+  try {
+    for (let id = 0; id < 3; id++) {
+      let text = "";
+      const consoleOutput = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString("latin1"); cb(); } });
+      // vCPU 0 (edi = 0) prints and powers off; vCPU 1 spins.
+      const program = assemble(`test edi, edi\n jnz 1f\n mov dx, 0x3f8\n mov al, '${id}'\n out dx, al\n mov dx, 0x600\n mov al, 0x34\n out dx, al\n 1: jmp 1b`, RING3_LAYOUT.code);
+      const r = await Machine.create({
+        cpus: 2, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput,
+        virtioDevices: [{ kind: "rng", options: {} }, { kind: "balloon", options: { targetMib: 0 } }],
+      }).run();
+      assert.deepEqual(r.reason, { kind: "poweroff" });
+      assert.equal(text, String(id));
+      assert.deepEqual(r.virtio.map((d) => d.failures), [[], []]);
+    }
+  } finally {
+    Machine.keepWarm({ vcpuThreads: 0, deviceThreads: 0 });
+  }
+});

@@ -4,18 +4,20 @@
  * reports its pthread id so the main thread can kick it out of KVM_RUN, and
  * runs the vCPU loop until the VM stops.
  */
-import { parentPort, workerData } from "node:worker_threads";
+import { parentPort } from "node:worker_threads";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import { GuestFaultLog } from "../devices/fault-log.js";
 import { VcpuFd } from "../kvm/vcpu.js";
 import { sys } from "../sys/native.js";
+import { workerInit } from "../sys/worker-pool.js";
 import { claimExit } from "./control.js";
 import { buildBuses } from "./device-set.js";
 import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
 import { irqLineContext } from "./irq.js";
 import { newStats, runVcpu } from "./vcpu-loop.js";
 
-const init = workerData as VcpuThreadInit;
+// workerData, or the first message when this thread was booted ahead as a spare (worker-pool.ts).
+const init = await workerInit<VcpuThreadInit>();
 const port = parentPort!;
 const post = (m: VcpuThreadMessage) => port.postMessage(m);
 

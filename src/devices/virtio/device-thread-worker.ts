@@ -18,17 +18,19 @@
  * bounded by its backend's budget, so a device the guest floods gets one
  * budget per pass and the others get theirs in the same pass.
  */
-import { parentPort, workerData } from "node:worker_threads";
+import { parentPort } from "node:worker_threads";
 import { EINTR, pollfd } from "../../linux/abi.generated.js";
 import { GuestMemory, type MemoryDescriptor } from "../../memory/guest-memory.js";
 import { dataView } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
+import { workerInit } from "../../sys/worker-pool.js";
 import { VIRTIO_BACKENDS } from "./backends.js";
 import { DeviceRunner, type PollEntry } from "./device-runner.js";
 import type { DeviceEvent, DeviceInit, DeviceStartResult, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
 import type { VirtioBackend } from "./types.js";
 
-const init = workerData as DeviceThreadInit;
+// workerData, or the first message when this thread was booted ahead as a spare (worker-pool.ts).
+const init = await workerInit<DeviceThreadInit>();
 const port = parentPort!;
 const post = (m: DeviceThreadMessage) => port.postMessage(m);
 

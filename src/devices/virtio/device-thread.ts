@@ -31,8 +31,12 @@ import { VIRTIO_MMIO_SIZE } from "../../arch/x86_64/layout.js";
 import type { VmFd } from "../../kvm/vm.js";
 import type { MemoryDescriptor } from "../../memory/guest-memory.js";
 import { eventfd } from "../../sys/native.js";
+import { WorkerPool } from "../../sys/worker-pool.js";
 import type { VirtioDeviceKind } from "./backends.js";
 import { TransportState, createTransportShared, type TransportStats } from "./mmio-state.js";
+
+/** Device threads: started from a booted spare when Machine.keepWarm asked for some (worker-pool.ts). */
+export const DEVICE_THREAD_POOL = WorkerPool.for(new URL("./device-thread-worker.js", import.meta.url));
 
 /** A device's counters, for MachineResult. */
 export interface VirtioDeviceStats extends TransportStats {
@@ -222,9 +226,7 @@ export class DeviceThread {
     this.started = this.members.filter((d) => !d.closedBeforeStart);
     if (this.started.length === 0) return [];
     const init: DeviceThreadInit = { devices: this.started.map((d) => d.threadInit()) };
-    const w = new Worker(new URL("./device-thread-worker.js", import.meta.url), {
-      workerData: init, transferList: init.devices.map((d) => d.requests),
-    });
+    const w = DEVICE_THREAD_POOL.take(init, init.devices.map((d) => d.requests));
     this.worker = w;
     let readyAnswered = false;
     const ready = new Promise<DeviceStartResult[]>((resolve, reject) => {

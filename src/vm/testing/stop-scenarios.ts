@@ -27,7 +27,7 @@ import {
   VIRTIO_MMIO_STATUS,
 } from "../../linux/abi.generated.js";
 import { SERIAL_TX_RING_BYTES } from "../../devices/legacy/serial-state.js";
-import { Machine, type MachineResult } from "../machine.js";
+import { Machine, type MachineConfig, type MachineResult } from "../machine.js";
 
 /** A VM caught in one state. */
 export interface StopScenarioRun {
@@ -153,7 +153,10 @@ const deviceIo: StopScenario = {
  * device thread in a read(2); `alongside` are more devices after it, on the
  * same thread unless their config places them elsewhere.
  */
-export async function enterDeviceIo(alongside: VirtioDeviceConfig[] = [], options: { deviceEndTimeoutMs?: number } = {}): Promise<StopScenarioRun> {
+export async function enterDeviceIo(
+  alongside: VirtioDeviceConfig[] = [],
+  options: Pick<MachineConfig, "deviceEndTimeoutMs" | "onSlowEnd" | "slowEndReportMs"> = {},
+): Promise<StopScenarioRun> {
   const dir = mkdtempSync(join(tmpdir(), "flint-stall-"));
   const fifoPath = join(dir, "disk");
   const markerPath = join(dir, "blocked");

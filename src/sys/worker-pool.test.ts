@@ -1,0 +1,39 @@
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { test } from "node:test";
+import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
+import { WorkerPool } from "./worker-pool.js";
+
+const ECHO = new URL("./testing/init-echo-worker.js", import.meta.url);
+
+async function initOf(w: Worker): Promise<unknown> {
+  const [m] = (await once(w, "message")) as [{ init: unknown }];
+  await once(w, "exit");
+  return m.init;
+}
+
+test("without spares, take() starts a new worker with its init as workerData", async () => {
+  const pool = WorkerPool.for(ECHO);
+  assert.equal(pool.spareCount, 0);
+  assert.deepEqual(await initOf(pool.take({ job: 1 })), { job: 1 });
+});
+
+test("a spare is booted ahead, handed its init (and transferred ports) by message, and replaced", async () => {
+  const pool = WorkerPool.for(ECHO);
+  pool.keepSpares(2);
+  assert.equal(pool.spareCount, 2);
+  const { port1, port2 } = new MessageChannel();
+  const w = pool.take({ job: 2, port: port2 }, [port2]);
+  const init = (await initOf(w)) as { job: number; port: MessagePort };
+  assert.equal(init.job, 2);
+  assert.ok(init.port, "the transferred port arrived");
+  assert.equal(pool.spareCount, 2, "the spare taken was replaced");
+  pool.keepSpares(0);
+  assert.equal(pool.spareCount, 0);
+  port1.close();
+});
+
+test("a pool refuses a spare count it cannot mean", () => {
+  assert.throws(() => WorkerPool.for(ECHO).keepSpares(-1), RangeError);
+  assert.throws(() => WorkerPool.for(ECHO).keepSpares(1.5), RangeError);
+});

@@ -1,0 +1,90 @@
+/**
+ * Booted worker threads kept waiting for work, for library users who start
+ * many VMs in one process. A Node worker is a fresh V8 isolate: it takes tens
+ * to hundreds of milliseconds to boot before its first line runs, which is
+ * most of the time from Machine.create to the guest's first instruction. A
+ * pool boots spares ahead of time; taking one costs a postMessage.
+ *
+ * Off by default (no spares): a process that runs one VM (the CLI) would only
+ * pay for idle isolates. Spares are unref'd, so they never keep a process
+ * alive. A worker script that can start from a spare reads its init from
+ * `workerInit()` instead of `workerData`.
+ */
+import { parentPort, Worker, workerData, type TransferListItem } from "node:worker_threads";
+
+/** The first message a spare receives: its init (what workerData would have held). */
+interface InitMessage {
+  flintWorkerInit: unknown;
+}
+
+/** A pool of booted, idle workers running one script. */
+export class WorkerPool {
+  private static readonly pools = new Map<string, WorkerPool>();
+  private readonly spares: Worker[] = [];
+  private target = 0;
+
+  private constructor(private readonly script: URL) {}
+
+  /** The pool for `script` (one per script in the process). */
+  static for(script: URL): WorkerPool {
+    let pool = WorkerPool.pools.get(script.href);
+    if (!pool) WorkerPool.pools.set(script.href, (pool = new WorkerPool(script)));
+    return pool;
+  }
+
+  /** Keeps `count` (0..64) booted workers waiting; 0 ends the idle ones. */
+  keepSpares(count: number): void {
+    if (!Number.isInteger(count) || count < 0 || count > 64) throw new RangeError(`Cannot keep ${count} spare workers: 0 to 64`);
+    this.target = count;
+    while (this.spares.length > count) void this.spares.pop()!.terminate();
+    this.refill();
+  }
+
+  /** Spares booted or booting now. */
+  get spareCount(): number {
+    return this.spares.length;
+  }
+
+  /** A worker running the script with `init`: a spare when there is one (then replaced), else a new one. */
+  take(init: unknown, transferList: readonly TransferListItem[] = []): Worker {
+    const spare = this.spares.shift();
+    if (!spare) return new Worker(this.script, { workerData: init, transferList: [...transferList] });
+    spare.ref();
+    spare.postMessage({ flintWorkerInit: init } satisfies InitMessage, [...transferList]);
+    this.refill();
+    return spare;
+  }
+
+  private refill(): void {
+    while (this.spares.length < this.target) {
+      const w = new Worker(this.script, { workerData: undefined });
+      w.unref();
+      // A spare that dies while idle (it should not) is simply dropped.
+      const drop = () => {
+        const i = this.spares.indexOf(w);
+        if (i >= 0) this.spares.splice(i, 1);
+      };
+      w.once("exit", drop);
+      w.once("error", drop);
+      this.spares.push(w);
+    }
+  }
+}
+
+/**
+ * In a worker script: its init, from workerData when it was started for a
+ * job, or from the first message when it was started as a spare.
+ */
+export async function workerInit<T>(): Promise<T> {
+  if (workerData !== undefined && workerData !== null) return workerData as T;
+  const port = parentPort;
+  if (!port) throw new Error("workerInit() outside a worker thread");
+  return new Promise<T>((resolve) => {
+    const onMessage = (m: unknown) => {
+      if (typeof m !== "object" || m === null || !("flintWorkerInit" in m)) return;
+      port.off("message", onMessage);
+      resolve((m as InitMessage).flintWorkerInit as T);
+    };
+    port.on("message", onMessage);
+  });
+}
