@@ -11,7 +11,7 @@ import {
 import {
   checkRxHeader, checkTxHeader, NET_OFFLOAD_FEATURES, negotiatedOffloads, tunOffloadFlags, type OffloadSet,
 } from "./net-offload.js";
-import { concat, netHeader, readNetHeader, tcpFrame, type NetHeaderFields } from "./net-test-rig.js";
+import { concat, netHeader, readNetHeader, tcpFrame, type NetHeaderFields } from "./testing/net-test-rig.js";
 
 const bit = (n: number) => 1n << BigInt(n);
 const bits = (...ns: number[]) => ns.reduce((s, n) => s | bit(n), 0n);

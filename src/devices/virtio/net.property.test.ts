@@ -24,7 +24,7 @@ import { checkRxHeader, checkTxHeader, negotiatedOffloads, type OffloadSet } fro
 import {
   concat, fakeTap, NetContext, netHeader, offloadRecorder, readNetHeader, readPacket, tcpFrame, writePacket,
   type NetHeaderFields,
-} from "./net-test-rig.js";
+} from "./testing/net-test-rig.js";
 import { FakeDriver } from "./testing/fake-driver.js";
 import { arbRawDescriptor, recordingMemory, spaceOf, splitAt as split } from "./testing/fake-driver-hostile.js";
 

@@ -19,8 +19,8 @@ import { NET_OFFLOAD_FEATURES } from "./net-offload.js";
 import {
   concat, ethFrame, fakeTap, netHeader, netRig, readNetHeader, readPacket, RX_CHAIN_BYTES, tcpFrame, writePacket,
   type NetRigOptions,
-} from "./net-test-rig.js";
-import type { TapScenarioReport } from "./net-tap-scenario.js";
+} from "./testing/net-test-rig.js";
+import type { TapScenarioReport } from "./testing/net-tap-scenario.js";
 import { netnsAvailable, withTapNamespace } from "./testing/tap-namespace.js";
 
 const bit = (n: number) => 1n << BigInt(n);
@@ -406,7 +406,7 @@ test("a real TAP in a private network namespace: ARP, ping, and TCP both ways wi
   const ns = `flint-net-${process.pid}`;
   const tap = "ftap0";
   withTapNamespace({ ns, tap, address: "10.77.0.1/24", loopbackUp: true }, () => {
-    const script = fileURLToPath(new URL("./net-tap-scenario.js", import.meta.url));
+    const script = fileURLToPath(new URL("./testing/net-tap-scenario.js", import.meta.url));
     const run = spawnSync("ip", ["netns", "exec", ns, process.execPath, script, tap], { encoding: "utf8", timeout: 30_000 });
     assert.equal(run.status, 0, `scenario failed:\n${run.stdout}\n${run.stderr}`);
     const report = JSON.parse(run.stdout) as TapScenarioReport;

@@ -10,7 +10,7 @@
  */
 import { ETH_P_IP } from "../../../linux/abi.generated.js";
 import { NET_RX_QUEUE, NET_TX_QUEUE } from "../net.js";
-import { concat, ethFrame, netHeader } from "../net-test-rig.js";
+import { concat, ethFrame, netHeader } from "./net-test-rig.js";
 import { DeviceLoopRig, VIRTIO_V1, actionCount, arbLoopAction } from "./device-loop-rig.js";
 import { LOOP_PROPERTY_BOUNDS, formatReport, runLoopProperty } from "./device-loop-property.js";
 

@@ -12,13 +12,13 @@ import { join } from "node:path";
 import {
   AF_UNIX, EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_TLEN, IPPROTO_TCP, POLLIN,
   SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, iphdr, ipv6hdr, ovs_action_push_vlan, pollfd, tcphdr, virtio_net_hdr_v1,
-} from "../../linux/abi.generated.js";
-import { GuestMemory } from "../../memory/guest-memory.js";
-import { dataView, getU16, setU16 } from "../../memory/le.js";
-import { check, sys } from "../../sys/native.js";
-import { NET_HDR_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, tunSetOffload, VirtioNet, type NetOptions, type SetTapOffload } from "./net.js";
-import { FakeDriver, type UsedEntry } from "./testing/fake-driver.js";
-import type { VirtioDeviceContext, VirtQueue } from "./types.js";
+} from "../../../linux/abi.generated.js";
+import { GuestMemory } from "../../../memory/guest-memory.js";
+import { dataView, getU16, setU16 } from "../../../memory/le.js";
+import { check, sys } from "../../../sys/native.js";
+import { NET_HDR_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, tunSetOffload, VirtioNet, type NetOptions, type SetTapOffload } from "../net.js";
+import { FakeDriver, type UsedEntry } from "./fake-driver.js";
+import type { VirtioDeviceContext, VirtQueue } from "../types.js";
 
 /** Two connected, non-blocking AF_UNIX datagram sockets: `device` plays the TAP fd, `peer` the host network. */
 export interface FakeTap {

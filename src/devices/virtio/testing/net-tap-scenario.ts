@@ -18,12 +18,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   ETH_P_IP, IPPROTO_TCP, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, iphdr, tcphdr, virtio_net_hdr_v1,
-} from "../../linux/abi.generated.js";
-import { dataView, getU16 } from "../../memory/le.js";
-import { createBackend, NET_HDR_BYTES, NET_MAX_FRAME_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, openTap, parseMac } from "./net.js";
-import { NET_OFFLOAD_FEATURES } from "./net-offload.js";
+} from "../../../linux/abi.generated.js";
+import { dataView, getU16 } from "../../../memory/le.js";
+import { createBackend, NET_HDR_BYTES, NET_MAX_FRAME_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, openTap, parseMac } from "../net.js";
+import { NET_OFFLOAD_FEATURES } from "../net-offload.js";
 import { concat, ethFrame, netHeader, netRig, readNetHeader, waitReadable, type NetRig } from "./net-test-rig.js";
-import type { UsedEntry } from "./testing/fake-driver.js";
+import type { UsedEntry } from "./fake-driver.js";
 
 /** What one TCP session through the device saw. */
 export interface TcpSessionReport {
