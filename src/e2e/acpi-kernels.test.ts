@@ -28,16 +28,12 @@ import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel, type KernelVariant } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
-import { ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
+import { E2E_GUEST_NET, ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
-const GUEST_MAC = "06:00:ac:10:00:02";
-const GUEST_CID = 3;
-const HOST_PORT = 5678;
-const HOST_IP = "172.16.0.1";
-const GUEST_IP = "172.16.0.2";
+const { mac: GUEST_MAC, cid: GUEST_CID, hostPort: HOST_PORT, hostIp: HOST_IP, guestIp: GUEST_IP } = E2E_GUEST_NET;
 const SEEDED_TEXT = "seeded by the host";
 
 /** The two kernels, by the name their files and report lines use. */

@@ -27,16 +27,12 @@ import { debianKernel, moduleClosure } from "../guest/debian-kernel.js";
 import { BOOT_TIMER_GUEST_ADDR, buildInitramfs, LOAD_MODULES_SH, parseGuestReport } from "../guest/initramfs.js";
 import { e2eValue } from "../harness/e2e-report.js";
 import { buildExt4Image } from "../harness/guest-disks.js";
-import { ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
+import { E2E_GUEST_NET, ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
-const GUEST_MAC = "06:00:ac:10:00:02";
-const GUEST_CID = 3;
-const HOST_PORT = 5678;
-const HOST_IP = "172.16.0.1";
-const GUEST_IP = "172.16.0.2";
+const { mac: GUEST_MAC, cid: GUEST_CID, hostPort: HOST_PORT, hostIp: HOST_IP, guestIp: GUEST_IP } = E2E_GUEST_NET;
 /** What the host wrote into the disk image before boot; the guest reads it back. */
 const SEEDED_TEXT = "seeded by the host";
 /** What the guest writes and syncs; the host finds it in the image after power-off. */

@@ -5,6 +5,19 @@
  * in one place.
  */
 
+/**
+ * The addresses of the every-device scenario that more than one e2e test runs
+ * (a guest on a TAP pinging the host, and a vsock echo through a host listener):
+ * the host side (the TAP's address, the listener) and the guest's /init must agree.
+ */
+export const E2E_GUEST_NET = {
+  mac: "06:00:ac:10:00:02",
+  cid: 3,
+  hostPort: 5678,
+  hostIp: "172.16.0.1",
+  guestIp: "172.16.0.2",
+} as const;
+
 /** PATH for guests whose initramfs has the usual bin and sbin folders. */
 export const GUEST_PATH_FULL = "/bin:/sbin:/usr/bin:/usr/sbin";
 

@@ -69,44 +69,32 @@ function countingConsole(): { stream: Writable; bytes(): number } {
 
 const noRelease = async (): Promise<void> => undefined;
 
+/** Runs a 1-vCPU ring-3 `program` that prints a byte before its loop, until that byte is seen. */
+async function runUntilItPrints(program: Uint8Array): Promise<StopScenarioRun> {
+  const out = countingConsole();
+  const machine = Machine.create({ cpus: 1, memoryMib: 64, consoleOutput: out.stream, boot: { kind: "ring3", program } });
+  const running = machine.run();
+  await until("the guest to start its loop", () => out.bytes() > 0);
+  return { machine, running, release: noRelease };
+}
+
 const ring3Loop: StopScenario = {
   name: "ring3-loop",
   describe: "vCPU in a tight ring-3 loop",
-  async enter() {
-    const out = countingConsole();
-    const machine = Machine.create({
-      cpus: 1, memoryMib: 64, consoleOutput: out.stream,
-      boot: { kind: "ring3", program: ring3("mov dx, 0x3f8\n mov al, 'r'\n out dx, al\n 1: jmp 1b") },
-    });
-    const running = machine.run();
-    await until("the guest to start its loop", () => out.bytes() > 0);
-    return { machine, running, release: noRelease };
-  },
+  enter: () => runUntilItPrints(ring3("mov dx, 0x3f8\n mov al, 'r'\n out dx, al\n 1: jmp 1b")),
 };
 
 const mmioSpin: StopScenario = {
   name: "mmio-spin",
   describe: "vCPU spinning on MMIO exits",
-  async enter() {
-    const out = countingConsole();
-    const machine = Machine.create({
-      cpus: 1, memoryMib: 64, consoleOutput: out.stream,
-      boot: {
-        kind: "ring3",
-        program: ring3(`
-             mov dx, 0x3f8
-             mov al, 'm'
-             out dx, al
-             mov eax, ${UNBACKED_MMIO}
-          1: mov dword ptr [rax], ecx
-             inc ecx
-             jmp 1b`),
-      },
-    });
-    const running = machine.run();
-    await until("the guest to start its loop", () => out.bytes() > 0);
-    return { machine, running, release: noRelease };
-  },
+  enter: () => runUntilItPrints(ring3(`
+       mov dx, 0x3f8
+       mov al, 'm'
+       out dx, al
+       mov eax, ${UNBACKED_MMIO}
+    1: mov dword ptr [rax], ecx
+       inc ecx
+       jmp 1b`)),
 };
 
 const stalledConsole: StopScenario = {
