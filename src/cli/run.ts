@@ -5,7 +5,7 @@
  * off or reboots, 1 when the VM fails.
  */
 import { HOST_ERRORS_LOGGED } from "../devices/virtio/mmio-state.js";
-import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
+import { devicePlacement, type VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult } from "../vm/machine.js";
 import { ESCAPE_HELP, EscapeParser } from "./escape.js";
 
@@ -28,6 +28,11 @@ export interface RunOptions {
 
 /** Runs the VM to its end and returns the process exit code. Throws for bad input (before the guest starts). */
 export async function runVm(o: RunOptions): Promise<number> {
+  // The threads' isolates boot while the VM is built (most of start-up otherwise).
+  // A count Machine.create will refuse boots nothing here.
+  if (!process.env.FLINT_AB_NOPRESTART && Number.isInteger(o.cpus) && o.cpus >= 1 && o.cpus <= 64) {
+    Machine.prestart({ vcpuThreads: o.cpus, deviceThreads: devicePlacement(o.virtioDevices ?? []).threads });
+  }
   const machine = Machine.create({
     cpus: o.cpus,
     memoryMib: o.memoryMib,

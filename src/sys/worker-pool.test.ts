@@ -37,3 +37,15 @@ test("a pool refuses a spare count it cannot mean", () => {
   assert.throws(() => WorkerPool.for(ECHO).keepSpares(-1), RangeError);
   assert.throws(() => WorkerPool.for(ECHO).keepSpares(1.5), RangeError);
 });
+
+test("prestart boots spares for the next jobs once: each is taken with its init, none is replaced", async () => {
+  const pool = WorkerPool.for(ECHO);
+  pool.prestart(2);
+  assert.equal(pool.spareCount, 2);
+  const a = pool.take({ job: "a" });
+  assert.equal(pool.spareCount, 1, "a prestarted spare taken is not replaced");
+  const b = pool.take({ job: "b" });
+  assert.equal(pool.spareCount, 0);
+  assert.deepEqual(await Promise.all([initOf(a), initOf(b)]), [{ job: "a" }, { job: "b" }]);
+  assert.throws(() => pool.prestart(65), RangeError);
+});

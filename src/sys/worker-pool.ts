@@ -40,6 +40,17 @@ export class WorkerPool {
     this.refill();
   }
 
+  /**
+   * Boots `count` (0..64) more spares now, for a job the caller is about to
+   * start (the CLI, before it builds its VM): their boot overlaps the
+   * caller's own set-up. Unlike keepSpares, a spare taken is not replaced,
+   * and one never taken only costs its idle isolate (it is unref'd).
+   */
+  prestart(count: number): void {
+    if (!Number.isInteger(count) || count < 0 || count > 64) throw new RangeError(`Cannot prestart ${count} workers: 0 to 64`);
+    for (let i = 0; i < count; i++) this.boot();
+  }
+
   /** Spares booted or booting now. */
   get spareCount(): number {
     return this.spares.length;
@@ -56,18 +67,20 @@ export class WorkerPool {
   }
 
   private refill(): void {
-    while (this.spares.length < this.target) {
-      const w = new Worker(this.script, { workerData: undefined });
-      w.unref();
-      // A spare that dies while idle (it should not) is simply dropped.
-      const drop = () => {
-        const i = this.spares.indexOf(w);
-        if (i >= 0) this.spares.splice(i, 1);
-      };
-      w.once("exit", drop);
-      w.once("error", drop);
-      this.spares.push(w);
-    }
+    while (this.spares.length < this.target) this.boot();
+  }
+
+  private boot(): void {
+    const w = new Worker(this.script, { workerData: undefined });
+    w.unref();
+    // A spare that dies while idle (it should not) is simply dropped.
+    const drop = () => {
+      const i = this.spares.indexOf(w);
+      if (i >= 0) this.spares.splice(i, 1);
+    };
+    w.once("exit", drop);
+    w.once("error", drop);
+    this.spares.push(w);
   }
 }
 

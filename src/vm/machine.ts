@@ -267,6 +267,16 @@ export class Machine {
     DEVICE_THREAD_POOL.keepSpares(threads.deviceThreads);
   }
 
+  /**
+   * For a process about to run one VM (the CLI): boots its vCPU and device
+   * threads now, before create(), so that their isolates boot while the VM
+   * is built. Taken by the next run(); not replaced (see keepWarm for that).
+   */
+  static prestart(threads: WarmThreads): void {
+    VCPU_THREAD_POOL.prestart(threads.vcpuThreads);
+    DEVICE_THREAD_POOL.prestart(threads.deviceThreads);
+  }
+
   /** Validates `config`, opens KVM and builds the VM; throws MachineError/KvmError/BootError on bad input. */
   static create(config: MachineConfig): Machine {
     const { cpus, memoryMib } = config;
