@@ -30,7 +30,7 @@ export interface RunOptions {
 export async function runVm(o: RunOptions): Promise<number> {
   // The threads' isolates boot while the VM is built (most of start-up otherwise).
   // A count Machine.create will refuse boots nothing here.
-  if (!process.env.FLINT_AB_NOPRESTART && Number.isInteger(o.cpus) && o.cpus >= 1 && o.cpus <= 64) {
+  if (Number.isInteger(o.cpus) && o.cpus >= 1 && o.cpus <= 64) {
     Machine.prestart({ vcpuThreads: o.cpus, deviceThreads: devicePlacement(o.virtioDevices ?? []).threads });
   }
   const machine = Machine.create({
@@ -107,13 +107,14 @@ export async function runVm(o: RunOptions): Promise<number> {
     process.stderr.write(`flint: device threads still blocked in host I/O at exit: ${result.unstoppedDevices.join(", ")}\n`);
   }
   const code = exitCode(result, quit);
-  // Console bytes a reader never took (a pipe nobody reads) are pending writes
-  // that would keep this process alive forever: give them a grace, then exit.
-  if (process.stdout.writableLength > 0) setTimeout(() => process.exit(code), EXIT_FLUSH_GRACE_MS).unref();
+  // The VM is over: nothing may keep this process alive now. Console bytes a
+  // reader never took (a pipe nobody reads) are pending writes that would, and
+  // so would any handle left behind: give them a grace, then exit.
+  setTimeout(() => process.exit(code), EXIT_FLUSH_GRACE_MS).unref();
   return code;
 }
 
-/** After the VM ended, how long stdout may take to accept the console's last bytes before flint exits anyway. */
+/** After the VM ended, how long stdout may take to accept the console's last bytes (and any handle left to close) before flint exits anyway. */
 const EXIT_FLUSH_GRACE_MS = 1000;
 
 const RESET_SOURCES = {

@@ -74,8 +74,8 @@ export interface MachineConfig {
   mergeable?: boolean;
   /** Add the debug-exit device (ports 0xf0 mark, 0xf4 exit with status), for benchmarks and tests. */
   debugExit?: boolean;
-  /** When the guest ends the VM, how long run() waits for device threads (default DEVICE_END_TIMEOUT_MS). */
-  deviceEndTimeoutMs?: number;
+  /** When the guest ends the VM, how long run() waits for device threads and the console's last output (default END_TIMEOUT_MS). */
+  endTimeoutMs?: number;
   /**
    * Called for guest-caused faults (counted and logged, never fatal): the first
    * GUEST_FAULT_LOG_FIRST of each device one by one, then a summary line
@@ -126,14 +126,18 @@ export interface MachineResult {
   /** Counters of each virtio device, in configuration order. */
   virtio: VirtioDeviceStats[];
   /**
-   * Devices that had not stopped DEVICE_STOP_TIMEOUT_MS after stop(), by
-   * name: every device of a device thread blocked in a host syscall (e.g. a
+   * Devices that had not stopped DEVICE_STOP_TIMEOUT_MS after stop() (or
+   * END_TIMEOUT_MS after the guest ended the VM), by name: every device of a device thread blocked in a host syscall (e.g. a
    * disk that does not answer). run() resolved without them; each ends once its syscall returns
    * (backend shut down as usual), and its eventfds and the guest memory
    * mapping are released then (see deviceThreadsExited).
    */
   unstoppedDevices: string[];
-  /** Guest console bytes that were not delivered: written after stop() released a full ring, or left when a stalled output was given up. */
+  /**
+   * Guest console bytes that were not delivered: written to a full ring after
+   * the VM ended (stop() or the guest), or left when an output that stopped
+   * taking bytes was given up.
+   */
   consoleDroppedBytes: number;
 }
 
@@ -152,23 +156,26 @@ export class MachineError extends Error {
  * thread blocked in a host syscall (a disk that does not answer) cannot be
  * interrupted from JavaScript; run() then gives up on it and reports it in
  * MachineResult.unstoppedDevices. A VM that ends by itself gives its devices
- * DEVICE_END_TIMEOUT_MS instead (a slow final flush is not cut short).
+ * END_TIMEOUT_MS instead (a slow final flush is not cut short).
  */
 export const DEVICE_STOP_TIMEOUT_MS = 1000;
 
 /**
  * How long after the guest ended the VM (poweroff, reset, failure) run() waits
- * for device threads: long enough for any final flush a working disk needs, but
- * bounded, so a device thread stuck in a host syscall cannot keep run() (and the
- * CLI) from ever returning; it is then reported like one stop() gave up on.
+ * for device threads and for the console output stream to take the guest's
+ * last bytes: long enough for any final flush a working disk needs and for a
+ * slow terminal to take a full ring, but bounded, so that a device thread
+ * stuck in a host syscall or a console reader that stopped reading cannot keep
+ * run() (and the CLI) from ever returning. A device given up on is reported
+ * like one stop() gave up on, console bytes left in consoleDroppedBytes.
  */
-export const DEVICE_END_TIMEOUT_MS = 30_000;
+export const END_TIMEOUT_MS = 30_000;
 
 /**
  * After stop(), how long run() still waits for console output the output
- * stream is slow to take. A VM that ends by itself waits for all of it (a
- * slow terminal loses nothing); stop() bounds the wait, so that a console
- * reader that stopped reading cannot keep the VM from ending.
+ * stream is slow to take. A VM that ends by itself waits up to END_TIMEOUT_MS
+ * (a slow terminal loses nothing); stop() bounds the wait tighter, so that a
+ * console reader that stopped reading cannot keep the VM from ending.
  */
 export const STOP_FLUSH_TIMEOUT_MS = 50;
 
@@ -231,10 +238,10 @@ export class Machine {
   /** stop() was called: console writers are released and the final flush is bounded. */
   private stopCalled = false;
   private giveUpFlush!: () => void;
-  /** Settles STOP_FLUSH_TIMEOUT_MS after stop(): run() then abandons a console flush that has not finished. */
+  /** Settles STOP_FLUSH_TIMEOUT_MS after stop() (END_TIMEOUT_MS after the guest ended the VM): run() then abandons a console flush that has not finished. */
   private readonly flushGivenUp = new Promise<void>((resolve) => (this.giveUpFlush = resolve));
   private giveUpDevices!: () => void;
-  /** Settles DEVICE_STOP_TIMEOUT_MS after stop(): run() then stops waiting for device threads. */
+  /** Settles DEVICE_STOP_TIMEOUT_MS after stop() (END_TIMEOUT_MS after the guest ended the VM): run() then stops waiting for device threads. */
   private readonly devicesGivenUp = new Promise<void>((resolve) => (this.giveUpDevices = resolve));
   private stopTimers: NodeJS.Timeout[] = [];
   /** What run() is waiting for once the VM has ended, for onSlowEnd. */
@@ -482,16 +489,24 @@ export class Machine {
     this.end(reason);
     if (this.stopCalled) return;
     this.stopCalled = true;
-    this.host.releaseConsole();
     this.stopTimers.push(setTimeout(this.giveUpFlush, STOP_FLUSH_TIMEOUT_MS), setTimeout(this.giveUpDevices, DEVICE_STOP_TIMEOUT_MS));
   }
 
-  /** Ends the VM for `reason` (the guest's, or stop()'s): every vCPU leaves its loop. */
+  /**
+   * Ends the VM for `reason` (the guest's, or stop()'s): every vCPU leaves its
+   * loop, a vCPU blocked on a full console ring drops its byte instead of
+   * waiting for a reader (the bytes already in the ring are still flushed),
+   * and run() waits at most END_TIMEOUT_MS for devices and console output.
+   */
   private end(reason: VmExitReason): void {
     if (this.disposed) return;
     if (this.exitReason === undefined) {
       this.exitReason = reason;
-      const giveUp = setTimeout(this.giveUpDevices, this.config.deviceEndTimeoutMs ?? DEVICE_END_TIMEOUT_MS);
+      this.host.releaseConsole();
+      const giveUp = setTimeout(() => {
+        this.giveUpDevices();
+        this.giveUpFlush();
+      }, this.config.endTimeoutMs ?? END_TIMEOUT_MS);
       const report = setTimeout(() => this.reportSlowEnd(), this.config.slowEndReportMs ?? SLOW_END_REPORT_MS);
       giveUp.unref();
       report.unref();

@@ -143,7 +143,7 @@ const deviceIo: StopScenario = {
  */
 export async function enterDeviceIo(
   alongside: VirtioDeviceConfig[] = [],
-  options: Pick<MachineConfig, "deviceEndTimeoutMs" | "onSlowEnd" | "slowEndReportMs"> = {},
+  options: Pick<MachineConfig, "endTimeoutMs" | "onSlowEnd" | "slowEndReportMs"> = {},
 ): Promise<StopScenarioRun> {
   const dir = mkdtempSync(join(tmpdir(), "flint-stall-"));
   const fifoPath = join(dir, "disk");
@@ -207,6 +207,40 @@ export async function enterDeviceIo(
     throw e;
   }
   return { machine, running, release };
+}
+
+/**
+ * A guest that ends the VM itself (i8042 reset on vCPU 0) while vCPU 1 is
+ * blocked on a full serial ring whose console stopped reading: nothing will
+ * ever make room, so run() must not wait for that vCPU or that output.
+ * Resolves with the run once vCPU 1 has filled the ring.
+ */
+export async function enterGuestEndsWithStalledConsole(options: Pick<MachineConfig, "endTimeoutMs"> = {}): Promise<StopScenarioRun> {
+  const stalled = new Writable({ highWaterMark: 1, write() { /* never calls back */ } });
+  const machine = Machine.create({
+    cpus: 2, memoryMib: 64, consoleOutput: stalled, ...options,
+    boot: {
+      kind: "ring3",
+      // RDI is the vCPU's id. vCPU 1 floods the console (as stalled-console does); vCPU 0
+      // waits until a good part of a ring went out, then pulses the i8042 reset line.
+      program: ring3(`
+           test rdi, rdi
+           jnz 2f
+        1: pause
+           cmp dword ptr [${COUNTER}], ${SERIAL_TX_RING_BYTES / 4}
+           jb 1b
+           mov al, 0xfe
+           out 0x64, al
+        3: jmp 3b
+        2: mov dx, 0x3f8
+        4: mov rsi, ${RING3_LAYOUT.code}
+           mov ecx, 4096
+           rep outsb
+           lock add dword ptr [${COUNTER}], 4096
+           jmp 4b`),
+    },
+  });
+  return { machine, running: machine.run(), release: noRelease };
 }
 
 /** Every state, in report order. */
