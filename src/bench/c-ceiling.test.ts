@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { BenchError } from "./bench-error.js";
 import { buildCeiling, parseCeilingOutput, runCeiling } from "./c-ceiling.js";
-import { EXIT_LOOP_HELLO_BYTE, buildExitLoopGuest } from "./guest-program.js";
+import { EXIT_LOOP_HELLO_BYTE, buildExitLoopGuest } from "../guest/programs/exit-loop.js";
 import { runTimed } from "./process.js";
 
 

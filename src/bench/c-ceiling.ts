@@ -1,21 +1,21 @@
 /**
- * The C ceiling (bench/c/kvm-exit-ceiling.c): the exit-loop guest on
+ * The C ceiling (ceiling/kvm-exit-ceiling.c): the exit-loop guest on
  * /dev/kvm with a KVM_RUN loop that does nothing but count, which is as fast
  * as any monitor can handle these exits on this host. flint's own numbers are
  * read against it.
  */
 import { join } from "node:path";
 import { BenchError } from "./bench-error.js";
-import { cachedArtifact, gcc, packagePath, readSources } from "./build-cache.js";
-import { flintAbiHeader } from "./c-header.js";
+import { cachedArtifact, gcc, packagePath, readSources } from "../guest/programs/build-cache.js";
+import { flintAbiHeader } from "../guest/programs/c-header.js";
 import {
   type ExitLoopMode,
   type ExitLoopRun,
   buildExitLoopGuest,
   checkExitLoopRun,
   exitLoopProtocolHeader,
-  writeBenchHeaders,
-} from "./guest-program.js";
+  writeExitLoopHeaders,
+} from "../guest/programs/exit-loop.js";
 import { runTimed, tail } from "./process.js";
 
 /** What the ceiling measured, timed from the guest's start to its end marker. */
@@ -34,10 +34,10 @@ export interface CeilingResult {
   exitsPerSecondSamples: number[];
 }
 
-const CEILING_SOURCE = "bench/c/kvm-exit-ceiling.c";
+const CEILING_SOURCE = "ceiling/kvm-exit-ceiling.c";
 
 /** Bump when the build steps change in a way that changes the output. */
-const CEILING_RECIPE_VERSION = "kvm-exit-ceiling 1";
+const CEILING_RECIPE_VERSION = "kvm-exit-ceiling 2";
 
 function ceilingGccArgs(dir: string): string[] {
   return ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", `-I${dir}`, packagePath(CEILING_SOURCE), "-o", join(dir, "kvm-exit-ceiling")];
@@ -50,7 +50,7 @@ export function buildCeiling(): string {
     keyParts: [CEILING_RECIPE_VERSION, ...readSources([CEILING_SOURCE]), flintAbiHeader(), exitLoopProtocolHeader(), ...ceilingGccArgs("DIR")],
     fileName: "kvm-exit-ceiling",
     build(dir) {
-      writeBenchHeaders(dir);
+      writeExitLoopHeaders(dir);
       gcc(ceilingGccArgs(dir), "the C exit ceiling");
     },
   });

@@ -5,7 +5,7 @@
  * end marker through the debug-exit device.
  */
 import { BenchError } from "./bench-error.js";
-import { buildExitLoopGuest, checkExitLoopRun, exitLoopCmdline, EXIT_LOOP_END_OK, type ExitLoopRun } from "./guest-program.js";
+import { buildExitLoopGuest, checkExitLoopRun, exitLoopCmdline, EXIT_LOOP_END_OK, type ExitLoopRun } from "../guest/programs/exit-loop.js";
 import { median } from "./process.js";
 import { Machine } from "../vm/machine.js";
 

@@ -15,7 +15,7 @@ import { performance } from "node:perf_hooks";
 import { Writable } from "node:stream";
 import { pathToFileURL } from "node:url";
 import type { MachineResult, VirtioDeviceConfig } from "../index.js";
-import { EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "./guest-program.js";
+import { EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
 import type { LibraryVmsInput, LibraryVmsReport, LibraryVmSample } from "./overhead-report.js";
 import type { OverheadDevices } from "./overhead-args.js";
 import { anonKib, guestRamResidency, readProcStatus } from "./proc-memory.js";

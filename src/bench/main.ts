@@ -33,7 +33,7 @@ import { fileURLToPath } from "node:url";
 import { benchBootNested } from "./boot-nested.js";
 import { runCeiling } from "./c-ceiling.js";
 import { runFlintExits } from "./flint-exits.js";
-import { buildExitLoopGuest, EXIT_LOOP_MODES, exitLoopCmdline } from "./guest-program.js";
+import { buildExitLoopGuest, EXIT_LOOP_MODES, exitLoopCmdline } from "../guest/programs/exit-loop.js";
 import { measureNativeBoundary } from "./native-boundary.js";
 import { median } from "./process.js";
 import { runQemuExits } from "./qemu-exits.js";

@@ -6,7 +6,7 @@
  * each monitor is asked to do.
  */
 import { BenchError } from "./bench-error.js";
-import { EXIT_LOOP_END_MARKER_PORT, EXIT_LOOP_END_OK, type ExitLoopRun, exitLoopCmdline } from "./guest-program.js";
+import { EXIT_LOOP_END_MARKER_PORT, EXIT_LOOP_END_OK, type ExitLoopRun, exitLoopCmdline } from "../guest/programs/exit-loop.js";
 import { QEMU_MACHINE } from "./qemu-exits.js";
 
 /** One of every virtio device, as the host backs them. */

@@ -3,7 +3,7 @@ import { fileURLToPath } from "node:url";
 import { describe, it } from "node:test";
 import { BenchError } from "./bench-error.js";
 import { buildCeiling } from "./c-ceiling.js";
-import { buildExitLoopGuest } from "./guest-program.js";
+import { buildExitLoopGuest } from "../guest/programs/exit-loop.js";
 import { EXIT_STATUS_ON_END, ceilingRunArgs, flintRunArgs, qemuRunArgs } from "./overhead-args.js";
 import { probeMemory, probeTiming } from "./overhead-probe.js";
 

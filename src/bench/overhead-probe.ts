@@ -10,7 +10,7 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { BenchError } from "./bench-error.js";
-import { EXIT_LOOP_HELLO_BYTE } from "./guest-program.js";
+import { EXIT_LOOP_HELLO_BYTE } from "../guest/programs/exit-loop.js";
 import { tail } from "./process.js";
 import { type GuestRamResidency, PeakSampler, anonKib, guestRamResidency } from "./proc-memory.js";
 

@@ -19,7 +19,7 @@
 import { fileURLToPath } from "node:url";
 import { BenchError } from "./bench-error.js";
 import { buildCeiling } from "./c-ceiling.js";
-import { buildExitLoopGuest, type ExitLoopRun } from "./guest-program.js";
+import { buildExitLoopGuest, type ExitLoopRun } from "../guest/programs/exit-loop.js";
 import { EXIT_STATUS_ON_END, type OverheadRun, ceilingRunArgs, flintRunArgs, qemuRunArgs } from "./overhead-args.js";
 import { type OverheadHost, prepareOverheadHost } from "./overhead-host.js";
 import { type ProbeCommand, probeMemory, probeTiming } from "./overhead-probe.js";

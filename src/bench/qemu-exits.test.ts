@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { BenchError } from "./bench-error.js";
-import { EXIT_LOOP_END_BAD_CMDLINE, buildExitLoopGuest } from "./guest-program.js";
+import { EXIT_LOOP_END_BAD_CMDLINE, buildExitLoopGuest } from "../guest/programs/exit-loop.js";
 import { median, runTimed } from "./process.js";
 import { QEMU_MACHINE, parseSmapsRssKib, parseStatusKib, runQemuExits } from "./qemu-exits.js";
 

@@ -24,7 +24,7 @@ import {
   buildExitLoopGuest,
   checkExitLoopRun,
   exitLoopCmdline,
-} from "./guest-program.js";
+} from "../guest/programs/exit-loop.js";
 import { median, runTimed, tail } from "./process.js";
 
 /**

@@ -10,7 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import { runCeiling } from "./c-ceiling.js";
-import { EXIT_LOOP_MODES } from "./guest-program.js";
+import { EXIT_LOOP_MODES } from "../guest/programs/exit-loop.js";
 import { runQemuExits } from "./qemu-exits.js";
 
 async function main(): Promise<void> {

@@ -1,11 +1,12 @@
 /**
  * The virtio-blk device-path benchmark: the ring-3 polled driver guest
- * (virtio-blk-guest.ts) reads a stamped raw image through flint's virtio-blk
- * (vCPU thread -> ioeventfd -> device thread -> pread into guest memory) and
- * through QEMU's (`-M microvm`, virtio-blk-device on virtio-mmio, ioeventfd
- * on, default aio=threads and cache=writeback; once more with an iothread),
- * the same ELF, image and command line in each, runs interleaved round by
- * round so that host drift hits every monitor alike.
+ * (src/guest/programs/virtio-blk-driver.ts) reads a stamped raw image
+ * through flint's virtio-blk (vCPU thread -> ioeventfd -> device thread ->
+ * pread into guest memory) and through QEMU's (`-M microvm`,
+ * virtio-blk-device on virtio-mmio, ioeventfd on, default aio=threads and
+ * cache=writeback; once more with an iothread), the same ELF, image and
+ * command line in each, runs interleaved round by round so that host drift
+ * hits every monitor alike.
  *
  * Phases (all reads, every completion checked in the guest: status, used
  * length, the sector stamps): 4 KiB random at queue depth 1, 4 KiB random at
@@ -28,7 +29,7 @@ import { BenchError } from "./bench-error.js";
 import { median, runTimed, tail } from "./process.js";
 import {
   VBLK_END_OK, VBLK_MAX_DEPTH, VblkReport, buildVirtioBlkGuest, vblkCmdline, writeStampedImage, type VblkRun,
-} from "./virtio-blk-guest.js";
+} from "../guest/programs/virtio-blk-driver.js";
 import { virtioSlot } from "../devices/virtio/virtio-set.js";
 import { Machine } from "../vm/machine.js";
 

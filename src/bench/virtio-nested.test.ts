@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
-import { packagePath } from "./build-cache.js";
+import { packagePath } from "../guest/programs/build-cache.js";
 import {
   BENCH_CMDLINE, BENCH_LINKS, BENCH_TCP_PORT, QEMU_NET_NO_OFFLOADS, VIRTIO_FIGURES,
   buildVirtioBenchProgram, guestInit, monitorCommand, namedNetFeatures, type ScheduledStep, stepValue, summarize, virtioSchedule,
@@ -155,7 +155,7 @@ describe("guestInit", () => {
 
 describe("the load generator", () => {
   it("uses the report prefix the parser expects", () => {
-    assert.ok(readFileSync(packagePath("bench/guest/virtio-bench.c"), "utf8").includes(`#define REPORT "${VIRTIO_BENCH_PREFIX} "`));
+    assert.ok(readFileSync(packagePath("guest/linux/virtio-bench.c"), "utf8").includes(`#define REPORT "${VIRTIO_BENCH_PREFIX} "`));
   });
 
   it("builds statically and measures reads of a file and TCP streams on this host", async () => {

@@ -6,7 +6,7 @@
  * same run mean anything.
  *
  * Figures (VIRTIO_FIGURES), measured by the load generator
- * bench/guest/virtio-bench.c:
+ * guest/linux/virtio-bench.c:
  *   virtio-blk: O_DIRECT reads of /dev/vda, 4 KiB at random offsets at queue
  *     depth 1 and 32 (32 threads in pread: the minimal kernel has neither
  *     AIO nor io_uring), 64 KiB sequential at queue depth 1; IOPS and MB/s
@@ -51,7 +51,7 @@ import {
   VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
 } from "../linux/abi.generated.js";
 import { BenchError } from "./bench-error.js";
-import { cachedArtifact, gcc, packagePath, readSources } from "./build-cache.js";
+import { cachedArtifact, gcc, packagePath, readSources } from "../guest/programs/build-cache.js";
 import { median, tail } from "./process.js";
 import type { DriverConfig, DriverResult, DriverStep, DriverStepResult } from "./virtio-nested-driver.js";
 import { VIRTIO_BENCH_PREFIX, type VirtioBenchRecord, parseVirtioBenchLine, recordCount } from "./virtio-report.js";
@@ -192,9 +192,9 @@ export interface VirtioBenchResult {
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const DRIVER = fileURLToPath(new URL("./virtio-nested-driver.js", import.meta.url));
-const PROGRAM_SOURCE = "bench/guest/virtio-bench.c";
+const PROGRAM_SOURCE = "guest/linux/virtio-bench.c";
 /** Bump when the build steps change in a way that changes the output. */
-const PROGRAM_RECIPE_VERSION = "virtio-bench 2";
+const PROGRAM_RECIPE_VERSION = "virtio-bench 3";
 /** Where the program sits in the guest's initramfs. */
 const GUEST_PROGRAM_PATH = "/bin/virtio-bench";
 /** The outer VM's tmpfs: the image, kernel and initramfs are read from memory, not over 9p. */

@@ -1,6 +1,6 @@
 /**
  * The report lines of the virtio benchmark's load generator
- * (bench/guest/virtio-bench.c) and of the guest's /init: "virtio-bench: "
+ * (guest/linux/virtio-bench.c) and of the guest's /init: "virtio-bench: "
  * followed by key=value words, e.g.
  *   virtio-bench: test=blk mode=rand block_bytes=4096 threads=1 ops=126 bytes=516096 ns=3000000000
  *   virtio-bench: error=connect errno=EHOSTUNREACH
@@ -9,7 +9,7 @@
  * it imports nothing.
  */
 
-/** Prefix of every report line (bench/guest/virtio-bench.c, REPORT). */
+/** Prefix of every report line (guest/linux/virtio-bench.c, REPORT). */
 export const VIRTIO_BENCH_PREFIX = "virtio-bench:";
 
 /** One parsed report line: its key=value pairs. */

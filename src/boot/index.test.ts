@@ -6,7 +6,7 @@ import { test } from "node:test";
 import { SMP_MAGIC_IDENT, XEN_HVM_START_MAGIC_VALUE, boot_params, hvm_start_info, setup_header } from "../linux/abi.generated.js";
 import { ArchError } from "../arch/x86_64/errors.js";
 import { ACPI_START, CMDLINE_START, MiB, MPTABLE_START, PVH_INFO_START, ZERO_PAGE_START, ramRegions } from "../arch/x86_64/layout.js";
-import { translate } from "../arch/x86_64/paging.js";
+import { translate } from "../arch/x86_64/testing/page-walk.js";
 import { mmioDeviceAml } from "../arch/x86_64/acpi/dsdt.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { BootError, setupBoot, type BootOptions } from "./index.js";

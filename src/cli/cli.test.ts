@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { buildExitLoopGuest, exitLoopCmdline } from "../bench/guest-program.js";
+import { buildExitLoopGuest, exitLoopCmdline } from "../guest/programs/exit-loop.js";
 import { makeElfKernel } from "../boot/testing/images.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));

@@ -1,7 +1,7 @@
 /**
  * `flint run` exits after Ctrl-A x even when nobody reads its console: stdout
  * is a pipe the test holds open and never reads, and the guest
- * (bench/guest/serial-flood.S) writes to the UART forever, so the pipe fills,
+ * (guest/ring3/serial-flood.S) writes to the UART forever, so the pipe fills,
  * then Node's stream buffer, then the 64 KiB serial ring, and the vCPU blocks.
  * The limit only catches a hang.
  */
@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { buildSerialFloodGuest } from "../bench/serial-flood-guest.js";
+import { buildSerialFloodGuest } from "../guest/programs/testing/serial-flood.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "flint-stop-cli-"));

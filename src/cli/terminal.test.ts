@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { buildExitLoopGuest, exitLoopCmdline } from "../bench/guest-program.js";
+import { buildExitLoopGuest, exitLoopCmdline } from "../guest/programs/exit-loop.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "flint-tty-"));

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { CMDLINE_START, GiB, MiB, PML4_START } from "./layout.js";
-import { PAGE_TABLES_END, translate, writeIdentityPageTables } from "./paging.js";
+import { PAGE_TABLES_END, writeIdentityPageTables } from "./paging.js";
+import { translate } from "./testing/page-walk.js";
 
 test("the boot page tables identity-map the first 4 GiB", () => {
   const mem = GuestMemory.create([{ guestBase: 0, size: 1 * MiB }]);

@@ -54,20 +54,3 @@ export function writeIdentityPageTables(mem: GuestMemory): { cr3: bigint } {
   }
   return { cr3: BigInt(PML4_START) };
 }
-
-/**
- * Walks the tables the way the MMU does for a 2 MiB-page mapping and returns
- * the physical address `virtualAddress` translates to, or undefined when it
- * is not mapped. For tests and diagnostics.
- */
-export function translate(mem: GuestMemory, cr3: bigint, virtualAddress: bigint): bigint | undefined {
-  const addrMask = 0x000f_ffff_ffff_f000n;
-  const index = (shift: bigint): number => Number((virtualAddress >> shift) & 0x1ffn);
-  const pml4e = mem.readU64(Number(cr3 & addrMask) + index(39n) * 8);
-  if (!(pml4e & PTE_PRESENT)) return undefined;
-  const pdpte = mem.readU64(Number(pml4e & addrMask) + index(30n) * 8);
-  if (!(pdpte & PTE_PRESENT)) return undefined;
-  const pde = mem.readU64(Number(pdpte & addrMask) + index(21n) * 8);
-  if (!(pde & PTE_PRESENT) || !(pde & PTE_PS)) return undefined;
-  return (pde & 0x000f_ffff_ffe0_0000n) | (virtualAddress & BigInt(LARGE_PAGE_BYTES - 1));
-}

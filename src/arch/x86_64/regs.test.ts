@@ -4,7 +4,7 @@ import { EFER_LMA, EFER_LME, X86_CR0_PE, X86_CR0_PG, X86_CR4_PAE } from "../../l
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { BOOT_CS_SELECTOR, BOOT_DS_SELECTOR } from "./gdt.js";
 import { BOOT_STACK_POINTER, MiB, PML4_START, PVH_INFO_START, ZERO_PAGE_START } from "./layout.js";
-import { translate } from "./paging.js";
+import { translate } from "./testing/page-walk.js";
 import { setupLinux64Entry, setupPvhEntry } from "./regs.js";
 
 function withMemory(fn: (mem: GuestMemory) => void): void {

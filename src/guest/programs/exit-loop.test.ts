@@ -12,9 +12,9 @@ import {
   PT_NOTE,
   XEN_ELFNOTE_PHYS32_ENTRY,
   hvm_start_info,
-} from "../linux/abi.generated.js";
-import { dataView, getU16, getU32, getU64Number } from "../memory/le.js";
-import { BenchError } from "./bench-error.js";
+} from "../../linux/abi.generated.js";
+import { dataView, getU16, getU32, getU64Number } from "../../memory/le.js";
+import { GuestProgramError } from "./program-error.js";
 import { flintAbiHeader } from "./c-header.js";
 import {
   EXIT_LOOP_LOAD_ADDR,
@@ -22,7 +22,7 @@ import {
   buildExitLoopGuest,
   exitLoopCmdline,
   exitLoopProtocolHeader,
-} from "./guest-program.js";
+} from "./exit-loop.js";
 
 interface Segment { type: number; offset: number; paddr: number; filesz: number; memsz: number; align: number }
 
@@ -59,9 +59,9 @@ describe("exitLoopCmdline", () => {
 
   it("rejects counts the guest cannot hold and unknown modes", () => {
     for (const count of [-1, 1.5, 2 ** 31, Number.NaN]) {
-      assert.throws(() => exitLoopCmdline({ mode: "pio", count }), (e: BenchError) => e.code === "EBENCHARG");
+      assert.throws(() => exitLoopCmdline({ mode: "pio", count }), (e: GuestProgramError) => e instanceof GuestProgramError && e.code === "EPROGARG");
     }
-    assert.throws(() => exitLoopCmdline({ mode: "io" as "pio", count: 1 }), (e: BenchError) => e.code === "EBENCHARG");
+    assert.throws(() => exitLoopCmdline({ mode: "io" as "pio", count: 1 }), (e: GuestProgramError) => e instanceof GuestProgramError && e.code === "EPROGARG");
   });
 });
 

@@ -1,25 +1,25 @@
 /**
- * The serial-flood guest (bench/guest/serial-flood.S): a PVH kernel that
+ * The serial-flood guest (guest/ring3/serial-flood.S): a PVH kernel that
  * writes the alphabet to COM1 from ring 3 forever. Boot it with
  * `flint run --kernel <path> --boot pvh --no-acpi`; only stopping the VM
- * ends it. Used by the CLI's stalled-console test and the stop-latency
- * benchmark.
+ * ends it. A test fixture: only the CLI's stalled-console test
+ * (src/cli/stop.test.ts) runs it.
  */
 import { join } from "node:path";
 import { writeFileSync } from "node:fs";
-import { COM1_PORT } from "../arch/x86_64/layout.js";
-import { cachedArtifact, gcc, packagePath, readSources } from "./build-cache.js";
-import { cHeader, flintAbiHeader } from "./c-header.js";
+import { COM1_PORT } from "../../../arch/x86_64/layout.js";
+import { cachedArtifact, gcc, packagePath, readSources } from "../build-cache.js";
+import { cHeader, flintAbiHeader } from "../c-header.js";
 
 /** Where the PVH image is linked and loaded (guest-physical), as the exit-loop guest. */
 export const SERIAL_FLOOD_LOAD_ADDR = 0x10_0000;
 
-const SOURCES = ["bench/guest/serial-flood.S", "bench/guest/serial-flood.ld", "bench/guest/pvh-ring3.h"] as const;
+const SOURCES = ["guest/ring3/serial-flood.S", "guest/ring3/serial-flood.ld", "guest/ring3/pvh-ring3.h"] as const;
 /** Bump when the build steps change in a way that changes the output. */
-const RECIPE_VERSION = "serial-flood-guest 1";
+const RECIPE_VERSION = "serial-flood-guest 2";
 
 function protocolHeader(): string {
-  return cHeader("the serial-flood guest (src/bench/serial-flood-guest.ts)", {
+  return cHeader("the serial-flood guest (src/guest/programs/testing/serial-flood.ts)", {
     SERIAL_FLOOD_PORT: COM1_PORT,
     SERIAL_FLOOD_LOAD_ADDR,
   });
@@ -31,7 +31,7 @@ function gccArgs(dir: string): string[] {
     "-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments",
     `-Wl,-T,${packagePath(SOURCES[1])}`,
     `-Wl,--defsym=SERIAL_FLOOD_LOAD_ADDR=${SERIAL_FLOOD_LOAD_ADDR}`,
-    `-I${dir}`, `-I${packagePath("bench/guest")}`,
+    `-I${dir}`, `-I${packagePath("guest/ring3")}`,
     packagePath(SOURCES[0]),
     "-o", join(dir, "serial-flood.elf"),
   ];

@@ -1,6 +1,6 @@
 /*
  * kvm-exit-ceiling: the fastest a monitor can handle the exits of
- * bench/guest/exit-loop.S, as a reference for flint's own exit path.
+ * guest/ring3/exit-loop.S, as a reference for flint's own exit path.
  *
  *   kvm-exit-ceiling GUEST_ELF pio|mmio COUNT [hello]
  *
@@ -19,7 +19,7 @@
  * Exit status 0 on success, 1 on any failure (message on stderr).
  *
  * Built and run by src/bench/c-ceiling.ts, which generates the two headers
- * below from src/linux/abi.generated.ts and src/bench/guest-program.ts.
+ * below from src/linux/abi.generated.ts and src/guest/programs/exit-loop.ts.
  */
 #include <asm/processor-flags.h>
 #include <elf.h>

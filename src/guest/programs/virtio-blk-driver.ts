@@ -1,11 +1,11 @@
 /**
- * The virtio-blk driver guest (bench/guest/virtio-blk-entry.S +
+ * The virtio-blk driver guest (guest/ring3/virtio-blk-entry.S +
  * virtio-blk-driver.c): a PVH kernel that drops to ring 3 and drives one
  * virtio-blk device over virtio-mmio (Version 2) by polling — no interrupts,
  * kicks through QueueNotify. flint's direct-KVM device test
- * (src/devices/virtio/ring3-blk-driver.test.ts) runs it in `test` mode and
- * the benchmark (virtio-blk-bench.ts) in `bench` mode, under flint and under
- * QEMU -M microvm alike.
+ * (virtio-blk-driver.test.ts, beside this file) runs it in `test` mode and
+ * the benchmark (src/bench/virtio-blk-bench.ts) in `bench` mode, under
+ * flint and under QEMU -M microvm alike.
  *
  * The protocol between the guest and its monitor is defined here, once; the
  * guest gets the numbers through a generated header (vblk-protocol.h):
@@ -30,8 +30,8 @@
 import { execFileSync } from "node:child_process";
 import { closeSync, openSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { COM1_PORT, DEBUG_EXIT_PORT, DEBUG_MARK_PORT } from "../arch/x86_64/layout.js";
-import { BenchError } from "./bench-error.js";
+import { COM1_PORT, DEBUG_EXIT_PORT, DEBUG_MARK_PORT } from "../../arch/x86_64/layout.js";
+import { GuestProgramError } from "./program-error.js";
 import { cachedArtifact, gcc, packagePath, readSources } from "./build-cache.js";
 import { cHeader, flintAbiHeader } from "./c-header.js";
 
@@ -101,16 +101,16 @@ export interface VblkRun {
 
 const u32ok = (n: number | undefined): boolean => n === undefined || (Number.isSafeInteger(n) && n >= 0 && n <= 0xffff_ffff);
 
-/** The guest's command line for `run`; throws EBENCHARG on values it would refuse. */
+/** The guest's command line for `run`; throws EPROGARG on values it would refuse. */
 export function vblkCmdline(run: VblkRun): string {
-  if (run.mode !== "test" && run.mode !== "bench") throw new BenchError("EBENCHARG", `Cannot run the virtio-blk guest: mode '${String(run.mode)}' is not test or bench`);
-  if (!u32ok(run.blkBase) || run.blkBase === 0) throw new BenchError("EBENCHARG", `Cannot run the virtio-blk guest: register window 0x${run.blkBase.toString(16)} is not a 32-bit address`);
-  if (!u32ok(run.seed) || run.seed === 0) throw new BenchError("EBENCHARG", `Cannot run the virtio-blk guest: seed ${run.seed} is not a non-zero u32`);
+  if (run.mode !== "test" && run.mode !== "bench") throw new GuestProgramError("EPROGARG", `Cannot run the virtio-blk guest: mode '${String(run.mode)}' is not test or bench`);
+  if (!u32ok(run.blkBase) || run.blkBase === 0) throw new GuestProgramError("EPROGARG", `Cannot run the virtio-blk guest: register window 0x${run.blkBase.toString(16)} is not a 32-bit address`);
+  if (!u32ok(run.seed) || run.seed === 0) throw new GuestProgramError("EPROGARG", `Cannot run the virtio-blk guest: seed ${run.seed} is not a non-zero u32`);
   const words = [`blk=0x${run.blkBase.toString(16)}`, `mode=${run.mode}`, `seed=0x${run.seed.toString(16)}`];
   for (const key of ["qd1", "qd32", "seq"] as const) {
     const n = run[key];
     if (n === undefined) continue;
-    if (!u32ok(n)) throw new BenchError("EBENCHARG", `Cannot run the virtio-blk guest: ${key}=${n} is not a u32`);
+    if (!u32ok(n)) throw new GuestProgramError("EPROGARG", `Cannot run the virtio-blk guest: ${key}=${n} is not a u32`);
     words.push(`${key}=${n}`);
   }
   if (run.minimalFeatures) words.push("features=min");
@@ -119,7 +119,7 @@ export function vblkCmdline(run: VblkRun): string {
 
 /** `vblk-protocol.h`: the constants above for the C and assembly. */
 export function vblkProtocolHeader(): string {
-  return cHeader("the virtio-blk driver guest protocol (src/bench/virtio-blk-guest.ts)", {
+  return cHeader("the virtio-blk driver guest protocol (src/guest/programs/virtio-blk-driver.ts)", {
     VBLK_LOAD_ADDR, VBLK_MARK_PORT, VBLK_END_PORT, VBLK_SERIAL_PORT,
     VBLK_END_OK, VBLK_END_BAD_MAGIC, VBLK_END_BAD_CMDLINE, VBLK_END_DEVICE, VBLK_END_TIMEOUT,
     VBLK_QUEUE_SIZE, VBLK_MAX_DEPTH, VBLK_RANDOM_BYTES, VBLK_SEQ_BYTES,
@@ -128,10 +128,10 @@ export function vblkProtocolHeader(): string {
   });
 }
 
-const SOURCES = ["bench/guest/virtio-blk-entry.S", "bench/guest/virtio-blk-driver.c", "bench/guest/virtio-blk.ld", "bench/guest/pvh-ring3.h"] as const;
+const SOURCES = ["guest/ring3/virtio-blk-entry.S", "guest/ring3/virtio-blk-driver.c", "guest/ring3/virtio-blk.ld", "guest/ring3/pvh-ring3.h"] as const;
 
 /** Bump when the build steps change in a way that changes the output. */
-const RECIPE_VERSION = "virtio-blk-guest 1";
+const RECIPE_VERSION = "virtio-blk-guest 2";
 
 /** Where the Linux UAPI headers' asm/ directory lives (Debian multiarch), for a -m32 build without multilib. */
 function multiarchInclude(): string {
@@ -178,7 +178,7 @@ export function buildVirtioBlkGuest(): string {
           { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" });
       } catch (error) {
         const e = error as NodeJS.ErrnoException & { stderr?: string };
-        throw new BenchError("EBENCHBUILD", `Cannot build the virtio-blk driver guest: objcopy failed: ${(e.stderr ?? e.message).trim()}`, { cause: error });
+        throw new GuestProgramError("EPROGBUILD", `Cannot build the virtio-blk driver guest: objcopy failed: ${(e.stderr ?? e.message).trim()}`, { cause: error });
       }
     },
   });
@@ -228,11 +228,11 @@ export class VblkReport {
     return this.values.has(key);
   }
 
-  /** A numeric value; throws EBENCHRUN if missing or not 0x-hex. */
+  /** A numeric value; throws EPROGRUN if missing or not 0x-hex. */
   big(key: string): bigint {
     const v = this.values.get(key);
     if (v === undefined || !/^0x[0-9a-f]+$/.test(v)) {
-      throw new BenchError("EBENCHRUN", `The virtio-blk guest reported no number '${key}'${this.error ? ` (guest error: ${this.error})` : ""}:\n${this.text.split("\n").slice(-12).join("\n")}`);
+      throw new GuestProgramError("EPROGRUN", `The virtio-blk guest reported no number '${key}'${this.error ? ` (guest error: ${this.error})` : ""}:\n${this.text.split("\n").slice(-12).join("\n")}`);
     }
     return BigInt(v);
   }
@@ -240,14 +240,14 @@ export class VblkReport {
   /** A numeric value that fits a double exactly. */
   num(key: string): number {
     const v = this.big(key);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BenchError("EBENCHRUN", `The virtio-blk guest reported ${key}=${v}, too large`);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new GuestProgramError("EPROGRUN", `The virtio-blk guest reported ${key}=${v}, too large`);
     return Number(v);
   }
 
   /** A `.data` value as bytes. */
   bytes(key: string): Uint8Array {
     const v = this.values.get(key) ?? "";
-    if (!/^([0-9a-f]{2})*$/.test(v) || !this.values.has(key)) throw new BenchError("EBENCHRUN", `The virtio-blk guest reported no bytes '${key}'`);
+    if (!/^([0-9a-f]{2})*$/.test(v) || !this.values.has(key)) throw new GuestProgramError("EPROGRUN", `The virtio-blk guest reported no bytes '${key}'`);
     return Uint8Array.from(Buffer.from(v, "hex"));
   }
 
@@ -296,7 +296,7 @@ export function fnv1a32(bytes: Uint8Array): number {
  */
 export function writeStampedImage(path: string, bytes: number): void {
   if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % VBLK_SECTOR_BYTES !== 0) {
-    throw new BenchError("EBENCHARG", `Cannot make a stamped image of ${bytes} bytes: not a positive multiple of ${VBLK_SECTOR_BYTES}`);
+    throw new GuestProgramError("EPROGARG", `Cannot make a stamped image of ${bytes} bytes: not a positive multiple of ${VBLK_SECTOR_BYTES}`);
   }
   const chunkBytes = 1 << 20;
   const chunk = Buffer.alloc(Math.min(chunkBytes, bytes));

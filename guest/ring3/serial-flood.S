@@ -6,7 +6,7 @@
  *
  * Boot as exit-loop.S (PVH entry in 32-bit protected mode, then down to
  * ring 3 with pvh-ring3.h). The port comes from serial-flood-protocol.h,
- * written from src/bench/serial-flood-guest.ts.
+ * written from src/guest/programs/testing/serial-flood.ts.
  */
 #include <asm/processor-flags.h>
 #include "flint-abi.h"

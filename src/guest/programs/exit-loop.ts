@@ -1,5 +1,5 @@
 /**
- * The exit-loop guest (bench/guest/exit-loop.S): a minimal PVH kernel that
+ * The exit-loop guest (guest/ring3/exit-loop.S): a minimal PVH kernel that
  * makes `count` VM exits from ring 3, either port writes or MMIO writes, and
  * marks the start and end of the loop on two ports so that a monitor can
  * time exactly the exits. Every runner (the C ceiling, QEMU, flint) boots
@@ -10,8 +10,8 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { COM1_PORT } from "../arch/x86_64/layout.js";
-import { BenchError } from "./bench-error.js";
+import { COM1_PORT } from "../../arch/x86_64/layout.js";
+import { GuestProgramError } from "./program-error.js";
 import { cachedArtifact, gcc, packagePath, readSources } from "./build-cache.js";
 import { cHeader, flintAbiHeader } from "./c-header.js";
 
@@ -56,7 +56,7 @@ export const EXIT_LOOP_MAX_COUNT = 0x7fff_ffff;
 /** Where the PVH image is linked and loaded (guest-physical). */
 export const EXIT_LOOP_LOAD_ADDR = 0x10_0000;
 
-/** One benchmark run: which exits, how many. */
+/** One run of the guest: which exits, how many. */
 export interface ExitLoopRun {
   mode: ExitLoopMode;
   count: number;
@@ -70,13 +70,13 @@ export interface ExitLoopRun {
   halt?: boolean;
 }
 
-/** Throws EBENCHARG unless `run` is a mode and count the guest accepts. */
+/** Throws EPROGARG unless `run` is a mode and count the guest accepts. */
 export function checkExitLoopRun(run: ExitLoopRun): void {
   if (!EXIT_LOOP_MODES.includes(run.mode)) {
-    throw new BenchError("EBENCHARG", `Cannot run the exit loop: mode '${String(run.mode)}' is not pio or mmio`);
+    throw new GuestProgramError("EPROGARG", `Cannot run the exit loop: mode '${String(run.mode)}' is not pio or mmio`);
   }
   if (!Number.isSafeInteger(run.count) || run.count < 0 || run.count > EXIT_LOOP_MAX_COUNT) {
-    throw new BenchError("EBENCHARG", `Cannot run the exit loop: count ${run.count} is not an integer in 0..2^31-1`);
+    throw new GuestProgramError("EPROGARG", `Cannot run the exit loop: count ${run.count} is not an integer in 0..2^31-1`);
   }
 }
 
@@ -88,7 +88,7 @@ export function exitLoopCmdline(run: ExitLoopRun): string {
 
 /** `exit-loop-protocol.h`: the constants above for C and assembly. */
 export function exitLoopProtocolHeader(): string {
-  return cHeader("the exit-loop guest protocol (src/bench/guest-program.ts)", {
+  return cHeader("the exit-loop guest protocol (src/guest/programs/exit-loop.ts)", {
     EXIT_LOOP_START_MARKER_PORT,
     EXIT_LOOP_PIO_EXIT_PORT,
     EXIT_LOOP_MMIO_EXIT_ADDR,
@@ -103,15 +103,15 @@ export function exitLoopProtocolHeader(): string {
 }
 
 /** Writes flint-abi.h and exit-loop-protocol.h into `dir`. */
-export function writeBenchHeaders(dir: string): void {
+export function writeExitLoopHeaders(dir: string): void {
   writeFileSync(join(dir, "flint-abi.h"), flintAbiHeader());
   writeFileSync(join(dir, "exit-loop-protocol.h"), exitLoopProtocolHeader());
 }
 
-const GUEST_SOURCES = ["bench/guest/exit-loop.S", "bench/guest/exit-loop.ld", "bench/guest/pvh-ring3.h"] as const;
+const GUEST_SOURCES = ["guest/ring3/exit-loop.S", "guest/ring3/exit-loop.ld", "guest/ring3/pvh-ring3.h"] as const;
 
 /** Bump when the build steps change in a way that changes the output. */
-const GUEST_RECIPE_VERSION = "exit-loop-guest 1";
+const GUEST_RECIPE_VERSION = "exit-loop-guest 2";
 
 function guestGccArgs(dir: string): string[] {
   return [
@@ -135,7 +135,7 @@ export function buildExitLoopGuest(): string {
     keyParts: [GUEST_RECIPE_VERSION, ...readSources(GUEST_SOURCES), flintAbiHeader(), exitLoopProtocolHeader(), ...guestGccArgs("DIR")],
     fileName: "exit-loop.elf",
     build(dir) {
-      writeBenchHeaders(dir);
+      writeExitLoopHeaders(dir);
       gcc(guestGccArgs(dir), "the exit-loop guest");
     },
   });

@@ -10,7 +10,8 @@
  * Register offsets, feature bits, request types and ring structures come
  * from the Linux UAPI headers under their own names; the guest's protocol
  * with the monitor (cmdline words, ports, result keys, end codes) is defined
- * once, in src/bench/virtio-blk-guest.ts, which writes vblk-protocol.h.
+ * once, in src/guest/programs/virtio-blk-driver.ts, which writes
+ * vblk-protocol.h.
  *
  * Environment: 32-bit protected mode, CPL 3, flat 4 GiB segments, paging
  * off, IOPL 3, IF 0. Linear addresses are guest-physical addresses, so a
@@ -31,7 +32,7 @@
  *
  * Output: lines `vblk KEY=VALUE` on the COM1 UART (values 0x-hex, or hex
  * bytes for `.data` keys), then the end code on VBLK_END_PORT. The keys are
- * listed in src/bench/virtio-blk-guest.ts.
+ * listed in src/guest/programs/virtio-blk-driver.ts.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -101,7 +102,7 @@ void *memcpy(void *dst, const void *src, size_t n)
 	return dst;
 }
 
-/* Marsaglia's xorshift32; src/bench/virtio-blk-guest.ts has the same one. */
+/* Marsaglia's xorshift32; src/guest/programs/virtio-blk-driver.ts has it too. */
 static u32 xorshift32(u32 x)
 {
 	x ^= x << 13;
@@ -110,7 +111,7 @@ static u32 xorshift32(u32 x)
 	return x;
 }
 
-/* FNV-1a, 32-bit; also in src/bench/virtio-blk-guest.ts. */
+/* FNV-1a, 32-bit; also in src/guest/programs/virtio-blk-driver.ts. */
 static u32 fnv1a32(const u8 *p, u32 n)
 {
 	u32 h = 0x811c9dc5u;

@@ -1,30 +1,33 @@
 /**
- * Builds the benchmark's small native artifacts (the guest ELF, the C
- * ceiling) on demand with gcc, into the artifact cache outside the checkout:
- * `FLINT_CACHE_DIR` (default `$XDG_CACHE_HOME/flint`, else `~/.cache/flint`),
- * one directory per artifact named `<name>-<key>`, the key a hash of every
- * input (sources, generated headers, compiler arguments). Same rules as
- * scripts/kernel-source.mjs: an entry is filled in a temporary sibling and
- * renamed into place only when complete. Synchronous, because a build takes
- * well under a second and callers want a path.
+ * Builds small native artifacts (the ring-3 guest programs' ELFs, the
+ * benchmark's C ceiling) on demand with gcc, into the artifact cache outside
+ * the checkout: `FLINT_CACHE_DIR` (default `$XDG_CACHE_HOME/flint`, else
+ * `~/.cache/flint`), one directory per artifact named `<name>-<key>`, the
+ * key a hash of every input (sources, generated headers, compiler
+ * arguments). Same rules as scripts/kernel-source.mjs: an entry is filled in
+ * a temporary sibling and renamed into place only when complete. Synchronous,
+ * because a build takes well under a second and callers want a path.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { cacheDir, cacheKey } from "../guest/cache.js";
-import { BenchError } from "./bench-error.js";
+import { cacheDir, cacheKey } from "../cache.js";
+import { GuestProgramError } from "./program-error.js";
 
-/** The package root (this file is <root>/dist*\/bench/build-cache.js). */
-export const PACKAGE_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+/**
+ * The package root (this file is <root>/dist*\/guest/programs/build-cache.js;
+ * no bundle under dist/bundle/ includes it, so the depth holds).
+ */
+export const PACKAGE_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 
-/** A path under the package root, e.g. `bench/c/kvm-exit-ceiling.c`. */
+/** A path under the package root, e.g. `guest/ring3/exit-loop.S`. */
 export function packagePath(relative: string): string {
   return join(PACKAGE_ROOT, relative);
 }
 
 // One cache for all of flint's artifacts: the same root and key rules as guest builds.
-export { cacheDir, cacheKey } from "../guest/cache.js";
+export { cacheDir, cacheKey } from "../cache.js";
 
 /** What {@link cachedArtifact} needs to find or make one file. */
 export interface ArtifactRecipe {
@@ -48,7 +51,7 @@ export function cachedArtifact(recipe: ArtifactRecipe): string {
   try {
     recipe.build(tmp);
     if (!existsSync(join(tmp, recipe.fileName))) {
-      throw new BenchError("EBENCHBUILD", `Cannot build ${recipe.name}: the build made no ${recipe.fileName}`);
+      throw new GuestProgramError("EPROGBUILD", `Cannot build ${recipe.name}: the build made no ${recipe.fileName}`);
     }
     renameSync(tmp, dest);
   } catch (error) {
@@ -64,13 +67,13 @@ export function readSources(relativePaths: readonly string[]): Buffer[] {
   return relativePaths.map((p) => readFileSync(packagePath(p)));
 }
 
-/** Runs gcc with `args`, turning a failure into EBENCHBUILD with its output. */
+/** Runs gcc with `args`, turning a failure into EPROGBUILD with its output. */
 export function gcc(args: readonly string[], what: string): void {
   try {
     execFileSync("gcc", args, { stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" });
   } catch (error) {
     const e = error as NodeJS.ErrnoException & { stderr?: string };
     const why = e.code === "ENOENT" ? "gcc is not installed (apt-get install gcc)" : (e.stderr ?? e.message).trim();
-    throw new BenchError("EBENCHBUILD", `Cannot build ${what}: ${why}`, { cause: error });
+    throw new GuestProgramError("EPROGBUILD", `Cannot build ${what}: ${why}`, { cause: error });
   }
 }

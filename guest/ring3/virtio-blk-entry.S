@@ -17,9 +17,9 @@
  * runs, and the emulator lacks iret to an outer ring; sysexit works.
  *
  * In ring 3: vblk_main(start_info) runs the driver and returns the end code
- * (VBLK_END_*, src/bench/virtio-blk-guest.ts), which goes to the end-marker
- * port VBLK_END_PORT (QEMU's isa-debug-exit, flint's --debug-exit); then a
- * `pause` loop, as `hlt` faults at CPL 3.
+ * (VBLK_END_*, src/guest/programs/virtio-blk-driver.ts), which goes to the
+ * end-marker port VBLK_END_PORT (QEMU's isa-debug-exit, flint's
+ * --debug-exit); then a `pause` loop, as `hlt` faults at CPL 3.
  */
 #include <asm/processor-flags.h>
 #include "flint-abi.h"		/* MSR_IA32_SYSENTER_CS, XEN_ELFNOTE_PHYS32_ENTRY */

@@ -32,7 +32,7 @@
  *      instead, so that a guest kept running (memory and multi-VM
  *      benchmarks) sleeps in the host kernel rather than spinning a core.
  * A monitor times the run from the start marker to the end marker. The
- * numbers above are defined once, in src/bench/guest-program.ts.
+ * numbers above are defined once, in src/guest/programs/exit-loop.ts.
  *
  * Ring 0 is kept to a dozen instructions (GDT, TSS, IOPL, sysexit) because
  * on some hosts guest ring-0 code is emulated thousands of times slower
@@ -44,14 +44,14 @@
 /*
  * Constants from kernel-internal headers (xen/interface/elfnote.h,
  * xen/interface/hvm/start_info.h, asm/msr-index.h), which no package
- * installs: src/bench/c-header.ts writes them from flint's generated ABI
- * file (src/linux/abi.generated.ts) under their Linux names, and struct
- * offsets as hvm_start_info_<field>.
+ * installs: src/guest/programs/c-header.ts writes them from flint's
+ * generated ABI file (src/linux/abi.generated.ts) under their Linux names,
+ * and struct offsets as hvm_start_info_<field>.
  */
 #include "flint-abi.h"
 /*
  * The ports, address and end-marker values of the protocol above, as
- * EXIT_LOOP_*: defined once, in src/bench/guest-program.ts.
+ * EXIT_LOOP_*: defined once, in src/guest/programs/exit-loop.ts.
  */
 #include "exit-loop-protocol.h"
 

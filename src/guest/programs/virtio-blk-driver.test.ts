@@ -1,7 +1,7 @@
 /**
  * Direct-KVM tests of flint's virtio-blk as a guest driver sees it: the
- * ring-3 polled driver guest (bench/guest/virtio-blk-driver.c, protocol in
- * src/bench/virtio-blk-guest.ts) boots by PVH in a real Machine on this
+ * ring-3 polled driver guest (guest/ring3/virtio-blk-driver.c, protocol in
+ * virtio-blk-driver.ts beside this test) boots by PVH in a real Machine on this
  * host's /dev/kvm, negotiates over virtio-mmio (virtio 1.x §4.2.3), sets up
  * a split virtqueue in its own memory (§2.7) and issues block requests
  * (§5.2.6) with QueueNotify kicks through the ioeventfd, against raw image
@@ -19,15 +19,16 @@ import {
   VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
   VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
   VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
-} from "../linux/abi.generated.js";
+} from "../../linux/abi.generated.js";
 import {
   VBLK_END_OK, VBLK_MAX_DEPTH, VBLK_QUEUE_SIZE, VBLK_SECTOR_BYTES, VBLK_TEST_HOST_BYTES, VBLK_TEST_HOST_SECTOR,
   VBLK_TEST_MIN_DISK_BYTES, VBLK_TEST_WRITE_BYTES, VBLK_TEST_WRITE_SECTOR, VblkReport, buildVirtioBlkGuest,
   fnv1a32, vblkCmdline, vblkWritePattern, writeStampedImage, type VblkRun,
-} from "./virtio-blk-guest.js";
-import { Machine, type MachineResult } from "../vm/machine.js";
-import { virtioSlot } from "../devices/virtio/virtio-set.js";
-import { VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VERSION_2 } from "../devices/virtio/mmio.js";
+} from "./virtio-blk-driver.js";
+import { GuestProgramError } from "./program-error.js";
+import { Machine, type MachineResult } from "../../vm/machine.js";
+import { virtioSlot } from "../../devices/virtio/virtio-set.js";
+import { VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VERSION_2 } from "../../devices/virtio/mmio.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-r3-blk-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -195,5 +196,25 @@ describe("a ring-3 polled virtio-blk driver on flint's virtio-mmio transport", (
     assert.ok(report.num("qd32.kicks") < counts.qd32, `qd32.kicks ${report.num("qd32.kicks")}`);
     assert.equal(result.virtio[0]!.userspaceNotifies, 0);
     assert.equal(result.guestFaults, 0);
+  });
+});
+
+describe("the driver guest's protocol on the host side", () => {
+  const isProgramError = (code: GuestProgramError["code"]) => (e: unknown): boolean => e instanceof GuestProgramError && e.code === code;
+
+  it("refuses command lines the guest would refuse, with EPROGARG", () => {
+    const ok: VblkRun = { blkBase: virtioSlot(0).mmioBase, mode: "test", seed: 1 };
+    assert.match(vblkCmdline(ok), /^blk=0x[0-9a-f]+ mode=test seed=0x1$/);
+    for (const bad of [{ ...ok, mode: "fast" as "test" }, { ...ok, blkBase: 0 }, { ...ok, blkBase: 2 ** 32 }, { ...ok, seed: 0 }, { ...ok, qd1: -1 }]) {
+      assert.throws(() => vblkCmdline(bad), isProgramError("EPROGARG"), JSON.stringify(bad));
+    }
+    assert.throws(() => writeStampedImage(join(dir, "odd.img"), 1000), isProgramError("EPROGARG"));
+  });
+
+  it("reports a missing or malformed value in the guest's output with EPROGRUN", () => {
+    const report = new VblkReport("vblk magic=0x74726976\nvblk error=no device\nvblk get_id.data=zz\n");
+    assert.equal(report.num("magic"), VIRTIO_MMIO_MAGIC);
+    assert.throws(() => report.num("capacity"), (e: unknown) => isProgramError("EPROGRUN")(e) && /no device/.test((e as Error).message));
+    assert.throws(() => report.bytes("get_id.data"), isProgramError("EPROGRUN"));
   });
 });
