@@ -116,14 +116,16 @@ test("TX: header + frame, split anywhere, reach the TAP as one packet; the chain
   });
 });
 
-test("TX: a batch of chains is sent in order with one notification", () => {
+test("TX: a batch of chains is sent in order with one notification, and returned with one used idx update", () => {
   withRig((r, peer) => {
+    const publishes = recordPublishes(r.ctx.queues[NET_TX_QUEUE]!);
     const pkts = Array.from({ length: 10 }, (_, i) => concat(netHeader(), frame(60 + i, i)));
-    for (const p of pkts) r.tx.addChain({ readable: [p] });
+    const heads = pkts.map((p) => r.tx.addChain({ readable: [p] }));
     r.net.onNotify(NET_TX_QUEUE);
-    assert.equal(r.tx.popAllUsed().length, 10);
+    assert.deepEqual(r.tx.popAllUsed().map((u) => [u.head, u.len]), heads.map((h) => [h, 0]));
     for (const p of pkts) assert.deepEqual(readPacket(peer), p);
     assert.deepEqual(r.ctx.usedNotifications, [NET_TX_QUEUE]);
+    assert.deepEqual(publishes, [10]);
   });
 });
 

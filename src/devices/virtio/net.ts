@@ -110,6 +110,8 @@ const RX_CHAIN_BUDGET = 4 * NET_QUEUE_SIZE;
  * before completions are signalled and the device thread polls again (QEMU's tx_burst).
  */
 const TX_BATCH = 256;
+/** Used lengths of returned TX chains: the device writes nothing into them. */
+const TX_USED_LENS = new Uint32Array(NET_QUEUE_SIZE);
 /** ETH_MIN_MTU (linux/if_ether.h, kernel-internal): the smallest MTU Linux accepts. */
 const MIN_MTU = 68;
 const TUN_DEVICE = "/dev/net/tun";
@@ -257,6 +259,8 @@ export class VirtioNet implements VirtioBackend {
   private txBuffers: Uint8Array[] = [this.txHead];
   /** The guest memory txBuffers were made for. */
   private txMemory: GuestMemory | undefined;
+  /** Heads of the TX chains sent in this pass, returned together. */
+  private readonly txDone = new Uint32Array(NET_QUEUE_SIZE);
   /** writev's (buffer, offset, length) triples: the head, then the rest of the packet in guest memory. */
   private readonly txIov = new Float64Array(3 * (1 + NET_QUEUE_SIZE));
   /** Header + largest frame, plus one byte to recognise a frame that did not fit. */
@@ -362,11 +366,20 @@ export class VirtioNet implements VirtioBackend {
     const q = ctx.queues[NET_TX_QUEUE];
     if (!q) return;
     let served: ServeResult;
+    // The pass's chains go back together (one used idx update and one transport lock per
+    // pass instead of per packet); each comes back with length 0 (§5.1.6.2).
+    const done = this.txDone;
+    let held = 0;
     try {
       served = serveQueue(q, TX_BATCH, (chain) => {
         this.transmit(ctx, chain);
-        q.pushUsed(chain.head, 0);
+        done[held++] = chain.head;
+        if (held === done.length) {
+          q.pushUsedMany(done, TX_USED_LENS, held);
+          held = 0;
+        }
       });
+      q.pushUsedMany(done, TX_USED_LENS, held);
     } catch (e) {
       this.broken(ctx, e);
       return;
