@@ -38,7 +38,9 @@
  * buffers arrive; the TAP keeps the frames behind it. Only when the device
  * holds every chain the ring can have and the frame still does not fit (a ring
  * too small for one 64 KiB packet) is it dropped, and the chains returned
- * empty. A chain smaller than the header (§5.1.6.3.1: each buffer is at least
+ * empty. (A driver whose chains take several descriptors each runs out of
+ * descriptors before that; its receive path then waits until it resets the
+ * device, which harms only that guest: Linux posts one descriptor per buffer.) A chain smaller than the header (§5.1.6.3.1: each buffer is at least
  * that big) or with device-readable buffers is returned empty as a guest
  * fault; the frame goes on to the next chain.
  *
