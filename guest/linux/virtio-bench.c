@@ -12,10 +12,16 @@
  *   virtio-bench send ADDRESS PORT DURATION_MS
  *       (in the guest) connects over TCP, writes for DURATION_MS, half-closes
  *       and waits for the receiver to close, so the time covers delivery.
+ *   virtio-bench recv ADDRESS PORT DURATION_MS
+ *       (in the guest) connects over TCP, asks the source for DURATION_MS of
+ *       data and reads to end of stream, timed from its first byte to its end.
  *   virtio-bench sink PORT
  *       (in the outer VM) accepts connections one after another, reads each
  *       to end of stream and reports it, timed from its first byte to its
- *       end; runs until killed.
+ *       end; runs until killed. A child process serves PORT + 1 as the
+ *       source for `recv`: per connection it reads the duration asked for,
+ *       writes for that long, half-closes, waits for the guest's close and
+ *       reports what it sent.
  *
  * The minimal guest kernel (guest/kernel/microvm-x86_64.config on tinyconfig)
  * has neither CONFIG_AIO nor CONFIG_IO_URING, so queue depth comes from
@@ -32,10 +38,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,7 +52,7 @@
 /* O_DIRECT needs buffers aligned to the logical block size; a page covers every case. */
 #define BUFFER_ALIGN 4096
 #define MAX_THREADS 256
-/* Bytes per write(2) of the TCP sender and read(2) of the receiver. */
+/* Bytes per write(2) of the TCP senders and read(2) of the receivers. */
 #define NET_CHUNK_BYTES (256 * 1024)
 
 __attribute__((noreturn)) static void fail(const char *what)
@@ -261,20 +269,127 @@ static int send_main(int argc, char **argv)
 	return 0;
 }
 
-static int sink_main(int argc, char **argv)
+static int recv_main(int argc, char **argv)
 {
-	if (argc != 3) {
+	if (argc != 5) {
 		errno = EINVAL;
-		fail("usage:sink-PORT");
+		fail("usage:recv-ADDRESS-PORT-DURATION_MS");
 	}
-	struct sockaddr_in at = { .sin_family = AF_INET, .sin_port = htons((uint16_t)parse_number(argv[2], "bad-port")),
-				  .sin_addr.s_addr = htonl(INADDR_ANY) };
+	struct sockaddr_in from = { .sin_family = AF_INET, .sin_port = htons((uint16_t)parse_number(argv[3], "bad-port")) };
+	if (inet_pton(AF_INET, argv[2], &from.sin_addr) != 1) {
+		errno = EINVAL;
+		fail("bad-address");
+	}
+	char request[32];
+	int request_len = snprintf(request, sizeof request, "%ld\n", parse_number(argv[4], "bad-duration-ms"));
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	if (s < 0)
+		fail("socket");
+	for (int tries = 0; connect(s, (struct sockaddr *)&from, sizeof from) != 0; tries++) {
+		if (tries >= 50 || (errno != ECONNREFUSED && errno != ETIMEDOUT && errno != EHOSTUNREACH))
+			fail("connect");
+		sleep_ms(200);
+	}
+	if (write(s, request, (size_t)request_len) != request_len)
+		fail("write");
+	static unsigned char chunk[NET_CHUNK_BYTES];
+	uint64_t received = 0, first_ns = 0;
+	for (;;) {
+		ssize_t n = read(s, chunk, sizeof chunk);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			fail("read");
+		if (n == 0)
+			break;
+		if (received == 0)
+			first_ns = now_ns();
+		received += (uint64_t)n;
+	}
+	uint64_t end_ns = now_ns();
+	close(s);
+	printf(REPORT "test=recv bytes=%llu ns=%llu\n", (unsigned long long)received,
+	       (unsigned long long)(received ? end_ns - first_ns : 0));
+	return 0;
+}
+
+/* A listening TCP socket on every address. */
+static int listen_on(uint16_t port)
+{
+	struct sockaddr_in at = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY) };
 	int l = socket(AF_INET, SOCK_STREAM, 0);
 	int one = 1;
 	if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
 		fail("socket");
 	if (bind(l, (struct sockaddr *)&at, sizeof at) != 0 || listen(l, 4) != 0)
 		fail("bind");
+	return l;
+}
+
+/* The source for `recv`: one connection at a time, for as long as each asks; runs until killed. */
+static __attribute__((noreturn)) void source_loop(int l)
+{
+	static unsigned char chunk[NET_CHUNK_BYTES];
+	for (size_t i = 0; i < sizeof chunk; i++)
+		chunk[i] = (unsigned char)(i * 131u + 7u);
+	for (;;) {
+		int s = accept(l, NULL, NULL);
+		if (s < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			fail("accept");
+		}
+		/* The request: the duration in decimal, then a newline. */
+		char request[32];
+		size_t got = 0;
+		while (got < sizeof request - 1 && (got == 0 || request[got - 1] != '\n')) {
+			ssize_t n = read(s, request + got, sizeof request - 1 - got);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				break;
+			got += (size_t)n;
+		}
+		request[got] = '\0';
+		uint64_t duration_ns = (uint64_t)strtoul(request, NULL, 10) * 1000000u;
+		uint64_t sent = 0, start_ns = now_ns();
+		while (now_ns() - start_ns < duration_ns) {
+			ssize_t n = write(s, chunk, sizeof chunk);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0)
+				break;
+			sent += (uint64_t)n;
+		}
+		shutdown(s, SHUT_WR);
+		char byte;
+		while (read(s, &byte, 1) > 0)
+			;
+		uint64_t end_ns = now_ns();
+		close(s);
+		printf(REPORT "test=source bytes=%llu ns=%llu\n", (unsigned long long)sent, (unsigned long long)(end_ns - start_ns));
+	}
+}
+
+static int sink_main(int argc, char **argv)
+{
+	if (argc != 3) {
+		errno = EINVAL;
+		fail("usage:sink-PORT");
+	}
+	uint16_t port = (uint16_t)parse_number(argv[2], "bad-port");
+	int l = listen_on(port), source = listen_on((uint16_t)(port + 1));
+	/* Both report on the same line-buffered stdout (a line is one write(2)); the child ends with its parent. */
+	pid_t parent = getpid(), child = fork();
+	if (child < 0)
+		fail("fork");
+	if (child == 0) {
+		close(l);
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+			_exit(1);
+		source_loop(source);
+	}
+	close(source);
 	printf(REPORT "test=listening port=%s\n", argv[2]);
 	static unsigned char chunk[NET_CHUNK_BYTES];
 	for (;;) {
@@ -309,8 +424,10 @@ int main(int argc, char **argv)
 		return blk_main(argc, argv);
 	if (argc >= 2 && strcmp(argv[1], "send") == 0)
 		return send_main(argc, argv);
+	if (argc >= 2 && strcmp(argv[1], "recv") == 0)
+		return recv_main(argc, argv);
 	if (argc >= 2 && strcmp(argv[1], "sink") == 0)
 		return sink_main(argc, argv);
 	errno = EINVAL;
-	fail("usage:blk|send|sink");
+	fail("usage:blk|send|recv|sink");
 }

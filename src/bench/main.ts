@@ -12,8 +12,10 @@
  *      flint's virtio-blk vs QEMU's (skip with --no-blk)
  *   6. virtio devices with real Linux in the nested harness: virtio-blk
  *      O_DIRECT reads (4 KiB random at QD1 and QD32, 64 KiB sequential) and
- *      virtio-net TCP throughput, flint vs QEMU -M microvm with virtio-mmio
- *      devices (skip with --no-virtio: it takes minutes)
+ *      virtio-net TCP throughput both ways, flint vs QEMU -M microvm with
+ *      virtio-mmio devices (skip with --no-virtio: it takes minutes; run it
+ *      alone with --virtio-only, and only some figures with
+ *      --virtio-figures KEY,KEY, e.g. netTxMegabytesPerSecond,netRxMegabytesPerSecond)
  *   7. stop latency: Machine.stop() to run() resolved, from each state a VM
  *      can be stuck in (skip with --no-stop)
  *   8. per-VM overhead (issue 10's goal rows): memory beyond guest RAM with
@@ -24,7 +26,7 @@
  *
  * Options: --count N (exits per run, default 300000), --runs R (default 3),
  * --no-boot, --no-blk, --no-virtio, --no-stop, --no-overhead, --overhead-only,
- * --virtio-rounds R (section 6's rounds, default 5), --overhead-runs R
+ * --virtio-only, --virtio-figures KEYS, --virtio-rounds R (section 6's rounds, default 5), --overhead-runs R
  * (section 8's rounds, default 7), --json FILE (also write all results as JSON).
  */
 import { spawnSync } from "node:child_process";
@@ -39,7 +41,7 @@ import { median } from "./process.js";
 import { runQemuExits } from "./qemu-exits.js";
 import { printOverheadSection } from "./per-vm-overhead.js";
 import { printStopLatencySection } from "./stop-latency.js";
-import { VIRTIO_FIGURES, benchVirtioNested } from "./virtio-nested.js";
+import { type VirtioFigureKey, benchVirtioNested, selectFigures } from "./virtio-nested.js";
 import { printVirtioBlkSection } from "./virtio-blk-bench.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
@@ -79,6 +81,36 @@ async function main(): Promise<void> {
   };
   if (process.argv.includes("--overhead-only")) {
     await overhead();
+    writeJson();
+    return;
+  }
+  // Nested virtio devices (src/bench/virtio-nested.ts): alone with --virtio-only, skipped with --no-virtio.
+  const virtio = async () => {
+    out("\n== virtio devices in the nested harness (TCG outer VM: compare ratios only) ==");
+    const figuresArg = process.argv.indexOf("--virtio-figures");
+    const figures = figuresArg > 0 ? (process.argv[figuresArg + 1] ?? "").split(",") as VirtioFigureKey[] : undefined;
+    const v = await benchVirtioNested({ rounds: arg("--virtio-rounds", 5), figures });
+    results.virtio = v;
+    const o = v.options;
+    out(`same kernel and initramfs, ${o.cpus} vCPUs, ${o.memoryMib} MiB each; both VMs up at once, taking turns test by test, ${o.rounds} rounds after ${o.warmupRounds} uncounted warm-up round(s); ` +
+      `O_DIRECT reads of a ${o.imageMib} MiB raw image in the outer VM's tmpfs in ${o.runMs} ms windows; ${o.netMs} ms TCP streams; ` +
+      "medians, ratio = median of per-round ratios");
+    const nics = (m: "flint" | "qemu") => (v.nics[m] ?? []).map((n) => `${n.dev} [${n.offloads.join(",") || "no offloads"}]`).join(", ");
+    out(`negotiated: flint ${nics("flint")}; QEMU ${nics("qemu")}`);
+    for (const f of selectFigures(figures)) {
+      const s = v.figures[f.key];
+      if (!s) continue;
+      const ratios = s.samples.flint.map((x, i) => (x !== undefined && s.samples.qemu[i] !== undefined ? x / s.samples.qemu[i]! : undefined));
+      const measured = ratios.filter((x): x is number => x !== undefined);
+      const spread = measured.length > 1 ? `, rounds ${Math.min(...measured).toFixed(2)}-${Math.max(...measured).toFixed(2)}x` : "";
+      out(`${f.label}: flint ${rate(s.flint)} ${f.unit}, QEMU microvm ${rate(s.qemu)} ${f.unit}  ` +
+        `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}${spread}${f.reference ? ", reference" : ", goal >= 1.0x"})`);
+      out(`  per round: ${s.samples.flint.map((x, i) => `${rate(x)}/${rate(s.samples.qemu[i])}=${ratios[i] === undefined ? "n/a" : `${ratios[i]!.toFixed(2)}x`}`).join("  ")}`);
+    }
+    for (const failure of v.failures) out(`  (left out: ${failure})`);
+  };
+  if (process.argv.includes("--virtio-only")) {
+    await virtio();
     writeJson();
     return;
   }
@@ -130,25 +162,7 @@ async function main(): Promise<void> {
     out(`process start to exit: flint ${f.wallSec.toFixed(2)} s, QEMU ${q.wallSec.toFixed(2)} s  (QEMU/flint ${ratio(q.wallSec, f.wallSec)})`);
     out(`peak RSS (${boot.memoryMib} MiB guest): flint ${(f.peakRssKib / 1024).toFixed(1)} MiB, QEMU ${(q.peakRssKib / 1024).toFixed(1)} MiB`);
   }
-  if (!process.argv.includes("--no-virtio")) {
-    out("\n== virtio devices in the nested harness (TCG outer VM: compare ratios only) ==");
-    const v = await benchVirtioNested({ rounds: arg("--virtio-rounds", 5) });
-    results.virtio = v;
-    const o = v.options;
-    out(`same kernel and initramfs, ${o.cpus} vCPUs, ${o.memoryMib} MiB each; both VMs up at once, taking turns test by test, ${o.rounds} rounds after ${o.warmupRounds} uncounted warm-up round(s); ` +
-      `O_DIRECT reads of a ${o.imageMib} MiB raw image in the outer VM's tmpfs in ${o.runMs} ms windows; ${o.netMs} ms TCP streams; ` +
-      "medians, ratio = median of per-round ratios");
-    const nics = (m: "flint" | "qemu") => (v.nics[m] ?? []).map((n) => `${n.dev} [${n.offloads.join(",") || "no offloads"}]`).join(", ");
-    out(`negotiated: flint ${nics("flint")}; QEMU ${nics("qemu")}`);
-    for (const f of VIRTIO_FIGURES) {
-      const s = v.figures[f.key];
-      const ratios = s.samples.flint.map((x, i) => (x !== undefined && s.samples.qemu[i] !== undefined ? x / s.samples.qemu[i]! : undefined)).filter((x): x is number => x !== undefined);
-      const spread = ratios.length > 1 ? `, rounds ${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}x` : "";
-      out(`${f.label}: flint ${rate(s.flint)} ${f.unit}, QEMU microvm ${rate(s.qemu)} ${f.unit}  ` +
-        `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}${spread}${f.reference ? ", reference" : ", goal >= 1.0x"})`);
-    }
-    for (const failure of v.failures) out(`  (left out: ${failure})`);
-  }
+  if (!process.argv.includes("--no-virtio")) await virtio();
   // Stop latency from each state (src/bench/stop-latency.ts); --no-stop skips it.
   if (!process.argv.includes("--no-stop")) {
     out("");

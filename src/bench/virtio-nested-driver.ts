@@ -11,7 +11,8 @@
  * once with its console on a pipe, waits until each guest's /init reports
  * `test=ready`, and then runs the steps one at a time, in the order given:
  * it writes "ID COMMAND" to that guest's console and waits for the guest's
- * `test=end id=ID` (and, for a TCP stream, the receiver's report). Only one
+ * `test=end id=ID` (and, for a TCP stream, the outer end's report: the
+ * receiver's for a stream the guest sent, the source's for one it received). Only one
  * guest is busy at any time; the others wait, idle, in `read`. So flint's and
  * QEMU's tests alternate within seconds of each other and drift in the load
  * of the shared host hits both alike, while each monitor boots only once.
@@ -43,9 +44,9 @@ export interface DriverStep {
   /** Unique, positive; echoed back by the guest in `test=end id=ID`. */
   id: number;
   monitor: string;
-  /** The words after the id, e.g. "blk /dev/vda rand 4096 1 200 1000" or "send 172.16.0.1 7777 2000". */
+  /** The words after the id, e.g. "blk /dev/vda rand 4096 1 200 1000", "send 172.16.0.1 7777 2000" or "recv 172.16.0.1 7778 2000". */
   command: string;
-  /** The step sends a TCP stream: wait for the receiver's report too. */
+  /** The step sends or receives a TCP stream: wait for the outer end's report too. */
   net: boolean;
 }
 
@@ -53,7 +54,7 @@ export interface DriverStep {
 export interface DriverConfig {
   monitors: DriverMonitor[];
   steps: DriverStep[];
-  /** argv of the receiver, `virtio-bench sink PORT`. */
+  /** argv of the receiver, `virtio-bench sink PORT` (which also serves PORT + 1 as the source). */
   sinkArgv: string[];
   /** From spawning the monitors to every guest's `test=ready`. */
   bootTimeoutMs: number;
@@ -68,7 +69,7 @@ export interface DriverStepResult {
   id: number;
   /** The guest's report lines between the command and its end. */
   guestLines: string[];
-  /** The receiver's report for this step's stream. */
+  /** The outer end's report for this step's stream: the receiver's (`test=sink`) or the source's (`test=source`). */
   sinkLine?: string;
   /** Why the step gave nothing, if it did not finish. */
   error?: string;
@@ -269,9 +270,11 @@ export async function runDriver(config: DriverConfig, onProgress?: (partial: Dri
         r.error = `no end of step within ${config.stepTimeoutMs} ms (the VM was killed)`;
         kill(vm);
       }
-      // The sender waits for the receiver's close, so its report is out or on its way.
+      // Each sender waits for its receiver's close, so the outer end's report is out or on its way.
       if (step.net && guestLines.some(isTest("send"))) {
         r.sinkLine = (await sinkLines.take(isTest("sink"), 30_000)).line;
+      } else if (step.net && guestLines.some(isTest("recv"))) {
+        r.sinkLine = (await sinkLines.take(isTest("source"), 30_000)).line;
       }
       result.steps.push(r);
       onProgress?.(result);

@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { packagePath } from "../guest/programs/build-cache.js";
 import {
-  BENCH_CMDLINE, BENCH_LINKS, BENCH_TCP_PORT, QEMU_NET_NO_OFFLOADS, VIRTIO_FIGURES,
+  BENCH_CMDLINE, BENCH_LINKS, BENCH_SOURCE_PORT, BENCH_TCP_PORT, QEMU_NET_NO_OFFLOADS, VIRTIO_FIGURES,
   buildVirtioBenchProgram, guestInit, monitorCommand, namedNetFeatures, type ScheduledStep, stepValue, summarize, virtioSchedule,
 } from "./virtio-nested.js";
 import { VIRTIO_BENCH_PREFIX, parseVirtioBenchLine, parseVirtioBenchLines } from "./virtio-report.js";
@@ -23,6 +23,19 @@ describe("stepValue", () => {
   it("turns the receiver's report of a whole stream into MB/s", () => {
     const guestLines = [`${VIRTIO_BENCH_PREFIX} test=send bytes=16000000 ns=8100000000`];
     assert.equal(stepValue(figure("netTxMegabytesPerSecond"), { guestLines, sinkLine: `${VIRTIO_BENCH_PREFIX} test=sink bytes=16000000 ns=8000000000` }), 2);
+  });
+
+  it("turns the guest's report of a whole stream from the source into MB/s", () => {
+    const rx = figure("netRxMegabytesPerSecond");
+    const guestLines = [`${VIRTIO_BENCH_PREFIX} test=recv bytes=16000000 ns=4000000000`];
+    const source = `${VIRTIO_BENCH_PREFIX} test=source bytes=16000000 ns=4100000000`;
+    assert.equal(stepValue(rx, { guestLines, sinkLine: source }), 4);
+    // Partial stream, a receiver's report instead of the source's, no report.
+    assert.equal(stepValue(rx, { guestLines, sinkLine: source.replace("16000000", "16000001") }), undefined);
+    assert.equal(stepValue(rx, { guestLines, sinkLine: source.replace("source", "sink") }), undefined);
+    assert.equal(stepValue(rx, { guestLines }), undefined);
+    // A send figure does not take a recv report.
+    assert.equal(stepValue(figure("netTxMegabytesPerSecond"), { guestLines, sinkLine: source }), undefined);
   });
 
   it("gives nothing for another test's report, an empty window, a partial stream or a failure", () => {
@@ -61,6 +74,16 @@ describe("virtioSchedule", () => {
     assert.equal(net.net, true);
     const flintNet = steps.find((s) => s.figure === "netTxMegabytesPerSecond" && s.monitor === "flint")!;
     assert.equal(flintNet.command, `send ${BENCH_LINKS.flint.outerIpv4} ${BENCH_TCP_PORT} 2000`);
+    const rx = steps.find((s) => s.figure === "netRxMegabytesPerSecond" && s.monitor === "qemu")!;
+    assert.equal(rx.command, `recv ${BENCH_LINKS.qemuOffload.outerIpv4} ${BENCH_SOURCE_PORT} 2000`);
+    assert.equal(rx.net, true);
+  });
+
+  it("runs only the figures asked for", () => {
+    const net = virtioSchedule({ rounds: 2, warmupMs: 0, runMs: 1000, netMs: 1000, figures: ["netTxMegabytesPerSecond", "netRxMegabytesPerSecond"] });
+    assert.deepEqual([...new Set(net.map((s) => s.figure))], ["netTxMegabytesPerSecond", "netRxMegabytesPerSecond"]);
+    assert.equal(net.length, 2 * 2 * 2);
+    assert.deepEqual(Object.keys(summarize(net, [])), ["netTxMegabytesPerSecond", "netRxMegabytesPerSecond"]);
   });
 });
 
@@ -73,7 +96,7 @@ describe("virtioSchedule with warm-up rounds", () => {
     assert.deepEqual(steps.filter((s) => s.round === 0).slice(0, 2).map((s) => s.monitor), ["flint", "qemu"]);
     const qd1 = steps.filter((s) => s.figure === "blkRand4kQd1Iops");
     const iops = (s: ScheduledStep) => (s.round < 0 ? 1 : s.monitor === "flint" ? 100 + s.round : 100);
-    const f = summarize(qd1, qd1.map((s) => ({ id: s.id, guestLines: [blkLine("rand", 4096, 1, iops(s), 1e9)] }))).blkRand4kQd1Iops;
+    const f = summarize(qd1, qd1.map((s) => ({ id: s.id, guestLines: [blkLine("rand", 4096, 1, iops(s), 1e9)] }))).blkRand4kQd1Iops!;
     assert.deepEqual(f.samples, { flint: [100, 101], qemu: [100, 100] });
     assert.equal(f.ratio, 1.005);
   });
@@ -87,7 +110,7 @@ describe("summarize", () => {
       const v = iops[s.monitor]![s.round];
       return { id: s.id, guestLines: v === undefined ? [] : [blkLine("rand", 4096, 1, v, 1e9)] };
     });
-    const f = summarize(steps, results).blkRand4kQd1Iops;
+    const f = summarize(steps, results).blkRand4kQd1Iops!;
     assert.deepEqual(f.samples, { flint: [100, 50, 90], qemu: [200, 100, undefined] });
     assert.equal(f.flint, 90);
     assert.equal(f.qemu, 150);
@@ -134,9 +157,9 @@ describe("namedNetFeatures", () => {
 describe("guestInit", () => {
   const init = guestInit();
 
-  it("brings up every link by MAC and serves blk, send and quit commands", () => {
+  it("brings up every link by MAC and serves blk, send, recv and quit commands", () => {
     for (const l of Object.values(BENCH_LINKS)) assert.ok(init.includes(`link_up ${l.guestMac} ${l.guestIpv4}`));
-    assert.match(init, /blk\|send\) \/bin\/virtio-bench \$verb \$args/);
+    assert.match(init, /blk\|send\|recv\) \/bin\/virtio-bench \$verb \$args/);
     assert.match(init, /test=end id=\$id/);
   });
 
@@ -145,10 +168,11 @@ describe("guestInit", () => {
     // Run the command loop alone, with the program replaced by echo.
     const start = init.indexOf("while read");
     const loop = init.slice(start, init.indexOf("\ndone\n", start) + 6).replace("/bin/virtio-bench", "echo ran");
-    const out = execFileSync("sh", ["-c", loop], { input: "1 blk /dev/vda rand 4096 1 0 10\n2 dance\n0 quit\n3 blk x\n", encoding: "utf8" });
+    const out = execFileSync("sh", ["-c", loop], { input: "1 blk /dev/vda rand 4096 1 0 10\n2 dance\n4 recv 1.2.3.4 5 6\n0 quit\n3 blk x\n", encoding: "utf8" });
     const records = parseVirtioBenchLines(out);
     assert.match(out, /^ran blk \/dev\/vda rand 4096 1 0 10$/m);
-    assert.deepEqual(records.map((r) => r.test ?? r.error), ["end", "unknown-command-dance", "end"]);
+    assert.match(out, /^ran recv 1\.2\.3\.4 5 6$/m);
+    assert.deepEqual(records.map((r) => r.test ?? r.error), ["end", "unknown-command-dance", "end", "end"]);
     assert.ok(!out.includes("blk x"));
   });
 });
@@ -173,6 +197,13 @@ describe("the load generator", () => {
         while (parseVirtioBenchLines(sinkOut).filter((r) => r.test === "sink").length <= i) await new Promise((r) => setTimeout(r, 10));
         const sinkLine = sinkOut.trim().split("\n").pop()!;
         assert.ok(stepValue(figure("netTxMegabytesPerSecond"), { guestLines: [sent], sinkLine })! > 0, `${sent} ${sinkLine}`);
+      }
+      // The source on the next port, for streams to the guest.
+      for (let i = 0; i < 2; i++) {
+        const received = execFileSync(program, ["recv", "127.0.0.1", "17778", "50"], { encoding: "utf8" });
+        while (parseVirtioBenchLines(sinkOut).filter((r) => r.test === "source").length <= i) await new Promise((r) => setTimeout(r, 10));
+        const sourceLine = sinkOut.trim().split("\n").pop()!;
+        assert.ok(stepValue(figure("netRxMegabytesPerSecond"), { guestLines: [received], sinkLine: sourceLine })! > 0, `${received} ${sourceLine}`);
       }
     } finally {
       sink.kill();

@@ -12,7 +12,9 @@
  *     AIO nor io_uring), 64 KiB sequential at queue depth 1; IOPS and MB/s
  *     as the guest counts them over a fixed window after a warm-up;
  *   virtio-net: one TCP stream guest -> outer VM for a fixed time, MB/s as
- *     the receiver in the outer VM counts it (first byte to end of stream).
+ *     the receiver in the outer VM counts it (first byte to end of stream),
+ *     and one stream outer VM -> guest, MB/s as the guest counts it (the
+ *     receive path: mergeable receive buffers, GUEST_TSO).
  *
  * The image is a raw file in the outer VM's tmpfs, which both monitors read
  * with ordinary buffered I/O (flint's pread, QEMU's default cache=writeback
@@ -81,6 +83,8 @@ export const BENCH_LINKS = {
 
 /** TCP port of the receiver in the outer VM (it listens on every address). */
 export const BENCH_TCP_PORT = 7777;
+/** TCP port of the source in the outer VM for streams to the guest (`virtio-bench sink` serves it too). */
+export const BENCH_SOURCE_PORT = BENCH_TCP_PORT + 1;
 
 /** The monitors compared. */
 export type VirtioMonitor = "flint" | "qemu";
@@ -98,7 +102,8 @@ export interface BlkTest {
 
 /** The figures, by name. */
 export type VirtioFigureKey =
-  | "blkRand4kQd1Iops" | "blkRand4kQd32Iops" | "blkSeq64kMegabytesPerSecond" | "netTxMegabytesPerSecond" | "netTxVsNoOffloadMegabytesPerSecond";
+  | "blkRand4kQd1Iops" | "blkRand4kQd32Iops" | "blkSeq64kMegabytesPerSecond" | "netTxMegabytesPerSecond" | "netTxVsNoOffloadMegabytesPerSecond"
+  | "netRxMegabytesPerSecond";
 
 /** How each figure is produced and printed. */
 export interface VirtioFigure {
@@ -109,6 +114,8 @@ export interface VirtioFigure {
   blk?: BlkTest;
   /** Per monitor, the link whose stream gives it. */
   links?: Record<VirtioMonitor, BenchLink>;
+  /** With `links`: the guest sends the stream (`send`, to the receiver) or receives it (`recv`, from the source). */
+  stream?: "send" | "recv";
   /** A reference point rather than a goal (QEMU deliberately configured below its defaults). */
   reference?: boolean;
 }
@@ -123,12 +130,24 @@ export const VIRTIO_FIGURES: readonly VirtioFigure[] = [
   { key: "blkRand4kQd1Iops", label: "virtio-blk 4 KiB random read, QD1", unit: "IOPS", blk: { mode: "rand", blockBytes: 4096, threads: 1 } },
   { key: "blkRand4kQd32Iops", label: "virtio-blk 4 KiB random read, QD32", unit: "IOPS", blk: { mode: "rand", blockBytes: 4096, threads: 32 } },
   { key: "blkSeq64kMegabytesPerSecond", label: "virtio-blk 64 KiB sequential read, QD1", unit: "MB/s", blk: { mode: "seq", blockBytes: 65536, threads: 1 } },
-  { key: "netTxMegabytesPerSecond", label: "virtio-net TCP guest -> outer VM", unit: "MB/s", links: { flint: BENCH_LINKS.flint, qemu: BENCH_LINKS.qemuOffload } },
+  {
+    key: "netTxMegabytesPerSecond", label: "virtio-net TCP guest -> outer VM", unit: "MB/s",
+    links: { flint: BENCH_LINKS.flint, qemu: BENCH_LINKS.qemuOffload }, stream: "send",
+  },
+  {
+    key: "netRxMegabytesPerSecond", label: "virtio-net TCP outer VM -> guest", unit: "MB/s",
+    links: { flint: BENCH_LINKS.flint, qemu: BENCH_LINKS.qemuOffload }, stream: "recv",
+  },
   {
     key: "netTxVsNoOffloadMegabytesPerSecond", label: "virtio-net TCP guest -> outer VM, QEMU with offloads off", unit: "MB/s",
-    links: { flint: BENCH_LINKS.flint, qemu: BENCH_LINKS.qemu }, reference: true,
+    links: { flint: BENCH_LINKS.flint, qemu: BENCH_LINKS.qemu }, stream: "send", reference: true,
   },
 ];
+
+/** The figures whose key is in `keys` (all of them when `keys` is undefined), in report order. */
+export function selectFigures(keys?: readonly VirtioFigureKey[]): readonly VirtioFigure[] {
+  return keys === undefined ? VIRTIO_FIGURES : VIRTIO_FIGURES.filter((f) => keys.includes(f.key));
+}
 
 /** Options for {@link benchVirtioNested}. */
 export interface VirtioBenchOptions {
@@ -150,6 +169,8 @@ export interface VirtioBenchOptions {
   bootTimeoutSec?: number;
   /** Leave the run's directory (consoles, driver config and result) in place for inspection (default false). */
   keepFiles?: boolean;
+  /** Only these figures (default: all of VIRTIO_FIGURES); the others are neither run nor reported. */
+  figures?: readonly VirtioFigureKey[];
 }
 
 /** One step of the schedule: a test on one monitor in one round. */
@@ -172,7 +193,8 @@ export interface FigureSummary {
 
 /** The result of {@link benchVirtioNested}. */
 export interface VirtioBenchResult {
-  figures: Record<VirtioFigureKey, FigureSummary>;
+  /** The figures measured (VirtioBenchOptions.figures). */
+  figures: Partial<Record<VirtioFigureKey, FigureSummary>>;
   /** Steps or boots that failed, one line each. */
   failures: string[];
   /** The guest's view of its devices, per monitor (its `test=devices` report). */
@@ -181,7 +203,7 @@ export interface VirtioBenchResult {
   nics: Partial<Record<VirtioMonitor, GuestNic[]>>;
   /** Per monitor, from process start to the guest's ready report, in the outer VM (ms). */
   readyAfterMs: Partial<Record<VirtioMonitor, number>>;
-  options: Required<VirtioBenchOptions>;
+  options: Required<Omit<VirtioBenchOptions, "figures">>;
   /** Wall-clock time of the nested runs, boots of the outer VMs included. */
   nestedDurationMs: number;
   /** Outer VMs used: 1, or 2 when the first froze before every round was measured. */
@@ -226,7 +248,7 @@ export function buildVirtioBenchProgram(): string {
 /**
  * The guest's /init: bring up every link the guest has (found by MAC),
  * report the devices and `test=ready`, then run the commands that arrive on
- * the console ("ID blk ARGS" / "ID send ARGS" / "ID quit"), each followed by
+ * the console ("ID blk ARGS" / "ID send ARGS" / "ID recv ARGS" / "ID quit"), each followed by
  * `test=end id=ID`, until quit; then reboot.
  */
 export function guestInit(): string {
@@ -259,7 +281,7 @@ ${say("test=devices virtio=$(ls /sys/bus/virtio/devices | wc -l) disks=$(cd /sys
 ${say("test=ready")}
 while read -r id verb args; do
   case "$verb" in
-    blk|send) ${GUEST_PROGRAM_PATH} $verb $args ;;
+    blk|send|recv) ${GUEST_PROGRAM_PATH} $verb $args ;;
     quit) break ;;
     *) ${say("error=unknown-command-$verb errno=EINVAL")} ;;
   esac
@@ -280,16 +302,19 @@ reboot -f
  * (a freshly started monitor's first seconds are not its steady state: flint's
  * JIT compiles its device code then).
  */
-export function virtioSchedule(o: { rounds: number; warmupRounds?: number; warmupMs: number; runMs: number; netMs: number }): ScheduledStep[] {
+export function virtioSchedule(
+  o: { rounds: number; warmupRounds?: number; warmupMs: number; runMs: number; netMs: number; figures?: readonly VirtioFigureKey[] },
+): ScheduledStep[] {
   const steps: ScheduledStep[] = [];
   for (let round = -(o.warmupRounds ?? 0); round < o.rounds; round++) {
     // Parity by bit: -1 & 1 is 1, so warm-up rounds alternate like the rest.
     const order: VirtioMonitor[] = (round & 1) === 0 ? ["flint", "qemu"] : ["qemu", "flint"];
-    for (const figure of VIRTIO_FIGURES) {
+    for (const figure of selectFigures(o.figures)) {
       for (const monitor of order) {
+        const outer = figure.links?.[monitor].outerIpv4;
         const command = figure.blk
           ? `blk /dev/vda ${figure.blk.mode} ${figure.blk.blockBytes} ${figure.blk.threads} ${o.warmupMs} ${o.runMs}`
-          : `send ${figure.links![monitor]!.outerIpv4} ${BENCH_TCP_PORT} ${o.netMs}`;
+          : figure.stream === "recv" ? `recv ${outer} ${BENCH_SOURCE_PORT} ${o.netMs}` : `send ${outer} ${BENCH_TCP_PORT} ${o.netMs}`;
         steps.push({ id: steps.length + 1, monitor, round, figure: figure.key, command, net: figure.links !== undefined });
       }
     }
@@ -299,7 +324,9 @@ export function virtioSchedule(o: { rounds: number; warmupRounds?: number; warmu
 
 /**
  * A step's figure value: IOPS or MB/s from the guest's blk report, or MB/s
- * from the receiver's report of a stream the guest says it sent in full.
+ * from the receiver's report of a stream the sender says it sent in full
+ * (`send`: the outer VM's sink receives; `recv`: the guest receives from the
+ * outer VM's source, whose report is the step's sinkLine).
  * Undefined when the step failed or measured nothing.
  */
 export function stepValue(figure: VirtioFigure, result: Pick<DriverStepResult, "guestLines" | "sinkLine">): number | undefined {
@@ -311,20 +338,30 @@ export function stepValue(figure: VirtioFigure, result: Pick<DriverStepResult, "
     if (!ops || bytes === undefined || !ns) return undefined;
     return figure.unit === "IOPS" ? ops / (ns / 1e9) : bytes / 1e6 / (ns / 1e9);
   }
+  const outer = result.sinkLine === undefined ? undefined : parseVirtioBenchLine(result.sinkLine);
+  if (figure.stream === "recv") {
+    const received = records.find((x) => x?.test === "recv");
+    const sent = outer?.test === "source" ? recordCount(outer, "bytes") : undefined;
+    const bytes = recordCount(received, "bytes"), ns = recordCount(received, "ns");
+    if (!sent || bytes !== sent || !ns) return undefined;
+    return bytes / 1e6 / (ns / 1e9);
+  }
   const sent = recordCount(records.find((x) => x?.test === "send"), "bytes");
-  const sink = result.sinkLine === undefined ? undefined : parseVirtioBenchLine(result.sinkLine);
+  const sink = outer?.test === "sink" ? outer : undefined;
   const bytes = recordCount(sink, "bytes"), ns = recordCount(sink, "ns");
   // A stream the receiver saw only part of is a failure, not a slow stream.
   if (!sent || bytes !== sent || !ns) return undefined;
   return bytes / 1e6 / (ns / 1e9);
 }
 
-/** Per figure: each monitor's values by round, their medians, and the median per-round ratio (warm-up rounds left out). */
-export function summarize(steps: readonly ScheduledStep[], results: readonly Pick<DriverStepResult, "id" | "guestLines" | "sinkLine">[]): Record<VirtioFigureKey, FigureSummary> {
+/** Per figure scheduled in `steps`: each monitor's values by round, their medians, and the median per-round ratio (warm-up rounds left out). */
+export function summarize(
+  steps: readonly ScheduledStep[], results: readonly Pick<DriverStepResult, "id" | "guestLines" | "sinkLine">[],
+): Partial<Record<VirtioFigureKey, FigureSummary>> {
   const byId = new Map(results.map((r) => [r.id, r]));
   const rounds = steps.reduce((n, s) => Math.max(n, s.round + 1), 0);
-  const out = {} as Record<VirtioFigureKey, FigureSummary>;
-  for (const figure of VIRTIO_FIGURES) {
+  const out: Partial<Record<VirtioFigureKey, FigureSummary>> = {};
+  for (const figure of VIRTIO_FIGURES.filter((f) => steps.some((s) => s.figure === f.key))) {
     const samples: FigureSummary["samples"] = { flint: new Array(rounds).fill(undefined), qemu: new Array(rounds).fill(undefined) };
     for (const step of steps.filter((s) => s.figure === figure.key && s.round >= 0)) {
       const r = byId.get(step.id);
@@ -465,7 +502,7 @@ interface Attempt {
 /** Boots one outer VM and has its driver run `steps`; never throws for a guest's or the outer VM's failure. */
 async function runAttempt(o: {
   share: string; attempt: number; steps: ScheduledStep[]; inputs: MonitorInputs; sources: { vmlinux: string; initrd: string };
-  program: string; options: Required<VirtioBenchOptions>;
+  program: string; options: Required<Omit<VirtioBenchOptions, "figures">>;
 }): Promise<Attempt> {
   // A step is a blk window (plus program start-up) or a stream; under TCG on a loaded host, allow far more.
   const stepTimeoutMs = 60_000 + 10 * Math.max(o.options.warmupMs + o.options.runMs, o.options.netMs);
@@ -538,7 +575,7 @@ async function runAttempt(o: {
  * benchmark throws only when a monitor produced no value of some figure.
  */
 export async function benchVirtioNested(opts: VirtioBenchOptions = {}): Promise<VirtioBenchResult> {
-  const options: Required<VirtioBenchOptions> = {
+  const options: Required<Omit<VirtioBenchOptions, "figures">> = {
     rounds: opts.rounds ?? 5, warmupRounds: opts.warmupRounds ?? 1, cpus: opts.cpus ?? 2, memoryMib: opts.memoryMib ?? 256, imageMib: opts.imageMib ?? 256,
     warmupMs: opts.warmupMs ?? 200, runMs: opts.runMs ?? 1000, netMs: opts.netMs ?? 2000, bootTimeoutSec: opts.bootTimeoutSec ?? 600,
     keepFiles: opts.keepFiles ?? false,
@@ -558,7 +595,9 @@ export async function benchVirtioNested(opts: VirtioBenchOptions = {}): Promise<
       vmlinux: `${OUTER_SCRATCH}/vmlinux`, initrd: `${OUTER_SCRATCH}/virtio-bench.cpio.gz`, image: `${OUTER_SCRATCH}/virtio-bench.img`,
       cpus: options.cpus, memoryMib: options.memoryMib,
     };
-    const steps = virtioSchedule(options);
+    const figureList = selectFigures(opts.figures);
+    if (figureList.length === 0) throw new BenchError("EBENCHARG", `Cannot run the virtio benchmark: no figure named ${opts.figures?.join(", ")}`);
+    const steps = virtioSchedule({ ...options, figures: opts.figures });
     const figureOf = (step: ScheduledStep) => VIRTIO_FIGURES.find((f) => f.key === step.figure)!;
     const results = new Map<number, DriverStepResult>();
     const measured = (step: ScheduledStep) => {
@@ -621,7 +660,7 @@ export async function benchVirtioNested(opts: VirtioBenchOptions = {}): Promise<
     }
     const figures = summarize(steps, [...results.values()]);
     for (const monitor of VIRTIO_MONITORS) {
-      const none = VIRTIO_FIGURES.filter((f) => figures[f.key][monitor] === undefined);
+      const none = figureList.filter((f) => figures[f.key]?.[monitor] === undefined);
       if (none.length > 0) {
         throw new BenchError("EBENCHRUN", `${monitor} produced no ${none.map((f) => f.key).join(", ")} in ${options.rounds} rounds: ${failures.slice(0, 4).join(" ; ")}`);
       }

@@ -37,6 +37,7 @@ class RecordingQueue implements VirtQueue {
   get layout() { return this.q.layout; }
   pop() { const c = this.q.pop(); if (c) this.popped.push(c); return c; }
   pushUsed(head: number, written: number) { this.q.pushUsed(head, written); }
+  pushUsedMany(heads: ArrayLike<number>, lens: ArrayLike<number>, count: number) { this.q.pushUsedMany(heads, lens, count); }
   needsInterrupt() { return this.q.needsInterrupt(); }
   setNotifications(on: boolean) { this.q.setNotifications(on); }
   hasAvailable() { return this.q.hasAvailable(); }

@@ -45,6 +45,7 @@ const disabledQueue = (size: number): VirtQueue => ({
   layout: { size, descTable: 0, availRing: 0, usedRing: 0 },
   pop: (): DescriptorChain | undefined => undefined,
   pushUsed: (head) => { throw new Error(`pushUsed(${head}) on a queue the driver did not set up`); },
+  pushUsedMany: () => { throw new Error("pushUsedMany on a queue the driver did not set up"); },
   needsInterrupt: () => false,
   setNotifications: () => undefined,
   hasAvailable: () => false,

@@ -4,12 +4,14 @@
  *
  * The TAP is opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a vnet header
  * size of sizeof(virtio_net_hdr_v1) (12), so the header that precedes every
- * packet under VIRTIO_F_VERSION_1 (§5.1.6) passes between the guest and the
- * TAP: TX gathers header + frame from a chain, checks and rewrites the header
- * (net-offload.ts) and writes both with one write(2); RX reads header + frame
- * with one read(2) into a host buffer, checks the kernel's header against what
- * the guest negotiated, sets num_buffers = 1 (the kernel skips those two bytes,
- * §5.1.6.4) and copies the result into one receive chain.
+ * packet under VIRTIO_F_VERSION_1 (§5.1.6; with VERSION_1 it is 12 bytes
+ * whether or not VIRTIO_NET_F_MRG_RXBUF is negotiated) passes between the
+ * guest and the TAP: TX gathers header + frame from a chain, checks and
+ * rewrites the header (net-offload.ts) and writes both with one writev(2); RX
+ * reads header + frame with one read(2) into a bounded host buffer, checks the
+ * kernel's header against what the guest negotiated, sets num_buffers (the
+ * kernel skips those two bytes, §5.1.6.4) and copies the result into the
+ * guest's receive chains.
  *
  * Offered: VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS (always LINK_UP),
  * VIRTIO_NET_F_MTU when an MTU is given, indirect descriptors and event
@@ -22,14 +24,25 @@
  * GUEST_* features, so the kernel hands the device exactly those; on reset
  * (and shutdown) they go back to 0. UFO/USO are not offered.
  *
- * VIRTIO_NET_F_MRG_RXBUF is not offered, so each receive chain holds a whole
- * packet: a driver that accepts GUEST_TSO4/6 posts buffers for 64 KiB packets
- * (Linux's "big packets" mode, §5.1.6.3.1). Mergeable buffers would spread one
- * packet over num_buffers chains, which the spec requires the driver to observe
- * as used together (§5.1.6.4.1); VirtQueue.pushUsed publishes the used index per
- * chain, so a driver polling concurrently could see a packet's first chain
- * without the rest and drop it. It needs a batched publish in the queue first
- * (and a rule for rings too small to ever hold one 64 KiB packet).
+ * VIRTIO_NET_F_MRG_RXBUF (mergeable receive buffers, §5.1.6.3.1, §5.1.6.4) is
+ * offered. Without it each receive chain holds a whole packet: a driver that
+ * accepts GUEST_TSO4/6 posts buffers for 64 KiB packets (Linux's "big packets"
+ * mode) and a smaller frame wastes most of one. With it the driver posts small
+ * buffers (Linux: about one MTU, sized by a moving average) and a packet spans
+ * num_buffers chains: every chain but the last filled to its end, each used
+ * entry with its own length, num_buffers in the first chain's header. The
+ * driver must see a packet's chains together (§5.1.6.4: Linux drops a packet
+ * whose later chains are not yet used), so they are published with one used
+ * idx update (VirtQueue.pushUsedMany). A frame waits in the host buffer while
+ * the chains taken for it are held (in flight, unpublished) until enough
+ * buffers arrive; the TAP keeps the frames behind it. Only when the device
+ * holds every chain the ring can have and the frame still does not fit (a ring
+ * too small for one 64 KiB packet) is it dropped, and the chains returned
+ * empty. (A driver whose chains take several descriptors each runs out of
+ * descriptors before that; its receive path then waits until it resets the
+ * device, which harms only that guest: Linux posts one descriptor per buffer.) A chain smaller than the header (§5.1.6.3.1: each buffer is at least
+ * that big) or with device-readable buffers is returned empty as a guest
+ * fault; the frame goes on to the next chain.
  *
  * Nothing a guest does throws out of the device: a malformed TX chain, an
  * oversized frame, an offload it did not negotiate or a lying header, or an RX
@@ -40,7 +53,7 @@ import { readFileSync } from "node:fs";
 import {
   EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
   O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
-  VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, ifreq, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
 } from "../../linux/abi.generated.js";
 import type { GuestMemory } from "../../memory/guest-memory.js";
@@ -52,7 +65,7 @@ import {
   checkRxHeader, checkTxHeader, NET_OFFLOAD_FEATURES, negotiatedOffloads, NO_OFFLOADS, tunOffloadFlags,
   type NegotiatedOffloads,
 } from "./net-offload.js";
-import type { DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
+import type { DescriptorChain, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
 /** The receive queue. */
 export const NET_RX_QUEUE = 0;
@@ -89,10 +102,18 @@ const TX_GUEST_BUFFER = 1;
 /** Frames read from the TAP per poll wake-up before the device thread polls again (fairness). */
 const RX_BATCH = 64;
 /**
+ * Receive chains popped per pass (mergeable buffers take many per frame, and a guest may
+ * offer chains that are returned as faults); past it the pass ends and continues after
+ * the device thread has polled (ctx.kick).
+ */
+const RX_CHAIN_BUDGET = 4 * NET_QUEUE_SIZE;
+/**
  * Frames sent per TX kick, with the driver's kicks off meanwhile (serveQueue),
  * before completions are signalled and the device thread polls again (QEMU's tx_burst).
  */
 const TX_BATCH = 256;
+/** Used lengths of returned TX chains: the device writes nothing into them. */
+const TX_USED_LENS = new Uint32Array(NET_QUEUE_SIZE);
 /** ETH_MIN_MTU (linux/if_ether.h, kernel-internal): the smallest MTU Linux accepts. */
 const MIN_MTU = 68;
 const TUN_DEVICE = "/dev/net/tun";
@@ -240,6 +261,8 @@ export class VirtioNet implements VirtioBackend {
   private txBuffers: Uint8Array[] = [this.txHead];
   /** The guest memory txBuffers were made for. */
   private txMemory: GuestMemory | undefined;
+  /** Heads of the TX chains sent in this pass, returned together. */
+  private readonly txDone = new Uint32Array(NET_QUEUE_SIZE);
   /** writev's (buffer, offset, length) triples: the head, then the rest of the packet in guest memory. */
   private readonly txIov = new Float64Array(3 * (1 + NET_QUEUE_SIZE));
   /** Header + largest frame, plus one byte to recognise a frame that did not fit. */
@@ -247,6 +270,15 @@ export class VirtioNet implements VirtioBackend {
   /** Bytes in rxBuf of a frame read from the TAP but not yet given to the guest (0: none). */
   private rxPending = 0;
   private rxWatching = false;
+  /** VIRTIO_NET_F_MRG_RXBUF negotiated in this session. */
+  private mergeable = false;
+  /** Mergeable: the chains taken for the pending frame, not yet published (at most the queue size). */
+  private rxHeld: DescriptorChain[] = [];
+  /** Their writable bytes in total. */
+  private rxHeldBytes = 0;
+  /** pushUsedMany's arguments: the held chains' heads and used lengths. */
+  private readonly rxHeads = new Uint32Array(NET_QUEUE_SIZE);
+  private readonly rxLens = new Uint32Array(NET_QUEUE_SIZE);
 
   /**
    * Takes ownership of `fd` (closed by shutdown), whose offloads are off (openTap).
@@ -258,7 +290,7 @@ export class VirtioNet implements VirtioBackend {
     this.mtu = options.mtu;
     const bit = (n: number) => 1n << BigInt(n);
     this.deviceFeatures = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | (options.mtu !== undefined ? bit(VIRTIO_NET_F_MTU) : 0n) |
-      NET_OFFLOAD_FEATURES | NET_RING_FEATURES;
+      bit(VIRTIO_NET_F_MRG_RXBUF) | NET_OFFLOAD_FEATURES | NET_RING_FEATURES;
   }
 
   initialConfig(): Uint8Array {
@@ -274,6 +306,8 @@ export class VirtioNet implements VirtioBackend {
     this.ctx = ctx;
     this.rxPending = 0;
     this.rxWatching = false;
+    this.mergeable = (ctx.features & (1n << BigInt(VIRTIO_NET_F_MRG_RXBUF))) !== 0n;
+    this.dropHeld();
     this.offloads = negotiatedOffloads(ctx.features);
     // §5.1.3.1: a driver must not accept a feature without the ones it requires; such a
     // feature stays unused (its offload is refused), and the driver is told once per session.
@@ -295,10 +329,12 @@ export class VirtioNet implements VirtioBackend {
   }
 
   reset(): void {
-    // The device thread drops every watch on reset; a frame held for the old session is lost.
+    // The device thread drops every watch on reset; a frame held for the old session is lost,
+    // and so are the chains taken for it (the queues start over, §2.1.2).
     this.ctx = undefined;
     this.rxPending = 0;
     this.rxWatching = false;
+    this.dropHeld();
     // No driver, no offloads: frames the kernel queues now are complete ones; any offloaded
     // frame already queued is dropped on RX by the next session's check.
     this.offloads = NO_OFFLOADS;
@@ -332,11 +368,20 @@ export class VirtioNet implements VirtioBackend {
     const q = ctx.queues[NET_TX_QUEUE];
     if (!q) return;
     let served: ServeResult;
+    // The pass's chains go back together (one used idx update and one transport lock per
+    // pass instead of per packet); each comes back with length 0 (§5.1.6.2).
+    const done = this.txDone;
+    let held = 0;
     try {
       served = serveQueue(q, TX_BATCH, (chain) => {
         this.transmit(ctx, chain);
-        q.pushUsed(chain.head, 0);
+        done[held++] = chain.head;
+        if (held === done.length) {
+          q.pushUsedMany(done, TX_USED_LENS, held);
+          held = 0;
+        }
       });
+      q.pushUsedMany(done, TX_USED_LENS, held);
     } catch (e) {
       this.broken(ctx, e);
       return;
@@ -430,6 +475,7 @@ export class VirtioNet implements VirtioBackend {
     const q = ctx?.queues[NET_RX_QUEUE];
     if (!ctx || !q) return;
     let pushed = false;
+    const budget = { chains: RX_CHAIN_BUDGET };
     try {
       for (let n = 0; n < RX_BATCH;) {
         if (this.rxPending === 0) {
@@ -453,6 +499,12 @@ export class VirtioNet implements VirtioBackend {
           }
           this.rxPending = r;
         }
+        if (this.mergeable) {
+          const step = this.deliverMergeable(ctx, q, budget);
+          if (step.pushed) pushed = true;
+          if (step.waiting) break;
+          continue;
+        }
         const chain = q.pop();
         if (!chain) {
           // No buffers: keep the frame and stop polling the TAP until the driver kicks queue 0.
@@ -466,6 +518,90 @@ export class VirtioNet implements VirtioBackend {
       this.broken(ctx, e);
     }
     if (pushed) ctx.notifyUsed(NET_RX_QUEUE);
+  }
+
+  /**
+   * Mergeable buffers (§5.1.6.4): takes chains for the pending frame until they hold it, then
+   * fills them and publishes them together. `waiting`: the frame is still pending (no
+   * buffers: the TAP is unwatched until the driver kicks queue 0; or the pass's chain budget
+   * ran out: the device thread calls again). Throws QueueError for a broken ring.
+   */
+  private deliverMergeable(ctx: VirtioDeviceContext, q: VirtQueue, budget: { chains: number }): { pushed: boolean; waiting: boolean } {
+    let pushed = false;
+    while (this.rxHeldBytes < this.rxPending) {
+      if (this.rxHeld.length >= q.layout.size) {
+        // Every chain the ring can hold is taken and the frame still does not fit: it never will.
+        this.metrics.rxDropped++;
+        this.rxPending = 0;
+        this.publishHeld(q, false);
+        return { pushed: true, waiting: false };
+      }
+      if (budget.chains <= 0) {
+        ctx.kick(NET_RX_QUEUE);
+        return { pushed, waiting: true };
+      }
+      const chain = q.pop();
+      if (!chain) {
+        this.stopRx();
+        return { pushed, waiting: true };
+      }
+      budget.chains--;
+      if (chain.readable.length > 0 || chain.writableBytes < NET_HDR_BYTES) {
+        // §5.1.6.3.1: RX buffers are device-writable and each at least a header long.
+        this.badRequest(ctx, chain.readable.length > 0
+          ? "RX chain has device-readable buffers"
+          : `RX buffer of ${chain.writableBytes} bytes is shorter than the ${NET_HDR_BYTES}-byte header (§5.1.6.3.1)`);
+        q.pushUsed(chain.head, 0);
+        pushed = true;
+        continue;
+      }
+      this.rxHeld.push(chain);
+      this.rxHeldBytes += chain.writableBytes;
+    }
+    // The chains hold the frame, and the last one is needed (each earlier one is filled).
+    setU16(dataView(this.rxBuf), virtio_net_hdr_v1.num_buffers, this.rxHeld.length);
+    this.publishHeld(q, true);
+    return { pushed: true, waiting: false };
+  }
+
+  /**
+   * Publishes the held chains with one used idx update: filled with the pending frame in
+   * order (`fill`), or empty (a dropped frame). Clears the pending frame and the held chains.
+   */
+  private publishHeld(q: VirtQueue, fill: boolean): void {
+    const ctx = this.ctx!;
+    const held = this.rxHeld, len = this.rxPending;
+    let offset = 0;
+    try {
+      for (let i = 0; i < held.length; i++) {
+        const chain = held[i]!;
+        const n = fill ? Math.min(chain.writableBytes, len - offset) : 0;
+        if (n > 0) writeChain(ctx.memory, chain, 0, this.rxBuf.subarray(offset, offset + n));
+        this.rxHeads[i] = chain.head;
+        this.rxLens[i] = n;
+        offset += n;
+      }
+      if (fill) {
+        this.metrics.rxFrames++;
+        this.metrics.rxBytes += len - NET_HDR_BYTES;
+      }
+    } catch (e) {
+      // pop() checked the buffers: only a memory layout change gets here. Return them all empty.
+      this.metrics.rxDropped++;
+      this.badRequest(ctx, `RX buffers unwritable: ${(e as Error).message}`);
+      this.rxLens.fill(0, 0, held.length);
+      for (let i = 0; i < held.length; i++) this.rxHeads[i] = held[i]!.head;
+    }
+    const count = held.length;
+    this.rxPending = 0;
+    this.dropHeld();
+    q.pushUsedMany(this.rxHeads, this.rxLens, count);
+  }
+
+  /** Forgets the held chains (after publishing them, or with the session that owned them). */
+  private dropHeld(): void {
+    this.rxHeld = [];
+    this.rxHeldBytes = 0;
   }
 
   /** Writes the pending frame into `chain`; returns the used length (0 when dropped). */
@@ -497,6 +633,8 @@ export class VirtioNet implements VirtioBackend {
   /** The driver broke a ring (QueueError): fail the device. */
   private broken(ctx: VirtioDeviceContext, e: unknown): void {
     this.stopRx();
+    this.dropHeld();
+    this.rxPending = 0;
     this.ctx = undefined;
     ctx.fail(`virtio-net: ${(e as Error).message}`);
   }

@@ -250,6 +250,42 @@ test("a head made available again while in flight is refused; pushUsed refuses h
   assert.equal(q.pop()!.head, 0, "once returned, the head may come again");
 });
 
+test("pushUsedMany publishes several chains with one used idx store, in order, each with its own length", () => {
+  const drv = driver(8, EVENT_IDX);
+  const q = drv.createQueue();
+  // Start near the end of the used ring so the batch wraps around it.
+  for (let i = 0; i < 7; i++) { drv.addChain({ writable: [1] }); q.pushUsed(q.pop()!.head, 1); }
+  drv.popAllUsed();
+  for (let i = 0; i < 3; i++) drv.addChain({ writable: [8, 8] });
+  const chains = [q.pop()!, q.pop()!, q.pop()!];
+  for (const [i, c] of chains.entries()) writeChain(mem, c, 0, new Uint8Array(16).fill(i + 1));
+  const lens = [16, 16, 5];
+  q.pushUsedMany(chains.map((c) => c.head), lens, 3);
+  assert.equal(q.usedIdx, 10);
+  assert.equal(q.inFlightCount, 0);
+  const used = drv.popAllUsed();
+  assert.deepEqual(used.map((u) => u.head), chains.map((c) => c.head));
+  assert.deepEqual(used.map((u) => u.len), lens);
+  assert.deepEqual([...used[2]!.written], [3, 3, 3, 3, 3]);
+  assert.equal(q.needsInterrupt(), true);
+  q.pushUsedMany([], [], 0);
+  assert.equal(q.usedIdx, 10, "an empty batch publishes nothing");
+});
+
+test("pushUsedMany refuses a batch with any bad entry and publishes none of it", () => {
+  const drv = driver(8);
+  const q = drv.createQueue();
+  for (let i = 0; i < 3; i++) drv.addChain({ writable: [4] });
+  const [a, b, c] = [q.pop()!, q.pop()!, q.pop()!];
+  refuses(q, "EQUEUEUSED", () => q.pushUsedMany([a.head, b.head, a.head], [1, 1, 1], 3)); // a head twice
+  refuses(q, "EQUEUEUSED", () => q.pushUsedMany([a.head, b.head, 7], [1, 1, 1], 3)); // not in flight
+  refuses(q, "EQUEUEUSED", () => q.pushUsedMany([a.head, b.head], [1, 5], 2)); // more than writable
+  refuses(q, "EQUEUEUSED", () => q.pushUsedMany([a.head], [1], 2)); // count beyond the arrays
+  assert.equal(q.inFlightCount, 3, "nothing left flight");
+  q.pushUsedMany([c.head, a.head, b.head], [4, 0, 2], 3);
+  assert.deepEqual(drv.popAllUsed().map((u) => [u.head, u.len]), [[c.head, 4], [a.head, 0], [b.head, 2]]);
+});
+
 test("vringNeedEvent matches Linux's vring_need_event, including across wraparound", () => {
   // (__u16)(new_idx - event_idx - 1) < (__u16)(new_idx - old)
   const ref = (e: number, n: number, o: number) => ((n - e - 1) & 0xffff) < ((n - o) & 0xffff);
@@ -363,6 +399,7 @@ for (const [name, features] of [["EVENT_IDX", EVENT_IDX], ["NO_NOTIFY", NONE]] a
     const racy: VirtQueue = {
       layout: q.layout,
       pushUsed: (head, n) => q.pushUsed(head, n),
+      pushUsedMany: (heads, lens, count) => q.pushUsedMany(heads, lens, count),
       needsInterrupt: () => q.needsInterrupt(),
       setNotifications: (on) => q.setNotifications(on),
       hasAvailable: () => q.hasAvailable(),

@@ -266,7 +266,46 @@ export class SplitQueue implements VirtQueue {
     }
   }
 
+  pushUsedMany(heads: ArrayLike<number>, lens: ArrayLike<number>, count: number): void {
+    if (!Number.isInteger(count) || count < 0 || count > heads.length || count > lens.length || count > this.inFlight) {
+      throw new QueueError("EQUEUEUSED", `Cannot return ${count} chains: ${this.inFlight} are in flight`);
+    }
+    if (this.session) {
+      const s = this.session;
+      s.exclusive(() => { if (s.live()) this.publishUsedMany(heads, lens, count); });
+    } else {
+      this.publishUsedMany(heads, lens, count);
+    }
+  }
+
   private publishUsed(head: number, writtenBytes: number): void {
+    this.checkUsed(head, writtenBytes);
+    this.writeUsedElem(0, head, writtenBytes);
+    this.inFlightWritable[head] = -1;
+    this.advanceUsed(1);
+  }
+
+  private publishUsedMany(heads: ArrayLike<number>, lens: ArrayLike<number>, count: number): void {
+    // Check everything first (a head twice is caught by marking each as returned), so that a
+    // QueueError publishes nothing and leaves the queue as it was.
+    let i = 0;
+    try {
+      for (; i < count; i++) {
+        this.checkUsed(heads[i]!, lens[i]!);
+        this.inFlightWritable[heads[i]!] = -1 - this.inFlightWritable[heads[i]!]!;
+      }
+    } finally {
+      for (let j = 0; j < i; j++) this.inFlightWritable[heads[j]!] = -1 - this.inFlightWritable[heads[j]!]!;
+    }
+    for (i = 0; i < count; i++) {
+      this.writeUsedElem(i, heads[i]!, lens[i]!);
+      this.inFlightWritable[heads[i]!] = -1;
+    }
+    this.advanceUsed(count);
+  }
+
+  /** Throws unless `head` is in flight and `writtenBytes` fits its writable buffers. */
+  private checkUsed(head: number, writtenBytes: number): void {
     if (!Number.isInteger(head) || head < 0 || head >= this.size || this.inFlightWritable[head]! < 0) {
       throw new QueueError("EQUEUEUSED", `Cannot return chain ${head}: it is not in flight`);
     }
@@ -274,16 +313,24 @@ export class SplitQueue implements VirtQueue {
     if (!Number.isInteger(writtenBytes) || writtenBytes < 0 || writtenBytes > max || writtenBytes > 0xffffffff) {
       throw new QueueError("EQUEUEUSED", `Cannot return chain ${head}: ${writtenBytes} bytes written but it has ${max} writable bytes`);
     }
-    const elem = USED_RING_U32 + (this.nextUsed & (this.size - 1)) * ELEM_U32S;
+  }
+
+  /** Writes the used element `offset` places after the next one (not yet published). */
+  private writeUsedElem(offset: number, head: number, writtenBytes: number): void {
+    const elem = USED_RING_U32 + ((this.nextUsed + offset) & (this.size - 1)) * ELEM_U32S;
     Atomics.store(this.used32, elem + ELEM_ID_U32, head);
     Atomics.store(this.used32, elem + ELEM_LEN_U32, writtenBytes);
-    this.nextUsed = (this.nextUsed + 1) & 0xffff;
+  }
+
+  /** Publishes the next `count` used elements (already written, their chains out of flight) with one used idx store. */
+  private advanceUsed(count: number): void {
+    this.nextUsed = (this.nextUsed + count) & 0xffff;
     // The element stores above are ordered before this store (§2.7.8.2).
     Atomics.store(this.used16, U16_IDX, this.nextUsed);
-    this.inFlightWritable[head] = -1;
-    this.inFlight--;
+    this.inFlight -= count;
     // vhost: once 2^16 entries pass unsignalled, old/new no longer say anything.
-    if (++this.pushedSinceSignal >= 0x10000) this.signalledUsedValid = false;
+    this.pushedSinceSignal += count;
+    if (this.pushedSinceSignal >= 0x10000) this.signalledUsedValid = false;
   }
 
   /**

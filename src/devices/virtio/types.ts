@@ -64,6 +64,12 @@ export interface VirtQueue {
   pop(): DescriptorChain | undefined;
   /** Returns a chain to the driver with `writtenBytes` written into its writable buffers. */
   pushUsed(head: number, writtenBytes: number): void;
+  /**
+   * Returns `count` chains at once (heads[i] with lens[i] bytes written), published by one
+   * used idx update so that the driver sees all of them or none (virtio-net's mergeable
+   * receive buffers, §5.1.6.4). Throws QueueError, with nothing published, if any is invalid.
+   */
+  pushUsedMany(heads: ArrayLike<number>, lens: ArrayLike<number>, count: number): void;
   /** True when the driver wants an interrupt for the used buffers pushed so far (EVENT_IDX aware). */
   needsInterrupt(): boolean;
   /** Asks the driver for (or to stop) notifications of new available buffers. */
