@@ -291,6 +291,20 @@ export class VirtioSet {
     }
   }
 
+  /**
+   * Quiesces every device (VirtioDeviceHandle.quiesce): the one place where
+   * the VM's devices are brought to rest, for a pause and, next, to read
+   * their state for a snapshot. Resolves once every device thread answered.
+   */
+  async quiesce(): Promise<void> {
+    await Promise.all(this.devices.map((d) => d.quiesce()));
+  }
+
+  /** Lets every quiesced device run again; resolves once every device thread answered. */
+  async resume(): Promise<void> {
+    await Promise.all(this.devices.map((d) => d.resume()));
+  }
+
   /** Stops every device (backends flushed) and closes their fds. */
   async stop(): Promise<void> {
     await Promise.all(this.devices.map((d) => d.stop()));
