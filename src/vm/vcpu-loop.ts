@@ -117,19 +117,21 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
  * state is consistent while parked.
  *
  * kvm-clock, as Firecracker does it (src/vmm/src/vstate/vcpu.rs, the Pause
- * event of the running state; arch/x86_64/vcpu.rs kvmclock_ctrl): on every
- * pause from the running state each vCPU calls KVM_KVMCLOCK_CTRL (api.rst
- * §4.80), best effort: a failure (EINVAL when the guest never enabled
- * kvm-clock) is counted, never fatal. Nothing else touches the clock on
- * pause or resume: no KVM_GET_CLOCK/KVM_SET_CLOCK, so kvm-clock (and with it
- * the guest's monotonic and wall time) keeps counting host time while the VM
- * is paused, and after resume the guest sees the pause as time that passed;
- * PVCLOCK_GUEST_STOPPED tells its watchdogs that the gap was the host's doing.
- * (Saving and restoring the clock is a snapshot matter: Firecracker reads it
- * with KVM_GET_CLOCK (api.rst §4.29) when it saves the VM, and on load writes it back with
- * KVM_SET_CLOCK (§4.30), flags 0 by default, or KVM_CLOCK_REALTIME when asked to
- * advance it by the wall time since the snapshot, then calls
- * KVM_KVMCLOCK_CTRL on every restored vCPU.)
+ * event of the running state; arch/x86_64/vcpu.rs kvmclock_ctrl): on each
+ * pause from the running state every vCPU, out of KVM_RUN, calls
+ * KVM_KVMCLOCK_CTRL (api.rst §4.70: callable "any time after pausing the
+ * vcpu, but before it is resumed"), best effort: a failure (EINVAL when the
+ * guest never enabled kvm-clock) is counted, never fatal. Nothing else
+ * touches the clock on pause or resume: no KVM_GET_CLOCK/KVM_SET_CLOCK, so
+ * kvm-clock (and with it the guest's monotonic and wall time) keeps counting
+ * host time while the VM is paused, and after resume the guest sees the
+ * pause as time that passed; PVCLOCK_GUEST_STOPPED tells its soft-lockup
+ * watchdog that the gap was the host's doing. Saving and restoring the clock
+ * is a snapshot matter: Firecracker reads it with KVM_GET_CLOCK (api.rst
+ * §4.29) when it saves the VM; on load it writes it back with KVM_SET_CLOCK
+ * (§4.30), flags 0 (the clock goes on from the snapshot's value) unless
+ * asked for KVM_CLOCK_REALTIME (advanced by the wall time since the
+ * snapshot), and calls KVM_KVMCLOCK_CTRL on every restored vCPU.
  */
 function park(vcpu: VcpuFd, control: Int32Array, stats: VcpuStats): void {
   stats.parks++;

@@ -1,0 +1,147 @@
+/**
+ * Machine.pause()/resume() on this host's /dev/kvm with ring-3 guests
+ * (testing/pause-guest.ts: every vCPU counts in guest memory): a paused VM's
+ * counters stop and its vCPU threads sleep, a resumed one counts again, over
+ * many cycles and with several vCPUs; stop() ends a paused VM; calls in the
+ * wrong state reject with stable codes. Limits only catch hangs; latencies
+ * are measured by `npm run bench` (src/bench/pause-latency.ts).
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Machine, MachineError, type MachineResult } from "./machine.js";
+import { busiestTasks, counterProgram, counters, sampleTasks, startCounterVm, until } from "./testing/pause-guest.js";
+
+/** Generous: pause, resume and stop take milliseconds. */
+const HANG_LIMIT_MS = 10_000;
+
+async function within<T>(p: Promise<T>, what: string): Promise<T> {
+  const hung = sleep(HANG_LIMIT_MS, "hung" as const, { ref: false });
+  const r = await Promise.race([p, hung]);
+  if (r === "hung") assert.fail(`${what} did not finish within ${HANG_LIMIT_MS} ms`);
+  return r as T;
+}
+
+async function stopAndWait(machine: Machine, running: Promise<MachineResult>): Promise<MachineResult> {
+  machine.stop({ kind: "poweroff" });
+  return within(running, "run() after stop()");
+}
+
+async function rejectsWith(p: Promise<unknown>, code: MachineError["code"]): Promise<void> {
+  await assert.rejects(p, (e: unknown) => e instanceof MachineError && e.code === code && !e.message.includes("\n"));
+}
+
+test("a paused VM's vCPUs stop counting and their threads sleep; resumed, they count again (2 vCPUs)", async () => {
+  const { machine, running } = await startCounterVm(2);
+  try {
+    // The vCPU threads are the two that burn CPU while the guest counts.
+    const s0 = sampleTasks();
+    await sleep(300);
+    const vcpuThreads = busiestTasks(s0, sampleTasks(), 2);
+    assert.ok(vcpuThreads.every((t) => t.ticks > 0), `vCPU threads not found: ${JSON.stringify(vcpuThreads)}`);
+
+    await within(machine.pause(), "pause()");
+    assert.equal(machine.state, "paused");
+    const frozen = counters(machine);
+    const p0 = sampleTasks();
+    await sleep(500);
+    const p1 = sampleTasks();
+    assert.deepEqual(counters(machine), frozen, "a counter moved while paused");
+    for (const { tid } of vcpuThreads) {
+      const a = p0.get(tid)!, b = p1.get(tid)!;
+      // Parked on Atomics.wait: asleep, and no CPU used (a spinning thread would use ~50 ticks here).
+      assert.equal(b.state, "S", `vCPU thread ${tid} is not asleep while paused`);
+      assert.ok(b.ticks - a.ticks <= 5, `vCPU thread ${tid} used ${b.ticks - a.ticks} ticks while paused`);
+    }
+
+    await within(machine.resume(), "resume()");
+    assert.equal(machine.state, "running");
+    await until("every counter to move after resume", () => counters(machine).every((c, i) => c > frozen[i]!), HANG_LIMIT_MS);
+  } finally {
+    const r = await stopAndWait(machine, running);
+    assert.deepEqual(r.reason, { kind: "poweroff" });
+  }
+});
+
+test("pause and resume 50 times in a row: each pause freezes every counter, each resume lets all move", async () => {
+  const cycles = 50;
+  const { machine, running } = await startCounterVm(2);
+  let r: MachineResult;
+  try {
+    for (let i = 0; i < cycles; i++) {
+      await within(machine.pause(), `pause() #${i}`);
+      const frozen = counters(machine);
+      await sleep(1);
+      assert.deepEqual(counters(machine), frozen, `a counter moved while paused (cycle ${i})`);
+      await within(machine.resume(), `resume() #${i}`);
+      await until(`the counters to move after resume #${i}`, () => counters(machine).every((c, k) => c > frozen[k]!), HANG_LIMIT_MS);
+    }
+  } finally {
+    r = await stopAndWait(machine, running);
+  }
+  // Every vCPU parked once per pause, no more (a pause it slept through would show as fewer).
+  assert.deepEqual(r.stats.map((s) => s.parks), [cycles, cycles]);
+  // Ring-3 guests never enable kvm-clock: KVM_KVMCLOCK_CTRL was tried on each park and refused.
+  assert.deepEqual(r.stats.map((s) => s.kvmclockCtrlFails), [cycles, cycles]);
+});
+
+test("stop() ends a paused VM: run() resolves with the stop's reason", async () => {
+  const { machine, running } = await startCounterVm(2);
+  await within(machine.pause(), "pause()");
+  const r = await stopAndWait(machine, running);
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.equal(machine.state, "ended");
+});
+
+test("run() stays pending while paused: a guest that cannot run cannot end the VM", async () => {
+  const { machine, running } = await startCounterVm(1);
+  await within(machine.pause(), "pause()");
+  const r = await Promise.race([running.then(() => "ended" as const), sleep(300, "pending" as const)]);
+  assert.equal(r, "pending");
+  await stopAndWait(machine, running);
+});
+
+test("pause and resume in the wrong state: ENOTSTARTED before run(), EENDED after the VM ended; repeats are no-ops as in Firecracker", async () => {
+  const machine = Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: counterProgram() } });
+  assert.equal(machine.state, "not-started");
+  await rejectsWith(machine.pause(), "ENOTSTARTED");
+  await rejectsWith(machine.resume(), "ENOTSTARTED");
+  const running = machine.run();
+  await until("the vCPU to count", () => counters(machine)[0]! > 0n);
+  assert.equal(machine.state, "running");
+  await within(machine.resume(), "resume() of a running VM"); // nothing to do
+  assert.equal(machine.state, "running");
+  await within(machine.pause(), "pause()");
+  await within(machine.pause(), "pause() of a paused VM"); // nothing to do
+  assert.equal(machine.state, "paused");
+  await stopAndWait(machine, running);
+  assert.equal(machine.state, "ended");
+  await rejectsWith(machine.pause(), "EENDED");
+  await rejectsWith(machine.resume(), "EENDED");
+});
+
+test("calls made without awaiting run in order: pause, resume, pause leaves the VM paused", async () => {
+  const { machine, running } = await startCounterVm(2);
+  try {
+    await within(Promise.all([machine.pause(), machine.resume(), machine.pause()]), "pause/resume/pause");
+    assert.equal(machine.state, "paused");
+    const frozen = counters(machine);
+    await sleep(50);
+    assert.deepEqual(counters(machine), frozen);
+  } finally {
+    await stopAndWait(machine, running);
+  }
+});
+
+test("a VM with a virtio device pauses and resumes: its device thread quiesces and answers", async () => {
+  const { machine, running } = await startCounterVm(1, { virtioDevices: [{ kind: "rng", options: {} }] });
+  try {
+    for (let i = 0; i < 5; i++) {
+      await within(machine.pause(), "pause()");
+      await within(machine.resume(), "resume()");
+    }
+  } finally {
+    const r = await stopAndWait(machine, running);
+    assert.deepEqual(r.unstoppedDevices, []);
+  }
+});
