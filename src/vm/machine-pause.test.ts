@@ -3,14 +3,19 @@
  * (testing/pause-guest.ts: every vCPU counts in guest memory): a paused VM's
  * counters stop and its vCPU threads sleep, a resumed one counts again, over
  * many cycles and with several vCPUs; stop() ends a paused VM; calls in the
- * wrong state reject with stable codes. Limits only catch hangs; latencies
+ * wrong state reject with stable codes; a device that cannot quiesce (its
+ * thread blocked in a host syscall) makes pause() give up and leave the VM
+ * running; console output in the ring drains while paused. Limits only catch hangs; latencies
  * are measured by `npm run bench` (src/bench/pause-latency.ts).
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { SERIAL_TX_RING_BYTES } from "../devices/legacy/serial-state.js";
 import { Machine, MachineError, type MachineResult } from "./machine.js";
-import { busiestTasks, counterProgram, counters, sampleTasks, startCounterVm, until } from "./testing/pause-guest.js";
+import { enterDeviceIo } from "./testing/stop-scenarios.js";
+import { busiestTasks, consoleWriterProgram, counterProgram, counters, sampleTasks, startCounterVm, until } from "./testing/pause-guest.js";
 
 /** Generous: pause, resume and stop take milliseconds. */
 const HANG_LIMIT_MS = 10_000;
@@ -143,5 +148,40 @@ test("a VM with a virtio device pauses and resumes: its device thread quiesces a
   } finally {
     const r = await stopAndWait(machine, running);
     assert.deepEqual(r.unstoppedDevices, []);
+  }
+});
+
+test("pause() gives up with ETIMEOUT on a device thread blocked in a host syscall, and the VM runs on", async () => {
+  // Device 0's backend blocks its thread in read(2) (stall-backend.ts): it cannot quiesce.
+  const run = await enterDeviceIo([], { pauseTimeoutMs: 500 });
+  const { machine, running } = run;
+  try {
+    await within(rejectsWith(machine.pause(), "ETIMEOUT"), "pause() of a VM whose device cannot quiesce");
+    assert.equal(machine.state, "running");
+    // The vCPU was parked and is released: the guest powers off once a byte arrives on its console.
+    machine.consoleInput(Uint8Array.of(0x41));
+    await until("the guest to power off", () => machine.state === "ended", HANG_LIMIT_MS);
+  } finally {
+    machine.stop();
+    const [r] = await Promise.all([within(running, "run()"), run.release()]);
+    assert.deepEqual(r.reason, { kind: "poweroff" });
+  }
+});
+
+test("console output already in the serial ring still drains while the VM is paused", async () => {
+  // A slow console (each chunk takes 200 ms): the guest fills the ring long before it drains, so
+  // the ring holds bytes when the vCPU parks, and the console takes them after pause() resolved.
+  let taken = 0;
+  const slow = new Writable({ highWaterMark: 1, write(chunk: Buffer, _e, cb) { taken += chunk.length; setTimeout(cb, 200); } });
+  const machine = Machine.create({ cpus: 1, memoryMib: 64, consoleOutput: slow, boot: { kind: "ring3", program: consoleWriterProgram() } });
+  const running = machine.run();
+  try {
+    await until("the guest to fill the ring", () => counters(machine)[0]! >= BigInt(SERIAL_TX_RING_BYTES / 4096), HANG_LIMIT_MS);
+    await within(machine.pause(), "pause()");
+    const atPause = taken;
+    await until("output to keep draining while paused", () => taken > atPause, HANG_LIMIT_MS);
+    assert.equal(machine.state, "paused");
+  } finally {
+    await stopAndWait(machine, running);
   }
 });

@@ -83,3 +83,26 @@ export function busiestTasks(before: Map<number, TaskSample>, after: Map<number,
     .sort((a, b) => b.ticks - a.ticks)
     .slice(0, n);
 }
+
+/**
+ * vCPU 0 writes pages of bytes to the serial port for ever (rep outsb: one
+ * KVM_EXIT_IO per page) and counts the pages in its counter; every other
+ * vCPU counts as in counterProgram. With a slow console, vCPU 0 keeps the
+ * serial ring full.
+ */
+export function consoleWriterProgram(): Uint8Array {
+  return assemble(`
+       test rdi, rdi
+       jnz 2f
+       mov dx, 0x3f8
+    1: mov rsi, ${RING3_LAYOUT.code}
+       mov ecx, 4096
+       rep outsb
+       inc qword ptr [${RING3_LAYOUT.data}]
+       jmp 1b
+    2: mov rbx, rdi
+       shl rbx, 6
+       add rbx, ${RING3_LAYOUT.data}
+    3: inc qword ptr [rbx]
+       jmp 3b`, RING3_LAYOUT.code);
+}
