@@ -98,6 +98,15 @@ test("stop() ends a paused VM: run() resolves with the stop's reason", async () 
   assert.equal(machine.state, "ended");
 });
 
+test("stop() while pause() is under way: pause() rejects with EENDED and run() resolves", async () => {
+  const { machine, running } = await startCounterVm(2);
+  const pausing = machine.pause();
+  machine.stop({ kind: "poweroff" });
+  await within(rejectsWith(pausing, "EENDED"), "pause()");
+  const r = await within(running, "run() after stop()");
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+});
+
 test("run() stays pending while paused: a guest that cannot run cannot end the VM", async () => {
   const { machine, running } = await startCounterVm(1);
   await within(machine.pause(), "pause()");

@@ -626,6 +626,8 @@ export class Machine {
     } finally {
       deadline.clear();
     }
+    // The guest may have ended the VM just as its last vCPU parked (its message was still on the way).
+    if (this.exitReason !== undefined) throw new MachineError("EENDED", "Cannot pause VM: it ended");
     this.paused = true;
   }
 

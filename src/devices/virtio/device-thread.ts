@@ -6,6 +6,7 @@
  *   const rng = new VirtioDeviceHandle({ name, kind: "rng", memory, mmioBase, gsi, vm, thread });
  *   await Promise.all([blk.start(), rng.start()]); // the thread starts once: backends created, ioeventfds + irqfds registered
  *   ...dev.describe() to every vCPU thread (VirtioMmioTransport over its state)...
+ *   await blk.quiesce(); ... await blk.resume();       // the VM's pause: nothing served, nothing lost
  *   await Promise.all([blk.stop(), rng.stop()]);   // each backend.shutdown() done, fds closed, thread exited
  *
  * Without `thread`, a device gets a thread of its own. Which devices share a
