@@ -12,10 +12,15 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { RING3_LAYOUT } from "../arch/x86_64/ring3.js";
 import { SERIAL_TX_RING_BYTES } from "../devices/legacy/serial-state.js";
+import { MSR_KVM_SYSTEM_TIME_NEW } from "../linux/abi.generated.js";
 import { Machine, MachineError, type MachineResult } from "./machine.js";
 import { enterDeviceIo } from "./testing/stop-scenarios.js";
 import { busiestTasks, consoleWriterProgram, counterProgram, counters, sampleTasks, startCounterVm, until } from "./testing/pause-guest.js";
+
+/** Guest RAM for the vCPUs' kvm-clock areas (a page past the counters). */
+const KVMCLOCK_AREA = RING3_LAYOUT.data + 0x1000;
 
 /** Generous: pause, resume and stop take milliseconds. */
 const HANG_LIMIT_MS = 10_000;
@@ -88,6 +93,23 @@ test("pause and resume 50 times in a row: each pause freezes every counter, each
   assert.deepEqual(r.stats.map((s) => s.parks), [cycles, cycles]);
   // Ring-3 guests never enable kvm-clock: KVM_KVMCLOCK_CTRL was tried on each park and refused.
   assert.deepEqual(r.stats.map((s) => s.kvmclockCtrlFails), [cycles, cycles]);
+});
+
+test("with the guest's kvm-clock enabled, every pause's KVM_KVMCLOCK_CTRL succeeds (Firecracker's pause does the same)", async () => {
+  const cycles = 5;
+  const machine = Machine.create({ cpus: 2, memoryMib: 64, boot: { kind: "ring3", program: counterProgram() } });
+  // What a Linux guest's kvm-clock driver does at boot, done from the host: each vCPU's
+  // pvclock area in guest RAM, enabled (Documentation/virt/kvm/x86/msr.rst, bit 0).
+  machine.vcpus.forEach((v) => v.setMsrs([{ index: MSR_KVM_SYSTEM_TIME_NEW, data: BigInt(KVMCLOCK_AREA + v.id * 64) | 1n }]));
+  const running = machine.run();
+  await until("every vCPU to count", () => counters(machine).every((c) => c > 0n), HANG_LIMIT_MS);
+  for (let i = 0; i < cycles; i++) {
+    await within(machine.pause(), "pause()");
+    await within(machine.resume(), "resume()");
+  }
+  const r = await stopAndWait(machine, running);
+  assert.deepEqual(r.stats.map((s) => s.parks), [cycles, cycles]);
+  assert.deepEqual(r.stats.map((s) => s.kvmclockCtrlFails), [0, 0]);
 });
 
 test("stop() ends a paused VM: run() resolves with the stop's reason", async () => {
