@@ -14,6 +14,7 @@ export const CONTROL_PAUSE = 3;
 export const CONTROL_PARKED = 4;
 const CONTROL_WORDS = 8;
 
+/** A fresh control block (all words 0: running, nothing claimed). */
 export function createControl(): Int32Array {
   return new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
 }
@@ -31,10 +32,12 @@ export function claimExit(control: Int32Array): boolean {
   return first;
 }
 
+/** Whether the VM is ending (a vCPU leaves its loop). */
 export function stopRequested(control: Int32Array): boolean {
   return Atomics.load(control, CONTROL_STOP) !== 0;
 }
 
+/** Whether the main thread wants the vCPUs parked (checked before each KVM_RUN). */
 export function pauseRequested(control: Int32Array): boolean {
   return Atomics.load(control, CONTROL_PAUSE) !== 0;
 }
