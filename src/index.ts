@@ -15,7 +15,7 @@
  * Every error flint throws for bad input has a stable `code` and a one-line message.
  */
 export { Machine, MachineError, maxVcpus } from "./vm/machine.js";
-export type { BootConfig, MachineConfig, MachineResult } from "./vm/machine.js";
+export type { BootConfig, MachineConfig, MachineResult, MachineState } from "./vm/machine.js";
 export type { VmExitReason } from "./devices/bus.js";
 export type { VirtioDeviceConfig, VirtioDeviceKind, VirtioAnnouncement, VirtioDeviceStats } from "./devices/virtio/virtio-set.js";
 export type { BlockOptions } from "./devices/virtio/block.js";
