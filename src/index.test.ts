@@ -39,6 +39,26 @@ test("a VM from the library entry: balloon target changed at run time, then stop
   await assert.rejects(vm.balloon.info(), { code: "EVIRTIOREQUEST" });
 });
 
+test("a VM from the library entry pauses and resumes on the bundled vCPU and device threads", async () => {
+  const program = assemble(`1: inc qword ptr [${RING3_LAYOUT.data}]\n jmp 1b`, RING3_LAYOUT.code);
+  const vm = flint.Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, virtioDevices: [{ kind: "rng", options: {} }] });
+  const done = vm.run();
+  const count = () => vm.memory.readU64(RING3_LAYOUT.data);
+  const until = async (what: string, fn: () => boolean) => {
+    for (const end = Date.now() + 10_000; !fn(); await new Promise((r) => setTimeout(r, 2))) if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+  };
+  await until("the guest to count", () => count() > 0n);
+  await vm.pause();
+  assert.equal(vm.state, "paused");
+  const frozen = count();
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(count(), frozen);
+  await vm.resume();
+  await until("the guest to count again", () => count() > frozen);
+  vm.stop();
+  assert.equal((await done).stats[0]!.parks, 1);
+});
+
 test("the bundled library runs its guest on the bundled vCPU thread and starts every device backend: console output, then ACPI power-off", async () => {
   const program = assemble("mov dx, 0x3f8\n mov al, 'k'\n out dx, al\n mov dx, 0x600\n mov al, 0x34\n out dx, al\n 1: jmp 1b", RING3_LAYOUT.code);
   let text = "";

@@ -14,8 +14,8 @@
  *
  * Every error flint throws for bad input has a stable `code` and a one-line message.
  */
-export { Machine, MachineError, maxVcpus, END_TIMEOUT_MS, SLOW_END_REPORT_MS } from "./vm/machine.js";
-export type { BootConfig, MachineConfig, MachineResult, WarmThreads } from "./vm/machine.js";
+export { Machine, MachineError, maxVcpus, END_TIMEOUT_MS, SLOW_END_REPORT_MS, PAUSE_TIMEOUT_MS } from "./vm/machine.js";
+export type { BootConfig, MachineConfig, MachineResult, MachineState, WarmThreads } from "./vm/machine.js";
 export type { VmExitReason } from "./devices/bus.js";
 export type { VirtioDeviceConfig, VirtioDeviceKind, VirtioAnnouncement, VirtioDeviceStats, DeviceThreadPlacement } from "./devices/virtio/virtio-set.js";
 export type { BlockOptions } from "./devices/virtio/block.js";

@@ -17,7 +17,8 @@
  *      alone with --virtio-only, and only some figures with
  *      --virtio-figures KEY,KEY, e.g. netTxMegabytesPerSecond,netRxMegabytesPerSecond)
  *   7. stop latency: Machine.stop() to run() resolved, from each state a VM
- *      can be stuck in (skip with --no-stop)
+ *      can be stuck in (skip with --no-stop); pause and resume latency of a
+ *      running VM (skip with --no-pause)
  *   8. per-VM overhead (issue 10's goal rows): memory beyond guest RAM with
  *      every device, per further vCPU, start to first guest instruction and
  *      to exit, and 8 VMs in one process through the library; flint vs QEMU
@@ -25,7 +26,7 @@
  *      --overhead-only, i.e. `npm run bench:overhead`)
  *
  * Options: --count N (exits per run, default 300000), --runs R (default 3),
- * --no-boot, --no-blk, --no-virtio, --no-stop, --no-overhead, --overhead-only,
+ * --no-boot, --no-blk, --no-virtio, --no-stop, --no-pause, --no-overhead, --overhead-only,
  * --virtio-only, --virtio-figures KEYS, --virtio-rounds R (section 6's rounds, default 5), --overhead-runs R
  * (section 8's rounds, default 7), --json FILE (also write all results as JSON).
  */
@@ -40,6 +41,7 @@ import { measureNativeBoundary } from "./native-boundary.js";
 import { median } from "./process.js";
 import { runQemuExits } from "./qemu-exits.js";
 import { printOverheadSection } from "./per-vm-overhead.js";
+import { printPauseLatencySection } from "./pause-latency.js";
 import { printStopLatencySection } from "./stop-latency.js";
 import { type VirtioFigureKey, benchVirtioNested, selectFigures } from "./virtio-nested.js";
 import { printVirtioBlkSection } from "./virtio-blk-bench.js";
@@ -167,6 +169,11 @@ async function main(): Promise<void> {
   if (!process.argv.includes("--no-stop")) {
     out("");
     results.stopLatency = await printStopLatencySection(out, Math.max(runs, 5));
+  }
+  // Pause/resume latency (src/bench/pause-latency.ts); --no-pause skips it.
+  if (!process.argv.includes("--no-pause")) {
+    out("");
+    results.pauseLatency = await printPauseLatencySection(out, 50);
   }
   writeJson();
 }

@@ -58,10 +58,11 @@ const atomicsWaitAsync = (Atomics as unknown as {
 
 /**
  * Resolves once `cell[index]` is no longer `expected` — at once if it already
- * differs, else on the next Atomics.notify of that cell. Never blocks, so the
- * main thread uses it to sleep until a vCPU worker signals (no polling).
+ * differs, else on the next Atomics.notify of that cell, or after `timeoutMs`
+ * when given (the caller looks again). Never blocks, so the main thread uses
+ * it to sleep until a vCPU worker signals (no polling).
  */
-export async function waitForChange(cell: Int32Array, index: number, expected: number): Promise<void> {
-  const w = atomicsWaitAsync(cell, index, expected);
+export async function waitForChange(cell: Int32Array, index: number, expected: number, timeoutMs?: number): Promise<void> {
+  const w = atomicsWaitAsync(cell, index, expected, timeoutMs);
   if (w.async) await w.value;
 }

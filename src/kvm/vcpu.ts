@@ -5,7 +5,7 @@
  */
 import { closeSync } from "node:fs";
 import {
-  KVM_GET_FPU, KVM_GET_LAPIC, KVM_GET_MP_STATE, KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN,
+  KVM_GET_FPU, KVM_GET_LAPIC, KVM_GET_MP_STATE, KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_KVMCLOCK_CTRL, KVM_RUN,
   KVM_SET_CPUID2, KVM_SET_FPU, KVM_SET_LAPIC, KVM_SET_MP_STATE, KVM_SET_MSRS, KVM_SET_REGS, KVM_SET_SREGS,
   kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_run,
 } from "../linux/abi.generated.js";
@@ -67,6 +67,17 @@ export class VcpuFd {
   /** Sets kvm_run.immediate_exit: the next KVM_RUN returns -EINTR at once. */
   setImmediateExit(on: boolean): void {
     this.run[kvm_run.immediate_exit] = on ? 1 : 0;
+  }
+
+  /**
+   * KVM_KVMCLOCK_CTRL (api.rst §4.70): tells KVM the guest was stopped by the
+   * host, so the guest's kvm-clock page carries PVCLOCK_GUEST_STOPPED and its
+   * soft-lockup watchdog does not blame the pause on a lockup. Returns 0, or
+   * a negative errno (-EINVAL when the guest never enabled kvm-clock); never
+   * throws, since a guest without kvm-clock is a normal case.
+   */
+  kvmclockCtrl(): number {
+    return sys.ioctlValue(this.fd, KVM_KVMCLOCK_CTRL, 0);
   }
 
   /** KVM_GET_REGS. */

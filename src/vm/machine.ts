@@ -2,7 +2,9 @@
  * A flint microVM: KVM VM, guest memory, vCPU threads, devices and boot
  * state, assembled in the order KVM requires (api.rst: irqchip before
  * vCPUs; CPUID before the first KVM_RUN). `run()` starts every vCPU thread
- * and resolves with the reason the VM ended.
+ * and resolves with the reason the VM ended; while it runs, `pause()` and
+ * `resume()` park and release every vCPU and quiesce the devices, and
+ * `stop()` ends the VM from any state.
  */
 import { readFileSync, statSync } from "node:fs";
 import { totalmem } from "node:os";
@@ -36,7 +38,8 @@ import { GuestMemory } from "../memory/guest-memory.js";
 import { sys } from "../sys/native.js";
 import { WorkerPool } from "../sys/worker-pool.js";
 import { DEVICE_THREAD_POOL } from "../devices/virtio/device-thread.js";
-import { claimExit, createControl } from "./control.js";
+import { waitForChange } from "../devices/shared-lock.js";
+import { CONTROL_PARKED, claimExit, createControl, parkedCount, requestPause } from "./control.js";
 import { createDeviceSet, type HostDevices } from "./device-set.js";
 import { irqLineContext } from "./irq.js";
 import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
@@ -109,7 +112,16 @@ export interface MachineConfig {
   virtioDevices?: VirtioDeviceConfig[];
   /** Override how virtio devices are announced (tests and experiments; default "auto"). */
   virtioAnnounce?: VirtioAnnouncement;
+  /** How long pause() and resume() wait for vCPUs and devices before they give up (default PAUSE_TIMEOUT_MS). */
+  pauseTimeoutMs?: number;
 }
+
+/**
+ * Where a Machine is in its life (Firecracker's instance states are "Not
+ * started", "Running" and "Paused"; its process ends with the VM, flint's
+ * Machine object outlives it as "ended").
+ */
+export type MachineState = "not-started" | "running" | "paused" | "ended";
 
 /** How a VM run ended. */
 export interface MachineResult {
@@ -143,7 +155,13 @@ export interface MachineResult {
 
 /** Bad configuration or host limits; `code` is stable, the message is one line. */
 export class MachineError extends Error {
-  readonly code: "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD";
+  /**
+   * ECPUS, EMEMORY, EKERNEL, EINITRD: bad configuration. ENOTSTARTED,
+   * EENDED: a run-time operation (pause, resume) in a state that does not
+   * allow it. ETIMEOUT: pause() or resume() gave up on a vCPU or device that
+   * did not answer within the pause timeout (the VM was left running).
+   */
+  readonly code: "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT";
   constructor(code: MachineError["code"], message: string) {
     super(message);
     this.name = "MachineError";
@@ -178,6 +196,17 @@ export const END_TIMEOUT_MS = 30_000;
  * console reader that stopped reading cannot keep the VM from ending.
  */
 export const STOP_FLUSH_TIMEOUT_MS = 50;
+
+/**
+ * How long pause() waits for every vCPU to park and every device to quiesce
+ * (and resume() for them to run again) before it gives up, resumes what it
+ * paused and rejects with ETIMEOUT. A vCPU leaves KVM_RUN within a kick, but
+ * one blocked on a full console ring parks only once the console takes
+ * output, and a device thread inside a host syscall answers only once the
+ * syscall returns; neither may hold the caller forever. (Firecracker waits
+ * up to 30 s for its vCPUs' answers.)
+ */
+export const PAUSE_TIMEOUT_MS = 10_000;
 
 /** How long after the VM ended run() may still be waiting before onSlowEnd says for what. */
 export const SLOW_END_REPORT_MS = 10_000;
@@ -248,6 +277,15 @@ export class Machine {
   private readonly waitingVcpus = new Set<number>();
   private readonly waitingDevices = new Set<string>();
   private ending: "vcpus" | "devices" | "console" | "done" = "vcpus";
+  /** The vCPUs were started (run() posted "start"): the VM is past "not-started". */
+  private started = false;
+  /** Every vCPU parked and every device quiesced (pause() done, resume() not yet). */
+  private paused = false;
+  /** pause() and resume() run one at a time, in call order. */
+  private lifecycle: Promise<unknown> = Promise.resolve();
+  private markEnded!: () => void;
+  /** Settles when the VM ends (by the guest, stop() or a failure). */
+  private readonly endedSignal = new Promise<void>((resolve) => (this.markEnded = resolve));
 
   private constructor(
     config: MachineConfig, kvm: Kvm, vm: VmFd, memory: GuestMemory, vcpus: VcpuFd[], host: HostDevices, virtio: VirtioSet, summary: string,
@@ -447,6 +485,7 @@ export class Machine {
     await Promise.all(ready);
     const startNs = sys.monotonicNs();
     for (const w of this.workers) w.postMessage("start");
+    this.started = true;
     await Promise.all(done);
     // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves;
     // after stop(), one stuck in a host syscall is given up on (DEVICE_STOP_TIMEOUT_MS).
@@ -502,6 +541,7 @@ export class Machine {
     if (this.disposed) return;
     if (this.exitReason === undefined) {
       this.exitReason = reason;
+      this.markEnded();
       this.host.releaseConsole();
       const giveUp = setTimeout(() => {
         this.giveUpDevices();
@@ -514,6 +554,125 @@ export class Machine {
     }
     claimExit(this.control);
     this.kick();
+  }
+
+  /** Where the VM is in its life (see MachineState). */
+  get state(): MachineState {
+    if (this.exitReason !== undefined || this.disposed) return "ended";
+    if (!this.started) return "not-started";
+    return this.paused ? "paused" : "running";
+  }
+
+  /**
+   * Pauses the running VM: every vCPU leaves KVM_RUN (kicked as by stop())
+   * and parks on the control block (Atomics.wait: no CPU used), calling
+   * KVM_KVMCLOCK_CTRL as it parks (vcpu-loop.ts says what that does to the
+   * guest's clock and why); then every device thread finishes what it had
+   * started and stops serving the rings (VirtioSet.quiesce). Resolves once
+   * all are at rest. Like Firecracker, pausing a paused VM succeeds at once.
+   * Serial console output already in the ring still drains; run() stays
+   * pending (a guest that cannot run cannot end the VM) and stop() still
+   * ends it. Rejects with ENOTSTARTED before run() started the vCPUs,
+   * EENDED once the VM ended (also when it ends meanwhile), and ETIMEOUT
+   * when a vCPU or device did not come to rest within the pause timeout
+   * (then the VM runs on as before).
+   */
+  pause(): Promise<void> {
+    return this.serialized(() => this.pauseNow());
+  }
+
+  /**
+   * Resumes a paused VM: the device threads serve their rings again first
+   * (requests the guest posted before or during the pause included), then
+   * every vCPU re-enters KVM_RUN; resolves once none is parked. Resuming a
+   * running VM succeeds at once (as in Firecracker). Rejects like pause().
+   */
+  resume(): Promise<void> {
+    return this.serialized(() => this.resumeNow());
+  }
+
+  private serialized(op: () => Promise<void>): Promise<void> {
+    const p = this.lifecycle.then(op);
+    this.lifecycle = p.catch(() => undefined);
+    return p;
+  }
+
+  private requireLive(op: "pause" | "resume"): void {
+    const state = this.state;
+    if (state === "not-started") throw new MachineError("ENOTSTARTED", `Cannot ${op} VM: it has not started`);
+    if (state === "ended") throw new MachineError("EENDED", `Cannot ${op} VM: it has ended`);
+  }
+
+  private async pauseNow(): Promise<void> {
+    this.requireLive("pause");
+    if (this.paused) return;
+    const deadline = this.pauseDeadline();
+    const n = this.vcpus.length;
+    requestPause(this.control, true);
+    // Kick until every vCPU parked: a kick that landed just before KVM_RUN is covered by the next.
+    const kicker = setInterval(() => this.kickAll(), 20);
+    this.kickAll();
+    try {
+      await this.settle("pause", this.untilParked((k) => k >= n), deadline,
+        () => `${n - parkedCount(this.control)} of ${n} vCPU(s) did not leave the guest (in KVM_RUN, or blocked on a full console)`);
+      clearInterval(kicker);
+      await this.settle("pause", this.virtio.quiesce(), deadline, () => "a device thread did not quiesce (busy or blocked in a host syscall)");
+    } catch (e) {
+      clearInterval(kicker);
+      // Leave the VM as it was: running.
+      void this.virtio.resume();
+      requestPause(this.control, false);
+      throw e;
+    } finally {
+      deadline.clear();
+    }
+    // The guest may have ended the VM just as its last vCPU parked (its message was still on the way).
+    if (this.exitReason !== undefined) throw new MachineError("EENDED", "Cannot pause VM: it ended");
+    this.paused = true;
+  }
+
+  private async resumeNow(): Promise<void> {
+    this.requireLive("resume");
+    if (!this.paused) return;
+    const deadline = this.pauseDeadline();
+    try {
+      // Devices first, so that the guest's first steps find them serving.
+      await this.settle("resume", this.virtio.resume(), deadline, () => "a device thread did not answer");
+      requestPause(this.control, false);
+      this.paused = false;
+      await this.settle("resume", this.untilParked((k) => k === 0), deadline, () => `${parkedCount(this.control)} vCPU(s) stayed parked`);
+    } finally {
+      deadline.clear();
+    }
+  }
+
+  /** A timer for one pause()/resume(): `expired` settles when the pause timeout has passed. */
+  private pauseDeadline(): { expired: Promise<void>; clear(): void } {
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.config.pauseTimeoutMs ?? PAUSE_TIMEOUT_MS)));
+    return { expired, clear: () => clearTimeout(timer) };
+  }
+
+  /** Waits for `step`; rejects with EENDED if the VM ends first, ETIMEOUT (saying `what`) if the deadline passes first. */
+  private async settle(op: "pause" | "resume", step: Promise<void>, deadline: { expired: Promise<void> }, what: () => string): Promise<void> {
+    const r = await Promise.race([
+      step.then(() => "done" as const), this.endedSignal.then(() => "ended" as const), deadline.expired.then(() => "timeout" as const),
+    ]);
+    if (r === "ended") throw new MachineError("EENDED", `Cannot ${op} VM: it ended`);
+    if (r === "timeout") {
+      const s = (this.config.pauseTimeoutMs ?? PAUSE_TIMEOUT_MS) / 1000;
+      throw new MachineError("ETIMEOUT", `Cannot ${op} VM: ${what()} within ${s} s`);
+    }
+  }
+
+  /** Resolves when the parked count satisfies `done`, or the VM is ending (the caller checks which). */
+  private async untilParked(done: (parked: number) => boolean): Promise<void> {
+    for (;;) {
+      const k = parkedCount(this.control);
+      if (done(k) || this.exitReason !== undefined || this.disposed) return;
+      // vCPUs notify every change; the slice only bounds how long a wait outlives an abandoned pause.
+      await waitForChange(this.control, CONTROL_PARKED, k, 100);
+    }
   }
 
   /** Tells onSlowEnd what run() still waits for, SLOW_END_REPORT_MS after the VM ended. */
@@ -553,17 +712,19 @@ export class Machine {
   private kickTimer: NodeJS.Timeout | undefined;
 
   private kick(): void {
-    const once = () => {
-      if (this.disposed) return;
-      for (const v of this.vcpus) {
-        v.setImmediateExit(true);
-        const t = this.threads[v.id];
-        if (t !== undefined) sys.signalThread(t, KICK_SIGNAL);
-      }
-    };
-    once();
+    this.kickAll();
     // Re-kick until every thread has left, covering a signal that landed just before KVM_RUN.
-    this.kickTimer ??= setInterval(once, 20);
+    this.kickTimer ??= setInterval(() => this.kickAll(), 20);
+  }
+
+  /** Makes every vCPU leave KVM_RUN (api.rst §5 immediate_exit, and a signal for one inside it). */
+  private kickAll(): void {
+    if (this.disposed) return;
+    for (const v of this.vcpus) {
+      v.setImmediateExit(true);
+      const t = this.threads[v.id];
+      if (t !== undefined) sys.signalThread(t, KICK_SIGNAL);
+    }
   }
 
   /** Counts `count` guest faults of `device` (a summary from a device thread when > 1) and logs them, rate-limited. */
@@ -605,6 +766,7 @@ export class Machine {
    */
   private dispose(stillRunning: Promise<void>[] = []): void {
     this.disposed = true;
+    this.markEnded();
     if (this.kickTimer) clearInterval(this.kickTimer);
     for (const t of this.stopTimers) clearTimeout(t);
     for (const v of this.vcpus) v.close();

@@ -11,7 +11,7 @@ import {
 import type { Bus, VmExitReason } from "../devices/bus.js";
 import { errnoName } from "../sys/native.js";
 import type { VcpuFd } from "../kvm/vcpu.js";
-import { stopRequested } from "./control.js";
+import { parkWhilePaused, pauseRequested, stopRequested } from "./control.js";
 
 /** Exit counters of one vCPU (metrics). */
 export interface VcpuStats {
@@ -21,10 +21,14 @@ export interface VcpuStats {
   unhandledIo: number;
   unhandledMmio: number;
   interrupted: number;
+  /** Times this vCPU parked for a pause. */
+  parks: number;
+  /** KVM_KVMCLOCK_CTRL calls that failed (EINVAL: the guest has no kvm-clock; Firecracker counts these too). */
+  kvmclockCtrlFails: number;
 }
 
 export function newStats(): VcpuStats {
-  return { exits: 0, ioExits: 0, mmioExits: 0, unhandledIo: 0, unhandledMmio: 0, interrupted: 0 };
+  return { exits: 0, ioExits: 0, mmioExits: 0, unhandledIo: 0, unhandledMmio: 0, interrupted: 0, parks: 0, kvmclockCtrlFails: 0 };
 }
 
 /** Runs until the VM stops (undefined) or this vCPU finds a reason to end it. */
@@ -34,6 +38,10 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
   const runSize = vcpu.runSize;
   for (;;) {
     if (stopRequested(control)) return undefined;
+    if (pauseRequested(control)) {
+      park(vcpu, control, stats);
+      continue; // resumed, or stopped while parked
+    }
     const r = vcpu.runOnce();
     stats.exits++;
     switch (r) {
@@ -101,6 +109,34 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
         return { kind: "error", message: `unhandled KVM exit ${r} on vCPU ${vcpu.id}${describeRip(vcpu)}` };
     }
   }
+}
+
+/**
+ * Parks this vCPU out of KVM_RUN until the VM is resumed or stopped. The
+ * exit that brought it here is complete (its I/O was handled), so the vCPU's
+ * state is consistent while parked.
+ *
+ * kvm-clock, as Firecracker does it (src/vmm/src/vstate/vcpu.rs, the Pause
+ * event of the running state; arch/x86_64/vcpu.rs kvmclock_ctrl): on each
+ * pause from the running state every vCPU, out of KVM_RUN, calls
+ * KVM_KVMCLOCK_CTRL (api.rst §4.70: callable "any time after pausing the
+ * vcpu, but before it is resumed"), best effort: a failure (EINVAL when the
+ * guest never enabled kvm-clock) is counted, never fatal. Nothing else
+ * touches the clock on pause or resume: no KVM_GET_CLOCK/KVM_SET_CLOCK, so
+ * kvm-clock (and with it the guest's monotonic and wall time) keeps counting
+ * host time while the VM is paused, and after resume the guest sees the
+ * pause as time that passed; PVCLOCK_GUEST_STOPPED tells its soft-lockup
+ * watchdog that the gap was the host's doing. Saving and restoring the clock
+ * is a snapshot matter: Firecracker reads it with KVM_GET_CLOCK (api.rst
+ * §4.29) when it saves the VM; on load it writes it back with KVM_SET_CLOCK
+ * (§4.30), flags 0 (the clock goes on from the snapshot's value) unless
+ * asked for KVM_CLOCK_REALTIME (advanced by the wall time since the
+ * snapshot), and calls KVM_KVMCLOCK_CTRL on every restored vCPU.
+ */
+function park(vcpu: VcpuFd, control: Int32Array, stats: VcpuStats): void {
+  stats.parks++;
+  if (vcpu.kvmclockCtrl() < 0) stats.kvmclockCtrlFails++;
+  parkWhilePaused(control);
 }
 
 /** "vCPU n: rip … rsp … cr0 … cr2 … cr3 … cr4 … efer …", or just the vCPU when the registers cannot be read. */

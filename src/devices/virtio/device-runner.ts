@@ -17,6 +17,17 @@
  * Used buffers are signalled by setting VIRTIO_MMIO_INT_VRING and writing the
  * irqfd eventfd (KVM_IRQFD on the device's GSI), so no exit is involved.
  *
+ * Quiesce (the VM's pause, and the place a snapshot will read device state):
+ * on the host's request (TransportState.requestQuiesce) the runner first
+ * finishes what the control words hold (a reset, an activation, config
+ * writes), then has the backend complete anything in flight
+ * (backend.quiesce), and from then on serves only its control eventfd: the
+ * queues' notify eventfds and the backend's watched fds stay out of the poll
+ * set and are left as they are (an eventfd keeps its count, a socket its
+ * data), so a request the guest posted while quiesced is served once the
+ * device runs again, and none is lost or served twice. Host requests are
+ * still answered while quiesced.
+ *
  * Anything a backend throws — a QueueError from a broken ring or a bug — puts
  * this device in DEVICE_NEEDS_RESET (virtio 1.x §2.1.2) rather than ending
  * the thread: the guest can recover by resetting the device, and the other
@@ -99,6 +110,11 @@ export class DeviceRunner {
   /** Driver resets requested when the current session started. */
   private sessionResets = -1;
 
+  // --- Quiesce (see the module comment) ---
+  private quiesced = false;
+  /** The last quiesce request answered. */
+  private seenQuiesce = 0;
+
   /**
    * Publishes the backend's identity into the transport state and creates the
    * queues' notify eventfds; throws (nothing left open) if the backend cannot
@@ -150,6 +166,7 @@ export class DeviceRunner {
 
   /** This runner's fds for the thread's poll set: control, the queues' notify fds, then watched fds. */
   pollEntries(): PollEntry[] {
+    if (this.quiesced) return [{ kind: "control", fd: this.controlFd, events: POLLIN }];
     return [
       { kind: "control", fd: this.controlFd, events: POLLIN },
       ...this.notifyFds.map((fd, queue): PollEntry => ({ kind: "notify", fd, events: POLLIN, queue })),
@@ -161,8 +178,10 @@ export class DeviceRunner {
   dispatch(e: PollEntry, revents: number): boolean {
     switch (e.kind) {
       case "control": return this.onControl();
-      case "notify": this.onKick(e.queue); return true;
+      // Quiesced earlier in this pass: leave the kick in its eventfd, the fd's data where it is.
+      case "notify": if (!this.quiesced) this.onKick(e.queue); return true;
       case "watch":
+        if (this.quiesced) return true;
         // The backend may have unwatched it (or watched it anew) earlier in this pass.
         if (this.watches.get(e.fd) === e.watch) this.guarded(`fd ${e.fd}`, () => e.watch.onReady(revents));
         return true;
@@ -311,6 +330,7 @@ export class DeviceRunner {
     }
     const ctx = this.makeContext(features, this.session, qs);
     this.guarded("activate", () => this.backend.activate(ctx));
+    if (this.quiesced) return; // the kicks wait for the device to run again (setQuiesced)
     const kicks = this.pendingKicks;
     this.pendingKicks = 0;
     for (let q = 0; q < this.queueCount && this.active; q++) if (kicks & (1 << q)) this.guarded(`queue ${q}`, () => this.backend.onNotify(q));
@@ -365,8 +385,32 @@ export class DeviceRunner {
     const dirty = state.takeConfigDirty();
     const onConfigWrite = this.backend.onConfigWrite?.bind(this.backend);
     if (dirty && onConfigWrite) this.guarded("config write", () => onConfigWrite(dirty.offset, dirty.length));
-    this.serveRequests(); // last, so that answers see the driver's latest status and config writes
+    this.serveRequests(); // so that answers see the driver's latest status and config writes
+    // Last: what the control words held is done before the device quiesces.
+    const q = state.quiesceRequest;
+    if (q.seq !== this.seenQuiesce) {
+      this.seenQuiesce = q.seq;
+      this.setQuiesced(q.quiesce);
+      this.post({ type: "quiesce", quiesced: q.quiesce, seq: q.seq });
+    }
     return true;
+  }
+
+  /** Enters or leaves the quiesced state (see the module comment). */
+  private setQuiesced(on: boolean): void {
+    if (on === this.quiesced) return;
+    this.pollSetChanged();
+    if (on) {
+      const quiesce = this.backend.quiesce?.bind(this.backend);
+      if (quiesce) this.guarded("quiesce", quiesce);
+      this.quiesced = true;
+      return;
+    }
+    this.quiesced = false;
+    // Kicks that arrived before an activation made while quiesced.
+    const kicks = this.active ? this.pendingKicks : 0;
+    if (this.active) this.pendingKicks = 0;
+    for (let q = 0; q < this.queueCount && this.active; q++) if (kicks & (1 << q)) this.guarded(`queue ${q}`, () => this.backend.onNotify(q));
   }
 
   private onKick(q: number): void {

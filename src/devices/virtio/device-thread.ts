@@ -6,6 +6,7 @@
  *   const rng = new VirtioDeviceHandle({ name, kind: "rng", memory, mmioBase, gsi, vm, thread });
  *   await Promise.all([blk.start(), rng.start()]); // the thread starts once: backends created, ioeventfds + irqfds registered
  *   ...dev.describe() to every vCPU thread (VirtioMmioTransport over its state)...
+ *   await blk.quiesce(); ... await blk.resume();       // the VM's pause: nothing served, nothing lost
  *   await Promise.all([blk.stop(), rng.stop()]);   // each backend.shutdown() done, fds closed, thread exited
  *
  * Without `thread`, a device gets a thread of its own. Which devices share a
@@ -98,7 +99,9 @@ export type DeviceEvent =
   /** The device went to DEVICE_NEEDS_RESET (or a backend callback threw). */
   | { type: "failed"; reason: string }
   /** The device was stopped: backend.shutdown() ran and the thread no longer uses its fds. */
-  | { type: "stopped" };
+  | { type: "stopped" }
+  /** The thread carried out quiesce request `seq` (TransportState.requestQuiesce): the device is now quiesced, or running again. */
+  | { type: "quiesce"; quiesced: boolean; seq: number };
 
 /** Device thread -> main thread: "ready" once, then events of device number `device` (DeviceThreadInit order). */
 export type DeviceThreadMessage = { type: "ready"; devices: DeviceStartResult[] } | (DeviceEvent & { device: number });
@@ -283,6 +286,9 @@ export class VirtioDeviceHandle {
   private requests: MessagePort | undefined;
   private nextRequestId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; op: string }>();
+  /** The last quiesce request the thread answered, and who waits for an answer. */
+  private quiesceAnswered = 0;
+  private quiesceWaiters: { seq: number; resolve: () => void }[] = [];
   private markStopped!: () => void;
   /** Settles when the thread reported this device stopped, or the thread is gone. */
   private readonly stoppedOnThread = new Promise<void>((resolve) => (this.markStopped = resolve));
@@ -362,7 +368,39 @@ export class VirtioDeviceHandle {
       case "hostError": this.spec.onHostError?.(this.spec.name, m.message); break;
       case "failed": this.failures.push(m.reason); this.spec.onFailed?.(this.spec.name, m.reason); break;
       case "stopped": this.runningOnThread = false; this.markStopped(); break;
+      case "quiesce": this.answerQuiesce(m.seq); break;
     }
+  }
+
+  private answerQuiesce(seq: number): void {
+    this.quiesceAnswered = Math.max(this.quiesceAnswered, seq);
+    const done = this.quiesceWaiters.filter((w) => w.seq <= this.quiesceAnswered);
+    this.quiesceWaiters = this.quiesceWaiters.filter((w) => w.seq > this.quiesceAnswered);
+    for (const w of done) w.resolve();
+  }
+
+  /**
+   * Quiesces the device on its thread (device-runner.ts): resolves once the
+   * thread has finished what it had started for the device and no longer
+   * serves its queues or watched fds. Requests the guest posts meanwhile wait
+   * in their rings and are served after resume(). Resolves at once when the
+   * device does not run on a thread (never started, stopped, or its thread
+   * gone), and when it stops while quiescing.
+   */
+  quiesce(): Promise<void> {
+    return this.askQuiesce(true);
+  }
+
+  /** Lets a quiesced device serve its queues again; resolves once its thread has. Same rules as quiesce(). */
+  resume(): Promise<void> {
+    return this.askQuiesce(false);
+  }
+
+  private askQuiesce(on: boolean): Promise<void> {
+    if (!this.runningOnThread || this.closed) return Promise.resolve();
+    const seq = this.state.requestQuiesce(on);
+    const answered = new Promise<void>((resolve) => this.quiesceWaiters.push({ seq, resolve }));
+    return Promise.race([answered, this.stoppedOnThread]);
   }
 
   /** @internal The worker crashed after start. */

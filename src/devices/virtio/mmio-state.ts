@@ -77,6 +77,12 @@ const QUEUE_STOPS = 28;
 const STOPPED_QUEUE = 29;
 /** Host-side failures the backend reported to the guest as device errors (VirtioDeviceContext.hostError). */
 const STAT_HOST_ERRORS = 30;
+/**
+ * The host's quiesce request: (sequence << 1) | 1 to quiesce, | 0 to run; the
+ * sequence lets the device thread answer each request by number, so a
+ * quiesce and a resume written before the thread looked are both answered.
+ */
+const QUIESCE = 31;
 const HEADER_SLOTS = 32;
 
 /**
@@ -409,6 +415,24 @@ export class TransportState {
   threadStopped(): void {
     Atomics.store(this.i32, THREAD_RUNNING, 0);
     Atomics.notify(this.i32, RESETS_DONE);
+  }
+
+  /**
+   * Asks the device thread to quiesce the device (true) or to run it again
+   * (false); returns the request's sequence number, which the thread's
+   * answer ("quiesced"/"resumed" event) carries.
+   */
+  requestQuiesce(on: boolean): number {
+    const seq = (Atomics.load(this.i32, QUIESCE) >>> 1) + 1;
+    Atomics.store(this.i32, QUIESCE, (seq << 1) | (on ? 1 : 0));
+    this.signalControl();
+    return seq;
+  }
+
+  /** The host's latest quiesce request (sequence 0: none yet). */
+  get quiesceRequest(): { quiesce: boolean; seq: number } {
+    const v = Atomics.load(this.i32, QUIESCE);
+    return { quiesce: (v & 1) !== 0, seq: v >>> 1 };
   }
 
   /** Asks the device thread to shut down. */

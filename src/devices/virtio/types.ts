@@ -156,6 +156,14 @@ export interface VirtioBackend {
   /** The VM is stopping: flush what must not be lost (e.g. fdatasync). */
   shutdown?(): void;
   /**
+   * The host quiesces the device (a pause; a snapshot will read its state
+   * here): complete anything the backend started outside a handler, so that
+   * no request is half-done while the device thread stops serving queues and
+   * watched fds. Optional: the built-in backends finish every request inside
+   * the handler that took it, so they have nothing in flight between passes.
+   */
+  quiesce?(): void;
+  /**
    * Answers a host-side request; the value returned (JSON-serialisable) goes
    * back to the caller, an error thrown rejects the request and leaves the
    * device as it was. Runs whether or not the driver has activated the device.

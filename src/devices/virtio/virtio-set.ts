@@ -291,6 +291,27 @@ export class VirtioSet {
     }
   }
 
+  /**
+   * Quiesces every device (VirtioDeviceHandle.quiesce): the one place where
+   * the VM's devices are brought to rest, for a pause and, next, to read
+   * their state for a snapshot. Resolves once every device thread answered.
+   */
+  async quiesce(): Promise<void> {
+    await Promise.all(this.devices.map((d) => d.quiesce()));
+  }
+
+  /**
+   * Lets every quiesced device run again; resolves once every device thread
+   * answered. No artificial kick is needed: every kick the guest made while
+   * its device was quiesced is still counted in the queue's notify eventfd.
+   * (Firecracker's resume_vm kicks every device, device_manager's
+   * kick_virtio_devices, which also covers notifications lost across a
+   * snapshot load; a snapshot restore here will have to do the same.)
+   */
+  async resume(): Promise<void> {
+    await Promise.all(this.devices.map((d) => d.resume()));
+  }
+
   /** Stops every device (backends flushed) and closes their fds. */
   async stop(): Promise<void> {
     await Promise.all(this.devices.map((d) => d.stop()));
