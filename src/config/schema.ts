@@ -230,12 +230,16 @@ function describeIssue(issue: z.core.$ZodIssue, what: string): ConfigError {
   }
   let reason: string;
   if (issue.code === "invalid_type" && issue.input === undefined) reason = "is required";
-  else if (issue.code === "invalid_type") reason = `must be ${issue.expected === "int" ? "an integer" : `a ${issue.expected}`}, got ${describeValue(issue.input)}`;
+  else if (issue.code === "invalid_type") reason = `must be ${article(issue.expected === "int" ? "integer" : issue.expected)}, got ${describeValue(issue.input)}`;
   else if (issue.code === "too_small") reason = `must be at least ${String(issue.minimum)}, got ${describeValue(issue.input)}`;
   else if (issue.code === "too_big") reason = `must be at most ${String(issue.maximum)}, got ${describeValue(issue.input)}`;
   else if (issue.code === "invalid_value") reason = `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}, got ${describeValue(issue.input)}`;
   else reason = issue.message;
   return new ConfigError("ECONFIGINVALID", `Invalid ${what}: '${at || "(document)"}' ${reason}`, at || undefined);
+}
+
+function article(noun: string): string {
+  return `${/^[aeiou]/.test(noun) ? "an" : "a"} ${noun}`;
 }
 
 function describeValue(v: unknown): string {
@@ -252,7 +256,7 @@ function describeValue(v: unknown): string {
  * names the document in the message ("config file", "boot-source"...).
  */
 export function validate<S extends z.ZodType>(schema: S, value: unknown, what: string): z.infer<S> {
-  const r = schema.safeParse(value);
+  const r = schema.safeParse(value, { reportInput: true });
   if (r.success) return r.data;
   throw describeIssue(r.error.issues[0]!, what);
 }
