@@ -64,7 +64,7 @@ test("a drive_id given again replaces the earlier drive in place; a second root 
   refuses(base({ drives: [drive("r1", { is_root_device: true }), drive("r2", { is_root_device: true })] }), "drives[1].is_root_device", /a root block device already exists \('r1'\)/, "ECONFIGINVALID");
 });
 
-test("vsock, balloon and entropy map to flint's devices after drives and interfaces; Transparent huge pages", () => {
+test("devices come in Firecracker's attach order: balloon, drives, interfaces, vsock, entropy; Transparent huge pages", () => {
   const m = toFlintMachine(base({
     "machine-config": { vcpu_count: 4, mem_size_mib: 512, huge_pages: "Transparent" },
     "network-interfaces": [{ iface_id: "eth0", host_dev_name: "tap7", guest_mac: "06:00:00:00:00:01", mtu: 9000 }],
@@ -75,10 +75,10 @@ test("vsock, balloon and entropy map to flint's devices after drives and interfa
   }));
   assert.equal(m.hugePages, true);
   assert.deepEqual(m.virtioDevices, [
+    { kind: "balloon", options: { targetMib: 64 } },
     { kind: "block", options: { path: "d.img", readOnly: false } },
     { kind: "net", options: { tap: "tap7", mac: "06:00:00:00:00:01", mtu: 9000 } },
     { kind: "vsock", options: { cid: 7, uds: "/tmp/fc.vsock" } },
-    { kind: "balloon", options: { targetMib: 64 } },
     { kind: "rng", options: {} },
   ]);
 });

@@ -47,7 +47,10 @@ export interface FlintMachineSpec {
   bootMode: "prefer-pvh";
   /** huge_pages "Transparent". */
   hugePages: boolean;
-  /** Drives (the root drive first, so it is /dev/vda), network interfaces, vsock, balloon, entropy. */
+  /**
+   * In Firecracker's attach order (builder.rs): balloon, drives (the root
+   * drive first, so it is /dev/vda), network interfaces, vsock, entropy.
+   */
   virtioDevices: VirtioDeviceConfig[];
   /** Fields accepted and not acted on, as one-line notes ("logger: ignored (flint writes no log file yet)"). */
   ignored: string[];
@@ -122,6 +125,18 @@ export function toFlintMachine(cfg: VmConfig): FlintMachineSpec {
   let cmdline = boot.boot_args ?? FC_DEFAULT_BOOT_ARGS;
   const devices: VirtioDeviceConfig[] = [];
 
+  const b = cfg.balloon;
+  if (b != null) {
+    if (b.free_page_hinting) throw unsupported("balloon.free_page_hinting", "is true: flint's balloon has no free page hinting");
+    if (b.free_page_reporting) throw unsupported("balloon.free_page_reporting", "is true: flint's balloon has no free page reporting");
+    if (b.amount_mib > memoryMib) throw new ConfigError("ECONFIGINVALID", `Invalid config file: 'balloon.amount_mib' ${b.amount_mib} is more than the guest's ${memoryMib} MiB`, "balloon.amount_mib");
+    // flint's balloon always offers DEFLATE_ON_OOM and the statistics queue; the guest driver decides.
+    if (!b.deflate_on_oom) ignored.push("balloon.deflate_on_oom false: flint's balloon offers deflate-on-OOM anyway");
+    if (b.stats_polling_interval_s) ignored.push("balloon.stats_polling_interval_s: flint reads statistics when asked, not on a timer");
+    const options: BalloonOptions = { targetMib: b.amount_mib };
+    devices.push({ kind: "balloon", options });
+  }
+
   for (const { drive, index } of orderDrives(cfg.drives)) {
     const at = `drives[${index}]`;
     if (drive.socket != null) throw unsupported(`${at}.socket`, "is set: flint has no vhost-user-blk");
@@ -168,18 +183,6 @@ export function toFlintMachine(cfg: VmConfig): FlintMachineSpec {
   if (cfg.vsock != null) {
     const options: VsockOptions = { cid: cfg.vsock.guest_cid, uds: cfg.vsock.uds_path };
     devices.push({ kind: "vsock", options });
-  }
-
-  const b = cfg.balloon;
-  if (b != null) {
-    if (b.free_page_hinting) throw unsupported("balloon.free_page_hinting", "is true: flint's balloon has no free page hinting");
-    if (b.free_page_reporting) throw unsupported("balloon.free_page_reporting", "is true: flint's balloon has no free page reporting");
-    if (b.amount_mib > memoryMib) throw new ConfigError("ECONFIGINVALID", `Invalid config file: 'balloon.amount_mib' ${b.amount_mib} is more than the guest's ${memoryMib} MiB`, "balloon.amount_mib");
-    // flint's balloon always offers DEFLATE_ON_OOM and the statistics queue; the guest driver decides.
-    if (!b.deflate_on_oom) ignored.push("balloon.deflate_on_oom false: flint's balloon offers deflate-on-OOM anyway");
-    if (b.stats_polling_interval_s) ignored.push("balloon.stats_polling_interval_s: flint reads statistics when asked, not on a timer");
-    const options: BalloonOptions = { targetMib: b.amount_mib };
-    devices.push({ kind: "balloon", options });
   }
 
   if (cfg.entropy != null) {
