@@ -41,10 +41,6 @@ export interface FirecrackerFlags {
   snapshotVersion?: boolean;
 }
 
-/** Firecracker's default API socket path (main.rs DEFAULT_API_SOCK_PATH). */
-export const FC_DEFAULT_API_SOCK = "/run/firecracker.socket";
-/** Firecracker's instance id when --id is not given (logger DEFAULT_INSTANCE_ID). */
-export const FC_DEFAULT_INSTANCE_ID = "anonymous-instance";
 /** Longest instance id Firecracker takes (utils/src/validators.rs). */
 export const FC_MAX_INSTANCE_ID_LEN = 64;
 

@@ -14,8 +14,12 @@ import { DeviceArgError, virtioDevicesFromFlags } from "./devices.js";
 import { runDemo } from "./demo.js";
 import { printDoctor } from "./doctor.js";
 import { buildKernelCommand, buildInitramfsCommand } from "./guest.js";
-import { FC_DEFAULT_API_SOCK, FC_DEFAULT_INSTANCE_ID, runFirecracker } from "./firecracker.js";
 import { runVm } from "./run.js";
+
+/** Firecracker's default API socket path (main.rs DEFAULT_API_SOCK_PATH). */
+const FC_DEFAULT_API_SOCK = "/run/firecracker.socket";
+/** Firecracker's instance id when --id is not given (logger DEFAULT_INSTANCE_ID). */
+const FC_DEFAULT_INSTANCE_ID = "anonymous-instance";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const pkg = JSON.parse(readFileSync(join(here, "..", "..", "package.json"), "utf8")) as { version: string };
@@ -65,6 +69,8 @@ function buildProgram(): Command {
     .allowExcessArguments(true)
     .action(async (o, cmd: Command) => {
       if (cmd.args.length > 0) program.error(`error: unknown command '${cmd.args[0]}'`);
+      // Loaded only here: the schema library costs every other command start-up time.
+      const { runFirecracker } = await import("./firecracker.js");
       process.exitCode = await runFirecracker(o);
     });
 

@@ -1,14 +1,14 @@
 /** Firecracker's resources as the schema takes and refuses them: one line naming the field, a stable code. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import type { z } from "zod";
+import type * as z from "zod/mini";
 import {
   BalloonSchema, BootSourceSchema, ConfigError, DriveSchema, EntropySchema, LoggerSchema, MachineConfigSchema, MetricsSchema,
   MmdsConfigSchema, NetworkInterfaceSchema, parseVmConfig, validate, VmConfigSchema, VsockSchema,
 } from "./schema.js";
 
 /** Asserts validate() throws a ConfigError with this code, field and message. */
-function rejects(schema: z.ZodType, value: unknown, field: string | undefined, message: RegExp, code: ConfigError["code"] = "ECONFIGINVALID"): void {
+function rejects(schema: z.ZodMiniType, value: unknown, field: string | undefined, message: RegExp, code: ConfigError["code"] = "ECONFIGINVALID"): void {
   assert.throws(() => validate(schema, value, "body"), (e: unknown) => {
     assert.ok(e instanceof ConfigError, `a ConfigError, got ${String(e)}`);
     assert.equal(e.code, code);
@@ -21,7 +21,7 @@ function rejects(schema: z.ZodType, value: unknown, field: string | undefined, m
 
 interface Case {
   name: string;
-  schema: z.ZodType;
+  schema: z.ZodMiniType;
   valid: Record<string, unknown>;
   required: string;
   wrongType: [string, unknown];
