@@ -69,6 +69,20 @@ test("auto mode uses the 64-bit entry even when the ELF has a PVH note", () => {
   });
 });
 
+test("prefer-pvh mode (Firecracker's choice) enters through PVH when the ELF has the note, else the 64-bit entry", () => {
+  withMemory(64 * MiB, (mem) => {
+    const r = setupBoot(mem, { ...base(elf), bootMode: "prefer-pvh" });
+    assert.equal(r.kind, "pvh");
+    assert.equal(r.entry.regs.rip, 0x1000040n);
+  });
+  const noNote = makeElfKernel({ entry: 0x1000000, segments: [{ paddr: 0x1000000, data: new Uint8Array(4096) }] });
+  withMemory(64 * MiB, (mem) => {
+    const r = setupBoot(mem, { ...base(noNote), bootMode: "prefer-pvh" });
+    assert.equal(r.kind, "elf");
+    assert.equal(r.entry.regs.rip, 0x1000000n);
+  });
+});
+
 test("a bzImage boots at load address + 0x200 with its header in the zero page", () => {
   withMemory(64 * MiB, (mem) => {
     const r = setupBoot(mem, base(makeBzImage({ payload: new Uint8Array(0x4000), cmdlineSize: 100 })));

@@ -25,8 +25,13 @@ export { BootError } from "./errors.js";
 export type { KernelImage } from "./kernel-image.js";
 export type { EntryState } from "../arch/x86_64/regs.js";
 
-/** How to enter the kernel. */
-export type BootMode = "auto" | "linux64" | "pvh";
+/**
+ * How to enter the kernel: "auto" and "linux64" the 64-bit boot protocol,
+ * "pvh" the PVH entry (an ELF with XEN_ELFNOTE_PHYS32_ENTRY only),
+ * "prefer-pvh" PVH when the ELF has that note and the 64-bit protocol
+ * otherwise, which is what Firecracker does with any kernel it is given.
+ */
+export type BootMode = "auto" | "linux64" | "pvh" | "prefer-pvh";
 
 /** Inputs of setupBoot. */
 export interface BootOptions {
@@ -70,7 +75,7 @@ export function setupBoot(mem: GuestMemory, opts: BootOptions): BootSetup {
   checkCpuCount(opts.cpus);
   const e820 = e820Map(mem.regions); // also checks the low 1 MiB is RAM
   const kernel = loadKernel(mem, opts.kernel, opts.kernelPath);
-  const pvh = mode === "pvh";
+  const pvh = mode === "pvh" || (mode === "prefer-pvh" && kernel.pvhEntry !== undefined);
   if (pvh && kernel.pvhEntry === undefined) {
     throw new BootError("ENOPVHENTRY", kernel.kind === "bzimage"
       ? `Cannot boot '${opts.kernelPath}' with PVH: it is a bzImage; PVH needs an ELF vmlinux with a XEN_ELFNOTE_PHYS32_ENTRY note`

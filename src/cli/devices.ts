@@ -174,3 +174,34 @@ export function virtioDevicesFromFlags(o: { disk?: string[]; rng?: boolean; ball
   }
   return devices;
 }
+
+/**
+ * Runs the host checks of `flint run`'s device flags on devices that came
+ * from elsewhere (a Firecracker config file, src/config/convert.ts): the
+ * disk image is there and as writable as asked, the TAP exists, the vsock
+ * CID is usable and its socket path free. Throws DeviceArgError.
+ */
+export function checkVirtioDevices(devices: readonly VirtioDeviceConfig[]): void {
+  for (const d of devices) {
+    if (d.kind === "block") {
+      const o = d.options as { path: string; readOnly: boolean };
+      checkDisk({ path: o.path, readOnly: o.readOnly, thread: d.thread ?? "shared" });
+    } else if (d.kind === "net") {
+      const o = d.options as NetOptions;
+      try {
+        parseMac(o.mac);
+        if (o.mtu !== undefined) checkMtu(o.mtu);
+        checkTap(o.tap);
+      } catch (e) {
+        if (e instanceof NetError) throw new DeviceArgError(e.message);
+        throw e;
+      }
+    } else if (d.kind === "vsock") {
+      const o = d.options as VsockOptions;
+      if (o.cid < VSOCK_MIN_GUEST_CID || o.cid > VSOCK_MAX_GUEST_CID) {
+        throw new DeviceArgError(`Cannot attach vsock: cid ${o.cid} is reserved or too large (use ${VSOCK_MIN_GUEST_CID}..${VSOCK_MAX_GUEST_CID})`);
+      }
+      checkVsock(o);
+    }
+  }
+}

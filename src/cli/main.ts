@@ -16,6 +16,11 @@ import { printDoctor } from "./doctor.js";
 import { buildKernelCommand, buildInitramfsCommand } from "./guest.js";
 import { runVm } from "./run.js";
 
+/** Firecracker's default API socket path (main.rs DEFAULT_API_SOCK_PATH). */
+const FC_DEFAULT_API_SOCK = "/run/firecracker.socket";
+/** Firecracker's instance id when --id is not given (logger DEFAULT_INSTANCE_ID). */
+const FC_DEFAULT_INSTANCE_ID = "anonymous-instance";
+
 const here = dirname(fileURLToPath(import.meta.url));
 const pkg = JSON.parse(readFileSync(join(here, "..", "..", "package.json"), "utf8")) as { version: string };
 
@@ -33,7 +38,41 @@ function buildProgram(): Command {
     .version(pkg.version, "-V, --version")
     .showHelpAfterError(false)
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `flint: ${s}` : s) });
+    .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `flint: ${s}` : s) })
+    // Program options only before a subcommand, so `flint run ...` parses as it always did.
+    .enablePositionalOptions();
+
+  // Firecracker's process flags (firecracker.ts), for `flint` without a subcommand.
+  program
+    .option("--api-sock <path>", "Firecracker API socket (not supported yet: use --no-api --config-file)", FC_DEFAULT_API_SOCK)
+    .option("--id <id>", "instance id (letters, digits, '-'; at most 64)", FC_DEFAULT_INSTANCE_ID)
+    .option("--config-file <path>", "boot the VM a Firecracker config file describes")
+    .option("--no-api", "no API socket (needs --config-file)")
+    .option("--metadata <path>", "MMDS contents (not supported yet)")
+    .option("--boot-timer", "print the time until the guest wrote the boot-timer address")
+    .option("--seccomp-filter <path>", "accepted, not applied yet")
+    .option("--no-seccomp", "accepted (flint installs no seccomp filter yet)")
+    .option("--log-path <path>", "accepted, ignored (no log file yet)")
+    .option("--level <level>", "accepted, ignored")
+    .option("--module <module>", "accepted, ignored")
+    .option("--show-level", "accepted, ignored")
+    .option("--show-log-origin", "accepted, ignored")
+    .option("--metrics-path <path>", "accepted, ignored (no metrics file yet)")
+    .option("--start-time-us <us>", "accepted, ignored")
+    .option("--start-time-cpu-us <us>", "accepted, ignored")
+    .option("--parent-cpu-time-us <us>", "accepted, ignored")
+    .option("--http-api-max-payload-size <bytes>", "accepted, ignored (no API yet)", wholeNumber("--http-api-max-payload-size"))
+    .option("--mmds-size-limit <bytes>", "accepted, ignored (no MMDS yet)", wholeNumber("--mmds-size-limit"))
+    .option("--enable-pci", "accepted, ignored (flint's devices are virtio-mmio)")
+    .option("--describe-snapshot <path>", "not supported yet")
+    .option("--snapshot-version", "not supported yet")
+    .allowExcessArguments(true)
+    .action(async (o, cmd: Command) => {
+      if (cmd.args.length > 0) program.error(`error: unknown command '${cmd.args[0]}'`);
+      // Loaded only here: the schema library costs every other command start-up time.
+      const { runFirecracker } = await import("./firecracker.js");
+      process.exitCode = await runFirecracker(o);
+    });
 
   program
     .command("run")
@@ -113,6 +152,12 @@ function buildProgram(): Command {
 
 async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
+  // Bare `flint` shows the help on stderr (exit code 2), as before Firecracker's flags were added.
+  if (argv.length <= 2) {
+    program.outputHelp({ error: true });
+    process.exitCode = 2;
+    return;
+  }
   try {
     await program.parseAsync(argv);
   } catch (e) {

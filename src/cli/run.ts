@@ -4,6 +4,7 @@
  * Ctrl-A x quits (see escape.ts). The exit code is 0 when the guest powers
  * off or reboots, 1 when the VM fails.
  */
+import type { BootMode } from "../boot/index.js";
 import { HOST_ERRORS_LOGGED } from "../devices/virtio/mmio-state.js";
 import { devicePlacement, type VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult } from "../vm/machine.js";
@@ -15,7 +16,7 @@ export interface RunOptions {
   cmdline: string;
   cpus: number;
   memoryMib: number;
-  bootMode: "auto" | "linux64" | "pvh";
+  bootMode: BootMode;
   acpi: boolean;
   hugePages: boolean;
   mergeable: boolean;

@@ -20,7 +20,7 @@ import {
 import { vcpuCpuid } from "../arch/x86_64/cpuid.js";
 import { configureLints } from "../arch/x86_64/lapic.js";
 import { bootMsrs } from "../arch/x86_64/msr.js";
-import { setupBoot } from "../boot/index.js";
+import { setupBoot, type BootMode } from "../boot/index.js";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
 import { GuestFaultLog } from "../devices/fault-log.js";
@@ -54,8 +54,8 @@ export type BootConfig =
       cmdline: string;
       /** Build ACPI tables (default true). */
       acpi?: boolean;
-      /** Kernel entry: 64-bit boot protocol or PVH (default: 64-bit for ELF and bzImage). */
-      mode?: "auto" | "linux64" | "pvh";
+      /** Kernel entry: 64-bit boot protocol or PVH (default: 64-bit for ELF and bzImage; see BootMode). */
+      mode?: BootMode;
     }
   | {
       /** Direct-KVM test guests: every vCPU starts in 64-bit ring 3 at `entry` with RDI = its id. */

@@ -1,0 +1,199 @@
+/**
+ * From a validated Firecracker configuration (schema.ts) to what flint's
+ * Machine takes: vCPUs, memory, the boot source with Firecracker's command
+ * line, and the virtio devices in the order the guest will see them.
+ *
+ * Pure: no file is opened here. The host checks a user can act on (the disk
+ * image exists and is writable, the TAP exists, the vsock socket path is
+ * free) are the caller's, with the same checks `flint run` makes
+ * (src/cli/devices.ts checkVirtioDevices), so the API can run them when a
+ * resource is PUT and the CLI before the guest starts.
+ *
+ * What Firecracker offers that flint has no device or feature for is refused
+ * with ECONFIGUNSUPPORTED and a one-line reason; what only tunes the host side
+ * in a way the guest cannot tell is accepted and ignored (listed in `ignored`).
+ */
+import { randomBytes } from "node:crypto";
+import type { BalloonOptions } from "../devices/virtio/balloon.js";
+import type { BlockOptions } from "../devices/virtio/block.js";
+import type { NetOptions } from "../devices/virtio/net.js";
+import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
+import type { VsockOptions } from "../devices/virtio/vsock/index.js";
+import { ConfigError, type Drive, type RateLimiter, type TokenBucket, type VmConfig } from "./schema.js";
+
+/**
+ * Firecracker's command line when boot-source has no boot_args
+ * (vmm_config/boot_source.rs DEFAULT_KERNEL_CMDLINE): no serial console.
+ */
+export const FC_DEFAULT_BOOT_ARGS = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+/** Firecracker's machine when machine-config is absent (machine_config.rs Default). */
+export const FC_DEFAULT_VCPUS = 1;
+/** Guest memory in MiB when machine-config is absent (machine_config.rs DEFAULT_MEM_SIZE_MIB). */
+export const FC_DEFAULT_MEM_MIB = 128;
+
+/** What Machine.create needs from a Firecracker configuration. */
+export interface FlintMachineSpec {
+  cpus: number;
+  memoryMib: number;
+  kernelPath: string;
+  initrdPath?: string;
+  /** boot_args (or Firecracker's default) with `root=` appended for a root drive, as Firecracker does. */
+  cmdline: string;
+  /**
+   * "prefer-pvh": Firecracker enters an ELF through PVH when it has the
+   * XEN_ELFNOTE_PHYS32_ENTRY note, else through the 64-bit boot protocol
+   * (arch/x86_64/mod.rs load_kernel).
+   */
+  bootMode: "prefer-pvh";
+  /** huge_pages "Transparent". */
+  hugePages: boolean;
+  /**
+   * In Firecracker's attach order (builder.rs): balloon, drives (the root
+   * drive first, so it is /dev/vda), network interfaces, vsock, entropy.
+   */
+  virtioDevices: VirtioDeviceConfig[];
+  /** Fields accepted and not acted on, as one-line notes ("logger: ignored (flint writes no log file yet)"). */
+  ignored: string[];
+}
+
+function unsupported(field: string, why: string): ConfigError {
+  return new ConfigError("ECONFIGUNSUPPORTED", `Unsupported config: '${field}' ${why}`, field);
+}
+
+/** A bucket limits nothing when size or refill_time is 0 (Firecracker's TokenBucket::new returns none then). */
+function bucketLimits(b: TokenBucket | null | undefined): boolean {
+  return !!b && b.size > 0 && b.refill_time > 0;
+}
+
+/** Refuses a rate limiter that limits anything: flint has no rate limiters yet. */
+function checkRateLimiter(field: string, r: RateLimiter | null | undefined): void {
+  if (r && (bucketLimits(r.bandwidth) || bucketLimits(r.ops))) {
+    throw unsupported(field, "sets a token bucket: flint has no rate limiters yet");
+  }
+}
+
+/**
+ * Firecracker's drive list after its inserts (vmm_config/drive.rs insert): a
+ * drive_id given again replaces the earlier entry in place; the root device
+ * goes first; a second root device is refused.
+ */
+function orderDrives(drives: readonly Drive[]): { drive: Drive; index: number }[] {
+  const list: { drive: Drive; index: number }[] = [];
+  drives.forEach((drive, index) => {
+    const at = list.findIndex((d) => d.drive.drive_id === drive.drive_id);
+    if (at >= 0) list.splice(at, 1);
+    const rootAt = list.findIndex((d) => d.drive.is_root_device);
+    if (drive.is_root_device && rootAt >= 0) {
+      throw new ConfigError("ECONFIGINVALID", `Invalid config file: 'drives[${index}].is_root_device': a root block device already exists ('${list[rootAt]!.drive.drive_id}')`, `drives[${index}].is_root_device`);
+    }
+    if (drive.is_root_device) list.unshift({ drive, index });
+    else if (at >= 0) list.splice(at, 0, { drive, index });
+    else list.push({ drive, index });
+  });
+  return list;
+}
+
+/** A random locally administered unicast MAC, for an interface without guest_mac. */
+function randomMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfc) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
+}
+
+/**
+ * Converts a validated config to flint's machine description; throws
+ * ConfigError (ECONFIGUNSUPPORTED for what flint cannot do yet,
+ * ECONFIGINVALID for what Firecracker also refuses).
+ */
+export function toFlintMachine(cfg: VmConfig): FlintMachineSpec {
+  const ignored: string[] = [];
+  const m = cfg["machine-config"];
+  const cpus = m?.vcpu_count ?? FC_DEFAULT_VCPUS;
+  const memoryMib = m?.mem_size_mib ?? FC_DEFAULT_MEM_MIB;
+  if (m?.smt) throw unsupported("machine-config.smt", "is true: flint does not present SMT sibling threads to the guest");
+  if (m?.cpu_template && m.cpu_template !== "None") throw unsupported("machine-config.cpu_template", `'${m.cpu_template}': flint has no CPU templates`);
+  if (m?.huge_pages === "2M") throw unsupported("machine-config.huge_pages", "'2M' (hugetlbfs): flint backs guest memory with transparent huge pages only (use 'Transparent')");
+  if (m?.track_dirty_pages) ignored.push("machine-config.track_dirty_pages: ignored (it serves diff snapshots, which flint does not have yet)");
+  if (cfg["cpu-config"] != null) throw unsupported("cpu-config", "is set: flint has no custom CPU templates");
+  if (cfg.pmem && cfg.pmem.length > 0) throw unsupported("pmem", "lists devices: flint has no virtio-pmem device");
+  if (cfg["memory-hotplug"] != null) throw unsupported("memory-hotplug", "is set: flint has no virtio-mem device");
+  if (cfg["mmds-config"] != null) throw unsupported("mmds-config", "is set: flint has no MMDS yet");
+  if (cfg.logger != null) ignored.push("logger: ignored (flint writes no log file yet)");
+  if (cfg.metrics != null) ignored.push("metrics: ignored (flint writes no metrics file yet)");
+
+  const boot = cfg["boot-source"];
+  let cmdline = boot.boot_args ?? FC_DEFAULT_BOOT_ARGS;
+  const devices: VirtioDeviceConfig[] = [];
+
+  const b = cfg.balloon;
+  if (b != null) {
+    if (b.free_page_hinting) throw unsupported("balloon.free_page_hinting", "is true: flint's balloon has no free page hinting");
+    if (b.free_page_reporting) throw unsupported("balloon.free_page_reporting", "is true: flint's balloon has no free page reporting");
+    if (b.amount_mib > memoryMib) throw new ConfigError("ECONFIGINVALID", `Invalid config file: 'balloon.amount_mib' ${b.amount_mib} is more than the guest's ${memoryMib} MiB`, "balloon.amount_mib");
+    // flint's balloon always offers DEFLATE_ON_OOM and the statistics queue; the guest driver decides.
+    if (!b.deflate_on_oom) ignored.push("balloon.deflate_on_oom false: flint's balloon offers deflate-on-OOM anyway");
+    if (b.stats_polling_interval_s) ignored.push("balloon.stats_polling_interval_s: flint reads statistics when asked, not on a timer");
+    const options: BalloonOptions = { targetMib: b.amount_mib };
+    devices.push({ kind: "balloon", options });
+  }
+
+  for (const { drive, index } of orderDrives(cfg.drives)) {
+    const at = `drives[${index}]`;
+    if (drive.socket != null) throw unsupported(`${at}.socket`, "is set: flint has no vhost-user-blk");
+    if (drive.path_on_host == null) throw new ConfigError("ECONFIGINVALID", `Invalid config file: '${at}.path_on_host' is required for a virtio-blk drive`, `${at}.path_on_host`);
+    checkRateLimiter(`${at}.rate_limiter`, drive.rate_limiter);
+    const readOnly = drive.is_read_only ?? false;
+    // Firecracker's boot_source.rs: `root=PARTUUID=<uuid>` or `root=/dev/vda`, then `ro` or `rw`, appended.
+    if (drive.is_root_device) cmdline += ` root=${drive.partuuid != null ? `PARTUUID=${drive.partuuid}` : "/dev/vda"} ${readOnly ? "ro" : "rw"}`;
+    const options: BlockOptions = { path: drive.path_on_host, readOnly };
+    devices.push({ kind: "block", options });
+  }
+  // Both cache types are served the same: flint honours every guest flush (Writeback's contract), which
+  // Unsafe leaves out; io_engine picks Firecracker's host I/O path, which the guest cannot see.
+  if (cfg.drives.some((d) => d.cache_type === "Unsafe")) ignored.push("drives[].cache_type 'Unsafe': flint still honours guest flushes");
+  if (cfg.drives.some((d) => d.io_engine === "Async")) ignored.push("drives[].io_engine 'Async': flint's drives do synchronous I/O on their device thread");
+
+  const ifaces = new Map<string, number>();
+  const netList: { options: NetOptions; index: number }[] = [];
+  (cfg["network-interfaces"] ?? []).forEach((n, index) => {
+    const at = `network-interfaces[${index}]`;
+    checkRateLimiter(`${at}.rx_rate_limiter`, n.rx_rate_limiter);
+    checkRateLimiter(`${at}.tx_rate_limiter`, n.tx_rate_limiter);
+    const options: NetOptions = { tap: n.host_dev_name, mac: n.guest_mac ?? randomMac() };
+    if (n.mtu != null) options.mtu = n.mtu;
+    const same = ifaces.get(n.iface_id);
+    // As Firecracker's NetBuilder: an iface_id given again replaces the earlier one.
+    if (same !== undefined) netList[same] = { options, index };
+    else {
+      ifaces.set(n.iface_id, netList.length);
+      netList.push({ options, index });
+    }
+  });
+  const taps = new Set<string>(), macs = new Set<string>();
+  for (const { options, index } of netList) {
+    const at = `network-interfaces[${index}]`;
+    if (taps.has(options.tap)) throw new ConfigError("ECONFIGINVALID", `Invalid config file: '${at}.host_dev_name' '${options.tap}' is used by another interface`, `${at}.host_dev_name`);
+    const mac = options.mac.toLowerCase();
+    if (macs.has(mac)) throw new ConfigError("ECONFIGINVALID", `Invalid config file: '${at}.guest_mac' ${options.mac} is used by another interface`, `${at}.guest_mac`);
+    taps.add(options.tap);
+    macs.add(mac);
+    devices.push({ kind: "net", options });
+  }
+
+  if (cfg.vsock != null) {
+    const options: VsockOptions = { cid: cfg.vsock.guest_cid, uds: cfg.vsock.uds_path };
+    devices.push({ kind: "vsock", options });
+  }
+
+  if (cfg.entropy != null) {
+    checkRateLimiter("entropy.rate_limiter", cfg.entropy.rate_limiter);
+    devices.push({ kind: "rng", options: {} });
+  }
+
+  return {
+    cpus, memoryMib, kernelPath: boot.kernel_image_path,
+    ...(boot.initrd_path != null ? { initrdPath: boot.initrd_path } : {}),
+    cmdline, bootMode: "prefer-pvh", hugePages: m?.huge_pages === "Transparent",
+    virtioDevices: devices, ignored,
+  };
+}
