@@ -132,9 +132,10 @@ test("host-side tuning the guest cannot see is accepted and listed as ignored", 
     "logger": { log_path: "/tmp/fc.log", level: "Debug" },
     "metrics": { metrics_path: "/tmp/fc.metrics" },
     "balloon": { amount_mib: 0, deflate_on_oom: false, stats_polling_interval_s: 5 },
+    "x-tool-annotations": { owner: "ci" },
   }));
   assert.equal(m.virtioDevices.length, 2);
-  for (const what of ["track_dirty_pages", "cache_type", "io_engine", "logger", "metrics", "deflate_on_oom", "stats_polling_interval_s"]) {
+  for (const what of ["track_dirty_pages", "cache_type", "io_engine", "logger", "metrics", "deflate_on_oom", "stats_polling_interval_s", "x-tool-annotations: unknown key"]) {
     assert.ok(m.ignored.some((n) => n.includes(what)), `${what} listed in ${JSON.stringify(m.ignored)}`);
   }
 });

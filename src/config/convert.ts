@@ -19,7 +19,7 @@ import type { BlockOptions } from "../devices/virtio/block.js";
 import type { NetOptions } from "../devices/virtio/net.js";
 import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import type { VsockOptions } from "../devices/virtio/vsock/index.js";
-import { ConfigError, type Drive, type RateLimiter, type TokenBucket, type VmConfig } from "./schema.js";
+import { ConfigError, VM_CONFIG_KEYS, type Drive, type RateLimiter, type TokenBucket, type VmConfig } from "./schema.js";
 
 /**
  * Firecracker's command line when boot-source has no boot_args
@@ -107,6 +107,7 @@ function randomMac(): string {
  */
 export function toFlintMachine(cfg: VmConfig): FlintMachineSpec {
   const ignored: string[] = [];
+  for (const key of Object.keys(cfg)) if (!VM_CONFIG_KEYS.includes(key)) ignored.push(`${key}: unknown key, ignored (as Firecracker ignores it)`);
   const m = cfg["machine-config"];
   const cpus = m?.vcpu_count ?? FC_DEFAULT_VCPUS;
   const memoryMib = m?.mem_size_mib ?? FC_DEFAULT_MEM_MIB;

@@ -182,9 +182,12 @@ export const MemoryHotplugSchema = z.strictObject({
  * The `--config-file` JSON (resources.rs VmmConfig, keys in kebab-case).
  * "boot-source" and "drives" are required, as in Firecracker (neither has a
  * serde default there). "cpu-config" is a path or a custom template: flint
- * has no custom CPU templates, so only its presence matters.
+ * has no custom CPU templates, so only its presence matters. Unlike every
+ * resource inside it, the top level takes unknown keys: Firecracker's
+ * VmmConfig does not deny them, and tools that write config files rely on
+ * that; the converter names them as ignored (VM_CONFIG_KEYS).
  */
-export const VmConfigSchema = z.strictObject({
+export const VmConfigSchema = z.looseObject({
   "boot-source": BootSourceSchema,
   "drives": z.array(DriveSchema),
   "machine-config": z.nullish(MachineConfigSchema),
@@ -199,6 +202,9 @@ export const VmConfigSchema = z.strictObject({
   "pmem": z.optional(z.array(PmemSchema)),
   "memory-hotplug": z.nullish(MemoryHotplugSchema),
 });
+
+/** The top-level keys flint knows; any other is ignored, as Firecracker ignores it. */
+export const VM_CONFIG_KEYS: readonly string[] = Object.keys(VmConfigSchema.def.shape);
 
 /** A token bucket as given (swagger TokenBucket). */
 export type TokenBucket = z.infer<typeof TokenBucketSchema>;
