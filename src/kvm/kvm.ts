@@ -5,7 +5,7 @@
  */
 import { closeSync, openSync } from "node:fs";
 import {
-  KVM_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION, KVM_GET_MSR_INDEX_LIST,
+  EINTR, KVM_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION, KVM_GET_MSR_INDEX_LIST,
   KVM_GET_SUPPORTED_CPUID, KVM_GET_VCPU_MMAP_SIZE, kvm_msr_list,
 } from "../linux/abi.generated.js";
 import { dataView } from "../memory/le.js";
@@ -18,9 +18,15 @@ import { VmFd } from "./vm.js";
 /** Path of the KVM device ($FLINT_KVM_DEVICE overrides it, for tests of hosts without KVM). */
 export const KVM_DEVICE_PATH = process.env.FLINT_KVM_DEVICE ?? "/dev/kvm";
 
-/** Runs an ioctl and throws KvmError(EKVMIOCTL) on failure. */
+/** How many times kvmIoctl issues an ioctl that a signal interrupted (EINTR) before it gives up. */
+const EINTR_RETRIES = 100;
+
+/** Runs an ioctl (again when a signal interrupted it) and throws KvmError(EKVMIOCTL) on failure. */
 export function kvmIoctl(fd: number, request: number, arg: Parameters<typeof sys.ioctl>[2], what: string): number {
-  const r = sys.ioctl(fd, request, arg);
+  let r = sys.ioctl(fd, request, arg);
+  // A signal (a profiler's SIGPROF, flint's own kick) can interrupt a set-up ioctl such as
+  // KVM_CREATE_VM before it did anything: try again, a bounded number of times.
+  for (let tries = 1; r === -EINTR && tries < EINTR_RETRIES; tries++) r = sys.ioctl(fd, request, arg);
   if (r < 0) {
     const name = errnoName(-r);
     throw new KvmError("EKVMIOCTL", `${what} failed: ${name}`, name);
