@@ -222,31 +222,37 @@ static int blk_main(int argc, char **argv)
 
 /* --- net ---------------------------------------------------------------- */
 
+/* A TCP connection to ADDRESS:PORT; the peer may still be starting, so refusals are retried for a while. */
+static int connect_to(const char *address, const char *port)
+{
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)parse_number(port, "bad-port")) };
+	if (inet_pton(AF_INET, address, &to.sin_addr) != 1) {
+		errno = EINVAL;
+		fail("bad-address");
+	}
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	if (s < 0)
+		fail("socket");
+	for (int tries = 0; connect(s, (struct sockaddr *)&to, sizeof to) != 0; tries++) {
+		if (tries >= 50 || (errno != ECONNREFUSED && errno != ETIMEDOUT && errno != EHOSTUNREACH))
+			fail("connect");
+		sleep_ms(200);
+	}
+	return s;
+}
+
 static int send_main(int argc, char **argv)
 {
 	if (argc != 5) {
 		errno = EINVAL;
 		fail("usage:send-ADDRESS-PORT-DURATION_MS");
 	}
-	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)parse_number(argv[3], "bad-port")) };
-	if (inet_pton(AF_INET, argv[2], &to.sin_addr) != 1) {
-		errno = EINVAL;
-		fail("bad-address");
-	}
 	uint64_t duration_ns = (uint64_t)parse_number(argv[4], "bad-duration-ms") * 1000000u;
 	static unsigned char chunk[NET_CHUNK_BYTES];
 	for (size_t i = 0; i < sizeof chunk; i++)
 		chunk[i] = (unsigned char)(i * 131u + 7u);
 
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	if (s < 0)
-		fail("socket");
-	/* The receiver may still be starting: retry for a while. */
-	for (int tries = 0; connect(s, (struct sockaddr *)&to, sizeof to) != 0; tries++) {
-		if (tries >= 50 || (errno != ECONNREFUSED && errno != ETIMEDOUT && errno != EHOSTUNREACH))
-			fail("connect");
-		sleep_ms(200);
-	}
+	int s = connect_to(argv[2], argv[3]);
 	uint64_t start_ns = now_ns(), sent = 0;
 	while (now_ns() - start_ns < duration_ns) {
 		ssize_t n = write(s, chunk, sizeof chunk);
@@ -275,21 +281,9 @@ static int recv_main(int argc, char **argv)
 		errno = EINVAL;
 		fail("usage:recv-ADDRESS-PORT-DURATION_MS");
 	}
-	struct sockaddr_in from = { .sin_family = AF_INET, .sin_port = htons((uint16_t)parse_number(argv[3], "bad-port")) };
-	if (inet_pton(AF_INET, argv[2], &from.sin_addr) != 1) {
-		errno = EINVAL;
-		fail("bad-address");
-	}
 	char request[32];
 	int request_len = snprintf(request, sizeof request, "%ld\n", parse_number(argv[4], "bad-duration-ms"));
-	int s = socket(AF_INET, SOCK_STREAM, 0);
-	if (s < 0)
-		fail("socket");
-	for (int tries = 0; connect(s, (struct sockaddr *)&from, sizeof from) != 0; tries++) {
-		if (tries >= 50 || (errno != ECONNREFUSED && errno != ETIMEDOUT && errno != EHOSTUNREACH))
-			fail("connect");
-		sleep_ms(200);
-	}
+	int s = connect_to(argv[2], argv[3]);
 	if (write(s, request, (size_t)request_len) != request_len)
 		fail("write");
 	static unsigned char chunk[NET_CHUNK_BYTES];
