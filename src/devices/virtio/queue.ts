@@ -258,24 +258,14 @@ export class SplitQueue implements VirtQueue {
   }
 
   pushUsed(head: number, writtenBytes: number): void {
-    if (this.session) {
-      const s = this.session;
-      s.exclusive(() => { if (s.live()) this.publishUsed(head, writtenBytes); });
-    } else {
-      this.publishUsed(head, writtenBytes);
-    }
+    this.ringWrite(() => this.publishUsed(head, writtenBytes));
   }
 
   pushUsedMany(heads: ArrayLike<number>, lens: ArrayLike<number>, count: number): void {
     if (!Number.isInteger(count) || count < 0 || count > heads.length || count > lens.length || count > this.inFlight) {
       throw new QueueError("EQUEUEUSED", `Cannot return ${count} chains: ${this.inFlight} are in flight`);
     }
-    if (this.session) {
-      const s = this.session;
-      s.exclusive(() => { if (s.live()) this.publishUsedMany(heads, lens, count); });
-    } else {
-      this.publishUsedMany(heads, lens, count);
-    }
+    this.ringWrite(() => this.publishUsedMany(heads, lens, count));
   }
 
   private publishUsed(head: number, writtenBytes: number): void {
