@@ -222,6 +222,25 @@ static int blk_main(int argc, char **argv)
 
 /* --- net ---------------------------------------------------------------- */
 
+/* The bytes a TCP stream carries (send and source alike). */
+static void fill_pattern(unsigned char *chunk, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		chunk[i] = (unsigned char)(i * 131u + 7u);
+}
+
+/* The next connection on listener `l` (an interrupted or aborted accept is retried). */
+static int accept_one(int l)
+{
+	for (;;) {
+		int s = accept(l, NULL, NULL);
+		if (s >= 0)
+			return s;
+		if (errno != EINTR && errno != ECONNABORTED)
+			fail("accept");
+	}
+}
+
 /* A TCP connection to ADDRESS:PORT; the peer may still be starting, so refusals are retried for a while. */
 static int connect_to(const char *address, const char *port)
 {
@@ -249,8 +268,7 @@ static int send_main(int argc, char **argv)
 	}
 	uint64_t duration_ns = (uint64_t)parse_number(argv[4], "bad-duration-ms") * 1000000u;
 	static unsigned char chunk[NET_CHUNK_BYTES];
-	for (size_t i = 0; i < sizeof chunk; i++)
-		chunk[i] = (unsigned char)(i * 131u + 7u);
+	fill_pattern(chunk, sizeof chunk);
 
 	int s = connect_to(argv[2], argv[3]);
 	uint64_t start_ns = now_ns(), sent = 0;
@@ -324,15 +342,9 @@ static int listen_on(uint16_t port)
 static __attribute__((noreturn)) void source_loop(int l)
 {
 	static unsigned char chunk[NET_CHUNK_BYTES];
-	for (size_t i = 0; i < sizeof chunk; i++)
-		chunk[i] = (unsigned char)(i * 131u + 7u);
+	fill_pattern(chunk, sizeof chunk);
 	for (;;) {
-		int s = accept(l, NULL, NULL);
-		if (s < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			fail("accept");
-		}
+		int s = accept_one(l);
 		/* The request: the duration in decimal, then a newline. */
 		char request[32];
 		size_t got = 0;
@@ -387,12 +399,7 @@ static int sink_main(int argc, char **argv)
 	printf(REPORT "test=listening port=%s\n", argv[2]);
 	static unsigned char chunk[NET_CHUNK_BYTES];
 	for (;;) {
-		int s = accept(l, NULL, NULL);
-		if (s < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			fail("accept");
-		}
+		int s = accept_one(l);
 		uint64_t received = 0, first_ns = 0, end_ns;
 		for (;;) {
 			ssize_t n = read(s, chunk, sizeof chunk);
