@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { debianKernel } from "../guest/debian-kernel.js";
 import { defaultInit, buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 
 /** `quiet`: every console byte is a nested exit, which the outer TCG VM makes expensive. */
@@ -75,7 +75,10 @@ describe("flint boots real Linux (nested harness)", { timeout: 30 * 60_000 }, ()
       `wait; exec 3>&-`,
     ].join("\n");
     results.set("shell-stdin", { exitCode: -1, output: "" });
-    nested = await runNested({ command: `${script}\n${stdinScript}`, timeoutMs: 18 * 60_000, shareDir: share, memoryMib: 2048 });
+    const retryAfterTimeout = () => {
+      for (const c of [...cases, { name: "shell-stdin" }]) for (const ext of [".out", ".out.rc"]) rmSync(join(share, `${c.name}${ext}`), { force: true });
+    };
+    nested = await runNested({ command: `${script}\n${stdinScript}`, timeoutMs: 18 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
     for (const c of [...cases, { name: "shell-stdin" }]) {
       let exitCode = -1;
       let output = "";
@@ -93,7 +96,7 @@ describe("flint boots real Linux (nested harness)", { timeout: 30 * 60_000 }, ()
 
   function check(name: string): { result: CaseResult; report: ReturnType<typeof parseGuestReport> } {
     const result = results.get(name)!;
-    const tail = `${result.output.slice(-3000)}\n--- outer serial tail ---\n${nested.serial.slice(-1500)}`;
+    const tail = `${describeNestedRun(nested)}\n${result.output.slice(-3000)}\n--- outer serial tail ---\n${nested.serial.slice(-1500)}`;
     assert.equal(nested.timedOut, false, `nested harness timed out\n${tail}`);
     assert.equal(result.exitCode, 0, `flint exit code ${result.exitCode}\n${tail}`);
     const report = parseGuestReport(result.output);

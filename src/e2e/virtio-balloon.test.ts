@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
-import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const LIBRARY = fileURLToPath(new URL("../index.js", import.meta.url));
 const GUEST_MIB = 256;
@@ -113,14 +113,15 @@ describe("real Linux gives memory back through flint's virtio-balloon (nested ha
     writeFileSync(script, HOST_SCRIPT);
     const outFile = join(share, "out.txt"), hostFile = join(share, "host.txt");
     const command = `timeout 500 ${q(process.execPath)} ${q(script)} ${q(LIBRARY)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(hostFile)} </dev/null >${q(outFile)} 2>&1`;
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048 });
+    const retryAfterTimeout = () => { for (const f of [outFile, hostFile]) rmSync(f, { force: true }); };
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
     out = readTextIfAny(outFile);
     hostOut = readTextIfAny(hostFile);
   });
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
-  const why = () => `${out.slice(-2000)}\n--- host ---\n${hostOut}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const why = () => `${describeNestedRun(nested)}\n${out.slice(-2000)}\n--- host ---\n${hostOut}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
   const value = (key: string) => e2eValue(key, out, hostOut);
   const num = (key: string) => Number(value(key) ?? Number.NaN);
 

@@ -28,7 +28,7 @@ import { BOOT_TIMER_GUEST_ADDR, buildInitramfs, LOAD_MODULES_SH, parseGuestRepor
 import { e2eValue } from "../harness/e2e-report.js";
 import { buildExt4Image } from "../harness/guest-disks.js";
 import { E2E_GUEST_NET, ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
-import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
@@ -154,7 +154,8 @@ describe("Debian's distro kernel uses flint's virtio devices (nested harness)", 
       `timeout 300 ${q(process.execPath)} ${q(CLI)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1; echo $? >${q(outFile)}.rc`,
       "kill $helper 2>/dev/null; wait",
     ].join("\n");
-    nested = await runNested({ command, timeoutMs: 10 * 60_000, shareDir: share, memoryMib: 2048 });
+    const retryAfterTimeout = () => { for (const f of [outFile, `${outFile}.rc`, hostFile]) rmSync(f, { force: true }); };
+    nested = await runNested({ command, timeoutMs: 10 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
     try {
       out = readFileSync(outFile, "utf8");
       exitCode = Number(readFileSync(`${outFile}.rc`, "utf8").trim());
@@ -167,7 +168,7 @@ describe("Debian's distro kernel uses flint's virtio devices (nested harness)", 
   after(() => rmSync(share, { recursive: true, force: true }));
 
   const why = () =>
-    `${out.slice(-3000)}\n--- host helper ---\n${hostOut}\n--- nested output ---\n${nested?.output.slice(-1500)}` +
+    `${describeNestedRun(nested)}; flint's exit status: ${exitCode < 0 ? "not recorded" : exitCode}\n${out.slice(-3000)}\n--- host helper ---\n${hostOut}\n--- nested output ---\n${nested?.output.slice(-1500)}` +
     `\n--- outer serial tail (nested run ${nested?.durationMs} ms) ---\n${nested?.serial.slice(-1500)}`;
   /** The value of the last "flint-e2e: key=value" line from the guest console or the host helper. */
   const line = (key: string) => e2eValue(key, out, hostOut);

@@ -18,7 +18,7 @@ import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue } from "../harness/e2e-report.js";
 import { buildBusyboxRootfs } from "../harness/guest-disks.js";
 import { initPrologue } from "../harness/guest-scripts.js";
-import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
@@ -54,6 +54,11 @@ describe("real Linux uses flint's virtio devices (nested harness)", { timeout: 3
     nested = await runNested({
       command: `timeout 300 ${q(process.execPath)} ${q(CLI)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1; echo $? >${q(outFile)}.rc`,
       timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048,
+      // The first attempt's guest may have written to the root file system: start the second from a fresh one.
+      retryAfterTimeout: () => {
+        for (const f of [outFile, `${outFile}.rc`, rootfs]) rmSync(f, { force: true });
+        buildBusyboxRootfs(share, rootfs, ROOT_INIT, ["bin", "proc", "sys", "dev", "tmp"]);
+      },
     });
     try {
       out = readFileSync(outFile, "utf8");
@@ -65,7 +70,7 @@ describe("real Linux uses flint's virtio devices (nested harness)", { timeout: 3
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
-  const why = () => `${out.slice(-3000)}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const why = () => `${describeNestedRun(nested)}; flint's exit status: ${exitCode < 0 ? "not recorded" : exitCode}\n${out.slice(-3000)}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
   const line = (key: string) => e2eValue(key, out);
 
   it("boots with an ext4 root file system on virtio-blk and exits 0 on poweroff", () => {

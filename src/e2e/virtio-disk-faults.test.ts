@@ -30,7 +30,7 @@ import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { buildBusyboxRootfs, buildExt4Image } from "../harness/guest-disks.js";
 import { initPrologue } from "../harness/guest-scripts.js";
-import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
@@ -153,7 +153,8 @@ echo "flint-e2e: flint-exit=$?" >>"$log"
 echo "flint-e2e: full-fs-free=$(df -k ${scratch}/full | awk 'NR == 2 { print $4 }')" >>"$log"
 dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umount ${scratch}/full
 `;
-    nested = await runNested({ command, timeoutMs: 30 * 60_000, shareDir: share, memoryMib: 2048 });
+    const retryAfterTimeout = () => { for (const f of [consoleFile, stderrFile, setupLog]) rmSync(f, { force: true }); };
+    nested = await runNested({ command, timeoutMs: 30 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
     console_ = readTextIfAny(consoleFile);
     stderr = readTextIfAny(stderrFile);
     exitCode = Number(e2eValue("flint-exit", readTextIfAny(setupLog)) ?? -1);
@@ -162,7 +163,7 @@ dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umo
   after(() => rmSync(share, { recursive: true, force: true }));
 
   const why = () =>
-    `--- setup ---\n${readTextIfAny(setupLog).slice(-2000)}\n--- flint stderr ---\n${stderr.slice(-2000)}\n` +
+    `${describeNestedRun(nested)}; flint's exit status: ${exitCode < 0 ? "not recorded" : exitCode}\n--- setup ---\n${readTextIfAny(setupLog).slice(-2000)}\n--- flint stderr ---\n${stderr.slice(-2000)}\n` +
     `--- guest console ---\n${console_.slice(-4000)}\n--- outer output ---\n${nested?.output.slice(-1000)}\n` +
     `--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
   const line = (key: string) => e2eValue(key, console_);

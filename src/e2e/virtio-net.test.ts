@@ -12,7 +12,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -22,8 +22,9 @@ import {
   ETH_FRAME_LEN, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
   VIRTIO_NET_F_MRG_RXBUF,
 } from "../linux/abi.generated.js";
+import { readTextIfAny } from "../harness/e2e-report.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { runNested, type NestedResult } from "../harness/nested.js";
+import { describeNestedRun, runNested, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -126,19 +127,17 @@ describe("real Linux uses flint's virtio-net over a TAP (nested harness)", { tim
       `timeout 240 ${q(process.execPath)} ${q(CLI)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1; echo $? >${q(outFile)}.rc`,
       "sleep 1; kill $listener $sender 2>/dev/null; wait",
     ].join("\n");
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048 });
-    try {
-      out = readFileSync(outFile, "utf8");
-      exitCode = Number(readFileSync(`${outFile}.rc`, "utf8").trim());
-      received = readFileSync(recvFile);
-    } catch {
-      // asserted below
-    }
+    const retryAfterTimeout = () => { for (const f of [outFile, `${outFile}.rc`, recvFile]) rmSync(f, { force: true }); };
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    out = readTextIfAny(outFile);
+    const rc = readTextIfAny(`${outFile}.rc`).trim();
+    exitCode = rc === "" ? -1 : Number(rc);
+    if (existsSync(recvFile)) received = readFileSync(recvFile);
   });
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
-  const why = () => `${out.slice(-3000)}\n--- nested output ---\n${nested?.output.slice(-1500)}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const why = () => `${describeNestedRun(nested)}; flint's exit status: ${exitCode < 0 ? "not recorded" : exitCode}\n${out.slice(-3000)}\n--- nested output ---\n${nested?.output.slice(-1500)}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
   const line = (key: string) => new RegExp(`flint-e2e: ${key}=(\\S*)`).exec(out)?.[1]?.trim();
 
   it("boots with --net and exits 0 on poweroff; the guest's eth0 has the configured MAC", () => {

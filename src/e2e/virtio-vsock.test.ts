@@ -21,7 +21,7 @@ import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { initPrologue } from "../harness/guest-scripts.js";
-import { runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const GUEST_PORT = 1234;
@@ -193,14 +193,15 @@ describe("real Linux talks to the host over flint's virtio-vsock (nested harness
     const uds = "/dev/shm/flint-vsock/v.sock";
     const args = ["run", "--kernel", kernel.vmlinux, "--initrd", initrd, "--cmdline", cmdline, "--memory", "256", "--cpus", "2"];
     const command = `mkdir -p /dev/shm/flint-vsock && timeout 400 ${q(process.execPath)} ${q(helper)} ${q(CLI)} ${q(uds)} ${q(hostFile)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1`;
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048 });
+    const retryAfterTimeout = () => { for (const f of [outFile, hostFile]) rmSync(f, { force: true }); };
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
     out = readTextIfAny(outFile);
     hostOut = readTextIfAny(hostFile);
   });
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
-  const why = () => `${out.slice(-3000)}\n--- host helper ---\n${hostOut}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const why = () => `${describeNestedRun(nested)}\n${out.slice(-3000)}\n--- host helper ---\n${hostOut}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
   const line = (key: string) => e2eValue(key, out, hostOut);
 
   it("boots, and the guest powers off with flint exiting 0", () => {

@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { NestedError, runNested } from "./nested.js";
+import { describeNestedRun, NestedError, runNested } from "./nested.js";
 
 /** Generous: a round trip is ~10-20 s alone, several times that when other TCG VMs share the 2 cores. */
 const TIMEOUT_MS = 180_000;
@@ -58,6 +58,19 @@ describe("runNested", { timeout: 5 * TIMEOUT_MS + 20 * 60_000 }, () => {
     assert.equal(result.timedOut, true);
     assert.equal(result.exitCode, -1);
     assert.ok(result.durationMs >= timeoutMs && result.durationMs < timeoutMs + 5000, `${result.durationMs} ms`);
+  });
+
+  it("with retryAfterTimeout, runs a timed-out command once more in a fresh outer VM, and says so", async () => {
+    let retries = 0;
+    const result = await runNested({ command: "sleep 600", timeoutMs: 3000, kvm: false, retryAfterTimeout: () => void retries++ });
+    assert.equal(retries, 1);
+    assert.equal(result.attempts, 2);
+    assert.equal(result.timedOut, true);
+    assert.match(describeNestedRun(result), /killed at its time limit .*second outer VM/);
+    const once = await runNested({ command: "exit 3", timeoutMs: TIMEOUT_MS, kvm: false, retryAfterTimeout: () => void retries++ });
+    assert.equal(retries, 1, "a run that ended in time is not retried");
+    assert.equal(once.attempts, 1);
+    assert.match(describeNestedRun(once), /^the nested command exited 3 after \d+ s$/);
   });
 
   it("rejects a relative shareDir before starting QEMU", async () => {

@@ -107,6 +107,14 @@ export interface NestedOptions {
   onSerial?: (text: string) => void;
   /** Receives progress of the Debian kernel download the first time. */
   onProgress?: ProgressCallback;
+  /**
+   * When given, a run stopped at `timeoutMs` is run once more in a fresh outer
+   * VM, after this is called (it removes what the first attempt wrote). The TCG
+   * outer VM has been seen to freeze; a command whose own steps have shorter
+   * time limits (`timeout 240 flint ...`) tells a frozen outer VM, which times
+   * out here, from a hang of what it runs, which ends within its own limit.
+   */
+  retryAfterTimeout?: () => void;
 }
 
 /** The outcome of {@link runNested}. */
@@ -117,8 +125,10 @@ export interface NestedResult {
   output: string;
   /** Wall-clock time from starting QEMU to its exit, in milliseconds. */
   durationMs: number;
-  /** True if the run was stopped at `timeoutMs`. */
+  /** True if the (last) run was stopped at `timeoutMs`. */
   timedOut: boolean;
+  /** Outer VMs booted: 2 when the first timed out and `retryAfterTimeout` ran it again. */
+  attempts: number;
   /** The outer VM's whole console log (kernel messages and /init's report lines). */
   serial: string;
   /** The host directory that was shared writable (deleted already if the harness created it). */
@@ -251,6 +261,26 @@ function commandScript(command: string, cwd: string, env: Record<string, string>
  * guest failure is reported in the result. Prints nothing.
  */
 export async function runNested(options: NestedOptions): Promise<NestedResult> {
+  const first = await runNestedOnce(options);
+  if (!first.timedOut || !options.retryAfterTimeout) return first;
+  options.retryAfterTimeout();
+  return { ...(await runNestedOnce(options)), attempts: 2 };
+}
+
+/**
+ * One line that says how a nested run ended, for the start of an end-to-end
+ * test's failure message (a CI summary shows the start of it).
+ */
+export function describeNestedRun(result: NestedResult | undefined): string {
+  if (!result) return "the nested run never ended (its set-up failed)";
+  const s = (result.durationMs / 1000).toFixed(0);
+  const retried = result.attempts > 1 ? ", in a second outer VM after the first timed out" : "";
+  if (result.timedOut) return `the outer VM was killed at its time limit after ${s} s${retried}`;
+  if (result.exitCode < 0) return `the outer VM ended after ${s} s without the command's exit status${retried}`;
+  return `the nested command exited ${result.exitCode} after ${s} s${retried}`;
+}
+
+async function runNestedOnce(options: NestedOptions): Promise<NestedResult> {
   const cpus = options.cpus ?? 2;
   const memoryMib = options.memoryMib ?? 2048;
   const kvm = options.kvm ?? true;
@@ -297,6 +327,7 @@ export async function runNested(options: NestedOptions): Promise<NestedResult> {
       output: existsSync(outputFile) ? readFileSync(outputFile, "utf8") : "",
       durationMs,
       timedOut,
+      attempts: 1,
       serial,
       shareDir,
     };
