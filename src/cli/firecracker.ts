@@ -1,10 +1,14 @@
 /**
  * `flint` with no subcommand: Firecracker's process flags
  * (src/firecracker/src/main.rs in Firecracker's tree), so tools that start a
- * `firecracker` binary can start flint. Today only the config-file mode runs:
- * `flint --no-api --config-file vm.json` boots the VM the file describes with
- * its serial console on stdout and `flint run`'s exit codes. The API socket
- * (the default without --no-api) answers with a one-line "not yet".
+ * `firecracker` binary can start flint:
+ *   - `--api-sock PATH` (the default mode) serves Firecracker's API on PATH
+ *     (src/vmm/api-server.ts); with `--config-file` as well, the VM the file
+ *     describes boots first and the API then serves it;
+ *   - `--no-api --config-file vm.json` boots that VM with no socket.
+ * The guest's serial console is on stdout; the process ends with the VM,
+ * with `flint run`'s exit codes (0 when the guest powered off or reset, 1
+ * when the VM failed), and on SIGTERM or SIGINT, which end the VM at once.
  *
  * Flags accepted and not acted on yet (logging, metrics, seccomp, start-time
  * stamps, payload and MMDS size limits) change nothing a guest can see.
@@ -12,8 +16,10 @@
 import { readFileSync } from "node:fs";
 import { toFlintMachine } from "../config/convert.js";
 import { ConfigError, parseVmConfig } from "../config/schema.js";
-import { checkVirtioDevices } from "./devices.js";
-import { runVm } from "./run.js";
+import { ApiServer } from "../vmm/api-server.js";
+import { checkVirtioDevices } from "../vmm/host-checks.js";
+import { Vm } from "../vmm/vm.js";
+import { exitCode, runVm } from "./run.js";
 
 /** A Firecracker process flag flint refuses; `code` is stable. */
 export class FlagError extends Error {
@@ -39,6 +45,10 @@ export interface FirecrackerFlags {
   seccomp: boolean;
   describeSnapshot?: string;
   snapshotVersion?: boolean;
+  httpApiMaxPayloadSize?: number;
+  mmdsSizeLimit?: number;
+  /** flint's version, reported by GET / and GET /version. */
+  version?: string;
 }
 
 /** Longest instance id Firecracker takes (utils/src/validators.rs). */
@@ -56,19 +66,11 @@ export async function runFirecracker(o: FirecrackerFlags): Promise<number> {
   checkInstanceId(o.id);
   if (o.seccompFilter !== undefined && !o.seccomp) throw new FlagError("EFLAG", "--seccomp-filter and --no-seccomp cannot be given together");
   if (o.describeSnapshot !== undefined || o.snapshotVersion) throw new FlagError("EFLAGNOTYET", "Snapshots are not supported yet: --describe-snapshot and --snapshot-version have nothing to describe");
-  if (o.metadata !== undefined) throw new FlagError("EFLAGNOTYET", "--metadata is not supported yet: flint has no MMDS");
-  if (o.api) {
-    throw new FlagError("EFLAGNOTYET", `The API socket is not supported yet (--api-sock ${o.apiSock}): start with --no-api --config-file FILE`);
-  }
+  if (o.api) return serveApi(o);
+  if (o.metadata !== undefined) throw new FlagError("EFLAG", "--metadata needs the API (MMDS data is served through it): drop --no-api");
   if (o.configFile === undefined) throw new FlagError("EFLAG", "--no-api needs --config-file FILE");
 
-  let text: string;
-  try {
-    text = readFileSync(o.configFile, "utf8");
-  } catch (e) {
-    throw new ConfigError("ECONFIGFILE", `Cannot read config file '${o.configFile}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  const spec = toFlintMachine(parseVmConfig(text));
+  const spec = toFlintMachine(readConfigFile(o.configFile));
   checkVirtioDevices(spec.virtioDevices);
   for (const note of spec.ignored) process.stderr.write(`flint: config ${note}\n`);
   return runVm({
@@ -77,4 +79,65 @@ export async function runFirecracker(o: FirecrackerFlags): Promise<number> {
     acpi: true, hugePages: spec.hugePages, mergeable: false, bootTime: !!o.bootTimer,
     virtioDevices: spec.virtioDevices,
   });
+}
+
+function readConfigFile(path: string): ReturnType<typeof parseVmConfig> {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new ConfigError("ECONFIGFILE", `Cannot read config file '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return parseVmConfig(text);
+}
+
+/**
+ * The API mode: one Vm behind Firecracker's API on --api-sock. Resolves
+ * with the exit code once the VM has ended (or the process was told to
+ * stop); bad flags or a bad config file throw before the socket exists.
+ */
+async function serveApi(o: FirecrackerFlags): Promise<number> {
+  const vm = new Vm({
+    id: o.id, version: o.version ?? "0.0.0", consoleOutput: process.stdout,
+    onHostError: (device, message) => process.stderr.write(`flint: host error in ${device}: ${message}\n`),
+    onSlowEnd: (message) => process.stderr.write(`flint: ${message}\n`),
+  });
+  const config = o.configFile !== undefined ? readConfigFile(o.configFile) : undefined;
+  if (config) {
+    const spec = toFlintMachine(config);
+    for (const note of spec.ignored) process.stderr.write(`flint: config ${note}\n`);
+    vm.resources.load(config);
+  }
+  const api = await ApiServer.listen(vm, o.apiSock, {
+    ...(o.httpApiMaxPayloadSize !== undefined ? { maxPayloadBytes: o.httpApiMaxPayloadSize } : {}),
+    ...(o.mmdsSizeLimit !== undefined ? { mmdsSizeLimit: o.mmdsSizeLimit } : {}),
+    onError: (line) => { if (process.env.FLINT_DEBUG) process.stderr.write(`flint: ${line}\n`); },
+  });
+  try {
+    if (o.metadata !== undefined) {
+      let data: unknown;
+      try {
+        data = JSON.parse(readFileSync(o.metadata, "utf8"));
+      } catch (e) {
+        throw new FlagError("EFLAG", `Invalid --metadata '${o.metadata}': ${(e as Error).message.split("\n")[0]}`);
+      }
+      api.mmdsStore.put(data);
+    }
+    if (config) await vm.start();
+    // The process ends with the VM (as Firecracker's does), or at SIGTERM/SIGINT.
+    const signalled = new Promise<number>((resolve) => {
+      const onSignal = (sig: NodeJS.Signals) => {
+        process.stderr.write(`flint: ${sig}: ending the VM\n`);
+        void vm.kill().then(() => resolve(sig === "SIGINT" ? 130 : 143));
+      };
+      process.once("SIGTERM", onSignal);
+      process.once("SIGINT", onSignal);
+    });
+    const ended = new Promise<number>((resolve) => vm.once("exit", (result) => resolve(exitCode(result))));
+    const code = await Promise.race([signalled, ended]);
+    setTimeout(() => process.exit(code), 1000).unref();
+    return code;
+  } finally {
+    await api.close();
+  }
 }

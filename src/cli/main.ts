@@ -44,11 +44,11 @@ function buildProgram(): Command {
 
   // Firecracker's process flags (firecracker.ts), for `flint` without a subcommand.
   program
-    .option("--api-sock <path>", "Firecracker API socket (not supported yet: use --no-api --config-file)", FC_DEFAULT_API_SOCK)
+    .option("--api-sock <path>", "serve Firecracker's API on this Unix socket", FC_DEFAULT_API_SOCK)
     .option("--id <id>", "instance id (letters, digits, '-'; at most 64)", FC_DEFAULT_INSTANCE_ID)
     .option("--config-file <path>", "boot the VM a Firecracker config file describes")
     .option("--no-api", "no API socket (needs --config-file)")
-    .option("--metadata <path>", "MMDS contents (not supported yet)")
+    .option("--metadata <path>", "a JSON file to fill the MMDS data store with")
     .option("--boot-timer", "print the time until the guest wrote the boot-timer address")
     .option("--seccomp-filter <path>", "accepted, not applied yet")
     .option("--no-seccomp", "accepted (flint installs no seccomp filter yet)")
@@ -61,8 +61,8 @@ function buildProgram(): Command {
     .option("--start-time-us <us>", "accepted, ignored")
     .option("--start-time-cpu-us <us>", "accepted, ignored")
     .option("--parent-cpu-time-us <us>", "accepted, ignored")
-    .option("--http-api-max-payload-size <bytes>", "accepted, ignored (no API yet)", wholeNumber("--http-api-max-payload-size"))
-    .option("--mmds-size-limit <bytes>", "accepted, ignored (no MMDS yet)", wholeNumber("--mmds-size-limit"))
+    .option("--http-api-max-payload-size <bytes>", "largest API request body (default 51200)", wholeNumber("--http-api-max-payload-size"))
+    .option("--mmds-size-limit <bytes>", "largest MMDS data store (default: the payload limit)", wholeNumber("--mmds-size-limit"))
     .option("--enable-pci", "accepted, ignored (flint's devices are virtio-mmio)")
     .option("--describe-snapshot <path>", "not supported yet")
     .option("--snapshot-version", "not supported yet")
@@ -71,7 +71,7 @@ function buildProgram(): Command {
       if (cmd.args.length > 0) program.error(`error: unknown command '${cmd.args[0]}'`);
       // Loaded only here: the schema library costs every other command start-up time.
       const { runFirecracker } = await import("./firecracker.js");
-      process.exitCode = await runFirecracker(o);
+      process.exitCode = await runFirecracker({ ...o, version: pkg.version });
     });
 
   program

@@ -125,7 +125,8 @@ const RESET_SOURCES = {
   "kvm": "KVM system-event reset",
 } as const;
 
-function exitCode(result: MachineResult, quit: boolean): number {
+/** Says on stderr how the VM ended (for a reset or a failure) and returns flint's exit code for it. */
+export function exitCode(result: MachineResult, quit = false): number {
   const r = result.reason;
   if (result.debugExit?.status !== undefined) return result.debugExit.status;
   switch (r.kind) {

@@ -77,14 +77,14 @@ function checkRateLimiter(field: string, r: RateLimiter | null | undefined): voi
  * drive_id given again replaces the earlier entry in place; the root device
  * goes first; a second root device is refused.
  */
-function orderDrives(drives: readonly Drive[]): { drive: Drive; index: number }[] {
+function orderDrives(drives: readonly Drive[], what: string): { drive: Drive; index: number }[] {
   const list: { drive: Drive; index: number }[] = [];
   drives.forEach((drive, index) => {
     const at = list.findIndex((d) => d.drive.drive_id === drive.drive_id);
     if (at >= 0) list.splice(at, 1);
     const rootAt = list.findIndex((d) => d.drive.is_root_device);
     if (drive.is_root_device && rootAt >= 0) {
-      throw new ConfigError("ECONFIGINVALID", `Invalid config file: 'drives[${index}].is_root_device': a root block device already exists ('${list[rootAt]!.drive.drive_id}')`, `drives[${index}].is_root_device`);
+      throw new ConfigError("ECONFIGINVALID", `Invalid ${what}: 'drives[${index}].is_root_device': a root block device already exists ('${list[rootAt]!.drive.drive_id}')`, `drives[${index}].is_root_device`);
     }
     if (drive.is_root_device) list.unshift({ drive, index });
     else if (at >= 0) list.splice(at, 0, { drive, index });
@@ -103,9 +103,10 @@ function randomMac(): string {
 /**
  * Converts a validated config to flint's machine description; throws
  * ConfigError (ECONFIGUNSUPPORTED for what flint cannot do yet,
- * ECONFIGINVALID for what Firecracker also refuses).
+ * ECONFIGINVALID for what Firecracker also refuses). `what` names the
+ * source in messages ("config file", or the API request).
  */
-export function toFlintMachine(cfg: VmConfig): FlintMachineSpec {
+export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachineSpec {
   const ignored: string[] = [];
   for (const key of Object.keys(cfg)) if (!VM_CONFIG_KEYS.includes(key)) ignored.push(`${key}: unknown key, ignored (as Firecracker ignores it)`);
   const m = cfg["machine-config"];
@@ -130,7 +131,7 @@ export function toFlintMachine(cfg: VmConfig): FlintMachineSpec {
   if (b != null) {
     if (b.free_page_hinting) throw unsupported("balloon.free_page_hinting", "is true: flint's balloon has no free page hinting");
     if (b.free_page_reporting) throw unsupported("balloon.free_page_reporting", "is true: flint's balloon has no free page reporting");
-    if (b.amount_mib > memoryMib) throw new ConfigError("ECONFIGINVALID", `Invalid config file: 'balloon.amount_mib' ${b.amount_mib} is more than the guest's ${memoryMib} MiB`, "balloon.amount_mib");
+    if (b.amount_mib > memoryMib) throw new ConfigError("ECONFIGINVALID", `Invalid ${what}: 'balloon.amount_mib' ${b.amount_mib} is more than the guest's ${memoryMib} MiB`, "balloon.amount_mib");
     // flint's balloon always offers DEFLATE_ON_OOM and the statistics queue; the guest driver decides.
     if (!b.deflate_on_oom) ignored.push("balloon.deflate_on_oom false: flint's balloon offers deflate-on-OOM anyway");
     if (b.stats_polling_interval_s) ignored.push("balloon.stats_polling_interval_s: flint reads statistics when asked, not on a timer");
@@ -138,10 +139,10 @@ export function toFlintMachine(cfg: VmConfig): FlintMachineSpec {
     devices.push({ kind: "balloon", options });
   }
 
-  for (const { drive, index } of orderDrives(cfg.drives)) {
+  for (const { drive, index } of orderDrives(cfg.drives, what)) {
     const at = `drives[${index}]`;
     if (drive.socket != null) throw unsupported(`${at}.socket`, "is set: flint has no vhost-user-blk");
-    if (drive.path_on_host == null) throw new ConfigError("ECONFIGINVALID", `Invalid config file: '${at}.path_on_host' is required for a virtio-blk drive`, `${at}.path_on_host`);
+    if (drive.path_on_host == null) throw new ConfigError("ECONFIGINVALID", `Invalid ${what}: '${at}.path_on_host' is required for a virtio-blk drive`, `${at}.path_on_host`);
     checkRateLimiter(`${at}.rate_limiter`, drive.rate_limiter);
     const readOnly = drive.is_read_only ?? false;
     // Firecracker's boot_source.rs: `root=PARTUUID=<uuid>` or `root=/dev/vda`, then `ro` or `rw`, appended.
@@ -173,9 +174,9 @@ export function toFlintMachine(cfg: VmConfig): FlintMachineSpec {
   const taps = new Set<string>(), macs = new Set<string>();
   for (const { options, index } of netList) {
     const at = `network-interfaces[${index}]`;
-    if (taps.has(options.tap)) throw new ConfigError("ECONFIGINVALID", `Invalid config file: '${at}.host_dev_name' '${options.tap}' is used by another interface`, `${at}.host_dev_name`);
+    if (taps.has(options.tap)) throw new ConfigError("ECONFIGINVALID", `Invalid ${what}: '${at}.host_dev_name' '${options.tap}' is used by another interface`, `${at}.host_dev_name`);
     const mac = options.mac.toLowerCase();
-    if (macs.has(mac)) throw new ConfigError("ECONFIGINVALID", `Invalid config file: '${at}.guest_mac' ${options.mac} is used by another interface`, `${at}.guest_mac`);
+    if (macs.has(mac)) throw new ConfigError("ECONFIGINVALID", `Invalid ${what}: '${at}.guest_mac' ${options.mac} is used by another interface`, `${at}.guest_mac`);
     taps.add(options.tap);
     macs.add(mac);
     devices.push({ kind: "net", options });

@@ -203,6 +203,86 @@ export const VmConfigSchema = z.looseObject({
   "memory-hotplug": z.nullish(MemoryHotplugSchema),
 });
 
+// Bodies only the API takes (swagger definitions of the same names).
+
+/** swagger InstanceActionInfo: PUT /actions. */
+export const ActionSchema = z.strictObject({
+  action_type: z.enum(["FlushMetrics", "InstanceStart", "SendCtrlAltDel"]),
+});
+
+/** swagger Vm: PATCH /vm. */
+export const VmStateSchema = z.strictObject({
+  state: z.enum(["Paused", "Resumed"]),
+});
+
+/** swagger MachineConfiguration as PATCH /machine-config takes it: every field optional (MachineConfigUpdate). */
+export const MachineConfigUpdateSchema = z.strictObject({
+  vcpu_count: z.optional(u8().check(z.gte(1), z.lte(FC_MAX_VCPUS))),
+  mem_size_mib: z.optional(z.int().check(z.gte(1))),
+  smt: z.optional(z.boolean()),
+  cpu_template: z.nullish(z.enum(CPU_TEMPLATES)),
+  track_dirty_pages: z.optional(z.boolean()),
+  huge_pages: z.optional(z.enum(HUGE_PAGES)),
+});
+
+/** swagger PartialDrive: PATCH /drives/{id} (a new backing file, a new rate limiter). */
+export const PartialDriveSchema = z.strictObject({
+  drive_id: z.string(),
+  path_on_host: z.nullish(z.string()),
+  rate_limiter: z.nullish(RateLimiterSchema),
+});
+
+/** swagger PartialNetworkInterface: PATCH /network-interfaces/{id}. */
+export const PartialNetworkInterfaceSchema = z.strictObject({
+  iface_id: z.string(),
+  rx_rate_limiter: z.nullish(RateLimiterSchema),
+  tx_rate_limiter: z.nullish(RateLimiterSchema),
+});
+
+/** swagger BalloonUpdate: PATCH /balloon. */
+export const BalloonUpdateSchema = z.strictObject({ amount_mib: u32() });
+
+/** swagger BalloonStatsUpdate: PATCH /balloon/statistics. */
+export const BalloonStatsUpdateSchema = z.strictObject({ stats_polling_interval_s: u16() });
+
+/** swagger SerialDevice: PUT /serial. */
+export const SerialSchema = z.strictObject({
+  serial_out_path: z.nullish(z.string()),
+  rate_limiter: z.nullish(TokenBucketSchema),
+});
+
+/** swagger SnapshotCreateParams: PUT /snapshot/create. */
+export const SnapshotCreateSchema = z.strictObject({
+  snapshot_type: z.optional(z.enum(["Full", "Diff"])),
+  snapshot_path: z.string(),
+  mem_file_path: z.string(),
+  version: z.nullish(z.string()),
+});
+
+/**
+ * swagger SnapshotLoadParams: PUT /snapshot/load, with the deprecated
+ * mem_file_path and enable_diff_snapshots its parser still takes
+ * (vmm_config/snapshot.rs LoadSnapshotConfig).
+ */
+export const SnapshotLoadSchema = z.strictObject({
+  snapshot_path: z.string(),
+  mem_file_path: z.nullish(z.string()),
+  mem_backend: z.nullish(z.strictObject({ backend_type: z.enum(["File", "Uffd"]), backend_path: z.string() })),
+  enable_diff_snapshots: z.optional(z.boolean()),
+  track_dirty_pages: z.optional(z.boolean()),
+  resume_vm: z.optional(z.boolean()),
+  network_overrides: z.optional(z.array(z.strictObject({ iface_id: z.string(), host_dev_name: z.string() }))),
+  vsock_override: z.nullish(z.strictObject({ uds_path: z.string() })),
+  clock_realtime: z.optional(z.boolean()),
+  huge_pages: z.optional(z.enum(HUGE_PAGES)),
+});
+
+/** swagger MemoryHotplugSizeUpdate: PATCH /hotplug/memory. */
+export const MemoryHotplugSizeUpdateSchema = z.strictObject({ requested_size_mib: u32() });
+
+/** swagger BalloonStartCmd: PATCH /balloon/hinting/start (an empty body is allowed). */
+export const BalloonHintingStartSchema = z.strictObject({ acknowledge_on_stop: z.optional(z.boolean()) });
+
 /** The top-level keys flint knows; any other is ignored, as Firecracker ignores it. */
 export const VM_CONFIG_KEYS: readonly string[] = Object.keys(VmConfigSchema.def.shape);
 

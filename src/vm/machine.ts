@@ -114,6 +114,8 @@ export interface MachineConfig {
   virtioAnnounce?: VirtioAnnouncement;
   /** How long pause() and resume() wait for vCPUs and devices before they give up (default PAUSE_TIMEOUT_MS). */
   pauseTimeoutMs?: number;
+  /** Called once run() has let every vCPU into the guest (the state is then "running"). */
+  onStarted?: () => void;
 }
 
 /**
@@ -486,6 +488,7 @@ export class Machine {
     const startNs = sys.monotonicNs();
     for (const w of this.workers) w.postMessage("start");
     this.started = true;
+    this.config.onStarted?.();
     await Promise.all(done);
     // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves;
     // after stop(), one stuck in a host syscall is given up on (DEVICE_STOP_TIMEOUT_MS).

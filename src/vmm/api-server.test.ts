@@ -1,0 +1,265 @@
+/**
+ * Firecracker's API on a Unix socket, driven as its clients drive it: every
+ * operation of its swagger file with a valid request (read back through the
+ * GETs) and with bad input (malformed JSON, missing field, wrong type,
+ * unknown field, out of range, wrong method, wrong state), which must change
+ * nothing; then a real VM (the ring-3 exit-loop guest on /dev/kvm) started,
+ * paused and resumed over the API.
+ */
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { buildExitLoopGuest, exitLoopCmdline } from "../guest/programs/exit-loop.js";
+import { ApiServer, HTTP_MAX_PAYLOAD_SIZE } from "./api-server.js";
+import { api, rawExchange } from "./testing/api-client.js";
+import { Vm } from "./vm.js";
+
+const dir = mkdtempSync(join(tmpdir(), "flint-api-test-"));
+const disk = join(dir, "disk.img");
+writeFileSync(disk, Buffer.alloc(1 << 20));
+const tap = `flapi${process.pid % 100000}`;
+const kernel = buildExitLoopGuest();
+const bootArgs = exitLoopCmdline({ mode: "pio", count: 1000, hello: true, halt: true });
+
+let seq = 0;
+/** A fresh Vm and its API on a new socket. */
+async function serve(): Promise<{ sock: string; vm: Vm; server: ApiServer }> {
+  const vm = new Vm({ id: "api-test", version: "9.9.9" });
+  const sock = join(dir, `api${seq++}.sock`);
+  const server = await ApiServer.listen(vm, sock);
+  return { sock, vm, server };
+}
+
+before(() => execFileSync("ip", ["tuntap", "add", "dev", tap, "mode", "tap"], { stdio: ["ignore", "ignore", "pipe"] }));
+after(() => {
+  spawnSync("ip", ["link", "del", tap]);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe("Firecracker's API before boot", () => {
+  let sock: string, server: ApiServer;
+  before(async () => ({ sock, server } = await serve()));
+  after(() => server.close());
+
+  const config = async () => (await api(sock, "GET", "/vm/config")).json as Record<string, unknown>;
+
+  it("GET / and GET /version describe the instance", async () => {
+    const r = await api(sock, "GET", "/");
+    assert.equal(r.status, 200);
+    assert.deepEqual(r.json, { id: "api-test", state: "Not started", vmm_version: "9.9.9", app_name: "Firecracker" });
+    assert.deepEqual((await api(sock, "GET", "/version")).json, { firecracker_version: "9.9.9" });
+  });
+
+  // Each operation: a valid body (204, then read back), then bad bodies that must answer 400 and change nothing.
+  const ops: { name: string; method: string; path: string; valid: unknown; check: (cfg: Record<string, unknown>) => void; bad: unknown[] }[] = [
+    {
+      name: "boot-source", method: "PUT", path: "/boot-source",
+      valid: { kernel_image_path: kernel, boot_args: bootArgs },
+      check: (c) => assert.deepEqual(c["boot-source"], { kernel_image_path: kernel, boot_args: bootArgs }),
+      bad: [{}, { kernel_image_path: 5 }, { kernel_image_path: kernel, extra: 1 }, { kernel_image_path: join(dir, "missing") }],
+    },
+    {
+      name: "machine-config (PUT)", method: "PUT", path: "/machine-config",
+      valid: { vcpu_count: 2, mem_size_mib: 64 },
+      check: (c) => assert.deepEqual(c["machine-config"], { vcpu_count: 2, mem_size_mib: 64, smt: false, track_dirty_pages: false, huge_pages: "None" }),
+      bad: [{ vcpu_count: 2 }, { vcpu_count: 0, mem_size_mib: 64 }, { vcpu_count: 33, mem_size_mib: 64 }, { vcpu_count: "2", mem_size_mib: 64 },
+        { vcpu_count: 3, mem_size_mib: 64, smt: true }, { vcpu_count: 1, mem_size_mib: 64, cpu_template: "T2" }, { vcpu_count: 1, mem_size_mib: 64, foo: 1 }],
+    },
+    {
+      name: "machine-config (PATCH)", method: "PATCH", path: "/machine-config",
+      valid: { mem_size_mib: 96 },
+      check: (c) => assert.equal((c["machine-config"] as { mem_size_mib: number }).mem_size_mib, 96),
+      bad: [{}, { mem_size_mib: -1 }, { vcpu_count: 1.5 }, { huge_pages: "1G" }],
+    },
+    {
+      name: "drives", method: "PUT", path: "/drives/rootfs",
+      valid: { drive_id: "rootfs", path_on_host: disk, is_root_device: true, is_read_only: false },
+      check: (c) => assert.deepEqual(c["drives"], [{ drive_id: "rootfs", path_on_host: disk, is_root_device: true, is_read_only: false }]),
+      bad: [{ drive_id: "other", path_on_host: disk, is_root_device: false }, { drive_id: "rootfs", path_on_host: disk },
+        { drive_id: "rootfs", path_on_host: join(dir, "missing.img"), is_root_device: true }, { drive_id: "rootfs", path_on_host: disk, is_root_device: true, socket: "/x" },
+        { drive_id: "rootfs", path_on_host: disk, is_root_device: true, cache_type: "Fast" }],
+    },
+    {
+      name: "network-interfaces", method: "PUT", path: "/network-interfaces/eth0",
+      valid: { iface_id: "eth0", host_dev_name: tap, guest_mac: "06:00:ac:10:00:02" },
+      check: (c) => assert.deepEqual(c["network-interfaces"], [{ iface_id: "eth0", host_dev_name: tap, guest_mac: "06:00:ac:10:00:02" }]),
+      bad: [{ iface_id: "eth1", host_dev_name: tap }, { iface_id: "eth0", host_dev_name: "flint-no-such-tap" },
+        { iface_id: "eth0", host_dev_name: tap, guest_mac: "zz:00:ac:10:00:02" }, { iface_id: "eth0" }, { iface_id: "eth0", host_dev_name: tap, mtu: 10 }],
+    },
+    {
+      name: "vsock", method: "PUT", path: "/vsock",
+      valid: { guest_cid: 3, uds_path: join(dir, "v.sock") },
+      check: (c) => assert.deepEqual(c["vsock"], { guest_cid: 3, uds_path: join(dir, "v.sock") }),
+      bad: [{ guest_cid: 2, uds_path: join(dir, "v.sock") }, { guest_cid: 3 }, { guest_cid: 3, uds_path: join(dir, "no", "v.sock") }, { guest_cid: 3, uds_path: "x", y: 1 }],
+    },
+    {
+      name: "balloon", method: "PUT", path: "/balloon",
+      valid: { amount_mib: 16, deflate_on_oom: true },
+      check: (c) => assert.deepEqual(c["balloon"], { amount_mib: 16, deflate_on_oom: true }),
+      bad: [{ amount_mib: 16 }, { amount_mib: 4096, deflate_on_oom: true }, { amount_mib: -1, deflate_on_oom: true }, { amount_mib: 1, deflate_on_oom: true, free_page_hinting: true }],
+    },
+    {
+      name: "entropy", method: "PUT", path: "/entropy",
+      valid: {},
+      check: (c) => assert.deepEqual(c["entropy"], {}),
+      bad: [{ rate_limiter: { bandwidth: { size: "a", refill_time: 1 } } }, { foo: 1 }],
+    },
+  ];
+
+  for (const op of ops) {
+    it(`${op.method} ${op.path}: a valid body is taken and read back; bad ones answer 400 and change nothing`, async () => {
+      const r = await api(sock, op.method, op.path, op.valid);
+      assert.equal(r.status, 204, r.text);
+      const cfg = await config();
+      op.check(cfg);
+      for (const bad of [...op.bad, "{not json", "[]", "null"]) {
+        const b = await api(sock, op.method, op.path, bad);
+        assert.equal(b.status, 400, `${JSON.stringify(bad)} answered ${b.status} ${b.text}`);
+        const fault = (b.json as { fault_message?: unknown })?.fault_message;
+        assert.ok(typeof fault === "string" && fault.length > 0 && !fault.includes("\n"), `one-line fault_message for ${JSON.stringify(bad)}: ${b.text}`);
+        assert.deepEqual(await config(), cfg, `${JSON.stringify(bad)} changed the configuration`);
+      }
+    });
+  }
+
+  it("GET /machine-config and GET /balloon read what was configured; GET /vm/config round-trips through PUTs", async () => {
+    assert.deepEqual((await api(sock, "GET", "/machine-config")).json, (await config())["machine-config"]);
+    assert.deepEqual((await api(sock, "GET", "/balloon")).json, { amount_mib: 16, deflate_on_oom: true, stats_polling_interval_s: 0 });
+  });
+
+  it("a drive PUT again under its id replaces it; a second root drive is refused", async () => {
+    const second = join(dir, "data.img");
+    writeFileSync(second, Buffer.alloc(1 << 20));
+    assert.equal((await api(sock, "PUT", "/drives/data", { drive_id: "data", path_on_host: second, is_root_device: false })).status, 204);
+    assert.equal((await api(sock, "PUT", "/drives/data", { drive_id: "data", path_on_host: second, is_root_device: false, is_read_only: true })).status, 204);
+    const drives = (await config())["drives"] as { drive_id: string; is_read_only?: boolean }[];
+    assert.deepEqual(drives.map((d) => d.drive_id), ["rootfs", "data"]);
+    assert.equal(drives[1]!.is_read_only, true);
+    const r = await api(sock, "PUT", "/drives/data", { drive_id: "data", path_on_host: second, is_root_device: true });
+    assert.equal(r.status, 400, r.text);
+  });
+
+  it("MMDS: PUT replaces, PATCH merges (RFC 7396), GET reads; a non-object is refused", async () => {
+    assert.equal((await api(sock, "PUT", "/mmds", { latest: { "meta-data": { a: 1, b: 2 } } })).status, 204);
+    assert.equal((await api(sock, "PATCH", "/mmds", { latest: { "meta-data": { b: null, c: 3 } } })).status, 204);
+    assert.deepEqual((await api(sock, "GET", "/mmds")).json, { latest: { "meta-data": { a: 1, c: 3 } } });
+    assert.equal((await api(sock, "PUT", "/mmds", "[1,2]")).status, 400);
+    const big = await api(sock, "PUT", "/mmds", { blob: "x".repeat(HTTP_MAX_PAYLOAD_SIZE - 100) });
+    assert.equal(big.status, 204, "a store just under the limit is taken");
+    const over = await api(sock, "PATCH", "/mmds", { more: "y".repeat(200) });
+    assert.equal(over.status, 413, over.text);
+    assert.equal(((await api(sock, "GET", "/mmds")).json as Record<string, unknown>)["more"], undefined, "a refused patch changes nothing");
+  });
+
+  it("post-boot operations are refused before boot, with Firecracker's message", async () => {
+    for (const [method, path, body] of [
+      ["PATCH", "/vm", { state: "Paused" }], ["PATCH", "/balloon", { amount_mib: 1 }], ["GET", "/balloon/statistics", undefined],
+      ["PATCH", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk }], ["PATCH", "/network-interfaces/eth0", { iface_id: "eth0" }],
+    ] as const) {
+      const r = await api(sock, method, path, body);
+      assert.equal(r.status, 400, `${method} ${path}: ${r.text}`);
+      assert.match((r.json as { fault_message: string }).fault_message, /not supported before starting the microVM/, `${method} ${path}`);
+    }
+  });
+
+  it("what flint does not have answers 400 with a precise reason, never 5xx", async () => {
+    for (const [method, path, body, why] of [
+      ["PUT", "/snapshot/create", { snapshot_path: "s", mem_file_path: "m" }, /snapshots/],
+      ["PUT", "/snapshot/load", { snapshot_path: "s", mem_backend: { backend_type: "File", backend_path: "m" } }, /snapshots/],
+      ["PUT", "/pmem/p0", { id: "p0", path_on_host: disk }, /virtio-pmem/],
+      ["PUT", "/hotplug/memory", { total_size_mib: 1024 }, /virtio-mem/],
+      ["GET", "/hotplug/memory", undefined, /virtio-mem/],
+      ["PUT", "/cpu-config", { cpuid_modifiers: [] }, /CPU templates/],
+      ["DELETE", "/drives/rootfs", undefined, /hot-plug/],
+      ["PATCH", "/balloon/hinting/start", undefined, /hinting/],
+    ] as const) {
+      const r = await api(sock, method, path, body);
+      assert.equal(r.status, 400, `${method} ${path}: ${r.text}`);
+      assert.match((r.json as { fault_message: string }).fault_message, why, `${method} ${path}`);
+    }
+  });
+
+  it("wrong paths, methods and bodies: 400 with Firecracker's messages", async () => {
+    const cases: [string, string, unknown, RegExp][] = [
+      ["GET", "/nowhere", undefined, /Invalid request method and\/or path: GET nowhere/],
+      ["POST", "/actions", { action_type: "InstanceStart" }, /Invalid request method and\/or path/],
+      ["GET", "/machine-config", { vcpu_count: 1 }, /GET request cannot have a body/],
+      ["PUT", "/boot-source", undefined, /Empty PUT request/],
+      ["PATCH", "/vm", undefined, /Empty PATCH request/],
+      ["PUT", "/drives", { drive_id: "x", is_root_device: false }, /The ID cannot be empty/],
+      ["PUT", "/drives/a-b", { drive_id: "a-b", is_root_device: false }, /alphanumeric characters and underscores/],
+      ["PUT", "/actions", { action_type: "Reboot" }, /action_type/],
+      ["PUT", "/snapshot/load", { snapshot_path: "s" }, /either `mem_backend` or `mem_file_path` is required/],
+    ];
+    for (const [method, path, body, message] of cases) {
+      const r = await api(sock, method, path, body);
+      assert.equal(r.status, 400, `${method} ${path}: ${r.text}`);
+      assert.match((r.json as { fault_message: string }).fault_message, message, `${method} ${path}`);
+    }
+  });
+
+  it("a body over the payload limit is refused and the socket still answers", async () => {
+    const r = await api(sock, "PUT", "/mmds", { blob: "x".repeat(HTTP_MAX_PAYLOAD_SIZE + 10) });
+    assert.equal(r.status, 400, r.text);
+    assert.match((r.json as { fault_message: string }).fault_message, /larger than the limit of 51200/);
+    const garbage = await rawExchange(sock, "THIS IS NOT HTTP\r\n\r\n");
+    assert.match(garbage, /^HTTP\/1\.1 400/);
+    assert.equal((await api(sock, "GET", "/")).status, 200);
+  });
+
+  it("pipelined requests on one connection are answered in order", async () => {
+    const req = (path: string) => `GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`;
+    const out = await rawExchange(sock, req("/version") + req("/machine-config") + req("/"));
+    const bodies = out.split(/HTTP\/1\.1 /).slice(1).map((r) => r.slice(r.indexOf("\r\n\r\n") + 4));
+    assert.equal(bodies.length, 3, out);
+    assert.match(bodies[0]!, /firecracker_version/);
+    assert.match(bodies[1]!, /vcpu_count/);
+    assert.match(bodies[2]!, /"state":"Not started"/);
+  });
+});
+
+describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest on /dev/kvm)", () => {
+  let sock: string, server: ApiServer, vm: Vm;
+  before(async () => ({ sock, server, vm } = await serve()));
+  after(async () => {
+    await vm.kill();
+    await server.close();
+  });
+
+  it("InstanceStart boots the configured guest; state goes Not started → Running → Paused → Running", async () => {
+    assert.equal((await api(sock, "PATCH", "/vm", { state: "Resumed" })).status, 400, "resume before boot");
+    assert.equal((await api(sock, "PUT", "/actions", { action_type: "InstanceStart" })).status, 400, "start without a boot source");
+    assert.equal((await api(sock, "PUT", "/boot-source", { kernel_image_path: kernel, boot_args: bootArgs })).status, 204);
+    assert.equal((await api(sock, "PUT", "/machine-config", { vcpu_count: 2, mem_size_mib: 64 })).status, 204);
+    assert.equal((await api(sock, "PUT", "/entropy", {})).status, 204);
+    const start = await api(sock, "PUT", "/actions", { action_type: "InstanceStart" });
+    assert.equal(start.status, 204, start.text);
+    const state = async () => ((await api(sock, "GET", "/")).json as { state: string }).state;
+    assert.equal(await state(), "Running");
+    assert.equal(vm.state, "Running");
+    assert.equal((await api(sock, "PATCH", "/vm", { state: "Paused" })).status, 204);
+    assert.equal(await state(), "Paused");
+    assert.equal((await api(sock, "PATCH", "/vm", { state: "Paused" })).status, 204, "pausing a paused VM succeeds (as Firecracker)");
+    assert.equal((await api(sock, "PATCH", "/vm", { state: "Resumed" })).status, 204);
+    assert.equal(await state(), "Running");
+  });
+
+  it("after boot, configuration is refused and GET /vm/config reports what booted", async () => {
+    const before = (await api(sock, "GET", "/vm/config")).json;
+    for (const [method, path, body] of [
+      ["PUT", "/boot-source", { kernel_image_path: kernel }], ["PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 64 }],
+      ["PATCH", "/machine-config", { vcpu_count: 1 }], ["PUT", "/vsock", { guest_cid: 3, uds_path: join(dir, "v2.sock") }],
+      ["PUT", "/actions", { action_type: "InstanceStart" }], ["PUT", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk, is_root_device: true }],
+    ] as const) {
+      const r = await api(sock, method, path, body);
+      assert.equal(r.status, 400, `${method} ${path}: ${r.text}`);
+      assert.match((r.json as { fault_message: string }).fault_message, /not supported after starting the microVM/, `${method} ${path}`);
+    }
+    const cfg = (await api(sock, "GET", "/vm/config")).json as Record<string, unknown>;
+    assert.deepEqual(cfg, before);
+    assert.deepEqual((cfg["machine-config"] as { vcpu_count: number }).vcpu_count, 2);
+  });
+});
