@@ -124,17 +124,20 @@ async function serveApi(o: FirecrackerFlags): Promise<number> {
       api.mmdsStore.put(data);
     }
     if (config) await vm.start();
-    // The process ends with the VM (as Firecracker's does), or at SIGTERM/SIGINT.
-    const signalled = new Promise<number>((resolve) => {
+    // The process ends with the VM (as Firecracker's does), or at SIGTERM/SIGINT (then with 128 + the signal's number).
+    const code = await new Promise<number>((resolve) => {
+      let signalled = false;
       const onSignal = (sig: NodeJS.Signals) => {
+        signalled = true;
         process.stderr.write(`flint: ${sig}: ending the VM\n`);
-        void vm.kill().then(() => resolve(sig === "SIGINT" ? 130 : 143));
+        void vm.kill().finally(() => resolve(sig === "SIGINT" ? 130 : 143));
       };
       process.once("SIGTERM", onSignal);
       process.once("SIGINT", onSignal);
+      vm.once("exit", (result) => {
+        if (!signalled) resolve(exitCode(result));
+      });
     });
-    const ended = new Promise<number>((resolve) => vm.once("exit", (result) => resolve(exitCode(result))));
-    const code = await Promise.race([signalled, ended]);
     setTimeout(() => process.exit(code), 1000).unref();
     return code;
   } finally {
