@@ -1,0 +1,156 @@
+/**
+ * End-to-end: real Linux configured, started, paused and resumed through
+ * Firecracker's API (`flint --api-sock`), one level down in the nested
+ * harness, driven by a client that makes the calls Firecracker's clients
+ * make (PUT /boot-source, /machine-config, /drives/rootfs, /entropy, then
+ * PUT /actions InstanceStart, PATCH /vm). The guest counts on its console;
+ * while paused the count must stop (flint's CPU time meanwhile is reported),
+ * after resume it must go on. At the end the client asks the guest to power off
+ * over its console and flint exits 0, removing its socket.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
+import { buildKernel } from "../guest/kernel-build.js";
+import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
+
+/** Counts on the console until told to stop (a line on the console's input), then powers off. */
+const GUEST_INIT = `#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo "flint-guest: booted"
+echo "flint-e2e: disk=$(cat /sys/block/vda/size 2>/dev/null)"
+echo "flint-e2e: rng=$(cat /sys/devices/virtual/misc/hw_random/rng_current 2>/dev/null)"
+( i=0; while :; do i=$((i + 1)); echo "tick=$i"; sleep 0.2; done ) &
+read stop
+kill $!
+echo "flint-e2e: stopping"
+poweroff -f
+`;
+
+/** Runs inside the nested VM: flint as Firecracker's clients start it, driven over its socket. */
+const CLIENT = `
+import { spawn } from "node:child_process";
+import { appendFileSync, existsSync, readFileSync } from "node:fs";
+import { request } from "node:http";
+const [cli, kernel, initrd, disk, sock, report] = process.argv.slice(2);
+const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
+const call = (method, path, body) => new Promise((resolve, reject) => {
+  const text = body === undefined ? undefined : JSON.stringify(body);
+  const req = request({ socketPath: sock, method, path, headers: text ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) } : {} }, (res) => {
+    let out = ""; res.on("data", (c) => (out += c)); res.on("end", () => resolve({ status: res.statusCode, text: out }));
+  });
+  req.on("error", reject);
+  if (text) req.write(text);
+  req.end();
+});
+const must = async (method, path, body, status = 204) => {
+  const r = await call(method, path, body);
+  if (r.status !== status) throw new Error(method + " " + path + " answered " + r.status + " " + r.text);
+  return r;
+};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const fc = spawn(process.execPath, [cli, "--api-sock", sock, "--id", "e2e-vm"], { stdio: ["pipe", "pipe", "pipe"] });
+let consoleText = "", stderr = "";
+fc.stdout.on("data", (b) => { consoleText += b; process.stdout.write(b); });
+fc.stderr.on("data", (b) => { stderr += b; });
+const exited = new Promise((resolve) => fc.on("exit", (code, signal) => resolve(code ?? signal)));
+const lastTick = () => { const m = [...consoleText.matchAll(/tick=(\\d+)/g)]; return m.length ? Number(m[m.length - 1][1]) : 0; };
+const cpuTicks = () => { const f = readFileSync("/proc/" + fc.pid + "/stat", "utf8").split(") ")[1].split(" "); return Number(f[11]) + Number(f[12]); };
+try {
+  for (let i = 0; i < 600 && !existsSync(sock); i++) await sleep(100);
+  await must("GET", "/", undefined, 200);
+  await must("PUT", "/boot-source", { kernel_image_path: kernel, initrd_path: initrd, boot_args: "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init" });
+  await must("PUT", "/machine-config", { vcpu_count: 2, mem_size_mib: 256 });
+  await must("PUT", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk, is_root_device: false, is_read_only: true });
+  await must("PUT", "/entropy", {});
+  const t0 = Date.now();
+  await must("PUT", "/actions", { action_type: "InstanceStart" });
+  say("start_ms", Date.now() - t0);
+  for (let i = 0; i < 2400 && lastTick() < 5; i++) await sleep(100);
+  say("ticks_before_pause", lastTick());
+  await must("PATCH", "/vm", { state: "Paused" });
+  say("state_paused", JSON.parse((await must("GET", "/", undefined, 200)).text).state);
+  await sleep(1500); // what the guest printed before the pause drains
+  const paused = lastTick();
+  const cpu0 = cpuTicks();
+  await sleep(3000);
+  say("ticks_during_pause", lastTick() - paused);
+  say("cpu_ticks_during_pause", cpuTicks() - cpu0);
+  await must("PATCH", "/vm", { state: "Resumed" });
+  say("state_resumed", JSON.parse((await must("GET", "/", undefined, 200)).text).state);
+  for (let i = 0; i < 600 && lastTick() < paused + 5; i++) await sleep(100);
+  say("ticks_after_resume", lastTick() - paused);
+  say("config_vcpus", JSON.parse((await must("GET", "/vm/config", undefined, 200)).text)["machine-config"].vcpu_count);
+  fc.stdin.write("stop\\n");
+} catch (e) {
+  say("client_error", JSON.stringify(e.message));
+  fc.kill("SIGTERM");
+}
+const code = await exited;
+say("flint_exit", code);
+say("socket_left", existsSync(sock) ? 1 : 0);
+say("flint_stderr", JSON.stringify(stderr.trim()));
+process.exit(0);
+`;
+
+describe("real Linux through Firecracker's API: configure, start, pause, resume (nested harness)", { timeout: 30 * 60_000 }, () => {
+  const share = mkdtempSync(join(tmpdir(), "flint-e2e-api-"));
+  let out = "";
+  let report = "";
+  let nested: NestedResult | undefined;
+
+  before(async () => {
+    const kernel = await buildKernel();
+    const initrd = join(share, "initramfs.cpio.gz");
+    writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT }));
+    const disk = join(share, "disk.img");
+    writeFileSync(disk, Buffer.alloc(2 << 20));
+    const client = join(share, "client.mjs");
+    writeFileSync(client, CLIENT);
+    const outFile = join(share, "out.txt"), reportFile = join(share, "report.txt");
+    // Unix sockets need a local file system: the nested VM's /dev/shm is a tmpfs (the share is 9p).
+    const command = `mkdir -p /dev/shm/flint-api && timeout 400 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(disk)} /dev/shm/flint-api/fc.sock ${q(reportFile)} </dev/null >${q(outFile)} 2>&1`;
+    const retryAfterTimeout = () => { for (const f of [outFile, reportFile]) rmSync(f, { force: true }); };
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    out = readTextIfAny(outFile);
+    report = readTextIfAny(reportFile);
+  });
+
+  after(() => rmSync(share, { recursive: true, force: true }));
+
+  const why = () => `${describeNestedRun(nested)}\n--- client report ---\n${report}\n--- console ---\n${out.slice(-2500)}\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const value = (key: string) => e2eValue(key, report, out);
+
+  it("the guest configured over the API boots with its drive and entropy device", () => {
+    assert.equal(value("client_error"), undefined, why());
+    assert.ok(parseGuestReport(out).booted, why());
+    assert.equal(value("disk"), String((2 << 20) / 512), why());
+    assert.match(value("rng") ?? "", /virtio_rng/, why());
+    assert.equal(value("config_vcpus"), "2", why());
+  });
+
+  it("paused, the guest's count stops; resumed, it counts again", (t) => {
+    t.diagnostic(`start ${value("start_ms")} ms; CPU ticks while paused ${value("cpu_ticks_during_pause")}`);
+    assert.equal(value("state_paused"), "Paused", why());
+    assert.ok(Number(value("ticks_before_pause")) >= 5, why());
+    assert.equal(value("ticks_during_pause"), "0", why());
+    assert.equal(value("state_resumed"), "Running", why());
+    assert.ok(Number(value("ticks_after_resume")) >= 5, why());
+  });
+
+  it("the guest powers off at the end and flint exits 0, its socket removed, with no kernel warning", () => {
+    assert.equal(value("flint_exit"), "0", why());
+    assert.equal(value("socket_left"), "0", why());
+    assert.doesNotMatch(out, /WARNING:|BUG:|Call Trace/, why());
+  });
+});
