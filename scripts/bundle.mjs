@@ -35,8 +35,10 @@ await build({
   target: "node20",
   // The CLI's dependencies are CommonJS: in an ES module they need a real require for Node's built-ins.
   banner: { js: 'import { createRequire as __flintCreateRequire } from "node:module"; const require = __flintCreateRequire(import.meta.url);' },
-  // The addon is loaded at run time from build/Release (src/sys/native.ts), never bundled.
-  external: ["*.node"],
+  // The addon is loaded at run time from build/Release (src/sys/native.ts), never bundled;
+  // pino (the log file's writer) is loaded from node_modules only when a VM has a log file,
+  // so the CLI's start-up does not parse it otherwise.
+  external: ["*.node", "pino"],
   sourcemap: "linked",
   logLevel: "warning",
 });

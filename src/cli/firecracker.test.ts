@@ -85,6 +85,8 @@ test("the host checks of `flint run` apply to a config file's devices, and its k
 
 test("Firecracker's other flags are taken by the parser; snapshots answer 'not yet'", () => {
   const cfg = configFile("flags.json", minimal);
+  writeFileSync(join(dir, "log"), "");
+  writeFileSync(join(dir, "metrics"), "");
   // Every accepted flag, then the config's kernel error: the parser took them all.
   expectUserError(["--no-api", "--config-file", cfg, "--id", "a-1", "--log-path", join(dir, "log"), "--level", "Warning", "--module", "api_server",
     "--show-level", "--show-log-origin", "--metrics-path", join(dir, "metrics"), "--boot-timer", "--seccomp-filter", join(dir, "filter.bpf"),
@@ -99,6 +101,10 @@ test("Firecracker's other flags are taken by the parser; snapshots answer 'not y
   expectUserError(["--describe-snapshot", join(dir, "snap")], /^flint: Snapshots are not supported yet/);
   expectUserError(["--no-api", "--config-file", cfg, "--metadata", join(dir, "mmds.json")], /^flint: --metadata needs the API/);
   expectUserError(["--no-api", "--config-file", cfg, "--mmds-size-limit", "lots"], /--mmds-size-limit must be a whole number/);
+  // Like Firecracker, flint opens the log and metrics files without creating them.
+  expectUserError(["--no-api", "--config-file", cfg, "--log-path", join(dir, "no-log")], /^flint: Cannot open the log file '.*no-log': ENOENT$/);
+  expectUserError(["--no-api", "--config-file", cfg, "--metrics-path", join(dir, "no-metrics")], /^flint: Cannot open the metrics file '.*no-metrics': ENOENT$/);
+  expectUserError(["--no-api", "--config-file", cfg, "--log-path", join(dir, "log"), "--level", "Loud"], /^flint: Invalid log level 'Loud'/);
 });
 
 test("subcommands and bare `flint` behave as before", () => {

@@ -17,9 +17,8 @@ import { readFileSync } from "node:fs";
 import { toFlintMachine } from "../config/convert.js";
 import { ConfigError, parseVmConfig } from "../config/schema.js";
 import { ApiServer } from "../vmm/api-server.js";
-import { checkVirtioDevices } from "../vmm/host-checks.js";
 import { Vm } from "../vmm/vm.js";
-import { exitCode, runVm } from "./run.js";
+import { exitCode, forwardStdin, reportRun } from "./run.js";
 
 /** A Firecracker process flag flint refuses; `code` is stable. */
 export class FlagError extends Error {
@@ -45,6 +44,12 @@ export interface FirecrackerFlags {
   seccomp: boolean;
   describeSnapshot?: string;
   snapshotVersion?: boolean;
+  logPath?: string;
+  level?: string;
+  module?: string;
+  showLevel?: boolean;
+  showLogOrigin?: boolean;
+  metricsPath?: string;
   httpApiMaxPayloadSize?: number;
   mmdsSizeLimit?: number;
   /** flint's version, reported by GET / and GET /version. */
@@ -66,19 +71,9 @@ export async function runFirecracker(o: FirecrackerFlags): Promise<number> {
   checkInstanceId(o.id);
   if (o.seccompFilter !== undefined && !o.seccomp) throw new FlagError("EFLAG", "--seccomp-filter and --no-seccomp cannot be given together");
   if (o.describeSnapshot !== undefined || o.snapshotVersion) throw new FlagError("EFLAGNOTYET", "Snapshots are not supported yet: --describe-snapshot and --snapshot-version have nothing to describe");
-  if (o.api) return serveApi(o);
-  if (o.metadata !== undefined) throw new FlagError("EFLAG", "--metadata needs the API (MMDS data is served through it): drop --no-api");
-  if (o.configFile === undefined) throw new FlagError("EFLAG", "--no-api needs --config-file FILE");
-
-  const spec = toFlintMachine(readConfigFile(o.configFile));
-  checkVirtioDevices(spec.virtioDevices);
-  for (const note of spec.ignored) process.stderr.write(`flint: config ${note}\n`);
-  return runVm({
-    kernel: spec.kernelPath, ...(spec.initrdPath !== undefined ? { initrd: spec.initrdPath } : {}),
-    cmdline: spec.cmdline, cpus: spec.cpus, memoryMib: spec.memoryMib, bootMode: spec.bootMode,
-    acpi: true, hugePages: spec.hugePages, mergeable: false, bootTime: !!o.bootTimer,
-    virtioDevices: spec.virtioDevices,
-  });
+  if (!o.api && o.metadata !== undefined) throw new FlagError("EFLAG", "--metadata needs the API (MMDS data is served through it): drop --no-api");
+  if (!o.api && o.configFile === undefined) throw new FlagError("EFLAG", "--no-api needs --config-file FILE");
+  return serveVm(o);
 }
 
 function readConfigFile(path: string): ReturnType<typeof parseVmConfig> {
@@ -92,23 +87,29 @@ function readConfigFile(path: string): ReturnType<typeof parseVmConfig> {
 }
 
 /**
- * The API mode: one Vm behind Firecracker's API on --api-sock. Resolves
- * with the exit code once the VM has ended (or the process was told to
- * stop); bad flags or a bad config file throw before the socket exists.
+ * One Vm, as Firecracker's process runs it: the log and metrics files from
+ * the flags first, then the config file's VM (booted), then the API on
+ * --api-sock unless --no-api. Resolves with the exit code once the VM has
+ * ended (or the process was told to stop); bad flags or a bad config file
+ * throw before the socket exists.
  */
-async function serveApi(o: FirecrackerFlags): Promise<number> {
+async function serveVm(o: FirecrackerFlags): Promise<number> {
   const vm = new Vm({
     id: o.id, version: o.version ?? "0.0.0", consoleOutput: process.stdout,
     onHostError: (device, message) => process.stderr.write(`flint: host error in ${device}: ${message}\n`),
     onSlowEnd: (message) => process.stderr.write(`flint: ${message}\n`),
   });
+  if (o.logPath !== undefined) {
+    await vm.setLogger({ log_path: o.logPath, level: o.level ?? null, show_level: !!o.showLevel, show_log_origin: !!o.showLogOrigin, module: o.module ?? null });
+  }
+  if (o.metricsPath !== undefined) vm.setMetrics({ metrics_path: o.metricsPath });
   const config = o.configFile !== undefined ? readConfigFile(o.configFile) : undefined;
   if (config) {
     const spec = toFlintMachine(config);
     for (const note of spec.ignored) process.stderr.write(`flint: config ${note}\n`);
     vm.resources.load(config);
   }
-  const api = await ApiServer.listen(vm, o.apiSock, {
+  const api = !o.api ? undefined : await ApiServer.listen(vm, o.apiSock, {
     ...(o.httpApiMaxPayloadSize !== undefined ? { maxPayloadBytes: o.httpApiMaxPayloadSize } : {}),
     ...(o.mmdsSizeLimit !== undefined ? { mmdsSizeLimit: o.mmdsSizeLimit } : {}),
     onError: (line) => { if (process.env.FLINT_DEBUG) process.stderr.write(`flint: ${line}\n`); },
@@ -121,9 +122,14 @@ async function serveApi(o: FirecrackerFlags): Promise<number> {
       } catch (e) {
         throw new FlagError("EFLAG", `Invalid --metadata '${o.metadata}': ${(e as Error).message.split("\n")[0]}`);
       }
-      api.mmdsStore.put(data);
+      api?.mmdsStore.put(data);
     }
     if (config) await vm.start();
+    let quit = false;
+    const detach = forwardStdin(vm, () => {
+      quit = true;
+      void vm.kill();
+    });
     // The process ends with the VM (as Firecracker's does), or at SIGTERM/SIGINT (then with 128 + the signal's number).
     const code = await new Promise<number>((resolve) => {
       let signalled = false;
@@ -134,13 +140,15 @@ async function serveApi(o: FirecrackerFlags): Promise<number> {
       };
       process.once("SIGTERM", onSignal);
       process.once("SIGINT", onSignal);
-      vm.once("exit", (result) => {
-        if (!signalled) resolve(exitCode(result));
+      void vm.exited.then((result) => {
+        detach();
+        reportRun(result, !!o.bootTimer);
+        if (!signalled) resolve(exitCode(result, quit));
       });
     });
     setTimeout(() => process.exit(code), 1000).unref();
     return code;
   } finally {
-    await api.close();
+    await api?.close();
   }
 }

@@ -51,15 +51,45 @@ export async function runVm(o: RunOptions): Promise<number> {
     onHostError: (device, message) => process.stderr.write(`flint: host error in ${device}: ${message}\r\n`),
     onSlowEnd: (message) => process.stderr.write(`flint: ${message}\r\n`),
   });
+  let quit = false;
+  const detach = forwardStdin(machine, () => {
+    quit = true;
+    machine.stop({ kind: "poweroff" });
+  });
+  let result: MachineResult;
+  try {
+    result = await machine.run();
+  } finally {
+    detach();
+  }
+  reportRun(result, o.bootTime);
+  const code = exitCode(result, quit);
+  // The VM is over: nothing may keep this process alive now. Console bytes a
+  // reader never took (a pipe nobody reads) are pending writes that would, and
+  // so would any handle left behind: give them a grace, then exit.
+  setTimeout(() => process.exit(code), EXIT_FLUSH_GRACE_MS).unref();
+  return code;
+}
+
+/** Where console input goes: a Machine, or a Vm (which holds it until the VM has started). */
+export interface ConsoleTarget {
+  consoleInput(bytes: Uint8Array): number;
+  consoleWritable(): Promise<void>;
+}
+
+/**
+ * Forwards this process's stdin to the guest's console (raw mode on a TTY,
+ * Ctrl-A escapes: `onQuit` for Ctrl-A x); when the guest's receive FIFO is
+ * full, stdin pauses until there is room. Returns the function that detaches.
+ */
+export function forwardStdin(target: ConsoleTarget, onQuit: () => void): () => void {
   const stdin = process.stdin;
   const raw = stdin.isTTY === true;
   const parser = new EscapeParser();
-  let quit = false;
   const onData = (chunk: Buffer) => {
     for (const action of parser.feed(chunk)) {
       if (action.kind === "quit") {
-        quit = true;
-        machine.stop({ kind: "poweroff" });
+        onQuit();
         return;
       }
       if (action.kind === "help") {
@@ -67,15 +97,15 @@ export async function runVm(o: RunOptions): Promise<number> {
         continue;
       }
       let bytes = action.bytes;
-      const taken = machine.consoleInput(bytes);
+      const taken = target.consoleInput(bytes);
       if (taken < bytes.length) {
         // The guest's receive FIFO is full: hold the rest and pause stdin until there is room.
         bytes = bytes.subarray(taken);
         stdin.pause();
         const retry = async () => {
           while (bytes.length) {
-            await machine.consoleWritable();
-            bytes = bytes.subarray(machine.consoleInput(bytes));
+            await target.consoleWritable();
+            bytes = bytes.subarray(target.consoleInput(bytes));
           }
           stdin.resume();
         };
@@ -85,16 +115,17 @@ export async function runVm(o: RunOptions): Promise<number> {
   };
   if (raw) stdin.setRawMode(true);
   stdin.on("data", onData);
-  let result: MachineResult;
-  try {
-    result = await machine.run();
-  } finally {
+  return () => {
     stdin.off("data", onData);
     if (raw) stdin.setRawMode(false);
     stdin.pause();
     stdin.unref?.();
-  }
-  if (o.bootTime && result.bootTimeMs !== undefined) {
+  };
+}
+
+/** What `flint run` says on stderr after a VM ended: boot time, host errors in all, debug counters, stuck devices. */
+export function reportRun(result: MachineResult, bootTime: boolean): void {
+  if (bootTime && result.bootTimeMs !== undefined) {
     process.stderr.write(`flint: guest reached the boot marker after ${result.bootTimeMs.toFixed(1)} ms\n`);
   }
   for (const d of result.virtio) {
@@ -107,12 +138,6 @@ export async function runVm(o: RunOptions): Promise<number> {
   if (result.unstoppedDevices.length > 0) {
     process.stderr.write(`flint: device threads still blocked in host I/O at exit: ${result.unstoppedDevices.join(", ")}\n`);
   }
-  const code = exitCode(result, quit);
-  // The VM is over: nothing may keep this process alive now. Console bytes a
-  // reader never took (a pipe nobody reads) are pending writes that would, and
-  // so would any handle left behind: give them a grace, then exit.
-  setTimeout(() => process.exit(code), EXIT_FLUSH_GRACE_MS).unref();
-  return code;
 }
 
 /** After the VM ended, how long stdout may take to accept the console's last bytes (and any handle left to close) before flint exits anyway. */

@@ -694,6 +694,11 @@ export class Machine {
     await Promise.all(this.virtio.devices.map((d) => d.threadExited));
   }
 
+  /** Each virtio device's transport counters now (the same figures run() reports at the end). */
+  deviceStats(): VirtioDeviceStats[] {
+    return this.virtio.stats();
+  }
+
   /** The balloon's run-time controls, when the VM has a virtio-balloon device (the first, if several). */
   get balloon(): BalloonControl | undefined {
     const i = this.virtio.kinds.indexOf("balloon");

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -229,6 +229,21 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
     await server.close();
   });
 
+  const logPath = join(dir, "vm.log"), metricsPath = join(dir, "vm.metrics");
+
+  it("PUT /logger and PUT /metrics take existing files (a missing one is refused); FlushMetrics waits for boot", async () => {
+    writeFileSync(logPath, "");
+    writeFileSync(metricsPath, "");
+    assert.equal((await api(sock, "PUT", "/logger", { log_path: join(dir, "absent.log") })).status, 400);
+    assert.equal((await api(sock, "PUT", "/logger", { log_path: logPath, level: "Warning", show_level: true, show_log_origin: true, bogus: 1 })).status, 400);
+    assert.equal((await api(sock, "PUT", "/logger", { log_path: logPath, level: "Info", show_level: true, show_log_origin: true })).status, 204);
+    assert.equal((await api(sock, "PUT", "/metrics", { metrics_path: join(dir, "absent.metrics") })).status, 400);
+    assert.equal((await api(sock, "PUT", "/metrics", { metrics_path: metricsPath })).status, 204);
+    const flush = await api(sock, "PUT", "/actions", { action_type: "FlushMetrics" });
+    assert.equal(flush.status, 400);
+    assert.match((flush.json as { fault_message: string }).fault_message, /not supported before starting the microVM/);
+  });
+
   it("InstanceStart boots the configured guest; state goes Not started → Running → Paused → Running", async () => {
     assert.equal((await api(sock, "PATCH", "/vm", { state: "Resumed" })).status, 400, "resume before boot");
     assert.equal((await api(sock, "PUT", "/actions", { action_type: "InstanceStart" })).status, 400, "start without a boot source");
@@ -261,5 +276,33 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
     const cfg = (await api(sock, "GET", "/vm/config")).json as Record<string, unknown>;
     assert.deepEqual(cfg, before);
     assert.deepEqual((cfg["machine-config"] as { vcpu_count: number }).vcpu_count, 2);
+  });
+
+  it("FlushMetrics writes a JSON line: API request counts since the last line, pause/resume latencies, device counters", async () => {
+    assert.equal((await api(sock, "PUT", "/actions", { action_type: "FlushMetrics" })).status, 204);
+    const lines = readFileSync(metricsPath, "utf8").trim().split("\n").map((l) => JSON.parse(l) as Record<string, Record<string, number>>);
+    assert.equal(lines.length, 1);
+    const m = lines[0]!;
+    assert.ok(m["put_api_requests"]!["boot_source_count"]! >= 1, JSON.stringify(m));
+    assert.ok(m["put_api_requests"]!["machine_cfg_fails"]! >= 1, JSON.stringify(m));
+    assert.ok(m["patch_api_requests"]!["vm_count"]! >= 4, JSON.stringify(m));
+    assert.ok(m["latencies_us"]!["pause_vm"]! > 0 && m["latencies_us"]!["resume_vm"]! > 0, JSON.stringify(m));
+    assert.equal(typeof m["entropy"]?.["kicks"], "number", JSON.stringify(m));
+    // Counters are deltas: a second line right away counts only the FlushMetrics request itself.
+    assert.equal((await api(sock, "PUT", "/actions", { action_type: "FlushMetrics" })).status, 204);
+    const second = JSON.parse(readFileSync(metricsPath, "utf8").trim().split("\n")[1]!) as Record<string, Record<string, number>>;
+    assert.deepEqual(second["put_api_requests"], { actions_count: 1 });
+  });
+
+  it("the log file has one JSON line per event, with the level and origin asked for", () => {
+    const lines = readFileSync(logPath, "utf8").trim().split("\n").map((l) => JSON.parse(l) as Record<string, string>);
+    assert.ok(lines.length > 10, `${lines.length} lines`);
+    for (const l of lines) {
+      assert.equal(l["id"], "api-test");
+      assert.ok(l["level"] && l["origin"] && l["msg"] && l["time"], JSON.stringify(l));
+    }
+    assert.ok(lines.some((l) => l["origin"] === "api_server" && /PUT request on "\/boot-source"/.test(l["msg"]!)), "request logged");
+    assert.ok(lines.some((l) => l["level"] === "error" && /Status code: 400/.test(l["msg"]!)), "refusal logged as an error");
+    assert.ok(lines.some((l) => l["origin"] === "vmm" && /Paused the VM/.test(l["msg"]!)), "pause logged");
   });
 });

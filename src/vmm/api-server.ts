@@ -21,6 +21,8 @@ import {
   MemoryHotplugSizeUpdateSchema, MetricsSchema, MmdsConfigSchema, NetworkInterfaceSchema, PartialDriveSchema,
   PartialNetworkInterfaceSchema, PmemSchema, SerialSchema, SnapshotCreateSchema, SnapshotLoadSchema, validate, VmStateSchema, VsockSchema,
 } from "../config/schema.js";
+import { LoggerError } from "./logger.js";
+import { MetricsError } from "./metrics.js";
 import { MmdsError, MmdsStore } from "./mmds-store.js";
 import { VmError, type Vm } from "./vm.js";
 
@@ -108,7 +110,8 @@ async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json
           const a = body(ActionSchema, json, "actions request");
           if (a.action_type === "InstanceStart") { await vm.start(); return ok(); }
           if (a.action_type === "SendCtrlAltDel") notSupported("SendCtrlAltDel (flint's i8042 has no keyboard yet)");
-          notSupported("FlushMetrics (flint writes no metrics yet)");
+          vm.flushMetrics();
+          return ok();
         }
         case "boot-source": vm.requireNotStarted(); vm.resources.putBootSource(body(BootSourceSchema, json, "boot-source request")); return ok();
         case "machine-config": vm.requireNotStarted(); vm.resources.putMachineConfig(body(MachineConfigSchema, json, "machine-config request")); return ok();
@@ -145,8 +148,8 @@ async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json
           if (second !== undefined) throw unknown();
           mmds.put(json);
           return ok();
-        case "logger": body(LoggerSchema, json, "logger request"); notSupported("a log file (flint writes no log file yet)");
-        case "metrics": body(MetricsSchema, json, "metrics request"); notSupported("a metrics file (flint writes no metrics yet)");
+        case "logger": await vm.setLogger(body(LoggerSchema, json, "logger request")); return ok();
+        case "metrics": vm.setMetrics(body(MetricsSchema, json, "metrics request")); return ok();
         case "serial": body(SerialSchema, json, "serial request"); vm.requireNotStarted(); notSupported("serial output to a file (flint's console goes to its stdout)");
         case "cpu-config": vm.requireNotStarted(); notSupported("custom CPU templates");
         case "pmem": checkId(second); body(PmemSchema, json, "pmem request"); notSupported("flint has no virtio-pmem device");
@@ -225,6 +228,23 @@ async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json
       throw unknown();
   }
   throw unknown();
+}
+
+const KNOWN_RESOURCES = new Set(["actions", "balloon", "boot-source", "cpu-config", "pmem", "logger", "metrics", "mmds", "entropy", "serial", "hotplug", "vsock"]);
+
+/** The resource's name in Firecracker's API request metrics (its metrics.rs field names, without _count). */
+function metricName(head: string, path: string): string {
+  switch (head) {
+    case "": return "instance_info";
+    case "machine-config": return "machine_cfg";
+    case "drives": return "drive";
+    case "network-interfaces": return "network";
+    case "version": return "vmm_version";
+    case "snapshot": return path.includes("load") ? "load_snapshot" : "create_snapshot";
+    case "vm": return path.includes("config") ? "vm_config" : "vm";
+    // A fixed set of names: a client cannot grow the metrics with made-up paths.
+    default: return KNOWN_RESOURCES.has(head) ? head.replace(/-/g, "_") : "other";
+  }
 }
 
 /** An error as Firecracker's reply: refusals and flint's typed errors are 400 (413 for the MMDS limit). */
@@ -308,6 +328,9 @@ export class ApiServer {
       const path = url.split("?")[0]!;
       const method = req.method ?? "GET";
       void this.vm.serialize(async () => {
+        // Firecracker logs every request, with its body unless it is MMDS data (which may be secret).
+        const head = path.replace(/^\/+/, "").split("/")[0] ?? "";
+        this.vm.log("info", "api_server", `The API server received a ${method} request on ${JSON.stringify(path)}${text && head !== "mmds" ? ` with body ${JSON.stringify(text)}` : ""}.`);
         let hasBody = text.length > 0;
         let json: unknown;
         if (hasBody) {
@@ -322,12 +345,18 @@ export class ApiServer {
         try {
           return await route(this.vm, this.mmds, method, path, json, hasBody);
         } catch (e) {
-          if (!(e instanceof ApiFault || e instanceof ConfigError || e instanceof VmError || e instanceof MmdsError)) {
+          if (!(e instanceof ApiFault || e instanceof ConfigError || e instanceof VmError || e instanceof MmdsError || e instanceof LoggerError || e instanceof MetricsError)) {
             this.options.onError?.(`API ${method} ${path}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
           }
           return faultReply(e);
         }
-      }).then((r) => this.reply(res, req, r));
+      }).then((r) => {
+        const head = path.replace(/^\/+/, "").split("/")[0] ?? "";
+        if (method === "GET" || method === "PUT" || method === "PATCH") this.vm.metrics.apiRequest(method, metricName(head, path), r.status >= 400);
+        if (r.status >= 400) this.vm.log("error", "api_server", `Received Error. Status code: ${r.status}. Message: ${(r.body as { fault_message?: string })?.fault_message ?? ""}`);
+        else this.vm.log("info", "api_server", `The request was executed successfully. Status code: ${r.status}.`);
+        this.reply(res, req, r);
+      });
     });
   }
 

@@ -17,7 +17,9 @@
 import { EventEmitter } from "node:events";
 import { devicePlacement } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult, type MachineState } from "../vm/machine.js";
-import type { Balloon } from "../config/schema.js";
+import type { Balloon, Logger, Metrics } from "../config/schema.js";
+import { LogFile, type LogLevel } from "./logger.js";
+import { VmMetrics } from "./metrics.js";
 import { VmResources } from "./resources.js";
 
 /** Firecracker's instance states (vmm_config/instance_info.rs VmState). */
@@ -82,9 +84,16 @@ export class Vm extends EventEmitter {
   private ending: Promise<MachineResult> | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private balloonPolling = 0;
+  /** Counters and latencies for the metrics file (written once one is set). */
+  readonly metrics = new VmMetrics();
+  private logFile: LogFile | undefined;
+  private guestFaults = 0;
+  /** Each virtio device's name in metrics, in guest order, as Firecracker names its groups (block_<drive_id>, net_<iface_id>...). */
+  private deviceNames: string[] = [];
 
   constructor(private readonly options: VmOptions = {}) {
     super();
+    this.exited = new Promise((resolve) => (this.resolveExited = resolve));
     this.id = options.id ?? "anonymous-instance";
     this.version = options.version ?? "0.0.0";
   }
@@ -101,11 +110,9 @@ export class Vm extends EventEmitter {
     return this.machine?.state === "ended";
   }
 
-  /** Resolves with the VM's end once it started and ended (rejects if start failed). */
-  get exited(): Promise<MachineResult> {
-    if (!this.ending) return Promise.reject(new VmError("EPOSTBOOTONLY", "The VM has not started"));
-    return this.ending;
-  }
+  /** Resolves with the VM's end, once it has started and ended (a VM that never starts never resolves it). */
+  readonly exited: Promise<MachineResult>;
+  private resolveExited!: (result: MachineResult) => void;
 
   /** Runs `op` after every operation called before it (Firecracker serves one request at a time). */
   serialize<T>(op: () => T | Promise<T>): Promise<T> {
@@ -125,6 +132,49 @@ export class Vm extends EventEmitter {
     return this.machine;
   }
 
+  /** Writes a line to the log file, when there is one. */
+  log(level: LogLevel, origin: string, message: string): void {
+    this.logFile?.log(level, origin, message);
+  }
+
+  /** PUT /logger (before boot, as in Firecracker): the log file, its level and what each line shows. */
+  async setLogger(l: Logger): Promise<void> {
+    this.requireNotStarted();
+    if (this.logFile) throw new VmError("EINVALID", "Logger error: the logger is already configured.");
+    if (l.log_path == null) throw new VmError("EINVALID", "Logger error: flint writes its log to a file or FIFO: log_path is required.");
+    this.logFile = await LogFile.open({
+      path: l.log_path, id: this.id, level: l.level ?? null, showLevel: l.show_level ?? null,
+      showLogOrigin: l.show_log_origin ?? null, module: l.module ?? null,
+    });
+    this.log("info", "vmm", `Running flint v${this.version} as instance ${this.id}`);
+  }
+
+  /** PUT /metrics (before boot, as in Firecracker): where the metrics lines go. */
+  setMetrics(m: Metrics): void {
+    this.requireNotStarted();
+    this.metrics.open(m.metrics_path, () => ({
+      devices: (this.machine?.deviceStats() ?? []).map((d, i) => ({ ...d, name: this.deviceNames[i] ?? d.name })),
+      guestFaults: this.guestFaults,
+    }));
+  }
+
+  /** FlushMetrics: a metrics line now (after boot, as in Firecracker). */
+  flushMetrics(): void {
+    this.requireStarted();
+    this.metrics.flush();
+  }
+
+  /** Pushes bytes to the guest's serial console; returns how many it took (none before the VM started or after it ended). */
+  consoleInput(bytes: Uint8Array): number {
+    return this.machine && this.machine.state !== "ended" ? this.machine.consoleInput(bytes) : 0;
+  }
+
+  /** Resolves when the console can take input again (once the VM started, if it has not). */
+  async consoleWritable(): Promise<void> {
+    if (!this.machine) await new Promise((resolve) => this.once("state", resolve));
+    if (this.machine && this.machine.state !== "ended") await this.machine.consoleWritable();
+  }
+
   /** GET /. */
   info(): InstanceInfo {
     return { id: this.id, state: this.state, vmm_version: this.version, app_name: "Firecracker" };
@@ -142,6 +192,7 @@ export class Vm extends EventEmitter {
    */
   async start(): Promise<void> {
     this.requireNotStarted();
+    const t0 = performance.now();
     const spec = this.resources.spec();
     Machine.prestart({ vcpuThreads: spec.cpus, deviceThreads: devicePlacement(spec.virtioDevices).threads });
     let machine: Machine;
@@ -153,9 +204,19 @@ export class Vm extends EventEmitter {
         hugePages: spec.hugePages,
         virtioDevices: spec.virtioDevices,
         ...(this.options.consoleOutput ? { consoleOutput: this.options.consoleOutput } : {}),
-        ...(this.options.onGuestFault ? { onGuestFault: this.options.onGuestFault } : {}),
-        ...(this.options.onHostError ? { onHostError: this.options.onHostError } : {}),
-        ...(this.options.onSlowEnd ? { onSlowEnd: this.options.onSlowEnd } : {}),
+        onGuestFault: (device, message) => {
+          this.guestFaults++;
+          this.log("warn", `devices::${device}`, `guest fault: ${message}`);
+          this.options.onGuestFault?.(device, message);
+        },
+        onHostError: (device, message) => {
+          this.log("error", `devices::${device}`, `host error: ${message}`);
+          this.options.onHostError?.(device, message);
+        },
+        onSlowEnd: (message) => {
+          this.log("warn", "vmm", message);
+          this.options.onSlowEnd?.(message);
+        },
         onStarted: () => this.emit("state", this.state),
       });
     } catch (e) {
@@ -163,13 +224,21 @@ export class Vm extends EventEmitter {
     }
     this.machine = machine;
     this.booted = this.resources.toConfig();
+    const drives = this.resources.driveList().map((d) => d.drive_id), ifaces = this.resources.interfaceList().map((n) => n.iface_id);
+    const names: Record<string, string> = { vsock: "vsock", rng: "entropy", balloon: "balloon" };
+    this.deviceNames = spec.virtioDevices.map((d) => d.kind === "block" ? `block_${drives.shift()}` : d.kind === "net" ? `net_${ifaces.shift()}` : names[d.kind] ?? d.kind);
     let started!: () => void;
     const running = new Promise<void>((r) => (started = r));
     const onState = () => started();
     this.once("state", onState);
     const run = machine.run();
     this.ending = run.then((result) => {
+      this.log("info", "vmm", `The VM ended: ${result.reason.kind}${result.reason.kind === "error" ? `: ${result.reason.message.split("\n")[0]}` : ""}`);
+      if (this.metrics.enabled) this.metrics.flush();
+      this.metrics.close();
       this.emit("exit", result);
+      this.resolveExited(result);
+      this.logFile?.close();
       return result;
     });
     // A start that fails before the guest runs (a device that cannot open) ends run() with an error.
@@ -183,17 +252,25 @@ export class Vm extends EventEmitter {
       throw new VmError("ESTART", `Start microvm error: ${first.message.split("\n")[0]}`);
     }
     this.ending.catch(() => undefined);
+    this.metrics.latency("instance_start", (performance.now() - t0) * 1000);
+    this.log("info", "vmm", `Started the VM: ${spec.cpus} vCPUs, ${spec.memoryMib} MiB, ${spec.virtioDevices.length} virtio devices`);
   }
 
   /** PATCH /vm {"state": "Paused"}: every vCPU out of the guest, every device at rest. */
   async pause(): Promise<void> {
+    const t0 = performance.now();
     await this.requireStarted().pause();
+    this.metrics.latency("pause_vm", (performance.now() - t0) * 1000);
+    this.log("info", "vmm", "Paused the VM");
     this.emit("state", this.state);
   }
 
   /** PATCH /vm {"state": "Resumed"}. */
   async resume(): Promise<void> {
+    const t0 = performance.now();
     await this.requireStarted().resume();
+    this.metrics.latency("resume_vm", (performance.now() - t0) * 1000);
+    this.log("info", "vmm", "Resumed the VM");
     this.emit("state", this.state);
   }
 
