@@ -310,3 +310,26 @@ export class RateLimiter {
     return c;
   }
 }
+
+/** BackendRequest op: apply an update (RateLimiterRequest) to a device's limiter; answers its new RateLimiterConfig. */
+export const RATE_LIMITER_REQUEST_UPDATE = "rate-limiter-update";
+/** BackendRequest op: a device's limiter as configured (RateLimiterRequest without `update`); answers a RateLimiterConfig. */
+export const RATE_LIMITER_REQUEST_INFO = "rate-limiter-info";
+
+/** Which of a device's limiters: "rx" or "tx" for virtio-net, "io" (the only one) for virtio-blk and virtio-rng. */
+export type RateLimiterName = "io" | "rx" | "tx";
+
+/** The args of a rate-limiter request (JSON, from the main thread). */
+export interface RateLimiterRequest {
+  which: RateLimiterName;
+  /** RATE_LIMITER_REQUEST_UPDATE: the update (see RateLimiter.update). */
+  update?: RateLimiterConfig;
+}
+
+/** Reads a rate-limiter request's args, checking `which` against the limiters the device has. */
+export function rateLimiterRequest(args: unknown, names: readonly RateLimiterName[]): RateLimiterRequest {
+  const a = (typeof args === "object" && args !== null ? args : {}) as Partial<RateLimiterRequest>;
+  const which = a.which ?? names[0]!;
+  if (!names.includes(which)) throw new RateLimiterError(`Cannot set rate limiter: the device has no '${String(which)}' limiter (it has ${names.map((n) => `'${n}'`).join(", ")})`);
+  return { which, update: a.update };
+}
