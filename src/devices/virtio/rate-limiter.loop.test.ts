@@ -16,7 +16,8 @@ import { after, test } from "node:test";
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN } from "../../linux/abi.generated.js";
 import { SECTOR_SIZE } from "./block.js";
 import { NET_HDR_BYTES, NET_RX_QUEUE, NET_TX_QUEUE } from "./net.js";
-import { RATE_LIMITER_REQUEST_INFO, RATE_LIMITER_REQUEST_UPDATE, type RateLimiterConfig } from "./rate-limiter.js";
+import { RATE_LIMITER_REQUEST_INFO, RATE_LIMITER_REQUEST_UPDATE, RateLimiterError, type RateLimiterConfig } from "./rate-limiter.js";
+import { RateLimiterControl } from "./rate-limiter-control.js";
 import { blkHeader } from "./testing/block-requests.js";
 import { DeviceLoopRig, VIRTIO_V1 } from "./testing/device-loop-rig.js";
 import type { UsedEntry } from "./testing/fake-driver.js";
@@ -227,8 +228,14 @@ test("virtio-net RX under a limiter: frames reach the guest no faster than the b
       return seen.length === frames;
     }, "every frame reaches the guest", LIMIT_MS);
     assert.deepEqual(seen, Array.from({ length: frames }, (_, i) => i));
-    const other = await rig.timedRequest(RATE_LIMITER_REQUEST_INFO, { which: "tx" });
-    assert.deepEqual(other.value, {}, "TX is not limited");
+    // The library's handle (Machine.updateRateLimiter): checked on the main side, applied in the device thread.
+    const control = RateLimiterControl.of({ devices: [rig.dev], kinds: ["net"] }, 0);
+    assert.deepEqual(await control.info("tx"), {}, "TX is not limited");
+    await assert.rejects(control.update("io", {}), (e: unknown) => e instanceof RateLimiterError && /no 'io' limiter/.test(e.message));
+    await assert.rejects(control.update("tx", { ops: { size: -1, refillTimeMs: 1 } }), RateLimiterError);
+    assert.throws(() => RateLimiterControl.of({ devices: [rig.dev], kinds: ["net"] }, 1), RateLimiterError);
+    assert.deepEqual(await control.update("tx", { ops: { size: 5, refillTimeMs: 10 } }), { ops: { size: 5, refillTimeMs: 10 } });
+    assert.deepEqual(await control.update("rx", { ops: { size: 7, refillTimeMs: 10 } }), { bandwidth: bucket, ops: { size: 7, refillTimeMs: 10 } }, "an absent bucket stays");
   } finally {
     await rig.stop();
     tap.close();
