@@ -160,6 +160,28 @@ test("virtio-rng under a bandwidth limiter: entropy never runs ahead of the buck
   }
 });
 
+test("a throttled device's timer does not fire while the device is quiesced (a paused VM), and fires once it runs again", async () => {
+  const bucket = { size: 1 * KIB, refillTimeMs: 50 }; // one 1 KiB request per 50 ms
+  const rig = await DeviceLoopRig.start({ backendModule: RNG, backendOptions: { rateLimiter: { bandwidth: bucket } }, name: "virtio-rng" });
+  try {
+    const drv = rig.newDriver(0, { queueSize: 32, heapBytes: 64 * KIB });
+    rig.bringUp({ features: VIRTIO_V1, drivers: [drv] });
+    const heads = Array.from({ length: 8 }, () => drv.addChain({ writable: [KIB] }));
+    rig.kick(0);
+    await rig.until(() => drv.usedIdx >= 1, "the first request (the bucket's budget) is served", LIMIT_MS);
+    await rig.dev.quiesce();
+    const atQuiesce = drv.usedIdx;
+    assert.ok(atQuiesce < heads.length, "the device was throttled when it quiesced");
+    await new Promise((r) => setTimeout(r, 300)); // six refill times: the timer is long due
+    assert.equal(drv.usedIdx, atQuiesce, "nothing served while quiesced");
+    await rig.dev.resume();
+    await rig.until(() => drv.usedIdx === heads.length, "the rest is served after resume", LIMIT_MS);
+    assert.deepEqual(drv.popAllUsed().map((u) => u.head), heads);
+  } finally {
+    await rig.stop();
+  }
+});
+
 const MAC = "06:00:ac:10:00:02";
 const macBytes = Uint8Array.from(MAC.split(":"), (h) => parseInt(h, 16));
 /** Packet `seq`: a virtio-net header and a frame of `frameBytes`, numbered in its first payload bytes. */
