@@ -343,7 +343,8 @@ export class DeviceRunner {
       setTimer: (id, delayMs, onFire) => {
         if (!Number.isInteger(id) || id < 0 || id >= MAX_TIMERS) throw new Error(`timer id ${id} is not from 0 to ${MAX_TIMERS - 1}`);
         if (!live()) return;
-        this.timers.set(id, { dueMs: performance.now() + Math.max(0, delayMs), onFire });
+        // NaN would never come due, nor let the loop compute a wait: treat it as now.
+        this.timers.set(id, { dueMs: performance.now() + (delayMs > 0 ? delayMs : 0), onFire });
       },
       clearTimer: (id) => {
         this.timers.delete(id);

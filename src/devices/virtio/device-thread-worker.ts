@@ -54,6 +54,9 @@ function attach(desc: MemoryDescriptor): GuestMemory {
   return m;
 }
 
+/** The longest poll(2) wait when something is due (a timer further out is looked at again after it). */
+const MAX_POLL_WAIT_MS = 60_000;
+
 let pollSetChanged = true;
 const markChanged = () => { pollSetChanged = true; };
 const runners: DeviceRunner[] = [];
@@ -125,7 +128,8 @@ function loop(): void {
     const timerIn = nextTimerInMs();
     const wakeIn = summaryIn === undefined ? timerIn : timerIn === undefined ? summaryIn : Math.min(summaryIn, timerIn);
     const buf = pollBuf, slots = owners;
-    const n = sys.poll(buf, slots.length, wakeIn === undefined ? -1 : Math.ceil(wakeIn));
+    // poll(2) takes an int: a far timer (a rate limiter's long debt) wakes the loop early, to look again.
+    const n = sys.poll(buf, slots.length, wakeIn === undefined ? -1 : Math.min(Math.ceil(wakeIn), MAX_POLL_WAIT_MS));
     if (n === -EINTR) continue;
     if (n < 0) throw new Error(`poll failed: ${errnoName(-n)}`);
     if (summaryIn !== undefined) for (const r of runners) r.faultLog.tick();

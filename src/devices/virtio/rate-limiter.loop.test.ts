@@ -182,6 +182,27 @@ test("a throttled device's timer does not fire while the device is quiesced (a p
   }
 });
 
+test("a request whose debt blocks the device for months leaves the device thread answering and resettable", async () => {
+  // One token per 10^7 ms: a 1 KiB request (served whole, larger than the bucket) owes ~10^10 ms,
+  // more than poll(2)'s int timeout can say.
+  const rig = await DeviceLoopRig.start({ backendModule: RNG, backendOptions: { rateLimiter: { bandwidth: { size: 1, refillTimeMs: 1e7 } } }, name: "virtio-rng" });
+  try {
+    const drv = rig.newDriver(0, { queueSize: 16 });
+    rig.bringUp({ features: VIRTIO_V1, drivers: [drv] });
+    drv.addChain({ writable: [KIB] });
+    drv.addChain({ writable: [KIB] });
+    rig.kick(0);
+    await rig.until(() => drv.usedIdx === 1, "the oversized request is served", LIMIT_MS);
+    const info = await rig.timedRequest(RATE_LIMITER_REQUEST_INFO, { which: "io" });
+    assert.equal(info.ok, true, "the device thread still answers");
+    await rig.timedReset();
+    assert.equal(drv.usedIdx, 1, "the second request waited for the debt");
+    assert.equal(rig.failureLog.count, 0, rig.failureLog.last.join("; "));
+  } finally {
+    await rig.stop();
+  }
+});
+
 const MAC = "06:00:ac:10:00:02";
 const macBytes = Uint8Array.from(MAC.split(":"), (h) => parseInt(h, 16));
 /** Packet `seq`: a virtio-net header and a frame of `frameBytes`, numbered in its first payload bytes. */
