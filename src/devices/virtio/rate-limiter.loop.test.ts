@@ -284,3 +284,31 @@ test("virtio-net RX under a limiter: frames reach the guest no faster than the b
     tap.close();
   }
 });
+
+test("a throttled virtio-net RX path leaves frames in the TAP's queue, survives a reset, and an update delivers the rest in order", async () => {
+  const tap = fakeTap();
+  const slow = { size: 2 * KIB, refillTimeMs: 600_000 }; // two 1 KiB packets, then 2 KiB per 10 minutes
+  const rig = await DeviceLoopRig.start({ backendModule: FAKE_TAP_NET, backendOptions: { fd: tap.device, tap: "fake", mac: MAC, rxRateLimiter: { bandwidth: slow } }, name: "virtio-net" });
+  try {
+    const rx = rig.newDriver(NET_RX_QUEUE, { queueSize: 16, heapBytes: 64 * KIB }), tx = rig.newDriver(NET_TX_QUEUE, { queueSize: 16 });
+    rig.bringUp({ features: VIRTIO_V1, drivers: [rx, tx] });
+    for (let i = 0; i < 8; i++) rx.addChain({ writable: [NET_HDR_BYTES + 1514] });
+    rig.kick(NET_RX_QUEUE);
+    for (let i = 0; i < 6; i++) assert.ok(writePacket(tap.peer, packet(i, KIB - NET_HDR_BYTES)) > 0);
+    await rig.until(() => rx.usedIdx === 2, "the bucket's two packets arrive", LIMIT_MS);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(rx.usedIdx, 2, "no more: the device holds packet 2 and leaves 3..5 in the TAP's queue");
+    assert.deepEqual(rx.popAllUsed().map((u) => seqOf(u.written)), [0, 1]);
+    await rig.timedReset(); // the held packet goes with the session, as any frame held for it (net.ts)
+    const [rx2] = rig.bringUpAgain();
+    for (let i = 0; i < 8; i++) rx2!.addChain({ writable: [NET_HDR_BYTES + 1514] });
+    rig.kick(NET_RX_QUEUE);
+    const upd = await rig.timedRequest(RATE_LIMITER_REQUEST_UPDATE, { which: "rx", update: { bandwidth: { size: 0, refillTimeMs: 0 } } });
+    assert.deepEqual(upd.value, {});
+    await rig.until(() => rx2!.usedIdx === 3, "the packets the TAP kept arrive once the limit is lifted", LIMIT_MS);
+    assert.deepEqual(rx2!.popAllUsed().map((u) => seqOf(u.written)), [3, 4, 5], "in order");
+  } finally {
+    await rig.stop();
+    tap.close();
+  }
+});
