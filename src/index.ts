@@ -20,6 +20,8 @@ export type { VmExitReason } from "./devices/bus.js";
 export type { VirtioDeviceConfig, VirtioDeviceKind, VirtioAnnouncement, VirtioDeviceStats, DeviceThreadPlacement } from "./devices/virtio/virtio-set.js";
 export type { BlockOptions } from "./devices/virtio/block.js";
 export type { NetOptions } from "./devices/virtio/net.js";
+export type { RngOptions } from "./devices/virtio/rng.js";
+export { RateLimiterError, type RateLimiterConfig, type RateLimiterName, type TokenBucketConfig } from "./devices/virtio/rate-limiter.js";
 export type { VsockOptions } from "./devices/virtio/vsock/index.js";
 export type { BalloonOptions, BalloonStats, BalloonMetrics } from "./devices/virtio/balloon.js";
 export { BalloonControl, type BalloonInfo, type BalloonWaitOptions } from "./devices/virtio/balloon-control.js";

@@ -10,6 +10,8 @@
  *      same kernel and initramfs (skip with --no-boot: it takes minutes)
  *   5. virtio-blk device path: a ring-3 polled driver guest reading through
  *      flint's virtio-blk vs QEMU's (skip with --no-blk)
+ *   5b. rate-limited disk read: the same guest under a bandwidth bucket on
+ *      its drive, achieved rate / bucket rate (skip with --no-ratelimit)
  *   6. virtio devices with real Linux in the nested harness: virtio-blk
  *      O_DIRECT reads (4 KiB random at QD1 and QD32, 64 KiB sequential) and
  *      virtio-net TCP throughput both ways, flint vs QEMU -M microvm with
@@ -26,7 +28,7 @@
  *      --overhead-only, i.e. `npm run bench:overhead`)
  *
  * Options: --count N (exits per run, default 300000), --runs R (default 3),
- * --no-boot, --no-blk, --no-virtio, --no-stop, --no-pause, --no-overhead, --overhead-only,
+ * --no-boot, --no-blk, --no-ratelimit, --no-virtio, --no-stop, --no-pause, --no-overhead, --overhead-only,
  * --virtio-only, --virtio-figures KEYS, --virtio-rounds R (section 6's rounds, default 5), --overhead-runs R
  * (section 8's rounds, default 7), --json FILE (also write all results as JSON).
  */
@@ -45,6 +47,7 @@ import { printPauseLatencySection } from "./pause-latency.js";
 import { printStopLatencySection } from "./stop-latency.js";
 import { type VirtioFigureKey, benchVirtioNested, selectFigures } from "./virtio-nested.js";
 import { printVirtioBlkSection } from "./virtio-blk-bench.js";
+import { printRateLimitSection } from "./rate-limit-bench.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
@@ -154,6 +157,8 @@ async function main(): Promise<void> {
 
   // virtio-blk device path (src/bench/virtio-blk-bench.ts); --no-blk skips it.
   if (!process.argv.includes("--no-blk")) results.virtioBlk = await printVirtioBlkSection(out, { runs });
+  // Rate-limited disk read (src/bench/rate-limit-bench.ts); --no-ratelimit skips it.
+  if (!process.argv.includes("--no-ratelimit")) results.rateLimitedRead = await printRateLimitSection(out, runs);
 
   if (!process.argv.includes("--no-boot")) {
     out("== Linux boot to /init in the nested harness (TCG outer VM: compare ratios only) ==");

@@ -30,6 +30,7 @@ import { median, runTimed, tail } from "./process.js";
 import {
   VBLK_END_OK, VBLK_MAX_DEPTH, VblkReport, buildVirtioBlkGuest, vblkCmdline, writeStampedImage, type VblkRun,
 } from "../guest/programs/virtio-blk-driver.js";
+import type { RateLimiterConfig } from "../devices/virtio/rate-limiter.js";
 import { virtioSlot } from "../devices/virtio/virtio-set.js";
 import { Machine } from "../vm/machine.js";
 
@@ -148,8 +149,8 @@ function calibrationTicks(report: VblkReport): number {
   return Number(report.big("tsc.end") - report.big("tsc.mark"));
 }
 
-/** One flint run: Machine with PVH boot, debug-exit, one read-only virtio-blk over `image`. */
-export async function runFlintVblk(image: string, counts: VblkCounts, timeoutMs = 180_000): Promise<VblkRunResult> {
+/** One flint run: Machine with PVH boot, debug-exit, one read-only virtio-blk over `image` (under `rateLimiter`, if given). */
+export async function runFlintVblk(image: string, counts: VblkCounts, timeoutMs = 180_000, rateLimiter?: RateLimiterConfig): Promise<VblkRunResult> {
   const run: VblkRun = { blkBase: virtioSlot(0).mmioBase, mode: "bench", seed: SEED, ...counts };
   const chunks: Buffer[] = [];
   const m = Machine.create({
@@ -158,7 +159,7 @@ export async function runFlintVblk(image: string, counts: VblkCounts, timeoutMs 
     boot: { kind: "linux", kernelPath: buildVirtioBlkGuest(), cmdline: vblkCmdline(run), acpi: false, mode: "pvh" },
     debugExit: true,
     consoleOutput: new Writable({ write(c: Buffer, _e, cb) { chunks.push(Buffer.from(c)); cb(); } }),
-    virtioDevices: [{ kind: "block", options: { path: image, readOnly: true } }],
+    virtioDevices: [{ kind: "block", options: { path: image, readOnly: true, ...(rateLimiter ? { rateLimiter } : {}) } }],
   });
   const timer = setTimeout(() => m.stop({ kind: "error", message: `the virtio-blk guest ran longer than ${timeoutMs} ms` }), timeoutMs);
   const r = await m.run().finally(() => clearTimeout(timer));

@@ -103,8 +103,21 @@ test("interfaces: an iface_id given again replaces; a TAP or MAC used twice is r
     "network-interfaces[1].guest_mac", /is used by another interface/, "ECONFIGINVALID");
 });
 
-test("what flint has no device or feature for is refused with one line naming the field", () => {
+test("rate limiters pass through to the devices' options in flint's shape; buckets that limit nothing are left out", () => {
   const bucket = { size: 1000, refill_time: 100 };
+  const m = toFlintMachine(base({
+    drives: [drive("d", { rate_limiter: { bandwidth: { ...bucket, one_time_burst: 5000 }, ops: { size: 0, refill_time: 10 } } })],
+    "network-interfaces": [{ iface_id: "e", host_dev_name: "t", guest_mac: "06:00:00:00:00:01", rx_rate_limiter: { ops: bucket }, tx_rate_limiter: { bandwidth: bucket, ops: null } }],
+    entropy: { rate_limiter: { bandwidth: { size: 10, refill_time: 0 } } },
+  }));
+  assert.deepEqual(m.virtioDevices.map((d) => d.options), [
+    { path: "d.img", readOnly: false, rateLimiter: { bandwidth: { size: 1000, oneTimeBurst: 5000, refillTimeMs: 100 } } },
+    { tap: "t", mac: "06:00:00:00:00:01", rxRateLimiter: { ops: { size: 1000, refillTimeMs: 100 } }, txRateLimiter: { bandwidth: { size: 1000, refillTimeMs: 100 } } },
+    {},
+  ]);
+});
+
+test("what flint has no device or feature for is refused with one line naming the field", () => {
   refuses(base({ "machine-config": { vcpu_count: 2, mem_size_mib: 128, smt: true } }), "machine-config.smt", /SMT/);
   refuses(base({ "machine-config": { vcpu_count: 1, mem_size_mib: 128, cpu_template: "T2" } }), "machine-config.cpu_template", /'T2': flint has no CPU templates/);
   refuses(base({ "machine-config": { vcpu_count: 1, mem_size_mib: 128, huge_pages: "2M" } }), "machine-config.huge_pages", /hugetlbfs/);
@@ -113,9 +126,6 @@ test("what flint has no device or feature for is refused with one line naming th
   refuses(base({ "memory-hotplug": { total_size_mib: 1024 } }), "memory-hotplug", /virtio-mem/);
   refuses(base({ "mmds-config": { network_interfaces: ["eth0"] } }), "mmds-config", /MMDS/);
   refuses(base({ drives: [{ drive_id: "v", is_root_device: false, socket: "/tmp/vhost.sock" }] }), "drives[0].socket", /vhost-user-blk/);
-  refuses(base({ drives: [drive("d", { rate_limiter: { bandwidth: bucket } })] }), "drives[0].rate_limiter", /rate limiters/);
-  refuses(base({ "network-interfaces": [{ iface_id: "e", host_dev_name: "t", tx_rate_limiter: { ops: bucket } }] }), "network-interfaces[0].tx_rate_limiter", /rate limiters/);
-  refuses(base({ entropy: { rate_limiter: { ops: bucket } } }), "entropy.rate_limiter", /rate limiters/);
   refuses(base({ balloon: { amount_mib: 1, deflate_on_oom: true, free_page_hinting: true } }), "balloon.free_page_hinting", /free page hinting/);
   refuses(base({ balloon: { amount_mib: 1, deflate_on_oom: true, free_page_reporting: true } }), "balloon.free_page_reporting", /free page reporting/);
 });

@@ -17,6 +17,8 @@ import { randomBytes } from "node:crypto";
 import type { BalloonOptions } from "../devices/virtio/balloon.js";
 import type { BlockOptions } from "../devices/virtio/block.js";
 import type { NetOptions } from "../devices/virtio/net.js";
+import type { RateLimiterConfig, TokenBucketConfig } from "../devices/virtio/rate-limiter.js";
+import type { RngOptions } from "../devices/virtio/rng.js";
 import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import type { VsockOptions } from "../devices/virtio/vsock/index.js";
 import { ConfigError, VM_CONFIG_KEYS, type Drive, type RateLimiter, type TokenBucket, type VmConfig } from "./schema.js";
@@ -60,16 +62,23 @@ function unsupported(field: string, why: string): ConfigError {
   return new ConfigError("ECONFIGUNSUPPORTED", `Unsupported config: '${field}' ${why}`, field);
 }
 
-/** A bucket limits nothing when size or refill_time is 0 (Firecracker's TokenBucket::new returns none then). */
-function bucketLimits(b: TokenBucket | null | undefined): boolean {
-  return !!b && b.size > 0 && b.refill_time > 0;
+/**
+ * A bucket in flint's shape, or undefined when it limits nothing: size or
+ * refill_time 0 (Firecracker's TokenBucket::new returns none then, and its
+ * GET /vm/config shows no such bucket).
+ */
+function tokenBucket(b: TokenBucket | null | undefined): TokenBucketConfig | undefined {
+  if (!b || b.size === 0 || b.refill_time === 0) return undefined;
+  const out: TokenBucketConfig = { size: b.size, refillTimeMs: b.refill_time };
+  if (b.one_time_burst) out.oneTimeBurst = b.one_time_burst;
+  return out;
 }
 
-/** Refuses a rate limiter that limits anything: flint has no rate limiters yet. */
-function checkRateLimiter(field: string, r: RateLimiter | null | undefined): void {
-  if (r && (bucketLimits(r.bandwidth) || bucketLimits(r.ops))) {
-    throw unsupported(field, "sets a token bucket: flint has no rate limiters yet");
-  }
+/** A rate limiter in flint's shape (rate-limiter.ts), or undefined when neither bucket limits anything. */
+function checkRateLimiter(r: RateLimiter | null | undefined): RateLimiterConfig | undefined {
+  const bandwidth = tokenBucket(r?.bandwidth), ops = tokenBucket(r?.ops);
+  if (!bandwidth && !ops) return undefined;
+  return { ...(bandwidth ? { bandwidth } : {}), ...(ops ? { ops } : {}) };
 }
 
 /**
@@ -143,11 +152,11 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
     const at = `drives[${index}]`;
     if (drive.socket != null) throw unsupported(`${at}.socket`, "is set: flint has no vhost-user-blk");
     if (drive.path_on_host == null) throw new ConfigError("ECONFIGINVALID", `Invalid ${what}: '${at}.path_on_host' is required for a virtio-blk drive`, `${at}.path_on_host`);
-    checkRateLimiter(`${at}.rate_limiter`, drive.rate_limiter);
+    const rateLimiter = checkRateLimiter(drive.rate_limiter);
     const readOnly = drive.is_read_only ?? false;
     // Firecracker's boot_source.rs: `root=PARTUUID=<uuid>` or `root=/dev/vda`, then `ro` or `rw`, appended.
     if (drive.is_root_device) cmdline += ` root=${drive.partuuid != null ? `PARTUUID=${drive.partuuid}` : "/dev/vda"} ${readOnly ? "ro" : "rw"}`;
-    const options: BlockOptions = { path: drive.path_on_host, readOnly };
+    const options: BlockOptions = { path: drive.path_on_host, readOnly, ...(rateLimiter ? { rateLimiter } : {}) };
     devices.push({ kind: "block", options });
   }
   // Both cache types are served the same: flint honours every guest flush (Writeback's contract), which
@@ -159,9 +168,11 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
   const netList: { options: NetOptions; index: number }[] = [];
   (cfg["network-interfaces"] ?? []).forEach((n, index) => {
     const at = `network-interfaces[${index}]`;
-    checkRateLimiter(`${at}.rx_rate_limiter`, n.rx_rate_limiter);
-    checkRateLimiter(`${at}.tx_rate_limiter`, n.tx_rate_limiter);
-    const options: NetOptions = { tap: n.host_dev_name, mac: n.guest_mac ?? randomMac() };
+    const rxRateLimiter = checkRateLimiter(n.rx_rate_limiter), txRateLimiter = checkRateLimiter(n.tx_rate_limiter);
+    const options: NetOptions = {
+      tap: n.host_dev_name, mac: n.guest_mac ?? randomMac(),
+      ...(rxRateLimiter ? { rxRateLimiter } : {}), ...(txRateLimiter ? { txRateLimiter } : {}),
+    };
     if (n.mtu != null) options.mtu = n.mtu;
     const same = ifaces.get(n.iface_id);
     // As Firecracker's NetBuilder: an iface_id given again replaces the earlier one.
@@ -188,8 +199,9 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
   }
 
   if (cfg.entropy != null) {
-    checkRateLimiter("entropy.rate_limiter", cfg.entropy.rate_limiter);
-    devices.push({ kind: "rng", options: {} });
+    const rateLimiter = checkRateLimiter(cfg.entropy.rate_limiter);
+    const options: RngOptions = rateLimiter ? { rateLimiter } : {};
+    devices.push({ kind: "rng", options });
   }
 
   return {

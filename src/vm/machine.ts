@@ -25,6 +25,7 @@ import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
 import { GuestFaultLog } from "../devices/fault-log.js";
 import { BalloonControl } from "../devices/virtio/balloon-control.js";
+import { RateLimiterControl, type RateLimiterConfig, type RateLimiterName } from "../devices/virtio/rate-limiter-control.js";
 import {
   VirtioSet, virtioAnnouncement, virtioDsdtDevices, type VirtioAnnouncement, type VirtioDeviceConfig, type VirtioDeviceStats,
 } from "../devices/virtio/virtio-set.js";
@@ -706,6 +707,22 @@ export class Machine {
   }
 
   private balloonControl: BalloonControl | undefined;
+
+  /**
+   * Changes a running device's rate limiter (Firecracker's PATCH /drives and
+   * /network-interfaces): `device` is its index in virtioDevices, `which` "io"
+   * for a drive or entropy device, "rx" or "tx" for a network interface.
+   * Resolves with the limiter's new configuration; rejects (ERATELIMITER,
+   * EVIRTIOREQUEST) changing nothing.
+   */
+  async updateRateLimiter(device: number, which: RateLimiterName, update: RateLimiterConfig): Promise<RateLimiterConfig> {
+    return RateLimiterControl.of(this.virtio, device).update(which, update);
+  }
+
+  /** A running device's rate limiter as configured now ({} when it limits nothing); see updateRateLimiter. */
+  async rateLimiter(device: number, which: RateLimiterName): Promise<RateLimiterConfig> {
+    return RateLimiterControl.of(this.virtio, device).info(which);
+  }
 
   /** Pushes bytes to the guest's serial console; returns how many fit. */
   consoleInput(bytes: Uint8Array): number {

@@ -41,6 +41,7 @@ class RecordingQueue implements VirtQueue {
   needsInterrupt() { return this.q.needsInterrupt(); }
   setNotifications(on: boolean) { this.q.setNotifications(on); }
   hasAvailable() { return this.q.hasAvailable(); }
+  undoPop() { this.q.undoPop(); }
 }
 
 class Ctx implements VirtioDeviceContext {

@@ -17,6 +17,13 @@
  *
  * Data moves with pread/pwrite straight between the file and guest memory.
  *
+ * Rate limiting (Firecracker's drive `rate_limiter`, rate-limiter.ts): each
+ * request costs one op, and an IN or OUT request also its data bytes. A
+ * request the limiter refuses goes back to the ring (nothing lost or
+ * reordered) and the device takes no more until its timer fires, when the
+ * bucket holds that request; the guest's requests wait in its own ring, so
+ * nothing grows on the host. Resets and host requests are served meanwhile.
+ *
  * Write cache (§5.2.6.2): flint always offers VIRTIO_BLK_F_FLUSH. A driver
  * that negotiates it gets a write-back cache (writes land in the page cache,
  * FLUSH makes them durable); a driver that does not must get a write-through
@@ -26,6 +33,7 @@
  * followed by fdatasync before it completes (as QEMU does).
  */
 import { closeSync, fstatSync, openSync } from "node:fs";
+import { performance } from "node:perf_hooks";
 import {
   BLKGETSIZE64, EINTR, EIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -40,7 +48,10 @@ import { dataView, getU32, getU64, setU32, setU64, setU8 } from "../../memory/le
 import { errnoName, sys } from "../../sys/native.js";
 import { readChain, writeChain } from "./chain-io.js";
 import { type ServeResult, serveQueue } from "./queue.js";
-import type { DescriptorChain, GuestBuffer, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
+import {
+  RATE_LIMITER_REQUEST_INFO, RATE_LIMITER_REQUEST_UPDATE, RateLimiter, type RateLimiterConfig, rateLimiterRequest,
+} from "./rate-limiter.js";
+import type { BackendRequest, DescriptorChain, GuestBuffer, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
 /**
  * Bytes per sector. virtio-blk counts capacity, request sectors and discard
@@ -81,6 +92,8 @@ export interface BlockOptions {
   readOnly: boolean;
   /** GET_ID serial (ASCII, at most VIRTIO_BLK_ID_BYTES); default derived from the file's device and inode. */
   id?: string;
+  /** Limits the drive's I/O (Firecracker's drive rate_limiter); none when absent. */
+  rateLimiter?: RateLimiterConfig;
 }
 
 /** Why a drive could not be attached. */
@@ -179,10 +192,13 @@ export class VirtioBlock implements VirtioBackend {
   private zeroJobs: ZeroJob[] = [];
   /** Ranges serve() found it must write zeros to, for handle() to make a job of. */
   private deferredRanges: ZeroRange[] | undefined;
+  /** The drive's limiter; it outlives resets, so a reset never buys a guest a fresh budget. */
+  readonly limiter: RateLimiter;
 
   /** Opens the image (in the device thread: the fd belongs to it). */
   constructor(options: BlockOptions) {
     this.readOnly = options.readOnly;
+    this.limiter = new RateLimiter(options.rateLimiter, () => performance.now());
     let fd: number;
     try {
       fd = openSync(options.path, options.readOnly ? "r" : "r+");
@@ -262,17 +278,23 @@ export class VirtioBlock implements VirtioBackend {
     const ctx = this.ctx;
     const q = ctx?.queues[queue];
     if (!ctx || !q || queue !== 0 || this.closed) return;
-    let served: ServeResult;
+    let served: ServeResult = { served: 0, more: false, refused: false };
     let completed = 0;
     const zeroBudget = { bytes: BLOCK_ZERO_BYTES_PER_PASS };
+    const limiter = this.limiter;
+    // A throttled device leaves new requests in the ring until its timer (see the module comment).
+    const blocked = limiter.blockedForMs() > 0;
     try {
       // Older work first: zeros still owed to earlier WRITE_ZEROES requests; then new requests,
       // and with what is left of this pass's zero budget, the zeros they asked for.
       completed = this.stepZeroJobs(ctx, q, zeroBudget);
-      served = serveQueue(q, BLOCK_SERVE_BUDGET, (chain) => {
-        const used = this.handle(ctx, chain);
-        if (used !== DEFERRED) q.pushUsed(chain.head, used);
-      });
+      if (!blocked) {
+        served = serveQueue(q, BLOCK_SERVE_BUDGET, (chain) => {
+          if (!limiter.unlimited && !limiter.consumeOp(this.dataBytes(ctx, chain))) return false;
+          const used = this.handle(ctx, chain);
+          if (used !== DEFERRED) q.pushUsed(chain.head, used);
+        });
+      }
       completed += this.stepZeroJobs(ctx, q, zeroBudget);
     } catch (e) {
       // Only the ring itself throws here (QueueError): the driver broke it.
@@ -283,6 +305,43 @@ export class VirtioBlock implements VirtioBackend {
     }
     if (served.served > 0 || completed > 0) ctx.notifyUsed(0);
     if (served.more || this.zeroJobs.length > 0) ctx.kick(0);
+    if (blocked || served.refused) ctx.setTimer?.(0, limiter.blockedForMs(), () => this.onNotify(0));
+  }
+
+  /**
+   * What a request costs in bytes (Firecracker's rate_limit: the data of IN and OUT
+   * requests, nothing for the others). Read from the header before handle() checks
+   * the request; a request too malformed to say costs its op only.
+   */
+  private dataBytes(ctx: VirtioDeviceContext, chain: DescriptorChain): number {
+    if (chain.readableBytes < virtio_blk_outhdr.SIZE) return 0;
+    let type: number;
+    try {
+      type = getU32(dataView(readChain(ctx.memory, chain, 0, virtio_blk_outhdr.SIZE)), virtio_blk_outhdr.type);
+    } catch {
+      return 0;
+    }
+    if (type === VIRTIO_BLK_T_IN) return Math.max(0, chain.writableBytes - 1);
+    if (type === VIRTIO_BLK_T_OUT) return chain.readableBytes - virtio_blk_outhdr.SIZE;
+    return 0;
+  }
+
+  /** Host requests: the drive's rate limiter (RATE_LIMITER_REQUEST_*; Firecracker's PATCH /drives). */
+  control(request: BackendRequest): unknown {
+    switch (request.op) {
+      case RATE_LIMITER_REQUEST_INFO:
+        rateLimiterRequest(request.args, ["io"]);
+        return this.limiter.config();
+      case RATE_LIMITER_REQUEST_UPDATE: {
+        this.limiter.update(rateLimiterRequest(request.args, ["io"]).update ?? {});
+        // The block ended: take up the requests waiting in the ring.
+        this.ctx?.clearTimer?.(0);
+        this.ctx?.kick(0);
+        return this.limiter.config();
+      }
+      default:
+        throw new Error(`virtio-blk has no request '${request.op}'`);
+    }
   }
 
   reset(): void {

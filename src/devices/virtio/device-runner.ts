@@ -13,7 +13,9 @@
  *     SplitQueues over guest memory, backend.activate(ctx)), a driver write
  *     of config space (backend.onConfigWrite), host requests, or stop;
  *   - each queue's notify eventfd (backend.onNotify(q));
- *   - the fds the backend watches.
+ *   - the fds the backend watches;
+ * and when the poll returns, the backend's due timers (ctx.setTimer: a
+ * throttled device's wake-up) fire; the loop's poll timeout is the next one.
  * Used buffers are signalled by setting VIRTIO_MMIO_INT_VRING and writing the
  * irqfd eventfd (KVM_IRQFD on the device's GSI), so no exit is involved.
  *
@@ -35,6 +37,7 @@
  * backend's budget (serveQueue, ctx.kick), so one device cannot hold the
  * thread from the others.
  */
+import { performance } from "node:perf_hooks";
 import { type MessagePort, receiveMessageOnPort } from "node:worker_threads";
 import {
   EFD_CLOEXEC, EFD_NONBLOCK, POLLIN, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_MMIO_INT_CONFIG,
@@ -60,6 +63,7 @@ const disabledQueue = (size: number): VirtQueue => ({
   needsInterrupt: () => false,
   setNotifications: () => undefined,
   hasAvailable: () => false,
+  undoPop: () => { throw new Error("undoPop on a queue the driver did not set up"); },
 });
 
 /** An fd the backend watches. */
@@ -67,6 +71,16 @@ export interface Watch {
   events: number;
   onReady(revents: number): void;
 }
+
+/** A backend's timer (ctx.setTimer). */
+interface Timer {
+  /** performance.now() at or after which it fires. */
+  dueMs: number;
+  onFire(): void;
+}
+
+/** Timers a backend may have at once (ids 0 .. MAX_TIMERS - 1): one per queue is plenty. */
+export const MAX_TIMERS = 8;
 
 /** One fd of a runner for the thread's poll set, and what it is. */
 export type PollEntry =
@@ -97,6 +111,8 @@ export class DeviceRunner {
   /** NEEDS_RESET episodes so far: past the first few, each is reported as a guest fault instead. */
   private failures = 0;
   private readonly watches = new Map<number, Watch>();
+  /** The session's timers, by id (bounded by MAX_TIMERS). */
+  private readonly timers = new Map<number, Timer>();
 
   // --- Device session: from DRIVER_OK to reset/failure ---
   private session = 0;
@@ -188,6 +204,24 @@ export class DeviceRunner {
     }
   }
 
+  /** Milliseconds until this device's next timer is due (0 when one is); undefined when none can fire. */
+  nextTimerInMs(nowMs: number): number | undefined {
+    if (this.quiesced || !this.active) return undefined;
+    let next: number | undefined;
+    for (const t of this.timers.values()) next = next === undefined ? t.dueMs : Math.min(next, t.dueMs);
+    return next === undefined ? undefined : Math.max(0, next - nowMs);
+  }
+
+  /** Fires the timers due at `nowMs` (one shot each); none while quiesced. */
+  fireTimers(nowMs: number): void {
+    if (this.quiesced || !this.active || this.timers.size === 0) return;
+    for (const [id, t] of [...this.timers]) {
+      if (t.dueMs > nowMs || this.timers.get(id) !== t || !this.active) continue;
+      this.timers.delete(id);
+      this.guarded(`timer ${id}`, t.onFire);
+    }
+  }
+
   /** Runs the backend's shutdown (data flushed), posts what the fault log holds, and reports the device stopped. */
   stop(): void {
     if (!this.running) return;
@@ -195,6 +229,7 @@ export class DeviceRunner {
     this.active = false;
     this.session++;
     this.watches.clear();
+    this.timers.clear();
     try {
       this.backend.shutdown?.();
     } catch (e) {
@@ -226,6 +261,7 @@ export class DeviceRunner {
   }
 
   private clearWatches(): void {
+    this.timers.clear();
     if (this.watches.size === 0) return;
     this.watches.clear();
     this.pollSetChanged();
@@ -303,6 +339,15 @@ export class DeviceRunner {
       },
       unwatch: (fd) => {
         if (this.watches.delete(fd)) this.pollSetChanged();
+      },
+      setTimer: (id, delayMs, onFire) => {
+        if (!Number.isInteger(id) || id < 0 || id >= MAX_TIMERS) throw new Error(`timer id ${id} is not from 0 to ${MAX_TIMERS - 1}`);
+        if (!live()) return;
+        // NaN would never come due, nor let the loop compute a wait: treat it as now.
+        this.timers.set(id, { dueMs: performance.now() + (delayMs > 0 ? delayMs : 0), onFire });
+      },
+      clearTimer: (id) => {
+        this.timers.delete(id);
       },
     };
   }

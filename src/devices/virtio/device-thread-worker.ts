@@ -18,6 +18,7 @@
  * bounded by its backend's budget, so a device the guest floods gets one
  * budget per pass and the others get theirs in the same pass.
  */
+import { performance } from "node:perf_hooks";
 import { parentPort } from "node:worker_threads";
 import { EINTR, pollfd } from "../../linux/abi.generated.js";
 import { GuestMemory, type MemoryDescriptor } from "../../memory/guest-memory.js";
@@ -52,6 +53,9 @@ function attach(desc: MemoryDescriptor): GuestMemory {
   if (!m) attached.set(desc, (m = GuestMemory.attach(desc)));
   return m;
 }
+
+/** The longest poll(2) wait when something is due (a timer further out is looked at again after it). */
+const MAX_POLL_WAIT_MS = 60_000;
 
 let pollSetChanged = true;
 const markChanged = () => { pollSetChanged = true; };
@@ -99,16 +103,37 @@ function nextSummaryInMs(): number | undefined {
   return next;
 }
 
+/** Milliseconds until the first device timer (ctx.setTimer) is due. */
+function nextTimerInMs(): number | undefined {
+  const now = performance.now();
+  let next: number | undefined;
+  for (const r of runners) {
+    const due = r.nextTimerInMs(now);
+    if (due !== undefined) next = next === undefined ? due : Math.min(next, due);
+  }
+  return next;
+}
+
+function fireTimers(): void {
+  const now = performance.now();
+  for (const r of [...runners]) if (r.running) r.fireTimers(now);
+}
+
 function loop(): void {
   while (runners.length > 0) {
     if (pollSetChanged) rebuildPollSet();
-    // Wake up for a due fault summary even when nothing else happens.
+    // Wake up for a due fault summary or device timer even when nothing else happens
+    // (rounded up: poll(2) counts whole milliseconds, and a timer must not fire early).
     const summaryIn = nextSummaryInMs();
+    const timerIn = nextTimerInMs();
+    const wakeIn = summaryIn === undefined ? timerIn : timerIn === undefined ? summaryIn : Math.min(summaryIn, timerIn);
     const buf = pollBuf, slots = owners;
-    const n = sys.poll(buf, slots.length, summaryIn === undefined ? -1 : Math.ceil(summaryIn));
+    // poll(2) takes an int: a far timer (a rate limiter's long debt) wakes the loop early, to look again.
+    const n = sys.poll(buf, slots.length, wakeIn === undefined ? -1 : Math.min(Math.ceil(wakeIn), MAX_POLL_WAIT_MS));
     if (n === -EINTR) continue;
     if (n < 0) throw new Error(`poll failed: ${errnoName(-n)}`);
     if (summaryIn !== undefined) for (const r of runners) r.faultLog.tick();
+    if (timerIn !== undefined) fireTimers();
     if (n === 0) continue;
     // Serve every ready slot of this pass (see the module comment), from this pass's snapshot.
     const view = dataView(buf);

@@ -44,12 +44,22 @@
  * that big) or with device-readable buffers is returned empty as a guest
  * fault; the frame goes on to the next chain.
  *
+ * Rate limiting (Firecracker's rx_rate_limiter and tx_rate_limiter,
+ * rate-limiter.ts): each direction has its own limiter, and a frame costs one
+ * op and its bytes (the virtio header included, as Firecracker counts). A TX
+ * chain the limiter refuses goes back to the ring and the device sends no more
+ * until its TX timer fires. A received frame the limiter refuses waits in the
+ * host buffer (one frame) while the TAP is not read, so further frames wait in
+ * the kernel's TAP queue (bounded by its txqueuelen, dropped there beyond it);
+ * the RX timer delivers it and listens to the TAP again.
+ *
  * Nothing a guest does throws out of the device: a malformed TX chain, an
  * oversized frame, an offload it did not negotiate or a lying header, or an RX
  * buffer too small for a frame drops that frame (and is counted); only a broken
  * ring (QueueError) fails the device.
  */
 import { readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
 import {
   EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
   O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
@@ -65,7 +75,10 @@ import {
   checkRxHeader, checkTxHeader, NET_OFFLOAD_FEATURES, negotiatedOffloads, NO_OFFLOADS, tunOffloadFlags,
   type NegotiatedOffloads,
 } from "./net-offload.js";
-import type { DescriptorChain, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
+import {
+  RATE_LIMITER_REQUEST_INFO, RATE_LIMITER_REQUEST_UPDATE, RateLimiter, type RateLimiterConfig, rateLimiterRequest,
+} from "./rate-limiter.js";
+import type { BackendRequest, DescriptorChain, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
 /** The receive queue. */
 export const NET_RX_QUEUE = 0;
@@ -117,6 +130,9 @@ const TX_USED_LENS = new Uint32Array(NET_QUEUE_SIZE);
 /** ETH_MIN_MTU (linux/if_ether.h, kernel-internal): the smallest MTU Linux accepts. */
 const MIN_MTU = 68;
 const TUN_DEVICE = "/dev/net/tun";
+/** ctx.setTimer ids: the wake-ups of a throttled receive and transmit path. */
+const RX_TIMER = 0;
+const TX_TIMER = 1;
 
 /** How to attach a network interface (JSON-serialisable: it is posted to the device thread). */
 export interface NetOptions {
@@ -126,6 +142,10 @@ export interface NetOptions {
   mac: string;
   /** MTU to advertise (VIRTIO_NET_F_MTU); the guest's default (1500) when absent. */
   mtu?: number;
+  /** Limits frames to the guest (Firecracker's rx_rate_limiter); none when absent. */
+  rxRateLimiter?: RateLimiterConfig;
+  /** Limits frames from the guest (Firecracker's tx_rate_limiter); none when absent. */
+  txRateLimiter?: RateLimiterConfig;
 }
 
 /** Why a network interface could not be attached. */
@@ -269,6 +289,11 @@ export class VirtioNet implements VirtioBackend {
   private readonly rxBuf = new Uint8Array(NET_HDR_BYTES + NET_MAX_FRAME_BYTES + 1);
   /** Bytes in rxBuf of a frame read from the TAP but not yet given to the guest (0: none). */
   private rxPending = 0;
+  /** The pending frame's tokens were taken from the RX limiter. */
+  private rxAdmitted = false;
+  /** The receive and transmit limiters; they outlive resets, so a reset never buys a fresh budget. */
+  readonly rxLimiter: RateLimiter;
+  readonly txLimiter: RateLimiter;
   private rxWatching = false;
   /** VIRTIO_NET_F_MRG_RXBUF negotiated in this session. */
   private mergeable = false;
@@ -288,6 +313,9 @@ export class VirtioNet implements VirtioBackend {
     this.mac = parseMac(options.mac);
     if (options.mtu !== undefined) checkMtu(options.mtu);
     this.mtu = options.mtu;
+    const clock = () => performance.now();
+    this.rxLimiter = new RateLimiter(options.rxRateLimiter, clock);
+    this.txLimiter = new RateLimiter(options.txRateLimiter, clock);
     const bit = (n: number) => 1n << BigInt(n);
     this.deviceFeatures = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | (options.mtu !== undefined ? bit(VIRTIO_NET_F_MTU) : 0n) |
       bit(VIRTIO_NET_F_MRG_RXBUF) | NET_OFFLOAD_FEATURES | NET_RING_FEATURES;
@@ -322,10 +350,46 @@ export class VirtioNet implements VirtioBackend {
     if (!this.ctx || this.closed) return;
     if (queue === NET_TX_QUEUE) this.tx();
     else if (queue === NET_RX_QUEUE) {
+      // Throttled: the RX timer takes receiving up again.
+      if (this.rxThrottled()) return;
       // New receive buffers (§5.1.6.3): deliver what waits, then listen to the TAP again.
       this.startRx();
       this.rx();
     }
+  }
+
+  /** Host requests: the rx and tx rate limiters (RATE_LIMITER_REQUEST_*; Firecracker's PATCH /network-interfaces). */
+  control(request: BackendRequest): unknown {
+    switch (request.op) {
+      case RATE_LIMITER_REQUEST_INFO: {
+        const { which } = rateLimiterRequest(request.args, ["rx", "tx"]);
+        return (which === "rx" ? this.rxLimiter : this.txLimiter).config();
+      }
+      case RATE_LIMITER_REQUEST_UPDATE: {
+        const { which, update } = rateLimiterRequest(request.args, ["rx", "tx"]);
+        const limiter = which === "rx" ? this.rxLimiter : this.txLimiter;
+        limiter.update(update ?? {});
+        // The block ended: the path takes up what waits (the ring, the pending frame).
+        this.ctx?.clearTimer?.(which === "rx" ? RX_TIMER : TX_TIMER);
+        this.ctx?.kick(which === "rx" ? NET_RX_QUEUE : NET_TX_QUEUE);
+        return limiter.config();
+      }
+      default:
+        throw new Error(`virtio-net has no request '${request.op}'`);
+    }
+  }
+
+  /** True when the RX limiter is blocked: the TAP is not read and the RX timer is armed. */
+  private rxThrottled(): boolean {
+    const wait = this.rxLimiter.blockedForMs();
+    if (wait === 0) return false;
+    this.stopRx();
+    this.ctx?.setTimer?.(RX_TIMER, wait, () => {
+      if (this.rxThrottled()) return;
+      this.startRx();
+      this.rx();
+    });
+    return true;
   }
 
   reset(): void {
@@ -333,6 +397,7 @@ export class VirtioNet implements VirtioBackend {
     // and so are the chains taken for it (the queues start over, §2.1.2).
     this.ctx = undefined;
     this.rxPending = 0;
+    this.rxAdmitted = false;
     this.rxWatching = false;
     this.dropHeld();
     // No driver, no offloads: frames the kernel queues now are complete ones; any offloaded
@@ -367,6 +432,13 @@ export class VirtioNet implements VirtioBackend {
     const ctx = this.ctx!;
     const q = ctx.queues[NET_TX_QUEUE];
     if (!q) return;
+    const limiter = this.txLimiter;
+    const wait = limiter.blockedForMs();
+    if (wait > 0) {
+      // Throttled: the chains wait in the ring for the TX timer.
+      ctx.setTimer?.(TX_TIMER, wait, () => this.tx());
+      return;
+    }
     let served: ServeResult;
     // The pass's chains go back together (one used idx update and one transport lock per
     // pass instead of per packet); each comes back with length 0 (§5.1.6.2).
@@ -374,6 +446,8 @@ export class VirtioNet implements VirtioBackend {
     let held = 0;
     try {
       served = serveQueue(q, TX_BATCH, (chain) => {
+        // Every chain costs its bytes, header included (what Firecracker counts as the frame).
+        if (!limiter.unlimited && !limiter.consumeOp(chain.readableBytes)) return false;
         this.transmit(ctx, chain);
         done[held++] = chain.head;
         if (held === done.length) {
@@ -388,6 +462,7 @@ export class VirtioNet implements VirtioBackend {
     }
     if (served.served > 0) ctx.notifyUsed(NET_TX_QUEUE);
     if (served.more) ctx.kick(NET_TX_QUEUE);
+    if (served.refused) ctx.setTimer?.(TX_TIMER, limiter.blockedForMs(), () => this.tx());
   }
 
   /**
@@ -474,6 +549,7 @@ export class VirtioNet implements VirtioBackend {
     const ctx = this.ctx;
     const q = ctx?.queues[NET_RX_QUEUE];
     if (!ctx || !q) return;
+    if (this.rxThrottled()) return;
     let pushed = false;
     const budget = { chains: RX_CHAIN_BUDGET };
     try {
@@ -498,6 +574,15 @@ export class VirtioNet implements VirtioBackend {
             continue;
           }
           this.rxPending = r;
+          this.rxAdmitted = false;
+        }
+        if (!this.rxAdmitted) {
+          // Refused: the frame waits in rxBuf and the TAP is left unread until the RX timer.
+          if (!this.rxLimiter.unlimited && !this.rxLimiter.consumeOp(this.rxPending)) {
+            this.rxThrottled();
+            break;
+          }
+          this.rxAdmitted = true;
         }
         if (this.mergeable) {
           const step = this.deliverMergeable(ctx, q, budget);

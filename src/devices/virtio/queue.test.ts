@@ -382,7 +382,7 @@ for (const [name, features] of [["EVENT_IDX", EVENT_IDX], ["NO_NOTIFY", NONE]] a
         assert.equal(drv.needsKick(), false, `chain ${seen.length} needs no kick: the device is busy`);
       }
     });
-    assert.deepEqual(r, { served: 4, more: false });
+    assert.deepEqual(r, { served: 4, more: false, refused: false });
     assert.deepEqual(seen, [0, 1, 2, 3]);
     assert.equal(q.hasAvailable(), false);
     drv.addChain({ readable: [bytes(9)] });
@@ -403,6 +403,7 @@ for (const [name, features] of [["EVENT_IDX", EVENT_IDX], ["NO_NOTIFY", NONE]] a
       needsInterrupt: () => q.needsInterrupt(),
       setNotifications: (on) => q.setNotifications(on),
       hasAvailable: () => q.hasAvailable(),
+      undoPop: () => q.undoPop(),
       pop: () => {
         const c = q.pop();
         if (!c && !raced) {
@@ -416,7 +417,40 @@ for (const [name, features] of [["EVENT_IDX", EVENT_IDX], ["NO_NOTIFY", NONE]] a
     const seen: number[] = [];
     const r = serveQueue(racy, 64, (chain) => { seen.push(readChain(mem, chain, 0, 1)[0]!); q.pushUsed(chain.head, 0); });
     assert.deepEqual(seen, [0, 1]);
-    assert.deepEqual(r, { served: 2, more: false });
+    assert.deepEqual(r, { served: 2, more: false, refused: false });
+  });
+
+  test(`serveQueue (${name}): a refused chain goes back to the ring, kicks stay off, and the next pass starts with it`, () => {
+    const drv = driver(16, features);
+    const q = drv.createQueue();
+    for (let i = 0; i < 5; i++) drv.addChain({ readable: [bytes(i)] });
+    drv.needsKick();
+    const seen: number[] = [];
+    let allow = 2;
+    const serve = (chain: ReturnType<SplitQueue["pop"]> & object): false | void => {
+      if (allow-- <= 0) return false;
+      seen.push(readChain(mem, chain, 0, 1)[0]!);
+      q.pushUsed(chain.head, 0);
+    };
+    assert.deepEqual(serveQueue(q, 64, serve), { served: 2, more: false, refused: true });
+    assert.equal(q.inFlightCount, 0, "the refused chain is not held");
+    assert.equal(q.hasAvailable(), true);
+    drv.addChain({ readable: [bytes(5)] });
+    assert.equal(drv.needsKick(), false, "a throttled device wants no kicks");
+    allow = 64;
+    assert.deepEqual(serveQueue(q, 64, serve), { served: 4, more: false, refused: false });
+    assert.deepEqual(seen, [0, 1, 2, 3, 4, 5], "nothing lost or reordered");
+    assert.deepEqual([...Array(6)].map(() => drv.popUsed()?.head), [0, 1, 2, 3, 4, 5]);
+  });
+
+  test(`undoPop (${name}): only right after a pop`, () => {
+    const drv = driver(16, features);
+    const q = drv.createQueue();
+    assert.throws(() => q.undoPop(), QueueError, "nothing popped");
+    drv.addChain({ readable: [bytes(0)] });
+    const c = q.pop()!;
+    q.pushUsed(c.head, 0);
+    assert.throws(() => q.undoPop(), QueueError, "already used");
   });
 
   test(`serveQueue (${name}): stops at its budget with kicks still off and says there is more`, () => {
@@ -426,15 +460,15 @@ for (const [name, features] of [["EVENT_IDX", EVENT_IDX], ["NO_NOTIFY", NONE]] a
     drv.needsKick();
     const seen: number[] = [];
     const serve = (chain: ReturnType<SplitQueue["pop"]> & object) => { seen.push(readChain(mem, chain, 0, 1)[0]!); q.pushUsed(chain.head, 0); };
-    assert.deepEqual(serveQueue(q, 4, serve), { served: 4, more: true });
+    assert.deepEqual(serveQueue(q, 4, serve), { served: 4, more: true, refused: false });
     drv.addChain({ readable: [bytes(10)] });
     assert.equal(drv.needsKick(), false, "the device will come back by itself: no kick");
-    assert.deepEqual(serveQueue(q, 4, serve), { served: 4, more: true });
-    assert.deepEqual(serveQueue(q, 4, serve), { served: 3, more: false });
+    assert.deepEqual(serveQueue(q, 4, serve), { served: 4, more: true, refused: false });
+    assert.deepEqual(serveQueue(q, 4, serve), { served: 3, more: false, refused: false });
     assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     drv.addChain({ readable: [bytes(11)] });
     assert.equal(drv.needsKick(), true);
-    assert.deepEqual(serveQueue(q, 1, serve), { served: 1, more: false }, "budget reached on the last chain: nothing more");
+    assert.deepEqual(serveQueue(q, 1, serve), { served: 1, more: false, refused: false }, "budget reached on the last chain: nothing more");
     drv.addChain({ readable: [bytes(12)] });
     assert.equal(drv.needsKick(), true, "and kicks are back on");
   });

@@ -102,6 +102,8 @@ export class SplitQueue implements VirtQueue {
   private inFlight = 0;
   private nextAvail = 0;
   private nextUsed = 0;
+  /** Head of the chain the last pop() returned, for undoPop (-1: none, or it was put back or used). */
+  private lastPopped = -1;
   /** used idx when the driver was last interrupted (or asked about), vhost's signalled_used. */
   private signalledUsed = 0;
   private signalledUsedValid = false;
@@ -190,12 +192,23 @@ export class SplitQueue implements VirtQueue {
       throw new QueueError("EQUEUECHAIN", `Driver error: head ${head} is made available again while the device still holds it`);
     }
     const chain = this.walk(head);
+    this.lastPopped = head;
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
     this.inFlightWritable[head] = chain.writableBytes;
     this.inFlight++;
     // §2.7.10: with EVENT_IDX, avail_event says which avail idx the device wants a kick for.
     if (this.features.eventIdx && this.notifications) this.ringWrite(() => Atomics.store(this.used16, this.availEventU16, this.nextAvail));
     return chain;
+  }
+
+  /** See VirtQueue.undoPop: only right after pop(), which is checked (a device bug otherwise). */
+  undoPop(): void {
+    const head = this.lastPopped;
+    if (head < 0 || this.inFlightWritable[head]! < 0) throw new QueueError("EQUEUEUSED", "Cannot put a chain back: the last pop() returned nothing or it was already pushed");
+    this.lastPopped = -1;
+    this.inFlightWritable[head] = -1;
+    this.inFlight--;
+    this.nextAvail = (this.nextAvail - 1) & 0xffff;
   }
 
   /** Runs a write to the used ring unless the queue's session has ended (see the constructor). */
@@ -270,6 +283,7 @@ export class SplitQueue implements VirtQueue {
 
   private publishUsed(head: number, writtenBytes: number): void {
     this.checkUsed(head, writtenBytes);
+    this.lastPopped = -1;
     this.writeUsedElem(0, head, writtenBytes);
     this.inFlightWritable[head] = -1;
     this.advanceUsed(1);
@@ -287,6 +301,7 @@ export class SplitQueue implements VirtQueue {
     } finally {
       for (let j = 0; j < i; j++) this.inFlightWritable[heads[j]!] = -1 - this.inFlightWritable[heads[j]!]!;
     }
+    this.lastPopped = -1;
     for (i = 0; i < count; i++) {
       this.writeUsedElem(i, heads[i]!, lens[i]!);
       this.inFlightWritable[heads[i]!] = -1;
@@ -359,6 +374,7 @@ export class SplitQueue implements VirtQueue {
 
   /** Forgets all device-side state (device reset, §2.1.2): indices back to 0, nothing in flight. */
   reset(): void {
+    this.lastPopped = -1;
     this.nextAvail = 0;
     this.nextUsed = 0;
     this.inFlightWritable.fill(-1);
@@ -372,10 +388,16 @@ export class SplitQueue implements VirtQueue {
 
 /** What {@link serveQueue} did. */
 export interface ServeResult {
-  /** Chains handed to `serve`. */
+  /** Chains handed to `serve` and taken by it. */
   served: number;
   /** The budget ran out with chains still available: kicks stay off, so the caller must come back (ctx.kick). */
   more: boolean;
+  /**
+   * `serve` refused a chain (its rate limiter is blocked): the chain went back
+   * to the ring (undoPop) and the pass ended. Kicks stay off, since the device
+   * would not serve them; the caller comes back when it can (its timer).
+   */
+  refused: boolean;
 }
 
 /**
@@ -392,21 +414,28 @@ export interface ServeResult {
  * passes); `more` then says the caller has to come back (ctx.kick). A chain
  * costs what `serve` returns (e.g. the PFNs of a balloon request), 1 when it
  * returns nothing; a chain is never cut short, so a pass may overrun the
- * budget by one chain's cost.
+ * budget by one chain's cost. `serve` returns false to refuse a chain for now
+ * (ServeResult.refused): it is put back where it was, so nothing is lost or
+ * reordered.
  */
-export function serveQueue(q: VirtQueue, budget: number, serve: (chain: DescriptorChain) => number | void): ServeResult {
+export function serveQueue(q: VirtQueue, budget: number, serve: (chain: DescriptorChain) => number | void | false): ServeResult {
   let served = 0, spent = 0;
   for (;;) {
     q.setNotifications(false);
     for (let chain = q.pop(); chain; chain = q.pop()) {
+      const cost = serve(chain);
+      if (cost === false) {
+        q.undoPop();
+        return { served, more: false, refused: true };
+      }
       served++;
-      spent += Math.max(1, serve(chain) ?? 1);
+      spent += Math.max(1, cost ?? 1);
       if (spent < budget) continue;
-      if (q.hasAvailable()) return { served, more: true };
+      if (q.hasAvailable()) return { served, more: true, refused: false };
       q.setNotifications(true);
-      return { served, more: q.hasAvailable() };
+      return { served, more: q.hasAvailable(), refused: false };
     }
     q.setNotifications(true);
-    if (!q.hasAvailable()) return { served, more: false };
+    if (!q.hasAvailable()) return { served, more: false, refused: false };
   }
 }

@@ -83,7 +83,7 @@ test("10^5 random requests: writes only into writable buffers, never outside gue
     const drv = new FakeDriver(mem, { base: 0x1000, bytes: (1 << 20) - 0x1000, queueSize: 16, features: { eventIdx: false, indirect: true } });
     const popped: DescriptorChain[] = [];
     const q = drv.createQueue();
-    const rq: VirtQueue = { layout: q.layout, pop: () => { const c = q.pop(); if (c) popped.push(c); return c; }, pushUsed: (h, n) => q.pushUsed(h, n), pushUsedMany: (h, n, c) => q.pushUsedMany(h, n, c), needsInterrupt: () => q.needsInterrupt(), setNotifications: (e) => q.setNotifications(e), hasAvailable: () => q.hasAvailable() };
+    const rq: VirtQueue = { layout: q.layout, pop: () => { const c = q.pop(); if (c) popped.push(c); return c; }, pushUsed: (h, n) => q.pushUsed(h, n), pushUsedMany: (h, n, c) => q.pushUsedMany(h, n, c), needsInterrupt: () => q.needsInterrupt(), setNotifications: (e) => q.setNotifications(e), hasAvailable: () => q.hasAvailable(), undoPop: () => q.undoPop() };
     const rng = new VirtioRng();
     const ctx = new Ctx(rec.memory, [rq]);
     rng.activate(ctx);

@@ -11,11 +11,21 @@
  * request costs its buffers or its 4 KiB pages, whichever is more), so a
  * guest re-adding buffers from another vCPU as fast as they are filled cannot
  * keep the device thread from its control requests (reset, stop).
+ *
+ * Rate limiting (Firecracker's entropy `rate_limiter`, rate-limiter.ts): a
+ * request costs one op and the bytes it will be given (Firecracker charges
+ * the buffer's whole length, then gives at most 64 KiB; charging what is
+ * given keeps the limit on the entropy served). A refused request goes back
+ * to the ring and the device waits for its timer, as virtio-blk does.
  */
 import { randomFillSync } from "node:crypto";
+import { performance } from "node:perf_hooks";
 import { VIRTIO_ID_RNG } from "../../linux/abi.generated.js";
 import { type ServeResult, serveQueue } from "./queue.js";
-import type { DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
+import {
+  RATE_LIMITER_REQUEST_INFO, RATE_LIMITER_REQUEST_UPDATE, RateLimiter, type RateLimiterConfig, rateLimiterRequest,
+} from "./rate-limiter.js";
+import type { BackendRequest, DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
 
 /** Descriptors per queue (QueueNumMax). */
 export const RNG_QUEUE_SIZE = 256;
@@ -28,8 +38,11 @@ export const RNG_MAX_BYTES_PER_REQUEST = 64 * 1024;
 export const RNG_SERVE_BUDGET = 256;
 const RNG_COST_BYTES = 4096;
 
-/** Options (JSON): none yet. */
-export type RngOptions = Record<string, never>;
+/** Options (JSON). */
+export interface RngOptions {
+  /** Limits the entropy served (Firecracker's entropy rate_limiter); none when absent. */
+  rateLimiter?: RateLimiterConfig;
+}
 
 /** Counters of what the device did. */
 export interface RngMetrics {
@@ -46,6 +59,12 @@ export class VirtioRng implements VirtioBackend {
   readonly deviceFeatures = 0n;
   readonly metrics: RngMetrics = { requests: 0, bytes: 0, badRequests: 0 };
   private ctx: VirtioDeviceContext | undefined;
+  /** The device's limiter; it outlives resets, so a reset never buys a guest a fresh budget. */
+  readonly limiter: RateLimiter;
+
+  constructor(options: RngOptions = {}) {
+    this.limiter = new RateLimiter(options.rateLimiter, () => performance.now());
+  }
 
   initialConfig(): Uint8Array {
     return new Uint8Array(0);
@@ -59,9 +78,12 @@ export class VirtioRng implements VirtioBackend {
     const ctx = this.ctx;
     const q = ctx?.queues[queue];
     if (!ctx || !q || queue !== 0) return;
-    let served: ServeResult;
+    let served: ServeResult = { served: 0, more: false, refused: false };
+    const limiter = this.limiter;
+    const blocked = limiter.blockedForMs() > 0;
     try {
-      served = serveQueue(q, RNG_SERVE_BUDGET, (chain) => {
+      if (!blocked) served = serveQueue(q, RNG_SERVE_BUDGET, (chain) => {
+        if (!limiter.unlimited && !limiter.consumeOp(Math.min(chain.writableBytes, RNG_MAX_BYTES_PER_REQUEST))) return false;
         const given = this.fill(ctx, chain);
         q.pushUsed(chain.head, given);
         return Math.max(chain.writable.length, Math.ceil(given / RNG_COST_BYTES));
@@ -74,6 +96,23 @@ export class VirtioRng implements VirtioBackend {
     }
     if (served.served > 0) ctx.notifyUsed(0);
     if (served.more) ctx.kick(0);
+    if (blocked || served.refused) ctx.setTimer?.(0, limiter.blockedForMs(), () => this.onNotify(0));
+  }
+
+  /** Host requests: the device's rate limiter (RATE_LIMITER_REQUEST_*). */
+  control(request: BackendRequest): unknown {
+    switch (request.op) {
+      case RATE_LIMITER_REQUEST_INFO:
+        rateLimiterRequest(request.args, ["io"]);
+        return this.limiter.config();
+      case RATE_LIMITER_REQUEST_UPDATE:
+        this.limiter.update(rateLimiterRequest(request.args, ["io"]).update ?? {});
+        this.ctx?.clearTimer?.(0);
+        this.ctx?.kick(0);
+        return this.limiter.config();
+      default:
+        throw new Error(`virtio-rng has no request '${request.op}'`);
+    }
   }
 
   reset(): void {
@@ -105,6 +144,6 @@ export class VirtioRng implements VirtioBackend {
 }
 
 /** The device thread's entry point. */
-export function createBackend(_options: RngOptions = {}): VirtioBackend {
-  return new VirtioRng();
+export function createBackend(options: RngOptions = {}): VirtioBackend {
+  return new VirtioRng(options);
 }

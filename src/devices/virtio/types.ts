@@ -76,6 +76,13 @@ export interface VirtQueue {
   setNotifications(enabled: boolean): void;
   /** True when the driver has made chains available that pop() has not taken yet. */
   hasAvailable(): boolean;
+  /**
+   * Puts the chain the last pop() returned back at the front of the available
+   * ring, as if it had not been taken (a device that cannot serve it yet, e.g.
+   * throttled by its rate limiter, rate-limiter.ts); the next pop() reads it
+   * again. Only right after that pop(), with nothing pushed in between.
+   */
+  undoPop(): void;
 }
 
 /**
@@ -121,6 +128,17 @@ export interface VirtioDeviceContext {
   /** Watches a host fd: `onReady(revents)` is called from the device thread's poll loop. */
   watch(fd: number, events: number, onReady: (revents: number) => void): void;
   unwatch(fd: number): void;
+  /**
+   * Calls `onFire` once from the device thread's loop, `delayMs` from now or
+   * later (a throttled device's wake-up, rate-limiter.ts). A timer replaces
+   * the device's timer of the same `id` (a small number per device). Timers
+   * belong to the session, as watches do: a reset or failure drops them, and
+   * none fires while the device is quiesced (a due one fires once it runs
+   * again). Absent in backend test rigs.
+   */
+  setTimer?(id: number, delayMs: number, onFire: () => void): void;
+  /** Drops the timer `id`, if any. */
+  clearTimer?(id: number): void;
 }
 
 /**
