@@ -82,6 +82,23 @@ function checkRateLimiter(r: RateLimiter | null | undefined): RateLimiterConfig 
 }
 
 /**
+ * A run-time update (PATCH /drives, /network-interfaces) in flint's shape:
+ * every bucket given is kept as given, so size or refill_time 0 removes that
+ * bucket (Firecracker's RateLimiterUpdate); an absent bucket stays as it is.
+ */
+export function rateLimiterUpdate(r: RateLimiter): RateLimiterConfig {
+  const bucket = (b: TokenBucket): TokenBucketConfig => ({ size: b.size, refillTimeMs: b.refill_time, ...(b.one_time_burst ? { oneTimeBurst: b.one_time_burst } : {}) });
+  return { ...(r.bandwidth ? { bandwidth: bucket(r.bandwidth) } : {}), ...(r.ops ? { ops: bucket(r.ops) } : {}) };
+}
+
+/** A limiter as a device reports it, in Firecracker's shape (undefined when it limits nothing). */
+export function toFcRateLimiter(c: RateLimiterConfig): RateLimiter | undefined {
+  const bucket = (b: TokenBucketConfig): TokenBucket => ({ size: b.size, refill_time: b.refillTimeMs, ...(b.oneTimeBurst ? { one_time_burst: b.oneTimeBurst } : {}) });
+  if (!c.bandwidth && !c.ops) return undefined;
+  return { ...(c.bandwidth ? { bandwidth: bucket(c.bandwidth) } : {}), ...(c.ops ? { ops: bucket(c.ops) } : {}) };
+}
+
+/**
  * Firecracker's drive list after its inserts (vmm_config/drive.rs insert): a
  * drive_id given again replaces the earlier entry in place; the root device
  * goes first; a second root device is refused.

@@ -250,6 +250,7 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
     assert.equal((await api(sock, "PUT", "/boot-source", { kernel_image_path: kernel, boot_args: bootArgs })).status, 204);
     assert.equal((await api(sock, "PUT", "/machine-config", { vcpu_count: 2, mem_size_mib: 64 })).status, 204);
     assert.equal((await api(sock, "PUT", "/entropy", {})).status, 204);
+    assert.equal((await api(sock, "PUT", "/drives/scratch", { drive_id: "scratch", path_on_host: disk, is_root_device: false })).status, 204);
     const start = await api(sock, "PUT", "/actions", { action_type: "InstanceStart" });
     assert.equal(start.status, 204, start.text);
     const state = async () => ((await api(sock, "GET", "/")).json as { state: string }).state;
@@ -276,6 +277,23 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
     const cfg = (await api(sock, "GET", "/vm/config")).json as Record<string, unknown>;
     assert.deepEqual(cfg, before);
     assert.deepEqual((cfg["machine-config"] as { vcpu_count: number }).vcpu_count, 2);
+  });
+
+  it("PATCH /drives after boot changes the drive's rate limiter (read back in GET /vm/config); a new backing file is refused", async () => {
+    const limiter = { bandwidth: { size: 1_000_000, refill_time: 100 }, ops: { size: 100, refill_time: 1000, one_time_burst: 50 } };
+    const r = await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", rate_limiter: limiter });
+    assert.equal(r.status, 204, r.text);
+    const drive = () => ((async () => ((await api(sock, "GET", "/vm/config")).json as { drives: { drive_id: string; rate_limiter?: unknown }[] }).drives.find((d) => d.drive_id === "scratch"))());
+    assert.deepEqual((await drive())?.rate_limiter, limiter);
+    // A bucket of size 0 removes that bucket; the other stays.
+    assert.equal((await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", rate_limiter: { ops: { size: 0, refill_time: 0 } } })).status, 204);
+    assert.deepEqual((await drive())?.rate_limiter, { bandwidth: limiter.bandwidth });
+    const swap = await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", path_on_host: join(dir, "other.img") });
+    assert.equal(swap.status, 400);
+    assert.match((swap.json as { fault_message: string }).fault_message, /backing file/);
+    assert.equal((await api(sock, "PATCH", "/drives/nodrive", { drive_id: "nodrive", rate_limiter: limiter })).status, 400);
+    assert.equal((await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", rate_limiter: { bandwidth: { size: -1, refill_time: 1 } } })).status, 400);
+    assert.deepEqual((await drive())?.rate_limiter, { bandwidth: limiter.bandwidth }, "a refused PATCH changes nothing");
   });
 
   it("FlushMetrics writes a JSON line: API request counts since the last line, pause/resume latencies, device counters", async () => {

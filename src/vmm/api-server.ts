@@ -202,15 +202,15 @@ async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json
           const id = checkId(second);
           const d = body(PartialDriveSchema, json, "drive request");
           if (d.drive_id !== id) throw new ApiFault("The id from the path does not match the id from the body!");
-          if (vm.state === "Not started") throw new VmError("EPOSTBOOTONLY", "The requested operation is not supported before starting the microVM.");
-          notSupported("changing a drive after boot (flint cannot swap a backing file or rate limiter yet)");
+          await vm.updateDrive(d);
+          return ok();
         }
         case "network-interfaces": {
           const id = checkId(second);
           const n = body(PartialNetworkInterfaceSchema, json, "network-interface request");
           if (n.iface_id !== id) throw new ApiFault(`The id from the path [${id}] does not match the id from the body [${n.iface_id}]!`);
-          if (vm.state === "Not started") throw new VmError("EPOSTBOOTONLY", "The requested operation is not supported before starting the microVM.");
-          notSupported("changing a network interface's rate limiters (flint has no rate limiters yet)");
+          await vm.updateNetworkInterface(n);
+          return ok();
         }
         case "pmem": checkId(second); notSupported("flint has no virtio-pmem device");
         case "hotplug":

@@ -17,7 +17,8 @@
 import { EventEmitter } from "node:events";
 import { devicePlacement } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult, type MachineState } from "../vm/machine.js";
-import type { Balloon, Logger, Metrics } from "../config/schema.js";
+import { rateLimiterUpdate, toFcRateLimiter } from "../config/convert.js";
+import type { Balloon, Logger, Metrics, RateLimiter } from "../config/schema.js";
 import { LogFile, type LogLevel } from "./logger.js";
 import { VmMetrics } from "./metrics.js";
 import { VmResources } from "./resources.js";
@@ -279,6 +280,42 @@ export class Vm extends EventEmitter {
     if (!this.machine) return undefined;
     this.machine.stop({ kind: "poweroff" });
     return this.ending;
+  }
+
+  /**
+   * PATCH /drives/{id} after boot: a new rate limiter takes effect at once
+   * (Firecracker's update rules: a bucket given replaces the old one, size or
+   * refill_time 0 removes it, a bucket not given stays). A new backing file
+   * is refused for now.
+   */
+  async updateDrive(p: { drive_id: string; path_on_host?: string | null; rate_limiter?: RateLimiter | null }): Promise<void> {
+    const machine = this.requireStarted();
+    const index = this.deviceNames.indexOf(`block_${p.drive_id}`);
+    const drive = this.booted?.drives.find((d) => d.drive_id === p.drive_id);
+    if (index < 0 || !drive) throw new VmError("ENODEVICE", `Drive config error: no drive '${p.drive_id}' was attached at boot`);
+    if (p.path_on_host != null && p.path_on_host !== drive.path_on_host) {
+      throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: swapping a drive's backing file after boot (not in flint yet)");
+    }
+    if (p.rate_limiter != null) {
+      const now = await machine.updateRateLimiter(index, "io", rateLimiterUpdate(p.rate_limiter));
+      const fc = toFcRateLimiter(now);
+      if (fc) drive.rate_limiter = fc;
+      else delete drive.rate_limiter;
+    }
+  }
+
+  /** PATCH /network-interfaces/{id} after boot: new RX and TX rate limiters, with the rules of updateDrive. */
+  async updateNetworkInterface(p: { iface_id: string; rx_rate_limiter?: RateLimiter | null; tx_rate_limiter?: RateLimiter | null }): Promise<void> {
+    const machine = this.requireStarted();
+    const index = this.deviceNames.indexOf(`net_${p.iface_id}`);
+    const iface = this.booted?.["network-interfaces"]?.find((n) => n.iface_id === p.iface_id);
+    if (index < 0 || !iface) throw new VmError("ENODEVICE", `Network interface error: no interface '${p.iface_id}' was attached at boot`);
+    for (const [which, given, key] of [["rx", p.rx_rate_limiter, "rx_rate_limiter"], ["tx", p.tx_rate_limiter, "tx_rate_limiter"]] as const) {
+      if (given == null) continue;
+      const fc = toFcRateLimiter(await machine.updateRateLimiter(index, which, rateLimiterUpdate(given)));
+      if (fc) iface[key] = fc;
+      else delete iface[key];
+    }
   }
 
   /** GET /balloon: the balloon's configuration, with its current target once started. */
