@@ -19,7 +19,8 @@ import { accessSync, constants, statSync } from "node:fs";
 import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import { FC_DEFAULT_MEM_MIB, FC_DEFAULT_VCPUS, toFlintMachine, type FlintMachineSpec } from "../config/convert.js";
 import {
-  ConfigError,
+  BalloonSchema, BootSourceSchema, ConfigError, DriveSchema, EntropySchema, MachineConfigSchema, MachineConfigUpdateSchema,
+  NetworkInterfaceSchema, validate, VsockSchema,
   type Balloon, type BootSource, type Drive, type Entropy, type MachineConfiguration, type NetworkInterface, type Vsock, type VmConfig,
 } from "../config/schema.js";
 import { checkVirtioDevices } from "./host-checks.js";
@@ -99,24 +100,28 @@ export class VmResources {
   }
 
   /** PUT /boot-source: the kernel (and initrd) must be readable now, as Firecracker opens them here. */
-  putBootSource(b: BootSource): void {
+  putBootSource(given: BootSource): void {
+    const b = validate(BootSourceSchema, given, "boot-source");
     checkReadable(b.kernel_image_path, "kernel_image_path", "kernel");
     if (b.initrd_path != null) checkReadable(b.initrd_path, "initrd_path", "initrd");
     this.change({ "boot-source": b });
   }
 
-  putMachineConfig(m: MachineConfiguration): void {
+  putMachineConfig(given: MachineConfiguration): void {
+    const m = validate(MachineConfigSchema, given, "machine-config");
     this.change({ "machine-config": { ...defaultMachineConfig(), ...m } });
   }
 
-  patchMachineConfig(m: MachineConfigUpdate): void {
+  patchMachineConfig(given: MachineConfigUpdate): void {
+    const m = validate(MachineConfigUpdateSchema, given, "machine-config");
     if (Object.keys(m).length === 0) throw new ConfigError("ECONFIGINVALID", "Empty PATCH request.");
     const merged: MachineConfiguration = { ...this.machine };
     for (const [k, v] of Object.entries(m)) if (v !== undefined) (merged as Record<string, unknown>)[k] = v;
     this.change({ "machine-config": merged });
   }
 
-  putDrive(d: Drive): void {
+  putDrive(given: Drive): void {
+    const d = validate(DriveSchema, given, "drive");
     const drives = [...this.drives];
     const at = drives.findIndex((x) => x.drive_id === d.drive_id);
     if (at >= 0) drives[at] = d;
@@ -126,7 +131,8 @@ export class VmResources {
     this.change({ drives: ordered }, (spec) => spec.virtioDevices.filter((v) => v.kind === "block" && (v.options as { path: string }).path === d.path_on_host));
   }
 
-  putNetworkInterface(n: NetworkInterface): void {
+  putNetworkInterface(given: NetworkInterface): void {
+    const n = validate(NetworkInterfaceSchema, given, "network-interface");
     const ifaces = [...this.ifaces];
     const at = ifaces.findIndex((x) => x.iface_id === n.iface_id);
     if (at >= 0) ifaces[at] = n;
@@ -134,16 +140,17 @@ export class VmResources {
     this.change({ "network-interfaces": ifaces }, (spec) => spec.virtioDevices.filter((v) => v.kind === "net" && (v.options as { tap: string }).tap === n.host_dev_name));
   }
 
-  putVsock(v: Vsock): void {
+  putVsock(given: Vsock): void {
+    const v = validate(VsockSchema, given, "vsock");
     this.change({ vsock: v }, (spec) => spec.virtioDevices.filter((d) => d.kind === "vsock"));
   }
 
-  putBalloon(b: Balloon): void {
-    this.change({ balloon: b });
+  putBalloon(given: Balloon): void {
+    this.change({ balloon: validate(BalloonSchema, given, "balloon") });
   }
 
-  putEntropy(e: Entropy): void {
-    this.change({ entropy: e });
+  putEntropy(given: Entropy): void {
+    this.change({ entropy: validate(EntropySchema, given, "entropy") });
   }
 
   /**

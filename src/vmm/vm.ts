@@ -7,14 +7,22 @@
  * rejects with a one-line reason carrying a stable code; a rejected call
  * changes nothing.
  *
- *   const vm = new Vm({ id: "vm1", consoleOutput: process.stdout });
- *   vm.resources.putBootSource({ kernel_image_path: "vmlinux", boot_args: "console=ttyS0" });
+ *   const vm = await Vm.create({ kernel: "vmlinux", initrd: "initrd.gz", cpus: 2, memoryMib: 256,
+ *     drives: [{ id: "rootfs", path: "rootfs.ext4", root: true, rateLimiter: { bandwidth: { size: 50e6, refillTimeMs: 1000 } } }] });
+ *   vm.console.pipe(process.stdout);
  *   await vm.start(); await vm.pause(); await vm.resume();
  *   const result = await vm.exited;   // the guest powered off, or vm.kill()
+ *
+ * or, in Firecracker's terms (what the API and the config file use):
+ *
+ *   const vm = new Vm({ id: "vm1", consoleOutput: process.stdout });
+ *   vm.resources.putBootSource({ kernel_image_path: "vmlinux", boot_args: "console=ttyS0" });
  *
  * Like Firecracker, operations run one at a time in the order called.
  */
 import { EventEmitter } from "node:events";
+import { PassThrough, Writable } from "node:stream";
+import type { RateLimiterConfig } from "../devices/virtio/rate-limiter.js";
 import { devicePlacement } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult, type MachineState } from "../vm/machine.js";
 import { rateLimiterUpdate, toFcRateLimiter } from "../config/convert.js";
@@ -67,6 +75,32 @@ export interface VmOptions {
   onSlowEnd?: (message: string) => void;
 }
 
+/** Vm.create's options: a VM in flint's camelCase, converted to Firecracker's resources. */
+export interface VmCreateOptions extends VmOptions {
+  kernel: string;
+  initrd?: string;
+  /** Kernel command line (default VM_DEFAULT_CMDLINE); a root drive adds root=... as Firecracker does. */
+  cmdline?: string;
+  cpus?: number;
+  memoryMib?: number;
+  drives?: { id: string; path: string; root?: boolean; readOnly?: boolean; partuuid?: string; rateLimiter?: RateLimiterConfig }[];
+  net?: { id: string; tap: string; mac?: string; mtu?: number; rxRateLimiter?: RateLimiterConfig; txRateLimiter?: RateLimiterConfig }[];
+  vsock?: { cid: number; uds: string };
+  balloon?: { amountMib: number; deflateOnOom?: boolean; statsPollingIntervalS?: number };
+  /** virtio-rng, optionally rate-limited. */
+  rng?: boolean | { rateLimiter?: RateLimiterConfig };
+}
+
+/** Vm.create's command line when none is given: the serial console on, and the VM ends when the guest reboots. */
+export const VM_DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/** A rate limiter in Firecracker's shape. */
+function fcLimiter(r: RateLimiterConfig | undefined): RateLimiter | undefined {
+  if (!r) return undefined;
+  const bucket = (b: NonNullable<RateLimiterConfig["bandwidth"]>) => ({ size: b.size, refill_time: b.refillTimeMs, ...(b.oneTimeBurst ? { one_time_burst: b.oneTimeBurst } : {}) });
+  return { ...(r.bandwidth ? { bandwidth: bucket(r.bandwidth) } : {}), ...(r.ops ? { ops: bucket(r.ops) } : {}) };
+}
+
 /** 4 KiB balloon pages per MiB (virtio 1.2 §5.5.6: the balloon counts in 4 KiB pages). */
 const BALLOON_PAGES_PER_MIB = 256;
 
@@ -91,6 +125,43 @@ export class Vm extends EventEmitter {
   private guestFaults = 0;
   /** Each virtio device's name in metrics, in guest order, as Firecracker names its groups (block_<drive_id>, net_<iface_id>...). */
   private deviceNames: string[] = [];
+
+  /**
+   * The guest's serial console output, when no consoleOutput was given: pipe
+   * it before start(). If nothing reads it by then, the output is discarded
+   * (a console nobody reads must not stall the guest).
+   */
+  readonly console: PassThrough = new PassThrough();
+
+  /**
+   * A VM from flint-style options (every check of the API's PUTs made here,
+   * each failure a one-line ConfigError, DeviceArgError or VmError); start()
+   * boots it.
+   */
+  static async create(o: VmCreateOptions): Promise<Vm> {
+    const vm = new Vm(o);
+    const r = vm.resources;
+    r.putBootSource({ kernel_image_path: o.kernel, boot_args: o.cmdline ?? VM_DEFAULT_CMDLINE, ...(o.initrd !== undefined ? { initrd_path: o.initrd } : {}) });
+    if (o.cpus !== undefined || o.memoryMib !== undefined) {
+      const m = r.machineConfig();
+      r.putMachineConfig({ ...m, vcpu_count: o.cpus ?? m.vcpu_count, mem_size_mib: o.memoryMib ?? m.mem_size_mib });
+    }
+    for (const d of o.drives ?? []) {
+      const rl = fcLimiter(d.rateLimiter);
+      r.putDrive({ drive_id: d.id, path_on_host: d.path, is_root_device: !!d.root, is_read_only: !!d.readOnly, ...(d.partuuid ? { partuuid: d.partuuid } : {}), ...(rl ? { rate_limiter: rl } : {}) });
+    }
+    for (const n of o.net ?? []) {
+      const rx = fcLimiter(n.rxRateLimiter), tx = fcLimiter(n.txRateLimiter);
+      r.putNetworkInterface({ iface_id: n.id, host_dev_name: n.tap, ...(n.mac ? { guest_mac: n.mac } : {}), ...(n.mtu ? { mtu: n.mtu } : {}), ...(rx ? { rx_rate_limiter: rx } : {}), ...(tx ? { tx_rate_limiter: tx } : {}) });
+    }
+    if (o.vsock) r.putVsock({ guest_cid: o.vsock.cid, uds_path: o.vsock.uds });
+    if (o.balloon) r.putBalloon({ amount_mib: o.balloon.amountMib, deflate_on_oom: o.balloon.deflateOnOom ?? true, ...(o.balloon.statsPollingIntervalS ? { stats_polling_interval_s: o.balloon.statsPollingIntervalS } : {}) });
+    if (o.rng) {
+      const rl = typeof o.rng === "object" ? fcLimiter(o.rng.rateLimiter) : undefined;
+      r.putEntropy(rl ? { rate_limiter: rl } : {});
+    }
+    return vm;
+  }
 
   constructor(private readonly options: VmOptions = {}) {
     super();
@@ -204,7 +275,7 @@ export class Vm extends EventEmitter {
         boot: { kind: "linux", kernelPath: spec.kernelPath, initrdPath: spec.initrdPath, cmdline: spec.cmdline, acpi: true, mode: spec.bootMode },
         hugePages: spec.hugePages,
         virtioDevices: spec.virtioDevices,
-        ...(this.options.consoleOutput ? { consoleOutput: this.options.consoleOutput } : {}),
+        consoleOutput: this.options.consoleOutput ?? (this.console.listenerCount("data") > 0 || this.console.readableFlowing ? this.console : new Writable({ write: (_c, _e, cb) => cb() })),
         onGuestFault: (device, message) => {
           this.guestFaults++;
           this.log("warn", `devices::${device}`, `guest fault: ${message}`);
@@ -237,6 +308,7 @@ export class Vm extends EventEmitter {
       this.log("info", "vmm", `The VM ended: ${result.reason.kind}${result.reason.kind === "error" ? `: ${result.reason.message.split("\n")[0]}` : ""}`);
       if (this.metrics.enabled) this.metrics.flush();
       this.metrics.close();
+      if (!this.options.consoleOutput) this.console.end();
       this.emit("exit", result);
       this.resolveExited(result);
       this.logFile?.close();
