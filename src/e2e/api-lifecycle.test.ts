@@ -21,6 +21,11 @@ import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
+/** The drive's bytes, and its bandwidth bucket: 256 KiB refilled every 250 ms, 1 MiB/s. */
+const DISK_BYTES = 2 << 20;
+const BUCKET_BYTES = 256 << 10;
+const REFILL_MS = 250;
+
 /** Counts on the console until told to stop (a line on the console's input), then powers off. */
 const GUEST_INIT = `#!/bin/sh
 export PATH=/bin
@@ -30,6 +35,10 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "flint-guest: booted"
 echo "flint-e2e: disk=$(cat /sys/block/vda/size 2>/dev/null)"
 echo "flint-e2e: rng=$(cat /sys/devices/virtual/misc/hw_random/rng_current 2>/dev/null)"
+# The drive is rate-limited: reading all of it, past the page cache, takes at least what its bucket allows.
+t0=$(cut -d' ' -f1 /proc/uptime)
+dd if=/dev/vda of=/dev/null bs=64k iflag=direct 2>/dev/null
+echo "flint-e2e: read_s=$(echo "$(cut -d' ' -f1 /proc/uptime) $t0" | awk '{ printf "%.2f", $1 - $2 }')"
 ( i=0; while :; do i=$((i + 1)); echo "tick=$i"; sleep 0.2; done ) &
 read stop
 kill $!
@@ -71,7 +80,8 @@ try {
   await must("GET", "/", undefined, 200);
   await must("PUT", "/boot-source", { kernel_image_path: kernel, initrd_path: initrd, boot_args: "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init" });
   await must("PUT", "/machine-config", { vcpu_count: 2, mem_size_mib: 256 });
-  await must("PUT", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk, is_root_device: false, is_read_only: true });
+  await must("PUT", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk, is_root_device: false, is_read_only: true,
+    rate_limiter: { bandwidth: { size: ${BUCKET_BYTES}, refill_time: ${REFILL_MS} } } });
   await must("PUT", "/entropy", {});
   const t0 = Date.now();
   await must("PUT", "/actions", { action_type: "InstanceStart" });
@@ -114,7 +124,7 @@ describe("real Linux through Firecracker's API: configure, start, pause, resume 
     const initrd = join(share, "initramfs.cpio.gz");
     writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT }));
     const disk = join(share, "disk.img");
-    writeFileSync(disk, Buffer.alloc(2 << 20));
+    writeFileSync(disk, Buffer.alloc(DISK_BYTES));
     const client = join(share, "client.mjs");
     writeFileSync(client, CLIENT);
     const outFile = join(share, "out.txt"), reportFile = join(share, "report.txt");
@@ -134,9 +144,16 @@ describe("real Linux through Firecracker's API: configure, start, pause, resume 
   it("the guest configured over the API boots with its drive and entropy device", () => {
     assert.equal(value("client_error"), undefined, why());
     assert.ok(parseGuestReport(out).booted, why());
-    assert.equal(value("disk"), String((2 << 20) / 512), why());
+    assert.equal(value("disk"), String(DISK_BYTES / 512), why());
     assert.match(value("rng") ?? "", /virtio_rng/, why());
     assert.equal(value("config_vcpus"), "2", why());
+  });
+
+  it("reading the rate-limited drive takes at least what its bucket allows", (t) => {
+    // A full bucket at the start, then refills: (bytes - size) / rate is a lower bound no slow machine breaks.
+    const floorS = (DISK_BYTES - BUCKET_BYTES) / (BUCKET_BYTES * (1000 / REFILL_MS));
+    t.diagnostic(`read ${DISK_BYTES} bytes in ${value("read_s")} s; the bucket allows no less than ${floorS.toFixed(2)} s`);
+    assert.ok(Number(value("read_s")) >= floorS - 0.02, `read took ${value("read_s")} s, less than ${floorS} s\n${why()}`);
   });
 
   it("paused, the guest's count stops; resumed, it counts again", (t) => {
