@@ -139,6 +139,8 @@ const CONSTANTS = {
     I8042_STR_PARITY I8042_STR_TIMEOUT I8042_STR_AUXDATA I8042_STR_KEYLOCK I8042_STR_CMDDAT
     I8042_STR_MUXERR I8042_STR_IBF I8042_STR_OBF I8042_CTR_KBDINT I8042_CTR_AUXINT
     I8042_CTR_IGNKEYLOCK I8042_CTR_KBDDIS I8042_CTR_AUXDIS I8042_CTR_XLATE`,
+  "linux/input-event-codes.h: key codes (what atkbd reports for the keys flint types)": `
+    KEY_LEFTCTRL KEY_LEFTALT KEY_DELETE`,
   "linux/libps2.h: PS/2 device commands (parameter/result counts above the low byte) and replies": `
     PS2_CMD_GETID PS2_CMD_RESET_BAT PS2_RET_BAT PS2_RET_ACK PS2_RET_NAK`,
   "acpi/actbl*.h: ACPI tables (ACPICA)": `
@@ -367,6 +369,7 @@ function cProgram() {
 #include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <linux/kvm.h>
+#include <linux/input-event-codes.h>
 #include <linux/kvm_para.h>
 #include <linux/serial_reg.h>
 #include <linux/virtio_mmio.h>
