@@ -31,6 +31,7 @@
  * amount of work, the output buffer is 16 bytes and drops (and counts as a
  * guest fault) what a guest that never reads would overflow it with.
  */
+import { I8042_KBD_IRQ } from "../../arch/x86_64/layout.js";
 import type { BusDevice, DeviceContext } from "../bus.js";
 import { SpinLock } from "../shared-lock.js";
 import {
@@ -65,8 +66,8 @@ import {
 
 // Values Linux spells only in headers that cannot be compiled on their own
 // (drivers/input/serio/i8042*.h) or as literals (arch/x86/kernel/reboot.c).
-/** ISA IRQs of the keyboard and mouse ports (drivers/input/serio/i8042-io.h). */
-export const I8042_KBD_IRQ = 1;
+/** ISA IRQs of the keyboard and mouse ports (drivers/input/serio/i8042-io.h); the keyboard's is in the layout, for ACPI. */
+export { I8042_KBD_IRQ };
 export const I8042_AUX_IRQ = 12;
 /** The IRQs a PC wires the controller to. */
 export const I8042_IRQS: I8042Irqs = { kbd: I8042_KBD_IRQ, aux: I8042_AUX_IRQ };
