@@ -414,6 +414,8 @@ export class I8042 {
         return;
       case cmd(PS2_CMD_RESET_BAT):
         // The self-test (BAT) passes at once; afterwards the keyboard scans with its defaults.
+        // libps2 asks for two bytes and accepts one (a mouse adds its id): it waits up to 100 ms
+        // for the second, as with any keyboard. atkbd resets only with atkbd.reset=1 on x86.
         s[KBD_SCANNING] = 1;
         this.pushKbd(PS2_RET_ACK, PS2_RET_BAT);
         return;
