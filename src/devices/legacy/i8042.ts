@@ -424,7 +424,7 @@ export class I8042 {
     }
   }
 
-  /** Keyboard bytes: a real keyboard discards keys not yet sent when it gets a command; these replies queue behind them. */
+  /** Queues the keyboard's reply bytes, behind any keys still unread. */
   private pushKbd(...bytes: number[]): void {
     for (const b of bytes) this.push(b);
   }
