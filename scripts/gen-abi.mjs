@@ -29,6 +29,7 @@ const KERNEL_FILES = [
   "include/xen/interface/hvm/start_info.h",
   "include/acpi/*",
   "include/linux/i8042.h",
+  "include/linux/libps2.h",
   // ACPICA's AML opcode and resource-descriptor definitions (ACPI 6.x §20, §6.4).
   "drivers/acpi/acpica/aclocal.h",
   "drivers/acpi/acpica/amlcode.h",
@@ -138,6 +139,10 @@ const CONSTANTS = {
     I8042_STR_PARITY I8042_STR_TIMEOUT I8042_STR_AUXDATA I8042_STR_KEYLOCK I8042_STR_CMDDAT
     I8042_STR_MUXERR I8042_STR_IBF I8042_STR_OBF I8042_CTR_KBDINT I8042_CTR_AUXINT
     I8042_CTR_IGNKEYLOCK I8042_CTR_KBDDIS I8042_CTR_AUXDIS I8042_CTR_XLATE`,
+  "linux/input-event-codes.h: key codes (what atkbd reports for the keys flint types)": `
+    KEY_LEFTCTRL KEY_LEFTALT KEY_DELETE`,
+  "linux/libps2.h: PS/2 device commands (parameter/result counts above the low byte) and replies": `
+    PS2_CMD_GETID PS2_CMD_RESET_BAT PS2_RET_BAT PS2_RET_ACK PS2_RET_NAK`,
   "acpi/actbl*.h: ACPI tables (ACPICA)": `
     ACPI_FADT_HW_REDUCED ACPI_FADT_POWER_BUTTON ACPI_FADT_SLEEP_BUTTON ACPI_FADT_RESET_REGISTER
     ACPI_FADT_APIC_PHYSICAL ACPI_FADT_APIC_CLUSTER ACPI_FADT_NO_VGA ACPI_FADT_NO_MSI
@@ -364,6 +369,7 @@ function cProgram() {
 #include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <linux/kvm.h>
+#include <linux/input-event-codes.h>
 #include <linux/kvm_para.h>
 #include <linux/serial_reg.h>
 #include <linux/virtio_mmio.h>
@@ -394,6 +400,7 @@ function cProgram() {
 #include <linux/fs.h>
 #include <stdbool.h> /* include/linux/i8042.h uses bool in its stubs */
 #include "include/linux/i8042.h"
+#include "include/linux/libps2.h" /* its kernel-only includes are shims (makeShims) */
 #include <asm/bootparam.h>
 #include <asm/processor-flags.h>
 #include <asm/mtrr.h>
@@ -447,6 +454,10 @@ function makeShims(dir, src) {
     "#define GENMASK_ULL(h, l) (((~0ULL) << (l)) & (~0ULL >> (63 - (h))))",
     "",
   ].join("\n"));
+  // libps2.h declares struct ps2dev with kernel types; flint only reads its #defines.
+  writeFileSync(join(dir, "linux/bitops.h"), "#include <linux/bits.h>\ntypedef unsigned char u8;\n");
+  writeFileSync(join(dir, "linux/mutex.h"), "struct mutex { int unused; };\n");
+  writeFileSync(join(dir, "linux/wait.h"), "#include_next <linux/wait.h>\ntypedef struct { int unused; } wait_queue_head_t;\n");
 }
 
 export function generate() {

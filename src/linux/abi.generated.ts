@@ -413,6 +413,18 @@ export const I8042_CTR_KBDDIS = 0x10;
 export const I8042_CTR_AUXDIS = 0x20;
 export const I8042_CTR_XLATE = 0x40;
 
+// linux/input-event-codes.h: key codes (what atkbd reports for the keys flint types)
+export const KEY_LEFTCTRL = 0x1d;
+export const KEY_LEFTALT = 0x38;
+export const KEY_DELETE = 0x6f;
+
+// linux/libps2.h: PS/2 device commands (parameter/result counts above the low byte) and replies
+export const PS2_CMD_GETID = 0x2f2;
+export const PS2_CMD_RESET_BAT = 0x2ff;
+export const PS2_RET_BAT = 0xaa;
+export const PS2_RET_ACK = 0xfa;
+export const PS2_RET_NAK = 0xfe;
+
 // acpi/actbl*.h: ACPI tables (ACPICA)
 export const ACPI_FADT_HW_REDUCED = 0x100000;
 export const ACPI_FADT_POWER_BUTTON = 0x10;

@@ -24,6 +24,7 @@ import { setupBoot, type BootMode } from "../boot/index.js";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
 import { GuestFaultLog } from "../devices/fault-log.js";
+import { I8042, I8042Error } from "../devices/legacy/i8042.js";
 import { BalloonControl } from "../devices/virtio/balloon-control.js";
 import { RateLimiterControl, type RateLimiterConfig, type RateLimiterName } from "../devices/virtio/rate-limiter-control.js";
 import {
@@ -163,8 +164,9 @@ export class MachineError extends Error {
    * EENDED: a run-time operation (pause, resume) in a state that does not
    * allow it. ETIMEOUT: pause() or resume() gave up on a vCPU or device that
    * did not answer within the pause timeout (the VM was left running).
+   * EBUFFERFULL, EKBDDISABLED: sendCtrlAltDel() typed nothing (see I8042Error).
    */
-  readonly code: "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT";
+  readonly code: "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT" | "EBUFFERFULL" | "EKBDDISABLED";
   constructor(code: MachineError["code"], message: string) {
     super(message);
     this.name = "MachineError";
@@ -280,6 +282,8 @@ export class Machine {
   private readonly waitingVcpus = new Set<number>();
   private readonly waitingDevices = new Set<string>();
   private ending: "vcpus" | "devices" | "console" | "done" = "vcpus";
+  /** The main thread's view of the i8042 (sendCtrlAltDel), from run() on. */
+  private keyboard: I8042 | undefined;
   /** The vCPUs were started (run() posted "start"): the VM is past "not-started". */
   private started = false;
   /** Every vCPU parked and every device quiesced (pause() done, resume() not yet). */
@@ -444,6 +448,7 @@ export class Machine {
       requestExit: (reason) => this.end(reason),
       guestFault: (device, message) => this.fault(device, message),
     };
+    this.keyboard = new I8042(this.host.descriptor.i8042, mainCtx);
     const stats: VcpuStats[] = [];
     const done: Promise<void>[] = [];
     const ready: Promise<void>[] = [];
@@ -593,6 +598,31 @@ export class Machine {
    */
   resume(): Promise<void> {
     return this.serialized(() => this.resumeNow());
+  }
+
+  /**
+   * Types Ctrl-Alt-Del on the guest's keyboard (Firecracker's `SendCtrlAltDel`
+   * action): the keys go into the i8042's output buffer and IRQ 1 is raised
+   * (I8042.sendCtrlAltDel). Linux's keyboard driver then does what
+   * /proc/sys/kernel/ctrl-alt-del says: reboot at once (the default; with
+   * `reboot=k` that resets through the i8042 and ends the VM), or signal init
+   * for an orderly shutdown. Resolves once the keys are queued, not when the
+   * guest acts. While paused it is accepted like Firecracker does (its API
+   * takes the action in any post-boot state): the guest reads the keys when
+   * resumed. Rejects with ENOTSTARTED before the vCPUs started, EENDED once the
+   * VM ended, EBUFFERFULL when the guest left the controller's buffer too full
+   * for the whole sequence, EKBDDISABLED when the guest turned the keyboard off.
+   */
+  async sendCtrlAltDel(): Promise<void> {
+    const state = this.state;
+    if (state === "not-started") throw new MachineError("ENOTSTARTED", "Cannot send Ctrl-Alt-Del: the VM has not started");
+    if (state === "ended") throw new MachineError("EENDED", "Cannot send Ctrl-Alt-Del: the VM has ended");
+    try {
+      this.keyboard!.sendCtrlAltDel();
+    } catch (e) {
+      if (e instanceof I8042Error && (e.code === "EBUFFERFULL" || e.code === "EKBDDISABLED")) throw new MachineError(e.code, e.message);
+      throw e;
+    }
   }
 
   private serialized(op: () => Promise<void>): Promise<void> {

@@ -84,6 +84,8 @@ export const COM1_PORT = 0x3f8;
 export const COM1_IRQ = 4;
 export const I8042_DATA_PORT = 0x60;
 export const I8042_COMMAND_PORT = 0x64;
+/** The i8042's keyboard interrupt: ISA IRQ 1 (drivers/input/serio/i8042-io.h I8042_KBD_IRQ). */
+export const I8042_KBD_IRQ = 1;
 /**
  * ACPI hardware-reduced sleep registers (FADT SLEEP_CONTROL_REG / SLEEP_STATUS_REG)
  * and reset register (FADT RESET_REG), one byte each in I/O space.

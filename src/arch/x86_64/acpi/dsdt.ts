@@ -4,6 +4,7 @@
  *
  *   Scope (\_SB_) {
  *     Device (COM1) { _HID PNP0501, _UID 0, _CRS: IO 0x3f8/8, IRQ 4 }
+ *     Device (PS2K) { _HID PNP0303, _CRS: IO 0x60/1, IO 0x64/1, IRQ 1 }
  *     ...extra devices (e.g. virtio-mmio "LNRO0005" devices)
  *   }
  *   Name (\_S5_, Package () { ACPI_S5_SLEEP_TYPE, 0, 0, 0 })
@@ -13,7 +14,7 @@
  * (SLP_TYP << ACPI_X_SLEEP_TYPE_POSITION) | ACPI_X_SLEEP_ENABLE to the FADT
  * SLEEP_CONTROL_REG (ACPI 6.x §4.8.3.7, §7.4.2.5).
  */
-import { ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT } from "../layout.js";
+import { ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ } from "../layout.js";
 import {
   amlConcat, amlDevice, amlEisaId, amlInteger, amlName, amlPackage, amlScope, amlString, extendedInterruptResource,
   ioResource, irqNoFlagsResource, memory32FixedResource, resourceTemplate, type Aml,
@@ -30,6 +31,26 @@ export function com1DeviceAml(): Aml {
     amlName("_CRS", resourceTemplate([
       ioResource({ min: COM1_PORT, max: COM1_PORT, alignment: 1, length: UART_IO_BYTES }),
       irqNoFlagsResource([COM1_IRQ]),
+    ])),
+  ]);
+}
+
+/**
+ * The i8042 keyboard controller (PNP0303: IBM Enhanced keyboard, 101/102-key,
+ * PS/2 mouse support) at its data and command ports, with the keyboard's IRQ.
+ * On a hardware-reduced ACPI platform Linux has no legacy PIC and creates an
+ * ISA IRQ only when a device's _CRS names it (acpi_register_gsi): without this
+ * object drivers/input/serio/i8042.c probes the ports directly, its
+ * request_irq(1) fails and the probe ends with -EINVAL, so no keyboard. No
+ * mouse (PNP0F13) object: Linux then leaves the AUX port alone.
+ */
+export function i8042DeviceAml(): Aml {
+  return amlDevice("PS2K", [
+    amlName("_HID", amlEisaId("PNP0303")),
+    amlName("_CRS", resourceTemplate([
+      ioResource({ min: I8042_DATA_PORT, max: I8042_DATA_PORT, alignment: 1, length: 1 }),
+      ioResource({ min: I8042_COMMAND_PORT, max: I8042_COMMAND_PORT, alignment: 1, length: 1 }),
+      irqNoFlagsResource([I8042_KBD_IRQ]),
     ])),
   ]);
 }
@@ -71,10 +92,10 @@ export function mmioDeviceAml(d: MmioDeviceDescription): Aml {
   ]);
 }
 
-/** The DSDT's AML: \_SB_ with COM1 and `extraDevices`, and \_S5_. */
+/** The DSDT's AML: \_SB_ with COM1, the i8042 and `extraDevices`, and \_S5_. */
 export function dsdtAml(extraDevices: readonly Aml[] = []): Aml {
   return amlConcat([
-    amlScope("\\_SB_", [com1DeviceAml(), ...extraDevices]),
+    amlScope("\\_SB_", [com1DeviceAml(), i8042DeviceAml(), ...extraDevices]),
     amlName("\\_S5_", amlPackage([amlInteger(ACPI_S5_SLEEP_TYPE), amlInteger(0), amlInteger(0), amlInteger(0)])),
   ]);
 }

@@ -155,6 +155,8 @@ test("iasl disassembles every table without checksum or parse errors, and recomp
         assert.match(dsdt, /EisaId \("PNP0501"\)/);
         assert.match(dsdt, /IO \(Decode16,\s+0x03F8,[^,]*0x03F8,[^,]*0x01,[^,]*0x08,/);
         assert.match(dsdt, /IRQNoFlags \(\)\s+\{4\}/);
+        // The i8042 with its keyboard IRQ: Linux's i8042 driver needs it to get IRQ 1 on a hardware-reduced platform.
+        assert.match(dsdt, /Device \(PS2K\)[\s\S]*EisaId \("PNP0303"\)[\s\S]*IO \(Decode16,\s+0x0060,[^,]*0x0060,[^,]*0x01,[^,]*0x01,[\s\S]*IO \(Decode16,\s+0x0064,[^,]*0x0064,[^,]*0x01,[^,]*0x01,[\s\S]*IRQNoFlags \(\)\s+\{1\}/);
         assert.match(dsdt, /Device \(V001\)[\s\S]*"LNRO0005"[\s\S]*Memory32Fixed \(ReadWrite,\s+0xD0002000,[^,]*0x00001000,[\s\S]*Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s+\{\s+0x00000006,/);
         assert.match(dsl.get("FACP")!, /Hardware Reduced \(V5\) : 1/);
         assert.match(dsl.get("APIC")!, /I\/O Apic ID : 02/);
