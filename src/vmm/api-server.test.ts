@@ -157,6 +157,7 @@ describe("Firecracker's API before boot", () => {
   it("post-boot operations are refused before boot, with Firecracker's message", async () => {
     for (const [method, path, body] of [
       ["PATCH", "/vm", { state: "Paused" }], ["PATCH", "/balloon", { amount_mib: 1 }], ["GET", "/balloon/statistics", undefined],
+      ["PUT", "/actions", { action_type: "SendCtrlAltDel" }],
       ["PATCH", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk }], ["PATCH", "/network-interfaces/eth0", { iface_id: "eth0" }],
     ] as const) {
       const r = await api(sock, method, path, body);
@@ -261,6 +262,19 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
     assert.equal((await api(sock, "PATCH", "/vm", { state: "Paused" })).status, 204, "pausing a paused VM succeeds (as Firecracker)");
     assert.equal((await api(sock, "PATCH", "/vm", { state: "Resumed" })).status, 204);
     assert.equal(await state(), "Running");
+  });
+
+  it("SendCtrlAltDel types the keys (204) until the guest leaves no room in the keyboard buffer (400, never 5xx)", async () => {
+    // This ring-3 guest never reads its keyboard: the controller's 16-byte buffer fills up.
+    const first = await api(sock, "PUT", "/actions", { action_type: "SendCtrlAltDel" });
+    assert.equal(first.status, 204, first.text);
+    let refused: string | undefined;
+    for (let i = 0; i < 5 && !refused; i++) {
+      const r = await api(sock, "PUT", "/actions", { action_type: "SendCtrlAltDel" });
+      assert.ok(r.status === 204 || r.status === 400, r.text);
+      if (r.status === 400) refused = (r.json as { fault_message: string }).fault_message;
+    }
+    assert.match(refused ?? "", /buffer/);
   });
 
   it("after boot, configuration is refused and GET /vm/config reports what booted", async () => {

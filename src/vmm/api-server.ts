@@ -109,7 +109,7 @@ async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json
         case "actions": {
           const a = body(ActionSchema, json, "actions request");
           if (a.action_type === "InstanceStart") { await vm.start(); return ok(); }
-          if (a.action_type === "SendCtrlAltDel") notSupported("SendCtrlAltDel (flint's i8042 has no keyboard yet)");
+          if (a.action_type === "SendCtrlAltDel") { await vm.sendCtrlAltDel(); return ok(); }
           vm.flushMetrics();
           return ok();
         }

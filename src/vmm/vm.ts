@@ -347,6 +347,28 @@ export class Vm extends EventEmitter {
     this.emit("state", this.state);
   }
 
+  /** SendCtrlAltDel: types Ctrl-Alt-Del on the guest's keyboard (Machine.sendCtrlAltDel); the guest decides what follows. */
+  async sendCtrlAltDel(): Promise<void> {
+    await this.requireStarted().sendCtrlAltDel();
+    this.log("info", "vmm", "Sent Ctrl-Alt-Del to the guest");
+  }
+
+  /**
+   * Asks the guest to end (Ctrl-Alt-Del) and waits for it; after `timeoutMs`
+   * (default 30 s) a guest that did not end is stopped at once. Resolves with
+   * how the VM ended.
+   */
+  async shutdown(timeoutMs = 30_000): Promise<MachineResult> {
+    await this.sendCtrlAltDel();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
+    const ended = await Promise.race([this.exited, late.then(() => undefined)]);
+    clearTimeout(timer);
+    if (ended) return ended;
+    this.log("warn", "vmm", `The guest did not end ${timeoutMs} ms after Ctrl-Alt-Del: stopping it`);
+    return (await this.kill())!;
+  }
+
   /** Ends the VM now, from any state (the guest is not asked); resolves when it has ended. */
   async kill(): Promise<MachineResult | undefined> {
     if (!this.machine) return undefined;
