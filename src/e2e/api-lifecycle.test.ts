@@ -26,6 +26,11 @@ const DISK_BYTES = 2 << 20;
 const BUCKET_BYTES = 256 << 10;
 const REFILL_MS = 250;
 
+const DISK_SECTORS = DISK_BYTES / 512;
+/** The drive's new backing file after the swap: larger, and starting with this marker. */
+const SWAP_BYTES = 4 << 20;
+const SWAP_MARKER = "FLINT-SWAP-1";
+
 /** Counts on the console until told to stop (a line on the console's input), then powers off. */
 const GUEST_INIT = `#!/bin/sh
 export PATH=/bin
@@ -42,6 +47,11 @@ echo "flint-e2e: read_s=$(echo "$(cut -d' ' -f1 /proc/uptime) $t0" | awk '{ prin
 ( i=0; while :; do i=$((i + 1)); echo "tick=$i"; sleep 0.2; done ) &
 read stop
 kill $!
+# The host gave the drive a new, larger backing file before saying stop: a config-change interrupt.
+old=${DISK_SECTORS}
+i=0; while [ $i -lt 50 ] && [ "$(cat /sys/block/vda/size)" = "$old" ]; do sleep 0.2; i=$((i + 1)); done
+echo "flint-e2e: new_size=$(cat /sys/block/vda/size)"
+echo "flint-e2e: marker=$(dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c ${SWAP_MARKER.length})"
 echo "flint-e2e: stopping"
 poweroff -f
 `;
@@ -51,7 +61,7 @@ const CLIENT = `
 import { spawn } from "node:child_process";
 import { appendFileSync, existsSync, readFileSync } from "node:fs";
 import { request } from "node:http";
-const [cli, kernel, initrd, disk, sock, report] = process.argv.slice(2);
+const [cli, kernel, initrd, disk, sock, report, swapDisk] = process.argv.slice(2);
 const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 const call = (method, path, body) => new Promise((resolve, reject) => {
   const text = body === undefined ? undefined : JSON.stringify(body);
@@ -125,11 +135,15 @@ describe("real Linux through Firecracker's API: configure, start, pause, resume 
     writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT }));
     const disk = join(share, "disk.img");
     writeFileSync(disk, Buffer.alloc(DISK_BYTES));
+    const swapDisk = join(share, "swap.img");
+    const swapped = Buffer.alloc(SWAP_BYTES);
+    swapped.write(SWAP_MARKER);
+    writeFileSync(swapDisk, swapped);
     const client = join(share, "client.mjs");
     writeFileSync(client, CLIENT);
     const outFile = join(share, "out.txt"), reportFile = join(share, "report.txt");
     // Unix sockets need a local file system: the nested VM's /dev/shm is a tmpfs (the share is 9p).
-    const command = `mkdir -p /dev/shm/flint-api && timeout 400 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(disk)} /dev/shm/flint-api/fc.sock ${q(reportFile)} </dev/null >${q(outFile)} 2>&1`;
+    const command = `mkdir -p /dev/shm/flint-api && timeout 400 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(disk)} /dev/shm/flint-api/fc.sock ${q(reportFile)} ${q(swapDisk)} </dev/null >${q(outFile)} 2>&1`;
     const retryAfterTimeout = () => { for (const f of [outFile, reportFile]) rmSync(f, { force: true }); };
     nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
     out = readTextIfAny(outFile);
@@ -163,6 +177,11 @@ describe("real Linux through Firecracker's API: configure, start, pause, resume 
     assert.equal(value("ticks_during_pause"), "0", why());
     assert.equal(value("state_resumed"), "Running", why());
     assert.ok(Number(value("ticks_after_resume")) >= 5, why());
+  });
+
+  it("PATCH /drives gives the running guest's drive a new backing file: it sees the new size and reads the new data", () => {
+    assert.equal(value("new_size"), String(SWAP_BYTES / 512), why());
+    assert.equal(value("marker"), SWAP_MARKER, why());
   });
 
   it("a line on flint's stdin reaches the guest, which powers off; flint exits 0, its socket removed, with no kernel warning", () => {

@@ -39,6 +39,7 @@ import type { VmFd } from "../kvm/vm.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { sys } from "../sys/native.js";
 import { WorkerPool } from "../sys/worker-pool.js";
+import { BLOCK_REQUEST_UPDATE_BACKING } from "../devices/virtio/block.js";
 import { DEVICE_THREAD_POOL } from "../devices/virtio/device-thread.js";
 import { waitForChange } from "../devices/shared-lock.js";
 import { CONTROL_PARKED, claimExit, createControl, parkedCount, requestPause } from "./control.js";
@@ -165,8 +166,9 @@ export class MachineError extends Error {
    * allow it. ETIMEOUT: pause() or resume() gave up on a vCPU or device that
    * did not answer within the pause timeout (the VM was left running).
    * EBUFFERFULL, EKBDDISABLED: sendCtrlAltDel() typed nothing (see I8042Error).
+   * ENODEVICE: a device operation named a device the VM does not have.
    */
-  readonly code: "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT" | "EBUFFERFULL" | "EKBDDISABLED";
+  readonly code: "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT" | "EBUFFERFULL" | "EKBDDISABLED" | "ENODEVICE";
   constructor(code: MachineError["code"], message: string) {
     super(message);
     this.name = "MachineError";
@@ -747,6 +749,22 @@ export class Machine {
    */
   async updateRateLimiter(device: number, which: RateLimiterName, update: RateLimiterConfig): Promise<RateLimiterConfig> {
     return RateLimiterControl.of(this.virtio, device).update(which, update);
+  }
+
+  /**
+   * Gives drive `device` (its index in virtioDevices) a new backing file, or
+   * re-reads the size of the same one (Firecracker's PATCH /drives/{id} with
+   * path_on_host); the guest sees the new capacity through a config-change
+   * interrupt (VirtioBlock's update-backing request). Resolves with the new
+   * size in 512-byte sectors; rejects changing nothing (MachineError
+   * ENODEVICE, or the device's refusal: the file cannot be opened, EBLKBUSY).
+   */
+  async updateDriveBacking(device: number, path: string): Promise<{ capacitySectors: number }> {
+    const handle = this.virtio.devices[device];
+    if (!Number.isInteger(device) || !handle || this.virtio.kinds[device] !== "block") {
+      throw new MachineError("ENODEVICE", `Cannot update drive: virtio device ${device} is not a drive`);
+    }
+    return (await handle.request(BLOCK_REQUEST_UPDATE_BACKING, { path })) as { capacitySectors: number };
   }
 
   /** A running device's rate limiter as configured now ({} when it limits nothing); see updateRateLimiter. */

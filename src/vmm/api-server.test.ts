@@ -293,7 +293,7 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
     assert.deepEqual((cfg["machine-config"] as { vcpu_count: number }).vcpu_count, 2);
   });
 
-  it("PATCH /drives after boot changes the drive's rate limiter (read back in GET /vm/config); a new backing file is refused", async () => {
+  it("PATCH /drives after boot changes the drive's rate limiter and backing file (read back in GET /vm/config)", async () => {
     const limiter = { bandwidth: { size: 1_000_000, refill_time: 100 }, ops: { size: 100, refill_time: 1000, one_time_burst: 50 } };
     const r = await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", rate_limiter: limiter });
     assert.equal(r.status, 204, r.text);
@@ -302,9 +302,14 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
     // A bucket of size 0 removes that bucket; the other stays.
     assert.equal((await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", rate_limiter: { ops: { size: 0, refill_time: 0 } } })).status, 204);
     assert.deepEqual((await drive())?.rate_limiter, { bandwidth: limiter.bandwidth });
-    const swap = await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", path_on_host: join(dir, "other.img") });
-    assert.equal(swap.status, 400);
-    assert.match((swap.json as { fault_message: string }).fault_message, /backing file/);
+    const missing = await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", path_on_host: join(dir, "other.img") });
+    assert.equal(missing.status, 400);
+    assert.match((missing.json as { fault_message: string }).fault_message, /does not exist/);
+    const other = join(dir, "other.img");
+    writeFileSync(other, Buffer.alloc(2 << 20));
+    const swap = await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", path_on_host: other });
+    assert.equal(swap.status, 204, swap.text);
+    assert.equal(((await api(sock, "GET", "/vm/config")).json as { drives: { drive_id: string; path_on_host: string }[] }).drives.find((d) => d.drive_id === "scratch")?.path_on_host, other);
     assert.equal((await api(sock, "PATCH", "/drives/nodrive", { drive_id: "nodrive", rate_limiter: limiter })).status, 400);
     assert.equal((await api(sock, "PATCH", "/drives/scratch", { drive_id: "scratch", rate_limiter: { bandwidth: { size: -1, refill_time: 1 } } })).status, 400);
     assert.deepEqual((await drive())?.rate_limiter, { bandwidth: limiter.bandwidth }, "a refused PATCH changes nothing");

@@ -29,6 +29,7 @@ import { rateLimiterUpdate, toFcRateLimiter } from "../config/convert.js";
 import type { Balloon, Logger, Metrics, RateLimiter } from "../config/schema.js";
 import { LogFile, type LogLevel } from "./logger.js";
 import { VmMetrics } from "./metrics.js";
+import { checkDisk } from "./host-checks.js";
 import { VmResources } from "./resources.js";
 
 /** Firecracker's instance states (vmm_config/instance_info.rs VmState). */
@@ -377,18 +378,23 @@ export class Vm extends EventEmitter {
   }
 
   /**
-   * PATCH /drives/{id} after boot: a new rate limiter takes effect at once
-   * (Firecracker's update rules: a bucket given replaces the old one, size or
-   * refill_time 0 removes it, a bucket not given stays). A new backing file
-   * is refused for now.
+   * PATCH /drives/{id} after boot: a new backing file (or the same path,
+   * re-read after it was resized), which the guest sees as a capacity change
+   * (Kata and firecracker-containerd swap container disks this way); and a
+   * new rate limiter, at once (Firecracker's update rules: a bucket given
+   * replaces the old one, size or refill_time 0 removes it, a bucket not
+   * given stays). The file is checked as at PUT time before anything changes.
    */
   async updateDrive(p: { drive_id: string; path_on_host?: string | null; rate_limiter?: RateLimiter | null }): Promise<void> {
     const machine = this.requireStarted();
     const index = this.deviceNames.indexOf(`block_${p.drive_id}`);
     const drive = this.booted?.drives.find((d) => d.drive_id === p.drive_id);
     if (index < 0 || !drive) throw new VmError("ENODEVICE", `Drive config error: no drive '${p.drive_id}' was attached at boot`);
-    if (p.path_on_host != null && p.path_on_host !== drive.path_on_host) {
-      throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: swapping a drive's backing file after boot (not in flint yet)");
+    if (p.path_on_host != null) {
+      checkDisk({ path: p.path_on_host, readOnly: drive.is_read_only ?? false });
+      await machine.updateDriveBacking(index, p.path_on_host);
+      drive.path_on_host = p.path_on_host;
+      this.log("info", "vmm", `Drive ${p.drive_id} now backed by ${p.path_on_host}`);
     }
     if (p.rate_limiter != null) {
       const now = await machine.updateRateLimiter(index, "io", rateLimiterUpdate(p.rate_limiter));

@@ -13,7 +13,7 @@ import {
 } from "../../linux/abi.generated.js";
 import { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, getU32, getU64, setU32, setU64 } from "../../memory/le.js";
-import { BlockError, BLOCK_MAX_DISCARD_SEG, BLOCK_SERVE_BUDGET, createBackend, SECTOR_SIZE, VirtioBlock, type BlockOptions } from "./block.js";
+import { BlockError, BLOCK_MAX_DISCARD_SEG, BLOCK_REQUEST_UPDATE_BACKING, BLOCK_SERVE_BUDGET, createBackend, SECTOR_SIZE, VirtioBlock, type BlockOptions } from "./block.js";
 import { FakeDriver } from "./testing/fake-driver.js";
 import type { VirtioDeviceContext, VirtQueue } from "./types.js";
 
@@ -404,4 +404,24 @@ test("attaches a host block device (a loop device): size from BLKGETSIZE64, data
 test("refuses a character device with EBLKOPEN", () => {
   assert.throws(() => createBackend({ path: "/dev/null", readOnly: true }),
     (e: unknown) => e instanceof BlockError && e.code === "EBLKOPEN" && /neither a regular file nor a block device/.test(e.message));
+});
+
+test("a new backing file (Firecracker's PATCH /drives): writes to the old one are kept, the new capacity is in config space with a config-change interrupt, reads come from the new file", () => {
+  const r = rig({ bytes: 64 * 1024 });
+  const written = pattern(SECTOR_SIZE, 5);
+  assert.equal(r.send([header(VIRTIO_BLK_T_OUT, 3), written], [1]).status, VIRTIO_BLK_S_OK);
+  const next = image(256 * 1024);
+  const answer = r.blk.control({ op: BLOCK_REQUEST_UPDATE_BACKING, args: { path: next } }) as { capacitySectors: number };
+  assert.equal(answer.capacitySectors, 512);
+  assert.equal(getU64(dataView(r.ctx.config), virtio_blk_config.capacity), 512n, "capacity in config space");
+  assert.equal(r.ctx.configChanges, 1, "one config-change interrupt");
+  assert.deepEqual(new Uint8Array(readFileSync(r.path).subarray(3 * SECTOR_SIZE, 4 * SECTOR_SIZE)), written, "the old file kept its write");
+  const read = r.send([header(VIRTIO_BLK_T_IN, 300)], [SECTOR_SIZE, 1]);
+  assert.equal(read.status, VIRTIO_BLK_S_OK, "a sector past the old end is readable now");
+  assert.deepEqual(new Uint8Array(read.data), new Uint8Array(readFileSync(next).subarray(300 * SECTOR_SIZE, 301 * SECTOR_SIZE)));
+  // A file that cannot be opened changes nothing.
+  assert.throws(() => r.blk.control({ op: BLOCK_REQUEST_UPDATE_BACKING, args: { path: join(dir, "missing.img") } }), /cannot be opened/);
+  assert.equal(getU64(dataView(r.ctx.config), virtio_blk_config.capacity), 512n);
+  assert.throws(() => r.blk.control({ op: BLOCK_REQUEST_UPDATE_BACKING, args: {} }), /path/);
+  r.close();
 });

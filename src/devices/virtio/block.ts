@@ -98,7 +98,7 @@ export interface BlockOptions {
 
 /** Why a drive could not be attached. */
 export class BlockError extends Error {
-  readonly code: "EBLKOPEN" | "EBLKCONFIG";
+  readonly code: "EBLKOPEN" | "EBLKCONFIG" | "EBLKBUSY";
   constructor(code: BlockError["code"], message: string) {
     super(message);
     this.name = "BlockError";
@@ -169,19 +169,22 @@ const DEFERRED = -1;
 const ZERO_BY_WRITING = 1;
 
 /** The virtio-blk device. */
+/** BackendRequest op: a new (or re-read) backing file, args `{ path }`; answers `{ capacitySectors }`. */
+export const BLOCK_REQUEST_UPDATE_BACKING = "update-backing";
+
 export class VirtioBlock implements VirtioBackend {
   readonly deviceId = VIRTIO_ID_BLOCK;
   readonly queueMaxSizes = [BLOCK_QUEUE_SIZE] as const;
   readonly deviceFeatures: bigint;
   readonly readOnly: boolean;
-  /** Disk size in sectors (the image's size rounded down to a sector). */
-  readonly capacitySectors: bigint;
+  /** Disk size in sectors (the image's size rounded down to a sector); changes with a new backing file. */
+  capacitySectors: bigint;
   readonly metrics: BlockMetrics = {
     requests: 0, readBytes: 0, writtenBytes: 0, flushes: 0, hostErrors: 0, badRequests: 0, unsupported: 0,
     writeThroughSyncs: 0,
   };
-  private readonly fd: number;
-  private readonly path: string;
+  private fd: number;
+  private path: string;
   private readonly id: Uint8Array;
   private ctx: VirtioDeviceContext | undefined;
   private closed = false;
@@ -199,19 +202,10 @@ export class VirtioBlock implements VirtioBackend {
   constructor(options: BlockOptions) {
     this.readOnly = options.readOnly;
     this.limiter = new RateLimiter(options.rateLimiter, () => performance.now());
-    let fd: number;
+    const { fd, sectors, dev, ino } = VirtioBlock.open(options.path, options.readOnly);
     try {
-      fd = openSync(options.path, options.readOnly ? "r" : "r+");
-    } catch (e) {
-      throw new BlockError("EBLKOPEN", `Cannot attach drive: file '${options.path}' cannot be opened (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
-    try {
-      const st = fstatSync(fd, { bigint: true });
-      if (!st.isFile() && !st.isBlockDevice()) {
-        throw new BlockError("EBLKOPEN", `Cannot attach drive: '${options.path}' is neither a regular file nor a block device`);
-      }
-      this.capacitySectors = (st.isFile() ? st.size : VirtioBlock.blockDeviceBytes(fd, options.path)) / BigInt(SECTOR_SIZE);
-      this.id = VirtioBlock.makeId(options, st.dev, st.ino);
+      this.capacitySectors = sectors;
+      this.id = VirtioBlock.makeId(options, dev, ino);
     } catch (e) {
       closeSync(fd);
       throw e;
@@ -225,6 +219,54 @@ export class VirtioBlock implements VirtioBackend {
       ? 1n << BigInt(VIRTIO_BLK_F_RO)
       : (1n << BigInt(VIRTIO_BLK_F_DISCARD)) | (1n << BigInt(VIRTIO_BLK_F_WRITE_ZEROES));
     this.deviceFeatures = features;
+  }
+
+  /** Opens an image as the device uses it: its fd, its size in whole sectors, and its identity. */
+  private static open(path: string, readOnly: boolean): { fd: number; sectors: bigint; dev: bigint; ino: bigint } {
+    let fd: number;
+    try {
+      fd = openSync(path, readOnly ? "r" : "r+");
+    } catch (e) {
+      throw new BlockError("EBLKOPEN", `Cannot attach drive: file '${path}' cannot be opened (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      if (!st.isFile() && !st.isBlockDevice()) {
+        throw new BlockError("EBLKOPEN", `Cannot attach drive: '${path}' is neither a regular file nor a block device`);
+      }
+      const bytes = st.isFile() ? st.size : VirtioBlock.blockDeviceBytes(fd, path);
+      return { fd, sectors: bytes / BigInt(SECTOR_SIZE), dev: st.dev, ino: st.ino };
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+  }
+
+  /**
+   * A new backing file, or the same one again after it grew or shrank
+   * (Firecracker's PATCH /drives/{id} with path_on_host): writes to the old
+   * one are made durable and it is closed, the new one is opened in the same
+   * mode, and the guest learns the new capacity through config space and a
+   * config-change interrupt (virtio 1.2 §5.2.4 capacity, §4.2.2.1
+   * InterruptStatus bit 1). Requests are served synchronously on this
+   * thread, so none is in flight; WRITE_ZEROES still being written refuse the
+   * swap (EBLKBUSY) rather than land on the new file.
+   */
+  private updateBacking(path: unknown): { capacitySectors: number } {
+    if (typeof path !== "string" || path === "") throw new BlockError("EBLKCONFIG", "Cannot update drive: a path to the new backing file is required");
+    if (this.zeroJobs.length > 0) throw new BlockError("EBLKBUSY", "Cannot update drive: it is still writing zeros for the guest; try again");
+    const next = VirtioBlock.open(path, this.readOnly);
+    const r = sys.fdatasync(this.fd);
+    if (r < 0) this.hostError(r, "the flush before a new backing file");
+    closeSync(this.fd);
+    this.fd = next.fd;
+    this.path = path;
+    this.capacitySectors = next.sectors;
+    if (this.ctx) {
+      setU64(dataView(this.ctx.config), virtio_blk_config.capacity, next.sectors);
+      this.ctx.notifyConfigChange();
+    }
+    return { capacitySectors: Number(next.sectors) };
   }
 
   /** A block device's size (fstat reports 0 for it), from the BLKGETSIZE64 ioctl. */
@@ -339,6 +381,8 @@ export class VirtioBlock implements VirtioBackend {
         this.ctx?.kick(0);
         return this.limiter.config();
       }
+      case BLOCK_REQUEST_UPDATE_BACKING:
+        return this.updateBacking((request.args as { path?: unknown } | undefined)?.path);
       default:
         throw new Error(`virtio-blk has no request '${request.op}'`);
     }
