@@ -64,9 +64,10 @@ import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { chmodSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { after, before, describe, it, type TestContext } from "node:test";
 import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
 import { base32NoPadding, ClientSession, installFirecrackerBinary, pollUntil, sleep, startVmm, waitExit, type VmmProcess } from "./testing/client-flows.js";
+import { goSdkDeadlineMs, goSdkStart, goSdkStopVmm, type GoSdkConfig } from "./testing/go-sdk.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-flows-"));
 chmodSync(dir, 0o755);
@@ -155,60 +156,27 @@ describe("the `firecracker` executable", () => {
 // ---------------------------------------------------------------------------------------------
 // firecracker-go-sdk
 
-interface GoSdkConfig {
-  vmid: string;
-  /** DrivesBuilder: extra drives first ("0", "1", ...), the root drive ("root_drive") last. */
-  extraDrives: { path: string; readOnly: boolean }[];
-  rootDrive: string;
-  vsock?: { id: string; path: string; cid: number };
+/** The go-sdk Machine of these tests: the exit-loop guest, 1 vCPU, 128 MiB. */
+function goSdkConfig(vmid: string, work: string, extra: Partial<GoSdkConfig> = {}): GoSdkConfig {
+  return { vmid, kernelImagePath: kernel, kernelArgs: guestArgs, vcpuCount: 1, memSizeMib: 128, extraDrives: [],
+    rootDrive: image(join(work, "root.img"), 2 << 20), startLimitMs: START_LIMIT_MS, ...extra };
 }
 
-/** NewMachine + Start with the default handlers; returns the machine's process and its API session. */
-async function goSdkStart(work: string, cfg: GoSdkConfig): Promise<{ vmm: VmmProcess; s: ClientSession; sock: string }> {
-  const sock = join(work, "firecracker.sock");
-  // StartVMM: the default command builder (stdin, stdout, stderr of the caller); seccomp off unless configured.
-  const vmm = startVmm(bin, ["--api-sock", sock, "--id", cfg.vmid, "--no-seccomp"], { stdout: "pipe", stderr: "pipe" });
-  const s = new ClientSession(sock, "go-swagger");
-  // waitForSocket: every 10 ms, the socket file, then GET /machine-config must succeed (a 200 with its model).
-  const up = await pollUntil(vmm, 10, START_LIMIT_MS, async () => existsSync(sock) && (await s.probe("GET", "/machine-config")).status === 200);
-  assert.ok(up, `go-sdk's waitForSocket: the socket and GET /machine-config 200; stderr: ${vmm.stderr()}`);
-  // CreateLogFilesHandler and BootstrapLoggingHandler: nothing without a log or metrics path (firecracker-containerd's test below sets them).
-  // CreateMachineHandler: PUT, then refreshMachineConfiguration's GET.
-  await s.call("PUT", "/machine-config", { mem_size_mib: 128, smt: false, vcpu_count: 1 });
-  await s.call("GET", "/machine-config");
-  // CreateBootSourceHandler (initrd_path and an empty boot_args are omitted by the model).
-  await s.call("PUT", "/boot-source", { boot_args: guestArgs, kernel_image_path: kernel });
-  // AttachDrivesHandler, in DrivesBuilder.Build() order.
-  const drives = [
-    ...cfg.extraDrives.map((d, i) => ({ drive_id: String(i), is_read_only: d.readOnly, is_root_device: false, path_on_host: d.path })),
-    { drive_id: "root_drive", is_read_only: false, is_root_device: true, path_on_host: cfg.rootDrive },
-  ];
-  for (const d of drives) await s.call("PUT", `/drives/${d.drive_id}`, d);
-  // AddVsocksHandler (the model still carries the deprecated vsock_id).
-  if (cfg.vsock) await s.call("PUT", "/vsock", { guest_cid: cfg.vsock.cid, uds_path: cfg.vsock.path, vsock_id: cfg.vsock.id });
-  // ConfigMmdsHandler: nothing without an interface that allows MMDS. Then startInstance.
-  await s.call("PUT", "/actions", { action_type: "InstanceStart" });
-  return { vmm, s, sock };
-}
-
-/** StopVMM: SIGTERM, then wait for the process (its cleanup removes the socket). */
-async function goSdkStopVmm(vmm: VmmProcess, sock: string): Promise<void> {
-  vmm.child.kill("SIGTERM");
-  const end = await waitExit(vmm, STOP_LIMIT_MS);
-  assert.ok(end, "the process ended after StopVMM's SIGTERM");
-  rmSync(sock, { force: true });
+/** Prints each call's latency beside the go-sdk deadline it must meet (a figure, not an assertion). */
+function printLatencies(t: TestContext, s: ClientSession): void {
+  const lines = s.calls.map((c) => `${c.method} ${c.path} ${c.ms} ms${goSdkDeadlineMs(c.method, c.path) !== undefined ? ` (go-sdk deadline ${goSdkDeadlineMs(c.method, c.path)} ms)` : ""}`);
+  t.diagnostic(`latencies: ${lines.join("; ")}`);
 }
 
 describe("firecracker-go-sdk", () => {
-  it("NewMachine + Start (default handlers), DescribeInstanceInfo, PauseVM, ResumeVM, metadata, GetFirecrackerVersion, StopVMM", async () => {
+  it("NewMachine + Start (default handlers), DescribeInstanceInfo, PauseVM, ResumeVM, metadata, GetFirecrackerVersion, StopVMM", async (t) => {
     const work = join(dir, "go-sdk");
     mkdirSync(work, { recursive: true });
-    const { vmm, s, sock } = await goSdkStart(work, {
-      vmid: "7d0c6a46-2b1e-4f7e-9a53-0c1f3f6f2d11",
+    const m = await goSdkStart(bin, work, goSdkConfig("7d0c6a46-2b1e-4f7e-9a53-0c1f3f6f2d11", work, {
       extraDrives: [{ path: image(join(work, "data.img"), 1 << 20), readOnly: true }],
-      rootDrive: image(join(work, "root.img"), 2 << 20),
       vsock: { id: "agent", path: join(work, "v.sock"), cid: 3 },
-    });
+    }));
+    const { vmm, s } = m;
     try {
       await guestRan(vmm, vmm.stdout);
       const info = await s.call("GET", "/");
@@ -222,16 +190,18 @@ describe("firecracker-go-sdk", () => {
       const version = await s.call("GET", "/version");
       assert.equal(typeof (version.json as { firecracker_version?: unknown }).firecracker_version, "string");
       assertNothingRefused("firecracker-go-sdk", s);
+      printLatencies(t, s);
     } finally {
       s.close();
-      await goSdkStopVmm(vmm, sock);
+      await goSdkStopVmm(m, STOP_LIMIT_MS);
     }
   });
 
   it("Shutdown() sends SendCtrlAltDel, then StopVMM", { todo: "flint answers 400 to PUT /actions SendCtrlAltDel" }, async () => {
     const work = join(dir, "go-sdk-shutdown");
     mkdirSync(work, { recursive: true });
-    const { vmm, s, sock } = await goSdkStart(work, { vmid: "go-sdk-shutdown", extraDrives: [], rootDrive: image(join(work, "root.img"), 1 << 20) });
+    const m = await goSdkStart(bin, work, goSdkConfig("go-sdk-shutdown", work));
+    const { vmm, s } = m;
     try {
       await guestRan(vmm, vmm.stdout);
       await s.call("PUT", "/actions", { action_type: "SendCtrlAltDel" });
@@ -239,7 +209,7 @@ describe("firecracker-go-sdk", () => {
       assertNothingRefused("firecracker-go-sdk Shutdown", s);
     } finally {
       s.close();
-      await goSdkStopVmm(vmm, sock);
+      await goSdkStopVmm(m, STOP_LIMIT_MS);
     }
   });
 
@@ -414,7 +384,7 @@ describe("firecracker-python (MicroVM)", () => {
   before(() => execFileSync("ip", ["tuntap", "add", "dev", tap, "mode", "tap"], { stdio: ["ignore", "ignore", "pipe"] }));
   after(() => spawnSync("ip", ["link", "del", tap]));
 
-  async function create(name: string, o: { mmds: boolean; vsock: boolean }): Promise<{ vmm: VmmProcess; s: ClientSession; log: string; id: string }> {
+  async function create(name: string, o: { mmds: boolean; vsock: boolean }): Promise<{ vmm: VmmProcess; s: ClientSession; log: string; id: string; readyMs: number }> {
     const id = name; // generate_id(): 8 lowercase letters and digits
     const vmmDir = join(dir, "python", id);
     mkdirSync(join(vmmDir, "logs"), { recursive: true });
@@ -423,6 +393,7 @@ describe("firecracker-python (MicroVM)", () => {
     writeFileSync(logPath, ""); // create_log_file
     const stdoutLog = join(vmmDir, "firecracker.log");
     // ProcessManager.start: stdout to a file, stderr and stdin to nothing.
+    const t0 = Date.now();
     const vmm = startVmm(bin, ["--api-sock", sock, "--id", id, "--log-path", logPath], { stdout: { file: stdoutLog }, stderr: "ignore" });
     await sleep(500);
     assert.equal(vmm.hasExited(), false, "the process is still there after 0.5 s (else the library gives up)");
@@ -430,6 +401,7 @@ describe("firecracker-python (MicroVM)", () => {
     // _run_firecracker: GET / up to three times, 0.5 s apart (a slower start goes on regardless); here a hang catcher.
     const up = await pollUntil(vmm, 100, START_LIMIT_MS, async () => (await s.probe("GET", "/")).status === 200);
     assert.ok(up, "GET / answered 200");
+    const readyMs = Date.now() - t0;
     const iface = "eth0"; // the host's default-route interface name
     // MicroVM.create, in order. The library's boot args, then the exit-loop guest's words (its only change here).
     await s.call("PUT", "/boot-source", { kernel_image_path: kernel, boot_args: `console=ttyS0 reboot=k pci=off panic=1 ip=172.16.0.2::172.16.0.1:255.255.255.0:${id}:${iface}:on${o.mmds ? " init=/sbin/init" : ""} ${guestArgs}` });
@@ -442,7 +414,7 @@ describe("firecracker-python (MicroVM)", () => {
     }
     if (o.vsock) await s.call("PUT", "/vsock", { guest_cid: 3, uds_path: join(vmmDir, "v.sock") });
     await s.call("PUT", "/actions", { action_type: "InstanceStart" });
-    return { vmm, s, log: stdoutLog, id };
+    return { vmm, s, log: stdoutLog, id, readyMs };
   }
 
   /** delete(): SIGTERM, up to 2 s (checked each second), then SIGKILL. */
@@ -454,8 +426,10 @@ describe("firecracker-python (MicroVM)", () => {
     return "SIGKILL";
   }
 
-  it("create() with the default options, pause(), resume(), status and config, delete()", async () => {
-    const { vmm, s, log } = await create("a1b2c3d4", { mmds: false, vsock: true });
+  it("create() with the default options, pause(), resume(), status and config, delete()", async (t) => {
+    const { vmm, s, log, readyMs } = await create("a1b2c3d4", { mmds: false, vsock: true });
+    // The library probes GET / at 0.5, 1.0 and 1.5 s after the spawn, then goes on regardless.
+    t.diagnostic(`process start to GET / answered: ${readyMs} ms`);
     let ended: string | undefined;
     try {
       await guestRan(vmm, () => readFileSync(log, "latin1"));
@@ -469,9 +443,10 @@ describe("firecracker-python (MicroVM)", () => {
       assertNothingRefused("firecracker-python", s);
     } finally {
       s.close();
+      const t1 = Date.now();
       ended = await destroy(vmm);
+      t.diagnostic(`delete(): the process ended at ${ended}, ${Date.now() - t1} ms after SIGTERM`);
     }
-    console.log(`# firecracker-python delete(): the process ended at ${ended}`);
   });
 
   it("create() with mmds_enabled: MMDS V2 on the interface, then the metadata", { todo: "flint answers 400 to PUT /mmds/config" }, async () => {

@@ -94,6 +94,8 @@ export interface RecordedCall {
   /** Firecracker's `fault_message` when the call was refused. */
   fault?: string;
   json?: unknown;
+  /** From sending the request to the end of the answer. */
+  ms: number;
 }
 
 function serialize(style: WireStyle, body: unknown): string {
@@ -148,6 +150,8 @@ export class ClientSession {
     else headers["Accept"] = "application/json";
     if (this.style === "go-swagger") headers["User-Agent"] = "Go-http-client/1.1";
     if (text !== undefined) Object.assign(headers, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) });
+    const t0 = performance.now();
+    const ms = () => Math.round((performance.now() - t0) * 10) / 10;
     return new Promise((resolve, reject) => {
       const req = request({ socketPath: this.socketPath, method, path, agent: this.agent, headers, setHost: false }, (res) => {
         const chunks: Buffer[] = [];
@@ -157,14 +161,14 @@ export class ClientSession {
           let json: unknown;
           try { json = t ? JSON.parse(t) : undefined; } catch { json = undefined; }
           const fault = (json as { fault_message?: unknown } | undefined)?.fault_message;
-          resolve({ method, path, ...(body !== undefined ? { body } : {}), status: res.statusCode ?? 0, json, ...(typeof fault === "string" ? { fault } : {}) });
+          resolve({ method, path, ...(body !== undefined ? { body } : {}), status: res.statusCode ?? 0, json, ...(typeof fault === "string" ? { fault } : {}), ms: ms() });
         });
         res.on("error", reject);
       });
       req.on("error", reject);
       req.setTimeout(CALL_LIMIT_MS, () => {
         req.destroy();
-        resolve({ method, path, ...(body !== undefined ? { body } : {}), status: 0, fault: `no answer within ${CALL_LIMIT_MS} ms` });
+        resolve({ method, path, ...(body !== undefined ? { body } : {}), status: 0, fault: `no answer within ${CALL_LIMIT_MS} ms`, ms: ms() });
       });
       if (text !== undefined) req.write(text);
       req.end();
