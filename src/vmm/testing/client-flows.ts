@@ -66,7 +66,8 @@ export function startVmm(bin: string, args: string[], o: { stdout: StdioTarget; 
   child.stdout?.on("data", (b: Buffer) => { out += b.toString("latin1"); });
   child.stderr?.on("data", (b: Buffer) => { err += b.toString("latin1"); });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.on("exit", (code, signal) => { done = true; resolve({ code, signal }); });
+    // "close", not "exit": it comes once stdout and stderr are drained, so nothing the guest printed last is lost.
+    child.on("close", (code, signal) => { done = true; resolve({ code, signal }); });
     child.on("error", () => { done = true; resolve({ code: null, signal: null }); });
   });
   return { child, pid: child.pid ?? -1, stdout: () => out, stderr: () => err, exited, hasExited: () => done };
