@@ -6,7 +6,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describeError, isUserError } from "./errors.js";
 import { DEFAULT_CMDLINE } from "./defaults.js";
@@ -20,6 +20,12 @@ import { runVm } from "./run.js";
 const FC_DEFAULT_API_SOCK = "/run/firecracker.socket";
 /** Firecracker's instance id when --id is not given (logger DEFAULT_INSTANCE_ID). */
 const FC_DEFAULT_INSTANCE_ID = "anonymous-instance";
+/**
+ * The Firecracker release whose API flint answers (the swagger flint follows
+ * is that of Firecracker's main branch after 1.16.1; every request a 1.16.1
+ * client sends, flint parses).
+ */
+const FC_COMPAT_VERSION = "1.16.1";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const pkg = JSON.parse(readFileSync(join(here, "..", "..", "package.json"), "utf8")) as { version: string };
@@ -32,10 +38,33 @@ function wholeNumber(name: string) {
   };
 }
 
-function buildProgram(): Command {
+/**
+ * True when this process was started as `firecracker` (the package installs
+ * that name beside `flint`, and tools exec "firecracker" from PATH, or a name
+ * like "firecracker-v1.16.1-x86_64" as Firecracker's release files are called).
+ */
+function startedAsFirecracker(argv: string[]): boolean {
+  return argv[1] !== undefined && basename(argv[1]).startsWith("firecracker");
+}
+
+/**
+ * What `--version` prints. As `firecracker`, Firecracker's own format
+ * ("Firecracker v1.16.1" and a blank line, main.rs): Kata Containers' Go
+ * runtime (virtcontainers/fc.go parseVersion) runs `<hypervisor_path>
+ * --version`, splits the first line at spaces, strips the "v" of the second
+ * word, parses that as semver and refuses anything below 0.21.1; flint's own
+ * version (0.x) would fail that check, so the name tools look for reports the
+ * Firecracker API version flint answers, and flint's own version follows on
+ * the third line for people. As `flint`, flint's own version alone, as before.
+ */
+function versionText(asFirecracker: boolean): string {
+  return asFirecracker ? `Firecracker v${FC_COMPAT_VERSION}\n\nflint ${pkg.version}` : pkg.version;
+}
+
+function buildProgram(asFirecracker: boolean): Command {
   const program = new Command("flint")
     .description("flint: a KVM microVM monitor")
-    .version(pkg.version, "-V, --version")
+    .version(versionText(asFirecracker), "-V, --version")
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `flint: ${s}` : s) })
@@ -151,9 +180,11 @@ function buildProgram(): Command {
 }
 
 async function main(argv: string[]): Promise<void> {
-  const program = buildProgram();
-  // Bare `flint` shows the help on stderr (exit code 2), as before Firecracker's flags were added.
-  if (argv.length <= 2) {
+  const asFirecracker = startedAsFirecracker(argv);
+  const program = buildProgram(asFirecracker);
+  // Bare `flint` shows the help on stderr (exit code 2), as before Firecracker's flags were added;
+  // bare `firecracker` serves the API on /run/firecracker.socket, as Firecracker's binary does.
+  if (argv.length <= 2 && !asFirecracker) {
     program.outputHelp({ error: true });
     process.exitCode = 2;
     return;
