@@ -111,6 +111,7 @@ try {
   for (let i = 0; i < 600 && lastTick() < paused + 5; i++) await sleep(100);
   say("ticks_after_resume", lastTick() - paused);
   say("config_vcpus", JSON.parse((await must("GET", "/vm/config", undefined, 200)).text)["machine-config"].vcpu_count);
+  await must("PATCH", "/drives/rootfs", { drive_id: "rootfs", path_on_host: swapDisk });
   fc.stdin.write("stop\\n");
 } catch (e) {
   say("client_error", JSON.stringify(e.message));
