@@ -7,8 +7,12 @@ import { WorkerPool } from "./worker-pool.js";
 const ECHO = new URL("./testing/init-echo-worker.js", import.meta.url);
 
 async function initOf(w: Worker): Promise<unknown> {
+  // Listen for the exit first: a worker that ends right after posting has its last messages
+  // delivered by Node's exit handling, which emits "exit" in the same turn, before a listener
+  // added after the message could exist.
+  const exited = once(w, "exit");
   const [m] = (await once(w, "message")) as [{ init: unknown }];
-  await once(w, "exit");
+  await exited;
   return m.init;
 }
 
