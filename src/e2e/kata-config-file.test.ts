@@ -14,13 +14,13 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { HOST_BUSYBOX } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { stageBusyboxRoot } from "../harness/guest-disks.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 import { installFirecrackerBinary } from "../vmm/testing/client-flows.js";
 
@@ -129,13 +129,7 @@ const FS_BYTES = 32 << 20;
  */
 function buildPartitionedRootfs(share: string): string {
   const tree = join(share, "rootfs-tree");
-  for (const d of ["bin", "sbin", "dev", "proc", "sys", "tmp"]) mkdirSync(join(tree, d), { recursive: true });
-  execFileSync("cp", [HOST_BUSYBOX, join(tree, "bin", "busybox")]);
-  const applets = execFileSync(HOST_BUSYBOX, ["--list"], { encoding: "utf8" }).split("\n").map((a) => a.trim()).filter((a) => a && a !== "busybox");
-  for (const a of applets) symlinkSync("busybox", join(tree, "bin", a));
-  writeFileSync(join(tree, "sbin", "init"), GUEST_INIT);
-  chmodSync(join(tree, "sbin", "init"), 0o755);
-  execFileSync("mknod", [join(tree, "dev", "console"), "c", "5", "1"]);
+  stageBusyboxRoot(tree, GUEST_INIT, { dirs: ["sbin", "dev", "proc", "sys", "tmp"], initPath: "sbin/init", console: true });
   const img = join(share, "kata-rootfs.img");
   writeFileSync(img, Buffer.alloc(0));
   execFileSync("mkfs.ext4", ["-q", "-F", "-E", `offset=${PARTITION_OFFSET}`, "-d", tree, img, `${FS_BYTES / 1024}k`]);
