@@ -26,6 +26,8 @@ import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
 import { GuestFaultLog } from "../devices/fault-log.js";
 import { BalloonControl } from "../devices/virtio/balloon-control.js";
 import { RateLimiterControl, type RateLimiterConfig, type RateLimiterName } from "../devices/virtio/rate-limiter-control.js";
+import { setMmdsData } from "../devices/virtio/mmds/control.js";
+import type { NetOptions } from "../devices/virtio/net.js";
 import {
   VirtioSet, virtioAnnouncement, virtioDsdtDevices, type VirtioAnnouncement, type VirtioDeviceConfig, type VirtioDeviceStats,
 } from "../devices/virtio/virtio-set.js";
@@ -717,6 +719,18 @@ export class Machine {
    */
   async updateRateLimiter(device: number, which: RateLimiterName, update: RateLimiterConfig): Promise<RateLimiterConfig> {
     return RateLimiterControl.of(this.virtio, device).update(which, update);
+  }
+
+  /**
+   * Replaces the MMDS data that guests read on every network interface with
+   * MMDS on (NetOptions.mmds); resolves when each device has it. Rejects with
+   * MmdsDataError (EMMDSDATA) for data that is not JSON or passes the device's
+   * limit (MMDS_DATA_MAX_BYTES), changing nothing.
+   */
+  async setMmdsData(json: unknown): Promise<void> {
+    const configs = this.config.virtioDevices ?? [];
+    const withMmds = this.virtio.devices.filter((_, i) => configs[i]?.kind === "net" && (configs[i]!.options as NetOptions | undefined)?.mmds !== undefined);
+    await setMmdsData(withMmds, json);
   }
 
   /** A running device's rate limiter as configured now ({} when it limits nothing); see updateRateLimiter. */
