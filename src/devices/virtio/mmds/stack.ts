@@ -266,8 +266,8 @@ export class MmdsStack {
     return 0;
   }
 
-  /** Connections open now. */
-  get connectionCount(): number {
-    return this.connections.size;
+  /** What the stack holds now (each bounded above: connections, queued RSTs, response bytes). */
+  get held(): { connections: number; resets: number; responseBytes: number } {
+    return { connections: this.connections.size, resets: this.resets.length, responseBytes: this.heldBytes() };
   }
 }
