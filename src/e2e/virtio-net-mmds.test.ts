@@ -152,7 +152,8 @@ describe("real Linux reads MMDS (V1 and V2) through flint's virtio-net (nested h
     assert.equal(value("v2_list"), "ami-id|local-ipv4|placement/", why());
   });
 
-  it("the guest's pings to the TAP's address are still answered", () => {
+  it("the guest's pings to the TAP's address are still answered", (t) => {
+    t.diagnostic(["v1_list", "v1_value", "v1_json", "v2_without_token_rc", "v2_put_status", "v2_token_chars", "v2_value", "ping"].map((k) => `${k}=${value(k)}`).join(" "));
     assert.equal(value("ping"), "3", why());
   });
 });
