@@ -33,7 +33,8 @@ function transport(r: NetRig, rxBuffers = 16): FrameTransport & { tapFrames: Uin
     receive() {
       const frames: Uint8Array[] = [];
       for (let round = 0; round < 100; round++) {
-        r.addRx(rxBuffers);
+        // Keep `rxBuffers` posted (the ring never fills with unused ones).
+        r.addRx(Math.max(0, rxBuffers - r.rx.outstandingChains));
         const used = r.rx.popAllUsed();
         const got = used.filter((u) => u.len > 0);
         for (const u of got) {
@@ -42,7 +43,7 @@ function transport(r: NetRig, rxBuffers = 16): FrameTransport & { tapFrames: Uin
           const frame = u.written.subarray(NET_HDR_BYTES);
           if (frame[0] === 0x06 && frame[6] === 0x06 && frame[7] === 0x01) frames.push(frame.slice()); else tapFrames.push(frame.slice());
         }
-        if (got.length < rxBuffers) break;
+        if (got.length === 0) break;
       }
       return frames;
     },
