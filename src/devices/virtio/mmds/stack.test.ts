@@ -13,7 +13,7 @@ import { parseMmdsData } from "./data.js";
 import {
   MAX_CONNECTIONS, MAX_PENDING_RESETS, MMDS_FRAME_MAX_BYTES, MMDS_MAC, MmdsStack, RESPONSE_BUDGET_BYTES, type MmdsStackOptions,
 } from "./stack.js";
-import { RTO_INITIAL_MS, RTO_MAX_RETRIES, TCP_RECEIVE_BUFFER_BYTES } from "./tcp-connection.js";
+import { REQUESTS_PER_SEGMENT, RTO_INITIAL_MS, RTO_MAX_RETRIES, TCP_RECEIVE_BUFFER_BYTES } from "./tcp-connection.js";
 import { parseIpv4 } from "./wire.js";
 import {
   ACK, arpRequest, FIN, GUEST_MAC, GuestTcp, httpGet, readFrame, RST, SYN, tcpSegment, type FrameTransport,
@@ -279,6 +279,18 @@ test("unacknowledged data is sent again after the retransmission timeout, and th
   assert.ok(again[0]!.kind === "tcp" && first[0]!.kind === "tcp" && again[0]!.seq === first[0]!.seq);
   for (let i = 0; i < RTO_MAX_RETRIES + 1; i++) { r.advance(60_000); r.receive(); }
   assert.equal(r.stack.held.connections, 0);
+});
+
+test(`pipelined requests in one segment: at most ${REQUESTS_PER_SEGMENT} answered per segment, the rest as the guest acknowledges`, () => {
+  const r = rig();
+  const c = new GuestTcp(r, 40012);
+  c.connect();
+  c.send(httpGet("/latest/meta-data/ami-id").repeat(10));
+  const count = (frames: { payload: Uint8Array }[]) => frames.reduce((n, f) => n + (new TextDecoder().decode(f.payload).match(/HTTP\/1\.1 200/g)?.length ?? 0), 0);
+  let answers = count(c.pull());
+  assert.equal(answers, REQUESTS_PER_SEGMENT, "one segment's budget");
+  for (let i = 0; i < 20 && answers < 10; i++) { c.sendAck(); answers += count(c.pull()); }
+  assert.equal(answers, 10);
 });
 
 test("a lost SYN-ACK is sent again when the SYN comes again", () => {

@@ -31,6 +31,12 @@ export const TCP_MSS_DEFAULT = 536;
 /** First retransmission timeout, in ms; it doubles with each retry up to RTO_MAX_MS. */
 export const RTO_INITIAL_MS = 200;
 const RTO_MAX_MS = 6400;
+/**
+ * Requests answered per segment received (a work budget: a segment can pack many small
+ * requests, each answer may be the whole data); the rest wait for the next segment, which
+ * the guest sends anyway to acknowledge the answers.
+ */
+export const REQUESTS_PER_SEGMENT = 4;
 /** Timeouts in a row after which the connection resets (about 25 s of silence). */
 export const RTO_MAX_RETRIES = 8;
 
@@ -181,10 +187,11 @@ export class TcpConnection {
 
   /** Answers the complete requests in the buffer (each takes bytes out of it, so this ends). */
   private serveRequests(serve: ServeFn, budget: number): void {
-    while (this.recvLen > 0 && !this.closeAfterOut) {
+    let served = 0;
+    for (; this.recvLen > 0 && !this.closeAfterOut && served < REQUESTS_PER_SEGMENT; served++) {
       const r = serve(this.recv.subarray(0, this.recvLen));
       if (r.kind === "reset") { this.resetting = true; return; }
-      if (r.kind === "incomplete") break;
+      if (r.kind === "incomplete") { served = 0; break; }
       if (r.response.length > budget) { this.resetting = true; return; }
       budget -= r.response.length;
       const out = new Uint8Array(this.out.length + r.response.length);
@@ -202,7 +209,9 @@ export class TcpConnection {
       this.resetting = true;
       return;
     }
-    if (this.peerFin) this.closeAfterOut = true;
+    // The peer closed: once every complete request in the buffer is answered, we close too.
+    // (A request cut off by the FIN never completes; one left by the per-segment budget waits.)
+    if (this.peerFin && served < REQUESTS_PER_SEGMENT) this.closeAfterOut = true;
   }
 
   /** Response bytes not yet sent. */
