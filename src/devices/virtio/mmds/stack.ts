@@ -4,12 +4,14 @@
  * and the frames MMDS answers with are pulled by the device's receive path
  * (nextFrame) whenever the guest has buffers, interleaved with the TAP's.
  *
- * Why home-made: an npm TCP/IP stack that runs in a Node worker on raw
- * Ethernet frames, is maintained and small does not exist (the user-space
- * stacks on npm are browser builds of lwIP or gVisor in WebAssembly, megabytes
- * big and built for a whole guest network, or unmaintained); MMDS needs only a
- * TCP listener on one port of one address, which Firecracker also writes
- * itself (its "dumbo"). What it does, following Firecracker's behaviour:
+ * Why home-made: no npm package was found that is a maintained, small
+ * user-space TCP/IP stack taking and emitting raw Ethernet frames in a Node
+ * worker (searched 2026-12-02 in the registry's package list: "tcpip" is a
+ * placeholder, the rest are unrelated or whole-network emulators). MMDS needs
+ * only a passive TCP listener on one port of one address with one small
+ * request at a time, which is also why Firecracker writes its own (its
+ * "dumbo"); a general stack would bring state and code a guest could drive
+ * that MMDS never uses. What it does, following Firecracker's behaviour:
  *
  * - ARP: a request for the MMDS address is answered from MMDS's own MAC
  *   (06:01:23:45:67:01); one reply waits at a time (a newer request replaces
