@@ -12,7 +12,7 @@ import { sys } from "../../sys/native.js";
 import { MMDS_REQUEST_SET_DATA } from "./mmds/control.js";
 import { MMDS_DATA_MAX_BYTES } from "./mmds/data.js";
 import { MAX_PENDING_RESETS } from "./mmds/stack.js";
-import { NET_HDR_BYTES, NetError, type NetOptions } from "./net.js";
+import { NET_HDR_BYTES, NET_RX_QUEUE, NetError, type NetOptions } from "./net.js";
 import { concat, fakeTap, netHeader, netRig, readPacket, writePacket, type NetRig } from "./testing/net-test-rig.js";
 import {
   ACK, arpRequest, GuestTcp, httpGet, readFrame, SYN, tcpSegment, type FrameTransport,
@@ -152,6 +152,24 @@ test("with no receive buffers MMDS's answers wait (bounded) and arrive once the 
     const frames = transport(r).receive().map(readFrame);
     assert.equal(frames.length, MAX_PENDING_RESETS + 1);
     assert.ok(frames.some((f) => f.kind === "tcp" && f.flags === (SYN | ACK) && f.dstPort === 7000), "the SYN-ACK waited");
+  } finally {
+    r.dispose();
+    tap.close();
+  }
+});
+
+test("a receive pass takes a bounded batch of MMDS frames and asks to be called again for the rest", () => {
+  const tap = fakeTap();
+  const r = netRig(tap.device, mmds(), { queueSize: 256 });
+  try {
+    for (let i = 0; i < MAX_PENDING_RESETS; i++) r.send([netHeader(), tcpSegment({ srcPort: 8000 + i, seq: 1, ack: 1, flags: ACK })]);
+    r.ctx.kicks.length = 0;
+    r.addRx(MAX_PENDING_RESETS + 10);
+    const first = r.rx.popAllUsed().length;
+    assert.ok(first > 0 && first < MAX_PENDING_RESETS, `one pass is bounded (${first})`);
+    assert.ok(r.ctx.kicks.includes(NET_RX_QUEUE), "the device asks to go on");
+    r.net.onNotify(NET_RX_QUEUE); // what the device thread does for the kick
+    assert.equal(first + r.rx.popAllUsed().length, MAX_PENDING_RESETS);
   } finally {
     r.dispose();
     tap.close();

@@ -687,6 +687,9 @@ export class VirtioNet implements VirtioBackend {
       this.broken(ctx, e);
     }
     if (pushed) ctx.notifyUsed(NET_RX_QUEUE);
+    // The batch ended with MMDS frames waiting and buffers still wanted: go on after the
+    // device thread has polled (nothing else would call rx() while the TAP is quiet).
+    if (this.rxWatching && this.ctx === ctx && this.mmds?.hasFrame()) ctx.kick(NET_RX_QUEUE);
     this.armMmdsTimer();
   }
 
