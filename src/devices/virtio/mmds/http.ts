@@ -54,24 +54,24 @@ export function findRequest(bytes: Uint8Array): RequestScan {
   // RFC 9112 §2.2: a server should ignore empty lines before the request line.
   while (lines.length > 0 && lines[0] === "") lines.shift();
   const parts = (lines.shift() ?? "").split(" ");
-  if (parts.length !== 3 || !TOKEN.test(parts[0]!) || parts[1] === "") return bad(400, "Invalid request line.");
+  if (parts.length !== 3 || !TOKEN.test(parts[0]!) || parts[1] === "") return bad(400, "Cannot answer: the request line is not METHOD TARGET VERSION.");
   const [method, target, version] = parts as [string, string, string];
-  if (version !== "HTTP/1.0" && version !== "HTTP/1.1") return bad(501, `Unsupported HTTP version: ${version.slice(0, 16)}.`);
-  if (!KNOWN_METHODS.has(method)) return bad(501, `Unsupported HTTP method: ${method.slice(0, 16)}.`);
+  if (version !== "HTTP/1.0" && version !== "HTTP/1.1") return bad(501, `Cannot answer: HTTP version '${version.slice(0, 16)}' is not 1.0 or 1.1.`);
+  if (!KNOWN_METHODS.has(method)) return bad(501, `Cannot answer: '${method.slice(0, 16)}' is not an HTTP method.`);
   const headers = new Map<string, string>();
   for (const line of lines) {
     if (line === "") continue;
     const colon = line.indexOf(":");
     const name = colon > 0 ? line.slice(0, colon) : "";
-    if (!TOKEN.test(name)) return bad(400, "Invalid header line.");
+    if (!TOKEN.test(name)) return bad(400, "Cannot answer: a header line is not NAME: VALUE.");
     const key = name.toLowerCase();
     if (!headers.has(key)) headers.set(key, line.slice(colon + 1).trim());
   }
-  if (headers.has("transfer-encoding")) return bad(501, "Transfer-Encoding is not supported.");
+  if (headers.has("transfer-encoding")) return bad(501, "Cannot answer: Transfer-Encoding is not supported.");
   const length = headers.get("content-length");
   let body = 0;
   if (length !== undefined) {
-    if (!/^\d{1,9}$/.test(length)) return bad(400, "Invalid Content-Length.");
+    if (!/^\d{1,9}$/.test(length)) return bad(400, "Cannot answer: Content-Length is not a number.");
     body = Number(length);
   }
   if (end + body > bytes.length) return { kind: "incomplete" };

@@ -77,11 +77,11 @@ export function targetPath(target: string): string {
 /** The response to `request`. */
 export function respond(request: HttpRequest, state: MmdsState, counters: MmdsHttpCounters): HttpResponse {
   const path = targetPath(request.target);
-  if (path === "" || !path.startsWith("/")) return text(400, "Invalid URI.");
+  if (path === "" || !path.startsWith("/")) return text(400, "Cannot answer: the request has no path.");
   switch (request.method) {
     case "GET": return get(request, path, state, counters);
     case "PUT": return put(request, path, state, counters);
-    default: return text(405, "Not allowed HTTP method.", [["Allow", "GET, PUT"]]);
+    default: return text(405, `Cannot answer: MMDS takes GET and PUT, not ${request.method}.`, [["Allow", "GET, PUT"]]);
   }
 }
 
@@ -90,33 +90,33 @@ function get(request: HttpRequest, path: string, state: MmdsState, counters: Mmd
   if (!token) counters.noToken++;
   else if (!state.tokens.isValid(token[1])) {
     counters.invalidToken++;
-    if (state.version === "V2") return text(401, "MMDS token not valid.");
+    if (state.version === "V2") return text(401, "Cannot read MMDS: the session token is not valid or has expired.");
   }
   if (!token && state.version === "V2") {
-    return text(401, "No MMDS token provided. Use `X-metadata-token` or `X-aws-ec2-metadata-token` header to specify the session token.");
+    return text(401, "Cannot read MMDS: no session token (send it in X-metadata-token or X-aws-ec2-metadata-token).");
   }
   const value = lookup(state.data, path);
-  if (value === undefined) return text(404, `Resource not found: ${path}.`);
+  if (value === undefined) return text(404, `Cannot read MMDS: '${path}' is not in the data.`);
   const json = !state.imdsCompat && /(^|[\s,;])application\/json\b/i.test(request.headers.get("accept") ?? "");
   if (json) return { status: 200, contentType: "application/json", body: JSON.stringify(value) };
   const body = formatImds(value);
-  if (body === undefined) return text(501, "Cannot retrieve value. The value has an unsupported type.");
+  if (body === undefined) return text(501, "Cannot read MMDS as text: only objects and strings have a plain-text form (ask for application/json).");
   return text(200, body);
 }
 
 function put(request: HttpRequest, path: string, state: MmdsState, counters: MmdsHttpCounters): HttpResponse {
   // A forwarded request came through a proxy in the guest; tokens are for the guest itself.
-  if (request.headers.has("x-forwarded-for")) return text(400, "Invalid header. Reason: Unsupported header name. Key: X-Forwarded-For");
-  if (path !== MMDS_TOKEN_PATH) return text(404, `Resource not found: ${path}.`);
+  if (request.headers.has("x-forwarded-for")) return text(400, "Cannot issue a token: the request carries X-Forwarded-For.");
+  if (path !== MMDS_TOKEN_PATH) return text(404, `Cannot answer: PUT is only for ${MMDS_TOKEN_PATH}, not '${path}'.`);
   const ttl = header(request, TTL_HEADERS);
   if (!ttl) {
-    return text(400, "Token time to live value not found. Use `X-metadata-token-ttl-seconds` or `X-aws-ec2-metadata-token-ttl-seconds` header to specify the token's lifetime.");
+    return text(400, "Cannot issue a token: no lifetime (send it in X-metadata-token-ttl-seconds or X-aws-ec2-metadata-token-ttl-seconds).");
   }
   const [name, value] = ttl;
-  if (!/^\d{1,10}$/.test(value) || Number(value) > 0xffffffff) return text(400, `Invalid header. Reason: Invalid value. Key:${name}; Value:${value.slice(0, 32)}`);
+  if (!/^\d{1,10}$/.test(value) || Number(value) > 0xffffffff) return text(400, `Cannot issue a token: ${name} '${value.slice(0, 32)}' is not a whole number of seconds.`);
   const seconds = Number(value);
   if (seconds < MMDS_TOKEN_TTL_MIN_SECONDS || seconds > MMDS_TOKEN_TTL_MAX_SECONDS) {
-    return text(400, `Invalid time to live value provided for token: ${seconds}. Please provide a value between ${MMDS_TOKEN_TTL_MIN_SECONDS} and ${MMDS_TOKEN_TTL_MAX_SECONDS}.`);
+    return text(400, `Cannot issue a token: a lifetime of ${seconds} s is not from ${MMDS_TOKEN_TTL_MIN_SECONDS} to ${MMDS_TOKEN_TTL_MAX_SECONDS} s.`);
   }
   counters.tokensIssued++;
   return text(200, state.tokens.issue(seconds), [[name === TTL_HEADERS[0] ? "X-metadata-token-ttl-seconds" : "X-aws-ec2-metadata-token-ttl-seconds", String(seconds)]]);
