@@ -8,10 +8,11 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import fc from "fast-check";
 import { sys } from "../../sys/native.js";
 import { MMDS_REQUEST_SET_DATA } from "./mmds/control.js";
 import { MMDS_DATA_MAX_BYTES } from "./mmds/data.js";
-import { MAX_PENDING_RESETS } from "./mmds/stack.js";
+import { MAX_CONNECTIONS, MAX_PENDING_RESETS } from "./mmds/stack.js";
 import { NET_HDR_BYTES, NET_RX_QUEUE, NetError, type NetOptions } from "./net.js";
 import { concat, fakeTap, netHeader, netRig, readPacket, writePacket, type NetRig } from "./testing/net-test-rig.js";
 import {
@@ -184,6 +185,40 @@ test("MMDS's frames cost nothing from the TX rate limiter", () => {
     assert.ok(r.send([netHeader(), arpRequest([10, 0, 0, 1])]));
     assert.ok(r.send([netHeader(), arpRequest([10, 0, 0, 1])]));
     assert.equal(r.send([netHeader(), arpRequest([10, 0, 0, 1])]), undefined, "the third TAP frame waits for the bucket");
+  } finally {
+    r.dispose();
+    tap.close();
+  }
+});
+
+test("property: random and mutated frames for MMDS through the device never fail it, and what MMDS holds stays bounded", () => {
+  const tap = fakeTap();
+  const r = netRig(tap.device, mmds("V2"), { queueSize: 256 });
+  try {
+    setData(r, DATA);
+    const valid = [arpRequest(), tcpSegment({ srcPort: 1, seq: 1, flags: SYN }), tcpSegment({ srcPort: 1, seq: 2, ack: 1, flags: ACK, payload: httpGet("/latest/meta-data/") })];
+    const frame = fc.tuple(fc.constantFrom(...valid), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }), fc.nat(40))
+      .map(([f, edits, cut]) => {
+        const g = f.slice(0, Math.max(14, f.length - cut));
+        // Keep most frames addressed to MMDS (bytes 30..33 are IPv4's destination).
+        for (const [at, v] of edits) if (at % g.length < 30 || at % g.length > 33) g[at % g.length] = v;
+        return g;
+      });
+    const action = fc.oneof(fc.record({ frame, flags: fc.integer({ min: 0, max: 7 }) }), fc.record({ rx: fc.nat(6) }));
+    fc.assert(fc.property(fc.array(action, { maxLength: 60 }), (actions) => {
+      for (const a of actions) {
+        if ("frame" in a) r.send([netHeader(a.flags & 1), a.frame]);
+        else { r.addRx(Math.max(0, Math.min(a.rx, 32 - r.rx.outstandingChains))); r.rx.popAllUsed(); }
+      }
+      assert.deepEqual(r.ctx.failures, []);
+      for (let p = readPacket(tap.peer); p; p = readPacket(tap.peer)) {
+        const f = p.subarray(NET_HDR_BYTES), type = (f[12]! << 8) | f[13]!;
+        const to = (at: number) => f.length >= at + 4 && f[at] === 169 && f[at + 1] === 254 && f[at + 2] === 169 && f[at + 3] === 254;
+        assert.ok(!(type === 0x0806 && f.length >= 42 && to(38)) && !(type === 0x0800 && to(30)), "a frame for MMDS reached the TAP");
+      }
+      const c = r.net.mmdsCounters!;
+      assert.ok(c.connectionsCreated - c.connectionsDestroyed <= MAX_CONNECTIONS);
+    }), { numRuns: 300 });
   } finally {
     r.dispose();
     tap.close();
