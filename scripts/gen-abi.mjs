@@ -234,6 +234,11 @@ Object.assign(CONSTANTS, {
     VIRTIO_NET_HDR_F_RSC_INFO`,
 });
 
+// MMDS's responder (devices/virtio/mmds): ARP requests for its address and TCP over IPv4.
+Object.assign(CONSTANTS, {
+  "net/if_arp.h, linux/if_ether.h: ARP for the MMDS address": `ETH_P_ARP ARPHRD_ETHER ARPOP_REQUEST ARPOP_REPLY`,
+});
+
 // virtio-blk over a host block device (an LVM volume, a device-mapper target): its size.
 Object.assign(CONSTANTS, {
   "linux/fs.h: host block devices": `BLKGETSIZE64`,
@@ -344,10 +349,17 @@ STRUCTS.push(
 // Network and transport headers inside a virtio-net frame (offload checks), and the one UAPI
 // struct that is exactly an 802.1Q/802.1ad tag (TPID + TCI).
 STRUCTS.push(
-  ["iphdr", `tos tot_len protocol`],
+  ["iphdr", `tos tot_len id frag_off ttl protocol check saddr daddr`],
   ["ipv6hdr", `payload_len nexthdr`],
-  ["tcphdr", `check`],
+  ["tcphdr", `source dest seq ack_seq window check urg_ptr`],
   ["ovs_action_push_vlan", `vlan_tpid vlan_tci`],
+);
+
+// MMDS's responder on the virtio-net data path (devices/virtio/mmds): the Ethernet, ARP
+// (RFC 826) headers it reads and writes.
+STRUCTS.push(
+  ["ethhdr", `h_dest h_source h_proto`],
+  ["arphdr", `ar_hrd ar_pro ar_hln ar_pln ar_op`],
 );
 
 // C type for each struct name above (typedefs for the ELF ones).
@@ -385,6 +397,7 @@ function cProgram() {
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <net/if_arp.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/openvswitch.h>

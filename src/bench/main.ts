@@ -22,7 +22,8 @@
  *      can be stuck in (skip with --no-stop); pause and resume latency of a
  *      running VM (skip with --no-pause); API socket ready (spawn → GET /
  *      answered) vs a bare `node -e 0`, and InstanceStart → first guest
- *      byte over the API (skip with --no-api-ready)
+ *      byte over the API (skip with --no-api-ready); MMDS's guest side, host CPU
+ *      per request (skip with --no-mmds)
  *   8. per-VM overhead (issue 10's goal rows): memory beyond guest RAM with
  *      every device, per further vCPU, start to first guest instruction and
  *      to exit, and 8 VMs in one process through the library; flint vs QEMU
@@ -30,7 +31,7 @@
  *      --overhead-only, i.e. `npm run bench:overhead`)
  *
  * Options: --count N (exits per run, default 300000), --runs R (default 3),
- * --no-boot, --no-blk, --no-ratelimit, --no-virtio, --no-stop, --no-pause, --no-api-ready, --no-overhead, --overhead-only,
+ * --no-boot, --no-blk, --no-ratelimit, --no-virtio, --no-stop, --no-pause, --no-api-ready, --no-mmds, --no-overhead, --overhead-only,
  * --virtio-only, --virtio-figures KEYS, --virtio-rounds R (section 6's rounds, default 5), --overhead-runs R
  * (section 8's rounds, default 7), --json FILE (also write all results as JSON).
  */
@@ -46,6 +47,7 @@ import { median } from "./process.js";
 import { runQemuExits } from "./qemu-exits.js";
 import { printOverheadSection } from "./per-vm-overhead.js";
 import { printApiReadySection } from "./api-ready.js";
+import { printMmdsSection } from "./mmds-bench.js";
 import { printPauseLatencySection } from "./pause-latency.js";
 import { printStopLatencySection } from "./stop-latency.js";
 import { type VirtioFigureKey, benchVirtioNested, selectFigures } from "./virtio-nested.js";
@@ -182,6 +184,11 @@ async function main(): Promise<void> {
   if (!process.argv.includes("--no-api-ready")) {
     out("");
     results.apiReady = await printApiReadySection(out, Math.max(runs, 7));
+  }
+  // MMDS's guest side, host CPU per request (src/bench/mmds-bench.ts); --no-mmds skips it.
+  if (!process.argv.includes("--no-mmds")) {
+    out("");
+    results.mmds = printMmdsSection(out);
   }
   // Pause/resume latency (src/bench/pause-latency.ts); --no-pause skips it.
   if (!process.argv.includes("--no-pause")) {

@@ -66,7 +66,7 @@ test("a config file with an unknown, wrong or unsupported field is one line and 
   expectUserError(["--no-api", "--config-file", configFile("type.json", { ...minimal, "machine-config": { vcpu_count: "1", mem_size_mib: 128 } })],
     /^flint: Invalid config file: 'machine-config\.vcpu_count' must be a number, got "1"$/);
   expectUserError(["--no-api", "--config-file", configFile("mmds.json", { ...minimal, "mmds-config": { network_interfaces: [] } })],
-    /^flint: Unsupported config: 'mmds-config' is set: flint has no MMDS yet$/);
+    /^flint: Invalid config file: 'mmds-config\.network_interfaces' is empty: name the interfaces MMDS answers on$/);
   expectUserError(["--no-api", "--config-file", configFile("broken.json", "{\"boot-source\":")], /^flint: Invalid config file: not JSON/);
   expectUserError(["--no-api", "--config-file", join(dir, "missing.json")], /^flint: Cannot read config file '.*missing\.json': ENOENT$/);
 });

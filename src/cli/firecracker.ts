@@ -96,6 +96,7 @@ function readConfigFile(path: string): ReturnType<typeof parseVmConfig> {
 async function serveVm(o: FirecrackerFlags): Promise<number> {
   const vm = new Vm({
     id: o.id, version: o.version ?? "0.0.0", consoleOutput: process.stdout,
+    ...(o.mmdsSizeLimit !== undefined ? { mmdsSizeLimit: o.mmdsSizeLimit } : {}),
     onHostError: (device, message) => process.stderr.write(`flint: host error in ${device}: ${message}\n`),
     onSlowEnd: (message) => process.stderr.write(`flint: ${message}\n`),
   });
@@ -111,7 +112,6 @@ async function serveVm(o: FirecrackerFlags): Promise<number> {
   }
   const api = !o.api ? undefined : await ApiServer.listen(vm, o.apiSock, {
     ...(o.httpApiMaxPayloadSize !== undefined ? { maxPayloadBytes: o.httpApiMaxPayloadSize } : {}),
-    ...(o.mmdsSizeLimit !== undefined ? { mmdsSizeLimit: o.mmdsSizeLimit } : {}),
     onError: (line) => { if (process.env.FLINT_DEBUG) process.stderr.write(`flint: ${line}\n`); },
   });
   try {
@@ -122,7 +122,7 @@ async function serveVm(o: FirecrackerFlags): Promise<number> {
       } catch (e) {
         throw new FlagError("EFLAG", `Invalid --metadata '${o.metadata}': ${(e as Error).message.split("\n")[0]}`);
       }
-      api?.mmdsStore.put(data);
+      await vm.putMmds(data);
     }
     if (config) await vm.start();
     let quit = false;

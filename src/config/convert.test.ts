@@ -124,10 +124,20 @@ test("what flint has no device or feature for is refused with one line naming th
   refuses(base({ "cpu-config": "/tmp/template.json" }), "cpu-config", /custom CPU templates/);
   refuses(base({ pmem: [{ id: "p", path_on_host: "p.img" }] }), "pmem", /virtio-pmem/);
   refuses(base({ "memory-hotplug": { total_size_mib: 1024 } }), "memory-hotplug", /virtio-mem/);
-  refuses(base({ "mmds-config": { network_interfaces: ["eth0"] } }), "mmds-config", /MMDS/);
   refuses(base({ drives: [{ drive_id: "v", is_root_device: false, socket: "/tmp/vhost.sock" }] }), "drives[0].socket", /vhost-user-blk/);
   refuses(base({ balloon: { amount_mib: 1, deflate_on_oom: true, free_page_hinting: true } }), "balloon.free_page_hinting", /free page hinting/);
   refuses(base({ balloon: { amount_mib: 1, deflate_on_oom: true, free_page_reporting: true } }), "balloon.free_page_reporting", /free page reporting/);
+});
+
+test("mmds-config turns MMDS on for the interfaces it names, with Firecracker's defaults; unknown or no interfaces are refused", () => {
+  const net = [{ iface_id: "eth0", host_dev_name: "t0", guest_mac: "06:00:00:00:00:01" }, { iface_id: "eth1", host_dev_name: "t1", guest_mac: "06:00:00:00:00:02" }];
+  const spec = toFlintMachine(base({ "network-interfaces": net, "mmds-config": { network_interfaces: ["eth1"] } }));
+  const opts = spec.virtioDevices.filter((d) => d.kind === "net").map((d) => (d.options as { mmds?: unknown }).mmds);
+  assert.deepEqual(opts, [undefined, { ipv4: "169.254.169.254", version: "V1", imdsCompat: false }]);
+  const v2 = toFlintMachine(base({ "network-interfaces": net, "mmds-config": { network_interfaces: ["eth0"], version: "V2", ipv4_address: "169.254.170.2", imds_compat: true } }));
+  assert.deepEqual((v2.virtioDevices.find((d) => d.kind === "net")!.options as { mmds?: unknown }).mmds, { ipv4: "169.254.170.2", version: "V2", imdsCompat: true });
+  refuses(base({ "network-interfaces": net, "mmds-config": { network_interfaces: ["eth7"] } }), "mmds-config.network_interfaces", /'eth7', which is not a configured network interface/, "ECONFIGINVALID");
+  refuses(base({ "network-interfaces": net, "mmds-config": { network_interfaces: [] } }), "mmds-config.network_interfaces", /is empty/, "ECONFIGINVALID");
 });
 
 test("what Firecracker also refuses: a drive without path_on_host, a balloon bigger than the guest", () => {

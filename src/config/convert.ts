@@ -28,6 +28,8 @@ import { ConfigError, VM_CONFIG_KEYS, type Drive, type RateLimiter, type TokenBu
  * (vmm_config/boot_source.rs DEFAULT_KERNEL_CMDLINE): no serial console.
  */
 export const FC_DEFAULT_BOOT_ARGS = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+/** Where guests reach MMDS when mmds-config gives no ipv4_address (Firecracker's default). */
+export const FC_DEFAULT_MMDS_IPV4 = "169.254.169.254";
 /** Firecracker's machine when machine-config is absent (machine_config.rs Default). */
 export const FC_DEFAULT_VCPUS = 1;
 /** Guest memory in MiB when machine-config is absent (machine_config.rs DEFAULT_MEM_SIZE_MIB). */
@@ -145,7 +147,6 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
   if (cfg["cpu-config"] != null) throw unsupported("cpu-config", "is set: flint has no custom CPU templates");
   if (cfg.pmem && cfg.pmem.length > 0) throw unsupported("pmem", "lists devices: flint has no virtio-pmem device");
   if (cfg["memory-hotplug"] != null) throw unsupported("memory-hotplug", "is set: flint has no virtio-mem device");
-  if (cfg["mmds-config"] != null) throw unsupported("mmds-config", "is set: flint has no MMDS yet");
   if (cfg.logger != null) ignored.push("logger: ignored (flint writes no log file yet)");
   if (cfg.metrics != null) ignored.push("metrics: ignored (flint writes no metrics file yet)");
 
@@ -181,6 +182,18 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
   if (cfg.drives.some((d) => d.cache_type === "Unsafe")) ignored.push("drives[].cache_type 'Unsafe': flint still honours guest flushes");
   if (cfg.drives.some((d) => d.io_engine === "Async")) ignored.push("drives[].io_engine 'Async': flint's drives do synchronous I/O on their device thread");
 
+  // MMDS answers on the interfaces mmds-config names (Firecracker: each must exist, and the list may not be empty).
+  const mmds = cfg["mmds-config"] ?? undefined;
+  if (mmds) {
+    const known = new Set((cfg["network-interfaces"] ?? []).map((n) => n.iface_id));
+    if (mmds.network_interfaces.length === 0) {
+      throw new ConfigError("ECONFIGINVALID", `Invalid ${what}: 'mmds-config.network_interfaces' is empty: name the interfaces MMDS answers on`, "mmds-config.network_interfaces");
+    }
+    const missing = mmds.network_interfaces.find((id) => !known.has(id));
+    if (missing !== undefined) {
+      throw new ConfigError("ECONFIGINVALID", `Invalid ${what}: 'mmds-config.network_interfaces' names '${missing}', which is not a configured network interface`, "mmds-config.network_interfaces");
+    }
+  }
   const ifaces = new Map<string, number>();
   const netList: { options: NetOptions; index: number }[] = [];
   (cfg["network-interfaces"] ?? []).forEach((n, index) => {
@@ -191,6 +204,9 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
       ...(rxRateLimiter ? { rxRateLimiter } : {}), ...(txRateLimiter ? { txRateLimiter } : {}),
     };
     if (n.mtu != null) options.mtu = n.mtu;
+    if (mmds && mmds.network_interfaces.includes(n.iface_id)) {
+      options.mmds = { ipv4: mmds.ipv4_address ?? FC_DEFAULT_MMDS_IPV4, version: mmds.version ?? "V1", imdsCompat: mmds.imds_compat ?? false };
+    }
     const same = ifaces.get(n.iface_id);
     // As Firecracker's NetBuilder: an iface_id given again replaces the earlier one.
     if (same !== undefined) netList[same] = { options, index };

@@ -743,6 +743,12 @@ export const ETH_MAX_MTU = 0xffff;
 export const IPPROTO_TCP = 0x6;
 export const VIRTIO_NET_HDR_F_RSC_INFO = 0x4;
 
+// net/if_arp.h, linux/if_ether.h: ARP for the MMDS address
+export const ETH_P_ARP = 0x806;
+export const ARPHRD_ETHER = 0x1;
+export const ARPOP_REQUEST = 0x1;
+export const ARPOP_REPLY = 0x2;
+
 // linux/fs.h: host block devices
 export const BLKGETSIZE64 = 0x80081272;
 
@@ -1401,7 +1407,13 @@ export const iphdr = {
   SIZE: 20,
   tos: 1,
   tot_len: 2,
+  id: 4,
+  frag_off: 6,
+  ttl: 8,
   protocol: 9,
+  check: 10,
+  saddr: 12,
+  daddr: 16,
 } as const;
 export const ipv6hdr = {
   SIZE: 40,
@@ -1410,10 +1422,30 @@ export const ipv6hdr = {
 } as const;
 export const tcphdr = {
   SIZE: 20,
+  source: 0,
+  dest: 2,
+  seq: 4,
+  ack_seq: 8,
+  window: 14,
   check: 16,
+  urg_ptr: 18,
 } as const;
 export const ovs_action_push_vlan = {
   SIZE: 4,
   vlan_tpid: 0,
   vlan_tci: 2,
+} as const;
+export const ethhdr = {
+  SIZE: 14,
+  h_dest: 0,
+  h_source: 6,
+  h_proto: 12,
+} as const;
+export const arphdr = {
+  SIZE: 8,
+  ar_hrd: 0,
+  ar_pro: 2,
+  ar_hln: 4,
+  ar_pln: 5,
+  ar_op: 6,
 } as const;

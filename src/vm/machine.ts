@@ -27,6 +27,8 @@ import { GuestFaultLog } from "../devices/fault-log.js";
 import { I8042, I8042Error } from "../devices/legacy/i8042.js";
 import { BalloonControl } from "../devices/virtio/balloon-control.js";
 import { RateLimiterControl, type RateLimiterConfig, type RateLimiterName } from "../devices/virtio/rate-limiter-control.js";
+import { setMmdsData } from "../devices/virtio/mmds/control.js";
+import type { NetOptions } from "../devices/virtio/net.js";
 import {
   VirtioSet, virtioAnnouncement, virtioDsdtDevices, type VirtioAnnouncement, type VirtioDeviceConfig, type VirtioDeviceStats,
 } from "../devices/virtio/virtio-set.js";
@@ -765,6 +767,18 @@ export class Machine {
       throw new MachineError("ENODEVICE", `Cannot update drive: virtio device ${device} is not a drive`);
     }
     return (await handle.request(BLOCK_REQUEST_UPDATE_BACKING, { path })) as { capacitySectors: number };
+  }
+
+  /**
+   * Replaces the MMDS data that guests read on every network interface with
+   * MMDS on (NetOptions.mmds); resolves when each device has it. Rejects with
+   * MmdsDataError (EMMDSDATA) for data that is not JSON or passes the device's
+   * limit (MMDS_DATA_MAX_BYTES), changing nothing.
+   */
+  async setMmdsData(json: unknown): Promise<void> {
+    const configs = this.config.virtioDevices ?? [];
+    const withMmds = this.virtio.devices.filter((_, i) => configs[i]?.kind === "net" && (configs[i]!.options as NetOptions | undefined)?.mmds !== undefined);
+    await setMmdsData(withMmds, json);
   }
 
   /** A running device's rate limiter as configured now ({} when it limits nothing); see updateRateLimiter. */

@@ -142,6 +142,16 @@ describe("Firecracker's API before boot", () => {
     assert.equal(r.status, 400, r.text);
   });
 
+  it("PUT /mmds/config names existing interfaces only; GET /vm/config reports it", async () => {
+    const bad = await api(sock, "PUT", "/mmds/config", { network_interfaces: ["eth9"], version: "V2" });
+    assert.equal(bad.status, 400);
+    assert.match((bad.json as { fault_message: string }).fault_message, /'eth9', which is not a configured network interface/);
+    assert.equal((await api(sock, "PUT", "/mmds/config", { network_interfaces: [] })).status, 400);
+    assert.equal((await api(sock, "PUT", "/mmds/config", { network_interfaces: ["eth0"], ipv4_address: "10.0.0.1" })).status, 400);
+    assert.equal((await api(sock, "PUT", "/mmds/config", { network_interfaces: ["eth0"], version: "V2", ipv4_address: "169.254.170.2" })).status, 204);
+    assert.deepEqual((await config())["mmds-config"], { network_interfaces: ["eth0"], version: "V2", ipv4_address: "169.254.170.2" });
+  });
+
   it("MMDS: PUT replaces, PATCH merges (RFC 7396), GET reads; a non-object is refused", async () => {
     assert.equal((await api(sock, "PUT", "/mmds", { latest: { "meta-data": { a: 1, b: 2 } } })).status, 204);
     assert.equal((await api(sock, "PATCH", "/mmds", { latest: { "meta-data": { b: null, c: 3 } } })).status, 204);

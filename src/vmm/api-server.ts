@@ -23,7 +23,7 @@ import {
 } from "../config/schema.js";
 import { LoggerError } from "./logger.js";
 import { MetricsError } from "./metrics.js";
-import { MmdsError, MmdsStore } from "./mmds-store.js";
+import { MmdsError } from "./mmds-store.js";
 import { VmError, type Vm } from "./vm.js";
 
 /** Firecracker's default limit on a request body (vmm/src/lib.rs HTTP_MAX_PAYLOAD_SIZE). */
@@ -33,8 +33,6 @@ export const HTTP_MAX_PAYLOAD_SIZE = 51200;
 export interface ApiServerOptions {
   /** Largest request body accepted (Firecracker's --http-api-max-payload-size). */
   maxPayloadBytes?: number;
-  /** Largest MMDS store (--mmds-size-limit; default the payload limit, as Firecracker). */
-  mmdsSizeLimit?: number;
   /** Called with one line per request refused or failed (Firecracker logs them). */
   onError?: (line: string) => void;
 }
@@ -77,7 +75,7 @@ function notSupported(what: string): never {
  * Mirrors Firecracker's parsed_request.rs: a GET with a body, or a
  * PUT/PATCH without one, is refused before the path is looked at.
  */
-async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json: unknown, hasBody: boolean): Promise<Reply> {
+async function route(vm: Vm, method: string, path: string, json: unknown, hasBody: boolean): Promise<Reply> {
   const tokens = path.replace(/^\/+/, "").split("/");
   if (tokens.length > 0 && tokens[tokens.length - 1] === "") tokens.pop();
   const [head = "", second, third] = tokens;
@@ -89,7 +87,7 @@ async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json
         case "": return ok(vm.info());
         case "version": return ok({ firecracker_version: vm.version });
         case "machine-config": return ok(vm.config()["machine-config"]);
-        case "mmds": return ok(mmds.get());
+        case "mmds": return ok(vm.mmds.get());
         case "vm": if (second === "config") return ok(vm.config()); break;
         case "balloon":
           if (second === undefined) return ok(await vm.balloon());
@@ -141,12 +139,13 @@ async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json
         case "entropy": vm.requireNotStarted(); vm.resources.putEntropy(body(EntropySchema, json, "entropy request")); return ok();
         case "mmds":
           if (second === "config") {
-            body(MmdsConfigSchema, json, "mmds-config request");
+            const c = body(MmdsConfigSchema, json, "mmds-config request");
             vm.requireNotStarted();
-            notSupported("MMDS network access (flint's network devices do not answer MMDS requests yet; PUT /mmds stores data)");
+            vm.resources.putMmdsConfig(c);
+            return ok();
           }
           if (second !== undefined) throw unknown();
-          mmds.put(json);
+          await vm.putMmds(json);
           return ok();
         case "logger": await vm.setLogger(body(LoggerSchema, json, "logger request")); return ok();
         case "metrics": vm.setMetrics(body(MetricsSchema, json, "metrics request")); return ok();
@@ -197,7 +196,7 @@ async function route(vm: Vm, mmds: MmdsStore, method: string, path: string, json
           if (second === "statistics") { vm.setBalloonStatsInterval(body(BalloonStatsUpdateSchema, json, "balloon statistics request").stats_polling_interval_s); return ok(); }
           await vm.setBalloonTarget(body(BalloonUpdateSchema, json, "balloon request").amount_mib);
           return ok();
-        case "mmds": mmds.patch(json); return ok();
+        case "mmds": await vm.patchMmds(json); return ok();
         case "drives": {
           const id = checkId(second);
           const d = body(PartialDriveSchema, json, "drive request");
@@ -258,12 +257,10 @@ function faultReply(e: unknown): Reply {
 /** The API of one Vm on a Unix socket. */
 export class ApiServer {
   private readonly server: Server;
-  private readonly mmds: MmdsStore;
   private readonly maxPayload: number;
 
   private constructor(private readonly vm: Vm, private readonly options: ApiServerOptions) {
     this.maxPayload = options.maxPayloadBytes ?? HTTP_MAX_PAYLOAD_SIZE;
-    this.mmds = new MmdsStore(options.mmdsSizeLimit ?? this.maxPayload);
     this.server = createServer({ keepAlive: true, requestTimeout: 60_000, headersTimeout: 30_000, maxHeaderSize: 16 * 1024 }, (req, res) => this.serve(req, res));
     // A client that sends garbage gets 400 from Node's parser and its socket closed; nothing else changes.
     this.server.on("clientError", (_e, socket) => {
@@ -289,10 +286,6 @@ export class ApiServer {
 
   private socketPath = "";
 
-  /** The MMDS data store (PUT /mmds), for the guest side and for --metadata. */
-  get mmdsStore(): MmdsStore {
-    return this.mmds;
-  }
 
   /** Stops listening and closes every connection; removes the socket file. */
   async close(): Promise<void> {
@@ -343,7 +336,7 @@ export class ApiServer {
           hasBody = false;
         }
         try {
-          return await route(this.vm, this.mmds, method, path, json, hasBody);
+          return await route(this.vm, method, path, json, hasBody);
         } catch (e) {
           if (!(e instanceof ApiFault || e instanceof ConfigError || e instanceof VmError || e instanceof MmdsError || e instanceof LoggerError || e instanceof MetricsError)) {
             this.options.onError?.(`API ${method} ${path}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);

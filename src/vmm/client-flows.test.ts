@@ -449,7 +449,7 @@ describe("firecracker-python (MicroVM)", () => {
     }
   });
 
-  it("create() with mmds_enabled: MMDS V2 on the interface, then the metadata", { todo: "flint answers 400 to PUT /mmds/config" }, async () => {
+  it("create() with mmds_enabled: MMDS V2 on the interface, then the metadata", async () => {
     const { vmm, s, log } = await create("m1m2m3m4", { mmds: true, vsock: false });
     try {
       await guestRan(vmm, () => readFileSync(log, "latin1"));

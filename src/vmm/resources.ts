@@ -20,8 +20,8 @@ import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import { FC_DEFAULT_MEM_MIB, FC_DEFAULT_VCPUS, toFlintMachine, type FlintMachineSpec } from "../config/convert.js";
 import {
   BalloonSchema, BootSourceSchema, ConfigError, DriveSchema, EntropySchema, MachineConfigSchema, MachineConfigUpdateSchema,
-  NetworkInterfaceSchema, validate, VsockSchema,
-  type Balloon, type BootSource, type Drive, type Entropy, type MachineConfiguration, type NetworkInterface, type Vsock, type VmConfig,
+  MmdsConfigSchema, NetworkInterfaceSchema, validate, VsockSchema,
+  type Balloon, type BootSource, type MmdsConfig, type Drive, type Entropy, type MachineConfiguration, type NetworkInterface, type Vsock, type VmConfig,
 } from "../config/schema.js";
 import { checkVirtioDevices } from "./host-checks.js";
 
@@ -48,6 +48,7 @@ export class VmResources {
   private vsock: Vsock | undefined;
   private balloon: Balloon | undefined;
   private entropy: Entropy | undefined;
+  private mmdsConfig: MmdsConfig | undefined;
 
   /** Takes a whole validated --config-file document (every check made as for the API), or throws and changes nothing. */
   load(cfg: VmConfig, what = "config file"): void {
@@ -64,7 +65,7 @@ export class VmResources {
       "logger": null,
       "machine-config": { ...this.machine },
       "metrics": null,
-      "mmds-config": null,
+      "mmds-config": this.mmdsConfig ? { ...this.mmdsConfig, network_interfaces: [...this.mmdsConfig.network_interfaces] } : null,
       "network-interfaces": this.ifaces.map((n) => ({ ...n })),
       "vsock": this.vsock ?? null,
       "entropy": this.entropy ?? null,
@@ -149,6 +150,16 @@ export class VmResources {
     this.change({ balloon: validate(BalloonSchema, given, "balloon") });
   }
 
+  /** PUT /mmds/config: the interfaces MMDS answers on (they must exist already), its version and address. */
+  putMmdsConfig(given: MmdsConfig): void {
+    this.change({ "mmds-config": validate(MmdsConfigSchema, given, "mmds-config") });
+  }
+
+  /** True when some interface answers MMDS requests. */
+  get hasMmds(): boolean {
+    return !!this.mmdsConfig;
+  }
+
   putEntropy(given: Entropy): void {
     this.change({ entropy: validate(EntropySchema, given, "entropy") });
   }
@@ -180,6 +191,7 @@ export class VmResources {
     this.vsock = cfg.vsock ?? undefined;
     this.balloon = cfg.balloon ?? undefined;
     this.entropy = cfg.entropy ?? undefined;
+    this.mmdsConfig = cfg["mmds-config"] ?? undefined;
   }
 }
 

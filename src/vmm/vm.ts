@@ -29,6 +29,8 @@ import { rateLimiterUpdate, toFcRateLimiter } from "../config/convert.js";
 import type { Balloon, Logger, Metrics, RateLimiter } from "../config/schema.js";
 import { LogFile, type LogLevel } from "./logger.js";
 import { VmMetrics } from "./metrics.js";
+import { MmdsStore } from "./mmds-store.js";
+import { MMDS_DATA_MAX_BYTES } from "../devices/virtio/mmds/data.js";
 import { checkDisk } from "./host-checks.js";
 import { VmResources } from "./resources.js";
 
@@ -74,6 +76,8 @@ export interface VmOptions {
   onGuestFault?: (device: string, message: string) => void;
   onHostError?: (device: string, message: string) => void;
   onSlowEnd?: (message: string) => void;
+  /** Largest MMDS data store in bytes (Firecracker's --mmds-size-limit; default its API payload limit, 51200). */
+  mmdsSizeLimit?: number;
 }
 
 /** Vm.create's options: a VM in flint's camelCase, converted to Firecracker's resources. */
@@ -91,6 +95,9 @@ export interface VmCreateOptions extends VmOptions {
   /** virtio-rng, optionally rate-limited. */
   rng?: boolean | { rateLimiter?: RateLimiterConfig };
 }
+
+/** The MMDS store's limit without --mmds-size-limit: Firecracker's API payload limit. */
+export const MMDS_DEFAULT_SIZE_LIMIT = 51200;
 
 /** Vm.create's command line when none is given: the serial console on, and the VM ends when the guest reboots. */
 export const VM_DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1 pci=off";
@@ -120,6 +127,8 @@ export class Vm extends EventEmitter {
   private ending: Promise<MachineResult> | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private balloonPolling = 0;
+  /** MMDS's data (PUT/PATCH/GET /mmds); guests on the interfaces mmds-config names read it. */
+  readonly mmds: MmdsStore;
   /** Counters and latencies for the metrics file (written once one is set). */
   readonly metrics = new VmMetrics();
   private logFile: LogFile | undefined;
@@ -167,6 +176,11 @@ export class Vm extends EventEmitter {
   constructor(private readonly options: VmOptions = {}) {
     super();
     this.exited = new Promise((resolve) => (this.resolveExited = resolve));
+    const limit = options.mmdsSizeLimit ?? MMDS_DEFAULT_SIZE_LIMIT;
+    if (!Number.isSafeInteger(limit) || limit < 0 || limit > MMDS_DATA_MAX_BYTES) {
+      throw new VmError("EINVALID", `Invalid MMDS size limit ${limit}: use 0 to ${MMDS_DATA_MAX_BYTES} bytes (what a network device takes)`);
+    }
+    this.mmds = new MmdsStore(limit);
     this.id = options.id ?? "anonymous-instance";
     this.version = options.version ?? "0.0.0";
   }
@@ -208,6 +222,24 @@ export class Vm extends EventEmitter {
   /** Writes a line to the log file, when there is one. */
   log(level: LogLevel, origin: string, message: string): void {
     this.logFile?.log(level, origin, message);
+  }
+
+  /** PUT /mmds: replaces the data; a running VM's MMDS interfaces serve the new data once this resolves. */
+  async putMmds(data: unknown): Promise<void> {
+    this.mmds.put(data);
+    await this.pushMmds();
+  }
+
+  /** PATCH /mmds: merges a JSON merge patch (RFC 7396) into the data, then as putMmds. */
+  async patchMmds(patch: unknown): Promise<void> {
+    this.mmds.patch(patch);
+    await this.pushMmds();
+  }
+
+  /** Sends the store's data to the network devices that answer MMDS (after boot; before, start() does). */
+  private async pushMmds(): Promise<void> {
+    if (!this.machine || this.machine.state === "ended" || !this.booted?.["mmds-config"]) return;
+    await this.machine.setMmdsData(this.mmds.get());
   }
 
   /** PUT /logger (before boot, as in Firecracker): the log file, its level and what each line shows. */
@@ -326,6 +358,8 @@ export class Vm extends EventEmitter {
       throw new VmError("ESTART", `Start microvm error: ${first.message.split("\n")[0]}`);
     }
     this.ending.catch(() => undefined);
+    // The MMDS interfaces get the data stored before boot (their device threads are running now).
+    await this.pushMmds();
     this.metrics.latency("instance_start", (performance.now() - t0) * 1000);
     this.log("info", "vmm", `Started the VM: ${spec.cpus} vCPUs, ${spec.memoryMib} MiB, ${spec.virtioDevices.length} virtio devices`);
   }

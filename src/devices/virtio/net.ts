@@ -53,6 +53,18 @@
  * the kernel's TAP queue (bounded by its txqueuelen, dropped there beyond it);
  * the RX timer delivers it and listens to the TAP again.
  *
+ * MMDS (Firecracker's microVM metadata service, mmds/): with `options.mmds`,
+ * a TX frame for the MMDS address (an ARP request for it, or IPv4 to it) goes
+ * to the device's own small TCP/IP responder (mmds/stack.ts) and never to the
+ * TAP, and costs nothing from the TX limiter (as in Firecracker). Its answers
+ * are pulled into the receive path when the guest has buffers, one MMDS frame
+ * after each TAP frame while both have some (fair interleaving), and skip the
+ * RX limiter; while the guest posts no buffers they are not generated, so
+ * nothing piles up: each connection keeps its bounded unsent bytes and its
+ * retransmission timer (MMDS_TIMER). The data guests read reaches the device
+ * thread as MMDS_REQUEST_SET_DATA (mmds/control.ts); V2 tokens are issued and
+ * checked here under a key drawn per device.
+ *
  * Nothing a guest does throws out of the device: a malformed TX chain, an
  * oversized frame, an offload it did not negotiate or a lying header, or an RX
  * buffer too small for a frame drops that frame (and is counted); only a broken
@@ -64,12 +76,16 @@ import {
   EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
   O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
   VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
-  VIRTIO_RING_F_INDIRECT_DESC, ifreq, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
+  VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_RING_F_INDIRECT_DESC, ifreq, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
 } from "../../linux/abi.generated.js";
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, setU16, setU32 } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
-import { writeChain } from "./chain-io.js";
+import { readChain, writeChain } from "./chain-io.js";
+import { MMDS_REQUEST_SET_DATA, type MmdsSetDataArgs } from "./mmds/control.js";
+import { parseMmdsData } from "./mmds/data.js";
+import { MmdsStack, type MmdsStackCounters } from "./mmds/stack.js";
+import { parseIpv4 } from "./mmds/wire.js";
 import { type ServeResult, serveQueue } from "./queue.js";
 import {
   checkRxHeader, checkTxHeader, NET_OFFLOAD_FEATURES, negotiatedOffloads, NO_OFFLOADS, tunOffloadFlags,
@@ -133,6 +149,18 @@ const TUN_DEVICE = "/dev/net/tun";
 /** ctx.setTimer ids: the wake-ups of a throttled receive and transmit path. */
 const RX_TIMER = 0;
 const TX_TIMER = 1;
+/** ctx.setTimer id: MMDS's next TCP retransmission timeout. */
+const MMDS_TIMER = 2;
+
+/** MMDS on an interface (Firecracker's PUT /mmds/config, for the interfaces it names). */
+export interface NetMmdsOptions {
+  /** The address guests reach MMDS at (Firecracker's ipv4_address; default there 169.254.169.254). */
+  ipv4: string;
+  /** V1: GETs need no token; V2: a GET needs a token from PUT /latest/api/token. */
+  version: "V1" | "V2";
+  /** Always answer in EC2 IMDS's plain-text form, whatever the Accept header says. */
+  imdsCompat: boolean;
+}
 
 /** How to attach a network interface (JSON-serialisable: it is posted to the device thread). */
 export interface NetOptions {
@@ -146,6 +174,8 @@ export interface NetOptions {
   rxRateLimiter?: RateLimiterConfig;
   /** Limits frames from the guest (Firecracker's tx_rate_limiter); none when absent. */
   txRateLimiter?: RateLimiterConfig;
+  /** Answer the guest's MMDS requests on this interface; none when absent. */
+  mmds?: NetMmdsOptions;
 }
 
 /** Why a network interface could not be attached. */
@@ -178,6 +208,10 @@ export interface NetMetrics {
   rxOffloadDropped: number;
   /** The TUN_F_* flags the TAP was last set to (TUNSETOFFLOAD). */
   tapOffloads: number;
+  /** TX frames that went to MMDS instead of the TAP (not in txFrames). */
+  mmdsTxFrames: number;
+  /** RX frames from MMDS delivered to the guest (also in rxFrames). */
+  mmdsRxFrames: number;
 }
 
 /**
@@ -269,8 +303,12 @@ export class VirtioNet implements VirtioBackend {
   readonly mtu: number | undefined;
   readonly metrics: NetMetrics = {
     txFrames: 0, txBytes: 0, txDropped: 0, rxFrames: 0, rxBytes: 0, rxDropped: 0, hostErrors: 0, badRequests: 0,
-    rxOffloadDropped: 0, tapOffloads: 0,
+    rxOffloadDropped: 0, tapOffloads: 0, mmdsTxFrames: 0, mmdsRxFrames: 0,
   };
+  /** MMDS's responder on this interface (options.mmds), if any. */
+  private readonly mmds: MmdsStack | undefined;
+  /** The next frame the receive path takes comes from MMDS when it has one (fair turns with the TAP). */
+  private rxMmdsTurn = false;
   /** What the current session's driver negotiated (none before activation). */
   private offloads: NegotiatedOffloads = NO_OFFLOADS;
   private ctx: VirtioDeviceContext | undefined;
@@ -316,6 +354,10 @@ export class VirtioNet implements VirtioBackend {
     const clock = () => performance.now();
     this.rxLimiter = new RateLimiter(options.rxRateLimiter, clock);
     this.txLimiter = new RateLimiter(options.txRateLimiter, clock);
+    if (options.mmds !== undefined) {
+      const { ipv4, version, imdsCompat } = checkNetMmds(options.mmds);
+      this.mmds = new MmdsStack({ ipv4, version, imdsCompat, nowMs: clock });
+    }
     const bit = (n: number) => 1n << BigInt(n);
     this.deviceFeatures = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | (options.mtu !== undefined ? bit(VIRTIO_NET_F_MTU) : 0n) |
       bit(VIRTIO_NET_F_MRG_RXBUF) | NET_OFFLOAD_FEATURES | NET_RING_FEATURES;
@@ -358,9 +400,23 @@ export class VirtioNet implements VirtioBackend {
     }
   }
 
-  /** Host requests: the rx and tx rate limiters (RATE_LIMITER_REQUEST_*; Firecracker's PATCH /network-interfaces). */
+  /** MMDS's counters on this interface, when it has MMDS. */
+  get mmdsCounters(): Readonly<MmdsStackCounters> | undefined {
+    return this.mmds?.counters;
+  }
+
+  /**
+   * Host requests: the rx and tx rate limiters (RATE_LIMITER_REQUEST_*; Firecracker's PATCH
+   * /network-interfaces) and MMDS's data (MMDS_REQUEST_SET_DATA, answered with its size).
+   */
   control(request: BackendRequest): unknown {
     switch (request.op) {
+      case MMDS_REQUEST_SET_DATA: {
+        if (!this.mmds) throw new NetError("ENETCONFIG", "Cannot set MMDS data: this network interface has no MMDS");
+        const { json } = (request.args ?? {}) as Partial<MmdsSetDataArgs>;
+        this.mmds.setData(parseMmdsData(json as string));
+        return { bytes: Buffer.byteLength(json as string, "utf8") };
+      }
       case RATE_LIMITER_REQUEST_INFO: {
         const { which } = rateLimiterRequest(request.args, ["rx", "tx"]);
         return (which === "rx" ? this.rxLimiter : this.txLimiter).config();
@@ -443,12 +499,16 @@ export class VirtioNet implements VirtioBackend {
     // The pass's chains go back together (one used idx update and one transport lock per
     // pass instead of per packet); each comes back with length 0 (§5.1.6.2).
     const done = this.txDone;
-    let held = 0;
+    let held = 0, mmdsFrames = 0;
     try {
       served = serveQueue(q, TX_BATCH, (chain) => {
         // Every chain costs its bytes, header included (what Firecracker counts as the frame).
         if (!limiter.unlimited && !limiter.consumeOp(chain.readableBytes)) return false;
-        this.transmit(ctx, chain);
+        if (this.transmit(ctx, chain) === "mmds") {
+          mmdsFrames++;
+          // MMDS's frames cost nothing (Firecracker gives their tokens back).
+          if (!limiter.unlimited) { limiter.replenish(1, "ops"); limiter.replenish(chain.readableBytes, "bandwidth"); }
+        }
         done[held++] = chain.head;
         if (held === done.length) {
           q.pushUsedMany(done, TX_USED_LENS, held);
@@ -461,23 +521,26 @@ export class VirtioNet implements VirtioBackend {
       return;
     }
     if (served.served > 0) ctx.notifyUsed(NET_TX_QUEUE);
+    // MMDS may have answers now: the receive path takes them if the guest has buffers.
+    if (mmdsFrames > 0) this.rx();
     if (served.more) ctx.kick(NET_TX_QUEUE);
     if (served.refused) ctx.setTimer?.(TX_TIMER, limiter.blockedForMs(), () => this.tx());
   }
 
   /**
-   * Sends one TX chain to the TAP, or drops it (counted). Never throws for a popped chain.
+   * Sends one TX chain to the TAP or to MMDS ("mmds"), or drops it (counted). Never throws for a popped chain.
    *
    * Only the packet's head (the virtio header and the frame headers checkTxHeader reads)
    * is copied and checked, because the guest may change its buffers under us and what
    * the TAP is told must be what was checked. The rest is payload: writev(2) gathers it
    * straight from guest memory, as the driver's buffers lie (one copy, the kernel's).
    */
-  private transmit(ctx: VirtioDeviceContext, chain: DescriptorChain): void {
+  private transmit(ctx: VirtioDeviceContext, chain: DescriptorChain): "tap" | "mmds" | "dropped" {
     const bytes = chain.readableBytes;
     const drop = (why: string, fault: boolean) => {
       this.metrics.txDropped++;
       if (fault) this.badRequest(ctx, `TX ${why}`);
+      return "dropped" as const;
     };
     if (chain.writable.length > 0) return drop("chain has device-writable buffers", true);
     if (bytes < NET_HDR_BYTES + ETH_HLEN) return drop(`packet of ${bytes} bytes is shorter than header and Ethernet header`, true);
@@ -507,6 +570,18 @@ export class VirtioNet implements VirtioBackend {
     } catch (e) {
       return drop(`buffers unreadable: ${(e as Error).message}`, true);
     }
+    if (this.mmds?.isMmdsFrame(this.txHead.subarray(NET_HDR_BYTES, headLen))) {
+      // The whole frame is copied (it is checked and parsed from the copy, never from guest memory).
+      let frame: Uint8Array;
+      try {
+        frame = readChain(memory, chain, NET_HDR_BYTES, bytes - NET_HDR_BYTES);
+      } catch (e) {
+        return drop(`buffers unreadable: ${(e as Error).message}`, true);
+      }
+      this.metrics.mmdsTxFrames++;
+      this.mmds.receive(frame, (this.txHead[virtio_net_hdr_v1.flags]! & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0);
+      return "mmds";
+    }
     // §5.1.6.2: only offloads the driver negotiated, with offsets inside the frame.
     const bad = checkTxHeader(this.txHead.subarray(0, headLen), this.offloads.tx, bytes);
     if (bad !== undefined) return drop(bad, true);
@@ -518,7 +593,7 @@ export class VirtioNet implements VirtioBackend {
       if (r < 0) { this.hostError(r); return drop(`TAP write failed`, false); }
       this.metrics.txFrames++;
       this.metrics.txBytes += bytes - NET_HDR_BYTES;
-      return;
+      return "tap";
     }
   }
 
@@ -554,10 +629,18 @@ export class VirtioNet implements VirtioBackend {
     const budget = { chains: RX_CHAIN_BUDGET };
     try {
       for (let n = 0; n < RX_BATCH;) {
-        if (this.rxPending === 0) {
+        if (this.rxPending === 0 && this.rxMmdsTurn && this.takeMmdsFrame()) {
+          // MMDS's turn: one of its frames, then the TAP's.
+          this.rxMmdsTurn = false;
+          n++;
+        } else if (this.rxPending === 0) {
           const r = sys.read(this.fd, this.rxBuf, this.rxBuf.length);
           if (r === -EINTR) continue;
-          if (r === -EAGAIN) break;
+          if (r === -EAGAIN) {
+            if (!this.takeMmdsFrame()) break;
+            n++;
+            continue;
+          }
           if (r < 0) {
             // The TAP is gone or broken: stop listening until the guest adds buffers again.
             this.hostError(r);
@@ -565,6 +648,7 @@ export class VirtioNet implements VirtioBackend {
             break;
           }
           n++;
+          this.rxMmdsTurn = this.mmds !== undefined;
           if (r < NET_HDR_BYTES + ETH_HLEN || r > NET_HDR_BYTES + NET_MAX_FRAME_BYTES) { this.metrics.rxDropped++; continue; }
           // §5.1.6.4.1: pass the kernel's offloads on only when the guest negotiated them
           // (checkRxHeader also sets num_buffers = 1).
@@ -603,6 +687,36 @@ export class VirtioNet implements VirtioBackend {
       this.broken(ctx, e);
     }
     if (pushed) ctx.notifyUsed(NET_RX_QUEUE);
+    // The batch ended with MMDS frames waiting and buffers still wanted: go on after the
+    // device thread has polled (nothing else would call rx() while the TAP is quiet).
+    if (this.rxWatching && this.ctx === ctx && this.mmds?.hasFrame()) ctx.kick(NET_RX_QUEUE);
+    this.armMmdsTimer();
+  }
+
+  /**
+   * Makes MMDS's next frame the pending one (a zeroed virtio header: complete checksums,
+   * no GSO, one buffer), admitted without the RX limiter; false when MMDS has none.
+   */
+  private takeMmdsFrame(): boolean {
+    const mmds = this.mmds;
+    if (!mmds?.hasFrame()) return false;
+    const len = mmds.nextFrame(this.rxBuf.subarray(NET_HDR_BYTES));
+    if (len === 0) return false;
+    this.rxBuf.fill(0, 0, NET_HDR_BYTES);
+    setU16(dataView(this.rxBuf), virtio_net_hdr_v1.num_buffers, 1);
+    this.rxPending = NET_HDR_BYTES + len;
+    this.rxAdmitted = true;
+    this.metrics.mmdsRxFrames++;
+    return true;
+  }
+
+  /** Runs MMDS's due retransmission timeouts and sets MMDS_TIMER for the next one. */
+  private armMmdsTimer(): void {
+    const mmds = this.mmds, ctx = this.ctx;
+    if (!mmds || !ctx) return;
+    const wait = mmds.tick();
+    if (wait === undefined) ctx.clearTimer?.(MMDS_TIMER);
+    else ctx.setTimer?.(MMDS_TIMER, wait, () => { mmds.tick(); this.rx(); });
   }
 
   /**
@@ -735,10 +849,20 @@ export class VirtioNet implements VirtioBackend {
   }
 }
 
+/** Checks MMDS's options; throws NetError (ENETCONFIG). */
+export function checkNetMmds(mmds: NetMmdsOptions): { ipv4: number; version: "V1" | "V2"; imdsCompat: boolean } {
+  const ipv4 = typeof mmds?.ipv4 === "string" ? parseIpv4(mmds.ipv4) : undefined;
+  if (ipv4 === undefined) throw new NetError("ENETCONFIG", `Cannot attach network: MMDS address '${String(mmds?.ipv4)}' is not an IPv4 address like 169.254.169.254`);
+  if (mmds.version !== "V1" && mmds.version !== "V2") throw new NetError("ENETCONFIG", `Cannot attach network: MMDS version '${String(mmds.version)}' is not V1 or V2`);
+  if (typeof mmds.imdsCompat !== "boolean") throw new NetError("ENETCONFIG", "Cannot attach network: MMDS imdsCompat must be true or false");
+  return { ipv4, version: mmds.version, imdsCompat: mmds.imdsCompat };
+}
+
 /** The device thread's entry point: attaches the TAP named in `options`. */
 export function createBackend(options: NetOptions): VirtioBackend {
   parseMac(options.mac);
   if (options.mtu !== undefined) checkMtu(options.mtu);
+  if (options.mmds !== undefined) checkNetMmds(options.mmds);
   const fd = openTap(options.tap);
   try {
     return new VirtioNet(options, fd);
