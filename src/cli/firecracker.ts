@@ -109,6 +109,9 @@ async function serveVm(o: FirecrackerFlags): Promise<number> {
     const spec = toFlintMachine(config);
     for (const note of spec.ignored) process.stderr.write(`flint: config ${note}\n`);
     vm.resources.load(config);
+    // The file's logger and metrics, as Firecracker applies them (flags given as well win, as they were set first).
+    if (config.logger != null && o.logPath === undefined) await vm.setLogger(config.logger);
+    if (config.metrics != null && o.metricsPath === undefined) vm.setMetrics(config.metrics);
   }
   const api = !o.api ? undefined : await ApiServer.listen(vm, o.apiSock, {
     ...(o.httpApiMaxPayloadSize !== undefined ? { maxPayloadBytes: o.httpApiMaxPayloadSize } : {}),

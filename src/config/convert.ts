@@ -56,7 +56,7 @@ export interface FlintMachineSpec {
    * drive first, so it is /dev/vda), network interfaces, vsock, entropy.
    */
   virtioDevices: VirtioDeviceConfig[];
-  /** Fields accepted and not acted on, as one-line notes ("logger: ignored (flint writes no log file yet)"). */
+  /** Fields accepted and not acted on, as one-line notes ("machine-config.track_dirty_pages: ignored (...)"). */
   ignored: string[];
 }
 
@@ -147,8 +147,6 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
   if (cfg["cpu-config"] != null) throw unsupported("cpu-config", "is set: flint has no custom CPU templates");
   if (cfg.pmem && cfg.pmem.length > 0) throw unsupported("pmem", "lists devices: flint has no virtio-pmem device");
   if (cfg["memory-hotplug"] != null) throw unsupported("memory-hotplug", "is set: flint has no virtio-mem device");
-  if (cfg.logger != null) ignored.push("logger: ignored (flint writes no log file yet)");
-  if (cfg.metrics != null) ignored.push("metrics: ignored (flint writes no metrics file yet)");
 
   const boot = cfg["boot-source"];
   let cmdline = boot.boot_args ?? FC_DEFAULT_BOOT_ARGS;
