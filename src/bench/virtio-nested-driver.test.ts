@@ -30,7 +30,7 @@ echo "${name} done"`;
 describe("runDriver", () => {
   it("boots every monitor, runs the steps in turn with the receiver, and stops the guests with quit", { timeout: 60_000 }, async () => {
     const program = buildVirtioBenchProgram();
-    const port = "17779";
+    const port = "17770"; // the sink also listens on port + 1 (its source): each test takes two ports
     const result = await runDriver({
       monitors: ["a", "b"].map((name) => ({ name, argv: ["sh", "-c", fakeGuest(program, name)], consoleFile: join(dir, `${name}.console`) })),
       steps: [
@@ -66,7 +66,7 @@ describe("runDriver", () => {
     const result = await runDriver({
       monitors: [{ name: "x", argv: ["sh", "-c", "echo 'kernel panic'; exit 3"], consoleFile: join(dir, "x.console") }],
       steps: [{ id: 1, monitor: "x", command: "blk", net: false }],
-      sinkArgv: [program, "sink", "17780"],
+      sinkArgv: [program, "sink", "17772"],
       bootTimeoutMs: 5_000,
       stepTimeoutMs: 1_000,
       maxRestarts: 2,
@@ -86,7 +86,7 @@ describe("runDriver", () => {
         { id: 3, monitor: "c", command: "hang", net: false },
         { id: 4, monitor: "c", command: "blk", net: false },
       ],
-      sinkArgv: [program, "sink", "17781"],
+      sinkArgv: [program, "sink", "17774"],
       bootTimeoutMs: 5_000,
       stepTimeoutMs: 2_000,
       maxRestarts: 1,

@@ -15,3 +15,10 @@ test("the last report line of a key wins, across texts, without \\r", () => {
 test("a missing file reads as empty", () => {
   assert.equal(readTextIfAny("/nonexistent/flint/report"), "");
 });
+
+test("a kernel message printed into the middle of a report line is cut off", () => {
+  const text = "flint-e2e: disks=vda vdb vdc vdd[    2.833217] I/O error, dev vdb, sector 0 op 0x0:(READ)\r\nflint-e2e: rtt=1.2/3.4/5.6ms\n";
+  assert.equal(e2eValue("disks", text), "vda vdb vdc vdd");
+  assert.equal(e2eValue("rtt", text), "1.2/3.4/5.6ms", "values with brackets but no kernel timestamp are kept");
+  assert.equal(e2eValue("x", "flint-e2e: x=[a] [1.5] b\n"), "[a] [1.5] b");
+});

@@ -8,12 +8,25 @@ import { readFileSync } from "node:fs";
 /** Prefix of a report line. */
 export const E2E_REPORT_PREFIX = "flint-e2e:";
 
-/** The value of the last `flint-e2e: key=value` line in any of `texts` (trailing \r and spaces dropped). */
+/**
+ * A kernel message that landed in the middle of a report line: the guest's
+ * shell and printk share the serial console, so "disks=vda vdb[    2.833217]
+ * I/O error, ..." happens when a message is printed while a line is written.
+ */
+const KERNEL_MESSAGE_TAIL = /\[\s*\d+\.\d{6}\].*$/;
+
+/**
+ * The value of the last `flint-e2e: key=value` line in any of `texts`
+ * (trailing \r and spaces dropped, and a kernel message printed into the
+ * line cut off).
+ */
 export function e2eValue(key: string, ...texts: string[]): string | undefined {
   let value: string | undefined;
   const escaped = key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   for (const text of texts) {
-    for (const m of text.matchAll(new RegExp(`${E2E_REPORT_PREFIX} ${escaped}=(.*)$`, "gm"))) value = m[1]!.replace(/\r$/, "").trim();
+    for (const m of text.matchAll(new RegExp(`${E2E_REPORT_PREFIX} ${escaped}=(.*)$`, "gm"))) {
+      value = m[1]!.replace(/\r$/, "").replace(KERNEL_MESSAGE_TAIL, "").trim();
+    }
   }
   return value;
 }
