@@ -232,6 +232,30 @@ describe("Firecracker's API before boot", () => {
   });
 });
 
+describe("a start that fails", () => {
+  it("answers 400 with the reason, leaves the VM 'Not started', and a corrected configuration then starts", async () => {
+    const { sock, server, vm } = await serve();
+    try {
+      const gone = join(dir, "gone.img");
+      writeFileSync(gone, Buffer.alloc(1 << 20));
+      assert.equal((await api(sock, "PUT", "/boot-source", { kernel_image_path: kernel, boot_args: bootArgs })).status, 204);
+      assert.equal((await api(sock, "PUT", "/drives/d", { drive_id: "d", path_on_host: gone, is_root_device: false })).status, 204);
+      rmSync(gone);
+      // The device thread cannot open the image: run() fails before any vCPU runs.
+      const r = await api(sock, "PUT", "/actions", { action_type: "InstanceStart" });
+      assert.equal(r.status, 400, r.text);
+      assert.match((r.json as { fault_message: string }).fault_message, /^Start microvm error: .*gone\.img/);
+      assert.equal(((await api(sock, "GET", "/")).json as { state: string }).state, "Not started");
+      writeFileSync(gone, Buffer.alloc(1 << 20));
+      assert.equal((await api(sock, "PUT", "/actions", { action_type: "InstanceStart" })).status, 204);
+      assert.equal(((await api(sock, "GET", "/")).json as { state: string }).state, "Running");
+    } finally {
+      await vm.kill();
+      await server.close();
+    }
+  });
+});
+
 describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest on /dev/kvm)", () => {
   let sock: string, server: ApiServer, vm: Vm;
   before(async () => ({ sock, server, vm } = await serve()));

@@ -347,6 +347,8 @@ export class Vm extends EventEmitter {
       this.logFile?.close();
       return result;
     });
+    // Its rejection (a start that failed) is reported by this call, not left unhandled.
+    this.ending.catch(() => undefined);
     // A start that fails before the guest runs (a device that cannot open) ends run() with an error.
     const failed = run.then(() => undefined, (e: unknown) => e as Error);
     const first = await Promise.race([running.then(() => undefined), failed]);
@@ -357,7 +359,6 @@ export class Vm extends EventEmitter {
       this.ending = undefined;
       throw new VmError("ESTART", `Start microvm error: ${first.message.split("\n")[0]}`);
     }
-    this.ending.catch(() => undefined);
     // The MMDS interfaces get the data stored before boot (their device threads are running now).
     await this.pushMmds();
     this.metrics.latency("instance_start", (performance.now() - t0) * 1000);
