@@ -153,8 +153,10 @@ for (const rewatch of [false, true]) {
       const waited: number[] = [];
       for (let round = 0; round < 5; round++) {
         bDrv.addChain({ readable: [], writable: [4] });
-        const aBefore = chainsOfA();
+        // Read a's count right after the kick, not before: a main thread descheduled between the two
+        // (a loaded CI machine) would otherwise count a's chains served before b had asked at all.
         b.kick(0);
+        const aBefore = chainsOfA();
         await b.until(() => bDrv.usedIdx === round + 1, `device b answers request ${round}`);
         const written = bDrv.popUsed()!.written;
         const aServed = new DataView(written.buffer, written.byteOffset, 4).getUint32(0, true) - round - aBefore;
