@@ -420,7 +420,10 @@ test("a hostile guest and a well-formed connection on the same vsock device thre
     // The run reached the paths it is about, and the good connection made progress both ways.
     assert.ok(totals.goodToHost > 0 && totals.goodToGuest > 0, JSON.stringify(totals));
     assert.ok(totals.resets > 0 && rig.guestFaults > 0, JSON.stringify(totals));
-    assert.ok(stats.oversizePackets > 0 && stats.creditViolations > 0 && stats.resetsSent > 0, JSON.stringify(stats));
+    // Credit violations are not required here: whether a RW packet lands past flint's credit depends on
+    // how fast the host side drains (seen 0 in one CI run of 10^5 actions); the refusal itself is tested
+    // deterministically in vsock's unit tests ("a packet past the credit is refused whole").
+    assert.ok(stats.oversizePackets > 0 && stats.resetsSent > 0, JSON.stringify(stats));
   } finally {
     for (const fd of hostFds) sys.close(fd);
     await rig.stop();
