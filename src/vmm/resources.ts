@@ -155,11 +155,6 @@ export class VmResources {
     this.change({ "mmds-config": validate(MmdsConfigSchema, given, "mmds-config") });
   }
 
-  /** True when some interface answers MMDS requests. */
-  get hasMmds(): boolean {
-    return !!this.mmdsConfig;
-  }
-
   putEntropy(given: Entropy): void {
     this.change({ entropy: validate(EntropySchema, given, "entropy") });
   }
