@@ -43,7 +43,7 @@ const { waitExit } = await import(flowsUrl);
 const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 try {
   const m = await goSdkStart(bin, work, {
-    vmid: "0f8e6c52-63b4-4f0e-8d0a-2a4f5b9c1d7e", kernelImagePath: kernel, kernelArgs: "console=ttyS0 reboot=k panic=1 pci=off",
+    vmid: "0f8e6c52-63b4-4f0e-8d0a-2a4f5b9c1d7e", kernelImagePath: kernel, kernelArgs: "console=ttyS0 reboot=k panic=1 pci=off quiet",
     vcpuCount: 2, memSizeMib: 256, extraDrives: [], rootDrive: rootfs, startLimitMs: 120000,
   });
   say("refused", JSON.stringify(m.s.refused()));
