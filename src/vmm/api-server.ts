@@ -320,11 +320,11 @@ export class ApiServer {
       const url = req.url ?? "/";
       const path = url.split("?")[0]!;
       const method = req.method ?? "GET";
+      const head = path.replace(/^\/+/, "").split("/")[0] ?? "";
       void this.vm.serialize(async () => {
         // Firecracker logs every request, with its body unless it is MMDS data (which may be secret).
-        const head = path.replace(/^\/+/, "").split("/")[0] ?? "";
         this.vm.log("info", "api_server", `The API server received a ${method} request on ${JSON.stringify(path)}${text && head !== "mmds" ? ` with body ${JSON.stringify(text)}` : ""}.`);
-        let hasBody = text.length > 0;
+        const hasBody = text.length > 0;
         let json: unknown;
         if (hasBody) {
           try {
@@ -332,8 +332,6 @@ export class ApiServer {
           } catch (e) {
             return faultReply(new ApiFault(`An error occurred when deserializing the json body of a request: ${(e as Error).message}.`));
           }
-        } else if (method === "PATCH" || method === "PUT") {
-          hasBody = false;
         }
         try {
           return await route(this.vm, method, path, json, hasBody);
@@ -344,7 +342,6 @@ export class ApiServer {
           return faultReply(e);
         }
       }).then((r) => {
-        const head = path.replace(/^\/+/, "").split("/")[0] ?? "";
         if (method === "GET" || method === "PUT" || method === "PATCH") this.vm.metrics.apiRequest(method, metricName(head, path), r.status >= 400);
         if (r.status >= 400) this.vm.log("error", "api_server", `Received Error. Status code: ${r.status}. Message: ${(r.body as { fault_message?: string })?.fault_message ?? ""}`);
         else this.vm.log("info", "api_server", `The request was executed successfully. Status code: ${r.status}.`);

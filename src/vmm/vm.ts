@@ -102,13 +102,6 @@ export const MMDS_DEFAULT_SIZE_LIMIT = 51200;
 /** Vm.create's command line when none is given: the serial console on, and the VM ends when the guest reboots. */
 export const VM_DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1 pci=off";
 
-/** A rate limiter in Firecracker's shape. */
-function fcLimiter(r: RateLimiterConfig | undefined): RateLimiter | undefined {
-  if (!r) return undefined;
-  const bucket = (b: NonNullable<RateLimiterConfig["bandwidth"]>) => ({ size: b.size, refill_time: b.refillTimeMs, ...(b.oneTimeBurst ? { one_time_burst: b.oneTimeBurst } : {}) });
-  return { ...(r.bandwidth ? { bandwidth: bucket(r.bandwidth) } : {}), ...(r.ops ? { ops: bucket(r.ops) } : {}) };
-}
-
 /** 4 KiB balloon pages per MiB (virtio 1.2 §5.5.6: the balloon counts in 4 KiB pages). */
 const BALLOON_PAGES_PER_MIB = 256;
 
@@ -157,17 +150,17 @@ export class Vm extends EventEmitter {
       r.putMachineConfig({ ...m, vcpu_count: o.cpus ?? m.vcpu_count, mem_size_mib: o.memoryMib ?? m.mem_size_mib });
     }
     for (const d of o.drives ?? []) {
-      const rl = fcLimiter(d.rateLimiter);
+      const rl = d.rateLimiter && toFcRateLimiter(d.rateLimiter);
       r.putDrive({ drive_id: d.id, path_on_host: d.path, is_root_device: !!d.root, is_read_only: !!d.readOnly, ...(d.partuuid ? { partuuid: d.partuuid } : {}), ...(rl ? { rate_limiter: rl } : {}) });
     }
     for (const n of o.net ?? []) {
-      const rx = fcLimiter(n.rxRateLimiter), tx = fcLimiter(n.txRateLimiter);
+      const rx = n.rxRateLimiter && toFcRateLimiter(n.rxRateLimiter), tx = n.txRateLimiter && toFcRateLimiter(n.txRateLimiter);
       r.putNetworkInterface({ iface_id: n.id, host_dev_name: n.tap, ...(n.mac ? { guest_mac: n.mac } : {}), ...(n.mtu ? { mtu: n.mtu } : {}), ...(rx ? { rx_rate_limiter: rx } : {}), ...(tx ? { tx_rate_limiter: tx } : {}) });
     }
     if (o.vsock) r.putVsock({ guest_cid: o.vsock.cid, uds_path: o.vsock.uds });
     if (o.balloon) r.putBalloon({ amount_mib: o.balloon.amountMib, deflate_on_oom: o.balloon.deflateOnOom ?? true, ...(o.balloon.statsPollingIntervalS ? { stats_polling_interval_s: o.balloon.statsPollingIntervalS } : {}) });
     if (o.rng) {
-      const rl = typeof o.rng === "object" ? fcLimiter(o.rng.rateLimiter) : undefined;
+      const rl = typeof o.rng === "object" && o.rng.rateLimiter ? toFcRateLimiter(o.rng.rateLimiter) : undefined;
       r.putEntropy(rl ? { rate_limiter: rl } : {});
     }
     return vm;
