@@ -51,23 +51,9 @@ const DRIVERS: Readonly<Record<string, string>> = {
 /** Kernel log lines that mean something went wrong in the guest (an extended regular expression for grep -E too). */
 const KERNEL_TROUBLE = "WARNING:|BUG:|Call Trace|probe of .* failed";
 
-/**
- * The trouble lines among `lines`, less the one warning the outer VM causes:
- * its TCG CPU's CPUID leaf 0xD is inconsistent, so the guest kernel warns in
- * fpu__init_system_xstate (with flint and with QEMU's microvm alike), a
- * WARNING line and its Call Trace.
- */
+/** The trouble lines among `lines`. */
 function kernelTrouble(lines: readonly string[]): string[] {
-  const trouble = lines.filter((l) => new RegExp(KERNEL_TROUBLE).test(l));
-  let allowedTraces = trouble.filter((l) => /WARNING: .* fpu__init_system_xstate/.test(l)).length;
-  return trouble.filter((l) => {
-    if (/WARNING: .* fpu__init_system_xstate/.test(l)) return false;
-    if (/Call Trace/.test(l) && allowedTraces > 0) {
-      allowedTraces -= 1;
-      return false;
-    }
-    return true;
-  });
+  return lines.filter((l) => new RegExp(KERNEL_TROUBLE).test(l));
 }
 
 /** `vsock-connect CID PORT MESSAGE`: sends a line, prints the line that comes back. */
@@ -185,7 +171,8 @@ describe("kernels with and without ACPI find every flint virtio device, no flag 
       for (const r of runs.values()) for (const f of [r.out, r.exitCode]) rmSync(f, { force: true });
       rmSync(hostFile, { force: true });
     };
-    nested = await runNested({ command: lines.join("\n"), timeoutMs: 15 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command: lines.join("\n"), timeoutMs: 15 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout,
+      retryOnGuestCrash: [...runs.values()].map((r) => r.out) });
     for (const r of runs.values()) {
       r.out = readTextIfAny(r.out);
       r.exitCode = readTextIfAny(r.exitCode).trim();

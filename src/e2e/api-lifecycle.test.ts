@@ -146,7 +146,7 @@ describe("real Linux through Firecracker's API: configure, start, pause, resume 
     // Unix sockets need a local file system: the nested VM's /dev/shm is a tmpfs (the share is 9p).
     const command = `mkdir -p /dev/shm/flint-api && timeout 400 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(disk)} /dev/shm/flint-api/fc.sock ${q(reportFile)} ${q(swapDisk)} </dev/null >${q(outFile)} 2>&1`;
     const retryAfterTimeout = () => { for (const f of [outFile, reportFile]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile, reportFile] });
     out = readTextIfAny(outFile);
     report = readTextIfAny(reportFile);
   });

@@ -141,7 +141,8 @@ describe("Ctrl-Alt-Del ends a real Linux guest through flint's i8042 keyboard (n
     const retryAfterTimeout = () => {
       for (const c of CASES) for (const f of Object.values(files(c.name))) rmSync(f, { force: true });
     };
-    nested = await runNested({ command, timeoutMs: 18 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 18 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout,
+      retryOnGuestCrash: CASES.map((c) => files(c.name).out) });
     for (const c of CASES) {
       out.set(c.name, readTextIfAny(files(c.name).out));
       host.set(c.name, readTextIfAny(files(c.name).host));

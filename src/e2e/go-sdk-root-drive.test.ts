@@ -43,7 +43,7 @@ const { waitExit } = await import(flowsUrl);
 const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 try {
   const m = await goSdkStart(bin, work, {
-    vmid: "0f8e6c52-63b4-4f0e-8d0a-2a4f5b9c1d7e", kernelImagePath: kernel, kernelArgs: "console=ttyS0 reboot=k panic=1 pci=off quiet",
+    vmid: "0f8e6c52-63b4-4f0e-8d0a-2a4f5b9c1d7e", kernelImagePath: kernel, kernelArgs: "console=ttyS0 reboot=k panic=1 pci=off",
     vcpuCount: 2, memSizeMib: 256, extraDrives: [], rootDrive: rootfs, startLimitMs: 120000,
   });
   say("refused", JSON.stringify(m.s.refused()));
@@ -95,7 +95,7 @@ describe("firecracker-go-sdk boots real Linux from a root drive on flint and the
       `cp /dev/shm/gosdk/rootfs.ext4 ${q(rootfs)}`,
     ].join(" && ");
     const retryAfterTimeout = () => { for (const f of [outFile, reportFile]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile, reportFile] });
     out = readTextIfAny(outFile);
     report = readTextIfAny(reportFile);
   });

@@ -169,7 +169,7 @@ describe("Kata Containers' Go runtime drives flint with real Linux: config file,
       `timeout 500 ${q(process.execPath)} ${q(client)} ${q(flows)} ${q(bin)} ${q(kernel.vmlinux)} ${q(rootfs)} ${q(containerDisk)} /dev/shm/kata ${q(reportFile)} ${q(outFile)} </dev/null >>${q(reportFile)} 2>&1`,
     ].join(" && ");
     const retryAfterTimeout = () => { for (const f of [outFile, reportFile]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 14 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 14 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile, reportFile] });
     out = readTextIfAny(outFile);
     report = readTextIfAny(reportFile);
   });

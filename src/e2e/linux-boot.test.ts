@@ -78,7 +78,8 @@ describe("flint boots real Linux (nested harness)", { timeout: 30 * 60_000 }, ()
     const retryAfterTimeout = () => {
       for (const c of [...cases, { name: "shell-stdin" }]) for (const ext of [".out", ".out.rc"]) rmSync(join(share, `${c.name}${ext}`), { force: true });
     };
-    nested = await runNested({ command: `${script}\n${stdinScript}`, timeoutMs: 18 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command: `${script}\n${stdinScript}`, timeoutMs: 18 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout,
+      retryOnGuestCrash: [...cases, { name: "shell-stdin" }].map((c) => join(share, `${c.name}.out`)) });
     for (const c of [...cases, { name: "shell-stdin" }]) {
       let exitCode = -1;
       let output = "";

@@ -114,7 +114,7 @@ describe("real Linux gives memory back through flint's virtio-balloon (nested ha
     const outFile = join(share, "out.txt"), hostFile = join(share, "host.txt");
     const command = `timeout 500 ${q(process.execPath)} ${q(script)} ${q(LIBRARY)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(hostFile)} </dev/null >${q(outFile)} 2>&1`;
     const retryAfterTimeout = () => { for (const f of [outFile, hostFile]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile] });
     out = readTextIfAny(outFile);
     hostOut = readTextIfAny(hostFile);
   });

@@ -155,7 +155,7 @@ describe("Debian's distro kernel uses flint's virtio devices (nested harness)", 
       "kill $helper 2>/dev/null; wait",
     ].join("\n");
     const retryAfterTimeout = () => { for (const f of [outFile, `${outFile}.rc`, hostFile]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 10 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 10 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile] });
     try {
       out = readFileSync(outFile, "utf8");
       exitCode = Number(readFileSync(`${outFile}.rc`, "utf8").trim());

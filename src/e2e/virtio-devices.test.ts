@@ -53,7 +53,7 @@ describe("real Linux uses flint's virtio devices (nested harness)", { timeout: 3
       "--disk", rootfs, "--disk", `${data},ro`, "--rng"];
     nested = await runNested({
       command: `timeout 300 ${q(process.execPath)} ${q(CLI)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1; echo $? >${q(outFile)}.rc`,
-      timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048,
+      timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryOnGuestCrash: [outFile],
       // The first attempt's guest may have written to the root file system: start the second from a fresh one.
       retryAfterTimeout: () => {
         for (const f of [outFile, `${outFile}.rc`, rootfs]) rmSync(f, { force: true });

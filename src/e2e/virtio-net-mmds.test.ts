@@ -119,7 +119,7 @@ describe("real Linux reads MMDS (V1 and V2) through flint's virtio-net (nested h
       `timeout 500 ${q(process.execPath)} ${q(script)} ${q(LIBRARY)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(hostFile)} ${q(JSON.stringify(DATA))} </dev/null >${q(outFile)} 2>&1`,
     ].join("\n");
     const retryAfterTimeout = () => { for (const f of [outFile, hostFile]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile] });
     out = readTextIfAny(outFile);
     hostOut = readTextIfAny(hostFile);
   });

@@ -128,7 +128,7 @@ describe("real Linux uses flint's virtio-net over a TAP (nested harness)", { tim
       "sleep 1; kill $listener $sender 2>/dev/null; wait",
     ].join("\n");
     const retryAfterTimeout = () => { for (const f of [outFile, `${outFile}.rc`, recvFile]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile] });
     out = readTextIfAny(outFile);
     const rc = readTextIfAny(`${outFile}.rc`).trim();
     exitCode = rc === "" ? -1 : Number(rc);

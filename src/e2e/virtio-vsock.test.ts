@@ -194,7 +194,7 @@ describe("real Linux talks to the host over flint's virtio-vsock (nested harness
     const args = ["run", "--kernel", kernel.vmlinux, "--initrd", initrd, "--cmdline", cmdline, "--memory", "256", "--cpus", "2"];
     const command = `mkdir -p /dev/shm/flint-vsock && timeout 400 ${q(process.execPath)} ${q(helper)} ${q(CLI)} ${q(uds)} ${q(hostFile)} ${args.map(q).join(" ")} </dev/null >${q(outFile)} 2>&1`;
     const retryAfterTimeout = () => { for (const f of [outFile, hostFile]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout });
+    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile] });
     out = readTextIfAny(outFile);
     hostOut = readTextIfAny(hostFile);
   });
