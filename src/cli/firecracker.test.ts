@@ -78,8 +78,8 @@ test("the host checks of `flint run` apply to a config file's devices, and its k
     /^flint: Cannot attach network: .*flint-no-such-tap0/);
   expectUserError(["--no-api", "--config-file", configFile("vsock.json", { ...minimal, vsock: { guest_cid: 3, uds_path: join(dir, "no-dir", "v.sock") } })],
     /^flint: Cannot attach vsock: socket '.*v\.sock' cannot be created: directory '.*no-dir' does not exist$/);
-  expectUserError(["--no-api", "--config-file", configFile("cid.json", { ...minimal, vsock: { guest_cid: 0xffff_ffff, uds_path: join(dir, "v.sock") } })],
-    /^flint: Cannot attach vsock: cid 4294967295 is reserved or too large/);
+  expectUserError(["--no-api", "--config-file", configFile("cid.json", { ...minimal, vsock: { guest_cid: 2 ** 32, uds_path: join(dir, "v.sock") } })],
+    /^flint: .*guest_cid/);
   expectUserError(["--no-api", "--config-file", configFile("kernel.json", minimal)], /neither an ELF vmlinux nor a bzImage/);
 });
 

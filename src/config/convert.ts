@@ -69,7 +69,7 @@ function unsupported(field: string, why: string): ConfigError {
  * refill_time 0 (Firecracker's TokenBucket::new returns none then, and its
  * GET /vm/config shows no such bucket).
  */
-function tokenBucket(b: TokenBucket | null | undefined): TokenBucketConfig | undefined {
+export function tokenBucket(b: TokenBucket | null | undefined): TokenBucketConfig | undefined {
   if (!b || b.size === 0 || b.refill_time === 0) return undefined;
   const out: TokenBucketConfig = { size: b.size, refillTimeMs: b.refill_time };
   if (b.one_time_burst) out.oneTimeBurst = b.one_time_burst;

@@ -114,10 +114,14 @@ export const NetworkInterfaceSchema = z.strictObject({
   tx_rate_limiter: z.nullish(RateLimiterSchema),
 });
 
-/** swagger Vsock (vsock.rs VsockDeviceConfig): CIDs 0..2 are reserved; vsock_id is deprecated but parsed. */
+/**
+ * swagger Vsock (vsock.rs VsockDeviceConfig); vsock_id is deprecated but
+ * parsed. The swagger's minimum CID of 3 is not what Firecracker's code
+ * checks: it takes any u32, and firecracker-containerd leaves the CID 0.
+ */
 export const VsockSchema = z.strictObject({
   vsock_id: z.nullish(z.string()),
-  guest_cid: u32().check(z.gte(3)),
+  guest_cid: u32(),
   uds_path: z.string(),
 });
 
@@ -310,6 +314,8 @@ export type Logger = z.infer<typeof LoggerSchema>;
 export type Metrics = z.infer<typeof MetricsSchema>;
 /** PUT /mmds/config and the config file's "mmds-config". */
 export type MmdsConfig = z.infer<typeof MmdsConfigSchema>;
+/** PUT /serial's body. */
+export type Serial = z.infer<typeof SerialSchema>;
 /** A validated `--config-file` document. */
 export type VmConfig = z.infer<typeof VmConfigSchema>;
 

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -93,7 +93,7 @@ describe("Firecracker's API before boot", () => {
       name: "vsock", method: "PUT", path: "/vsock",
       valid: { guest_cid: 3, uds_path: join(dir, "v.sock") },
       check: (c) => assert.deepEqual(c["vsock"], { guest_cid: 3, uds_path: join(dir, "v.sock") }),
-      bad: [{ guest_cid: 2, uds_path: join(dir, "v.sock") }, { guest_cid: 3 }, { guest_cid: 3, uds_path: join(dir, "no", "v.sock") }, { guest_cid: 3, uds_path: "x", y: 1 }],
+      bad: [{ guest_cid: -1, uds_path: join(dir, "v.sock") }, { guest_cid: 2 ** 32, uds_path: join(dir, "v.sock") }, { guest_cid: 3 }, { guest_cid: 3, uds_path: join(dir, "no", "v.sock") }, { guest_cid: 3, uds_path: "x", y: 1 }],
     },
     {
       name: "balloon", method: "PUT", path: "/balloon",
@@ -162,6 +162,17 @@ describe("Firecracker's API before boot", () => {
     const over = await api(sock, "PATCH", "/mmds", { more: "y".repeat(200) });
     assert.equal(over.status, 413, over.text);
     assert.equal(((await api(sock, "GET", "/mmds")).json as Record<string, unknown>)["more"], undefined, "a refused patch changes nothing");
+  });
+
+  it("PUT /serial takes an output path and a rate limiter (the file is opened at InstanceStart); a bad body is refused", async () => {
+    const path = join(dir, "serial-out.log");
+    const r = await api(sock, "PUT", "/serial", { serial_out_path: path, rate_limiter: { size: 1000, refill_time: 100 } });
+    assert.equal(r.status, 204, r.text);
+    assert.equal(existsSync(path), false, "nothing is opened before InstanceStart");
+    for (const body of [{ serial_out_path: 3 }, { rate_limiter: { size: "a", refill_time: 1 } }, { serial_out_path: path, tty: true }]) {
+      const bad = await api(sock, "PUT", "/serial", body);
+      assert.equal(bad.status, 400, `${JSON.stringify(body)}: ${bad.text}`);
+    }
   });
 
   it("post-boot operations are refused before boot, with Firecracker's message", async () => {
@@ -317,6 +328,7 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
       ["PUT", "/boot-source", { kernel_image_path: kernel }], ["PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 64 }],
       ["PATCH", "/machine-config", { vcpu_count: 1 }], ["PUT", "/vsock", { guest_cid: 3, uds_path: join(dir, "v2.sock") }],
       ["PUT", "/actions", { action_type: "InstanceStart" }], ["PUT", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk, is_root_device: true }],
+      ["PUT", "/serial", { serial_out_path: join(dir, "late-serial.log") }],
     ] as const) {
       const r = await api(sock, method, path, body);
       assert.equal(r.status, 400, `${method} ${path}: ${r.text}`);

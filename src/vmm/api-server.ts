@@ -149,7 +149,7 @@ async function route(vm: Vm, method: string, path: string, json: unknown, hasBod
           return ok();
         case "logger": await vm.setLogger(body(LoggerSchema, json, "logger request")); return ok();
         case "metrics": vm.setMetrics(body(MetricsSchema, json, "metrics request")); return ok();
-        case "serial": body(SerialSchema, json, "serial request"); vm.requireNotStarted(); notSupported("serial output to a file (flint's console goes to its stdout)");
+        case "serial": { const c = body(SerialSchema, json, "serial request"); vm.requireNotStarted(); vm.resources.putSerial(c); return ok(); }
         case "cpu-config": vm.requireNotStarted(); notSupported("custom CPU templates");
         case "pmem": checkId(second); body(PmemSchema, json, "pmem request"); notSupported("flint has no virtio-pmem device");
         case "hotplug":

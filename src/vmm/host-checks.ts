@@ -9,7 +9,7 @@ import { Buffer } from "node:buffer";
 import { accessSync, constants, lstatSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { sockaddr_un } from "../linux/abi.generated.js";
-import { probeUnix, VSOCK_MAX_GUEST_CID, VSOCK_MIN_GUEST_CID, type VsockOptions } from "../devices/virtio/vsock/index.js";
+import { probeUnix, type VsockOptions } from "../devices/virtio/vsock/index.js";
 import { checkMtu, checkTap, NetError, parseMac, type NetOptions } from "../devices/virtio/net.js";
 import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 
@@ -84,11 +84,8 @@ export function checkVirtioDevices(devices: readonly VirtioDeviceConfig[]): void
         throw e;
       }
     } else if (d.kind === "vsock") {
-      const o = d.options as VsockOptions;
-      if (o.cid < VSOCK_MIN_GUEST_CID || o.cid > VSOCK_MAX_GUEST_CID) {
-        throw new DeviceArgError(`Cannot attach vsock: cid ${o.cid} is reserved or too large (use ${VSOCK_MIN_GUEST_CID}..${VSOCK_MAX_GUEST_CID})`);
-      }
-      checkVsock(o);
+      // Any 32-bit CID, as Firecracker takes it (the API schema checked that); flint's own --vsock flag wants 3 or more.
+      checkVsock(d.options as VsockOptions);
     }
   }
 }

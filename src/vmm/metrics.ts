@@ -12,13 +12,24 @@
  * (guest faults); and one group per virtio device, named as Firecracker
  * names its groups (`block_<drive_id>`, `net_<iface_id>`, `vsock`,
  * `entropy`, `balloon`), with flint's transport counters (queue kicks, interrupts,
- * notifications that cost a VM exit, guest faults, host I/O errors).
+ * notifications that cost a VM exit, guest faults, host I/O errors); and,
+ * once PUT /serial configured the console, `uart` (bytes written, bytes its
+ * file could not take, bytes its rate limiter dropped: Firecracker's
+ * write_count, missed_write_count and rate_limiter_dropped_bytes).
  *
  * The path must exist (a file or a FIFO, as in Firecracker); a write never
  * blocks the VM: a line a full FIFO cannot take is dropped and counted.
  */
 import { closeSync, constants, openSync, writeSync } from "node:fs";
 import type { VirtioDeviceStats } from "../devices/virtio/device-thread.js";
+import type { SerialOutputCounts } from "./serial-output.js";
+
+/** What a VM reports for each metrics line (totals; the file gets the change since the last line). */
+export interface MetricsSample {
+  devices: VirtioDeviceStats[];
+  guestFaults: number;
+  uart?: Readonly<SerialOutputCounts>;
+}
 
 /** How often the metrics file gets a line (Firecracker's WRITE_METRICS_PERIOD_MS). */
 export const METRICS_INTERVAL_MS = 60_000;
@@ -44,6 +55,7 @@ export class VmMetrics {
   private readonly latencies: Counters = {};
   private readonly lastDevices = new Map<string, Counters>();
   private lastGuestFaults = 0;
+  private lastUart: SerialOutputCounts = { written: 0, missed: 0, rateLimited: 0 };
   private fd: number | undefined;
   private timer: NodeJS.Timeout | undefined;
   private startup: { us: number; cpuUs: number } | undefined;
@@ -75,7 +87,7 @@ export class VmMetrics {
   }
 
   /** Opens the metrics file (it must exist) and starts the periodic writes, which call `sample` for the VM's figures. */
-  open(path: string, sample: () => { devices: VirtioDeviceStats[]; guestFaults: number }): void {
+  open(path: string, sample: () => MetricsSample): void {
     if (this.fd !== undefined) throw new MetricsError("EMETRICSPATH", "Metrics error: the metrics file is already set");
     try {
       this.fd = openSync(path, constants.O_RDWR | constants.O_APPEND | constants.O_NONBLOCK);
@@ -87,7 +99,7 @@ export class VmMetrics {
     this.timer.unref();
   }
 
-  private sample: () => { devices: VirtioDeviceStats[]; guestFaults: number } = () => ({ devices: [], guestFaults: 0 });
+  private sample: () => MetricsSample = () => ({ devices: [], guestFaults: 0 });
 
   /** The line the next flush would write, and the counters reset (deltas since the last one). */
   take(): Record<string, unknown> {
@@ -99,9 +111,14 @@ export class VmMetrics {
     for (const [group, counters] of this.requests) line[group] = { ...counters };
     this.requests.clear();
     line["latencies_us"] = { ...this.latencies };
-    const { devices, guestFaults } = this.sample();
+    const { devices, guestFaults, uart } = this.sample();
     line["vmm"] = { guest_faults: guestFaults - this.lastGuestFaults };
     this.lastGuestFaults = guestFaults;
+    if (uart) {
+      const last = this.lastUart;
+      line["uart"] = { write_count: uart.written - last.written, missed_write_count: uart.missed - last.missed, rate_limiter_dropped_bytes: uart.rateLimited - last.rateLimited };
+      this.lastUart = { ...uart };
+    }
     for (const d of devices) {
       const last = this.lastDevices.get(d.name) ?? {};
       const now: Counters = {};

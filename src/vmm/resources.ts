@@ -1,7 +1,7 @@
 /**
  * A VM's configuration before it starts, in Firecracker's terms (its
  * VmResources): what PUT /boot-source, /machine-config, /drives/{id},
- * /network-interfaces/{id}, /vsock, /balloon and /entropy set, and what
+ * /network-interfaces/{id}, /vsock, /balloon, /entropy and /serial set, and what
  * GET /vm/config and --config-file read and write. Each change is checked as
  * a whole configuration (toFlintMachine: what flint cannot do is refused
  * here, not at InstanceStart) and, for the device it touches, against the
@@ -20,8 +20,9 @@ import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import { FC_DEFAULT_MEM_MIB, FC_DEFAULT_VCPUS, toFlintMachine, type FlintMachineSpec } from "../config/convert.js";
 import {
   BalloonSchema, BootSourceSchema, ConfigError, DriveSchema, EntropySchema, MachineConfigSchema, MachineConfigUpdateSchema,
-  MmdsConfigSchema, NetworkInterfaceSchema, validate, VsockSchema,
-  type Balloon, type BootSource, type MmdsConfig, type Drive, type Entropy, type MachineConfiguration, type NetworkInterface, type Vsock, type VmConfig,
+  MmdsConfigSchema, NetworkInterfaceSchema, SerialSchema, validate, VsockSchema,
+  type Balloon, type BootSource, type MmdsConfig, type Drive, type Entropy, type MachineConfiguration, type NetworkInterface, type Serial, type Vsock,
+  type VmConfig,
 } from "../config/schema.js";
 import { checkVirtioDevices } from "./host-checks.js";
 
@@ -49,6 +50,7 @@ export class VmResources {
   private balloon: Balloon | undefined;
   private entropy: Entropy | undefined;
   private mmdsConfig: MmdsConfig | undefined;
+  private serial: Serial | undefined;
 
   /** Takes a whole validated --config-file document (every check made as for the API), or throws and changes nothing. */
   load(cfg: VmConfig, what = "config file"): void {
@@ -157,6 +159,21 @@ export class VmResources {
 
   putEntropy(given: Entropy): void {
     this.change({ entropy: validate(EntropySchema, given, "entropy") });
+  }
+
+  /**
+   * PUT /serial: where the console's output goes and its rate limit (see
+   * serial-output.ts). As in Firecracker, it replaces the last one, the file
+   * is opened at InstanceStart, and it is not part of GET /vm/config or of a
+   * config file.
+   */
+  putSerial(given: Serial): void {
+    this.serial = validate(SerialSchema, given, "serial");
+  }
+
+  /** The last PUT /serial, if any. */
+  serialConfig(): Serial | undefined {
+    return this.serial ? { ...this.serial } : undefined;
   }
 
   /**

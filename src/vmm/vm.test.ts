@@ -1,10 +1,11 @@
 /** The Vm library from flint-style options: create, console, start, pause, resume, kill, on /dev/kvm with the ring-3 exit-loop guest. */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
+import { buildSerialFloodGuest } from "../guest/programs/testing/serial-flood.js";
 import { Vm, VmError } from "./vm.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-vm-test-"));
@@ -46,4 +47,39 @@ test("Vm.create refuses bad options with one line, before anything starts", asyn
   await assert.rejects(Vm.create({ kernel: buildExitLoopGuest(), cpus: 0 }), /vcpu_count' must be at least 1/);
   await assert.rejects(Vm.create({ kernel: buildExitLoopGuest(), drives: [{ id: "a", path: join(dir, "nope.img") }] }), /Cannot attach drive: file '.*nope\.img' does not exist/);
   await assert.rejects(Vm.create({ kernel: buildExitLoopGuest(), memoryMib: 64, balloon: { amountMib: 128 } }), /balloon\.amount_mib' 128 is more than the guest's 64 MiB/);
+});
+
+test("PUT /serial: the console goes to a file, within its rate limit; its input is dropped; metrics count its bytes", async () => {
+  const out = join(dir, "serial.log"), metrics = join(dir, "serial-metrics.json");
+  writeFileSync(metrics, "");
+  const vm = await Vm.create({ kernel: buildSerialFloodGuest(), cmdline: "flood", memoryMib: 32 });
+  // 4000 bytes at once, then 20 bytes per millisecond: the flood guest writes far faster.
+  vm.resources.putSerial({ serial_out_path: out, rate_limiter: { size: 4000, refill_time: 200 } });
+  vm.setMetrics({ metrics_path: metrics });
+  const sum = (k: string) => readFileSync(metrics, "utf8").split("\n").filter((l) => l !== "")
+    .map((l) => JSON.parse(l) as { uart?: Record<string, number> }).reduce((n, l) => n + (l.uart?.[k] ?? 0), 0);
+  await vm.start();
+  try {
+    assert.equal(vm.consoleInput(Buffer.from("ignored\n")), 8, "the input of a console on a file is taken and dropped");
+    // Until the limiter has dropped something (FlushMetrics writes a line each time), for at most 200 rounds.
+    for (let i = 0; i < 200 && sum("rate_limiter_dropped_bytes") === 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      vm.flushMetrics();
+    }
+  } finally {
+    await vm.kill();
+  }
+  const text = readFileSync(out, "latin1");
+  assert.match(text, /^abcdefghijklmnopqrstuvwxyz\nabc/, "the guest's output, from its first byte");
+  assert.match(text, /^[a-z\n]+$/);
+  assert.equal(sum("write_count"), text.length, "every byte written is in the file");
+  assert.ok(sum("rate_limiter_dropped_bytes") > 0, "the flood went over the limit");
+  assert.equal(sum("missed_write_count"), 0);
+});
+
+test("PUT /serial with a path that cannot be opened: InstanceStart fails with one line and the VM stays Not started", async () => {
+  const vm = await Vm.create({ kernel: buildSerialFloodGuest(), memoryMib: 32 });
+  vm.resources.putSerial({ serial_out_path: join(dir, "no-dir", "serial.log") });
+  await assert.rejects(vm.start(), (e: unknown) => e instanceof VmError && e.code === "ESTART" && /^Start microvm error: Cannot open the serial output '.*serial\.log': ENOENT$/.test(e.message));
+  assert.equal(vm.state, "Not started");
 });

@@ -25,7 +25,7 @@ import { PassThrough, Writable } from "node:stream";
 import type { RateLimiterConfig } from "../devices/virtio/rate-limiter.js";
 import { devicePlacement } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult, type MachineState } from "../vm/machine.js";
-import { rateLimiterUpdate, toFcRateLimiter } from "../config/convert.js";
+import { rateLimiterUpdate, toFcRateLimiter, tokenBucket } from "../config/convert.js";
 import type { Balloon, Logger, Metrics, RateLimiter } from "../config/schema.js";
 import { LogFile, type LogLevel } from "./logger.js";
 import { VmMetrics } from "./metrics.js";
@@ -33,6 +33,7 @@ import { MmdsStore } from "./mmds-store.js";
 import { MMDS_DATA_MAX_BYTES } from "../devices/virtio/mmds/data.js";
 import { checkDisk } from "./host-checks.js";
 import { VmResources } from "./resources.js";
+import { SerialOutput } from "./serial-output.js";
 
 /** Firecracker's instance states (vmm_config/instance_info.rs VmState). */
 export type VmState = "Not started" | "Running" | "Paused";
@@ -128,6 +129,8 @@ export class Vm extends EventEmitter {
   private guestFaults = 0;
   /** Each virtio device's name in metrics, in guest order, as Firecracker names its groups (block_<drive_id>, net_<iface_id>...). */
   private deviceNames: string[] = [];
+  /** The console's output once PUT /serial configured it (a file, a rate limit). */
+  private serialOutput: SerialOutput | undefined;
 
   /**
    * The guest's serial console output, when no consoleOutput was given: pipe
@@ -253,6 +256,7 @@ export class Vm extends EventEmitter {
     this.metrics.open(m.metrics_path, () => ({
       devices: (this.machine?.deviceStats() ?? []).map((d, i) => ({ ...d, name: this.deviceNames[i] ?? d.name })),
       guestFaults: this.guestFaults,
+      ...(this.serialOutput ? { uart: this.serialOutput.totals } : {}),
     }));
   }
 
@@ -262,8 +266,14 @@ export class Vm extends EventEmitter {
     this.metrics.flush();
   }
 
-  /** Pushes bytes to the guest's serial console; returns how many it took (none before the VM started or after it ended). */
+  /**
+   * Pushes bytes to the guest's serial console; returns how many it took (none
+   * before the VM started or after it ended). A console whose output goes to
+   * a file (PUT /serial's serial_out_path) has no input, as in Firecracker:
+   * the bytes are taken and dropped.
+   */
   consoleInput(bytes: Uint8Array): number {
+    if (this.resources.serialConfig()?.serial_out_path != null) return bytes.length;
     return this.machine && this.machine.state !== "ended" ? this.machine.consoleInput(bytes) : 0;
   }
 
@@ -294,14 +304,24 @@ export class Vm extends EventEmitter {
     const spec = this.resources.spec();
     Machine.prestart({ vcpuThreads: spec.cpus, deviceThreads: devicePlacement(spec.virtioDevices).threads });
     let machine: Machine;
+    let consoleOutput = this.options.consoleOutput ?? (this.console.listenerCount("data") > 0 || this.console.readableFlowing ? this.console : new Writable({ write: (_c, _e, cb) => cb() }));
+    const serial = this.resources.serialConfig();
     try {
+      if (serial) {
+        const rateLimiter = tokenBucket(serial.rate_limiter);
+        this.serialOutput = new SerialOutput({
+          ...(serial.serial_out_path != null ? { path: serial.serial_out_path } : { target: consoleOutput }),
+          ...(rateLimiter ? { rateLimiter } : {}),
+        });
+        consoleOutput = this.serialOutput;
+      }
       machine = Machine.create({
         cpus: spec.cpus,
         memoryMib: spec.memoryMib,
         boot: { kind: "linux", kernelPath: spec.kernelPath, initrdPath: spec.initrdPath, cmdline: spec.cmdline, acpi: true, mode: spec.bootMode },
         hugePages: spec.hugePages,
         virtioDevices: spec.virtioDevices,
-        consoleOutput: this.options.consoleOutput ?? (this.console.listenerCount("data") > 0 || this.console.readableFlowing ? this.console : new Writable({ write: (_c, _e, cb) => cb() })),
+        consoleOutput,
         onGuestFault: (device, message) => {
           this.guestFaults++;
           this.log("warn", `devices::${device}`, `guest fault: ${message}`);
@@ -318,6 +338,8 @@ export class Vm extends EventEmitter {
         onStarted: () => this.emit("state", this.state),
       });
     } catch (e) {
+      this.serialOutput?.destroy();
+      this.serialOutput = undefined;
       throw new VmError("ESTART", `Start microvm error: ${(e as Error).message.split("\n")[0]}`);
     }
     this.machine = machine;
@@ -334,6 +356,7 @@ export class Vm extends EventEmitter {
       this.log("info", "vmm", `The VM ended: ${result.reason.kind}${result.reason.kind === "error" ? `: ${result.reason.message.split("\n")[0]}` : ""}`);
       if (this.metrics.enabled) this.metrics.flush();
       this.metrics.close();
+      this.serialOutput?.end();
       if (!this.options.consoleOutput) this.console.end();
       this.emit("exit", result);
       this.resolveExited(result);

@@ -4,13 +4,17 @@
  * it without loading the device.
  */
 
-/** Smallest and largest guest CID (0-2 are reserved, 0xffffffff is VMADDR_CID_ANY). */
+/**
+ * The guest CIDs flint's own CLI takes (0-2 are reserved, 0xffffffff is
+ * VMADDR_CID_ANY). The device itself takes any 32-bit CID, as Firecracker
+ * does: its API clients may set a reserved one (firecracker-containerd sends 0).
+ */
 export const VSOCK_MIN_GUEST_CID = 3;
 export const VSOCK_MAX_GUEST_CID = 0xffff_fffe;
 
 /** How to attach a vsock device (JSON-serialisable: it is posted to the device thread). */
 export interface VsockOptions {
-  /** The guest's context id (3 .. 2^32-2). */
+  /** The guest's context id (any 32-bit value; see VSOCK_MIN_GUEST_CID). */
   cid: number;
   /** Path of the Unix socket flint listens on; guest connections to port P go to `${uds}_${P}`. */
   uds: string;
@@ -26,9 +30,9 @@ export class VsockError extends Error {
   }
 }
 
-/** Throws VsockError "EVSOCKCONFIG" unless `cid` is a usable guest CID. */
+/** Throws VsockError "EVSOCKCONFIG" unless `cid` fits the device's 32-bit guest_cid. */
 export function checkGuestCid(cid: number): void {
-  if (!Number.isInteger(cid) || cid < VSOCK_MIN_GUEST_CID || cid > VSOCK_MAX_GUEST_CID) {
-    throw new VsockError("EVSOCKCONFIG", `Cannot attach vsock: cid ${cid} is outside ${VSOCK_MIN_GUEST_CID}..${VSOCK_MAX_GUEST_CID}`);
+  if (!Number.isInteger(cid) || cid < 0 || cid > 0xffff_ffff) {
+    throw new VsockError("EVSOCKCONFIG", `Cannot attach vsock: cid ${cid} is not a 32-bit unsigned integer`);
   }
 }
