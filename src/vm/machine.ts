@@ -48,7 +48,7 @@ import { CONTROL_PARKED, claimExit, createControl, parkedCount, requestPause } f
 import { createDeviceSet, type HostDevices } from "./device-set.js";
 import { irqLineContext } from "./irq.js";
 import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
-import type { VcpuStats } from "./vcpu-loop.js";
+import { newStatsBlock, readStats, type VcpuStats } from "./vcpu-loop.js";
 
 /** How the guest starts. */
 export type BootConfig =
@@ -262,6 +262,8 @@ export class Machine {
   readonly vcpus: VcpuFd[];
   readonly summary: string;
   private readonly control = createControl();
+  /** Each vCPU's counters, shared with its thread (filled in the constructor, one per vCPU). */
+  private readonly vcpuStatBlocks: Float64Array[] = [];
   private readonly host: HostDevices;
   private readonly virtio: VirtioSet;
   /** pthread ids of the vCPU threads that are alive (cleared on each one's exit, so a stale id is never signalled). */
@@ -306,6 +308,7 @@ export class Machine {
     this.vm = vm;
     this.memory = memory;
     this.vcpus = vcpus;
+    for (let i = 0; i < vcpus.length; i++) this.vcpuStatBlocks.push(newStatsBlock());
     this.host = host;
     this.virtio = virtio;
     this.summary = summary;
@@ -459,7 +462,7 @@ export class Machine {
     for (const vcpu of this.vcpus) {
       const init: VcpuThreadInit = {
         vcpu: vcpu.describe(), vmFd: this.vm.fd,
-        devices: this.host.descriptor, control: this.control, kickSignal: KICK_SIGNAL,
+        devices: this.host.descriptor, control: this.control, stats: this.vcpuStatBlocks[vcpu.id]!, kickSignal: KICK_SIGNAL,
       };
       const w = VCPU_THREAD_POOL.take(init);
       this.workers.push(w);
@@ -732,6 +735,11 @@ export class Machine {
   /** Each virtio device's transport counters now (the same figures run() reports at the end). */
   deviceStats(): VirtioDeviceStats[] {
     return this.virtio.stats();
+  }
+
+  /** Each vCPU's exit counters now, read while its thread counts (the same figures run() reports at the end). */
+  vcpuStats(): VcpuStats[] {
+    return this.vcpuStatBlocks.map(readStats);
   }
 
   /** The balloon's run-time controls, when the VM has a virtio-balloon device (the first, if several). */

@@ -10,6 +10,8 @@ export interface VcpuThreadInit {
   vmFd: number;
   devices: DeviceSetDescriptor;
   control: Int32Array;
+  /** This vCPU's counters (vcpu-loop.ts newStatsBlock), shared with the main thread. */
+  stats: Float64Array;
   kickSignal: number;
 }
 

@@ -27,12 +27,28 @@ export interface VcpuStats {
   kvmclockCtrlFails: number;
 }
 
-export function newStats(): VcpuStats {
-  return { exits: 0, ioExits: 0, mmioExits: 0, unhandledIo: 0, unhandledMmio: 0, interrupted: 0, parks: 0, kvmclockCtrlFails: 0 };
+/** The counters' order in a vCPU's shared counter block. */
+const VCPU_STAT_KEYS = ["exits", "ioExits", "mmioExits", "unhandledIo", "unhandledMmio", "interrupted", "parks", "kvmclockCtrlFails"] as const;
+const EXITS = 0, IO_EXITS = 1, MMIO_EXITS = 2, UNHANDLED_IO = 3, UNHANDLED_MMIO = 4, INTERRUPTED = 5, PARKS = 6, KVMCLOCK_CTRL_FAILS = 7;
+
+/**
+ * A vCPU's counters: one Float64Array over a SharedArrayBuffer (exact up to
+ * 2^53), written by its thread alone and read by the main thread at any time
+ * (metrics lines while the VM runs).
+ */
+export function newStatsBlock(): Float64Array {
+  return new Float64Array(new SharedArrayBuffer(VCPU_STAT_KEYS.length * 8));
 }
 
-/** Runs until the VM stops (undefined) or this vCPU finds a reason to end it. */
-export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, stats: VcpuStats): VmExitReason | undefined {
+/** The counters of a block as named figures. */
+export function readStats(block: Float64Array): VcpuStats {
+  const out = {} as VcpuStats;
+  VCPU_STAT_KEYS.forEach((k, i) => (out[k] = block[i]!));
+  return out;
+}
+
+/** Runs until the VM stops (undefined) or this vCPU finds a reason to end it; counts in `stats` (newStatsBlock). */
+export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, stats: Float64Array): VmExitReason | undefined {
   const run = vcpu.run;
   const v = vcpu.runView;
   const runSize = vcpu.runSize;
@@ -43,10 +59,10 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
       continue; // resumed, or stopped while parked
     }
     const r = vcpu.runOnce();
-    stats.exits++;
+    stats[EXITS]++;
     switch (r) {
       case KVM_EXIT_IO: {
-        stats.ioExits++;
+        stats[IO_EXITS]++;
         const out = run[kvm_run.io_direction] === KVM_EXIT_IO_OUT;
         const size = run[kvm_run.io_size]!;
         const port = v.getUint16(kvm_run.io_port, true);
@@ -57,21 +73,21 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
           const data = run.subarray(off + i * size, off + (i + 1) * size);
           const handled = out ? pio.write(port, data) : pio.read(port, data);
           if (!handled) {
-            stats.unhandledIo++;
+            stats[UNHANDLED_IO]++;
             if (!out) data.fill(0xff); // an unclaimed ISA port reads as all ones
           }
         }
         break;
       }
       case KVM_EXIT_MMIO: {
-        stats.mmioExits++;
+        stats[MMIO_EXITS]++;
         const address = Number(v.getBigUint64(kvm_run.mmio_phys_addr, true));
         const len = v.getUint32(kvm_run.mmio_len, true);
         if (len > 8) return { kind: "error", message: `KVM reported an MMIO access of ${len} bytes` };
         const data = run.subarray(kvm_run.mmio_data, kvm_run.mmio_data + len);
         const handled = run[kvm_run.mmio_is_write] ? mmio.write(address, data) : mmio.read(address, data);
         if (!handled) {
-          stats.unhandledMmio++;
+          stats[UNHANDLED_MMIO]++;
           if (!run[kvm_run.mmio_is_write]) data.fill(0);
         }
         break;
@@ -101,7 +117,7 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
       case KVM_EXIT_INTR:
       case -EINTR:
       case -EAGAIN:
-        stats.interrupted++;
+        stats[INTERRUPTED]++;
         vcpu.setImmediateExit(false);
         break;
       default:
@@ -133,9 +149,9 @@ export function runVcpu(vcpu: VcpuFd, pio: Bus, mmio: Bus, control: Int32Array, 
  * asked for KVM_CLOCK_REALTIME (advanced by the wall time since the
  * snapshot), and calls KVM_KVMCLOCK_CTRL on every restored vCPU.
  */
-function park(vcpu: VcpuFd, control: Int32Array, stats: VcpuStats): void {
-  stats.parks++;
-  if (vcpu.kvmclockCtrl() < 0) stats.kvmclockCtrlFails++;
+function park(vcpu: VcpuFd, control: Int32Array, stats: Float64Array): void {
+  stats[PARKS]++;
+  if (vcpu.kvmclockCtrl() < 0) stats[KVMCLOCK_CTRL_FAILS]++;
   parkWhilePaused(control);
 }
 

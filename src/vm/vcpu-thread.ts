@@ -14,7 +14,7 @@ import { claimExit } from "./control.js";
 import { buildBuses } from "./device-set.js";
 import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
 import { irqLineContext } from "./irq.js";
-import { newStats, runVcpu } from "./vcpu-loop.js";
+import { readStats, runVcpu } from "./vcpu-loop.js";
 
 // workerData, or the first message when this thread was booted ahead as a spare (worker-pool.ts).
 const init = await workerInit<VcpuThreadInit>();
@@ -22,7 +22,6 @@ const port = parentPort!;
 const post = (m: VcpuThreadMessage) => port.postMessage(m);
 
 const vcpu = VcpuFd.attach(init.vcpu);
-const stats = newStats();
 
 function end(reason: VmExitReason): void {
   if (claimExit(init.control)) post({ type: "exit", reason });
@@ -44,12 +43,12 @@ port.once("message", () => {
   let reason: VmExitReason | undefined;
   try {
     const { pio, mmio } = buildBuses(init.devices, ctx);
-    reason = runVcpu(vcpu, pio, mmio, init.control, stats);
+    reason = runVcpu(vcpu, pio, mmio, init.control, init.stats);
   } catch (e) {
     reason = { kind: "error", message: `vCPU ${init.vcpu.id} failed: ${(e as Error).stack ?? e}` };
   }
   if (reason) end(reason);
   faults.flush();
-  post({ type: "done", stats });
+  post({ type: "done", stats: readStats(init.stats) });
   port.close();
 });

@@ -9,7 +9,8 @@
  * line); `get_api_requests`, `put_api_requests`, `patch_api_requests`
  * (`<resource>_count` and `<resource>_fails`, Firecracker's naming);
  * `latencies_us` (pause_vm, resume_vm, instance_start); `vmm`
- * (guest faults); and one group per virtio device, named as Firecracker
+ * (guest faults); `vcpu` (VM exits of all vCPUs: every exit, port I/O and
+ * MMIO ones, accesses nothing handled, failed KVM_KVMCLOCK_CTRL calls); and one group per virtio device, named as Firecracker
  * names its groups (`block_<drive_id>`, `net_<iface_id>`, `vsock`,
  * `entropy`, `balloon`), with flint's transport counters (queue kicks, interrupts,
  * notifications that cost a VM exit, guest faults, host I/O errors); and,
@@ -23,13 +24,19 @@
 import { closeSync, constants, openSync, writeSync } from "node:fs";
 import type { VirtioDeviceStats } from "../devices/virtio/device-thread.js";
 import type { SerialOutputCounts } from "./serial-output.js";
+import type { VcpuStats } from "../vm/vcpu-loop.js";
 
 /** What a VM reports for each metrics line (totals; the file gets the change since the last line). */
 export interface MetricsSample {
   devices: VirtioDeviceStats[];
   guestFaults: number;
+  vcpus?: VcpuStats[];
   uart?: Readonly<SerialOutputCounts>;
 }
+
+/** The vcpu group's counters: Firecracker-style name → the VcpuStats figure summed over vCPUs. */
+const VCPU_COUNTERS = { exits: "exits", exit_io: "ioExits", exit_mmio: "mmioExits", unhandled_io: "unhandledIo",
+  unhandled_mmio: "unhandledMmio", kvmclock_ctrl_fails: "kvmclockCtrlFails" } as const satisfies Record<string, keyof VcpuStats>;
 
 /** How often the metrics file gets a line (Firecracker's WRITE_METRICS_PERIOD_MS). */
 export const METRICS_INTERVAL_MS = 60_000;
@@ -56,6 +63,7 @@ export class VmMetrics {
   private readonly lastDevices = new Map<string, Counters>();
   private lastGuestFaults = 0;
   private lastUart: SerialOutputCounts = { written: 0, missed: 0, rateLimited: 0 };
+  private lastVcpu: Counters = {};
   private fd: number | undefined;
   private timer: NodeJS.Timeout | undefined;
   private startup: { us: number; cpuUs: number } | undefined;
@@ -111,9 +119,18 @@ export class VmMetrics {
     for (const [group, counters] of this.requests) line[group] = { ...counters };
     this.requests.clear();
     line["latencies_us"] = { ...this.latencies };
-    const { devices, guestFaults, uart } = this.sample();
+    const { devices, guestFaults, uart, vcpus } = this.sample();
     line["vmm"] = { guest_faults: guestFaults - this.lastGuestFaults };
     this.lastGuestFaults = guestFaults;
+    if (vcpus) {
+      const delta: Counters = {};
+      for (const [name, key] of Object.entries(VCPU_COUNTERS)) {
+        const total = vcpus.reduce((n, v) => n + v[key], 0);
+        delta[name] = total - (this.lastVcpu[name] ?? 0);
+        this.lastVcpu[name] = total;
+      }
+      line["vcpu"] = delta;
+    }
     if (uart) {
       const last = this.lastUart;
       line["uart"] = { write_count: uart.written - last.written, missed_write_count: uart.missed - last.missed, rate_limiter_dropped_bytes: uart.rateLimited - last.rateLimited };

@@ -256,6 +256,7 @@ export class Vm extends EventEmitter {
     this.metrics.open(m.metrics_path, () => ({
       devices: (this.machine?.deviceStats() ?? []).map((d, i) => ({ ...d, name: this.deviceNames[i] ?? d.name })),
       guestFaults: this.guestFaults,
+      ...(this.machine ? { vcpus: this.machine.vcpuStats() } : {}),
       ...(this.serialOutput ? { uart: this.serialOutput.totals } : {}),
     }));
   }
