@@ -5,7 +5,11 @@
  * make (PUT /boot-source, /machine-config, /drives/rootfs, /entropy, then
  * PUT /actions InstanceStart, PATCH /vm). The guest counts on its console;
  * while paused the count must stop (flint's CPU time meanwhile is reported),
- * after resume it must go on. At the end the client asks the guest to power off
+ * after resume it must go on, and the guest's clock must have run on through
+ * the pause (kvm-clock follows the host's; Firecracker does not set the
+ * clock back on resume, it only tells the guest it was stopped, with
+ * KVM_KVMCLOCK_CTRL, so its watchdogs stay quiet). The metrics file
+ * (PUT /metrics) must hold the VM's counters. At the end the client asks the guest to power off
  * over its console and flint exits 0, removing its socket.
  */
 import assert from "node:assert/strict";
@@ -44,7 +48,7 @@ echo "flint-e2e: rng=$(cat /sys/devices/virtual/misc/hw_random/rng_current 2>/de
 t0=$(cut -d' ' -f1 /proc/uptime)
 dd if=/dev/vda of=/dev/null bs=64k iflag=direct 2>/dev/null
 echo "flint-e2e: read_s=$(echo "$(cut -d' ' -f1 /proc/uptime) $t0" | awk '{ printf "%.2f", $1 - $2 }')"
-( i=0; while :; do i=$((i + 1)); echo "tick=$i"; sleep 0.2; done ) &
+( i=0; while :; do i=$((i + 1)); echo "tick=$i up=$(cut -d' ' -f1 /proc/uptime)"; sleep 0.2; done ) &
 read stop
 kill $!
 # The host gave the drive a new, larger backing file before saying stop: a config-change interrupt.
@@ -59,9 +63,9 @@ poweroff -f
 /** Runs inside the nested VM: flint as Firecracker's clients start it, driven over its socket. */
 const CLIENT = `
 import { spawn } from "node:child_process";
-import { appendFileSync, existsSync, readFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
-const [cli, kernel, initrd, disk, sock, report, swapDisk] = process.argv.slice(2);
+const [cli, kernel, initrd, disk, sock, report, swapDisk, metrics] = process.argv.slice(2);
 const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 const call = (method, path, body) => new Promise((resolve, reject) => {
   const text = body === undefined ? undefined : JSON.stringify(body);
@@ -84,6 +88,8 @@ fc.stdout.on("data", (b) => { consoleText += b; process.stdout.write(b); });
 fc.stderr.on("data", (b) => { stderr += b; });
 const exited = new Promise((resolve) => fc.on("exit", (code, signal) => resolve(code ?? signal)));
 const lastTick = () => { const m = [...consoleText.matchAll(/tick=(\\d+)/g)]; return m.length ? Number(m[m.length - 1][1]) : 0; };
+const uptimeAt = (tick) => { const m = new RegExp("tick=" + tick + " up=([0-9.]+)").exec(consoleText); return m ? Number(m[1]) : NaN; };
+const metricsSum = (group, key) => readFileSync(metrics, "utf8").split("\\n").filter(Boolean).map((l) => JSON.parse(l)).reduce((n, l) => n + (l[group]?.[key] ?? 0), 0);
 const cpuTicks = () => { const f = readFileSync("/proc/" + fc.pid + "/stat", "utf8").split(") ")[1].split(" "); return Number(f[11]) + Number(f[12]); };
 try {
   for (let i = 0; i < 600 && !existsSync(sock); i++) await sleep(100);
@@ -93,12 +99,15 @@ try {
   await must("PUT", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk, is_root_device: false, is_read_only: true,
     rate_limiter: { bandwidth: { size: ${BUCKET_BYTES}, refill_time: ${REFILL_MS} } } });
   await must("PUT", "/entropy", {});
+  writeFileSync(metrics, "");
+  await must("PUT", "/metrics", { metrics_path: metrics });
   const t0 = Date.now();
   await must("PUT", "/actions", { action_type: "InstanceStart" });
   say("start_ms", Date.now() - t0);
   for (let i = 0; i < 2400 && lastTick() < 5; i++) await sleep(100);
   say("ticks_before_pause", lastTick());
   await must("PATCH", "/vm", { state: "Paused" });
+  const pausedAt = Date.now();
   say("state_paused", JSON.parse((await must("GET", "/", undefined, 200)).text).state);
   await sleep(1500); // what the guest printed before the pause drains
   const paused = lastTick();
@@ -106,10 +115,18 @@ try {
   await sleep(3000);
   say("ticks_during_pause", lastTick() - paused);
   say("cpu_ticks_during_pause", cpuTicks() - cpu0);
+  say("pause_host_ms", Date.now() - pausedAt);
   await must("PATCH", "/vm", { state: "Resumed" });
   say("state_resumed", JSON.parse((await must("GET", "/", undefined, 200)).text).state);
   for (let i = 0; i < 600 && lastTick() < paused + 5; i++) await sleep(100);
   say("ticks_after_resume", lastTick() - paused);
+  // The guest's uptime from its last line before the pause to its first after: the pause is inside it.
+  say("guest_ms_across_pause", Math.round((uptimeAt(paused + 1) - uptimeAt(paused)) * 1000));
+  await must("PUT", "/actions", { action_type: "FlushMetrics" });
+  say("metrics_block_kicks", metricsSum("block_rootfs", "kicks"));
+  say("metrics_vcpu_exits", metricsSum("vcpu", "exits"));
+  say("metrics_pause_us", metricsSum("latencies_us", "pause_vm"));
+  say("metrics_put_drives", metricsSum("put_api_requests", "drive_count"));
   say("config_vcpus", JSON.parse((await must("GET", "/vm/config", undefined, 200)).text)["machine-config"].vcpu_count);
   await must("PATCH", "/drives/rootfs", { drive_id: "rootfs", path_on_host: swapDisk });
   fc.stdin.write("stop\\n");
@@ -144,7 +161,7 @@ describe("real Linux through Firecracker's API: configure, start, pause, resume 
     writeFileSync(client, CLIENT);
     const outFile = join(share, "out.txt"), reportFile = join(share, "report.txt");
     // Unix sockets need a local file system: the nested VM's /dev/shm is a tmpfs (the share is 9p).
-    const command = `mkdir -p /dev/shm/flint-api && timeout 400 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(disk)} /dev/shm/flint-api/fc.sock ${q(reportFile)} ${q(swapDisk)} </dev/null >${q(outFile)} 2>&1`;
+    const command = `mkdir -p /dev/shm/flint-api && timeout 400 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} ${q(disk)} /dev/shm/flint-api/fc.sock ${q(reportFile)} ${q(swapDisk)} /dev/shm/flint-api/metrics.json </dev/null >${q(outFile)} 2>&1`;
     const retryAfterTimeout = () => { for (const f of [outFile, reportFile]) rmSync(f, { force: true }); };
     nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [outFile, reportFile] });
     out = readTextIfAny(outFile);
@@ -178,6 +195,21 @@ describe("real Linux through Firecracker's API: configure, start, pause, resume 
     assert.equal(value("ticks_during_pause"), "0", why());
     assert.equal(value("state_resumed"), "Running", why());
     assert.ok(Number(value("ticks_after_resume")) >= 5, why());
+  });
+
+  it("the guest's clock ran on through the pause, as under Firecracker, and no watchdog fired", (t) => {
+    const guestMs = Number(value("guest_ms_across_pause")), hostMs = Number(value("pause_host_ms"));
+    t.diagnostic(`paused ${hostMs} ms on the host; the guest's uptime moved ${guestMs} ms across it`);
+    // A lower bound: both lines bracket the pause. A monitor that hid the pause from the guest's clock would show ~200 ms.
+    assert.ok(guestMs >= 0.9 * hostMs, `guest ${guestMs} ms across a ${hostMs} ms pause\n${why()}`);
+    assert.doesNotMatch(out, /soft lockup|rcu_.*stall|hung_task|clocksource.*unstable/i, why());
+  });
+
+  it("the metrics file (PUT /metrics, FlushMetrics) holds the VM's counters", () => {
+    assert.ok(Number(value("metrics_block_kicks")) > 0, why());
+    assert.ok(Number(value("metrics_vcpu_exits")) > 0, why());
+    assert.ok(Number(value("metrics_pause_us")) > 0, why());
+    assert.equal(value("metrics_put_drives"), "1", why());
   });
 
   it("PATCH /drives gives the running guest's drive a new backing file: it sees the new size and reads the new data", () => {
