@@ -124,6 +124,7 @@ try {
   say("guest_ms_across_pause", Math.round((uptimeAt(paused + 1) - uptimeAt(paused)) * 1000));
   await must("PUT", "/actions", { action_type: "FlushMetrics" });
   say("metrics_block_kicks", metricsSum("block_rootfs", "kicks"));
+  say("metrics_block_read_bytes", metricsSum("block_rootfs", "read_bytes"));
   say("metrics_vcpu_exits", metricsSum("vcpu", "exits"));
   say("metrics_pause_us", metricsSum("latencies_us", "pause_vm"));
   say("metrics_put_drives", metricsSum("put_api_requests", "drive_count"));
@@ -207,6 +208,8 @@ describe("real Linux through Firecracker's API: configure, start, pause, resume 
 
   it("the metrics file (PUT /metrics, FlushMetrics) holds the VM's counters", () => {
     assert.ok(Number(value("metrics_block_kicks")) > 0, why());
+    // The guest read the whole drive past its page cache.
+    assert.ok(Number(value("metrics_block_read_bytes")) >= DISK_BYTES, why());
     assert.ok(Number(value("metrics_vcpu_exits")) > 0, why());
     assert.ok(Number(value("metrics_pause_us")) > 0, why());
     assert.equal(value("metrics_put_drives"), "1", why());

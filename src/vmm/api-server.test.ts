@@ -371,6 +371,9 @@ describe("Firecracker's API starts, pauses and resumes a real VM (ring-3 guest o
     assert.ok(m["patch_api_requests"]!["vm_count"]! >= 4, JSON.stringify(m));
     assert.ok(m["latencies_us"]!["pause_vm"]! > 0 && m["latencies_us"]!["resume_vm"]! > 0, JSON.stringify(m));
     assert.equal(typeof m["entropy"]?.["kicks"], "number", JSON.stringify(m));
+    // The device's own counters, as its thread published them.
+    assert.equal(typeof m["entropy"]?.["bytes"], "number", JSON.stringify(m));
+    assert.equal(typeof m["entropy"]?.["requests"], "number", JSON.stringify(m));
     // The vCPUs' exits, read while they run; the ring-3 guest has no kvm-clock, so each park's KVM_KVMCLOCK_CTRL failed.
     assert.ok(m["vcpu"]!["exits"]! > 0 && m["vcpu"]!["exits"]! >= m["vcpu"]!["exit_io"]! + m["vcpu"]!["exit_mmio"]!, JSON.stringify(m));
     assert.ok(m["vcpu"]!["kvmclock_ctrl_fails"]! > 0, JSON.stringify(m));

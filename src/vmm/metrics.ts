@@ -13,7 +13,10 @@
  * MMIO ones, accesses nothing handled, failed KVM_KVMCLOCK_CTRL calls); and one group per virtio device, named as Firecracker
  * names its groups (`block_<drive_id>`, `net_<iface_id>`, `vsock`,
  * `entropy`, `balloon`), with flint's transport counters (queue kicks, interrupts,
- * notifications that cost a VM exit, guest faults, host I/O errors); and,
+ * notifications that cost a VM exit, guest faults, host I/O errors) and the
+ * device's own (block: requests, read_bytes, written_bytes, flushes; net:
+ * tx/rx frames, bytes and drops; rng: requests, bytes; vsock and balloon
+ * theirs), read from what each device thread publishes; and,
  * once PUT /serial configured the console, `uart` (bytes written, bytes its
  * file could not take, bytes its rate limiter dropped: Firecracker's
  * write_count, missed_write_count and rate_limiter_dropped_bytes).
@@ -143,6 +146,12 @@ export class VmMetrics {
       for (const k of DEVICE_COUNTERS) {
         now[k] = d[k];
         delta[snake(k)] = d[k] - (last[k] ?? 0);
+      }
+      for (const [k, v] of Object.entries(d.backend ?? {})) {
+        const name = snake(k);
+        if (name in delta) continue; // the transport's count of the same thing (host_errors)
+        now[`backend.${k}`] = v;
+        delta[name] = v - (last[`backend.${k}`] ?? 0);
       }
       this.lastDevices.set(d.name, now);
       line[d.name] = delta;

@@ -49,7 +49,7 @@ import { GUEST_FAULT_LOG_FIRST, GuestFaultLog } from "../fault-log.js";
 import type { DeviceEvent, DeviceInit, DeviceReplyMessage, DeviceRequestMessage } from "./device-thread.js";
 import { HOST_ERRORS_LOGGED, TransportState } from "./mmio-state.js";
 import { SplitQueue } from "./queue.js";
-import type { DescriptorChain, QueueSession, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
+import { BACKEND_METRIC_SLOTS, type DescriptorChain, type QueueSession, type VirtioBackend, type VirtioDeviceContext, type VirtQueue } from "./types.js";
 
 const one = new BigUint64Array([1n]);
 const drained = new Uint8Array(8);
@@ -151,6 +151,8 @@ export class DeviceRunner {
     this.irqFd = init.irqFd;
     this.requests = init.requests;
     this.faultLog = new GuestFaultLog((r) => post({ type: "fault", message: r.message, count: r.count }));
+    this.metricsOut = new Float64Array(init.metrics);
+    this.metricNames = Object.entries(backend.metrics ?? {}).filter(([, v]) => typeof v === "number").map(([k]) => k).slice(0, BACKEND_METRIC_SLOTS);
     const state = this.state;
     state.initDevice({
       deviceId: backend.deviceId,
@@ -178,6 +180,18 @@ export class DeviceRunner {
   /** The queues' notify eventfds, in queue order (for KVM_IOEVENTFD). */
   get queueNotifyFds(): readonly number[] {
     return this.notifyFds;
+  }
+
+  /** The names of the backend counters this runner publishes, in slot order. */
+  readonly metricNames: readonly string[];
+  private readonly metricsOut: Float64Array;
+
+  /** Copies the backend's counters to the shared block the host reads. */
+  publishMetrics(): void {
+    const m = this.backend.metrics as Record<string, number> | undefined;
+    if (!m) return;
+    const names = this.metricNames, out = this.metricsOut;
+    for (let i = 0; i < names.length; i++) out[i] = m[names[i]!]!;
   }
 
   /** This runner's fds for the thread's poll set: control, the queues' notify fds, then watched fds. */

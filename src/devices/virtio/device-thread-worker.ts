@@ -66,7 +66,7 @@ for (const [device, d] of init.devices.entries()) {
     const backend = await createBackend(d);
     const r = new DeviceRunner(d, attach(d.memory), backend, (m: DeviceEvent) => post({ ...m, device }), markChanged);
     runners.push(r);
-    results.push({ ok: true, notifyFds: [...r.queueNotifyFds] });
+    results.push({ ok: true, notifyFds: [...r.queueNotifyFds], metricNames: [...r.metricNames] });
   } catch (e) {
     // This device does not start; the others on the thread do (the main side decides what to do with them).
     results.push({ ok: false, message: (e as Error).message ?? String(e) });
@@ -90,6 +90,7 @@ function rebuildPollSet(): void {
 
 function stopRunner(r: DeviceRunner): void {
   r.stop();
+  r.publishMetrics();
   runners.splice(runners.indexOf(r), 1);
   pollSetChanged = true;
 }
@@ -121,6 +122,8 @@ function fireTimers(): void {
 
 function loop(): void {
   while (runners.length > 0) {
+    // What the last pass counted, for the host's metrics (a few numbers per device).
+    for (const r of runners) r.publishMetrics();
     if (pollSetChanged) rebuildPollSet();
     // Wake up for a due fault summary or device timer even when nothing else happens
     // (rounded up: poll(2) counts whole milliseconds, and a timer must not fire early).

@@ -35,6 +35,7 @@ import { eventfd } from "../../sys/native.js";
 import { WorkerPool } from "../../sys/worker-pool.js";
 import type { VirtioDeviceKind } from "./backends.js";
 import { TransportState, createTransportShared, type TransportStats } from "./mmio-state.js";
+import { BACKEND_METRIC_SLOTS } from "./types.js";
 
 /** Device threads: started from a booted spare when Machine.keepWarm asked for some (worker-pool.ts). */
 export const DEVICE_THREAD_POOL = WorkerPool.for(new URL("./device-thread-worker.js", import.meta.url));
@@ -48,6 +49,8 @@ export interface VirtioDeviceStats extends TransportStats {
    * rings over and over cannot grow this list).
    */
   failures: string[];
+  /** The backend's own counters (its `metrics`: bytes, requests...), as its thread last published them. */
+  backend: Record<string, number>;
 }
 
 /** How a device thread gets a device's backend. */
@@ -64,6 +67,8 @@ export interface DeviceInit {
   backendOptions: unknown;
   state: SharedArrayBuffer;
   controlFd: number;
+  /** The backend's counters (BACKEND_METRIC_SLOTS float64s), written by the device thread, read by the host at any time. */
+  metrics: SharedArrayBuffer;
   irqFd: number;
   memory: MemoryDescriptor;
   /** Host-side requests arrive here (read synchronously by the poll loop when the control eventfd fires). */
@@ -84,7 +89,7 @@ export interface DeviceRequestMessage {
 export type DeviceReplyMessage = { id: number; ok: true; value: unknown } | { id: number; ok: false; message: string };
 
 /** How one device of a thread started: its queues' notify eventfds, or why its backend could not be created. */
-export type DeviceStartResult = { ok: true; notifyFds: number[] } | { ok: false; message: string };
+export type DeviceStartResult = { ok: true; notifyFds: number[]; metricNames: string[] } | { ok: false; message: string };
 
 /** What a device on a device thread reports about itself. */
 export type DeviceEvent =
@@ -273,6 +278,9 @@ export class VirtioDeviceHandle {
   readonly controlFd: number;
   /** One per queue, once started (registered with KVM_IOEVENTFD). */
   notifyFds: number[] = [];
+  /** The backend's counters as its thread last published them, and their names. */
+  private readonly backendMetrics = new Float64Array(new SharedArrayBuffer(BACKEND_METRIC_SLOTS * 8));
+  private metricNames: string[] = [];
   /** Reasons the device failed, in order. */
   readonly failures: string[] = [];
   /** @internal Closed before its thread started: the thread leaves it out. */
@@ -323,6 +331,7 @@ export class VirtioDeviceHandle {
     return {
       name: s.name, backend: s.kind ? { kind: s.kind } : { module: s.backendModule!.href }, backendOptions: s.backendOptions ?? {},
       state: this.state.sab, controlFd: this.controlFd, irqFd: this.irqFd, memory: s.memory, requests: channel.port2,
+      metrics: this.backendMetrics.buffer as SharedArrayBuffer,
     };
   }
 
@@ -353,6 +362,7 @@ export class VirtioDeviceHandle {
       throw new VirtioDeviceError("EVIRTIOBACKEND", `Cannot start ${this.spec.name}: ${mine.message}`);
     }
     this.notifyFds = mine.notifyFds;
+    this.metricNames = mine.metricNames;
     const vm = this.spec.vm;
     if (vm) {
       this.notifyFds.forEach((fd, q) => vm.ioeventfd({
@@ -444,7 +454,9 @@ export class VirtioDeviceHandle {
   }
 
   stats(): VirtioDeviceStats {
-    return { name: this.spec.name, ...this.state.stats, failures: [...this.failures] };
+    const backend: Record<string, number> = {};
+    this.metricNames.forEach((k, i) => (backend[k] = this.backendMetrics[i]!));
+    return { name: this.spec.name, ...this.state.stats, failures: [...this.failures], backend };
   }
 
   /** The transport description for vCPU threads. */

@@ -187,4 +187,13 @@ export interface VirtioBackend {
    * device as it was. Runs whether or not the driver has activated the device.
    */
   control?(request: BackendRequest): unknown;
+  /**
+   * The backend's own counters (bytes, requests...), which the device thread
+   * copies to shared memory after each pass for the host's metrics: the first
+   * BACKEND_METRIC_SLOTS keys whose values are numbers, in their order. Optional.
+   */
+  readonly metrics?: object;
 }
+
+/** How many backend counters a device publishes at most (device-thread.ts DeviceInit.metrics). */
+export const BACKEND_METRIC_SLOTS = 16;
