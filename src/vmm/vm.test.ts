@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
 import { buildSerialFloodGuest } from "../guest/programs/testing/serial-flood.js";
+import { buildVirtioBlkGuest, vblkCmdline } from "../guest/programs/virtio-blk-driver.js";
+import { virtioSlot } from "../devices/virtio/virtio-set.js";
 import { Vm, VmError } from "./vm.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-vm-test-"));
@@ -30,6 +32,8 @@ test("Vm.create takes flint-style options as Firecracker resources; the console 
   }));
   const states: string[] = [];
   vm.on("state", (s: string) => states.push(s));
+  const events: Buffer[] = [];
+  vm.on("console", (b) => events.push(b));
   await vm.start();
   await hello;
   await vm.pause();
@@ -39,6 +43,7 @@ test("Vm.create takes flint-style options as Firecracker resources; the console 
   assert.equal(result?.reason.kind, "poweroff");
   assert.equal((await vm.exited).reason.kind, "poweroff");
   assert.deepEqual(states, ["Running", "Paused", "Running"]);
+  assert.ok(Buffer.concat(events).includes(EXIT_LOOP_HELLO_BYTE), "the console event carries the guest's output too");
   assert.equal(vm.console.writableEnded, true, "the console stream ends with the VM");
 });
 
@@ -82,4 +87,27 @@ test("PUT /serial with a path that cannot be opened: InstanceStart fails with on
   vm.resources.putSerial({ serial_out_path: join(dir, "no-dir", "serial.log") });
   await assert.rejects(vm.start(), (e: unknown) => e instanceof VmError && e.code === "ESTART" && /^Start microvm error: Cannot open the serial output '.*serial\.log': ENOENT$/.test(e.message));
   assert.equal(vm.state, "Not started");
+});
+
+test("the guest-fault event names the device and what the guest did", async () => {
+  // The virtio-blk driver guest's test mode ends with two reads past the end of its disk.
+  const image = join(dir, "faults.img");
+  writeFileSync(image, Buffer.alloc(1 << 20));
+  const vm = await Vm.create({
+    kernel: buildVirtioBlkGuest(), cmdline: vblkCmdline({ blkBase: virtioSlot(0).mmioBase, mode: "test", seed: 1 }), memoryMib: 64,
+    drives: [{ id: "data", path: image }],
+  });
+  const faults: { device: string; message: string }[] = [];
+  const two = new Promise<void>((resolve) => vm.on("guest-fault", (f) => { faults.push(f); if (faults.length === 2) resolve(); }));
+  await vm.start();
+  try {
+    await Promise.race([two, vm.exited, new Promise((r) => setTimeout(r, 30_000).unref())]);
+  } finally {
+    await vm.kill();
+  }
+  assert.equal(faults.length, 2, JSON.stringify(faults));
+  for (const f of faults) {
+    assert.match(f.device, /virtio-block/);
+    assert.match(f.message, /outside the disk/);
+  }
 });

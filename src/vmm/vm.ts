@@ -106,11 +106,28 @@ export const VM_DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1 pci=off";
 /** 4 KiB balloon pages per MiB (virtio 1.2 §5.5.6: the balloon counts in 4 KiB pages). */
 const BALLOON_PAGES_PER_MIB = 256;
 
+/** A guest fault as the "guest-fault" event gives it: the device, and one line on what the guest did. */
+export interface VmGuestFault {
+  device: string;
+  message: string;
+}
+
+/** The events of a Vm and their arguments. */
+export interface VmEvents {
+  /** The instance state, on every change. */
+  state: [VmState];
+  /** Bytes the guest wrote to its serial console, as they come (whatever consumes the console as well). */
+  console: [Buffer];
+  /** A guest fault (the first few of each device, then summaries: the monitor never floods). */
+  "guest-fault": [VmGuestFault];
+  /** Once the VM has ended and its threads are gone. */
+  exit: [MachineResult];
+}
+
 /**
- * One microVM. Events: "state" (VmState, on every change), "exit"
- * (MachineResult, once the VM has ended and its threads are gone).
+ * One microVM. Events (VmEvents): "state", "console", "guest-fault", "exit".
  */
-export class Vm extends EventEmitter {
+export class Vm extends EventEmitter<VmEvents> {
   readonly id: string;
   readonly version: string;
   /** Pre-boot configuration; read-only once the VM started (PUTs then throw EPREBOOTONLY). */
@@ -250,6 +267,17 @@ export class Vm extends EventEmitter {
     this.log("info", "vmm", `Running flint v${this.version} as instance ${this.id}`);
   }
 
+  /** The console's output, with a "console" event for each chunk on its way to `target`. */
+  private consoleTee(target: NodeJS.WritableStream): Writable {
+    return new Writable({
+      write: (chunk: Buffer, _encoding, done) => {
+        if (this.listenerCount("console") > 0) this.emit("console", chunk);
+        // Done once the target has it: its back-pressure holds the guest's console.
+        target.write(chunk, () => done());
+      },
+    });
+  }
+
   /** PUT /metrics (before boot, as in Firecracker): where the metrics lines go. */
   setMetrics(m: Metrics): void {
     this.requireNotStarted();
@@ -316,6 +344,7 @@ export class Vm extends EventEmitter {
         });
         consoleOutput = this.serialOutput;
       }
+      consoleOutput = this.consoleTee(consoleOutput);
       machine = Machine.create({
         cpus: spec.cpus,
         memoryMib: spec.memoryMib,
@@ -327,6 +356,7 @@ export class Vm extends EventEmitter {
           this.guestFaults++;
           this.log("warn", `devices::${device}`, `guest fault: ${message}`);
           this.options.onGuestFault?.(device, message);
+          this.emit("guest-fault", { device, message });
         },
         onHostError: (device, message) => {
           this.log("error", `devices::${device}`, `host error: ${message}`);
