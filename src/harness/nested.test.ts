@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { describeNestedRun, NestedError, runNested, unrequestedTripleFault } from "./nested.js";
+import { describeNestedRun, NestedError, outerKernelLockup, runNested, unrequestedTripleFault, type NestedResult } from "./nested.js";
 
 /** Generous: a round trip is ~10-20 s alone, several times that when other TCG VMs share the 2 cores. */
 const TIMEOUT_MS = 180_000;
@@ -117,5 +117,26 @@ describe("unrequestedTripleFault", () => {
     assert.equal(unrequestedTripleFault("flint: the guest reset the VM (i8042 keyboard-controller reset)\n"), undefined);
     assert.equal(unrequestedTripleFault("flint-e2e: exit=reset/i8042\n"), undefined);
     assert.equal(unrequestedTripleFault("flint-guest: booted\n"), undefined);
+  });
+});
+
+describe("the outer VM's kernel", () => {
+  const run = (serial: string): NestedResult => ({ exitCode: 0, output: "", durationMs: 910_000, timedOut: false, attempts: 1, serial, shareDir: "/tmp/x" });
+
+  it("a lockup or a stall it reports is found (what makes runNested try again)", () => {
+    assert.equal(outerKernelLockup("[  905.0] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [node:301]\n[  905.0] Call Trace:\n"),
+      "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [node:301]");
+    assert.equal(outerKernelLockup("[  60.1] rcu: INFO: rcu_preempt self-detected stall on CPU\n"), "rcu: INFO: rcu_preempt self-detected stall on CPU");
+    assert.equal(outerKernelLockup("[ 242.0] INFO: task node:88 blocked for more than 120 seconds.\n"), "INFO: task node:88 blocked for more than 120 seconds.");
+    assert.equal(outerKernelLockup("[ 2.9] kvm: Nested Virtualization enabled\nflint-nested: exit 0\n"), undefined);
+    assert.equal(outerKernelLockup("[ 3.0] WARNING: CPU: 0 PID: 1 at arch/x86/kvm/svm/nested.c:1 x\n"), undefined, "a WARNING is reported, not retried");
+  });
+
+  it("describeNestedRun says the first trouble it reported", () => {
+    assert.equal(describeNestedRun(run("[ 1.0] ok\n[ 905.0] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [node:301]\n")),
+      'the nested command exited 0 after 910 s; the outer VM\'s kernel said "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [node:301]"');
+    assert.equal(describeNestedRun(run("[ 3.0] WARNING: CPU: 0 PID: 1 at arch/x86/kvm/svm/nested.c:1 x\n")),
+      'the nested command exited 0 after 910 s; the outer VM\'s kernel said "WARNING: CPU: 0 PID: 1 at arch/x86/kvm/svm/nested.c:1 x"');
+    assert.equal(describeNestedRun(run("[ 1.0] all quiet\n")), "the nested command exited 0 after 910 s");
   });
 });

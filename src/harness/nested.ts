@@ -122,7 +122,9 @@ export interface NestedOptions {
    * the run is made once more in a fresh outer VM, after `retryAfterTimeout`
    * (the clean-up) is called. The outer VM's emulated SVM kills nested guests
    * now and then, under QEMU's microvm as under flint (kvm-on-these-machines.md);
-   * a guest that dies twice, or in any other way, fails the test.
+   * a guest that dies twice, or in any other way, fails the test. A run whose
+   * outer VM's kernel reported a lockup ({@link outerKernelLockup}) is made
+   * again too: its nested guests stop with it.
    */
   retryOnGuestCrash?: readonly string[];
 }
@@ -279,8 +281,11 @@ function commandScript(command: string, cwd: string, env: Record<string, string>
 export async function runNested(options: NestedOptions): Promise<NestedResult> {
   const first = await runNestedOnce(options);
   let retryReason: string | undefined;
+  const stuck = options.retryOnGuestCrash ? outerKernelLockup(first.serial) : undefined;
   if (first.timedOut) {
     if (options.retryAfterTimeout) retryReason = "the first timed out";
+  } else if (stuck !== undefined) {
+    retryReason = `the first one's kernel reported "${stuck}"`;
   } else {
     for (const file of options.retryOnGuestCrash ?? []) {
       const crash = existsSync(file) ? unrequestedTripleFault(readFileSync(file, "utf8")) : undefined;
@@ -293,6 +298,22 @@ export async function runNested(options: NestedOptions): Promise<NestedResult> {
   if (retryReason === undefined) return first;
   options.retryAfterTimeout?.();
   return { ...(await runNestedOnce(options)), attempts: 2, retryReason };
+}
+
+/** The outer VM's kernel finding itself stuck (a CPU that does not schedule, an RCU grace period that never ends). */
+const OUTER_LOCKUP = /(watchdog: BUG: soft lockup|rcu: INFO: rcu_\w+ (self-)?detected stall|rcu_\w+ self-detected stall|INFO: task .* blocked for more than \d+ seconds)[^\n]*/;
+
+/** Anything the outer VM's kernel said that means trouble: a lockup or stall, a BUG or a WARNING. */
+const OUTER_TROUBLE = new RegExp(`${OUTER_LOCKUP.source}|(BUG:|WARNING:|Kernel panic)[^\\n]*`);
+
+/**
+ * The first line in which the outer VM's kernel reported that it is stuck
+ * (see OUTER_LOCKUP), or undefined. A user-space program (flint included)
+ * cannot make a kernel lock up: the emulated machine under it failed, and
+ * the nested guest on its KVM with it.
+ */
+export function outerKernelLockup(serial: string): string | undefined {
+  return OUTER_LOCKUP.exec(serial)?.[0].trim();
 }
 
 /** How flint reports a guest reset by triple fault: its CLI's stderr line, or a library script's exit report. */
@@ -321,9 +342,11 @@ export function describeNestedRun(result: NestedResult | undefined): string {
   if (!result) return "the nested run never ended (its set-up failed)";
   const s = (result.durationMs / 1000).toFixed(0);
   const retried = result.attempts > 1 ? `, in a second outer VM because ${result.retryReason ?? "the first timed out"}` : "";
-  if (result.timedOut) return `the outer VM was killed at its time limit after ${s} s${retried}`;
-  if (result.exitCode < 0) return `the outer VM ended after ${s} s without the command's exit status${retried}`;
-  return `the nested command exited ${result.exitCode} after ${s} s${retried}`;
+  const trouble = OUTER_TROUBLE.exec(result.serial)?.[0].trim();
+  const said = trouble ? `; the outer VM's kernel said "${trouble}"` : "";
+  if (result.timedOut) return `the outer VM was killed at its time limit after ${s} s${retried}${said}`;
+  if (result.exitCode < 0) return `the outer VM ended after ${s} s without the command's exit status${retried}${said}`;
+  return `the nested command exited ${result.exitCode} after ${s} s${retried}${said}`;
 }
 
 async function runNestedOnce(options: NestedOptions): Promise<NestedResult> {
