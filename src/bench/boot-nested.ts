@@ -95,9 +95,10 @@ if (mon === "flint") {
   t0 = performance.now();
   qmp.write(JSON.stringify({ execute: "cont" }) + "\\n");
 }
-const t1 = await Promise.race([seen, sleep(300000).then(() => NaN)]);
+const t1 = await Promise.race([seen, sleep(240000).then(() => NaN)]);
 console.log("start_to_init_ms=" + (t1 - t0).toFixed(1));
 await ended;
+process.exit(0);
 `;
 
 function q(s: string): string {

@@ -117,6 +117,8 @@ async function serveVm(o: FirecrackerFlags): Promise<number> {
     ...(o.httpApiMaxPayloadSize !== undefined ? { maxPayloadBytes: o.httpApiMaxPayloadSize } : {}),
     onError: (line) => { if (process.env.FLINT_DEBUG) process.stderr.write(`flint: ${line}\n`); },
   });
+  // The default machine's vCPU thread boots while the client configures (more as PUTs ask: api-server.ts).
+  if (!config) vm.warmUp();
   try {
     if (o.metadata !== undefined) {
       let data: unknown;

@@ -346,6 +346,8 @@ export class ApiServer {
         if (r.status >= 400) this.vm.log("error", "api_server", `Received Error. Status code: ${r.status}. Message: ${(r.body as { fault_message?: string })?.fault_message ?? ""}`);
         else this.vm.log("info", "api_server", `The request was executed successfully. Status code: ${r.status}.`);
         this.reply(res, req, r);
+        // A pre-boot change: boot the threads the VM will need while the client goes on configuring it.
+        if ((method === "PUT" || method === "PATCH") && r.status < 400 && this.vm.state === "Not started") this.vm.warmUp();
       });
     });
   }

@@ -16,7 +16,7 @@
  *   - vsock, balloon and entropy are single devices: PUT replaces.
  */
 import { accessSync, constants, statSync } from "node:fs";
-import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
+import { devicePlacement, type VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import { FC_DEFAULT_MEM_MIB, FC_DEFAULT_VCPUS, toFlintMachine, type FlintMachineSpec } from "../config/convert.js";
 import {
   BalloonSchema, BootSourceSchema, ConfigError, DriveSchema, EntropySchema, MachineConfigSchema, MachineConfigUpdateSchema,
@@ -94,6 +94,12 @@ export class VmResources {
   /** The network interfaces in guest order. */
   interfaceList(): readonly NetworkInterface[] {
     return this.ifaces;
+  }
+
+  /** The vCPU and device threads the configuration so far would run on (before a boot source is set too). */
+  plannedThreads(): { vcpuThreads: number; deviceThreads: number } {
+    const spec = toFlintMachine(this.toConfig(), WHAT);
+    return { vcpuThreads: spec.cpus, deviceThreads: devicePlacement(spec.virtioDevices).threads };
   }
 
   /** What Machine.create needs; throws ConfigError if there is no boot source yet. */

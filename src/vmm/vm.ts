@@ -23,7 +23,6 @@
 import { EventEmitter } from "node:events";
 import { PassThrough, Writable } from "node:stream";
 import type { RateLimiterConfig } from "../devices/virtio/rate-limiter.js";
-import { devicePlacement } from "../devices/virtio/virtio-set.js";
 import { Machine, type MachineResult, type MachineState } from "../vm/machine.js";
 import { rateLimiterUpdate, toFcRateLimiter, tokenBucket } from "../config/convert.js";
 import type { Balloon, Logger, Metrics, RateLimiter } from "../config/schema.js";
@@ -183,6 +182,7 @@ export class Vm extends EventEmitter<VmEvents> {
       const rl = typeof o.rng === "object" && o.rng.rateLimiter ? toFcRateLimiter(o.rng.rateLimiter) : undefined;
       r.putEntropy(rl ? { rate_limiter: rl } : {});
     }
+    vm.warmUp();
     return vm;
   }
 
@@ -267,6 +267,30 @@ export class Vm extends EventEmitter<VmEvents> {
     this.log("info", "vmm", `Running flint v${this.version} as instance ${this.id}`);
   }
 
+  /**
+   * Boots, ahead of InstanceStart, the vCPU and device threads the
+   * configuration so far needs and that are not booting yet (each an idle
+   * isolate until the VM takes it): a VM configured over the API then starts
+   * on threads that are ready. The API server calls it after each pre-boot
+   * change; start() calls it last.
+   */
+  warmUp(): void {
+    if (this.machine) return;
+    let planned: { vcpuThreads: number; deviceThreads: number };
+    try {
+      planned = this.resources.plannedThreads();
+    } catch {
+      return; // a configuration that cannot run yet: start() will say why
+    }
+    const more = { vcpuThreads: Math.max(0, planned.vcpuThreads - this.warmed.vcpuThreads), deviceThreads: Math.max(0, planned.deviceThreads - this.warmed.deviceThreads) };
+    if (more.vcpuThreads + more.deviceThreads === 0) return;
+    Machine.prestart(more);
+    this.warmed.vcpuThreads += more.vcpuThreads;
+    this.warmed.deviceThreads += more.deviceThreads;
+  }
+
+  private readonly warmed = { vcpuThreads: 0, deviceThreads: 0 };
+
   /** The console's output, with a "console" event for each chunk on its way to `target`. */
   private consoleTee(target: NodeJS.WritableStream): Writable {
     return new Writable({
@@ -331,7 +355,7 @@ export class Vm extends EventEmitter<VmEvents> {
     this.requireNotStarted();
     const t0 = performance.now();
     const spec = this.resources.spec();
-    Machine.prestart({ vcpuThreads: spec.cpus, deviceThreads: devicePlacement(spec.virtioDevices).threads });
+    this.warmUp();
     let machine: Machine;
     let consoleOutput = this.options.consoleOutput ?? (this.console.listenerCount("data") > 0 || this.console.readableFlowing ? this.console : new Writable({ write: (_c, _e, cb) => cb() }));
     const serial = this.resources.serialConfig();
