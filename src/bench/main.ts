@@ -174,7 +174,7 @@ async function main(): Promise<void> {
     out(`process start to exit: flint ${f.wallSec.toFixed(2)} s, QEMU ${q.wallSec.toFixed(2)} s  (QEMU/flint ${ratio(q.wallSec, f.wallSec)})`);
     out(`peak RSS (${boot.memoryMib} MiB guest): flint ${(f.peakRssKib / 1024).toFixed(1)} MiB, QEMU ${(q.peakRssKib / 1024).toFixed(1)} MiB`);
     const st = boot.startToInit.median;
-    out(`start request to /init's first line: flint ${st.flint.toFixed(0)} ms (API InstanceStart), QEMU microvm ${st.qemu.toFixed(0)} ms (-S, QMP cont)  (flint/QEMU ${ratio(st.flint, st.qemu)})`);
+    out(`start request to /init's first line: flint ${st.flint.toFixed(0)} ms (API InstanceStart: builds the VM, then boots), QEMU microvm ${st.qemu.toFixed(0)} ms (-S, QMP cont: built before)  (flint/QEMU ${ratio(st.flint, st.qemu)}); QEMU from spawning it ${st.qemuSpawn.toFixed(0)} ms  (flint/QEMU ${ratio(st.flint, st.qemuSpawn)})`);
   }
   if (!process.argv.includes("--no-virtio")) await virtio();
   // Stop latency from each state (src/bench/stop-latency.ts); --no-stop skips it.
