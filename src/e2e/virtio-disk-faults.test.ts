@@ -140,13 +140,13 @@ step dmsetup create --noudevsync flint-flakey --table "0 ${DISK_SECTORS} flakey 
 step mount -t tmpfs -o size=${FULL_FS_MIB}m tmpfs ${scratch}/full
 step cp --sparse=always ${q(fullImage)} ${scratch}/full/full.ext4
 echo "flint-e2e: setup=ok" >>"$log"
-timeout 900 ${q(process.execPath)} ${q(CLI)} ${args.map(q).join(" ")} </dev/null >${q(consoleFile)} 2>${q(stderrFile)}
+timeout 480 ${q(process.execPath)} ${q(CLI)} ${args.map(q).join(" ")} </dev/null >${q(consoleFile)} 2>${q(stderrFile)}
 echo "flint-e2e: flint-exit=$?" >>"$log"
 echo "flint-e2e: full-fs-free=$(df -k ${scratch}/full | awk 'NR == 2 { print $4 }')" >>"$log"
 dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umount ${scratch}/full
 `;
     const retryAfterTimeout = () => { for (const f of [consoleFile, stderrFile, setupLog]) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 30 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [stderrFile] });
+    nested = await runNested({ command, timeoutMs: 15 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: [stderrFile] });
     console_ = readTextIfAny(consoleFile);
     stderr = readTextIfAny(stderrFile);
     exitCode = Number(e2eValue("flint-exit", readTextIfAny(setupLog)) ?? -1);
