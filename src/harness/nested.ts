@@ -121,7 +121,7 @@ export interface NestedOptions {
    * died in a triple fault it did not ask for ({@link unrequestedTripleFault}),
    * the run is made once more in a fresh outer VM, after `retryAfterTimeout`
    * (the clean-up) is called. The outer VM's emulated SVM kills nested guests
-   * now and then, under QEMU's microvm as under flint (kvm-on-these-machines.md);
+   * now and then, under QEMU's microvm as under flint (README, Tests);
    * a guest that dies twice, or in any other way, fails the test. A run whose
    * outer VM's kernel reported a lockup ({@link outerKernelLockup}) is made
    * again too: its nested guests stop with it.
