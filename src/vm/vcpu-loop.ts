@@ -29,7 +29,9 @@ export interface VcpuStats {
 
 /** The counters' order in a vCPU's shared counter block. */
 const VCPU_STAT_KEYS = ["exits", "ioExits", "mmioExits", "unhandledIo", "unhandledMmio", "interrupted", "parks", "kvmclockCtrlFails"] as const;
-const EXITS = 0, IO_EXITS = 1, MMIO_EXITS = 2, UNHANDLED_IO = 3, UNHANDLED_MMIO = 4, INTERRUPTED = 5, PARKS = 6, KVMCLOCK_CTRL_FAILS = 7;
+const slot = (k: (typeof VCPU_STAT_KEYS)[number]) => VCPU_STAT_KEYS.indexOf(k);
+const EXITS = slot("exits"), IO_EXITS = slot("ioExits"), MMIO_EXITS = slot("mmioExits"), UNHANDLED_IO = slot("unhandledIo");
+const UNHANDLED_MMIO = slot("unhandledMmio"), INTERRUPTED = slot("interrupted"), PARKS = slot("parks"), KVMCLOCK_CTRL_FAILS = slot("kvmclockCtrlFails");
 
 /**
  * A vCPU's counters: one Float64Array over a SharedArrayBuffer (exact up to

@@ -96,9 +96,8 @@ export class VmResources {
     return this.ifaces;
   }
 
-  /** The vCPU and device threads the configuration so far would run on (before a boot source is set too). */
-  plannedThreads(): { vcpuThreads: number; deviceThreads: number } {
-    const spec = toFlintMachine(this.toConfig(), WHAT);
+  /** The vCPU and device threads the configuration so far (or `spec`, already made from it) would run on; before a boot source is set too. */
+  plannedThreads(spec: FlintMachineSpec = toFlintMachine(this.toConfig(), WHAT)): { vcpuThreads: number; deviceThreads: number } {
     return { vcpuThreads: spec.cpus, deviceThreads: devicePlacement(spec.virtioDevices).threads };
   }
 

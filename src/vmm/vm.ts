@@ -24,7 +24,7 @@ import { EventEmitter } from "node:events";
 import { PassThrough, Writable } from "node:stream";
 import type { RateLimiterConfig } from "../devices/virtio/rate-limiter.js";
 import { Machine, type MachineResult, type MachineState } from "../vm/machine.js";
-import { rateLimiterUpdate, toFcRateLimiter, tokenBucket } from "../config/convert.js";
+import { rateLimiterUpdate, toFcRateLimiter, tokenBucket, type FlintMachineSpec } from "../config/convert.js";
 import type { Balloon, Logger, Metrics, RateLimiter } from "../config/schema.js";
 import { LogFile, type LogLevel } from "./logger.js";
 import { VmMetrics } from "./metrics.js";
@@ -274,11 +274,11 @@ export class Vm extends EventEmitter<VmEvents> {
    * on threads that are ready. The API server calls it after each pre-boot
    * change; start() calls it last.
    */
-  warmUp(): void {
+  warmUp(spec?: FlintMachineSpec): void {
     if (this.machine) return;
     let planned: { vcpuThreads: number; deviceThreads: number };
     try {
-      planned = this.resources.plannedThreads();
+      planned = this.resources.plannedThreads(spec);
     } catch {
       return; // a configuration that cannot run yet: start() will say why
     }
@@ -355,7 +355,7 @@ export class Vm extends EventEmitter<VmEvents> {
     this.requireNotStarted();
     const t0 = performance.now();
     const spec = this.resources.spec();
-    this.warmUp();
+    this.warmUp(spec);
     let machine: Machine;
     let consoleOutput = this.options.consoleOutput ?? (this.console.listenerCount("data") > 0 || this.console.readableFlowing ? this.console : new Writable({ write: (_c, _e, cb) => cb() }));
     const serial = this.resources.serialConfig();

@@ -117,13 +117,15 @@ function nextTimerInMs(): number | undefined {
 
 function fireTimers(): void {
   const now = performance.now();
-  for (const r of [...runners]) if (r.running) r.fireTimers(now);
+  for (const r of [...runners]) {
+    if (!r.running) continue;
+    r.fireTimers(now);
+    r.publishMetrics();
+  }
 }
 
 function loop(): void {
   while (runners.length > 0) {
-    // What the last pass counted, for the host's metrics (a few numbers per device).
-    for (const r of runners) r.publishMetrics();
     if (pollSetChanged) rebuildPollSet();
     // Wake up for a due fault summary or device timer even when nothing else happens
     // (rounded up: poll(2) counts whole milliseconds, and a timer must not fire early).
@@ -146,6 +148,8 @@ function loop(): void {
       const { runner, entry } = slots[i]!;
       if (!runner.running) continue; // stopped earlier in this pass: its fds may already be closed
       if (!runner.dispatch(entry, revents)) stopRunner(runner);
+      // What this handler counted, for the host's metrics (a few numbers; idle devices are not touched).
+      else runner.publishMetrics();
     }
   }
 }
