@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
-import { stageBusyboxRoot } from "../harness/guest-disks.js";
+import { buildSbinInitRootfs } from "../harness/guest-disks.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 import { installFirecrackerBinary } from "../vmm/testing/client-flows.js";
 
@@ -61,16 +61,6 @@ try {
 process.exit(0);
 `;
 
-/** An ext4 image holding static busybox, its applet links and `init` as /sbin/init (mkfs.ext4 -d, no root needed for the copy). */
-function buildRootfs(share: string): string {
-  const tree = join(share, "rootfs-tree");
-  stageBusyboxRoot(tree, GUEST_INIT, { dirs: ["sbin", "dev", "proc", "sys", "tmp"], initPath: "sbin/init", console: true });
-  const img = join(share, "rootfs.ext4");
-  execFileSync("mkfs.ext4", ["-q", "-F", "-L", "flint-root", "-d", tree, img, "32M"]);
-  rmSync(tree, { recursive: true, force: true });
-  return img;
-}
-
 describe("firecracker-go-sdk boots real Linux from a root drive on flint and the guest powers off (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-gosdk-"));
   let out = "";
@@ -80,7 +70,8 @@ describe("firecracker-go-sdk boots real Linux from a root drive on flint and the
 
   before(async () => {
     const kernel = await buildKernel();
-    rootfs = buildRootfs(share);
+    rootfs = join(share, "rootfs.ext4");
+    buildSbinInitRootfs(rootfs, GUEST_INIT, { partitioned: false });
     const bin = installFirecrackerBinary(join(share, "bin"));
     const client = join(share, "client.mjs");
     writeFileSync(client, CLIENT);

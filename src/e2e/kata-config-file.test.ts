@@ -13,14 +13,14 @@
  * Kata's debug mode is used, which puts the guest console on ttyS0.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
-import { stageBusyboxRoot } from "../harness/guest-disks.js";
+import { buildSbinInitRootfs } from "../harness/guest-disks.js";
+import { kataGuestInit } from "../harness/guest-scripts.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 import { installFirecrackerBinary } from "../vmm/testing/client-flows.js";
 
@@ -28,28 +28,7 @@ import { installFirecrackerBinary } from "../vmm/testing/client-flows.js";
 const CONTAINER_MARKER = "kata-container-1";
 
 /** /sbin/init on Kata's (read-only, partitioned) rootfs image. */
-const GUEST_INIT = `#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo "flint-e2e: root_mount=$(grep ' / ' /proc/mounts | grep -v rootfs | tail -n 1 | cut -d ' ' -f 1-4)"
-n=0; for b in /sys/block/vd*; do n=$((n + 1)); done
-echo "flint-e2e: disks=$n"
-echo "flint-e2e: placeholder_size=$(cat /sys/block/vdb/size)"
-echo "flint-e2e: vsock_driver=$(ls /sys/bus/virtio/drivers | grep -c vsock)"
-echo "flint-e2e: ready=1"
-i=0
-while [ $i -lt 900 ]; do
-  if [ "$(cat /sys/block/vdb/size)" != "0" ]; then
-    echo "flint-e2e: container_disk=$(head -c ${CONTAINER_MARKER.length} /dev/vdb)"
-    break
-  fi
-  sleep 0.1
-  i=$((i + 1))
-done
-while :; do sleep 1; done
-`;
+const GUEST_INIT = kataGuestInit(CONTAINER_MARKER.length);
 
 /** Runs inside the nested VM: Kata's Go runtime, step by step. */
 const CLIENT = `
@@ -119,34 +98,6 @@ if (vmm) {
 process.exit(0);
 `;
 
-/** 1 MiB into the image, as partitioning tools place the first partition. */
-const PARTITION_OFFSET = 1 << 20;
-const FS_BYTES = 32 << 20;
-
-/**
- * Kata's rootfs image: an MBR with one Linux partition (type 0x83) at 1 MiB
- * holding an ext4 file system with static busybox and `init` as /sbin/init.
- */
-function buildPartitionedRootfs(share: string): string {
-  const tree = join(share, "rootfs-tree");
-  stageBusyboxRoot(tree, GUEST_INIT, { dirs: ["sbin", "dev", "proc", "sys", "tmp"], initPath: "sbin/init", console: true });
-  const img = join(share, "kata-rootfs.img");
-  writeFileSync(img, Buffer.alloc(0));
-  execFileSync("mkfs.ext4", ["-q", "-F", "-E", `offset=${PARTITION_OFFSET}`, "-d", tree, img, `${FS_BYTES / 1024}k`]);
-  rmSync(tree, { recursive: true, force: true });
-  // The MBR (sector 0): one partition entry at 0x1be, LBA start and sector count, signature 0x55aa.
-  const mbr = Buffer.alloc(512);
-  mbr[0x1be + 4] = 0x83;
-  mbr.writeUInt32LE(PARTITION_OFFSET / 512, 0x1be + 8);
-  mbr.writeUInt32LE(FS_BYTES / 512, 0x1be + 12);
-  mbr[510] = 0x55;
-  mbr[511] = 0xaa;
-  const fd = openSync(img, "r+");
-  writeSync(fd, mbr, 0, 512, 0);
-  closeSync(fd);
-  return img;
-}
-
 describe("Kata Containers' Go runtime drives flint with real Linux: config file, Running, container disk by PATCH /drives, SIGTERM (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-kata-"));
   let out = "";
@@ -155,7 +106,8 @@ describe("Kata Containers' Go runtime drives flint with real Linux: config file,
 
   before(async () => {
     const kernel = await buildKernel();
-    const rootfs = buildPartitionedRootfs(share);
+    const rootfs = join(share, "kata-rootfs.img");
+    buildSbinInitRootfs(rootfs, GUEST_INIT, { partitioned: true });
     const containerDisk = join(share, "container.img");
     writeFileSync(containerDisk, Buffer.concat([Buffer.from(CONTAINER_MARKER), Buffer.alloc((1 << 20) - CONTAINER_MARKER.length)]));
     const bin = installFirecrackerBinary(join(share, "bin"));

@@ -27,7 +27,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { e2eValue, kernelTroubleLines, readTextIfAny } from "../harness/e2e-report.js";
 import { buildBusyboxRootfs, buildExt4Image } from "../harness/guest-disks.js";
 import { initPrologue } from "../harness/guest-scripts.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
@@ -215,7 +215,7 @@ dmsetup remove flint-flakey; dmsetup remove flint-error; losetup -d "$loop"; umo
   });
 
   it("leaves no kernel warning, bug or call trace on the guest console", () => {
-    assert.deepEqual(console_.split("\n").filter((l) => /WARNING:|BUG:|Call Trace/.test(l)), [], why());
+    assert.deepEqual(kernelTroubleLines(console_), [], why());
     assert.equal(line("dmesg-bad"), "0", why());
     assert.equal(line("dmesg-traces"), "0", why());
   });

@@ -39,3 +39,11 @@ export function readTextIfAny(path: string): string {
     return "";
   }
 }
+
+/**
+ * The lines of a guest's console in which its kernel reported trouble: a
+ * WARNING, a BUG or a call trace (an end-to-end test expects none).
+ */
+export function kernelTroubleLines(console: string): string[] {
+  return console.split("\n").filter((l) => /WARNING:|BUG:|Call Trace/.test(l));
+}

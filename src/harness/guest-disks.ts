@@ -4,7 +4,7 @@
  * root are needed on the host.
  */
 import { execFileSync } from "node:child_process";
-import { copyFileSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, copyFileSync, mkdirSync, openSync, rmSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { HOST_BUSYBOX } from "../guest/initramfs.js";
 
@@ -47,4 +47,40 @@ export function buildBusyboxRootfs(work: string, image: string, init: string, di
   const root = join(work, "rootfs");
   stageBusyboxRoot(root, init, { dirs, initPath: "init" });
   mkfsExt4(image, root, { label: "flintroot", size: "64M" });
+}
+
+/** Where a partitioning tool places the first partition: 1 MiB into the disk. */
+const PARTITION_OFFSET = 1 << 20;
+/** The file system of a {@link buildSbinInitRootfs} image. */
+const SBIN_INIT_FS_BYTES = 32 << 20;
+
+/**
+ * A root image booted the way Firecracker's clients boot theirs: a 32 MiB
+ * ext4 file system labelled flint-root holding static busybox, its applet
+ * links, /dev/console, empty /proc, /sys and /tmp, and `init` as /sbin/init
+ * (the kernel's default init, so no init= is needed). It is staged next to
+ * `image` and written there.
+ *
+ * With `partitioned`, the image is a disk as Kata's rootfs images are (booted
+ * with root=/dev/vda1): an MBR with one Linux partition (type 0x83) at 1 MiB
+ * holding the file system. Without, the file system is the whole image (root=/dev/vda).
+ */
+export function buildSbinInitRootfs(image: string, init: string, o: { partitioned: boolean }): void {
+  const tree = `${image}.tree`;
+  stageBusyboxRoot(tree, init, { dirs: ["sbin", "dev", "proc", "sys", "tmp"], initPath: "sbin/init", console: true });
+  const offset = o.partitioned ? PARTITION_OFFSET : 0;
+  writeFileSync(image, Buffer.alloc(0));
+  execFileSync("mkfs.ext4", ["-q", "-F", "-L", "flint-root", "-E", `offset=${offset}`, "-d", tree, image, `${SBIN_INIT_FS_BYTES / 1024}k`]);
+  rmSync(tree, { recursive: true, force: true });
+  if (!o.partitioned) return;
+  // The MBR (sector 0): one partition entry at 0x1be (type, then LBA start and sector count), signature 0x55aa.
+  const mbr = Buffer.alloc(512);
+  mbr[0x1be + 4] = 0x83;
+  mbr.writeUInt32LE(PARTITION_OFFSET / 512, 0x1be + 8);
+  mbr.writeUInt32LE(SBIN_INIT_FS_BYTES / 512, 0x1be + 12);
+  mbr[510] = 0x55;
+  mbr[511] = 0xaa;
+  const fd = openSync(image, "r+");
+  writeSync(fd, mbr, 0, 512, 0);
+  closeSync(fd);
 }

@@ -106,3 +106,42 @@ ${connect}
 }
 `;
 }
+
+/**
+ * /init lines that report how the root is mounted (`root_mount`: device,
+ * mount point, type and options), how many virtio disks the guest has
+ * (`disks`) and how many devices the virtio vsock driver drives
+ * (`vsock_driver`: 1 for a VM with a vsock).
+ */
+export const ROOT_DISKS_VSOCK_REPORT_SH = `echo "flint-e2e: root_mount=$(grep ' / ' /proc/mounts | grep -v rootfs | tail -n 1 | cut -d ' ' -f 1-4)"
+n=0; for b in /sys/block/vd*; do n=$((n + 1)); done
+echo "flint-e2e: disks=$n"
+echo "flint-e2e: vsock_driver=$(ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport 2>/dev/null | grep -c '^virtio')"
+`;
+
+/**
+ * /init lines that wait (90 s at the most, a hang catcher) until /dev/`dev`
+ * is no longer `sectors` long, as when its drive is given another backing
+ * file (PATCH /drives: a config-change interrupt brings the new size), then
+ * report its first `bytes` bytes, read past the page cache, as `key`.
+ */
+export function awaitDiskChangeSh(dev: string, sectors: number, key: string, bytes: number): string {
+  return `i=0
+while [ $i -lt 900 ] && [ "$(cat /sys/block/${dev}/size)" = "${sectors}" ]; do sleep 0.1; i=$((i + 1)); done
+echo "flint-e2e: ${key}=$(dd if=/dev/${dev} bs=512 count=1 iflag=direct 2>/dev/null | head -c ${bytes})"
+`;
+}
+
+/**
+ * /sbin/init of the Kata end-to-end guests (a rootfs image with busybox and
+ * no agent): reports its root, its disks and vsock driver and the size of
+ * the first placeholder drive (vdb, `placeholder_size`), says `ready=1` (as
+ * Kata's agent would say it is up), then waits for a container disk on vdb
+ * and reports its first `markerBytes` bytes (`container_disk`), and idles.
+ */
+export function kataGuestInit(markerBytes: number): string {
+  return `${initPrologue("/bin")}${ROOT_DISKS_VSOCK_REPORT_SH}echo "flint-e2e: placeholder_size=$(cat /sys/block/vdb/size)"
+echo "flint-e2e: ready=1"
+${awaitDiskChangeSh("vdb", 0, "container_disk", markerBytes)}while :; do sleep 1; done
+`;
+}
