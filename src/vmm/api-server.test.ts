@@ -177,7 +177,7 @@ describe("Firecracker's API before boot", () => {
 
   it("post-boot operations are refused before boot, with Firecracker's message", async () => {
     for (const [method, path, body] of [
-      ["PATCH", "/vm", { state: "Paused" }], ["PATCH", "/balloon", { amount_mib: 1 }], ["GET", "/balloon/statistics", undefined],
+      ["PATCH", "/vm", { state: "Paused" }], ["PUT", "/snapshot/create", { snapshot_path: "s", mem_file_path: "m" }], ["PATCH", "/balloon", { amount_mib: 1 }], ["GET", "/balloon/statistics", undefined],
       ["PUT", "/actions", { action_type: "SendCtrlAltDel" }],
       ["PATCH", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk }], ["PATCH", "/network-interfaces/eth0", { iface_id: "eth0" }],
     ] as const) {
@@ -189,8 +189,9 @@ describe("Firecracker's API before boot", () => {
 
   it("what flint does not have answers 400 with a precise reason, never 5xx", async () => {
     for (const [method, path, body, why] of [
-      ["PUT", "/snapshot/create", { snapshot_path: "s", mem_file_path: "m" }, /snapshots/],
-      ["PUT", "/snapshot/load", { snapshot_path: "s", mem_backend: { backend_type: "File", backend_path: "m" } }, /snapshots/],
+      ["PUT", "/snapshot/create", { snapshot_path: "s", mem_file_path: "m", snapshot_type: "Diff" }, /not supported before starting|Diff snapshots/],
+      ["PUT", "/snapshot/load", { snapshot_path: "s", mem_backend: { backend_type: "Uffd", backend_path: "m" } }, /Uffd memory backend/],
+      ["PUT", "/snapshot/load", { snapshot_path: "/nonexistent/s", mem_file_path: "m" }, /Load snapshot error: Cannot read snapshot '\/nonexistent\/s': ENOENT/],
       ["PUT", "/pmem/p0", { id: "p0", path_on_host: disk }, /virtio-pmem/],
       ["PUT", "/hotplug/memory", { total_size_mib: 1024 }, /virtio-mem/],
       ["GET", "/hotplug/memory", undefined, /virtio-mem/],
