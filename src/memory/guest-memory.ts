@@ -20,7 +20,8 @@ export type GuestAddress = number;
 
 /** Why a guest memory access failed. */
 export class MemoryError extends Error {
-  readonly code: "EGUESTRANGE" | "EMEMCONFIG";
+  /** EGUESTRANGE: outside guest memory. EMEMCONFIG: a bad layout. EDISPOSED: the memory was released. */
+  readonly code: "EGUESTRANGE" | "EMEMCONFIG" | "EDISPOSED";
   constructor(code: MemoryError["code"], message: string) {
     super(message);
     this.name = "MemoryError";
@@ -163,6 +164,8 @@ export class GuestMemory {
   }
 
   private region(address: number, length: number): MemoryRegion {
+    // A read of unmapped memory would end the process (SIGSEGV): after dispose() every accessor throws instead.
+    if (this.disposed) throw new MemoryError("EDISPOSED", "guest memory was released (the VM ended)");
     const r = this.findRegion(address, length);
     if (!r) {
       throw new MemoryError("EGUESTRANGE", `guest range 0x${address.toString(16)}+${length} is outside guest memory`);

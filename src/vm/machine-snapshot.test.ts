@@ -117,8 +117,8 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     assert.equal(r.state, "running");
     await until("the restored vCPUs to count past the snapshot", () => counts(r).every((c, i) => c > at[i]! + 3_000_000n));
     await until("a console byte from the restored guest", () => sink.text().includes("."));
-    const result = await stopped(r, rrun);
     assert.deepEqual(mismatches(r), [0n, 0n], "no vCPU saw its FPU count differ from its register count");
+    const result = await stopped(r, rrun);
     assert.equal(result.reason.kind, "poweroff");
   });
 
@@ -127,8 +127,8 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     await m.pause();
     const p = paths();
     await m.snapshot(p);
-    await stopped(m, run);
     const at = counts(m);
+    await stopped(m, run);
     const r = Machine.restore({ ...p, paused: true });
     const rrun = await started(r);
     await until("paused", () => r.state === "paused");
@@ -136,8 +136,8 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     assert.deepEqual(counts(r), at, "nothing ran while paused");
     await r.resume();
     await until("counting after resume", () => counts(r)[0]! > at[0]!);
-    await stopped(r, rrun);
     assert.deepEqual(mismatches(r), [0n]);
+    await stopped(r, rrun);
   });
 
   it("clones: two VMs restored from one snapshot run at once, each on its own copy of the pages, and the files stay as written", async () => {
@@ -145,8 +145,8 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     await m.pause();
     const p = paths();
     await m.snapshot(p);
-    await stopped(m, run);
     const at = counts(m)[0]!;
+    await stopped(m, run);
     const memBefore = readFileSync(p.memoryPath);
     const a = Machine.restore(p), b = Machine.restore(p);
     const [arun, brun] = [await started(a), await started(b)];
@@ -155,9 +155,9 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     const aCount = counts(a)[0]!;
     await until("b to go on while a is paused", () => counts(b)[0]! > aCount + 1_000_000n);
     assert.equal(counts(a)[0], aCount, "b's writes are not in a's memory");
+    assert.deepEqual([...mismatches(a), ...mismatches(b)], [0n, 0n]);
     await stopped(a, arun);
     await stopped(b, brun);
-    assert.deepEqual([...mismatches(a), ...mismatches(b)], [0n, 0n]);
     assert.ok(readFileSync(p.memoryPath).equals(memBefore), "the memory file is never written by a restored VM");
   });
 
@@ -166,10 +166,11 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     await m.pause();
     const p1 = paths();
     await m.snapshot(p1);
+    const at1 = counts(m)[0]!;
     await stopped(m, run);
     const r1 = Machine.restore(p1);
     const r1run = await started(r1);
-    await until("r1 counting", () => counts(r1)[0]! > counts(m)[0]! + 1_000_000n);
+    await until("r1 counting", () => counts(r1)[0]! > at1 + 1_000_000n);
     await r1.pause();
     const at = counts(r1);
     const p2 = paths();
@@ -179,8 +180,8 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     assert.deepEqual(counts(r2), at);
     const r2run = await started(r2);
     await until("r2 counting", () => counts(r2)[0]! > at[0]!);
-    await stopped(r2, r2run);
     assert.deepEqual(mismatches(r2), [0n]);
+    await stopped(r2, r2run);
   });
 
   it("snapshot() refuses a VM that is not paused", async () => {

@@ -565,13 +565,13 @@ export class Machine {
         cmdlineWindows: snapshot.virtio.cmdlineWindows,
       });
       const host = createDeviceSet({ debugExit: snapshot.debugExit, virtio: virtio.describe() });
-      // The irqchip before the vCPUs: a vCPU's LAPIC state is set against it (Firecracker restores the VM's state first too).
-      restoreVmState(vm, snapshot.vm);
+      // Every vCPU first, then the irqchip, PIT and clock (Firecracker's order; vm-state.ts says why).
       for (const saved of snapshot.vcpus) {
         const vcpu = vm.createVcpu(saved.id);
         vcpus.push(vcpu);
         restoreVcpuState(vcpu, saved);
       }
+      restoreVmState(vm, snapshot.vm);
       machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, `restored from ${options.statePath}`);
       machine.restored = { legacy: snapshot.legacy, paused: options.paused ?? false };
       machine.restoredVmm = snapshot.vmm;
