@@ -184,6 +184,31 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     await stopped(r2, r2run);
   });
 
+  it("a VM with virtio devices its guest never drove saves them and restores them, with a clone's own disk", async () => {
+    const disk = join(dir, "disk.img"), cloneDisk = join(dir, "clone-disk.img");
+    writeFileSync(disk, Buffer.alloc(1 << 20));
+    writeFileSync(cloneDisk, Buffer.alloc(1 << 20));
+    const m = Machine.create({
+      cpus: 1, memoryMib: 64, boot: { kind: "ring3", program },
+      virtioDevices: [{ kind: "block", options: { path: disk } }, { kind: "rng", options: {} }, { kind: "balloon", options: { targetMib: 0 } }],
+    });
+    const run = m.run();
+    run.catch(() => undefined);
+    await until("counting", () => counts(m)[0]! > 0n);
+    await m.pause();
+    const p = paths();
+    await m.snapshot(p);
+    const at = counts(m)[0]!;
+    await stopped(m, run);
+    const r = Machine.restore({ ...p, virtioDevices: [{ kind: "block", options: { path: cloneDisk } }, { kind: "rng", options: {} }, { kind: "balloon", options: { targetMib: 0 } }] });
+    assert.deepEqual(r.config.virtioDevices?.map((d) => d.kind), ["block", "rng", "balloon"]);
+    const rrun = await started(r);
+    await until("the clone counting", () => counts(r)[0]! > at);
+    assert.equal(r.deviceStats().length, 3);
+    await stopped(r, rrun);
+    assert.throws(() => Machine.restore({ ...p, virtioDevices: [{ kind: "rng", options: {} }] }), (e: unknown) => e instanceof SnapshotError && /its virtio devices are block, rng, balloon/.test(e.message));
+  });
+
   it("snapshot() refuses a VM that is not paused", async () => {
     const { m, run } = await runningVm(1);
     await assert.rejects(m.snapshot(paths()), (e: unknown) => e instanceof MachineError && e.code === "ENOTPAUSED");

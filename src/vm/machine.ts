@@ -559,7 +559,8 @@ export class Machine {
       ({ kvm, vm } = openKvmVm(snapshot.cpus));
       registerMemory(vm, memory);
       let machine: Machine | undefined;
-      virtio = new VirtioSet(virtioDevices, memory.describe(), vm, {
+      // The devices come up as saved, and quiesced: run() lets them go (their first resume() kicks each once).
+      virtio = VirtioSet.restore(virtioDevices, memory.describe(), vm, snapshot.virtio.states, {
         onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
         onHostError: config.onHostError,
         cmdlineWindows: snapshot.virtio.cmdlineWindows,
@@ -621,8 +622,7 @@ export class Machine {
     } finally {
       deadline.clear();
     }
-    if (this.virtio.devices.length > 0) throw new SnapshotError("ESNAPSTATE", "Cannot snapshot VM: its virtio devices cannot be saved yet");
-    const virtioStates: unknown[] = [];
+    const virtioStates = await this.virtio.saveState();
     const msrs = msrsToSave(this.kvm, this.vcpus[0]!);
     const boot = this.config.boot;
     const savedBoot: SavedBoot = boot.kind === "linux"
@@ -710,7 +710,20 @@ export class Machine {
       // Device registers before any vCPU runs; a restored VM asked to stay paused parks its vCPUs before their first KVM_RUN.
       this.host.restoreSerial(restored.legacy.serial);
       this.keyboard.restore(restored.legacy.i8042);
-      if (restored.paused) requestPause(this.control, true);
+      if (restored.paused) {
+        requestPause(this.control, true);
+      } else {
+        // Restored virtio devices start quiesced; let them run (and kick each once) before the guest does.
+        try {
+          await this.virtio.resume();
+        } catch (e) {
+          for (const w of this.workers) void w.terminate();
+          await Promise.all(done);
+          await this.virtio.stop();
+          this.dispose();
+          throw e;
+        }
+      }
     }
     await Promise.all(ready);
     const startNs = sys.monotonicNs();
