@@ -1,15 +1,20 @@
 /**
  * End-to-end: real Linux saved and restored through Firecracker's API, one
- * level down in the nested harness. flint A boots a guest that counts on its
- * console (a line every 0.2 s with its uptime) with 2 vCPUs; the client
+ * level down in the nested harness. flint A boots a guest with 2 vCPUs, a
+ * virtio-blk disk and virtio-rng that counts on its console (a line every
+ * 0.2 s with its uptime) and writes each number to its own sector of the
+ * disk, past the page cache; the client
  * pauses it, PUT /snapshot/create, and kills A with SIGKILL. Two new flint
  * processes, B and C, each PUT /snapshot/load the same files with
  * resume_vm (two clones at once, sharing the memory file's pages). Each
  * clone's console, appended to A's, must count on with no number missing or
  * repeated and with its uptime never going back: registers, memory, the
- * irqchip, timers and kvm-clock came back as they were. B then takes a line
- * on its console input (the UART's state came back too) and powers off
- * (exit 0); C is killed. No kernel warning on any console.
+ * irqchip, timers and kvm-clock came back as they were; and each clone's disk
+ * (C's a copy, bind-mounted at the same path in its own mount namespace, as a
+ * jailer gives each clone its files) must hold every number at its sector,
+ * none lost or written twice across the snapshot. B then takes a line on its
+ * console input (the UART's state came back too), reads its virtio-rng and
+ * powers off (exit 0); C is killed. No kernel warning on any console.
  */
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -30,9 +35,12 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "flint-guest: booted"
-( i=0; while :; do i=$((i + 1)); echo "tick=$i up=$(cut -d' ' -f1 /proc/uptime)"; sleep 0.2; done ) &
+# Each tick also goes to sector i of the disk, past the page cache: a write lost or made twice across the snapshot shows there.
+( i=0; while :; do i=$((i + 1)); echo "tick=$i up=$(cut -d' ' -f1 /proc/uptime)"; printf 'tick=%08d' $i | dd of=/dev/vda bs=512 seek=$i conv=sync,notrunc oflag=direct 2>/dev/null; sleep 0.2; done ) &
 read stop
 kill $!
+wait
+echo "flint-e2e: hwrng=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
 echo "flint-e2e: stopping"
 poweroff -f
 `;
@@ -42,6 +50,7 @@ const CLIENT = `
 import { spawn, spawnSync } from "node:child_process";
 import { appendFileSync, existsSync, statSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
+import { copyFileSync, readFileSync } from "node:fs";
 const [cli, kernel, initrd, work, report, consoles] = process.argv.slice(2);
 const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -60,9 +69,14 @@ const must = async (sock, method, path, body, status = 204) => {
   return r;
 };
 const vms = {};
-function startFlint(name) {
+const disk = work + "/disk.img";
+/** flint with its API on work/NAME.sock; with \`ownDisk\`, in a mount namespace where its own copy of the disk is at the disk's path (as a jailer's chroot gives each clone its files). */
+function startFlint(name, ownDisk) {
   const sock = work + "/" + name + ".sock";
-  const fc = spawn(process.execPath, [cli, "--api-sock", sock, "--id", "snap-" + name], { stdio: ["pipe", "pipe", "pipe"] });
+  const argv = [process.execPath, cli, "--api-sock", sock, "--id", "snap-" + name];
+  const fc = ownDisk
+    ? spawn("unshare", ["-m", "--propagation", "private", "sh", "-c", 'mount --bind "$0" "$1" && shift && exec "$@"', ownDisk, disk, ...argv], { stdio: ["pipe", "pipe", "pipe"] })
+    : spawn(argv[0], argv.slice(1), { stdio: ["pipe", "pipe", "pipe"] });
   const vm = { name, sock, fc, console: "", stderr: "" };
   fc.stdout.on("data", (b) => { vm.console += b; });
   fc.stderr.on("data", (b) => { vm.stderr += b; });
@@ -74,13 +88,16 @@ async function socketUp(vm) {
   for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
   await must(vm.sock, "GET", "/", undefined, 200);
 }
-const ticks = (text) => [...text.matchAll(/tick=(\\d+) up=([0-9.]+)\\n/g)].map((m) => [Number(m[1]), Number(m[2])]);
+const ticks = (text) => [...text.matchAll(/tick=(\\d+) up=([0-9.]+)\\r?\\n/g)].map((m) => [Number(m[1]), Number(m[2])]);
 const lastTick = (vm) => { const t = ticks(vm.console); return t.length ? t[t.length - 1][0] : 0; };
 try {
   const a = startFlint("a");
   await socketUp(a);
   await must(a.sock, "PUT", "/boot-source", { kernel_image_path: kernel, initrd_path: initrd, boot_args: "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init" });
   await must(a.sock, "PUT", "/machine-config", { vcpu_count: 2, mem_size_mib: 256 });
+  writeFileSync(disk, Buffer.alloc(4 << 20));
+  await must(a.sock, "PUT", "/drives/data", { drive_id: "data", path_on_host: disk, is_root_device: false, is_read_only: false });
+  await must(a.sock, "PUT", "/entropy", {});
   await must(a.sock, "PUT", "/actions", { action_type: "InstanceStart" });
   for (let i = 0; i < 3000 && lastTick(a) < 10; i++) await sleep(100);
   say("ticks_before_pause", lastTick(a));
@@ -97,7 +114,9 @@ try {
   a.fc.kill("SIGKILL");
   await a.exited;
   say("ticks_at_snapshot", lastTick(a));
-  const clones = [startFlint("b"), startFlint("c")];
+  const cDisk = work + "/disk-c.img";
+  copyFileSync(disk, cDisk);
+  const clones = [startFlint("b"), startFlint("c", cDisk)];
   await Promise.all(clones.map(socketUp));
   await Promise.all(clones.map(async (vm) => {
     const t = Date.now();
@@ -126,6 +145,15 @@ try {
   if (bEnd === "none") b.fc.kill("SIGKILL");
   c.fc.kill("SIGKILL");
   await c.exited;
+  // Each clone's disk: sector i holds tick i for every tick before its last (the last may not have reached the disk).
+  for (const [name, path] of [["b", disk], ["c", cDisk]]) {
+    const bytes = readFileSync(path);
+    const last = lastTick(vms[name]);
+    let bad = 0;
+    for (let i = 1; i < last; i++) if (bytes.toString("latin1", i * 512, i * 512 + 13) !== "tick=" + String(i).padStart(8, "0")) bad++;
+    say("disk_ticks_" + name, last - 1);
+    say("disk_bad_" + name, bad);
+  }
 } catch (e) {
   say("client_error", JSON.stringify(e.message));
 }
@@ -186,10 +214,16 @@ describe("real Linux snapshot over the API, restored twice at once in new proces
       assert.equal(value(`uptime_back_${clone}`), "0", why());
       assert.doesNotMatch(consoles[clone] ?? "", /booted/, `a restored guest does not boot again\n${why()}`);
     });
+
+    it(`clone ${clone}: its own disk holds every tick before and after the snapshot, each once, at its sector`, () => {
+      assert.ok(Number(value(`disk_ticks_${clone}`)) > Number(value("ticks_at_snapshot")), why());
+      assert.equal(value(`disk_bad_${clone}`), "0", why());
+    });
   }
 
-  it("a restored guest takes console input and powers off; flint exits 0; no kernel warning anywhere", () => {
+  it("a restored guest takes console input, reads its restored virtio-rng, and powers off; flint exits 0; no kernel warning anywhere", () => {
     assert.match(consoles.b ?? "", /flint-e2e: stopping/, why());
+    assert.match(e2eValue("hwrng", "", consoles.b ?? "") ?? "", /^[0-9a-f]{32}$/, why());
     assert.equal(value("b_exit"), "0", why());
     for (const c of Object.values(consoles)) assert.doesNotMatch(c, /WARNING:|BUG:|Call Trace|soft lockup|rcu_.*stall/, why());
   });

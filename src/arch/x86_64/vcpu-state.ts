@@ -306,7 +306,9 @@ export function restoreVcpuState(vcpu: VcpuFd, s: VcpuState): void {
   vcpu.setRegs(s.regs);
   vcpu.setSregs(s.sregs);
   vcpu.setXsave(s.xsave);
-  vcpu.setXcrs(s.xcrs);
+  // A host without XSAVE saves no XCRs (KVM_GET_XCRS gives nr_xcrs 0) and refuses KVM_SET_XCRS with EINVAL
+  // (arch/x86/kvm/x86.c); there is then nothing to restore.
+  if (new DataView(s.xcrs.buffer, s.xcrs.byteOffset, s.xcrs.byteLength).getUint32(kvm_xcrs.nr_xcrs, true) > 0) vcpu.setXcrs(s.xcrs);
   vcpu.setDebugregs(s.debugregs);
   vcpu.setLapic(s.lapic);
   restoreMsrs(vcpu, s.msrs);
