@@ -200,7 +200,7 @@ describe("real Linux snapshot over the API, restored twice at once in new proces
     assert.ok(Number(value("ticks_before_pause")) >= 10, why());
     assert.equal(value("state_after_create"), "Paused", why());
     assert.equal(value("mem_file_bytes"), String(256 << 20), why());
-    const inspect = JSON.parse(JSON.parse(value("inspect") ?? '""')) as { cpus?: number; memoryMib?: number; formatVersion?: string };
+    const inspect = JSON.parse(value("inspect") ?? "{}") as { cpus?: number; memoryMib?: number; formatVersion?: string };
     assert.equal(inspect.cpus, 2, why());
     assert.equal(inspect.memoryMib, 256, why());
     t.diagnostic(`create ${value("create_ms")} ms; memory file ${value("mem_file_bytes")} bytes, ${value("mem_file_allocated")} allocated; load ${value("load_ms_b")} / ${value("load_ms_c")} ms`);
