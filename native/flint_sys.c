@@ -41,6 +41,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <cpuid.h>
 #include <linux/if_tun.h>
 #include <linux/kvm.h>
 
@@ -264,9 +265,6 @@ static int unchecked_request(unsigned int cmd) {
     case KVM_SET_SIGNAL_MASK: case KVM_GET_ONE_REG: case KVM_SET_ONE_REG: case KVM_GET_REG_LIST:
     case KVM_GET_NESTED_STATE: case KVM_SET_NESTED_STATE: case KVM_X86_SET_MSR_FILTER:
     case KVM_SET_DEVICE_ATTR: case KVM_GET_DEVICE_ATTR: case KVM_HAS_DEVICE_ATTR: case KVM_MEMORY_ENCRYPT_OP:
-#ifdef KVM_GET_XSAVE2
-    case KVM_GET_XSAVE2:
-#endif
 #ifdef KVM_SET_USER_MEMORY_REGION2
     case KVM_SET_USER_MEMORY_REGION2:
 #endif
@@ -300,6 +298,44 @@ static int ioctl_counted(napi_env env, int fd, unsigned int cmd, uint8_t *buf, s
   return 1;
 }
 
+// The largest XSAVE area this CPU can need: CPUID.(EAX=0DH,ECX=0):ECX, "the
+// size required by all supported features in XCR0" (Intel SDM vol. 1 §13.2),
+// and never less than struct kvm_xsave. The kernel's own sizes derive from the
+// same leaf, so no vCPU's XSAVE state is larger.
+static size_t xsave_max_size(void) {
+  static size_t size;  // a benign race: every thread computes the same value
+  if (size == 0) {
+    unsigned int a, b, c, d;
+    size_t s = sizeof(struct kvm_xsave);
+    if (__get_cpuid_count(0xd, 0, &a, &b, &c, &d) && c > s) s = c;
+    size = s;
+  }
+  return size;
+}
+
+// KVM_GET_XSAVE2 and KVM_SET_XSAVE copy the vCPU's uabi_size bytes
+// (arch/x86/kvm/x86.c; api.rst 4.43, 4.134: KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)
+// bytes), which exceed the 4096 of _IOC_SIZE once the process enabled a dynamic
+// XSAVE feature (AMX) with arch_prctl. The kernel works on a private buffer of
+// the largest XSAVE size; the caller's buffer (at least struct kvm_xsave) gives
+// or takes as many of its bytes as it holds, and a short one reads as zeros.
+static int ioctl_xsave(napi_env env, int fd, unsigned int cmd, uint8_t *buf, size_t cap, int *result) {
+  if (cap < sizeof(struct kvm_xsave)) {
+    return FAIL(env, 1, "ioctl: request 0x%x reads or writes %zu bytes, the buffer holds %zu", cmd, sizeof(struct kvm_xsave), cap);
+  }
+  size_t max = xsave_max_size();
+  size_t n = cap < max ? cap : max;
+  uint8_t *copy = calloc(1, max);
+  if (!copy) { *result = -ENOMEM; return 1; }
+  if (_IOC_DIR(cmd) & _IOC_WRITE) memcpy(copy, buf, n);
+  int r = ioctl(fd, cmd, copy);
+  int e = errno;
+  if (r >= 0 && (_IOC_DIR(cmd) & _IOC_READ)) memcpy(buf, copy, n);
+  free(copy);
+  *result = r < 0 ? -e : r;
+  return 1;
+}
+
 // ioctl with a buffer argument: the kernel reads or writes at most the size
 // checked here.
 static int ioctl_buffer(napi_env env, int fd, unsigned int cmd, uint8_t *buf, size_t cap, int *result) {
@@ -317,6 +353,11 @@ static int ioctl_buffer(napi_env env, int fd, unsigned int cmd, uint8_t *buf, si
     case KVM_GET_MSR_INDEX_LIST: case KVM_GET_MSR_FEATURE_INDEX_LIST:
       return ioctl_counted(env, fd, cmd, buf, cap, sizeof(struct kvm_msr_list), offsetof(struct kvm_msr_list, nmsrs),
                            sizeof(__u32), result);
+#ifdef KVM_GET_XSAVE2
+    case KVM_GET_XSAVE2:
+#endif
+    case KVM_SET_XSAVE:
+      return ioctl_xsave(env, fd, cmd, buf, cap, result);
     case TUNSETIFF: case TUNGETIFF:
       // Declared with an int, but the kernel reads and writes a whole struct ifreq (drivers/net/tun.c).
       need = sizeof(struct ifreq);

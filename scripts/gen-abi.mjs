@@ -30,6 +30,9 @@ const KERNEL_FILES = [
   "include/acpi/*",
   "include/linux/i8042.h",
   "include/linux/libps2.h",
+  // Hyper-V's synthetic MSR numbers (vCPU snapshots leave them out).
+  "arch/x86/include/asm/hyperv-tlfs.h",
+  "include/asm-generic/hyperv-tlfs.h",
   // ACPICA's AML opcode and resource-descriptor definitions (ACPI 6.x §20, §6.4).
   "drivers/acpi/acpica/aclocal.h",
   "drivers/acpi/acpica/amlcode.h",
@@ -54,7 +57,7 @@ const CONSTANTS = {
     KVM_SET_LAPIC KVM_GET_MP_STATE KVM_SET_MP_STATE KVM_GET_XSAVE KVM_SET_XSAVE
     KVM_GET_XCRS KVM_SET_XCRS KVM_GET_VCPU_EVENTS KVM_SET_VCPU_EVENTS
     KVM_GET_DEBUGREGS KVM_SET_DEBUGREGS KVM_KVMCLOCK_CTRL KVM_SET_TSC_KHZ
-    KVM_GET_TSC_KHZ KVM_SET_SIGNAL_MASK KVM_NMI`,
+    KVM_GET_TSC_KHZ KVM_SET_SIGNAL_MASK KVM_NMI KVM_GET_XSAVE2`,
   "linux/kvm.h: capabilities": `
     KVM_API_VERSION KVM_CAP_IRQCHIP KVM_CAP_HLT KVM_CAP_USER_MEMORY KVM_CAP_SET_TSS_ADDR
     KVM_CAP_EXT_CPUID KVM_CAP_NR_VCPUS KVM_CAP_MAX_VCPUS KVM_CAP_NR_MEMSLOTS KVM_CAP_PIT2
@@ -62,7 +65,7 @@ const CONSTANTS = {
     KVM_CAP_SET_IDENTITY_MAP_ADDR KVM_CAP_ADJUST_CLOCK KVM_CAP_IRQ_ROUTING KVM_CAP_MP_STATE
     KVM_CAP_XSAVE KVM_CAP_XCRS KVM_CAP_TSC_DEADLINE_TIMER KVM_CAP_VCPU_EVENTS
     KVM_CAP_DEBUGREGS KVM_CAP_KVMCLOCK_CTRL KVM_CAP_TSC_CONTROL KVM_CAP_GET_TSC_KHZ
-    KVM_CAP_SIGNAL_MSI KVM_CAP_USER_NMI KVM_CAP_SYNC_MMU KVM_CAP_EXT_EMUL_CPUID`,
+    KVM_CAP_SIGNAL_MSI KVM_CAP_USER_NMI KVM_CAP_SYNC_MMU KVM_CAP_EXT_EMUL_CPUID KVM_CAP_XSAVE2`,
   "linux/kvm.h: exit reasons and their sub-codes": `
     KVM_EXIT_UNKNOWN KVM_EXIT_EXCEPTION KVM_EXIT_IO KVM_EXIT_HYPERCALL KVM_EXIT_DEBUG
     KVM_EXIT_HLT KVM_EXIT_MMIO KVM_EXIT_IRQ_WINDOW_OPEN KVM_EXIT_SHUTDOWN KVM_EXIT_FAIL_ENTRY
@@ -79,7 +82,8 @@ const CONSTANTS = {
     KVM_MP_STATE_UNINITIALIZED KVM_MP_STATE_HALTED KVM_IRQFD_FLAG_DEASSIGN
     KVM_IRQFD_FLAG_RESAMPLE KVM_IOEVENTFD_FLAG_DATAMATCH KVM_IOEVENTFD_FLAG_PIO
     KVM_IOEVENTFD_FLAG_DEASSIGN KVM_CPUID_FLAG_SIGNIFCANT_INDEX KVM_IRQCHIP_PIC_MASTER
-    KVM_IRQCHIP_PIC_SLAVE KVM_IRQCHIP_IOAPIC KVM_IOAPIC_NUM_PINS`,
+    KVM_IRQCHIP_PIC_SLAVE KVM_IRQCHIP_IOAPIC KVM_IOAPIC_NUM_PINS KVM_CLOCK_TSC_STABLE
+    KVM_CLOCK_REALTIME KVM_CLOCK_HOST_TSC KVM_MAX_XCRS`,
   "asm/kvm_para.h: KVM paravirtual CPUID leaves and features": `
     KVM_CPUID_SIGNATURE KVM_CPUID_FEATURES KVM_FEATURE_CLOCKSOURCE KVM_FEATURE_NOP_IO_DELAY
     KVM_FEATURE_MMU_OP KVM_FEATURE_CLOCKSOURCE2 KVM_FEATURE_ASYNC_PF KVM_FEATURE_STEAL_TIME
@@ -108,6 +112,13 @@ const CONSTANTS = {
     MSR_MTRRdefType MSR_IA32_APICBASE MSR_IA32_APICBASE_BSP MSR_IA32_APICBASE_ENABLE
     MSR_IA32_CR_PAT MSR_IA32_TSC_DEADLINE`,
   "asm/mtrr.h: memory types": `MTRR_TYPE_UNCACHABLE MTRR_TYPE_WRBACK`,
+  "asm/msr-index.h, asm/mtrr.h, asm/hyperv-tlfs.h: MSRs a vCPU snapshot adds to KVM_GET_MSR_INDEX_LIST or leaves out": `
+    MSR_MTRRcap MTRRphysBase_MSR(0) MTRRphysMask_MSR(0) MTRRphysBase_MSR(1) MSR_MTRRfix64K_00000
+    MSR_MTRRfix16K_80000 MSR_MTRRfix16K_A0000 MSR_MTRRfix4K_C0000 MSR_MTRRfix4K_C8000 MSR_MTRRfix4K_D0000
+    MSR_MTRRfix4K_D8000 MSR_MTRRfix4K_E0000 MSR_MTRRfix4K_E8000 MSR_MTRRfix4K_F0000 MSR_MTRRfix4K_F8000
+    MSR_IA32_MCG_CAP MSR_IA32_MC0_CTL MSR_IA32_MC0_STATUS MSR_IA32_MC0_ADDR MSR_IA32_MC0_MISC
+    MSR_IA32_MCx_CTL(1) MSR_IA32_VMX_BASIC MSR_IA32_VMX_VMFUNC HV_X64_MSR_GUEST_OS_ID
+    HV_X64_MSR_TSC_INVARIANT_CONTROL`,
   "asm/apicdef.h: local APIC": `
     APIC_DEFAULT_PHYS_BASE IO_APIC_DEFAULT_PHYS_BASE APIC_ID APIC_LVT0 APIC_LVT1 APIC_SPIV
     APIC_MODE_NMI APIC_MODE_EXTINT APIC_DM_NMI APIC_DM_EXTINT APIC_LVT_MASKED`,
@@ -271,7 +282,17 @@ const STRUCTS = [
   ["kvm_ioeventfd", `datamatch addr len fd flags`],
   ["kvm_lapic_state", `regs`],
   ["kvm_mp_state", `mp_state`],
-  ["kvm_clock_data", `clock flags`],
+  ["kvm_clock_data", `clock flags realtime host_tsc`],
+  ["kvm_xsave", `region`],
+  ["kvm_xcr", `xcr value`],
+  ["kvm_xcrs", `nr_xcrs flags xcrs`],
+  ["kvm_debugregs", `db dr6 dr7 flags`],
+  ["kvm_vcpu_events", `flags nmi.masked`],
+  ["kvm_irqchip", `chip_id chip`],
+  ["kvm_pit_state2", `channels flags`],
+  ["kvm_pit_channel_state", `count count_load_time`],
+  ["kvm_pic_state", `imr`],
+  ["kvm_ioapic_state", `id`],
   ["boot_params", `screen_info acpi_rsdp_addr ext_ramdisk_image ext_ramdisk_size ext_cmd_line_ptr
     e820_entries hdr e820_table`],
   ["setup_header", `setup_sects root_flags syssize ram_size vid_mode root_dev boot_flag jump header
@@ -362,6 +383,9 @@ STRUCTS.push(
   ["arphdr", `ar_hrd ar_pro ar_hln ar_pln ar_op`],
 );
 
+/** The TypeScript name of a constant: a function-like macro's call `F(1)` becomes `F_1`. */
+const jsName = (c) => c.replace(/\W+/g, "_").replace(/_$/, "");
+
 // C type for each struct name above (typedefs for the ELF ones).
 const cType = (name) => (name.startsWith("Elf64_") ? name : `struct ${name}`);
 
@@ -427,12 +451,13 @@ function cProgram() {
 #include "drivers/acpi/acpica/amlcode.h"
 #include "drivers/acpi/acpica/amlresrc.h"
 #include "arch/x86/include/asm/e820/types.h"
+#include "arch/x86/include/asm/hyperv-tlfs.h" /* after acpi.h (kernel types); the rest are shims (makeShims) */
 #define OFF(t, f) ((unsigned long long)offsetof(t, f))
 int main(void) {`);
   for (const [group, list] of Object.entries(CONSTANTS)) {
     lines.push(`  printf("\\n// %s\\n", ${JSON.stringify(group)});`);
     for (const n of words(list)) {
-      lines.push(`  printf("export const ${n} = 0x%llx;\\n", (unsigned long long)(${n}));`);
+      lines.push(`  printf("export const ${jsName(n)} = 0x%llx;\\n", (unsigned long long)(${n}));`);
     }
   }
   lines.push(`  printf("\\n// String constants\\n");`);
@@ -470,6 +495,17 @@ function makeShims(dir, src) {
   // libps2.h declares struct ps2dev with kernel types; flint only reads its #defines.
   writeFileSync(join(dir, "linux/bitops.h"), "#include <linux/bits.h>\ntypedef unsigned char u8;\n");
   writeFileSync(join(dir, "linux/mutex.h"), "struct mutex { int unused; };\n");
+  // hyperv-tlfs.h declares structs with kernel types; flint only reads its MSR numbers.
+  mkdirSync(join(dir, "asm"), { recursive: true });
+  writeFileSync(join(dir, "asm/page.h"), [
+    "#define PAGE_SIZE 4096 /* only sizes Hyper-V hypercall structs flint does not use */",
+    "#define __packed __attribute__((packed))",
+    "#define __aligned(n) __attribute__((aligned(n)))",
+    "",
+  ].join("\n"));
+  writeFileSync(join(dir, "linux/time64.h"), "/* hyperv-tlfs.h: nothing flint reads needs it */\n");
+  mkdirSync(join(dir, "asm-generic"), { recursive: true });
+  writeFileSync(join(dir, "asm-generic/hyperv-tlfs.h"), "#include \"include/asm-generic/hyperv-tlfs.h\"\n");
   writeFileSync(join(dir, "linux/wait.h"), "#include_next <linux/wait.h>\ntypedef struct { int unused; } wait_queue_head_t;\n");
 }
 

@@ -15,7 +15,8 @@
  * Every error flint throws for bad input has a stable `code` and a one-line message.
  */
 export { Machine, MachineError, maxVcpus, END_TIMEOUT_MS, SLOW_END_REPORT_MS, PAUSE_TIMEOUT_MS } from "./vm/machine.js";
-export type { BootConfig, MachineConfig, MachineResult, MachineState, WarmThreads } from "./vm/machine.js";
+export type { BootConfig, MachineConfig, MachineResult, MachineState, WarmThreads, RestoreOptions, SnapshotPaths, SnapshotWritten } from "./vm/machine.js";
+export { SnapshotError, SNAPSHOT_FORMAT_VERSION } from "./snapshot/state-file.js";
 export type { VmExitReason } from "./devices/bus.js";
 export type { VirtioDeviceConfig, VirtioDeviceKind, VirtioAnnouncement, VirtioDeviceStats, DeviceThreadPlacement } from "./devices/virtio/virtio-set.js";
 export type { BlockOptions } from "./devices/virtio/block.js";
@@ -35,7 +36,10 @@ export { BootError } from "./boot/errors.js";
 export { runDoctor, type DoctorReport, type DoctorCheck } from "./doctor/doctor.js";
 export { buildKernel, type KernelArtifacts, type BuildKernelOptions } from "./guest/kernel-build.js";
 export { buildInitramfs, defaultInit, parseGuestReport, type InitramfsOptions, type InitramfsFile, type GuestReport } from "./guest/initramfs.js";
-export { Vm, VmError, VM_DEFAULT_CMDLINE, type VmCreateOptions, type VmOptions, type VmState, type InstanceInfo, type BalloonStatistics } from "./vmm/vm.js";
+export {
+  Vm, VmError, VM_DEFAULT_CMDLINE, type VmCreateOptions, type VmOptions, type VmState, type InstanceInfo, type BalloonStatistics,
+  type VmSnapshot, type VmRestoreOptions,
+} from "./vmm/vm.js";
 export { VmResources, type MachineConfigUpdate } from "./vmm/resources.js";
 export { ApiServer, HTTP_MAX_PAYLOAD_SIZE, type ApiServerOptions } from "./vmm/api-server.js";
 export { MmdsStore, MmdsError } from "./vmm/mmds-store.js";

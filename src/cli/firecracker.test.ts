@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
+import { encodeStateFile, SNAPSHOT_FORMAT_VERSION } from "../snapshot/state-file.js";
 import { api } from "../vmm/testing/api-client.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
@@ -83,7 +84,7 @@ test("the host checks of `flint run` apply to a config file's devices, and its k
   expectUserError(["--no-api", "--config-file", configFile("kernel.json", minimal)], /neither an ELF vmlinux nor a bzImage/);
 });
 
-test("Firecracker's other flags are taken by the parser; snapshots answer 'not yet'", () => {
+test("Firecracker's other flags are taken by the parser; the snapshot flags describe state files", () => {
   const cfg = configFile("flags.json", minimal);
   writeFileSync(join(dir, "log"), "");
   writeFileSync(join(dir, "metrics"), "");
@@ -98,13 +99,31 @@ test("Firecracker's other flags are taken by the parser; snapshots answer 'not y
   expectUserError(["--no-api", "--config-file", cfg, "--id", "vm_1"], /^flint: Invalid --id: character '_' is not an ASCII letter, digit or '-'$/);
   expectUserError(["--no-api", "--config-file", cfg, "--id", "x".repeat(65)], /^flint: Invalid --id: must be 1 to 64 characters, got 65$/);
   expectUserError(["--no-api", "--config-file", cfg, "--seccomp-filter", "f", "--no-seccomp"], /cannot be given together/);
-  expectUserError(["--describe-snapshot", join(dir, "snap")], /^flint: Snapshots are not supported yet/);
+  expectUserError(["--describe-snapshot", join(dir, "snap")], /^flint: Cannot read snapshot '.*snap': ENOENT$/);
+  writeFileSync(join(dir, "not-a-snap"), "{}");
+  expectUserError(["--describe-snapshot", join(dir, "not-a-snap")], /^flint: Cannot load '.*not-a-snap': not a flint snapshot state file/);
   expectUserError(["--no-api", "--config-file", cfg, "--metadata", join(dir, "mmds.json")], /^flint: --metadata needs the API/);
   expectUserError(["--no-api", "--config-file", cfg, "--mmds-size-limit", "lots"], /--mmds-size-limit must be a whole number/);
   // Like Firecracker, flint opens the log and metrics files without creating them.
   expectUserError(["--no-api", "--config-file", cfg, "--log-path", join(dir, "no-log")], /^flint: Cannot open the log file '.*no-log': ENOENT$/);
   expectUserError(["--no-api", "--config-file", cfg, "--metrics-path", join(dir, "no-metrics")], /^flint: Cannot open the metrics file '.*no-metrics': ENOENT$/);
   expectUserError(["--no-api", "--config-file", cfg, "--log-path", join(dir, "log"), "--level", "Loud"], /^flint: Invalid log level 'Loud'/);
+});
+
+test("--snapshot-version prints the format version; --describe-snapshot that of a state file, checked first", () => {
+  const run = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", timeout: 30_000 });
+  const v = run(["--snapshot-version"]);
+  assert.equal(v.status, 0, v.stderr);
+  assert.equal(v.stdout, `v${SNAPSHOT_FORMAT_VERSION}.0.0\n`);
+  const path = join(dir, "state.snap");
+  writeFileSync(path, encodeStateFile({ anything: 1 }));
+  const d = run(["--describe-snapshot", path]);
+  assert.equal(d.status, 0, d.stderr);
+  assert.equal(d.stdout, `v${SNAPSHOT_FORMAT_VERSION}.0.0\n`);
+  const bad = Buffer.from(encodeStateFile({ anything: 1 }));
+  bad[bad.length - 6]! ^= 1;
+  writeFileSync(path, bad);
+  expectUserError(["--describe-snapshot", path], /^flint: Cannot load '.*state\.snap': checksum mismatch/);
 });
 
 test("subcommands and bare `flint` behave as before", () => {
@@ -177,7 +196,7 @@ test("--config-file with the API boots the file's VM, then serves it: GET /vm/co
     // What GET /vm/config returns is itself a config file flint takes whole.
     const again = configFile("round-trip.json", back);
     const r = spawnSync(process.execPath, [CLI, "--no-api", "--config-file", again, "--describe-snapshot", "x"], { encoding: "utf8", timeout: 30_000 });
-    assert.match(r.stderr, /Snapshots are not supported yet/, "flags parsed");
+    assert.match(r.stderr, /Cannot read snapshot 'x': ENOENT/, "flags parsed");
     const b = await api(sock, "GET", "/balloon");
     assert.deepEqual(b.json, { amount_mib: 8, deflate_on_oom: true, stats_polling_interval_s: 1 });
   } finally {

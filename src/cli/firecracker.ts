@@ -19,6 +19,7 @@ import { ConfigError, parseVmConfig } from "../config/schema.js";
 import { ApiServer } from "../vmm/api-server.js";
 import { Vm } from "../vmm/vm.js";
 import { exitCode, forwardStdin, reportRun } from "./run.js";
+import { describeSnapshotVersion, formatVersionString } from "./snapshot.js";
 
 /** A Firecracker process flag flint refuses; `code` is stable. */
 export class FlagError extends Error {
@@ -68,9 +69,17 @@ export function checkInstanceId(id: string): void {
 
 /** Runs flint as Firecracker's binary would run with these flags; returns the exit code. */
 export async function runFirecracker(o: FirecrackerFlags): Promise<number> {
+  // As Firecracker's main: these two print and end before anything else is looked at.
+  if (o.snapshotVersion) {
+    process.stdout.write(`${formatVersionString()}\n`);
+    return 0;
+  }
+  if (o.describeSnapshot !== undefined) {
+    process.stdout.write(`${describeSnapshotVersion(o.describeSnapshot)}\n`);
+    return 0;
+  }
   checkInstanceId(o.id);
   if (o.seccompFilter !== undefined && !o.seccomp) throw new FlagError("EFLAG", "--seccomp-filter and --no-seccomp cannot be given together");
-  if (o.describeSnapshot !== undefined || o.snapshotVersion) throw new FlagError("EFLAGNOTYET", "Snapshots are not supported yet: --describe-snapshot and --snapshot-version have nothing to describe");
   if (!o.api && o.metadata !== undefined) throw new FlagError("EFLAG", "--metadata needs the API (MMDS data is served through it): drop --no-api");
   if (!o.api && o.configFile === undefined) throw new FlagError("EFLAG", "--no-api needs --config-file FILE");
   return serveVm(o);

@@ -5,9 +5,8 @@
  * code 1 and one line saying why; a guest that powers off or reboots, 0.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
-import { readFileSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { basename } from "node:path";
+import { FLINT_VERSION } from "../sys/version.js";
 import { describeError, isUserError } from "./errors.js";
 import { DEFAULT_CMDLINE } from "./defaults.js";
 import { DeviceArgError, virtioDevicesFromFlags } from "./devices.js";
@@ -27,8 +26,7 @@ const FC_DEFAULT_INSTANCE_ID = "anonymous-instance";
  */
 const FC_COMPAT_VERSION = "1.16.1";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const pkg = JSON.parse(readFileSync(join(here, "..", "..", "package.json"), "utf8")) as { version: string };
+const pkg = { version: FLINT_VERSION };
 
 
 function wholeNumber(name: string) {
@@ -93,8 +91,8 @@ function buildProgram(asFirecracker: boolean): Command {
     .option("--http-api-max-payload-size <bytes>", "largest API request body (default 51200)", wholeNumber("--http-api-max-payload-size"))
     .option("--mmds-size-limit <bytes>", "largest MMDS data store (default: the payload limit)", wholeNumber("--mmds-size-limit"))
     .option("--enable-pci", "accepted, ignored (flint's devices are virtio-mmio)")
-    .option("--describe-snapshot <path>", "not supported yet")
-    .option("--snapshot-version", "not supported yet")
+    .option("--describe-snapshot <path>", "print the data format version of a snapshot state file")
+    .option("--snapshot-version", "print the snapshot data format version this flint writes")
     .allowExcessArguments(true)
     .action(async (o, cmd: Command) => {
       if (cmd.args.length > 0) program.error(`error: unknown command '${cmd.args[0]}'`);
@@ -132,6 +130,17 @@ function buildProgram(asFirecracker: boolean): Command {
         bootMode: o.boot, acpi: o.acpi, hugePages: !!o.hugePages, mergeable: !!o.ksm, bootTime: !!o.bootTime, debugExit: !!o.debugExit,
         virtioDevices: virtioDevicesFromFlags({ disk: o.disk, rng: !!o.rng, balloon: o.balloon, net: o.net, vsock: o.vsock }),
       });
+    });
+
+  const snapshot = program.command("snapshot").description("look into snapshots (PUT /snapshot/create, Vm.snapshot)");
+  snapshot
+    .command("inspect <state-file>")
+    .description("what a snapshot's state file holds: format version, checksum, vCPUs, memory, devices")
+    .option("--json", "print it as JSON")
+    .exitOverride()
+    .action(async (path: string, o) => {
+      const { inspectSnapshot } = await import("./snapshot.js");
+      process.stdout.write(`${inspectSnapshot(path, !!o.json)}\n`);
     });
 
   program

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import {
   KVM_CAP_IRQCHIP, KVM_CAP_USER_MEMORY, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT, KVM_EXIT_MMIO, kvm_run,
-  KVM_CPUID_SIGNATURE,
+  KVM_CPUID_SIGNATURE, MSR_IA32_TSC,
 } from "../linux/abi.generated.js";
 import { GuestMemory } from "../memory/guest-memory.js";
 import { Kvm } from "./kvm.js";
@@ -38,6 +38,12 @@ test("KVM reports the capabilities flint relies on", () => {
   assert.ok(kvm.checkExtension(KVM_CAP_USER_MEMORY) > 0);
   assert.equal(kvm.checkExtension(0x7fffffff), 0, "an unknown capability reads as absent");
   assert.ok(kvm.getSupportedCpuid().some((e) => e.function === KVM_CPUID_SIGNATURE), "KVM paravirt leaves are offered");
+});
+
+test("KVM_GET_MSR_INDEX_LIST names the MSRs KVM saves, the TSC among them", () => {
+  const list = kvm.getMsrIndexList();
+  assert.ok(list.includes(MSR_IA32_TSC));
+  assert.equal(new Set(list).size, list.length, "no MSR twice");
 });
 
 test("a ring-3 OUT exits to the VMM with port, size and data", () => {

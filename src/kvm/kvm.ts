@@ -5,7 +5,7 @@
  */
 import { closeSync, openSync } from "node:fs";
 import {
-  EINTR, KVM_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION, KVM_GET_MSR_INDEX_LIST,
+  E2BIG, EINTR, KVM_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION, KVM_GET_MSR_INDEX_LIST,
   KVM_GET_SUPPORTED_CPUID, KVM_GET_VCPU_MMAP_SIZE, kvm_msr_list,
 } from "../linux/abi.generated.js";
 import { dataView } from "../memory/le.js";
@@ -21,6 +21,9 @@ export const KVM_DEVICE_PATH = process.env.FLINT_KVM_DEVICE ?? "/dev/kvm";
 /** How many times kvmIoctl issues an ioctl that a signal interrupted (EINTR) before it gives up. */
 const EINTR_RETRIES = 100;
 
+/** Calls of KVM_GET_MSR_INDEX_LIST (E2BIG, then the size KVM named) before giving up. */
+const MSR_LIST_ATTEMPTS = 3;
+
 /** Runs an ioctl (again when a signal interrupted it) and throws KvmError(EKVMIOCTL) on failure. */
 export function kvmIoctl(fd: number, request: number, arg: Parameters<typeof sys.ioctl>[2], what: string): number {
   let r = sys.ioctl(fd, request, arg);
@@ -32,6 +35,25 @@ export function kvmIoctl(fd: number, request: number, arg: Parameters<typeof sys
     throw new KvmError("EKVMIOCTL", `${what} failed: ${name}`, name);
   }
   return r;
+}
+
+/** kvmIoctl for an ioctl that fills a struct of `size` bytes (KVM_GET_XSAVE, KVM_GET_PIT2...): returns its bytes. */
+export function kvmGetIoctl(fd: number, request: number, size: number, what: string): Uint8Array {
+  const buf = new Uint8Array(size);
+  kvmIoctl(fd, request, buf, what);
+  return buf;
+}
+
+/**
+ * kvmIoctl for an ioctl that reads a struct of `size` bytes from `state`
+ * (KVM_SET_XSAVE, KVM_SET_IRQCHIP...): a blob of another size, such as a
+ * truncated or foreign snapshot, throws EKVMSTATE before KVM sees it.
+ */
+export function kvmSetIoctl(fd: number, request: number, state: Uint8Array, size: number, what: string): void {
+  if (state.byteLength !== size) {
+    throw new KvmError("EKVMSTATE", `Cannot ${what}: the state is ${state.byteLength} bytes, KVM takes ${size}`);
+  }
+  kvmIoctl(fd, request, state, what);
 }
 
 /** An open /dev/kvm. */
@@ -100,15 +122,24 @@ export class Kvm {
     throw new KvmError("EKVMIOCTL", "KVM_GET_SUPPORTED_CPUID failed: too many entries");
   }
 
-  /** KVM_GET_MSR_INDEX_LIST: MSRs that KVM saves and restores. */
+  /**
+   * KVM_GET_MSR_INDEX_LIST (api.rst 4.3): the MSRs KVM supports for guests,
+   * in KVM's order. Two calls: KVM answers a list with too little room with
+   * E2BIG and the count it needs.
+   */
   getMsrIndexList(): number[] {
-    const capacity = 1024;
-    const buf = new Uint8Array(kvm_msr_list.SIZE + capacity * 4);
-    const v = dataView(buf);
-    v.setUint32(kvm_msr_list.nmsrs, capacity, true);
-    kvmIoctl(this.fd, KVM_GET_MSR_INDEX_LIST, buf, "KVM_GET_MSR_INDEX_LIST");
-    const n = v.getUint32(kvm_msr_list.nmsrs, true);
-    return Array.from({ length: n }, (_, i) => v.getUint32(kvm_msr_list.indices + 4 * i, true));
+    let capacity = 0;
+    for (let attempt = 0; attempt < MSR_LIST_ATTEMPTS; attempt++) {
+      const buf = new Uint8Array(kvm_msr_list.SIZE + capacity * 4);
+      const v = dataView(buf);
+      v.setUint32(kvm_msr_list.nmsrs, capacity, true);
+      const r = sys.ioctl(this.fd, KVM_GET_MSR_INDEX_LIST, buf);
+      const n = v.getUint32(kvm_msr_list.nmsrs, true);
+      if (r >= 0) return Array.from({ length: n }, (_, i) => v.getUint32(kvm_msr_list.indices + 4 * i, true));
+      if (-r !== E2BIG) throw new KvmError("EKVMIOCTL", `KVM_GET_MSR_INDEX_LIST failed: ${errnoName(-r)}`, errnoName(-r));
+      capacity = n;
+    }
+    throw new KvmError("EKVMIOCTL", "KVM_GET_MSR_INDEX_LIST failed: the list kept growing");
   }
 
   /** KVM_CREATE_VM. */

@@ -3,14 +3,16 @@
  */
 import { closeSync } from "node:fs";
 import {
-  KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2, KVM_CREATE_VCPU, KVM_IOEVENTFD, KVM_IRQ_LINE, KVM_IRQFD,
-  KVM_SET_IDENTITY_MAP_ADDR, KVM_SET_TSS_ADDR, KVM_SET_USER_MEMORY_REGION, MAP_SHARED, PROT_READ, PROT_WRITE,
-  kvm_ioeventfd, kvm_irq_level, kvm_irqfd, kvm_pit_config, kvm_userspace_memory_region,
+  KVM_CAP_XSAVE2, KVM_CHECK_EXTENSION, KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2, KVM_CREATE_VCPU, KVM_GET_CLOCK,
+  KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_IOEVENTFD, KVM_IRQ_LINE, KVM_IRQFD, KVM_SET_CLOCK, KVM_SET_IDENTITY_MAP_ADDR,
+  KVM_SET_IRQCHIP, KVM_SET_PIT2, KVM_SET_TSS_ADDR, KVM_SET_USER_MEMORY_REGION, MAP_SHARED, PROT_READ, PROT_WRITE,
+  kvm_clock_data, kvm_ioeventfd, kvm_irq_level, kvm_irqchip, kvm_irqfd, kvm_pit_config, kvm_pit_state2,
+  kvm_userspace_memory_region, kvm_xsave,
 } from "../linux/abi.generated.js";
 import { dataView } from "../memory/le.js";
 import { mmap, sys } from "../sys/native.js";
 import { KvmError } from "./errors.js";
-import { kvmIoctl, type Kvm } from "./kvm.js";
+import { kvmGetIoctl, kvmIoctl, kvmSetIoctl, type Kvm } from "./kvm.js";
 import { VcpuFd } from "./vcpu.js";
 
 /** Arguments of KVM_SET_USER_MEMORY_REGION. */
@@ -49,6 +51,23 @@ export class VmFd {
     return new VmFd(fd);
   }
 
+  /**
+   * KVM_CHECK_EXTENSION on the VM (api.rst 4.4, KVM_CAP_CHECK_EXTENSION_VM):
+   * 0 when absent, a positive value when present. Some answers are per VM.
+   */
+  checkExtension(cap: number): number {
+    const r = sys.ioctl(this.fd, KVM_CHECK_EXTENSION, cap);
+    return r < 0 ? 0 : r;
+  }
+
+  /**
+   * Bytes of a vCPU's XSAVE state in this VM: KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)
+   * asked of the VM, at least sizeof(struct kvm_xsave) (api.rst 4.43, 4.134).
+   */
+  xsaveSize(): number {
+    return Math.max(kvm_xsave.SIZE, this.checkExtension(KVM_CAP_XSAVE2));
+  }
+
   /** KVM_SET_USER_MEMORY_REGION. */
   setUserMemoryRegion(r: UserMemoryRegion): void {
     const buf = new Uint8Array(kvm_userspace_memory_region.SIZE);
@@ -82,6 +101,45 @@ export class VmFd {
     const buf = new Uint8Array(kvm_pit_config.SIZE);
     dataView(buf).setUint32(kvm_pit_config.flags, flags, true);
     kvmIoctl(this.fd, KVM_CREATE_PIT2, buf, "KVM_CREATE_PIT2");
+  }
+
+  /**
+   * KVM_GET_IRQCHIP (api.rst 4.26): raw struct kvm_irqchip of the in-kernel
+   * chip `chipId` (KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC).
+   */
+  getIrqchip(chipId: number): Uint8Array {
+    const buf = new Uint8Array(kvm_irqchip.SIZE);
+    dataView(buf).setUint32(kvm_irqchip.chip_id, chipId, true);
+    kvmIoctl(this.fd, KVM_GET_IRQCHIP, buf, `KVM_GET_IRQCHIP(${chipId})`);
+    return buf;
+  }
+
+  /** KVM_SET_IRQCHIP (api.rst 4.27): `state` as getIrqchip returned it; its chip_id names the chip. */
+  setIrqchip(state: Uint8Array): void {
+    kvmSetIoctl(this.fd, KVM_SET_IRQCHIP, state, kvm_irqchip.SIZE, "KVM_SET_IRQCHIP");
+  }
+
+  /** KVM_GET_PIT2 (api.rst 4.72): raw struct kvm_pit_state2 of the in-kernel i8254. */
+  getPit2(): Uint8Array {
+    return kvmGetIoctl(this.fd, KVM_GET_PIT2, kvm_pit_state2.SIZE, "KVM_GET_PIT2");
+  }
+
+  /** KVM_SET_PIT2 (api.rst 4.73). */
+  setPit2(state: Uint8Array): void {
+    kvmSetIoctl(this.fd, KVM_SET_PIT2, state, kvm_pit_state2.SIZE, "KVM_SET_PIT2");
+  }
+
+  /**
+   * KVM_GET_CLOCK (api.rst 4.29): raw struct kvm_clock_data — the guest's
+   * kvmclock in ns, and flags saying which other fields KVM filled in.
+   */
+  getClock(): Uint8Array {
+    return kvmGetIoctl(this.fd, KVM_GET_CLOCK, kvm_clock_data.SIZE, "KVM_GET_CLOCK");
+  }
+
+  /** KVM_SET_CLOCK (api.rst 4.30): `state`'s flags choose how KVM takes it (KVM_CLOCK_REALTIME). */
+  setClock(state: Uint8Array): void {
+    kvmSetIoctl(this.fd, KVM_SET_CLOCK, state, kvm_clock_data.SIZE, "KVM_SET_CLOCK");
   }
 
   /**
@@ -130,7 +188,7 @@ export class VmFd {
       closeSync(fd);
       throw new KvmError("EKVMIOCTL", `mmap of vCPU ${id}'s kvm_run failed: ${(e as Error).message}`);
     }
-    return new VcpuFd(id, fd, runAddress, size);
+    return new VcpuFd(id, fd, runAddress, size, true, this.xsaveSize());
   }
 
   close(): void {

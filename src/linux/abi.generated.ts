@@ -56,6 +56,7 @@ export const KVM_SET_TSC_KHZ = 0xaea2;
 export const KVM_GET_TSC_KHZ = 0xaea3;
 export const KVM_SET_SIGNAL_MASK = 0x4004ae8b;
 export const KVM_NMI = 0xae9a;
+export const KVM_GET_XSAVE2 = 0x9000aecf;
 
 // linux/kvm.h: capabilities
 export const KVM_API_VERSION = 0xc;
@@ -88,6 +89,7 @@ export const KVM_CAP_SIGNAL_MSI = 0x4d;
 export const KVM_CAP_USER_NMI = 0x16;
 export const KVM_CAP_SYNC_MMU = 0x10;
 export const KVM_CAP_EXT_EMUL_CPUID = 0x5f;
+export const KVM_CAP_XSAVE2 = 0xd0;
 
 // linux/kvm.h: exit reasons and their sub-codes
 export const KVM_EXIT_UNKNOWN = 0x0;
@@ -146,6 +148,10 @@ export const KVM_IRQCHIP_PIC_MASTER = 0x0;
 export const KVM_IRQCHIP_PIC_SLAVE = 0x1;
 export const KVM_IRQCHIP_IOAPIC = 0x2;
 export const KVM_IOAPIC_NUM_PINS = 0x18;
+export const KVM_CLOCK_TSC_STABLE = 0x2;
+export const KVM_CLOCK_REALTIME = 0x4;
+export const KVM_CLOCK_HOST_TSC = 0x8;
+export const KVM_MAX_XCRS = 0x10;
 
 // asm/kvm_para.h: KVM paravirtual CPUID leaves and features
 export const KVM_CPUID_SIGNATURE = 0x40000000;
@@ -275,6 +281,33 @@ export const MSR_IA32_TSC_DEADLINE = 0x6e0;
 // asm/mtrr.h: memory types
 export const MTRR_TYPE_UNCACHABLE = 0x0;
 export const MTRR_TYPE_WRBACK = 0x6;
+
+// asm/msr-index.h, asm/mtrr.h, asm/hyperv-tlfs.h: MSRs a vCPU snapshot adds to KVM_GET_MSR_INDEX_LIST or leaves out
+export const MSR_MTRRcap = 0xfe;
+export const MTRRphysBase_MSR_0 = 0x200;
+export const MTRRphysMask_MSR_0 = 0x201;
+export const MTRRphysBase_MSR_1 = 0x202;
+export const MSR_MTRRfix64K_00000 = 0x250;
+export const MSR_MTRRfix16K_80000 = 0x258;
+export const MSR_MTRRfix16K_A0000 = 0x259;
+export const MSR_MTRRfix4K_C0000 = 0x268;
+export const MSR_MTRRfix4K_C8000 = 0x269;
+export const MSR_MTRRfix4K_D0000 = 0x26a;
+export const MSR_MTRRfix4K_D8000 = 0x26b;
+export const MSR_MTRRfix4K_E0000 = 0x26c;
+export const MSR_MTRRfix4K_E8000 = 0x26d;
+export const MSR_MTRRfix4K_F0000 = 0x26e;
+export const MSR_MTRRfix4K_F8000 = 0x26f;
+export const MSR_IA32_MCG_CAP = 0x179;
+export const MSR_IA32_MC0_CTL = 0x400;
+export const MSR_IA32_MC0_STATUS = 0x401;
+export const MSR_IA32_MC0_ADDR = 0x402;
+export const MSR_IA32_MC0_MISC = 0x403;
+export const MSR_IA32_MCx_CTL_1 = 0x404;
+export const MSR_IA32_VMX_BASIC = 0x480;
+export const MSR_IA32_VMX_VMFUNC = 0x491;
+export const HV_X64_MSR_GUEST_OS_ID = 0x40000000;
+export const HV_X64_MSR_TSC_INVARIANT_CONTROL = 0x40000118;
 
 // asm/apicdef.h: local APIC
 export const APIC_DEFAULT_PHYS_BASE = 0xfee00000;
@@ -940,6 +973,58 @@ export const kvm_clock_data = {
   SIZE: 48,
   clock: 0,
   flags: 8,
+  realtime: 16,
+  host_tsc: 24,
+} as const;
+export const kvm_xsave = {
+  SIZE: 4096,
+  region: 0,
+} as const;
+export const kvm_xcr = {
+  SIZE: 16,
+  xcr: 0,
+  value: 8,
+} as const;
+export const kvm_xcrs = {
+  SIZE: 392,
+  nr_xcrs: 0,
+  flags: 4,
+  xcrs: 8,
+} as const;
+export const kvm_debugregs = {
+  SIZE: 128,
+  db: 0,
+  dr6: 32,
+  dr7: 40,
+  flags: 48,
+} as const;
+export const kvm_vcpu_events = {
+  SIZE: 64,
+  flags: 20,
+  nmi_masked: 14,
+} as const;
+export const kvm_irqchip = {
+  SIZE: 520,
+  chip_id: 0,
+  chip: 8,
+} as const;
+export const kvm_pit_state2 = {
+  SIZE: 112,
+  channels: 0,
+  flags: 72,
+} as const;
+export const kvm_pit_channel_state = {
+  SIZE: 24,
+  count: 0,
+  count_load_time: 16,
+} as const;
+export const kvm_pic_state = {
+  SIZE: 16,
+  imr: 2,
+} as const;
+export const kvm_ioapic_state = {
+  SIZE: 216,
+  id: 12,
 } as const;
 export const boot_params = {
   SIZE: 4096,

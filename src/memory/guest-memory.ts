@@ -1,5 +1,6 @@
 /**
- * Guest physical memory: anonymous host mappings, one per region, with
+ * Guest physical memory: host mappings (anonymous, or a snapshot's memory file
+ * mapped copy-on-write), one per region, with
  * bounds-checked little-endian accessors. A guest address is a plain number
  * (guest-physical, < 2^52); any address that comes from the guest must pass
  * through these accessors or `slice`, which throw MemoryError when the range
@@ -19,7 +20,8 @@ export type GuestAddress = number;
 
 /** Why a guest memory access failed. */
 export class MemoryError extends Error {
-  readonly code: "EGUESTRANGE" | "EMEMCONFIG";
+  /** EGUESTRANGE: outside guest memory. EMEMCONFIG: a bad layout. EDISPOSED: the memory was released. */
+  readonly code: "EGUESTRANGE" | "EMEMCONFIG" | "EDISPOSED";
   constructor(code: MemoryError["code"], message: string) {
     super(message);
     this.name = "MemoryError";
@@ -92,6 +94,37 @@ export class GuestMemory {
     return m;
   }
 
+  /**
+   * Maps each range from `fd` (a snapshot's memory file) at its
+   * `fileOffset`, private and copy-on-write (MAP_PRIVATE): nothing is read
+   * until the guest or flint touches a page, a page read is the file's page
+   * (shared, through the page cache, with every other mapping of the file),
+   * and a page written becomes this VM's own. So mapping takes the same time
+   * whatever the size of guest memory, and clones of one snapshot share the
+   * pages none of them has written. The fd may be closed once this returns.
+   * Note that `discard` (MADV_DONTNEED) of such a page brings back the file's
+   * page, not zeros.
+   */
+  static mapFile(ranges: { guestBase: number; size: number; fileOffset: number }[], fd: number, options: MemoryOptions = {}): GuestMemory {
+    const regions: MemoryRegion[] = [];
+    try {
+      for (const r of ranges) {
+        if (r.size <= 0 || r.size % 4096 !== 0 || r.guestBase % 4096 !== 0 || r.fileOffset % 4096 !== 0) {
+          throw new MemoryError("EMEMCONFIG", `Cannot map guest memory: region 0x${r.guestBase.toString(16)}+0x${r.size.toString(16)} at file offset ${r.fileOffset} is not page-aligned`);
+        }
+        const host = mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, r.fileOffset);
+        if (options.mergeable) madvise(host, r.size, MADV_MERGEABLE);
+        regions.push(makeRegion(r.guestBase, r.size, host));
+      }
+    } catch (e) {
+      for (const r of regions) munmap(r.hostAddress, r.size);
+      throw e;
+    }
+    const m = new GuestMemory(regions, true);
+    m.checkOverlaps();
+    return m;
+  }
+
   /** Views memory described by another thread (does not own the mappings). */
   static attach(desc: MemoryDescriptor): GuestMemory {
     return new GuestMemory(desc.regions.map((r) => makeRegion(r.guestBase, r.size, r.hostAddress)), false);
@@ -131,6 +164,8 @@ export class GuestMemory {
   }
 
   private region(address: number, length: number): MemoryRegion {
+    // A read of unmapped memory would end the process (SIGSEGV): after dispose() every accessor throws instead.
+    if (this.disposed) throw new MemoryError("EDISPOSED", "guest memory was released (the VM ended)");
     const r = this.findRegion(address, length);
     if (!r) {
       throw new MemoryError("EGUESTRANGE", `guest range 0x${address.toString(16)}+${length} is outside guest memory`);
@@ -180,7 +215,11 @@ export class GuestMemory {
   writeU32(a: GuestAddress, x: number): void { const r = this.region(a, 4); r.view.setUint32(a - r.guestBase, x >>> 0, true); }
   writeU64(a: GuestAddress, x: bigint | number): void { const r = this.region(a, 8); r.view.setBigUint64(a - r.guestBase, BigInt(x), true); }
 
-  /** Gives pages back to the host (MADV_DONTNEED): they read as zero afterwards. */
+  /**
+   * Gives pages back to the host (MADV_DONTNEED): they read as zero
+   * afterwards, or, in memory mapped from a snapshot's file (mapFile), as
+   * the file's pages again.
+   */
   discard(address: GuestAddress, length: number): void {
     const r = this.region(address, length);
     if ((address - r.guestBase) % 4096 !== 0 || length % 4096 !== 0) {

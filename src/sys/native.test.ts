@@ -16,10 +16,10 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import {
   AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, ENAMETOOLONG, FIONREAD, KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_CREATE_VM,
-  KVM_GET_DIRTY_LOG, KVM_GET_MSR_INDEX_LIST, KVM_GET_REGS, KVM_GET_SUPPORTED_CPUID, KVM_SET_MSRS,
-  KVM_SET_USER_MEMORY_REGION, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, O_CLOEXEC, O_RDWR, POLLIN,
+  KVM_GET_DIRTY_LOG, KVM_GET_MSR_INDEX_LIST, KVM_GET_REGS, KVM_GET_SUPPORTED_CPUID, KVM_GET_XSAVE, KVM_GET_XSAVE2,
+  KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, O_CLOEXEC, O_RDWR, POLLIN,
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
-  kvm_regs, kvm_userspace_memory_region, pollfd,
+  kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
 } from "../linux/abi.generated.js";
 import { PAGE_SIZE, sys } from "./native.js";
 
@@ -415,6 +415,27 @@ test("ioctl on KVM: entry counts in cpuid2 and msr structs are checked against t
     assert.ok(nent > 0 && nent <= 256, `nent ${nent} written back`);
     // Requests whose structs hold pointers the addon does not check are refused whole.
     rejects(() => sys.ioctl(vm, KVM_GET_DIRTY_LOG, new Uint8Array(64)), "ioctl", "does not check", "KVM_GET_DIRTY_LOG");
+  });
+});
+
+test("ioctl on KVM: KVM_GET_XSAVE2 and KVM_SET_XSAVE work on a private copy of the largest XSAVE area", () => {
+  withKvm(({ vcpu }) => {
+    // The kernel copies the vCPU's XSAVE size, which can exceed _IOC_SIZE (4096) once AMX is
+    // enabled: the addon gives it a buffer of the CPU's largest XSAVE area, and the caller's
+    // buffer gives or takes as many bytes as it holds.
+    const g = guarded(kvm_xsave.SIZE);
+    assert.equal(sys.ioctl(vcpu, KVM_GET_XSAVE2, g.view), 0);
+    assert.ok(g.intact(), "guards intact after KVM_GET_XSAVE2");
+    const old = new Uint8Array(kvm_xsave.SIZE);
+    assert.equal(sys.ioctl(vcpu, KVM_GET_XSAVE, old), 0);
+    assert.deepEqual(g.view, old, "KVM_GET_XSAVE2 returns what KVM_GET_XSAVE does while the state fits 4096 bytes");
+    assert.equal(sys.ioctl(vcpu, KVM_SET_XSAVE, g.view), 0, "the state goes back");
+    for (const n of [0, 64, kvm_xsave.SIZE - 1]) {
+      const s = guarded(n, 16, kvm_xsave.SIZE + 16);
+      rejects(() => sys.ioctl(vcpu, KVM_GET_XSAVE2, s.view), "ioctl", `${kvm_xsave.SIZE} bytes`, `KVM_GET_XSAVE2 into ${n} bytes`);
+      rejects(() => sys.ioctl(vcpu, KVM_SET_XSAVE, s.view), "ioctl", `${kvm_xsave.SIZE} bytes`, `KVM_SET_XSAVE from ${n} bytes`);
+      assert.ok(s.intact(), `guards intact after ${n} bytes`);
+    }
   });
 });
 

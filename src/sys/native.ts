@@ -44,7 +44,10 @@ interface Addon {
    * rule: TUNSETIFF/TUNGETIFF read and write a struct ifreq; KVM_SET_CPUID2,
    * KVM_GET_SUPPORTED_CPUID (and the other cpuid2 calls), KVM_GET_MSRS,
    * KVM_SET_MSRS and KVM_GET_MSR_INDEX_LIST check their entry count against
-   * the buffer (the kernel works on a private copy); KVM_SET_USER_MEMORY_REGION's
+   * the buffer (the kernel works on a private copy); KVM_GET_XSAVE2 and
+   * KVM_SET_XSAVE take a buffer of at least struct kvm_xsave and the kernel
+   * works on a private copy the size of the CPU's largest XSAVE area, of which
+   * the buffer gives or takes what it holds; KVM_SET_USER_MEMORY_REGION's
    * userspace_addr range must lie in a mapping made by `mmap`. Requests whose
    * arguments hold pointers or sizes the addon does not understand
    * (KVM_GET_DIRTY_LOG, KVM_SET_GSI_ROUTING, KVM_GET_ONE_REG...) throw.

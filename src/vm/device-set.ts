@@ -18,7 +18,7 @@ import { DebugExit, DebugMark, createDebugExitShared, debugExitReading, type Deb
 import { I8042, createI8042Shared } from "../devices/legacy/i8042.js";
 import { Serial, SERIAL_PORT_COUNT } from "../devices/legacy/serial.js";
 import { SerialHost } from "../devices/legacy/serial-host.js";
-import { createSerialShared } from "../devices/legacy/serial-state.js";
+import { createSerialShared, type SerialSavedState } from "../devices/legacy/serial-state.js";
 import { insertVirtioTransports, type VirtioTransportDescriptor } from "../devices/virtio/virtio-set.js";
 
 /** Shared state of the legacy devices; transferable to vCPU threads. */
@@ -48,6 +48,12 @@ export interface HostDevices {
    * without it, it waits as long as the output needs.
    */
   stop(giveUp?: Promise<void>): Promise<void>;
+  /** Resolves once the console output has taken every byte the guest wrote so far (after start()). */
+  flushConsole(): Promise<void>;
+  /** The UART's saved state (after start(), vCPUs paused, console flushed). */
+  saveSerial(): SerialSavedState;
+  /** Puts back a saved UART state (after start(), before any vCPU runs); throws SerialError EBADSTATE for a record of another kind or version. */
+  restoreSerial(saved: SerialSavedState): void;
   /** Guest console bytes dropped: written after the release, or left unflushed at a given-up stop. */
   consoleDroppedBytes(): number;
   /** CLOCK_MONOTONIC ns of the guest's first boot-timer write. */
@@ -74,6 +80,10 @@ export function createDeviceSet(opts: { debugExit?: boolean; virtio?: VirtioTran
   let serial: SerialHost | undefined;
   let unflushed = 0;
   let released = false;
+  const started = (): SerialHost => {
+    if (!serial) throw new Error("the device set has not started");
+    return serial;
+  };
   return {
     descriptor,
     start(ctx, output) {
@@ -92,6 +102,9 @@ export function createDeviceSet(opts: { debugExit?: boolean; virtio?: VirtioTran
       if (!flushed) unflushed = s.pendingBytes;
       await s.close();
     },
+    flushConsole: () => serial?.flush() ?? Promise.resolve(),
+    saveSerial: () => started().save(),
+    restoreSerial: (saved) => started().restore(saved),
     consoleDroppedBytes: () => (serial?.droppedBytes ?? 0) + unflushed,
     bootTimeNs: () => bootTimerReading(descriptor.bootTimer),
     consoleInput: (bytes) => serial?.input(bytes) ?? 0,

@@ -6,7 +6,7 @@
  * `resume()` park and release every vCPU and quiesce the devices, and
  * `stop()` ends the VM from any state.
  */
-import { readFileSync, statSync } from "node:fs";
+import { closeSync, readFileSync, statSync } from "node:fs";
 import { totalmem } from "node:os";
 import { Worker } from "node:worker_threads";
 import {
@@ -39,6 +39,7 @@ import type { KvmRegs, KvmSregs } from "../kvm/types.js";
 import type { VcpuFd } from "../kvm/vcpu.js";
 import type { VmFd } from "../kvm/vm.js";
 import { GuestMemory } from "../memory/guest-memory.js";
+import { FLINT_VERSION } from "../sys/version.js";
 import { sys } from "../sys/native.js";
 import { WorkerPool } from "../sys/worker-pool.js";
 import { BLOCK_REQUEST_UPDATE_BACKING } from "../devices/virtio/block.js";
@@ -49,6 +50,11 @@ import { createDeviceSet, type HostDevices } from "./device-set.js";
 import { irqLineContext } from "./irq.js";
 import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
 import { newStatsBlock, readStats, type VcpuStats } from "./vcpu-loop.js";
+import { msrsToSave, restoreVcpuState, saveVcpuState } from "../arch/x86_64/vcpu-state.js";
+import { restoreVmState, saveVmState } from "../arch/x86_64/vm-state.js";
+import { openMemoryFile, writeMemoryFile } from "../snapshot/memory-file.js";
+import { SnapshotError } from "../snapshot/state-file.js";
+import { readMachineSnapshot, writeMachineSnapshot, type MachineSnapshot, type SavedBoot } from "./machine-snapshot.js";
 
 /** How the guest starts. */
 export type BootConfig =
@@ -160,6 +166,53 @@ export interface MachineResult {
   consoleDroppedBytes: number;
 }
 
+/**
+ * How to restore a snapshot (Machine.restore): its two files, and the host
+ * side of the new VM (console, callbacks, timeouts as in MachineConfig).
+ * What the guest was (vCPUs, memory size, devices) comes from the snapshot.
+ */
+export interface RestoreOptions extends Omit<MachineConfig, "cpus" | "memoryMib" | "boot" | "debugExit" | "virtioDevices" | "hugePages"> {
+  /** The state file snapshot() wrote. */
+  statePath: string;
+  /** The memory file snapshot() wrote (mapped copy-on-write, never written). */
+  memoryPath: string;
+  /**
+   * The snapshot's virtio devices with this VM's host-side options (its own
+   * TAP, vsock socket path or disk copy, so clones do not collide): the same
+   * count and kinds, in the same order. Default: the snapshot's own.
+   */
+  virtioDevices?: VirtioDeviceConfig[];
+  /** Start paused (run() then lets no vCPU into the guest until resume()); default false: running. */
+  paused?: boolean;
+}
+
+/** Where Machine.snapshot() writes, and what it saves beside the VM. */
+export interface SnapshotPaths {
+  /** The state file (written to a temporary name, then renamed over this one). */
+  statePath: string;
+  /** The memory file (created or truncated). */
+  memoryPath: string;
+  /** JSON-able data of the caller's, saved with the VM and given back by restore() (Machine.restoredVmm). */
+  vmm?: unknown;
+}
+
+/** What Machine.snapshot() wrote. */
+export interface SnapshotWritten {
+  /** Size of the state file. */
+  stateBytes: number;
+  /** Size of the memory file (guest RAM). */
+  memoryBytes: number;
+  /** Bytes of it that hold data: the rest are holes (all-zero pages). */
+  memoryDataBytes: number;
+}
+
+/** A BootConfig that says how a snapshot's guest was started (a restored VM boots nothing). */
+function bootOf(saved: SavedBoot): BootConfig {
+  return saved.kind === "linux"
+    ? { kind: "linux", kernelPath: saved.kernelPath, ...(saved.initrdPath ? { initrdPath: saved.initrdPath } : {}), cmdline: saved.cmdline, acpi: saved.acpi }
+    : { kind: "ring3", program: new Uint8Array(0) };
+}
+
 /** Bad configuration or host limits; `code` is stable, the message is one line. */
 export class MachineError extends Error {
   /**
@@ -169,8 +222,11 @@ export class MachineError extends Error {
    * did not answer within the pause timeout (the VM was left running).
    * EBUFFERFULL, EKBDDISABLED: sendCtrlAltDel() typed nothing (see I8042Error).
    * ENODEVICE: a device operation named a device the VM does not have.
+   * ENOTPAUSED: snapshot() of a VM that is not paused.
    */
-  readonly code: "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT" | "EBUFFERFULL" | "EKBDDISABLED" | "ENODEVICE";
+  readonly code:
+    | "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT" | "EBUFFERFULL" | "EKBDDISABLED" | "ENODEVICE"
+    | "ENOTPAUSED";
   constructor(code: MachineError["code"], message: string) {
     super(message);
     this.name = "MachineError";
@@ -252,6 +308,51 @@ function readInput(path: string, what: "kernel" | "initrd"): Buffer {
 export function maxVcpus(kvm: Kvm): number {
   const max = kvm.checkExtension(KVM_CAP_MAX_VCPUS) || kvm.checkExtension(KVM_CAP_NR_VCPUS) || 4;
   return Math.min(max, 254);
+}
+
+/**
+ * Opens KVM and creates a VM with what every flint VM has before its memory
+ * (api.rst: TSS and identity-map pages, then the in-kernel irqchip and PIT,
+ * before any vCPU). Throws MachineError ECPUS for a vCPU count this host
+ * cannot run, KvmError for a missing capability.
+ */
+function openKvmVm(cpus: number): { kvm: Kvm; vm: VmFd } {
+  const kvm = Kvm.open();
+  const max = maxVcpus(kvm);
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > max) {
+    kvm.close();
+    throw new MachineError("ECPUS", `Cannot create VM: --cpus ${cpus} is out of range (1 to ${max} on this host)`);
+  }
+  const caps: [number, string][] = [
+    [KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"], [KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"],
+    [KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"], [KVM_CAP_PIT2, "KVM_CAP_PIT2"],
+    [KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"], [KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"],
+    [KVM_CAP_MP_STATE, "KVM_CAP_MP_STATE"], [KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"], [KVM_CAP_IRQFD, "KVM_CAP_IRQFD"],
+  ];
+  try {
+    for (const [cap, name] of caps) kvm.requireExtension(cap, name);
+  } catch (e) {
+    kvm.close();
+    throw e;
+  }
+  const vm = kvm.createVm();
+  try {
+    vm.setTssAddr(KVM_TSS_ADDRESS);
+    vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDRESS);
+    vm.createIrqchip();
+    vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
+  } catch (e) {
+    vm.close();
+    kvm.close();
+    throw e;
+  }
+  return { kvm, vm };
+}
+
+/** Registers each region of `memory` with KVM, slot i for region i (the only place guest memory is given to KVM). */
+function registerMemory(vm: VmFd, memory: GuestMemory): void {
+  memory.regions.forEach((r, slot) =>
+    vm.setUserMemoryRegion({ slot, flags: 0, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
 }
 
 export class Machine {
@@ -350,32 +451,13 @@ export class Machine {
     const kernel = config.boot.kind === "linux" ? readInput(config.boot.kernelPath, "kernel") : undefined;
     const initrd = config.boot.kind === "linux" && config.boot.initrdPath ? readInput(config.boot.initrdPath, "initrd") : undefined;
 
-    const kvm = Kvm.open();
-    const max = maxVcpus(kvm);
-    if (!Number.isInteger(cpus) || cpus < 1 || cpus > max) {
-      kvm.close();
-      throw new MachineError("ECPUS", `Cannot create VM: --cpus ${cpus} is out of range (1 to ${max} on this host)`);
-    }
-    const caps: [number, string][] = [
-      [KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"], [KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"],
-      [KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"], [KVM_CAP_PIT2, "KVM_CAP_PIT2"],
-      [KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"], [KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"],
-      [KVM_CAP_MP_STATE, "KVM_CAP_MP_STATE"], [KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"], [KVM_CAP_IRQFD, "KVM_CAP_IRQFD"],
-    ];
-    for (const [cap, name] of caps) kvm.requireExtension(cap, name);
-
-    const vm = kvm.createVm();
+    const { kvm, vm } = openKvmVm(cpus);
     let memory: GuestMemory | undefined;
     let virtio: VirtioSet | undefined;
     const vcpus: VcpuFd[] = [];
     try {
-      vm.setTssAddr(KVM_TSS_ADDRESS);
-      vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDRESS);
-      vm.createIrqchip();
-      vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
       memory = GuestMemory.create(ramRegions(memoryMib * MiB), { hugePages: config.hugePages, mergeable: config.mergeable });
-      memory.regions.forEach((r, slot) =>
-        vm.setUserMemoryRegion({ slot, flags: 0, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
+      registerMemory(vm, memory);
 
       // Device threads report faults before the Machine exists; route them through it once it does.
       let machine: Machine | undefined;
@@ -428,6 +510,7 @@ export class Machine {
         }
       }
       machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, summary);
+      machine.cmdlineWindows = announce.cmdline === "second-window";
       return machine;
     } catch (e) {
       void virtio?.stop(); // nothing started yet: closes the eventfds at once
@@ -437,6 +520,131 @@ export class Machine {
       kvm.close();
       throw e;
     }
+  }
+
+  /**
+   * Restores a VM saved by snapshot() into a fresh KVM VM: guest memory is
+   * the memory file mapped copy-on-write (GuestMemory.mapFile, so this takes
+   * the same time whatever the memory size, and VMs restored from one file
+   * share the pages none has written), then the irqchip, PIT and clock, each
+   * vCPU's state and each device's. run() then starts it where it was saved,
+   * running, or paused when `options.paused` (Firecracker's resume_vm:
+   * false). Several Machines can be restored from one snapshot (clones);
+   * `virtioDevices` gives each its own host-side options (a TAP, a vsock
+   * socket path, a disk copy) for the devices the snapshot has, same count
+   * and kinds. Throws SnapshotError for a snapshot that is unreadable,
+   * corrupted, of another version or does not fit its memory file (nothing
+   * is created then), MachineError/KvmError as create() does.
+   */
+  static restore(options: RestoreOptions): Machine {
+    const { snapshot } = readMachineSnapshot(options.statePath);
+    const overrides = options.virtioDevices;
+    if (overrides && (overrides.length !== snapshot.virtio.configs.length || overrides.some((c, i) => c.kind !== snapshot.virtio.configs[i]!.kind))) {
+      throw new SnapshotError("ESNAPSTATE",
+        `Cannot restore '${options.statePath}': its virtio devices are ${snapshot.virtio.configs.map((c) => c.kind).join(", ") || "none"}; the override lists ${overrides.map((c) => c.kind).join(", ") || "none"}`);
+    }
+    const virtioDevices: VirtioDeviceConfig[] = overrides ?? snapshot.virtio.configs.map((c) => ({
+      ...c, backendModule: c.backendModule !== undefined ? new URL(c.backendModule) : undefined,
+    }));
+    const config: MachineConfig = {
+      ...options, cpus: snapshot.cpus, memoryMib: snapshot.memoryMib, boot: bootOf(snapshot.boot), debugExit: snapshot.debugExit, virtioDevices,
+    };
+    const memFd = openMemoryFile(options.memoryPath, snapshot.memory.regions);
+    let memory: GuestMemory | undefined;
+    let kvm: Kvm | undefined, vm: VmFd | undefined, virtio: VirtioSet | undefined;
+    const vcpus: VcpuFd[] = [];
+    try {
+      memory = GuestMemory.mapFile(snapshot.memory.regions, memFd, { mergeable: options.mergeable });
+      closeSync(memFd);
+      ({ kvm, vm } = openKvmVm(snapshot.cpus));
+      registerMemory(vm, memory);
+      let machine: Machine | undefined;
+      // The devices come up as saved, and quiesced: run() lets them go (their first resume() kicks each once).
+      virtio = VirtioSet.restore(virtioDevices, memory.describe(), vm, snapshot.virtio.states, {
+        onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
+        onHostError: config.onHostError,
+        cmdlineWindows: snapshot.virtio.cmdlineWindows,
+      });
+      const host = createDeviceSet({ debugExit: snapshot.debugExit, virtio: virtio.describe() });
+      // Every vCPU first, then the irqchip, PIT and clock (Firecracker's order; vm-state.ts says why).
+      for (const saved of snapshot.vcpus) {
+        const vcpu = vm.createVcpu(saved.id);
+        vcpus.push(vcpu);
+        restoreVcpuState(vcpu, saved);
+      }
+      restoreVmState(vm, snapshot.vm);
+      machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, `restored from ${options.statePath}`);
+      machine.restored = { legacy: snapshot.legacy, paused: options.paused ?? false };
+      machine.restoredVmm = snapshot.vmm;
+      machine.cmdlineWindows = snapshot.virtio.cmdlineWindows;
+      return machine;
+    } catch (e) {
+      if (memory === undefined) closeSync(memFd);
+      void virtio?.stop();
+      for (const v of vcpus) v.close();
+      memory?.dispose();
+      vm?.close();
+      kvm?.close();
+      if (e instanceof SnapshotError || e instanceof MachineError) throw e;
+      throw new SnapshotError("ESNAPBODY", `Cannot restore '${options.statePath}': ${(e as Error).message}`);
+    }
+  }
+
+  /** Whether each virtio device also has a command-line window (create() decides it from the boot configuration; restore() keeps the snapshot's). */
+  private cmdlineWindows = false;
+
+  /** What the snapshot this Machine was restored from carried for the layer above (SnapshotPaths.vmm). */
+  restoredVmm: unknown;
+
+  /** Set by restore(): what run() puts back before the vCPUs start. */
+  private restored: { legacy: MachineSnapshot["legacy"]; paused: boolean } | undefined;
+
+  /**
+   * Saves the paused VM: its state to `statePath` (versioned, checksummed:
+   * src/snapshot/state-file.ts) and its memory to `memoryPath` (a sparse
+   * image of guest RAM: src/snapshot/memory-file.ts). The VM stays paused;
+   * resume() or stop() it afterwards as wanted. Console output the guest
+   * wrote before the pause is delivered first. Rejects with ENOTPAUSED
+   * unless the VM is paused (as Firecracker's snapshot/create), ENDEDED once
+   * it ended, SnapshotError ESNAPIO when a file cannot be written.
+   */
+  snapshot(paths: SnapshotPaths): Promise<SnapshotWritten> {
+    return this.serializedValue(() => this.snapshotNow(paths));
+  }
+
+  private async snapshotNow(paths: SnapshotPaths): Promise<SnapshotWritten> {
+    const state = this.state;
+    if (state === "ended") throw new MachineError("EENDED", "Cannot snapshot VM: it has ended");
+    if (state !== "paused") throw new MachineError("ENOTPAUSED", `Cannot snapshot VM: it is ${state === "running" ? "running; pause it first" : "not started"}`);
+    const deadline = this.pauseDeadline();
+    try {
+      await this.settle("snapshot", this.host.flushConsole(), deadline, () => "the console output stream did not take the guest's output");
+    } finally {
+      deadline.clear();
+    }
+    const virtioStates = await this.virtio.saveState();
+    const msrs = msrsToSave(this.kvm, this.vcpus[0]!);
+    const boot = this.config.boot;
+    const savedBoot: SavedBoot = boot.kind === "linux"
+      ? { kind: "linux", kernelPath: boot.kernelPath, ...(boot.initrdPath ? { initrdPath: boot.initrdPath } : {}), cmdline: boot.cmdline, acpi: boot.acpi ?? true }
+      : { kind: "ring3" };
+    const vcpus = this.vcpus.map((v) => saveVcpuState(v, msrs));
+    const vm = saveVmState(this.vm);
+    const mem = writeMemoryFile(this.memory, paths.memoryPath);
+    const snapshot: MachineSnapshot = {
+      kind: "flint-machine", flintVersion: FLINT_VERSION, createdAtMs: Date.now(),
+      cpus: this.vcpus.length, memoryMib: this.config.memoryMib, boot: savedBoot, debugExit: this.config.debugExit ?? false,
+      memory: { regions: mem.regions }, vm, vcpus,
+      legacy: { serial: this.host.saveSerial(), i8042: this.keyboard!.save() },
+      virtio: {
+        configs: (this.config.virtioDevices ?? []).map((c) => ({ ...c, backendModule: c.backendModule?.href })),
+        states: virtioStates,
+        cmdlineWindows: this.cmdlineWindows,
+      },
+      ...(paths.vmm !== undefined ? { vmm: paths.vmm } : {}),
+    };
+    const stateBytes = writeMachineSnapshot(paths.statePath, snapshot);
+    return { stateBytes, memoryBytes: mem.totalBytes, memoryDataBytes: mem.dataBytes };
   }
 
   /** Starts all vCPU threads; resolves when the VM has stopped and output is flushed. */
@@ -497,10 +705,37 @@ export class Machine {
       throw deviceError;
     }
     this.host.start(mainCtx, this.config.consoleOutput);
+    const restored = this.restored;
+    if (restored) {
+      // Device registers before any vCPU runs; a restored VM asked to stay paused parks its vCPUs before their first KVM_RUN.
+      this.host.restoreSerial(restored.legacy.serial);
+      this.keyboard.restore(restored.legacy.i8042);
+      if (restored.paused) {
+        requestPause(this.control, true);
+      } else {
+        // Restored virtio devices start quiesced; let them run (and kick each once) before the guest does.
+        try {
+          await this.virtio.resume();
+        } catch (e) {
+          for (const w of this.workers) void w.terminate();
+          await Promise.all(done);
+          await this.virtio.stop();
+          this.dispose();
+          throw e;
+        }
+      }
+    }
     await Promise.all(ready);
     const startNs = sys.monotonicNs();
     for (const w of this.workers) w.postMessage("start");
     this.started = true;
+    if (restored?.paused) {
+      try {
+        await this.pause();
+      } catch {
+        // Ended meanwhile (stop()): run() reports why below.
+      }
+    }
     this.config.onStarted?.();
     await Promise.all(done);
     // Device threads stop after the vCPUs, so backends flush (e.g. fdatasync) before run() resolves;
@@ -633,6 +868,11 @@ export class Machine {
   }
 
   private serialized(op: () => Promise<void>): Promise<void> {
+    return this.serializedValue(op);
+  }
+
+  /** Runs `op` after every pause(), resume() and snapshot() called before it has settled. */
+  private serializedValue<T>(op: () => Promise<T>): Promise<T> {
     const p = this.lifecycle.then(op);
     this.lifecycle = p.catch(() => undefined);
     return p;
@@ -695,7 +935,7 @@ export class Machine {
   }
 
   /** Waits for `step`; rejects with EENDED if the VM ends first, ETIMEOUT (saying `what`) if the deadline passes first. */
-  private async settle(op: "pause" | "resume", step: Promise<void>, deadline: { expired: Promise<void> }, what: () => string): Promise<void> {
+  private async settle(op: "pause" | "resume" | "snapshot", step: Promise<void>, deadline: { expired: Promise<void> }, what: () => string): Promise<void> {
     const r = await Promise.race([
       step.then(() => "done" as const), this.endedSignal.then(() => "ended" as const), deadline.expired.then(() => "timeout" as const),
     ]);

@@ -177,7 +177,7 @@ describe("Firecracker's API before boot", () => {
 
   it("post-boot operations are refused before boot, with Firecracker's message", async () => {
     for (const [method, path, body] of [
-      ["PATCH", "/vm", { state: "Paused" }], ["PATCH", "/balloon", { amount_mib: 1 }], ["GET", "/balloon/statistics", undefined],
+      ["PATCH", "/vm", { state: "Paused" }], ["PUT", "/snapshot/create", { snapshot_path: "s", mem_file_path: "m" }], ["PATCH", "/balloon", { amount_mib: 1 }], ["GET", "/balloon/statistics", undefined],
       ["PUT", "/actions", { action_type: "SendCtrlAltDel" }],
       ["PATCH", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk }], ["PATCH", "/network-interfaces/eth0", { iface_id: "eth0" }],
     ] as const) {
@@ -189,8 +189,7 @@ describe("Firecracker's API before boot", () => {
 
   it("what flint does not have answers 400 with a precise reason, never 5xx", async () => {
     for (const [method, path, body, why] of [
-      ["PUT", "/snapshot/create", { snapshot_path: "s", mem_file_path: "m" }, /snapshots/],
-      ["PUT", "/snapshot/load", { snapshot_path: "s", mem_backend: { backend_type: "File", backend_path: "m" } }, /snapshots/],
+      ["PUT", "/snapshot/create", { snapshot_path: "s", mem_file_path: "m", snapshot_type: "Diff" }, /not supported before starting|Diff snapshots/],
       ["PUT", "/pmem/p0", { id: "p0", path_on_host: disk }, /virtio-pmem/],
       ["PUT", "/hotplug/memory", { total_size_mib: 1024 }, /virtio-mem/],
       ["GET", "/hotplug/memory", undefined, /virtio-mem/],
@@ -240,6 +239,29 @@ describe("Firecracker's API before boot", () => {
     assert.match(bodies[0]!, /firecracker_version/);
     assert.match(bodies[1]!, /vcpu_count/);
     assert.match(bodies[2]!, /"state":"Not started"/);
+  });
+});
+
+describe("PUT /snapshot/load before anything is configured", () => {
+  let sock = "", server: ApiServer;
+  before(async () => ({ sock, server } = await serve()));
+  after(() => server.close());
+
+  it("answers 400 with the reason for what it cannot load, and the load path stays open", async () => {
+    for (const [body, why] of [
+      [{ snapshot_path: "s", mem_backend: { backend_type: "Uffd", backend_path: "m" } }, /Uffd memory backend/],
+      [{ snapshot_path: "/nonexistent/s", mem_file_path: "m" }, /^Load snapshot error: Cannot read snapshot '\/nonexistent\/s': ENOENT$/],
+    ] as const) {
+      const r = await api(sock, "PUT", "/snapshot/load", body);
+      assert.equal(r.status, 400, r.text);
+      assert.match((r.json as { fault_message: string }).fault_message, why);
+    }
+    assert.equal(((await api(sock, "GET", "/")).json as { state: string }).state, "Not started");
+    const r = await api(sock, "PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 64 });
+    assert.equal(r.status, 204, r.text);
+    const refused = await api(sock, "PUT", "/snapshot/load", { snapshot_path: "s", mem_file_path: "m" });
+    assert.equal(refused.status, 400);
+    assert.match((refused.json as { fault_message: string }).fault_message, /not allowed after configuring boot-specific resources/);
   });
 });
 

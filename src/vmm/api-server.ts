@@ -156,12 +156,13 @@ async function route(vm: Vm, method: string, path: string, json: unknown, hasBod
           if (second === "memory") { body(MemoryHotplugSchema, json, "memory hot-plug request"); notSupported("flint has no virtio-mem device (memory hot-plug)"); }
           throw unknown();
         case "snapshot":
-          if (second === "create") { body(SnapshotCreateSchema, json, "snapshot create request"); notSupported("snapshots (flint cannot create one yet)"); }
+          if (second === "create") { await vm.createSnapshot(body(SnapshotCreateSchema, json, "snapshot create request")); return ok(); }
           if (second === "load") {
             const l = body(SnapshotLoadSchema, json, "snapshot load request");
             if (l.mem_backend != null && l.mem_file_path != null) throw new ApiFault("An error occurred when deserializing the json body of a request: too many fields: either `mem_backend` or `mem_file_path` exclusively is required.");
             if (l.mem_backend == null && l.mem_file_path == null) throw new ApiFault("An error occurred when deserializing the json body of a request: missing field: either `mem_backend` or `mem_file_path` is required.");
-            notSupported("snapshots (flint cannot load one yet)");
+            await vm.loadSnapshot(l);
+            return ok();
           }
           if (second === undefined) throw new ApiFault("Missing snapshot operation type.");
           throw new ApiFault(`Invalid request method and/or path: PUT /snapshot/${second}.`);

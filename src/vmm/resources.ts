@@ -51,6 +51,16 @@ export class VmResources {
   private entropy: Entropy | undefined;
   private mmdsConfig: MmdsConfig | undefined;
   private serial: Serial | undefined;
+  private configured = false;
+
+  /**
+   * Whether anything that configures a boot was given (boot source, machine
+   * config, a device, MMDS config, a config file): Firecracker's `boot_path`,
+   * after which a snapshot can no longer be loaded instead.
+   */
+  get bootConfigured(): boolean {
+    return this.configured;
+  }
 
   /** Takes a whole validated --config-file document (every check made as for the API), or throws and changes nothing. */
   load(cfg: VmConfig, what = "config file"): void {
@@ -200,6 +210,7 @@ export class VmResources {
   }
 
   private adopt(cfg: VmConfig): void {
+    this.configured = true;
     const boot = cfg["boot-source"];
     this.bootSource = boot.kernel_image_path === NO_KERNEL_YET ? undefined : { ...boot };
     this.machine = { ...defaultMachineConfig(), ...(cfg["machine-config"] ?? {}) };

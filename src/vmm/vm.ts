@@ -21,11 +21,14 @@
  * Like Firecracker, operations run one at a time in the order called.
  */
 import { EventEmitter } from "node:events";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { PassThrough, Writable } from "node:stream";
 import type { RateLimiterConfig } from "../devices/virtio/rate-limiter.js";
-import { Machine, type MachineResult, type MachineState } from "../vm/machine.js";
+import { Machine, type MachineConfig, type MachineResult, type MachineState } from "../vm/machine.js";
 import { rateLimiterUpdate, toFcRateLimiter, tokenBucket, type FlintMachineSpec } from "../config/convert.js";
-import type { Balloon, Logger, Metrics, RateLimiter } from "../config/schema.js";
+import type { Balloon, Logger, Metrics, RateLimiter, SnapshotCreateSchema } from "../config/schema.js";
+import type * as z from "zod/mini";
 import { LogFile, type LogLevel } from "./logger.js";
 import { VmMetrics } from "./metrics.js";
 import { MmdsStore } from "./mmds-store.js";
@@ -33,6 +36,29 @@ import { MMDS_DATA_MAX_BYTES } from "../devices/virtio/mmds/data.js";
 import { checkDisk } from "./host-checks.js";
 import { VmResources } from "./resources.js";
 import { SerialOutput } from "./serial-output.js";
+import { applyOverrides, readSavedVmm, type SavedVmm, type SnapshotLoad } from "./snapshot-vmm.js";
+
+/** A snapshot Vm.snapshot wrote: its state file and its memory file. */
+export interface VmSnapshot {
+  statePath: string;
+  memoryPath: string;
+}
+
+/** Vm.restore's options: a Vm's own, the host side of its devices, and whether it starts paused. */
+export interface VmRestoreOptions extends VmOptions {
+  /** New TAPs for the snapshot's interfaces, by id or in order. */
+  net?: { id?: string; tap: string }[];
+  /** A new host socket path for the snapshot's vsock. */
+  vsock?: { uds: string };
+  /** Start paused (default: running). */
+  paused?: boolean;
+}
+
+/** PUT /snapshot/create's body. */
+export type SnapshotCreate = z.infer<typeof SnapshotCreateSchema>;
+
+/** What every Vm's Machine is given, whether created or restored. */
+type MachineHooks = Pick<MachineConfig, "consoleOutput" | "onGuestFault" | "onHostError" | "onSlowEnd" | "onStarted">;
 
 /** Firecracker's instance states (vmm_config/instance_info.rs VmState). */
 export type VmState = "Not started" | "Running" | "Paused";
@@ -356,6 +382,131 @@ export class Vm extends EventEmitter<VmEvents> {
     const t0 = performance.now();
     const spec = this.resources.spec();
     this.warmUp(spec);
+    const drives = this.resources.driveList().map((d) => d.drive_id), ifaces = this.resources.interfaceList().map((n) => n.iface_id);
+    const deviceIds = spec.virtioDevices.map((d) => d.kind === "block" ? drives.shift() : d.kind === "net" ? ifaces.shift() : undefined);
+    await this.launch(() => (hooks) => Machine.create({
+      cpus: spec.cpus,
+      memoryMib: spec.memoryMib,
+      boot: { kind: "linux", kernelPath: spec.kernelPath, initrdPath: spec.initrdPath, cmdline: spec.cmdline, acpi: true, mode: spec.bootMode },
+      hugePages: spec.hugePages,
+      virtioDevices: spec.virtioDevices,
+      ...hooks,
+    }), { config: this.resources.toConfig(), deviceIds }, "Start microvm error");
+    this.metrics.latency("instance_start", (performance.now() - t0) * 1000);
+    this.log("info", "vmm", `Started the VM: ${spec.cpus} vCPUs, ${spec.memoryMib} MiB, ${spec.virtioDevices.length} virtio devices`);
+  }
+
+  /**
+   * PUT /snapshot/load: restores a VM saved by createSnapshot() (Machine.restore:
+   * its memory file mapped copy-on-write), running when `resume_vm`, else
+   * paused. Only before anything that configures a boot was given (as
+   * Firecracker: boot source, machine config, devices, MMDS config), since
+   * the snapshot is the whole VM. `network_overrides` give interfaces new
+   * TAPs by iface_id and `vsock_override` the vsock a new socket path, so
+   * that clones of one snapshot do not collide. Rejects with the reason
+   * (EPREBOOTONLY once started, ENOTSUPPORTED for what flint cannot do,
+   * ESTART for a snapshot that cannot be restored), changing nothing.
+   */
+  async loadSnapshot(l: SnapshotLoad): Promise<void> {
+    this.requireNotStarted();
+    if (this.resources.bootConfigured) {
+      throw new VmError("EPREBOOTONLY", "Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+    }
+    const memoryPath = l.mem_backend != null ? l.mem_backend.backend_path : l.mem_file_path;
+    if (l.mem_backend?.backend_type === "Uffd") throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: a Uffd memory backend (flint maps the memory file itself)");
+    if (memoryPath == null) throw new VmError("EINVALID", "Missing field: either `mem_backend` or `mem_file_path` is required.");
+    if (l.huge_pages !== undefined && l.huge_pages !== "None") throw new VmError("ENOTSUPPORTED", `The requested operation is not supported: huge pages "${l.huge_pages}" for restored memory`);
+    if (l.clock_realtime) throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: clock_realtime (the guest's clock goes on from the snapshot's value)");
+    const t0 = performance.now();
+    let saved: ReturnType<typeof readSavedVmm>, overridden: ReturnType<typeof applyOverrides>;
+    try {
+      saved = readSavedVmm(l.snapshot_path);
+      overridden = applyOverrides(saved, l);
+    } catch (e) {
+      throw new VmError("ESTART", `Load snapshot error: ${(e as Error).message.split("\n")[0]}`);
+    }
+    const { virtioDevices, config } = overridden;
+    await this.launch(() => (hooks) => Machine.restore({
+      statePath: l.snapshot_path, memoryPath, virtioDevices, paused: !(l.resume_vm ?? false), ...hooks,
+    }), { config, deviceIds: saved.deviceIds }, "Load snapshot error");
+    this.metrics.latency("load_snapshot", (performance.now() - t0) * 1000);
+    this.log("info", "vmm", `Loaded the VM from snapshot ${l.snapshot_path}: ${this.state}`);
+  }
+
+  /**
+   * PUT /snapshot/create: saves the paused VM (Machine.snapshot) to
+   * `snapshot_path` and `mem_file_path`; the VM stays paused. A Diff
+   * snapshot is refused (ENOTSUPPORTED) until flint tracks dirty pages.
+   */
+  async createSnapshot(c: SnapshotCreate): Promise<void> {
+    const machine = this.requireStarted();
+    if (c.snapshot_type === "Diff") throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: Diff snapshots (flint writes Full snapshots)");
+    if (machine.state !== "paused") throw new VmError("EINVALID", "Create snapshot error: the microVM must be paused first (PATCH /vm {\"state\": \"Paused\"})");
+    const t0 = performance.now();
+    try {
+      await machine.snapshot({ statePath: c.snapshot_path, memoryPath: c.mem_file_path, vmm: this.savedVmm });
+    } catch (e) {
+      throw new VmError("EINVALID", `Create snapshot error: ${(e as Error).message.split("\n")[0]}`);
+    }
+    this.metrics.latency("full_create_snapshot", (performance.now() - t0) * 1000);
+    this.log("info", "vmm", `Created a snapshot: ${c.snapshot_path}, memory ${c.mem_file_path}`);
+  }
+
+  /**
+   * The library's snapshot: pauses the VM if it runs, writes `dir`/vm.snap
+   * and `dir`/vm.mem (createSnapshot; `dir` is created), and resumes it
+   * unless `resume` is false. Resolves with the snapshot, for Vm.restore.
+   */
+  async snapshot(o: { dir: string; resume?: boolean }): Promise<VmSnapshot> {
+    const machine = this.requireStarted();
+    const wasRunning = machine.state === "running";
+    mkdirSync(o.dir, { recursive: true });
+    const snap: VmSnapshot = { statePath: join(o.dir, "vm.snap"), memoryPath: join(o.dir, "vm.mem") };
+    if (wasRunning) await this.pause();
+    try {
+      await this.createSnapshot({ snapshot_path: snap.statePath, mem_file_path: snap.memoryPath });
+    } finally {
+      if (wasRunning && o.resume !== false && (machine.state as MachineState) === "paused") await this.resume();
+    }
+    return snap;
+  }
+
+  /**
+   * A new Vm restored from `snap` (loadSnapshot), running unless `paused`:
+   * `net` gives its interfaces their own TAPs (by iface id, or in order
+   * when no id is given), `vsock` its own socket path, so that many clones
+   * of one snapshot run side by side. The other options are a Vm's own.
+   */
+  static async restore(snap: VmSnapshot, o: VmRestoreOptions = {}): Promise<Vm> {
+    const vm = new Vm(o);
+    let ids: (string | undefined)[] = [];
+    if (o.net?.some((n) => n.id === undefined)) {
+      try {
+        const saved = readSavedVmm(snap.statePath);
+        ids = saved.virtioDevices.map((d, i) => (d.kind === "net" ? saved.deviceIds[i] : undefined)).filter((x) => x !== undefined);
+      } catch (e) {
+        throw new VmError("ESTART", `Load snapshot error: ${(e as Error).message.split("\n")[0]}`);
+      }
+    }
+    await vm.loadSnapshot({
+      snapshot_path: snap.statePath,
+      mem_backend: { backend_type: "File", backend_path: snap.memoryPath },
+      resume_vm: !o.paused,
+      ...(o.net ? { network_overrides: o.net.map((n, i) => ({ iface_id: n.id ?? ids[i] ?? `#${i}`, host_dev_name: n.tap })) } : {}),
+      ...(o.vsock ? { vsock_override: { uds_path: o.vsock.uds } } : {}),
+    });
+    return vm;
+  }
+
+  /** What a snapshot of this VM carries for the API: the configuration it runs with and its devices' ids. */
+  private savedVmm: SavedVmm | undefined;
+
+  /**
+   * Builds a Machine with `make` (given the hooks every Vm's Machine gets:
+   * console, faults, events) and runs it until its vCPUs are let go; on
+   * failure nothing is kept and the rejection says `failure`: the reason.
+   */
+  private async launch(make: () => (hooks: MachineHooks) => Machine, saved: SavedVmm, failure: string): Promise<void> {
     let machine: Machine;
     let consoleOutput = this.options.consoleOutput ?? (this.console.listenerCount("data") > 0 || this.console.readableFlowing ? this.console : new Writable({ write: (_c, _e, cb) => cb() }));
     const serial = this.resources.serialConfig();
@@ -369,12 +520,7 @@ export class Vm extends EventEmitter<VmEvents> {
         consoleOutput = this.serialOutput;
       }
       consoleOutput = this.consoleTee(consoleOutput);
-      machine = Machine.create({
-        cpus: spec.cpus,
-        memoryMib: spec.memoryMib,
-        boot: { kind: "linux", kernelPath: spec.kernelPath, initrdPath: spec.initrdPath, cmdline: spec.cmdline, acpi: true, mode: spec.bootMode },
-        hugePages: spec.hugePages,
-        virtioDevices: spec.virtioDevices,
+      machine = make()({
         consoleOutput,
         onGuestFault: (device, message) => {
           this.guestFaults++;
@@ -395,13 +541,13 @@ export class Vm extends EventEmitter<VmEvents> {
     } catch (e) {
       this.serialOutput?.destroy();
       this.serialOutput = undefined;
-      throw new VmError("ESTART", `Start microvm error: ${(e as Error).message.split("\n")[0]}`);
+      throw new VmError("ESTART", `${failure}: ${(e as Error).message.split("\n")[0]}`);
     }
     this.machine = machine;
-    this.booted = this.resources.toConfig();
-    const drives = this.resources.driveList().map((d) => d.drive_id), ifaces = this.resources.interfaceList().map((n) => n.iface_id);
+    this.booted = saved.config;
+    this.savedVmm = saved;
     const names: Record<string, string> = { vsock: "vsock", rng: "entropy", balloon: "balloon" };
-    this.deviceNames = spec.virtioDevices.map((d) => d.kind === "block" ? `block_${drives.shift()}` : d.kind === "net" ? `net_${ifaces.shift()}` : names[d.kind] ?? d.kind);
+    this.deviceNames = (machine.config.virtioDevices ?? []).map((d, i) => d.kind === "block" ? `block_${saved.deviceIds[i]}` : d.kind === "net" ? `net_${saved.deviceIds[i]}` : names[d.kind] ?? d.kind);
     let started!: () => void;
     const running = new Promise<void>((r) => (started = r));
     const onState = () => started();
@@ -427,13 +573,12 @@ export class Vm extends EventEmitter<VmEvents> {
       this.off("state", onState);
       this.machine = undefined;
       this.booted = undefined;
+      this.savedVmm = undefined;
       this.ending = undefined;
-      throw new VmError("ESTART", `Start microvm error: ${first.message.split("\n")[0]}`);
+      throw new VmError("ESTART", `${failure}: ${first.message.split("\n")[0]}`);
     }
     // The MMDS interfaces get the data stored before boot (their device threads are running now).
     await this.pushMmds();
-    this.metrics.latency("instance_start", (performance.now() - t0) * 1000);
-    this.log("info", "vmm", `Started the VM: ${spec.cpus} vCPUs, ${spec.memoryMib} MiB, ${spec.virtioDevices.length} virtio devices`);
   }
 
   /** PATCH /vm {"state": "Paused"}: every vCPU out of the guest, every device at rest. */

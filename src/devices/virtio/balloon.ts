@@ -17,6 +17,8 @@
  *   it back (requestStats) when it wants fresh values, which the driver then
  *   posts again.
  * - VIRTIO_BALLOON_F_DEFLATE_ON_OOM only changes what the driver does.
+ * - Snapshots (balloon-persist.ts): saveState/restoreState carry the target,
+ *   the statistics and the buffer held for them, and the inflated pages.
  */
 import {
   VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_MUST_TELL_HOST, VIRTIO_BALLOON_F_STATS_VQ,
@@ -28,6 +30,7 @@ import {
 } from "../../linux/abi.generated.js";
 import type { GuestMemory, MemoryRegion } from "../../memory/guest-memory.js";
 import { dataView, getU16, getU32, getU64, setU32 } from "../../memory/le.js";
+import { type BalloonSavedState, checkBalloonSavedState, statsToSaved } from "./balloon-persist.js";
 import { readChain } from "./chain-io.js";
 import { type ServeResult, serveQueue } from "./queue.js";
 import type { BackendRequest, DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
@@ -150,6 +153,27 @@ class PageBitmap {
 
   clear(): void {
     this.bits.clear();
+  }
+
+  /** The inflated pages as runs [guest address, pages], by region and address. */
+  runs(): [number, number][] {
+    const out: [number, number][] = [];
+    const regions = [...this.bits].sort(([a], [b]) => a.guestBase - b.guestBase);
+    for (const [region, bits] of regions) {
+      let start = -1;
+      const pages = region.size / BALLOON_PAGE_SIZE;
+      for (let page = 0; page <= pages; page++) {
+        const on = page < pages && (bits[page >>> 3]! & (1 << (page & 7))) !== 0;
+        if (on && start < 0) start = page;
+        if (!on && start >= 0) {
+          out.push([region.guestBase + start * BALLOON_PAGE_SIZE, page - start]);
+          start = -1;
+        }
+        // Skip empty bytes quickly (most of a region is never ballooned).
+        if (start < 0 && (page & 7) === 0 && bits[page >>> 3] === 0) page += 7;
+      }
+    }
+    return out;
   }
 }
 
@@ -326,6 +350,40 @@ export class VirtioBalloon implements VirtioBackend {
     }
     if (pushed) ctx.notifyUsed(queue);
     if (served.more) ctx.kick(queue);
+  }
+
+  /** The balloon's record for a snapshot (balloon-persist.ts). */
+  saveState(): BalloonSavedState {
+    return {
+      targetPages: this.targetPages, actualPages: this.actualPages, statsHead: this.statsHead ?? null,
+      statsUpdates: this.latest.updates, stats: statsToSaved(this.latest.byTag), inflated: this.inflated.runs(),
+    };
+  }
+
+  /**
+   * Takes up a saved balloon (see VirtioBackend.restoreState): its target and
+   * statistics, and with `ctx` its session: the inflated pages and the held
+   * statistics buffer. Config space came with the registers: nothing is
+   * written or signalled to the guest.
+   */
+  restoreState(state: unknown, ctx: VirtioDeviceContext | undefined): void {
+    const s = checkBalloonSavedState(state, {
+      queueSize: BALLOON_QUEUE_SIZE, maxStats: BALLOON_MAX_STATS, pageBytes: BALLOON_PAGE_SIZE, memory: ctx?.memory,
+    });
+    if (ctx && s.targetPages > ctx.memory.totalBytes / BALLOON_PAGE_SIZE) {
+      throw new BalloonError("EBALLOONTARGET", `Cannot restore balloon: its target of ${s.targetPages} pages is more than the guest's memory`);
+    }
+    this.targetPages = s.targetPages;
+    this.lastActualPages = s.actualPages;
+    const byName: Record<string, bigint> = {};
+    for (const [tag, value] of s.stats) byName[BALLOON_STAT_NAMES.get(tag) ?? `tag-${tag}`] = value;
+    this.latest = { updates: s.statsUpdates, byTag: s.stats, byName };
+    if (!ctx) return;
+    this.ctx = ctx;
+    this.statsHead = s.statsHead;
+    for (const [addr, pages] of s.inflated) {
+      for (let i = 0; i < pages; i++) this.inflated.set(ctx.memory, addr + i * BALLOON_PAGE_SIZE, true);
+    }
   }
 
   reset(): void {

@@ -31,6 +31,9 @@
  * VIRTIO_BLK_F_CONFIG_WCE nor VIRTIO_BLK_F_FLUSH were negotiated, but
  * VIRTIO_BLK_F_FLUSH was offered" — so then every OUT and WRITE_ZEROES is
  * followed by fdatasync before it completes (as QEMU does).
+ *
+ * Snapshots: saveState/restoreState carry the rate limiter and the
+ * WRITE_ZEROES requests still being written (block-persist.ts).
  */
 import { closeSync, fstatSync, openSync } from "node:fs";
 import { performance } from "node:perf_hooks";
@@ -46,11 +49,13 @@ import {
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, getU32, getU64, setU32, setU64, setU8 } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
+import { type BlockSavedState, checkBlockSavedState } from "./block-persist.js";
 import { readChain, writeChain } from "./chain-io.js";
 import { type ServeResult, serveQueue } from "./queue.js";
 import {
   RATE_LIMITER_REQUEST_INFO, RATE_LIMITER_REQUEST_UPDATE, RateLimiter, type RateLimiterConfig, rateLimiterRequest,
 } from "./rate-limiter.js";
+import { u64ToSaved } from "./saved-state.js";
 import type { BackendRequest, DescriptorChain, GuestBuffer, VirtioBackend, VirtioDeviceContext, VirtQueue } from "./types.js";
 
 /**
@@ -386,6 +391,23 @@ export class VirtioBlock implements VirtioBackend {
       default:
         throw new Error(`virtio-blk has no request '${request.op}'`);
     }
+  }
+
+  /** The drive's record for a snapshot (block-persist.ts): its limiter and the zero jobs it still holds. */
+  saveState(): BlockSavedState {
+    return {
+      capacitySectors: u64ToSaved(this.capacitySectors), limiter: this.limiter.saveState(),
+      zeroJobs: this.zeroJobs.map((j) => ({ head: j.head, statusAddr: j.statusAddr, ranges: j.ranges.map((r) => ({ ...r })) })),
+    };
+  }
+
+  /** Takes up a saved drive (see VirtioBackend.restoreState): the same size, its limiter, and with `ctx` its session and zero jobs. */
+  restoreState(state: unknown, ctx: VirtioDeviceContext | undefined): void {
+    const s = checkBlockSavedState(state, this.capacitySectors, ctx?.memory);
+    this.limiter.restoreState(s.limiter);
+    if (!ctx) return;
+    this.activate(ctx);
+    this.zeroJobs = s.zeroJobs;
   }
 
   reset(): void {

@@ -30,6 +30,15 @@
  * device runs again, and none is lost or served twice. Host requests are
  * still answered while quiesced.
  *
+ * Snapshots (device-saved-state.ts): a quiesced device's record is read on
+ * the host's request (VIRTIO_REQUEST_SAVE_STATE: registers, each queue's
+ * device-side position, the backend's saveState). A device restored from a
+ * record (restore(), before the thread answers "ready") comes up with the
+ * registers and, if the driver's session was live, its queues at their saved
+ * positions and its backend restored (restoreState instead of activate),
+ * without the driver writing DRIVER_OK again; it starts quiesced, and the
+ * first time it runs the runner kicks it once (kickAfterRestore).
+ *
  * Anything a backend throws — a QueueError from a broken ring or a bug — puts
  * this device in DEVICE_NEEDS_RESET (virtio 1.x §2.1.2) rather than ending
  * the thread: the guest can recover by resetting the device, and the other
@@ -46,9 +55,11 @@ import {
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { eventfd, sys } from "../../sys/native.js";
 import { GUEST_FAULT_LOG_FIRST, GuestFaultLog } from "../fault-log.js";
+import { type DeviceSavedParts, type QueueSavedState, VIRTIO_REQUEST_SAVE_STATE, type VirtioDeviceSavedState } from "./device-saved-state.js";
 import type { DeviceEvent, DeviceInit, DeviceReplyMessage, DeviceRequestMessage } from "./device-thread.js";
 import { HOST_ERRORS_LOGGED, TransportState } from "./mmio-state.js";
 import { SplitQueue } from "./queue.js";
+import { VirtioSavedStateError } from "./saved-state.js";
 import { BACKEND_METRIC_SLOTS, type DescriptorChain, type QueueSession, type VirtioBackend, type VirtioDeviceContext, type VirtQueue } from "./types.js";
 
 const one = new BigUint64Array([1n]);
@@ -130,6 +141,8 @@ export class DeviceRunner {
   private quiesced = false;
   /** The last quiesce request answered. */
   private seenQuiesce = 0;
+  /** Restored from a snapshot and not yet run: the first resume kicks it (kickAfterRestore). */
+  private kickDue = false;
 
   /**
    * Publishes the backend's identity into the transport state and creates the
@@ -180,6 +193,103 @@ export class DeviceRunner {
   /** The queues' notify eventfds, in queue order (for KVM_IOEVENTFD). */
   get queueNotifyFds(): readonly number[] {
     return this.notifyFds;
+  }
+
+  /**
+   * Brings the device up as `saved` describes (see the module comment):
+   * registers, then, if the driver's session was live, its queues at their
+   * saved positions and the backend through restoreState (or activate, for a
+   * backend without state). The device is left quiesced. Throws
+   * VirtioSavedStateError, naming the device, when the record does not fit
+   * it; then call discard().
+   */
+  restore(saved: VirtioDeviceSavedState): void {
+    try {
+      if (saved.queues === null && saved.transport.status & VIRTIO_CONFIG_S_DRIVER_OK && !(saved.transport.status & VIRTIO_CONFIG_S_NEEDS_RESET)) {
+        throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", "saved state field queues is null, but the status says the driver's session is live");
+      }
+      if (saved.queues !== null && !(saved.transport.status & VIRTIO_CONFIG_S_DRIVER_OK)) {
+        throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", "saved state field queues is set, but the status says the driver never set DRIVER_OK");
+      }
+      this.state.restoreRegisters(saved.transport);
+      if (saved.queues === null) {
+        if (this.backend.restoreState) this.backend.restoreState(saved.backend, undefined);
+        else if (saved.backend !== null) throw new VirtioSavedStateError("EVIRTIOSNAPMISMATCH", "the saved state has a backend record, and this backend keeps none");
+      } else {
+        this.restoreSession(saved.queues, saved.backend);
+        this.kickDue = true;
+      }
+    } catch (e) {
+      this.active = false;
+      this.queues = [];
+      if (e instanceof VirtioSavedStateError) throw e.prefixed(`Cannot restore ${this.name}: `);
+      throw new VirtioSavedStateError("EVIRTIOSNAPMISMATCH", `Cannot restore ${this.name}: ${(e as Error).message ?? e}`);
+    }
+    this.quiesced = true;
+    this.pollSetChanged();
+  }
+
+  /** The live session of a restored device: queues at their saved positions, then the backend (see restore). */
+  private restoreSession(saved: readonly (QueueSavedState | null)[], backendState: unknown): void {
+    const state = this.state;
+    const features = state.driverFeatures;
+    const bit = (n: number) => 1n << BigInt(n);
+    const qf = { eventIdx: (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n, indirect: (features & bit(VIRTIO_RING_F_INDIRECT_DESC)) !== 0n };
+    this.session++;
+    this.active = true;
+    this.sessionResets = state.resetsRequested;
+    const qs = this.queueSession(this.session, state.epoch);
+    this.queues = this.backend.queueMaxSizes.map((max, q) => {
+      const layout = state.queueLayout(q);
+      const s = saved[q] ?? null;
+      if (state.queueRegister(q, "ready") !== 1) {
+        if (s !== null) throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", `saved state field queues[${q}] is set for a queue that is not ready`);
+        return disabledQueue(layout.size);
+      }
+      if (s === null) throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", `saved state field queues[${q}] is null for a ready queue`);
+      const queue = new SplitQueue(this.memory, layout, qf, max, qs);
+      queue.restoreState(s);
+      return queue;
+    });
+    const ctx = this.makeContext(features, this.session, qs);
+    if (this.backend.restoreState) this.backend.restoreState(backendState, ctx);
+    else if (backendState !== null) throw new VirtioSavedStateError("EVIRTIOSNAPMISMATCH", "the saved state has a backend record, and this backend keeps none");
+    else this.backend.activate(ctx);
+  }
+
+  /**
+   * The device's record for a snapshot (without version and kind, which the
+   * main thread adds). Only while quiesced: throws VirtioSavedStateError
+   * EVIRTIONOTQUIESCED otherwise.
+   */
+  saveState(): DeviceSavedParts {
+    if (!this.quiesced) throw new VirtioSavedStateError("EVIRTIONOTQUIESCED", `Cannot save ${this.name}: it is not quiesced`);
+    const transport = this.state.saveRegisters();
+    if (!this.active && transport.status & VIRTIO_CONFIG_S_DRIVER_OK && !(transport.status & VIRTIO_CONFIG_S_NEEDS_RESET)) {
+      // DRIVER_OK written after the device quiesced: the VM's vCPUs were not paused.
+      throw new VirtioSavedStateError("EVIRTIONOTQUIESCED", `Cannot save ${this.name}: the driver set DRIVER_OK after the device quiesced (pause the vCPUs first)`);
+    }
+    return {
+      transport,
+      queues: this.active ? this.queues.map((q) => (q instanceof SplitQueue ? q.saveState() : null)) : null,
+      backend: this.backend.saveState?.() ?? null,
+    };
+  }
+
+  /**
+   * Frees what the runner made when it is not going to run (a restore that
+   * failed before the thread answered "ready"): the backend shuts down, the
+   * notify eventfds are closed (the main thread never learnt them).
+   */
+  discard(): void {
+    this.running = false;
+    this.active = false;
+    this.session++;
+    try {
+      this.backend.shutdown?.();
+    } catch { /* the device is not started: nothing more to report */ }
+    for (const fd of this.notifyFds) sys.close(fd);
+    this.state.threadStopped();
   }
 
   /** The names of the backend counters this runner publishes, in slot order. */
@@ -411,10 +521,13 @@ export class DeviceRunner {
       const req = m.message as DeviceRequestMessage;
       let reply: DeviceReplyMessage;
       try {
-        if (!this.backend.control) throw new Error(`the device does not take requests`);
-        reply = { id: req.id, ok: true, value: this.backend.control({ op: req.op, args: req.args }) };
+        // The runner's own request: the device's saved state (the backend never sees it).
+        if (req.op === VIRTIO_REQUEST_SAVE_STATE) reply = { id: req.id, ok: true, value: this.saveState() };
+        else if (!this.backend.control) throw new Error(`the device does not take requests`);
+        else reply = { id: req.id, ok: true, value: this.backend.control({ op: req.op, args: req.args }) };
       } catch (e) {
-        reply = { id: req.id, ok: false, message: (e as Error).message ?? String(e) };
+        const code = (e as { code?: unknown }).code;
+        reply = { id: req.id, ok: false, message: (e as Error).message ?? String(e), ...(typeof code === "string" ? { code } : {}) };
       }
       this.requests.postMessage(reply);
     }
@@ -469,7 +582,32 @@ export class DeviceRunner {
     // Kicks that arrived before an activation made while quiesced.
     const kicks = this.active ? this.pendingKicks : 0;
     if (this.active) this.pendingKicks = 0;
+    if (this.kickDue) {
+      this.kickDue = false;
+      if (this.active) return this.kickAfterRestore(); // every queue: the pending kicks too
+    }
     for (let q = 0; q < this.queueCount && this.active; q++) if (kicks & (1 << q)) this.guarded(`queue ${q}`, () => this.backend.onNotify(q));
+  }
+
+  /**
+   * The host's kick of a restored device, once, when it first runs
+   * (Firecracker's kick_virtio_devices on resume): kicks the guest made
+   * before the snapshot that the old device had not yet served were counted
+   * in the old VM's eventfds and are gone, so every queue is looked at as if
+   * just kicked (backend.kick, or onNotify on each queue). An interrupt the
+   * restored InterruptStatus still shows is signalled again: KVM injects an
+   * irqfd's interrupt from a work queue, so one raised just before the
+   * snapshot may be missing from the saved interrupt controller; a second
+   * one costs the driver one look at InterruptStatus.
+   */
+  private kickAfterRestore(): void {
+    if (this.state.interruptStatus !== 0) {
+      this.state.countInterrupt();
+      sys.write(this.irqFd, one, 8);
+    }
+    const kick = this.backend.kick?.bind(this.backend);
+    if (kick) return this.guarded("kick", kick);
+    for (let q = 0; q < this.queueCount && this.active; q++) this.guarded(`queue ${q}`, () => this.backend.onNotify(q));
   }
 
   private onKick(q: number): void {

@@ -62,14 +62,22 @@ const markChanged = () => { pollSetChanged = true; };
 const runners: DeviceRunner[] = [];
 const results: DeviceStartResult[] = [];
 for (const [device, d] of init.devices.entries()) {
+  let backend: VirtioBackend | undefined;
+  let runner: DeviceRunner | undefined;
   try {
-    const backend = await createBackend(d);
-    const r = new DeviceRunner(d, attach(d.memory), backend, (m: DeviceEvent) => post({ ...m, device }), markChanged);
-    runners.push(r);
-    results.push({ ok: true, notifyFds: [...r.queueNotifyFds], metricNames: [...r.metricNames] });
+    backend = await createBackend(d);
+    runner = new DeviceRunner(d, attach(d.memory), backend, (m: DeviceEvent) => post({ ...m, device }), markChanged);
+    // A restored device comes up as saved, quiesced, before the main side learns its eventfds.
+    if (d.restore) runner.restore(d.restore);
+    runners.push(runner);
+    results.push({ ok: true, notifyFds: [...runner.queueNotifyFds], metricNames: [...runner.metricNames] });
   } catch (e) {
-    // This device does not start; the others on the thread do (the main side decides what to do with them).
-    results.push({ ok: false, message: (e as Error).message ?? String(e) });
+    // This device does not start; the others on the thread do (the main side decides what to do
+    // with them). What it opened is closed: its backend's files and sockets, its eventfds.
+    if (runner) runner.discard();
+    else try { backend?.shutdown?.(); } catch { /* not started: nothing to report */ }
+    const code = (e as { code?: unknown }).code;
+    results.push({ ok: false, message: (e as Error).message ?? String(e), ...(typeof code === "string" ? { code } : {}) });
   }
 }
 

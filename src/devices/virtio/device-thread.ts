@@ -7,6 +7,7 @@
  *   await Promise.all([blk.start(), rng.start()]); // the thread starts once: backends created, ioeventfds + irqfds registered
  *   ...dev.describe() to every vCPU thread (VirtioMmioTransport over its state)...
  *   await blk.quiesce(); ... await blk.resume();       // the VM's pause: nothing served, nothing lost
+ *   const saved = await blk.saveState();               // while quiesced: the device's record for a snapshot
  *   await Promise.all([blk.stop(), rng.stop()]);   // each backend.shutdown() done, fds closed, thread exited
  *
  * Without `thread`, a device gets a thread of its own. Which devices share a
@@ -34,6 +35,7 @@ import type { MemoryDescriptor } from "../../memory/guest-memory.js";
 import { eventfd } from "../../sys/native.js";
 import { WorkerPool } from "../../sys/worker-pool.js";
 import type { VirtioDeviceKind } from "./backends.js";
+import { type DeviceSavedParts, VIRTIO_REQUEST_SAVE_STATE, type VirtioDeviceSavedState, VirtioSavedStateError } from "./device-saved-state.js";
 import { TransportState, createTransportShared, type TransportStats } from "./mmio-state.js";
 import { BACKEND_METRIC_SLOTS } from "./types.js";
 
@@ -73,6 +75,8 @@ export interface DeviceInit {
   memory: MemoryDescriptor;
   /** Host-side requests arrive here (read synchronously by the poll loop when the control eventfd fires). */
   requests: MessagePort;
+  /** Bring the device up from this record (a restore from a snapshot) instead of fresh. */
+  restore?: VirtioDeviceSavedState;
 }
 
 /** workerData of a device thread: its devices, in the order its messages name them. */
@@ -86,10 +90,10 @@ export interface DeviceRequestMessage {
   op: string;
   args?: unknown;
 }
-export type DeviceReplyMessage = { id: number; ok: true; value: unknown } | { id: number; ok: false; message: string };
+export type DeviceReplyMessage = { id: number; ok: true; value: unknown } | { id: number; ok: false; message: string; code?: string };
 
 /** How one device of a thread started: its queues' notify eventfds, or why its backend could not be created. */
-export type DeviceStartResult = { ok: true; notifyFds: number[]; metricNames: string[] } | { ok: false; message: string };
+export type DeviceStartResult = { ok: true; notifyFds: number[]; metricNames: string[] } | { ok: false; message: string; code?: string };
 
 /** What a device on a device thread reports about itself. */
 export type DeviceEvent =
@@ -145,6 +149,13 @@ export interface VirtioDeviceSpec {
   onFailed?: (device: string, reason: string) => void;
   /** Host-side failures reported to the guest (the first HOST_ERRORS_LOGGED of them, mmio-state.ts). */
   onHostError?: (device: string, message: string) => void;
+  /**
+   * Bring the device up from this record (checked: checkVirtioDeviceSavedState)
+   * instead of fresh: start() then resolves with the device as it was saved,
+   * active without the driver writing DRIVER_OK again, and quiesced; the
+   * first resume() kicks it once (device-runner.ts).
+   */
+  restore?: VirtioDeviceSavedState;
 }
 
 /** Why a virtio device could not start. */
@@ -296,6 +307,8 @@ export class VirtioDeviceHandle {
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; op: string }>();
   /** The last quiesce request the thread answered, and who waits for an answer. */
   private quiesceAnswered = 0;
+  /** The thread said the device is quiesced (its last quiesce answer, or a restored start), and no resume was asked since. */
+  private quiescedOnThread = false;
   private quiesceWaiters: { seq: number; resolve: () => void }[] = [];
   private markStopped!: () => void;
   /** Settles when the thread reported this device stopped, or the thread is gone. */
@@ -331,7 +344,7 @@ export class VirtioDeviceHandle {
     return {
       name: s.name, backend: s.kind ? { kind: s.kind } : { module: s.backendModule!.href }, backendOptions: s.backendOptions ?? {},
       state: this.state.sab, controlFd: this.controlFd, irqFd: this.irqFd, memory: s.memory, requests: channel.port2,
-      metrics: this.backendMetrics.buffer as SharedArrayBuffer,
+      metrics: this.backendMetrics.buffer as SharedArrayBuffer, ...(s.restore ? { restore: s.restore } : {}),
     };
   }
 
@@ -356,11 +369,14 @@ export class VirtioDeviceHandle {
     const mine = results[this.thread.indexOf(this)];
     if (!mine) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: it is not on its thread`);
     if (!mine.ok) {
-      // The thread never touches this device's fds (it made none of its own for it).
+      // The thread never touches this device's fds (it closed those it made for it).
       this.markStopped();
       this.closeFds();
+      if (mine.code?.startsWith("EVIRTIOSNAP")) throw new VirtioSavedStateError(mine.code as VirtioSavedStateError["code"], mine.message);
       throw new VirtioDeviceError("EVIRTIOBACKEND", `Cannot start ${this.spec.name}: ${mine.message}`);
     }
+    // A restored device starts quiesced (device-runner.ts restore).
+    this.quiescedOnThread = this.spec.restore !== undefined;
     this.notifyFds = mine.notifyFds;
     this.metricNames = mine.metricNames;
     const vm = this.spec.vm;
@@ -408,9 +424,38 @@ export class VirtioDeviceHandle {
 
   private askQuiesce(on: boolean): Promise<void> {
     if (!this.runningOnThread || this.closed) return Promise.resolve();
+    if (!on) this.quiescedOnThread = false;
     const seq = this.state.requestQuiesce(on);
-    const answered = new Promise<void>((resolve) => this.quiesceWaiters.push({ seq, resolve }));
+    const answered = new Promise<void>((resolve) => this.quiesceWaiters.push({
+      seq, resolve: () => {
+        // Only the latest request decides (a resume asked meanwhile wins).
+        if (on && this.state.quiesceRequest.seq === seq) this.quiescedOnThread = true;
+        resolve();
+      },
+    }));
     return Promise.race([answered, this.stoppedOnThread]);
+  }
+
+  /** True while the device is quiesced on its thread (quiesce() resolved, or a restored start) and running there. */
+  get quiesced(): boolean {
+    return this.quiescedOnThread && this.runningOnThread && !this.closed;
+  }
+
+  /**
+   * The device's record for a snapshot, read on its thread (device-runner.ts
+   * saveState): its registers, its queues' positions and its backend's state.
+   * Rejects with VirtioSavedStateError EVIRTIONOTQUIESCED unless quiesce()
+   * resolved (and no resume() was asked since), and with EVIRTIOREQUEST when
+   * the device does not run.
+   */
+  async saveState(): Promise<DeviceSavedParts> {
+    if (!this.runningOnThread || this.closed) {
+      throw new VirtioDeviceError("EVIRTIOREQUEST", `Cannot save ${this.spec.name}: the device is not running`);
+    }
+    if (!this.quiescedOnThread) {
+      throw new VirtioSavedStateError("EVIRTIONOTQUIESCED", `Cannot save ${this.spec.name}: it is not quiesced (quiesce() first)`);
+    }
+    return (await this.request(VIRTIO_REQUEST_SAVE_STATE)) as DeviceSavedParts;
   }
 
   /** @internal The worker crashed after start. */
@@ -450,6 +495,8 @@ export class VirtioDeviceHandle {
     this.pending.delete(m.id);
     if (this.pending.size === 0) this.requests?.unref();
     if (m.ok) p.resolve(m.value);
+    // The runner's own refusal of a save (device-runner.ts saveState) keeps its code and message.
+    else if (m.code && (m.code.startsWith("EVIRTIOSNAP") || m.code === "EVIRTIONOTQUIESCED")) p.reject(new VirtioSavedStateError(m.code as VirtioSavedStateError["code"], m.message));
     else p.reject(new VirtioDeviceError("EVIRTIOREQUEST", `Cannot ${p.op} on ${this.spec.name}: ${m.message}`));
   }
 

@@ -22,6 +22,9 @@ import { VIRTIO_MMIO_SIZE } from "../../arch/x86_64/layout.js";
 import { sys } from "../../sys/native.js";
 import { SpinLock } from "../shared-lock.js";
 import { VIRTQUEUE_MAX_SIZE } from "./queue.js";
+import {
+  bytesToSaved, savedArray, savedBool, savedBytes, savedObject, savedU64, savedUint, u64ToSaved, VirtioSavedStateError,
+} from "./saved-state.js";
 import type { QueueLayout } from "./types.js";
 
 /** Most queues a flint virtio device may have (vsock 3, balloon 5, net 2 + control). */
@@ -149,6 +152,69 @@ export interface DeviceIdentity {
   config: Uint8Array;
   /** Whether the driver may write config byte `offset` (default: none). */
   configWritable?: (offset: number, length: number) => boolean;
+}
+
+/**
+ * The registers of a device as the driver left them (virtio 1.x §4.2.2), for
+ * a snapshot: what TransportState.saveRegisters returns and restoreRegisters
+ * takes. 64-bit values are decimal strings, config space is base64
+ * (saved-state.ts). Counters, control words and eventfds are not state of
+ * the device: a restored device starts them afresh.
+ */
+export interface TransportSavedState {
+  /** DeviceID, to check the record is restored into the same kind of device. */
+  deviceId: number;
+  /** Status (§2.1): ACKNOWLEDGE ... DRIVER_OK, NEEDS_RESET, FAILED. */
+  status: number;
+  /** The features offered (VERSION_1 included) and those the driver accepted. */
+  deviceFeatures: string;
+  driverFeatures: string;
+  /** DeviceFeaturesSel, DriverFeaturesSel and QueueSel as last written. */
+  deviceFeaturesSel: number;
+  driverFeaturesSel: number;
+  queueSel: number;
+  /** InterruptStatus bits the driver has not acknowledged yet. */
+  interruptStatus: number;
+  configGeneration: number;
+  /** Config space, all configSize bytes. */
+  config: string;
+  /** Every queue of the device, in order. */
+  queues: TransportQueueSavedState[];
+}
+
+/** One queue's registers (QueueNumMax, to check; QueueNum, QueueReady and the ring addresses). */
+export interface TransportQueueSavedState {
+  numMax: number;
+  size: number;
+  ready: boolean;
+  /** 64-bit ring addresses as the driver wrote them (decimal strings). */
+  descTable: string;
+  availRing: string;
+  usedRing: string;
+}
+
+/** Reads a TransportSavedState from JSON (shape and ranges only; restoreRegisters checks it fits the device). */
+export function checkTransportSavedState(v: unknown, path = "transport"): TransportSavedState {
+  const o = savedObject(v, path);
+  const queues = savedArray(o.queues, `${path}.queues`, VIRTIO_MAX_QUEUES).map((qv, i): TransportQueueSavedState => {
+    const p = `${path}.queues[${i}]`;
+    const q = savedObject(qv, p);
+    return {
+      numMax: savedUint(q.numMax, `${p}.numMax`, VIRTQUEUE_MAX_SIZE), size: savedUint(q.size, `${p}.size`, VIRTQUEUE_MAX_SIZE),
+      ready: savedBool(q.ready, `${p}.ready`), descTable: u64ToSaved(savedU64(q.descTable, `${p}.descTable`)),
+      availRing: u64ToSaved(savedU64(q.availRing, `${p}.availRing`)), usedRing: u64ToSaved(savedU64(q.usedRing, `${p}.usedRing`)),
+    };
+  });
+  const config = savedBytes(o.config, `${path}.config`, VIRTIO_CONFIG_MAX_BYTES);
+  return {
+    deviceId: savedUint(o.deviceId, `${path}.deviceId`), status: savedUint(o.status, `${path}.status`, 0xff),
+    deviceFeatures: u64ToSaved(savedU64(o.deviceFeatures, `${path}.deviceFeatures`)),
+    driverFeatures: u64ToSaved(savedU64(o.driverFeatures, `${path}.driverFeatures`)),
+    deviceFeaturesSel: savedUint(o.deviceFeaturesSel, `${path}.deviceFeaturesSel`),
+    driverFeaturesSel: savedUint(o.driverFeaturesSel, `${path}.driverFeaturesSel`),
+    queueSel: savedUint(o.queueSel, `${path}.queueSel`), interruptStatus: savedUint(o.interruptStatus, `${path}.interruptStatus`),
+    configGeneration: savedUint(o.configGeneration, `${path}.configGeneration`), config: bytesToSaved(config), queues,
+  };
 }
 
 /** Why a device could not be described to the transport (a backend bug, not the guest's). */
@@ -305,6 +371,80 @@ export class TransportState {
       s[this.qslot(q, Q_NUM)] = s[this.qslot(q, Q_NUM_MAX)]!;
       for (const slot of [Q_READY, Q_DESC_LO, Q_DESC_HI, Q_AVAIL_LO, Q_AVAIL_HI, Q_USED_LO, Q_USED_HI]) s[this.qslot(q, slot)] = 0;
     }
+  }
+
+  // --- Saved state (a snapshot: the device thread reads it while the device is quiesced) ---
+
+  /** The driver-visible registers (see TransportSavedState). */
+  saveRegisters(): TransportSavedState {
+    return this.lock.with(() => ({
+      deviceId: this.deviceId, status: this.status,
+      deviceFeatures: u64ToSaved(this.deviceFeatures), driverFeatures: u64ToSaved(this.driverFeatures),
+      deviceFeaturesSel: this.deviceFeaturesSel, driverFeaturesSel: this.driverFeaturesSel, queueSel: this.queueSel,
+      interruptStatus: this.interruptStatus, configGeneration: this.configGeneration,
+      config: bytesToSaved(this.config.subarray(0, this.configSize)),
+      queues: Array.from({ length: this.queueCount }, (_, q): TransportQueueSavedState => {
+        const l = this.queueLayout(q);
+        return {
+          numMax: this.queueRegister(q, "numMax"), size: l.size, ready: this.queueRegister(q, "ready") === 1,
+          descTable: this.savedAddress(q, "descLo", "descHi"), availRing: this.savedAddress(q, "availLo", "availHi"),
+          usedRing: this.savedAddress(q, "usedLo", "usedHi"),
+        };
+      }),
+    }));
+  }
+
+  /**
+   * Puts the registers of `s` (checked by checkTransportSavedState) into this
+   * device, which initDevice described: after it, the driver reads what it
+   * read before the snapshot. Throws VirtioSavedStateError
+   * "EVIRTIOSNAPMISMATCH", changing nothing, when the record is of another
+   * device: another DeviceID, queue count, queue maximum or config size, or
+   * accepted features this device does not offer.
+   */
+  restoreRegisters(s: TransportSavedState): void {
+    const mismatch = (why: string) => new VirtioSavedStateError("EVIRTIOSNAPMISMATCH", why);
+    if (s.deviceId !== this.deviceId) throw mismatch(`the snapshot's device has DeviceID ${s.deviceId}, this one ${this.deviceId}`);
+    if (s.queues.length !== this.queueCount) throw mismatch(`the snapshot's device has ${s.queues.length} queues, this one ${this.queueCount}`);
+    s.queues.forEach((q, i) => {
+      const max = this.queueRegister(i, "numMax");
+      if (q.numMax !== max) throw mismatch(`queue ${i} of the snapshot's device holds ${q.numMax} descriptors at most, this one ${max}`);
+      if (q.size > max) throw mismatch(`queue ${i} of the snapshot has size ${q.size}, more than ${max}`);
+    });
+    const config = Buffer.from(s.config, "base64");
+    if (config.length !== this.configSize) throw mismatch(`the snapshot's config space has ${config.length} bytes, this device's ${this.configSize}`);
+    const accepted = BigInt(s.driverFeatures);
+    const extra = accepted & ~this.deviceFeatures;
+    if (extra !== 0n) throw mismatch(`the driver accepted features 0x${extra.toString(16)} that this device does not offer`);
+    this.lock.with(() => {
+      const i32 = this.i32;
+      i32[STATUS] = s.status;
+      i32[DEVICE_FEATURES_SEL] = s.deviceFeaturesSel;
+      i32[DRIVER_FEATURES_SEL] = s.driverFeaturesSel;
+      i32[DRIVER_FEATURES_LO] = Number(accepted & 0xffff_ffffn) | 0;
+      i32[DRIVER_FEATURES_HI] = Number(accepted >> 32n) | 0;
+      i32[QUEUE_SEL] = s.queueSel;
+      Atomics.store(i32, INTERRUPT_STATUS, s.interruptStatus);
+      Atomics.store(i32, CONFIG_GENERATION, s.configGeneration);
+      this.config.set(config);
+      s.queues.forEach((q, i) => {
+        this.setQueueRegister(i, "num", q.size);
+        this.setQueueRegister(i, "ready", q.ready ? 1 : 0);
+        const halves = (v: string, lo: QueueRegister, hi: QueueRegister) => {
+          const x = BigInt(v);
+          this.setQueueRegister(i, lo, Number(x & 0xffff_ffffn) | 0);
+          this.setQueueRegister(i, hi, Number(x >> 32n) | 0);
+        };
+        halves(q.descTable, "descLo", "descHi");
+        halves(q.availRing, "availLo", "availHi");
+        halves(q.usedRing, "usedLo", "usedHi");
+      });
+    });
+  }
+
+  /** A queue's 64-bit ring address register pair, for a record. */
+  private savedAddress(q: number, lo: QueueRegister, hi: QueueRegister): string {
+    return u64ToSaved((BigInt(this.queueRegister(q, hi)) << 32n) | BigInt(this.queueRegister(q, lo)));
   }
 
   // --- Interrupts (no lock: atomics) ---

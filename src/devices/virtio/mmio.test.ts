@@ -248,3 +248,50 @@ test("a QueueNotify that reaches the transport signals the queue's eventfd; a ba
     sys.close(fd);
   }
 });
+
+test("the registers come back through a saved state: what the driver reads from the restored device is what it read before", () => {
+  const features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX);
+  const a = setup({ features: bit(VIRTIO_RING_F_EVENT_IDX), writable: (o) => o >= 4 });
+  a.w(VIRTIO_MMIO_STATUS, S_ACK);
+  a.w(VIRTIO_MMIO_STATUS, S_ACK | S_DRV);
+  a.accept(features);
+  a.w(VIRTIO_MMIO_STATUS, S_ACK | S_DRV | S_FOK);
+  a.w(VIRTIO_MMIO_QUEUE_SEL, 1);
+  a.w(VIRTIO_MMIO_QUEUE_NUM, 32);
+  a.w(VIRTIO_MMIO_QUEUE_DESC_LOW, 0x10000);
+  a.w(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x1);
+  a.w(VIRTIO_MMIO_QUEUE_READY, 1);
+  a.w(VIRTIO_MMIO_STATUS, S_ACK | S_DRV | S_FOK | S_OK);
+  a.w(VIRTIO_MMIO_CONFIG + 4, 0xabcd, 2);
+  a.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+  a.state.raiseInterrupt(VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+  a.state.bumpConfigGeneration();
+  const saved = JSON.parse(JSON.stringify(a.state.saveRegisters()));
+  assert.equal(saved.driverFeatures, features.toString(), "64-bit values as decimal strings");
+  assert.equal(saved.queues[1].descTable, String(0x1_0001_0000));
+  const b = setup({ features: bit(VIRTIO_RING_F_EVENT_IDX), writable: (o) => o >= 4 });
+  b.state.restoreRegisters(saved);
+  assert.deepEqual(b.state.saveRegisters(), saved, "the record comes back unchanged");
+  for (const off of [VIRTIO_MMIO_STATUS, VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_CONFIG_GENERATION, VIRTIO_MMIO_DEVICE_FEATURES, VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_CONFIG + 4]) {
+    assert.equal(b.r(off), a.r(off), `register 0x${off.toString(16)}`);
+  }
+  assert.deepEqual(b.state.queueLayout(1), a.state.queueLayout(1));
+  assert.equal(b.state.driverFeatures, features);
+});
+
+test("registers saved from another device are refused (EVIRTIOSNAPMISMATCH), and nothing changes", () => {
+  const a = setup({ features: bit(VIRTIO_RING_F_EVENT_IDX) });
+  a.w(VIRTIO_MMIO_STATUS, S_ACK);
+  a.w(VIRTIO_MMIO_STATUS, S_ACK | S_DRV);
+  a.accept(bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX));
+  const saved = a.state.saveRegisters();
+  const refused = (b: ReturnType<typeof setup>, pattern: RegExp) => {
+    const before = b.state.saveRegisters();
+    assert.throws(() => b.state.restoreRegisters(saved), (e: unknown) => (e as { code?: string }).code === "EVIRTIOSNAPMISMATCH" && pattern.test((e as Error).message));
+    assert.deepEqual(b.state.saveRegisters(), before);
+  };
+  refused(setup({ features: bit(VIRTIO_RING_F_EVENT_IDX), queues: [256] }), /has 2 queues, this one 1/);
+  refused(setup({ features: bit(VIRTIO_RING_F_EVENT_IDX), queues: [256, 128] }), /queue 1 of the snapshot's device holds 64 descriptors at most, this one 128/);
+  refused(setup({ features: bit(VIRTIO_RING_F_EVENT_IDX), config: [1, 2] }), /config space has 8 bytes, this device's 2/);
+  refused(setup({ features: 0n }), /accepted features 0x20000000 that this device does not offer/);
+});

@@ -65,6 +65,9 @@
  * thread as MMDS_REQUEST_SET_DATA (mmds/control.ts); V2 tokens are issued and
  * checked here under a key drawn per device.
  *
+ * Snapshots (net-persist.ts): saveState/restoreState carry the limiters, a
+ * frame waiting for receive buffers and the receive chains held for it.
+ *
  * Nothing a guest does throws out of the device: a malformed TX chain, an
  * oversized frame, an offload it did not negotiate or a lying header, or an RX
  * buffer too small for a frame drops that frame (and is counted); only a broken
@@ -86,6 +89,7 @@ import { MMDS_REQUEST_SET_DATA, type MmdsSetDataArgs } from "./mmds/control.js";
 import { parseMmdsData } from "./mmds/data.js";
 import { MmdsStack, type MmdsStackCounters } from "./mmds/stack.js";
 import { parseIpv4 } from "./mmds/wire.js";
+import { checkNetSavedState, frameToSaved, type NetSavedState } from "./net-persist.js";
 import { type ServeResult, serveQueue } from "./queue.js";
 import {
   checkRxHeader, checkTxHeader, NET_OFFLOAD_FEATURES, negotiatedOffloads, NO_OFFLOADS, tunOffloadFlags,
@@ -446,6 +450,36 @@ export class VirtioNet implements VirtioBackend {
       this.rx();
     });
     return true;
+  }
+
+  /** The interface's record for a snapshot (net-persist.ts): limiters, the pending frame and the chains held for it. */
+  saveState(): NetSavedState {
+    return {
+      rxLimiter: this.rxLimiter.saveState(), txLimiter: this.txLimiter.saveState(),
+      rxPending: frameToSaved(this.rxBuf.subarray(0, this.rxPending)), rxAdmitted: this.rxAdmitted,
+      rxHeld: this.rxHeld.map((c) => ({ head: c.head, writable: c.writable.map((b): [number, number] => [b.addr, b.len]) })),
+    };
+  }
+
+  /**
+   * Takes up a saved interface (see VirtioBackend.restoreState): its limiters,
+   * and with `ctx` its session (offloads, listening to the TAP) with the
+   * pending frame and held chains, which the first receive pass goes on with.
+   */
+  restoreState(state: unknown, ctx: VirtioDeviceContext | undefined): void {
+    const mergeable = ctx !== undefined && (ctx.features & (1n << BigInt(VIRTIO_NET_F_MRG_RXBUF))) !== 0n;
+    const s = checkNetSavedState(state, { maxFrameBytes: this.rxBuf.length - 1, maxHeld: NET_QUEUE_SIZE, memory: ctx?.memory, mergeable });
+    this.rxLimiter.restoreState(s.rxLimiter);
+    this.txLimiter.restoreState(s.txLimiter);
+    if (!ctx) return;
+    this.activate(ctx);
+    this.rxBuf.set(s.rx.frame);
+    this.rxPending = s.rx.frame.length;
+    this.rxAdmitted = s.rx.admitted;
+    this.rxHeld = s.rx.chains.map((c) => ({
+      head: c.head, readable: [], writable: c.writable, readableBytes: 0, writableBytes: c.writable.reduce((n, b) => n + b.len, 0),
+    }));
+    this.rxHeldBytes = this.rxHeld.reduce((n, c) => n + c.writableBytes, 0);
   }
 
   reset(): void {

@@ -503,3 +503,36 @@ test("reset forgets indices and in-flight chains without touching guest memory",
   assert.equal(q.inFlightCount, 0);
   assert.equal(q.pop()!.head, 0, "the chain is seen again from index 0");
 });
+
+test("a queue restored from its saved state over the same rings goes on where it stopped: next avail, next used, chains in flight", () => {
+  const drv = driver(8, EVENT_IDX);
+  const q = drv.createQueue();
+  const heads = [0, 1, 2].map(() => drv.addChain({ writable: [16] }));
+  const a = q.pop()!, b = q.pop()!;
+  q.pushUsed(a.head, 4);
+  assert.equal(q.needsInterrupt(), true);
+  const saved = JSON.parse(JSON.stringify(q.saveState())) as ReturnType<SplitQueue["saveState"]>;
+  assert.deepEqual(saved, {
+    nextAvail: 2, nextUsed: 1, inFlight: [[b.head, 16]], signalledUsed: 1, signalledUsedValid: true, pushedSinceSignal: 0, notifications: true,
+  });
+  const r = drv.createQueue();
+  r.restoreState(saved);
+  assert.deepEqual(r.saveState(), saved, "the record comes back unchanged");
+  assert.equal(r.pop()!.head, heads[2], "the next pop is the chain not yet taken");
+  r.pushUsed(b.head, 16);
+  assert.throws(() => r.pushUsed(a.head, 0), (e: unknown) => (e as QueueError).code === "EQUEUEUSED", "a chain already returned is not in flight");
+  const used = drv.popAllUsed();
+  assert.deepEqual(used.map((u) => u.head), [a.head, b.head], "the used ring goes on at index 1");
+});
+
+test("a queue refuses a saved state that does not add up (EVIRTIOSNAPMISMATCH), changing nothing", () => {
+  const drv = driver(8);
+  const q = drv.createQueue();
+  const base = q.saveState();
+  const refused = (s: Partial<ReturnType<SplitQueue["saveState"]>>, pattern: RegExp) =>
+    assert.throws(() => q.restoreState({ ...base, ...s }), (e: unknown) => (e as { code?: string }).code === "EVIRTIOSNAPMISMATCH" && pattern.test((e as Error).message));
+  refused({ nextAvail: 2, nextUsed: 1, inFlight: [] }, /0 chains in flight, but next avail 2 and next used 1 say 1/);
+  refused({ nextAvail: 1, inFlight: [[8, 0]] }, /head 8 is not below the queue size/);
+  refused({ nextAvail: 2, inFlight: [[3, 0], [3, 0]] }, /head 3 is in flight twice/);
+  assert.deepEqual(q.saveState(), base);
+});

@@ -27,6 +27,7 @@ import {
 } from "../../linux/abi.generated.js";
 import type { GuestMemory } from "../../memory/guest-memory.js";
 import { dataView, getU16, getU32 } from "../../memory/le.js";
+import { savedArray, savedBool, savedObject, savedUint, VirtioSavedStateError } from "./saved-state.js";
 import type { DescriptorChain, GuestBuffer, QueueFeatures, QueueLayout, QueueSession, VirtQueue } from "./types.js";
 
 /** The largest queue size a split virtqueue can have (§2.7: Queue Size ≤ 32768). */
@@ -82,6 +83,48 @@ const isPowerOfTwo = (n: number): boolean => Number.isInteger(n) && n > 0 && (n 
 /** Linux's vring_need_event (include/uapi/linux/virtio_ring.h): has `eventIdx` been passed going old → new? */
 export function vringNeedEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
   return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+}
+
+/**
+ * The device's side of a split virtqueue, for a snapshot (SplitQueue.saveState):
+ * everything that is not in guest memory. The rings themselves are guest
+ * memory and travel with it; a queue restored over the same bytes (restoreState)
+ * goes on exactly where this one stopped.
+ */
+export interface QueueSavedState {
+  /** The next available-ring index to pop (vhost's last_avail_idx), 0..65535. */
+  nextAvail: number;
+  /** The next used-ring index to fill (the used idx published), 0..65535. */
+  nextUsed: number;
+  /**
+   * Chains popped and not yet returned, as [head, writable bytes]: the device
+   * (its backend) still owes the driver their completion. There are exactly
+   * (nextAvail - nextUsed) mod 2^16 of them.
+   */
+  inFlight: [number, number][];
+  /** EVENT_IDX signalling (vhost's signalled_used and whether it still says anything). */
+  signalledUsed: number;
+  signalledUsedValid: boolean;
+  /** Used entries pushed since the driver was last asked whether it wants an interrupt. */
+  pushedSinceSignal: number;
+  /** Whether the device last asked the driver for kicks (setNotifications). */
+  notifications: boolean;
+}
+
+/** Reads a QueueSavedState from JSON (its shape; restoreState checks it against the queue). */
+export function checkQueueSavedState(v: unknown, path: string): QueueSavedState {
+  const o = savedObject(v, path);
+  const inFlight = savedArray(o.inFlight, `${path}.inFlight`, VIRTQUEUE_MAX_SIZE).map((e, i): [number, number] => {
+    const pair = savedArray(e, `${path}.inFlight[${i}]`, 2);
+    if (pair.length !== 2) throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", `saved state field ${path}.inFlight[${i}] must be [head, writable bytes]`);
+    return [savedUint(pair[0], `${path}.inFlight[${i}][0]`, VIRTQUEUE_MAX_SIZE - 1), savedUint(pair[1], `${path}.inFlight[${i}][1]`, Number.MAX_SAFE_INTEGER)];
+  });
+  return {
+    nextAvail: savedUint(o.nextAvail, `${path}.nextAvail`, 0xffff), nextUsed: savedUint(o.nextUsed, `${path}.nextUsed`, 0xffff), inFlight,
+    signalledUsed: savedUint(o.signalledUsed, `${path}.signalledUsed`, 0xffff), signalledUsedValid: savedBool(o.signalledUsedValid, `${path}.signalledUsedValid`),
+    pushedSinceSignal: savedUint(o.pushedSinceSignal, `${path}.pushedSinceSignal`, Number.MAX_SAFE_INTEGER),
+    notifications: savedBool(o.notifications, `${path}.notifications`),
+  };
 }
 
 /** A split virtqueue over guest memory, as a device uses it. See the module comment for guarantees. */
@@ -370,6 +413,48 @@ export class SplitQueue implements VirtQueue {
         Atomics.store(this.used16, U16_FLAGS, enabled ? flags & ~VRING_USED_F_NO_NOTIFY : flags | VRING_USED_F_NO_NOTIFY);
       }
     });
+  }
+
+  /** The device-side state (see QueueSavedState); the queue is unchanged. */
+  saveState(): QueueSavedState {
+    const inFlight: [number, number][] = [];
+    this.inFlightWritable.forEach((w, head) => { if (w >= 0) inFlight.push([head, w]); });
+    return {
+      nextAvail: this.nextAvail, nextUsed: this.nextUsed, inFlight,
+      signalledUsed: this.signalledUsed, signalledUsedValid: this.signalledUsedValid,
+      pushedSinceSignal: this.pushedSinceSignal, notifications: this.notifications,
+    };
+  }
+
+  /**
+   * Takes up the device-side state of a queue saved over the same rings (a
+   * restore from a snapshot): pop() goes on at s.nextAvail, the next push
+   * lands at s.nextUsed, and the chains in flight can be returned. Guest
+   * memory is not touched (the rings came with it). Throws
+   * VirtioSavedStateError "EVIRTIOSNAPMISMATCH", changing nothing, when `s`
+   * does not fit this queue (a head beyond its size, or in-flight chains
+   * that do not add up to nextAvail - nextUsed).
+   */
+  restoreState(s: QueueSavedState): void {
+    const mismatch = (why: string) => new VirtioSavedStateError("EVIRTIOSNAPMISMATCH", `queue of size ${this.size}: ${why}`);
+    const owed = (s.nextAvail - s.nextUsed) & 0xffff;
+    if (s.inFlight.length !== owed) throw mismatch(`${s.inFlight.length} chains in flight, but next avail ${s.nextAvail} and next used ${s.nextUsed} say ${owed}`);
+    const seen = new Set<number>();
+    for (const [head] of s.inFlight) {
+      if (head >= this.size) throw mismatch(`in-flight head ${head} is not below the queue size`);
+      if (seen.has(head)) throw mismatch(`head ${head} is in flight twice`);
+      seen.add(head);
+    }
+    this.inFlightWritable.fill(-1);
+    for (const [head, writable] of s.inFlight) this.inFlightWritable[head] = writable;
+    this.inFlight = s.inFlight.length;
+    this.nextAvail = s.nextAvail;
+    this.nextUsed = s.nextUsed;
+    this.lastPopped = -1;
+    this.signalledUsed = s.signalledUsed;
+    this.signalledUsedValid = s.signalledUsedValid;
+    this.pushedSinceSignal = s.pushedSinceSignal;
+    this.notifications = s.notifications;
   }
 
   /** Forgets all device-side state (device reset, §2.1.2): indices back to 0, nothing in flight. */

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
-import { RateLimiter, RateLimiterError, TokenBucket, checkRateLimiterConfig } from "./rate-limiter.js";
+import { RateLimiter, RateLimiterError, TokenBucket, checkRateLimiterConfig, checkRateLimiterSavedState } from "./rate-limiter.js";
 
 /** A clock the test moves by hand. */
 function fakeClock(start = 1000): { now: () => number; advance: (ms: number) => void } {
@@ -170,4 +170,30 @@ test("property: a limiter that is refused only while short lets a steady stream 
     const expected = size + (size / refillTimeMs) * clock.now();
     return served <= expected + 1e-6 && served >= expected - 2 * chunk - 1;
   }), { numRuns: 200, seed: 12 });
+});
+
+test("a limiter restored from its saved state limits as the saved one would have: budgets, burst, a debt and a block carry over", () => {
+  const clock = fakeClock();
+  const a = new RateLimiter({ bandwidth: { size: 1000, refillTimeMs: 100, oneTimeBurst: 300 }, ops: { size: 10, refillTimeMs: 1000 } }, clock.now);
+  assert.equal(a.consumeOp(200), true); // from the burst: 100 left of it
+  assert.equal(a.consumeOp(2500), true); // oversized: the rest of the burst, the bucket, and a debt
+  assert.ok(a.blockedForMs() > 0);
+  clock.advance(40);
+  const saved = JSON.parse(JSON.stringify(a.saveState()));
+  // Restored elsewhere, at another time: the time in between does not count.
+  const other = fakeClock(5_000_000);
+  const b = new RateLimiter({}, other.now);
+  b.restoreState(checkRateLimiterSavedState(saved, "limiter"));
+  assert.deepEqual(b.saveState(), saved, "the record comes back unchanged");
+  assert.deepEqual(b.config(), a.config(), "the buckets as configured");
+  assert.equal(b.blockedForMs(), a.blockedForMs());
+  for (const step of [100, 20_000]) {
+    clock.advance(step);
+    other.advance(step);
+    assert.equal(b.blockedForMs(), a.blockedForMs());
+    assert.equal(b.consumeOp(300), a.consumeOp(300));
+    assert.deepEqual(b.saveState(), a.saveState());
+  }
+  assert.throws(() => checkRateLimiterSavedState({ ...saved, ops: { ...saved.ops, budget: 11 } }, "limiter"), /limiter\.ops\.budget is more than the bucket's size/);
+  assert.throws(() => checkRateLimiterSavedState({ ...saved, blockedForMs: -1 }, "limiter"), /limiter\.blockedForMs must be a number of at least 0/);
 });

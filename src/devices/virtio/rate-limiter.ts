@@ -34,7 +34,13 @@
  * full bucket (its one-time burst available again), or removes it when its
  * size or refill time is 0. An update also ends a block, so the device tries
  * again at once under the new limits.
+ *
+ * Snapshots (Firecracker's rate_limiter/persist.rs): a limiter's record holds
+ * its buckets as configured (updates included) and what each holds, and how
+ * long it stays blocked; time is counted relative to the save, so the time a
+ * snapshot spends on disk neither refills a bucket nor ends a block.
  */
+import { savedObject, savedUint, VirtioSavedStateError } from "./saved-state.js";
 
 /** One bucket's parameters: Firecracker's TokenBucket {size, one_time_burst, refill_time}, in flint's camelCase. */
 export interface TokenBucketConfig {
@@ -117,6 +123,57 @@ export type BucketReduction =
   /** Larger than the bucket: taken, the bucket emptied, and the debt takes `blockMs` to refill. */
   | { kind: "over"; blockMs: number };
 
+/** A bucket in a limiter's record (RateLimiterSavedState). */
+export interface TokenBucketSavedState extends Required<TokenBucketConfig> {
+  /** Tokens in the bucket at the save, after refilling. */
+  budget: number;
+  /** What was left of the one-time burst. */
+  burstLeft: number;
+  /**
+   * Milliseconds from the last counted refill to the save (negative while a
+   * debt was being paid: refills start that much after it).
+   */
+  sinceRefillMs: number;
+}
+
+/** A limiter's record (RateLimiter.saveState): its buckets and how long it stays blocked. */
+export interface RateLimiterSavedState {
+  bandwidth: TokenBucketSavedState | null;
+  ops: TokenBucketSavedState | null;
+  /** Milliseconds the limiter stays blocked from the save on (0: not blocked). */
+  blockedForMs: number;
+}
+
+/** Reads a RateLimiterSavedState from JSON (`path` names it in messages). */
+export function checkRateLimiterSavedState(v: unknown, path: string): RateLimiterSavedState {
+  const o = savedObject(v, path);
+  const bucket = (b: unknown, p: string): TokenBucketSavedState | null => {
+    if (b === null) return null;
+    const x = savedObject(b, p);
+    const num = (f: string, min: number): number => {
+      const n = x[f];
+      if (typeof n !== "number" || !Number.isFinite(n) || n < min) {
+        throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", `saved state field ${p}.${f} must be a number of at least ${min}`);
+      }
+      return n;
+    };
+    const size = savedUint(x.size, `${p}.size`, Number.MAX_SAFE_INTEGER);
+    const refillTimeMs = savedUint(x.refillTimeMs, `${p}.refillTimeMs`, Number.MAX_SAFE_INTEGER);
+    if (size === 0 || refillTimeMs === 0) throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", `saved state field ${p} is a bucket of size or refill time 0`);
+    const budget = num("budget", 0);
+    if (budget > size) throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", `saved state field ${p}.budget is more than the bucket's size`);
+    return {
+      size, refillTimeMs, oneTimeBurst: savedUint(x.oneTimeBurst, `${p}.oneTimeBurst`, Number.MAX_SAFE_INTEGER), budget,
+      burstLeft: num("burstLeft", 0), sinceRefillMs: num("sinceRefillMs", -Number.MAX_VALUE),
+    };
+  };
+  const blocked = o.blockedForMs;
+  if (typeof blocked !== "number" || !Number.isFinite(blocked) || blocked < 0) {
+    throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", `saved state field ${path}.blockedForMs must be a number of at least 0`);
+  }
+  return { bandwidth: bucket(o.bandwidth, `${path}.bandwidth`), ops: bucket(o.ops, `${path}.ops`), blockedForMs: blocked };
+}
+
 /** One token bucket (see the module comment). */
 export class TokenBucket {
   readonly size: number;
@@ -157,6 +214,24 @@ export class TokenBucket {
     const c: TokenBucketConfig = { size: this.size, refillTimeMs: this.refillTimeMs };
     if (this.initialOneTimeBurst > 0) c.oneTimeBurst = this.initialOneTimeBurst;
     return c;
+  }
+
+  /** The bucket for a record (see TokenBucketSavedState), as of `nowMs`. */
+  saveState(nowMs: number): TokenBucketSavedState {
+    this.refill(nowMs);
+    return {
+      size: this.size, refillTimeMs: this.refillTimeMs, oneTimeBurst: this.initialOneTimeBurst,
+      budget: this.budget, burstLeft: this.oneTimeBurst, sinceRefillMs: nowMs - this.lastUpdateMs,
+    };
+  }
+
+  /** A bucket from its record (checkRateLimiterSavedState), going on at `nowMs` where the saved one stopped. */
+  static restore(s: TokenBucketSavedState, nowMs: number): TokenBucket {
+    const b = new TokenBucket(s, nowMs);
+    b.budget = s.budget;
+    b.oneTimeBurst = Math.min(s.burstLeft, s.oneTimeBurst);
+    b.lastUpdateMs = nowMs - s.sinceRefillMs;
+    return b;
   }
 
   /** Takes `tokens`, the one-time burst first (see BucketReduction). */
@@ -300,6 +375,24 @@ export class RateLimiter {
     if (u.bandwidth) this.bandwidth = TokenBucket.of(u.bandwidth, now);
     if (u.ops) this.ops = TokenBucket.of(u.ops, now);
     this.blockedUntilMs = 0;
+  }
+
+  /** The limiter's record for a snapshot (see the module comment). */
+  saveState(): RateLimiterSavedState {
+    const now = this.clock();
+    return { bandwidth: this.bandwidth?.saveState(now) ?? null, ops: this.ops?.saveState(now) ?? null, blockedForMs: this.blockedForMs() };
+  }
+
+  /**
+   * Takes up a saved limiter's buckets and block (checked with
+   * checkRateLimiterSavedState), in place of the configured ones: a limiter
+   * restored from a snapshot limits as the saved one would have.
+   */
+  restoreState(s: RateLimiterSavedState): void {
+    const now = this.clock();
+    this.bandwidth = s.bandwidth ? TokenBucket.restore(s.bandwidth, now) : undefined;
+    this.ops = s.ops ? TokenBucket.restore(s.ops, now) : undefined;
+    this.blockedUntilMs = s.blockedForMs > 0 ? now + s.blockedForMs : 0;
   }
 
   /** The limiter's buckets as configured (for GET /vm/config); {} when it never limits. */

@@ -17,14 +17,19 @@
  * the buffer's whole length, then gives at most 64 KiB; charging what is
  * given keeps the limit on the entropy served). A refused request goes back
  * to the ring and the device waits for its timer, as virtio-blk does.
+ *
+ * Snapshots: every request is completed in the pass that took it, so the
+ * device's record is its rate limiter alone (RngSavedState).
  */
 import { randomFillSync } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { VIRTIO_ID_RNG } from "../../linux/abi.generated.js";
 import { type ServeResult, serveQueue } from "./queue.js";
 import {
-  RATE_LIMITER_REQUEST_INFO, RATE_LIMITER_REQUEST_UPDATE, RateLimiter, type RateLimiterConfig, rateLimiterRequest,
+  checkRateLimiterSavedState, RATE_LIMITER_REQUEST_INFO, RATE_LIMITER_REQUEST_UPDATE, RateLimiter, type RateLimiterConfig,
+  type RateLimiterSavedState, rateLimiterRequest,
 } from "./rate-limiter.js";
+import { savedObject } from "./saved-state.js";
 import type { BackendRequest, DescriptorChain, VirtioBackend, VirtioDeviceContext } from "./types.js";
 
 /** Descriptors per queue (QueueNumMax). */
@@ -50,6 +55,12 @@ export interface RngMetrics {
   bytes: number;
   /** Requests with device-readable buffers (ignored) or no writable space. */
   badRequests: number;
+}
+
+/** virtio-rng's part of a device's saved state (device-saved-state.ts). */
+export interface RngSavedState {
+  /** The device's rate limiter (updates included). */
+  limiter: RateLimiterSavedState;
 }
 
 /** The virtio-rng device. */
@@ -113,6 +124,17 @@ export class VirtioRng implements VirtioBackend {
       default:
         throw new Error(`virtio-rng has no request '${request.op}'`);
     }
+  }
+
+  /** The device's record for a snapshot: its limiter (no request outlives its pass). */
+  saveState(): RngSavedState {
+    return { limiter: this.limiter.saveState() };
+  }
+
+  /** Takes up a saved device (see VirtioBackend.restoreState). */
+  restoreState(state: unknown, ctx: VirtioDeviceContext | undefined): void {
+    this.limiter.restoreState(checkRateLimiterSavedState(savedObject(state, "backend").limiter, "backend.limiter"));
+    if (ctx) this.activate(ctx);
   }
 
   reset(): void {

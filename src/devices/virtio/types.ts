@@ -174,13 +174,44 @@ export interface VirtioBackend {
   /** The VM is stopping: flush what must not be lost (e.g. fdatasync). */
   shutdown?(): void;
   /**
-   * The host quiesces the device (a pause; a snapshot will read its state
-   * here): complete anything the backend started outside a handler, so that
+   * The host quiesces the device (a pause, and before a snapshot reads its
+   * state): complete anything the backend started outside a handler, so that
    * no request is half-done while the device thread stops serving queues and
-   * watched fds. Optional: the built-in backends finish every request inside
-   * the handler that took it, so they have nothing in flight between passes.
+   * watched fds. Optional. The built-in backends have no hook: each finishes
+   * its work inside the handler that took it, and a chain one holds across
+   * passes (see saveState) stays popped and owed, listed in its record.
    */
   quiesce?(): void;
+  /**
+   * The backend's own state for a snapshot (JSON-serialisable; 64-bit values
+   * as decimal strings, bytes as base64: saved-state.ts), read on the device
+   * thread while the device is quiesced. It must list every chain the
+   * backend has popped and not returned (the queue's record lists them as in
+   * flight, and only the backend knows what it still owes them). Optional: a
+   * backend without state has none (its record is null).
+   */
+  saveState?(): unknown;
+  /**
+   * Brings the backend up from `state` (what saveState returned, from JSON:
+   * the backend checks it) in a device restored from a snapshot, once, before
+   * the device first runs. With `ctx` the driver's session was live: this
+   * replaces activate(ctx) (the queues are already at their saved positions;
+   * nothing may be served and no interrupt raised yet: the device is
+   * quiesced until the host resumes it, and then kicked). Without `ctx` the
+   * device was not active. Throws VirtioSavedStateError (EVIRTIOSNAPFORMAT,
+   * EVIRTIOSNAPMISMATCH) when the state is malformed or does not fit (the
+   * device then does not start). A backend without this hook is activated
+   * with activate(ctx), and its record must be null.
+   */
+  restoreState?(state: unknown, ctx: VirtioDeviceContext | undefined): void;
+  /**
+   * The host's kick of an active device restored from a snapshot, once, when
+   * it first runs (Firecracker's VirtioDevice::kick on resume): kicks the
+   * guest made before the snapshot that the old device had not served were
+   * in the old VM's eventfds, so every queue must be looked at as if just
+   * kicked. Optional: the default calls onNotify for every queue.
+   */
+  kick?(): void;
   /**
    * Answers a host-side request; the value returned (JSON-serialisable) goes
    * back to the caller, an error thrown rejects the request and leaves the

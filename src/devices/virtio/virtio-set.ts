@@ -68,12 +68,16 @@ import type { MemoryDescriptor } from "../../memory/guest-memory.js";
 import type { Bus, BusDevice, DeviceContext } from "../bus.js";
 import type { VirtioDeviceKind } from "./backends.js";
 import {
+  checkVirtioDeviceSavedState, VIRTIO_SAVED_STATE_VERSION, type VirtioDeviceSavedState, VirtioSavedStateError,
+} from "./device-saved-state.js";
+import {
   DeviceThread, VirtioDeviceHandle, type VirtioDeviceStats, type VirtioTransportDescriptor as DeviceThreadDescriptor,
 } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
 
 export type { VirtioDeviceStats } from "./device-thread.js";
 export type { VirtioDeviceKind } from "./backends.js";
+export { VirtioSavedStateError, type VirtioDeviceSavedState } from "./device-saved-state.js";
 
 /** What a vCPU thread needs to put one device's register windows on its MMIO bus. */
 export interface VirtioTransportDescriptor extends DeviceThreadDescriptor {
@@ -205,6 +209,22 @@ export interface VirtioSetHooks {
   cmdlineWindows?: boolean;
 }
 
+/**
+ * Reads the saved states of a VM's devices (VirtioSet.saveState, from JSON)
+ * for `configs`, the devices they are restored into: one record per device,
+ * in order, each of the device's kind and of a version this flint reads.
+ * Throws VirtioSavedStateError with a one-line message and a stable code
+ * (EVIRTIOSNAPVERSION, EVIRTIOSNAPFORMAT, EVIRTIOSNAPMISMATCH) otherwise.
+ * The backends' parts are checked by the backends when the devices start.
+ */
+export function checkVirtioSavedStates(configs: readonly Pick<VirtioDeviceConfig, "kind">[], saved: unknown): VirtioDeviceSavedState[] {
+  if (!Array.isArray(saved)) throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", "Cannot restore virtio devices: their saved state must be an array, one record per device");
+  if (saved.length !== configs.length) {
+    throw new VirtioSavedStateError("EVIRTIOSNAPMISMATCH", `Cannot restore virtio devices: the snapshot has ${saved.length} devices, the configuration ${configs.length}`);
+  }
+  return configs.map((c, i) => checkVirtioDeviceSavedState(saved[i], c.kind, i));
+}
+
 /** The main thread's side of all virtio devices. */
 export class VirtioSet {
   readonly devices: readonly VirtioDeviceHandle[];
@@ -215,10 +235,18 @@ export class VirtioSet {
   private readonly vm: VmFd | undefined;
   private readonly cmdlineWindows: boolean;
 
-  /** Builds every device's state and eventfds and registers the irqfds; nothing runs yet. */
-  constructor(configs: readonly VirtioDeviceConfig[], memory: MemoryDescriptor, vm: VmFd | undefined, hooks: VirtioSetHooks = {}) {
+  /**
+   * Builds every device's state and eventfds and registers the irqfds; nothing runs yet.
+   * `restoreFrom` (checked records, one per device; see VirtioSet.restore) brings the
+   * devices up from a snapshot instead of fresh.
+   */
+  constructor(configs: readonly VirtioDeviceConfig[], memory: MemoryDescriptor, vm: VmFd | undefined, hooks: VirtioSetHooks = {},
+    restoreFrom?: readonly VirtioDeviceSavedState[]) {
     if (configs.length > MAX_VIRTIO_DEVICES) {
       throw new VirtioSetError(`Cannot create VM: ${configs.length} virtio devices requested, at most ${MAX_VIRTIO_DEVICES} fit`);
+    }
+    if (restoreFrom && restoreFrom.length !== configs.length) {
+      throw new VirtioSavedStateError("EVIRTIOSNAPMISMATCH", `Cannot restore virtio devices: ${restoreFrom.length} records for ${configs.length} devices`);
     }
     const devices: VirtioDeviceHandle[] = [];
     const placement = devicePlacement(configs);
@@ -235,6 +263,7 @@ export class VirtioSet {
           onGuestFault: hooks.onGuestFault,
           onHostError: hooks.onHostError,
           onFailed: (device, reason) => hooks.onGuestFault?.(device, `device needs reset: ${reason}`, 1),
+          ...(restoreFrom ? { restore: restoreFrom[i]! } : {}),
         }));
       });
     } catch (e) {
@@ -246,6 +275,48 @@ export class VirtioSet {
     this.kinds = configs.map((c) => c.kind);
     this.vm = vm;
     this.cmdlineWindows = hooks.cmdlineWindows ?? false;
+  }
+
+  /**
+   * The devices of a NEW VM (its own KVM VM fd `vm`, its own guest memory
+   * holding the bytes the snapshot's memory held) brought up from `saved`
+   * (what VirtioSet.saveState gave, through JSON), for `configs`: the
+   * snapshot's configuration, where a device's options may differ where the
+   * host differs (another TAP name, another vsock uds path; the same disk, or
+   * a copy of it; rate limiters and the balloon target come from the
+   * snapshot). `hooks` as for the snapshot's VM (the same announcement: the
+   * guest's command line already names the windows).
+   *
+   * The records are checked here (checkVirtioSavedStates: nothing is created
+   * when one is of another version or kind, or malformed). start() then
+   * brings every device up as it was saved: registers as the driver left
+   * them; if the driver had set DRIVER_OK, already active, its queues built
+   * over guest memory at their saved positions and its backend restored,
+   * without the driver writing DRIVER_OK again; the ioeventfds and irqfds
+   * registered with `vm`. It rejects (nothing left running) when a backend
+   * cannot be created or a record does not fit its device
+   * (EVIRTIOSNAPMISMATCH, EVIRTIOSNAPFORMAT). The devices start quiesced:
+   * restore the VM's own state (its interrupt controller) first, then
+   * resume(), which lets them run and kicks each once (see resume()).
+   */
+  static restore(
+    configs: readonly VirtioDeviceConfig[], memory: MemoryDescriptor, vm: VmFd | undefined, saved: unknown, hooks: VirtioSetHooks = {},
+  ): VirtioSet {
+    return new VirtioSet(configs, memory, vm, hooks, checkVirtioSavedStates(configs, saved));
+  }
+
+  /**
+   * Every device's record for a snapshot (device-saved-state.ts), in
+   * configuration order: JSON-serialisable, for VirtioSet.restore. Only
+   * while the set is quiesced (quiesce() resolved, the VM's vCPUs paused):
+   * rejects with VirtioSavedStateError EVIRTIONOTQUIESCED otherwise. Each
+   * device's record is read on its device thread; the devices stay quiesced.
+   */
+  async saveState(): Promise<VirtioDeviceSavedState[]> {
+    const busy = this.devices.find((d) => !d.quiesced);
+    if (busy) throw new VirtioSavedStateError("EVIRTIONOTQUIESCED", `Cannot save virtio devices: ${busy.spec.name} is not quiesced (quiesce() first)`);
+    const parts = await Promise.all(this.devices.map((d) => d.saveState()));
+    return parts.map((p, i) => ({ version: VIRTIO_SAVED_STATE_VERSION, kind: this.kinds[i]!, ...p }));
   }
 
   /** The command-line parameters announcing every device in `window` (empty for "none" or no devices). */
@@ -302,11 +373,13 @@ export class VirtioSet {
 
   /**
    * Lets every quiesced device run again; resolves once every device thread
-   * answered. No artificial kick is needed: every kick the guest made while
-   * its device was quiesced is still counted in the queue's notify eventfd.
-   * (Firecracker's resume_vm kicks every device, device_manager's
-   * kick_virtio_devices, which also covers notifications lost across a
-   * snapshot load; a snapshot restore here will have to do the same.)
+   * answered. After a pause no artificial kick is needed: every kick the
+   * guest made while its device was quiesced is still counted in the queue's
+   * notify eventfd. After a restore (VirtioSet.restore) they are not: they
+   * were counted in the old VM's eventfds. So the first resume of a restored
+   * device kicks it once, every queue as if the guest had just kicked it
+   * (Firecracker's resume_vm does the same for every device,
+   * device_manager's kick_virtio_devices; device-runner.ts kickAfterRestore).
    */
   async resume(): Promise<void> {
     await Promise.all(this.devices.map((d) => d.resume()));

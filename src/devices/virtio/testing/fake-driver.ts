@@ -131,6 +131,24 @@ export class FakeDriver {
     return d;
   }
 
+  /**
+   * The same driver over `mem`, another mapping holding the same bytes (a VM
+   * restored from a snapshot: a real driver's bookkeeping lives in guest RAM
+   * and comes with it; this one's is copied). The two go their own ways after.
+   */
+  moveTo(mem: GuestMemory): FakeDriver {
+    const d = Object.create(FakeDriver.prototype) as FakeDriver;
+    const outstanding = new Map([...this.outstanding].map(([head, o]) => [head, {
+      descs: [...o.descs], allocations: o.allocations.map((a) => ({ ...a })), writable: o.writable.map((w) => ({ ...w })),
+    }]));
+    Object.assign(d, {
+      mem, layout: this.layout, features: this.features, heapStart: this.heapStart, heapEnd: this.heapEnd,
+      freeDescs: [...this.freeDescs], outstanding, heap: this.heap.map(([a, b]) => [a, b]),
+      availShadow: this.availShadow, lastUsed: this.lastUsed, kickedAt: this.kickedAt, callbacks: this.callbacks,
+    });
+    return d;
+  }
+
   /** A SplitQueue over this driver's rings, with the same features. */
   createQueue(maxSize = this.layout.size): SplitQueue {
     return new SplitQueue(this.mem, this.layout, this.features, maxSize);

@@ -39,6 +39,10 @@
  * ever held: one connection whose host socket is slow keeps its own bytes
  * (within its credit) and never stops another's. Every bad packet is a
  * counted guest fault (ctx.guestFault), never an exception.
+ *
+ * Snapshots (persist.ts): connections are dropped; a restored device sends
+ * the driver a TRANSPORT_RESET event when first kicked and keeps the RX
+ * queue quiet until the driver acknowledges it.
  */
 import { unlinkSync } from "node:fs";
 import {
@@ -57,6 +61,7 @@ import { checkGuestCid, type VsockOptions } from "./config.js";
 import { VSOCK_BUF_ALLOC, VSOCK_CONN_MAX_HELD_BYTES, VsockConnection } from "./connection.js";
 import { type ControlPacket, ControlQueue } from "./control-queue.js";
 import { checkTxHeader, decodeVsockHeader, encodeVsockHeader, VSOCK_MAX_PKT_BYTES, type VsockHeader } from "./packet.js";
+import { checkVsockSavedState, type VsockSavedState } from "./persist.js";
 import { connectService, listenUnix } from "./unix.js";
 
 /** Queue indices (§5.10.2). */
@@ -136,6 +141,13 @@ export class VirtioVsock implements VirtioBackend {
   private closed = false;
   private activatedBefore = false;
   private resetEventDue = false;
+  /**
+   * Restored from a snapshot: nothing goes to the RX queue until the driver
+   * has acknowledged the TRANSPORT_RESET event (persist.ts); `resetEventSent`
+   * once it is in the event queue's used ring.
+   */
+  private rxGated = false;
+  private resetEventSent = false;
   /** Connections the guest knows, by (local, peer) port pair. */
   private readonly conns = new Map<string, VsockConnection>();
   /** Every open host socket, including handshake and draining ones. */
@@ -176,12 +188,58 @@ export class VirtioVsock implements VirtioBackend {
     if (!this.ctx) return;
     if (queue === VSOCK_RX_QUEUE) this.fillRx();
     else if (queue === VSOCK_TX_QUEUE) this.processTx();
-    else if (queue === VSOCK_EVENT_QUEUE) this.sendEvent();
+    else if (queue === VSOCK_EVENT_QUEUE) {
+      // The driver kicks the event queue once it has handled the events and put the buffers
+      // back: after a restore's TRANSPORT_RESET, that is its acknowledgement (persist.ts).
+      const acknowledged = this.rxGated && this.resetEventSent;
+      if (acknowledged) {
+        this.rxGated = false;
+        this.resetEventSent = false;
+      }
+      this.sendEvent();
+      if (acknowledged) this.fillRx();
+    }
+  }
+
+  /** The device's record for a snapshot (persist.ts): its cid and next host port; connections are not kept. */
+  saveState(): VsockSavedState {
+    return { cid: this.cid, nextHostPort: this.nextHostPort };
+  }
+
+  /**
+   * Takes up a saved device (see VirtioBackend.restoreState): with `ctx` the
+   * driver's session goes on without its connections; the TRANSPORT_RESET
+   * that tells it so goes out when the device is first kicked (kick), and the
+   * RX queue stays quiet until the driver acknowledges it.
+   */
+  restoreState(state: unknown, ctx: VirtioDeviceContext | undefined): void {
+    const s = checkVsockSavedState(state, this.cid);
+    this.nextHostPort = Math.max(s.nextHostPort, VSOCK_FIRST_HOST_PORT);
+    if (!ctx || this.closed) return;
+    this.ctx = ctx;
+    this.activatedBefore = true;
+    this.resetEventDue = true;
+    this.rxGated = true;
+    this.resetEventSent = false;
+    ctx.watch(this.listenFd, POLLIN, () => this.acceptClients());
+  }
+
+  /**
+   * The host's kick after a restore (VirtioBackend.kick): the TRANSPORT_RESET
+   * event, the TX chains the guest posted before the snapshot (their kicks
+   * were lost with the old VM), and RX once the driver has acknowledged. The
+   * event queue is not "notified": a notify is the driver's acknowledgement.
+   */
+  kick(): void {
+    this.sendEvent();
+    this.processTx();
   }
 
   /** Device reset: every host connection is closed; the listener stays (its clients wait in the backlog). */
   reset(): void {
     this.ctx = undefined;
+    this.rxGated = false;
+    this.resetEventSent = false;
     this.dropAll();
   }
 
@@ -489,7 +547,7 @@ export class VirtioVsock implements VirtioBackend {
   private fillRx(): void {
     const ctx = this.ctx;
     const q = ctx?.queues[VSOCK_RX_QUEUE];
-    if (!ctx || !q) return;
+    if (!ctx || !q || this.rxGated) return;
     let packets = 0;
     try {
       while (packets < VSOCK_RX_BUDGET) {
@@ -611,7 +669,10 @@ export class VirtioVsock implements VirtioBackend {
         this.bad(`event buffer unwritable: ${(e as Error).message}`);
       }
       if (n < ev.length) this.bad(`event buffer of ${chain.writableBytes} bytes`);
-      else this.resetEventDue = false;
+      else {
+        this.resetEventDue = false;
+        if (this.rxGated) this.resetEventSent = true;
+      }
       q.pushUsed(chain.head, n);
     } catch (e) {
       this.ctx = undefined;

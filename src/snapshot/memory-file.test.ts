@@ -1,0 +1,62 @@
+import assert from "node:assert/strict";
+import { closeSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { GuestMemory } from "../memory/guest-memory.js";
+import { openMemoryFile, writeMemoryFile } from "./memory-file.js";
+import { SnapshotError } from "./state-file.js";
+
+const dir = mkdtempSync(join(tmpdir(), "flint-memfile-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const MiB = 1 << 20;
+
+function guest(): GuestMemory {
+  const m = GuestMemory.create([{ guestBase: 0, size: 2 * MiB }, { guestBase: 16 * MiB, size: 4 * MiB }]);
+  m.write(0x1000, Buffer.from("first region"));
+  m.writeU64(2 * MiB - 8, 0x1122334455667788n); // the last word of region 0
+  m.write(16 * MiB + 3 * MiB + 5, Buffer.from("second region"));
+  return m;
+}
+
+describe("memory file", () => {
+  it("writes regions back to back, only their non-zero pages, and maps back copy-on-write", () => {
+    const m = guest();
+    const path = join(dir, "a.mem");
+    const w = writeMemoryFile(m, path);
+    assert.deepEqual(w.regions, [{ guestBase: 0, size: 2 * MiB, fileOffset: 0 }, { guestBase: 16 * MiB, size: 4 * MiB, fileOffset: 2 * MiB }]);
+    assert.equal(statSync(path).size, 6 * MiB);
+    assert.equal(w.dataBytes, 3 * 4096, "three pages hold data");
+    assert.ok(statSync(path).blocks * 512 < MiB, "the zero pages are holes");
+    const fileBytes = readFileSync(path);
+    assert.equal(fileBytes.toString("latin1", 0x1000, 0x1000 + 12), "first region");
+
+    const fd = openMemoryFile(path, w.regions);
+    const r = GuestMemory.mapFile(w.regions, fd);
+    closeSync(fd);
+    try {
+      for (const reg of m.regions) assert.ok(Buffer.from(r.slice(reg.guestBase, reg.size)).equals(Buffer.from(m.slice(reg.guestBase, reg.size))));
+      // A write stays in this mapping: the file and another mapping of it keep the snapshot's bytes.
+      r.write(0x1000, Buffer.from("changed"));
+      const fd2 = openMemoryFile(path, w.regions);
+      const r2 = GuestMemory.mapFile(w.regions, fd2);
+      closeSync(fd2);
+      assert.equal(Buffer.from(r2.read(0x1000, 12)).toString(), "first region");
+      assert.equal(readFileSync(path).toString("latin1", 0x1000, 0x1000 + 12), "first region");
+      r2.dispose();
+    } finally {
+      r.dispose();
+      m.dispose();
+    }
+  });
+
+  it("refuses a memory file shorter than the snapshot's memory, and a missing one", () => {
+    const m = guest();
+    const path = join(dir, "short.mem");
+    const w = writeMemoryFile(m, path);
+    m.dispose();
+    truncateSync(path, 6 * MiB - 4096);
+    assert.throws(() => openMemoryFile(path, w.regions), (e: unknown) => e instanceof SnapshotError && e.code === "ESNAPMEMORY" && /needs 6291456/.test(e.message));
+    assert.throws(() => openMemoryFile(join(dir, "none.mem"), w.regions), (e: unknown) => e instanceof SnapshotError && e.code === "ESNAPIO" && /ENOENT/.test(e.message));
+  });
+});
