@@ -526,8 +526,8 @@ export class Machine {
    * Restores a VM saved by snapshot() into a fresh KVM VM: guest memory is
    * the memory file mapped copy-on-write (GuestMemory.mapFile, so this takes
    * the same time whatever the memory size, and VMs restored from one file
-   * share the pages none has written), then the irqchip, PIT and clock, each
-   * vCPU's state and each device's. run() then starts it where it was saved,
+   * share the pages none has written), then each vCPU's state, the irqchip,
+   * PIT and clock, and each device's. run() then starts it where it was saved,
    * running, or paused when `options.paused` (Firecracker's resume_vm:
    * false). Several Machines can be restored from one snapshot (clones);
    * `virtioDevices` gives each its own host-side options (a TAP, a vsock
@@ -605,7 +605,7 @@ export class Machine {
    * image of guest RAM: src/snapshot/memory-file.ts). The VM stays paused;
    * resume() or stop() it afterwards as wanted. Console output the guest
    * wrote before the pause is delivered first. Rejects with ENOTPAUSED
-   * unless the VM is paused (as Firecracker's snapshot/create), ENDEDED once
+   * unless the VM is paused (as Firecracker's snapshot/create), EENDED once
    * it ended, SnapshotError ESNAPIO when a file cannot be written.
    */
   snapshot(paths: SnapshotPaths): Promise<SnapshotWritten> {

@@ -483,7 +483,7 @@ export class Vm extends EventEmitter<VmEvents> {
     if (o.net?.some((n) => n.id === undefined)) {
       try {
         const saved = readSavedVmm(snap.statePath);
-        ids = saved.virtioDevices.map((d, i) => (d.kind === "net" ? saved.deviceIds[i] : undefined)).filter((x) => x !== undefined);
+        ids = saved.virtioDevices.flatMap((d, i) => (d.kind === "net" ? [saved.deviceIds[i]] : []));
       } catch (e) {
         throw new VmError("ESTART", `Load snapshot error: ${(e as Error).message.split("\n")[0]}`);
       }
