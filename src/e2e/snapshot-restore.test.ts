@@ -1,20 +1,25 @@
 /**
  * End-to-end: real Linux saved and restored through Firecracker's API, one
- * level down in the nested harness. flint A boots a guest with 2 vCPUs, a
- * virtio-blk disk and virtio-rng that counts on its console (a line every
+ * level down in the nested harness, as the snapshot issue's test asks. flint
+ * A boots a guest with 2 vCPUs, a virtio-blk disk, virtio-rng, a network
+ * interface on a TAP and a vsock, that counts on its console (a line every
  * 0.2 s with its uptime) and writes each number to its own sector of the
- * disk, past the page cache; the client
- * pauses it, PUT /snapshot/create, and kills A with SIGKILL. Two new flint
- * processes, B and C, each PUT /snapshot/load the same files with
- * resume_vm (two clones at once, sharing the memory file's pages). Each
- * clone's console, appended to A's, must count on with no number missing or
- * repeated and with its uptime never going back: registers, memory, the
- * irqchip, timers and kvm-clock came back as they were; and each clone's disk
- * (C's a copy, bind-mounted at the same path in its own mount namespace, as a
- * jailer gives each clone its files) must hold every number at its sector,
- * none lost or written twice across the snapshot. B then takes a line on its
- * console input (the UART's state came back too), reads its virtio-rng and
- * powers off (exit 0); C is killed. No kernel warning on any console.
+ * disk, past the page cache. The client pauses it, PUT /snapshot/create, and
+ * kills A with SIGKILL. Four new flint processes, B to E, each PUT
+ * /snapshot/load the same files with resume_vm, all running at once and
+ * sharing the memory file's pages; each in its own network namespace with
+ * its own TAP (`network_overrides`), its own vsock socket path
+ * (`vsock_override`) and its own copy of the disk bind-mounted at the disk's
+ * path in its own mount namespace (as a jailer gives each clone its files).
+ * Each clone's console, appended to A's, must count on with no number missing
+ * or repeated and with its uptime never going back (registers, memory, the
+ * irqchip, timers and kvm-clock came back as they were); each clone's disk
+ * must hold every number at its sector (no write lost or made twice across
+ * the snapshot). Then each clone is told over its console (the UART came
+ * back too) to ping the host through its TAP and to connect over vsock to a
+ * listener at its own socket path: both must work. B then reads its restored
+ * virtio-rng and powers off (exit 0); the others are killed. No kernel
+ * warning on any console.
  */
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -22,25 +27,35 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { execFileSync } from "node:child_process";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { E2E_GUEST_NET, ethUpSh, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
+const NET = E2E_GUEST_NET;
+const CLONES = ["b", "c", "d", "e"];
 
-const GUEST_INIT = `#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo "flint-guest: booted"
+const GUEST_INIT = `${initPrologue()}${ethUpSh(NET.guestIp)}echo "flint-guest: booted"
 # Each tick also goes to sector i of the disk, past the page cache: a write lost or made twice across the snapshot shows there.
 ( i=0; while :; do i=$((i + 1)); echo "tick=$i up=$(cut -d' ' -f1 /proc/uptime)"; printf 'tick=%08d' $i | dd of=/dev/vda bs=512 seek=$i conv=sync,notrunc oflag=direct 2>/dev/null; sleep 0.2; done ) &
-read stop
-kill $!
+ticker=$!
+# Commands on the console: "go" checks the network and the vsock (after a restore), "stop" ends.
+while read cmd; do
+  case "$cmd" in
+    go)
+      if ping -c 2 -W 5 ${NET.hostIp} >/dev/null 2>&1; then echo "flint-e2e: ping=ok"; else echo "flint-e2e: ping=failed"; fi
+      /bin/vsock-connect 2 ${NET.hostPort} "hello" || echo "flint-e2e: vsock-got=connect failed ($?)"
+      echo "flint-e2e: urandom=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')"
+      ;;
+    stop) break ;;
+  esac
+done
+kill $ticker
 wait
-echo "flint-e2e: hwrng=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+echo "flint-e2e: hwrng=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \\n')"
 echo "flint-e2e: stopping"
 poweroff -f
 `;
@@ -48,10 +63,11 @@ poweroff -f
 /** Runs inside the nested VM. */
 const CLIENT = `
 import { spawn, spawnSync } from "node:child_process";
-import { appendFileSync, existsSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
-import { copyFileSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 const [cli, kernel, initrd, work, report, consoles] = process.argv.slice(2);
+const clones = ${JSON.stringify(CLONES)};
 const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const call = (sock, method, path, body) => new Promise((resolve, reject) => {
@@ -68,15 +84,21 @@ const must = async (sock, method, path, body, status = 204) => {
   if (r.status !== status) throw new Error(method + " " + path + " answered " + r.status + " " + r.text);
   return r;
 };
-const vms = {};
 const disk = work + "/disk.img";
-/** flint with its API on work/NAME.sock; with \`ownDisk\`, in a mount namespace where its own copy of the disk is at the disk's path (as a jailer's chroot gives each clone its files). */
+const vms = {};
+/**
+ * flint with its API on work/NAME.sock, in a network namespace of its own
+ * holding one TAP, tapNAME, whose host end is ${NET.hostIp} with one MAC for
+ * all (clones of one guest expect the same peer), and in a mount namespace
+ * where, given \\\`ownDisk\\\`, that copy of the disk is at the disk's path.
+ */
 function startFlint(name, ownDisk) {
   const sock = work + "/" + name + ".sock";
-  const argv = [process.execPath, cli, "--api-sock", sock, "--id", "snap-" + name];
-  const fc = ownDisk
-    ? spawn("unshare", ["-m", "--propagation", "private", "sh", "-c", 'mount --bind "$0" "$1" && shift && exec "$@"', ownDisk, disk, ...argv], { stdio: ["pipe", "pipe", "pipe"] })
-    : spawn(argv[0], argv.slice(1), { stdio: ["pipe", "pipe", "pipe"] });
+  const tap = "tap" + name;
+  const setup = "ip link set lo up && ip tuntap add dev " + tap + " mode tap && ip link set " + tap + " address 02:00:00:00:00:01 && " +
+    "ip addr add ${NET.hostIp}/24 dev " + tap + " && ip link set " + tap + " up && " + '{ [ -z "$0" ] || mount --bind "$0" "$1"; } && shift && exec "$@"';
+  const fc = spawn("unshare", ["-m", "-n", "--propagation", "private", "sh", "-c", setup, ownDisk ?? "", disk,
+    process.execPath, cli, "--api-sock", sock, "--id", "snap-" + name], { stdio: ["pipe", "pipe", "pipe"] });
   const vm = { name, sock, fc, console: "", stderr: "" };
   fc.stdout.on("data", (b) => { vm.console += b; });
   fc.stderr.on("data", (b) => { vm.stderr += b; });
@@ -84,12 +106,19 @@ function startFlint(name, ownDisk) {
   vms[name] = vm;
   return vm;
 }
+/** Listens at PATH_${NET.hostPort} for the guest's vsock connections; echoes each line back. */
+function vsockListener(path) {
+  const server = createServer((s) => s.on("data", (d) => s.write(d)));
+  server.listen(path + "_${NET.hostPort}");
+  return server;
+}
 async function socketUp(vm) {
   for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
   await must(vm.sock, "GET", "/", undefined, 200);
 }
 const ticks = (text) => [...text.matchAll(/tick=(\\d+) up=([0-9.]+)\\r?\\n/g)].map((m) => [Number(m[1]), Number(m[2])]);
 const lastTick = (vm) => { const t = ticks(vm.console); return t.length ? t[t.length - 1][0] : 0; };
+const line = (vm, key) => { const m = new RegExp("flint-e2e: " + key + "=([^\\r\\n]*)").exec(vm.console); return m ? m[1] : undefined; };
 try {
   const a = startFlint("a");
   await socketUp(a);
@@ -98,6 +127,8 @@ try {
   writeFileSync(disk, Buffer.alloc(4 << 20));
   await must(a.sock, "PUT", "/drives/data", { drive_id: "data", path_on_host: disk, is_root_device: false, is_read_only: false });
   await must(a.sock, "PUT", "/entropy", {});
+  await must(a.sock, "PUT", "/network-interfaces/eth0", { iface_id: "eth0", host_dev_name: "tapa", guest_mac: "${NET.mac}" });
+  await must(a.sock, "PUT", "/vsock", { guest_cid: ${NET.cid}, uds_path: work + "/a.vsock" });
   await must(a.sock, "PUT", "/actions", { action_type: "InstanceStart" });
   for (let i = 0; i < 3000 && lastTick(a) < 10; i++) await sleep(100);
   say("ticks_before_pause", lastTick(a));
@@ -114,19 +145,25 @@ try {
   a.fc.kill("SIGKILL");
   await a.exited;
   say("ticks_at_snapshot", lastTick(a));
-  const cDisk = work + "/disk-c.img";
-  copyFileSync(disk, cDisk);
-  const clones = [startFlint("b"), startFlint("c", cDisk)];
-  await Promise.all(clones.map(socketUp));
-  await Promise.all(clones.map(async (vm) => {
+  const listeners = [];
+  const running = clones.map((name) => {
+    copyFileSync(disk, work + "/disk-" + name + ".img");
+    listeners.push(vsockListener(work + "/" + name + ".vsock"));
+    return startFlint(name, work + "/disk-" + name + ".img");
+  });
+  await Promise.all(running.map(socketUp));
+  await Promise.all(running.map(async (vm) => {
     const t = Date.now();
-    await must(vm.sock, "PUT", "/snapshot/load", { snapshot_path: snap, mem_backend: { backend_type: "File", backend_path: mem }, resume_vm: true });
+    await must(vm.sock, "PUT", "/snapshot/load", {
+      snapshot_path: snap, mem_backend: { backend_type: "File", backend_path: mem }, resume_vm: true,
+      network_overrides: [{ iface_id: "eth0", host_dev_name: "tap" + vm.name }], vsock_override: { uds_path: work + "/" + vm.name + ".vsock" },
+    });
     say("load_ms_" + vm.name, Date.now() - t);
     say("state_" + vm.name, JSON.parse((await must(vm.sock, "GET", "/", undefined, 200)).text).state);
   }));
   const target = lastTick(a) + 10;
-  for (let i = 0; i < 1200 && clones.some((vm) => lastTick(vm) < target); i++) await sleep(100);
-  for (const vm of clones) {
+  for (let i = 0; i < 1200 && running.some((vm) => lastTick(vm) < target); i++) await sleep(100);
+  for (const vm of running) {
     // A's console and the clone's, end to end: one count, none missing or repeated, uptime never back.
     const seq = ticks(a.console + vm.console);
     let gaps = 0, back = 0;
@@ -137,22 +174,25 @@ try {
     say("ticks_" + vm.name, lastTick(vm));
     say("sequence_breaks_" + vm.name, gaps);
     say("uptime_back_" + vm.name, back);
+    vm.fc.stdin.write("go\\n");
   }
-  const b = vms.b, c = vms.c;
+  for (let i = 0; i < 1200 && running.some((vm) => line(vm, "urandom") === undefined); i++) await sleep(100);
+  for (const vm of running) for (const k of ["ping", "vsock-got", "urandom"]) say(k + "_" + vm.name, line(vm, k));
+  const b = vms.b;
   b.fc.stdin.write("stop\\n");
   const bEnd = await Promise.race([b.exited, sleep(60000).then(() => "none")]);
   say("b_exit", bEnd);
-  if (bEnd === "none") b.fc.kill("SIGKILL");
-  c.fc.kill("SIGKILL");
-  await c.exited;
+  for (const vm of running) vm.fc.kill("SIGKILL");
+  await Promise.all(running.map((vm) => vm.exited));
+  for (const l of listeners) l.close();
   // Each clone's disk: sector i holds tick i for every tick before its last (the last may not have reached the disk).
-  for (const [name, path] of [["b", disk], ["c", cDisk]]) {
-    const bytes = readFileSync(path);
-    const last = lastTick(vms[name]);
+  for (const vm of running) {
+    const bytes = readFileSync(work + "/disk-" + vm.name + ".img");
+    const last = lastTick(vm);
     let bad = 0;
     for (let i = 1; i < last; i++) if (bytes.toString("latin1", i * 512, i * 512 + 13) !== "tick=" + String(i).padStart(8, "0")) bad++;
-    say("disk_ticks_" + name, last - 1);
-    say("disk_bad_" + name, bad);
+    say("disk_ticks_" + vm.name, last - 1);
+    say("disk_bad_" + vm.name, bad);
   }
 } catch (e) {
   say("client_error", JSON.stringify(e.message));
@@ -165,7 +205,7 @@ for (const vm of Object.values(vms)) {
 process.exit(0);
 `;
 
-describe("real Linux snapshot over the API, restored twice at once in new processes (nested harness)", { timeout: 30 * 60_000 }, () => {
+describe("real Linux snapshot over the API, restored as four clones at once in new processes, each with its own disk, TAP and vsock (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-snap-"));
   let report = "";
   const consoles: Record<string, string> = {};
@@ -174,11 +214,14 @@ describe("real Linux snapshot over the API, restored twice at once in new proces
   before(async () => {
     const kernel = await buildKernel();
     const initrd = join(share, "initramfs.cpio.gz");
-    writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT }));
+    const program = join(share, "vsock-connect");
+    writeFileSync(`${program}.c`, vsockConnectC());
+    execFileSync("gcc", ["-static", "-O2", "-o", program, `${program}.c`]);
+    writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT, files: [{ path: "/bin/vsock-connect", hostPath: program, mode: 0o755 }] }));
     const client = join(share, "client.mjs");
     writeFileSync(client, CLIENT);
     const reportFile = join(share, "report.txt"), consoleBase = join(share, "console");
-    const names = ["a", "b", "c"];
+    const names = ["a", ...CLONES];
     // Sockets and the snapshot files on the nested VM's tmpfs (the share is 9p, and the memory file is mapped).
     const command = `mkdir -p /dev/shm/snap && timeout 600 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} /dev/shm/snap ${q(reportFile)} ${q(consoleBase)} </dev/null >>${q(reportFile)} 2>&1`;
     const files = [reportFile, ...names.map((n) => `${consoleBase}.${n}`)];
@@ -203,10 +246,11 @@ describe("real Linux snapshot over the API, restored twice at once in new proces
     const inspect = JSON.parse(value("inspect") ?? "{}") as { cpus?: number; memoryMib?: number; formatVersion?: string };
     assert.equal(inspect.cpus, 2, why());
     assert.equal(inspect.memoryMib, 256, why());
-    t.diagnostic(`create ${value("create_ms")} ms; memory file ${value("mem_file_bytes")} bytes, ${value("mem_file_allocated")} allocated; load ${value("load_ms_b")} / ${value("load_ms_c")} ms`);
+    t.diagnostic(`create ${value("create_ms")} ms; memory file ${value("mem_file_bytes")} bytes, ${value("mem_file_allocated")} allocated; ` +
+      `loads (four at once, TCG outer VM) ${CLONES.map((c) => value(`load_ms_${c}`)).join(" / ")} ms`);
   });
 
-  for (const clone of ["b", "c"]) {
+  for (const clone of CLONES) {
     it(`clone ${clone}: PUT /snapshot/load with resume_vm runs it on from the snapshot: its count continues A's with nothing missing or repeated, its clock never goes back`, () => {
       assert.equal(value(`state_${clone}`), "Running", why());
       assert.ok(Number(value(`ticks_${clone}`)) >= Number(value("ticks_at_snapshot")) + 10, why());
@@ -218,6 +262,11 @@ describe("real Linux snapshot over the API, restored twice at once in new proces
     it(`clone ${clone}: its own disk holds every tick before and after the snapshot, each once, at its sector`, () => {
       assert.ok(Number(value(`disk_ticks_${clone}`)) > Number(value("ticks_at_snapshot")), why());
       assert.equal(value(`disk_bad_${clone}`), "0", why());
+    });
+
+    it(`clone ${clone}: its network interface works on its own TAP (network_overrides) and its vsock at its own path (vsock_override)`, () => {
+      assert.equal(value(`ping_${clone}`), "ok", why());
+      assert.equal(value(`vsock-got_${clone}`), "hello", why());
     });
   }
 
