@@ -9,13 +9,17 @@
  *            at a time (shapes interleaved round by round): Machine.restore + run()
  *            until the guest's counter moves, first with vCPU threads from a
  *            pool (Machine.keepWarm, refilled between clones), then cold.
- *            Each clone's steps: the state file read and checked, the memory
- *            file mapped (both timed as separate calls of the same functions
- *            restore() makes, just before it: restore() has no probes), the
- *            rest of restore() (KVM VM, vCPU and VM state, devices), run() to
- *            the vCPUs let go (onStarted: thread taken and ready), and from
- *            there to the counter moving (the first guest instructions, with
- *            their first page faults).
+ *            Each clone's steps (they add up to its total): restore() to its
+ *            memory file being mapped (the state file read and checked),
+ *            the mapping, on to the memory's registration with KVM (KVM
+ *            VM, irqchip and PIT created), the registration, the rest of
+ *            restore() (devices, vCPU created, vCPU and VM state set),
+ *            run() to the vCPUs let go (onStarted: thread taken and ready),
+ *            and from there to the counter moving (the first guest
+ *            instructions, with their first page faults). restore() has no
+ *            hooks: the child times its steps by wrapping three methods of
+ *            the bundle's own classes (reached through a Machine's objects)
+ *            in functions that only read the clock (installProbes).
  *   sharing  one snapshot of a guest that wrote most of its RAM, `clones`
  *            clones restored and run until each has read every written page
  *            twice, then paused; this process's /proc/self/smaps_rollup
@@ -26,14 +30,11 @@
  *
  *   node dist/bench/snapshot-clones.js '<SnapshotClonesInput as JSON>'
  */
-import { closeSync, mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
 import type { Machine, MachineResult } from "../index.js";
-import { GuestMemory } from "../memory/guest-memory.js";
-import { openMemoryFile } from "../snapshot/memory-file.js";
-import { readMachineSnapshot } from "../vm/machine-snapshot.js";
 import { COUNT_OFFSET, PASSES_OFFSET, STATUS_ADDRESS, touchAndReadProgram } from "./snapshot-guest.js";
 import {
   type CloneSample, type SnapshotClonesInput, type SnapshotClonesReport, type SnapshotMade, type SnapshotShape,
@@ -57,9 +58,10 @@ async function until(what: string, fn: () => boolean, limitMs = 60_000): Promise
 const status = (m: Machine, offset: number): bigint => m.memory.readU64(STATUS_ADDRESS + offset);
 
 /** A running guest of `shape`, saved once it has written its range and read it once; the original is stopped. */
-async function makeSnapshot(flint: Flint, dir: string, shape: SnapshotShape, index: number): Promise<SnapshotMade> {
+async function makeSnapshot(flint: Flint, dir: string, shape: SnapshotShape, index: number, created?: (m: Machine) => void): Promise<SnapshotMade> {
   const paths = { statePath: join(dir, `s${index}.snap`), memoryPath: join(dir, `s${index}.mem`) };
   const m = flint.Machine.create({ cpus: 1, memoryMib: shape.memoryMib, boot: { kind: "ring3", program: touchAndReadProgram(shape.memoryMib, shape.touch) } });
+  created?.(m);
   const running = m.run();
   running.catch(() => undefined);
   try {
@@ -82,22 +84,54 @@ async function stopClone(m: Machine, running: Promise<MachineResult>, what: stri
   if (r.reason.kind !== "poweroff") throw new Error(`${what} ended with ${r.reason.kind}${r.reason.kind === "error" ? `: ${r.reason.message}` : ""}`);
 }
 
+/** When restore()'s steps began and ended, as the probes saw them (performance.now()). */
+interface RestoreMarks {
+  mapStart?: number;
+  mapEnd?: number;
+  registerStart?: number;
+  registerEnd?: number;
+}
+
+let marks: RestoreMarks = {};
+
+/** Wraps `owner[name]` so that each call runs `before` and `after` around it; nothing else changes. */
+function wrap(owner: Record<string, unknown>, name: string, before: () => void, after: () => void): void {
+  const original = owner[name] as (...args: unknown[]) => unknown;
+  if (typeof original !== "function") throw new Error(`cannot probe ${name}: not a method`);
+  owner[name] = function (this: unknown, ...args: unknown[]) {
+    before();
+    try {
+      return original.apply(this, args);
+    } finally {
+      after();
+    }
+  };
+}
+
+/**
+ * Timestamps restore()'s steps: GuestMemory.mapFile (the memory file
+ * mapped) and VmFd.setUserMemoryRegion (guest memory registered with KVM),
+ * on the classes of the bundle `m` came from. The first registration's
+ * start and the last one's end are kept.
+ */
+function installProbes(m: Machine): void {
+  const memoryClass = m.memory.constructor as unknown as Record<string, unknown>;
+  const vmPrototype = Object.getPrototypeOf(m.vm) as Record<string, unknown>;
+  wrap(memoryClass, "mapFile", () => (marks.mapStart = performance.now()), () => (marks.mapEnd = performance.now()));
+  wrap(vmPrototype, "setUserMemoryRegion", () => (marks.registerStart ??= performance.now()), () => (marks.registerEnd = performance.now()));
+}
+
 /** One clone of `snap`, timed step by step (see the module comment), then stopped. */
 async function cloneOnce(flint: Flint, snap: SnapshotMade, pool: CloneSample["pool"]): Promise<CloneSample> {
-  // The steps restore() takes first, as separate calls of the same functions, for their share.
-  const s0 = performance.now();
-  const { snapshot } = readMachineSnapshot(snap.statePath);
-  const s1 = performance.now();
-  const fd = openMemoryFile(snap.memoryPath, snapshot.memory.regions);
-  const mapped = GuestMemory.mapFile(snapshot.memory.regions, fd);
-  closeSync(fd);
-  const s2 = performance.now();
-  mapped.dispose();
-
+  marks = {};
   let startedAt = 0;
   const t0 = performance.now();
   const m = flint.Machine.restore({ statePath: snap.statePath, memoryPath: snap.memoryPath, onStarted: () => (startedAt = performance.now()) });
   const t1 = performance.now();
+  const { mapStart, mapEnd, registerStart, registerEnd } = marks;
+  if (mapStart === undefined || mapEnd === undefined || registerStart === undefined || registerEnd === undefined) {
+    throw new Error("the restore probes saw no memory mapped or registered: did Machine.restore change?");
+  }
   const at = status(m, COUNT_OFFSET);
   const running = m.run();
   running.catch(() => undefined);
@@ -106,8 +140,8 @@ async function cloneOnce(flint: Flint, snap: SnapshotMade, pool: CloneSample["po
   await stopClone(m, running, "a clone");
   return {
     shape: shapeName(snap.shape), pool,
-    stateMs: s1 - s0, mapMs: s2 - s1, restoreMs: t1 - t0,
-    threadStartMs: startedAt - t1, firstInstructionMs: t2 - startedAt, totalMs: t2 - t0,
+    stateMs: mapStart - t0, mapMs: mapEnd - mapStart, kvmVmMs: registerStart - mapEnd, registerMs: registerEnd - registerStart,
+    vcpuStateMs: t1 - registerEnd, threadStartMs: startedAt - t1, firstInstructionMs: t2 - startedAt, totalMs: t2 - t0,
   };
 }
 
@@ -115,9 +149,15 @@ async function latency(flint: Flint, input: SnapshotClonesInput): Promise<Snapsh
   // Each shape saved `creates` times, shapes interleaved; the clones restore the last of each.
   const made: SnapshotMade[] = [];
   let snapshots: SnapshotMade[] = [];
+  let probed = false;
   for (let round = 0; round < input.creates; round++) {
     snapshots = [];
-    for (const [i, shape] of input.shapes.entries()) snapshots.push(await makeSnapshot(flint, input.dir, shape, i));
+    for (const [i, shape] of input.shapes.entries()) {
+      snapshots.push(await makeSnapshot(flint, input.dir, shape, i, (m) => {
+        if (!probed) installProbes(m);
+        probed = true;
+      }));
+    }
     made.push(...snapshots);
   }
   const clones: CloneSample[] = [];
