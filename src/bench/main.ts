@@ -29,11 +29,19 @@
  *      to exit, and 8 VMs in one process through the library; flint vs QEMU
  *      microvm vs the C ceiling (skip with --no-overhead; run it alone with
  *      --overhead-only, i.e. `npm run bench:overhead`)
+ *   9. snapshots: in-process clone latency (restore + run until the guest
+ *      runs) and its steps, restore in a new process vs QEMU restoring its
+ *      migration file, restore time against memory size, snapshot create
+ *      time, and the memory of 8 clones of one snapshot (skip with
+ *      --no-snapshot; run it alone with --snapshot-only, i.e.
+ *      `npm run bench:snapshot`)
  *
  * Options: --count N (exits per run, default 300000), --runs R (default 3),
  * --no-boot, --no-blk, --no-ratelimit, --no-virtio, --no-stop, --no-pause, --no-api-ready, --no-mmds, --no-overhead, --overhead-only,
  * --virtio-only, --virtio-figures KEYS, --virtio-rounds R (section 6's rounds, default 5), --overhead-runs R
- * (section 8's rounds, default 7), --json FILE (also write all results as JSON).
+ * (section 8's rounds, default 7), --no-snapshot, --snapshot-only, --snapshot-clones N (section 9's clones
+ * per shape, default 30), --snapshot-runs R (its new-process restores, default 7), --json FILE (also write
+ * all results as JSON).
  */
 import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
@@ -53,6 +61,7 @@ import { printStopLatencySection } from "./stop-latency.js";
 import { type VirtioFigureKey, benchVirtioNested, selectFigures } from "./virtio-nested.js";
 import { printVirtioBlkSection } from "./virtio-blk-bench.js";
 import { printRateLimitSection } from "./rate-limit-bench.js";
+import { printSnapshotSection } from "./snapshot-bench.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 
@@ -91,6 +100,15 @@ async function main(): Promise<void> {
   };
   if (process.argv.includes("--overhead-only")) {
     await overhead();
+    writeJson();
+    return;
+  }
+  // Snapshots (src/bench/snapshot-bench.ts): alone with --snapshot-only, skipped with --no-snapshot.
+  const snapshots = async () => {
+    results.snapshots = await printSnapshotSection(out, { clones: arg("--snapshot-clones", 30), processRuns: arg("--snapshot-runs", 7) });
+  };
+  if (process.argv.includes("--snapshot-only")) {
+    await snapshots();
     writeJson();
     return;
   }
@@ -196,6 +214,10 @@ async function main(): Promise<void> {
   if (!process.argv.includes("--no-pause")) {
     out("");
     results.pauseLatency = await printPauseLatencySection(out, 50);
+  }
+  if (!process.argv.includes("--no-snapshot")) {
+    out("");
+    await snapshots();
   }
   writeJson();
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { closeSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -17,6 +17,20 @@ function guest(): GuestMemory {
   m.writeU64(2 * MiB - 8, 0x1122334455667788n); // the last word of region 0
   m.write(16 * MiB + 3 * MiB + 5, Buffer.from("second region"));
   return m;
+}
+
+/** Whether the host page behind guest address `address` of `m` is present or swapped (/proc/self/pagemap bits 63, 62). */
+function resident(m: GuestMemory, address: number): boolean {
+  const r = m.regions.find((x) => address >= x.guestBase && address < x.guestBase + x.size)!;
+  const page = (r.hostAddress + BigInt(address - r.guestBase)) / 4096n;
+  const fd = openSync("/proc/self/pagemap", "r");
+  try {
+    const entry = Buffer.alloc(8);
+    readSync(fd, entry, 0, 8, Number(page) * 8);
+    return (entry.readBigUInt64LE(0) >> 62n) !== 0n;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 describe("memory file", () => {
@@ -58,5 +72,39 @@ describe("memory file", () => {
     truncateSync(path, 6 * MiB - 4096);
     assert.throws(() => openMemoryFile(path, w.regions), (e: unknown) => e instanceof SnapshotError && e.code === "ESNAPMEMORY" && /needs 6291456/.test(e.message));
     assert.throws(() => openMemoryFile(join(dir, "none.mem"), w.regions), (e: unknown) => e instanceof SnapshotError && e.code === "ESNAPIO" && /ENOENT/.test(e.message));
+  });
+
+  it("leaves untouched and discarded anonymous pages as holes without faulting them in", () => {
+    const m = guest();
+    try {
+      m.writeU64(16 * MiB + 64 * 1024, 1n);
+      m.discard(16 * MiB + 64 * 1024, 4096); // written, then given back: zeros again
+      const untouched = 16 * MiB + MiB;
+      assert.equal(resident(m, untouched), false);
+      const w = writeMemoryFile(m, join(dir, "sparse.mem"));
+      assert.equal(w.dataBytes, 3 * 4096, "only the three written pages");
+      assert.equal(resident(m, untouched), false, "saving did not read the untouched page (no fault, no zero-page mapping)");
+      assert.ok(readFileSync(join(dir, "sparse.mem")).subarray(2 * MiB).equals(Buffer.from(m.slice(16 * MiB, 4 * MiB))));
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it("writes the data of a memory-file mapping's pages that were never read (a restored VM saved again)", () => {
+    const m = guest();
+    const first = join(dir, "first.mem"), again = join(dir, "again.mem");
+    const w = writeMemoryFile(m, first);
+    m.dispose();
+    const fd = openMemoryFile(first, w.regions);
+    const r = GuestMemory.mapFile(w.regions, fd);
+    closeSync(fd);
+    try {
+      assert.equal(resident(r, 0x1000), false, "nothing read yet");
+      const w2 = writeMemoryFile(r, again);
+      assert.equal(w2.dataBytes, 3 * 4096);
+      assert.ok(readFileSync(again).equals(readFileSync(first)));
+    } finally {
+      r.dispose();
+    }
   });
 });

@@ -2,8 +2,10 @@
  * The serial-flood guest (guest/ring3/serial-flood.S): a PVH kernel that
  * writes the alphabet to COM1 from ring 3 forever. Boot it with
  * `flint run --kernel <path> --boot pvh --no-acpi`; only stopping the VM
- * ends it. A test fixture: only the CLI's stalled-console test
- * (src/cli/stop.test.ts) runs it.
+ * ends it. A test fixture: the CLI's stalled-console test
+ * (src/cli/stop.test.ts) runs it, and the snapshot benchmark restores it
+ * in flint and QEMU (src/bench/snapshot-process.ts: its first byte after a
+ * restore is the guest running again).
  */
 import { join } from "node:path";
 import { writeFileSync } from "node:fs";
