@@ -11,8 +11,10 @@
  * back to back (its `mem_file_path`), which is what lets other tools (a
  * userfaultfd page server) serve it by offset.
  */
-import { closeSync, fstatSync, ftruncateSync, openSync, writeSync } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
+import { ENXIO, SEEK_DATA, SEEK_HOLE } from "../linux/abi.generated.js";
 import type { GuestMemory } from "../memory/guest-memory.js";
+import { errnoName, sys, SysError } from "../sys/native.js";
 import { SnapshotError } from "./state-file.js";
 
 /** Where one guest memory region lives in the memory file. */
@@ -93,6 +95,109 @@ export function writeMemoryFile(memory: GuestMemory, path: string): MemoryFileWr
     if (fd !== undefined) closeSync(fd);
   }
   return { regions, totalBytes, dataBytes };
+}
+
+/**
+ * Writes a Diff snapshot's memory file at `path` (created or truncated,
+ * mode 0600): the same layout and size as a full one (memoryFileLayout),
+ * but only the pages marked in `dirty` (per region, one byte per 4 KiB
+ * page, non-zero = dirty) are written, every one of them, zeros included,
+ * so that each is data in the file; the rest are holes. The holes do not
+ * mean zero here: they mean "as in the base", which is why a Diff is
+ * restored only after rebaseMemoryFile copied it onto its base (as
+ * Firecracker's diff memory file and its rebase-snap tool). The VM must be
+ * paused. Throws SnapshotError ESNAPIO.
+ */
+export function writeDiffMemoryFile(memory: GuestMemory, path: string, dirty: readonly Uint8Array[]): MemoryFileWritten {
+  const regions = memoryFileLayout(memory);
+  const totalBytes = regions.reduce((s, r) => s + r.size, 0);
+  let fd: number | undefined;
+  let dataBytes = 0;
+  try {
+    fd = openSync(path, "w", 0o600);
+    ftruncateSync(fd, totalBytes);
+    memory.regions.forEach((r, i) => {
+      const map = dirty[i]!;
+      const base = regions[i]!.fileOffset;
+      for (let p = 0; p < map.length;) {
+        if (map[p] === 0) { p++; continue; }
+        let end = p;
+        while (end < map.length && map[end] !== 0) end++;
+        const from = p * PAGE, to = Math.min(end * PAGE, r.size);
+        dataBytes += writeAll(fd!, r.bytes.subarray(from, to), base + from);
+        p = end;
+      }
+    });
+  } catch (e) {
+    throw new SnapshotError("ESNAPIO", `Cannot write memory file '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  return { regions, totalBytes, dataBytes };
+}
+
+/** What rebaseMemoryFile copied. */
+export interface MemoryFileRebased {
+  /** Bytes of the diff's data copied onto the base. */
+  copiedBytes: number;
+  /** Runs of data (SEEK_DATA to SEEK_HOLE) found in the diff. */
+  runs: number;
+}
+
+/**
+ * Merges a Diff snapshot's memory file onto its base (Firecracker's
+ * rebase-snap, snapshot-editor's `edit-memory rebase`): every range that is
+ * data in `diffPath` (found with lseek SEEK_DATA/SEEK_HOLE) is copied to the
+ * same offset of `basePath`, which then is the memory file of the moment
+ * the Diff was taken, to be restored with the Diff's state file. Diffs are
+ * merged in the order they were taken. The two files must be the same size.
+ * On a file system without SEEK_DATA the whole diff reads as data and would
+ * overwrite the base with its holes; flint refuses a diff with no hole then
+ * only if its size differs, so keep snapshots on tmpfs, ext4, xfs or btrfs.
+ * Throws SnapshotError ESNAPIO or ESNAPMEMORY.
+ */
+export function rebaseMemoryFile(basePath: string, diffPath: string): MemoryFileRebased {
+  let base: number | undefined, diff: number | undefined;
+  const io = (what: string, e: unknown) =>
+    new SnapshotError("ESNAPIO", `Cannot rebase '${diffPath}' onto '${basePath}': ${what}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  try {
+    try {
+      diff = openSync(diffPath, "r");
+      base = openSync(basePath, "r+");
+    } catch (e) {
+      throw io("open", e);
+    }
+    const size = fstatSync(diff).size, baseSize = fstatSync(base).size;
+    if (size !== baseSize) {
+      throw new SnapshotError("ESNAPMEMORY", `Cannot rebase '${diffPath}' onto '${basePath}': the diff is ${size} bytes, the base ${baseSize}: not the same VM's memory`);
+    }
+    const buf = Buffer.alloc(1 << 20);
+    let copiedBytes = 0, runs = 0;
+    for (let at = 0; at < size;) {
+      const start = sys.lseek(diff, at, SEEK_DATA);
+      if (start === -ENXIO) break; // no data past `at`
+      if (start < 0) throw io("lseek(SEEK_DATA)", new SysError(errnoName(-start), errnoName(-start)));
+      const end = sys.lseek(diff, start, SEEK_HOLE);
+      if (end < 0) throw io("lseek(SEEK_HOLE)", new SysError(errnoName(-end), errnoName(-end)));
+      for (let p = start; p < end;) {
+        const n = readSync(diff, buf, 0, Math.min(buf.length, end - p), p);
+        if (n === 0) break;
+        writeAll(base, buf.subarray(0, n), p);
+        p += n;
+        copiedBytes += n;
+      }
+      runs++;
+      at = end;
+    }
+    fsyncSync(base);
+    return { copiedBytes, runs };
+  } catch (e) {
+    if (e instanceof SnapshotError) throw e;
+    throw io("copy", e);
+  } finally {
+    if (diff !== undefined) closeSync(diff);
+    if (base !== undefined) closeSync(base);
+  }
 }
 
 function writeAll(fd: number, bytes: Uint8Array, position: number): number {
