@@ -151,10 +151,10 @@ export interface MemoryFileRebased {
  * same offset of `basePath`, which then is the memory file of the moment
  * the Diff was taken, to be restored with the Diff's state file. Diffs are
  * merged in the order they were taken. The two files must be the same size.
- * On a file system without SEEK_DATA the whole diff reads as data and would
- * overwrite the base with its holes; flint refuses a diff with no hole then
- * only if its size differs, so keep snapshots on tmpfs, ext4, xfs or btrfs.
- * Throws SnapshotError ESNAPIO or ESNAPMEMORY.
+ * The holes must survive from writer to here: a file system without
+ * SEEK_DATA (where the whole file reads as data), or a copy that filled the
+ * holes (`cp --sparse=never`), would overwrite the base with zeros, as with
+ * Firecracker's tool. Throws SnapshotError ESNAPIO or ESNAPMEMORY.
  */
 export function rebaseMemoryFile(basePath: string, diffPath: string): MemoryFileRebased {
   let base: number | undefined, diff: number | undefined;
