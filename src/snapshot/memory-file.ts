@@ -13,7 +13,7 @@
  */
 import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, writeSync } from "node:fs";
 import { ENXIO, SEEK_DATA, SEEK_HOLE } from "../linux/abi.generated.js";
-import type { GuestMemory } from "../memory/guest-memory.js";
+import type { GuestMemory, MemoryRegion } from "../memory/guest-memory.js";
 import { errnoName, sys, SysError } from "../sys/native.js";
 import { SnapshotError } from "./state-file.js";
 
@@ -58,6 +58,37 @@ export function memoryFileLayout(memory: GuestMemory): MemoryFileRegion[] {
  * guest memory meanwhile). Throws SnapshotError ESNAPIO.
  */
 export function writeMemoryFile(memory: GuestMemory, path: string): MemoryFileWritten {
+  return writeImage(memory, path, (r, _i, write) => {
+    let runStart = -1; // start of the current run of pages to write, in the region
+    const flush = (end: number) => {
+      if (runStart < 0) return;
+      write(runStart, end);
+      runStart = -1;
+    };
+    for (let c = 0; c < r.size; c += CHUNK) {
+      const chunkEnd = Math.min(c + CHUNK, r.size);
+      const chunk = Buffer.from(r.bytes.buffer, r.bytes.byteOffset + c, chunkEnd - c);
+      if (chunk.length === CHUNK && chunk.equals(ZERO_CHUNK)) {
+        flush(c);
+        continue;
+      }
+      for (let p = c; p < chunkEnd; p += PAGE) {
+        const page = Buffer.from(r.bytes.buffer, r.bytes.byteOffset + p, Math.min(PAGE, chunkEnd - p));
+        if (page.equals(ZERO_CHUNK.subarray(0, page.length))) flush(p);
+        else if (runStart < 0) runStart = p;
+      }
+    }
+    flush(r.size);
+  });
+}
+
+/**
+ * Creates (or truncates) `path`, mode 0600, the size of `memory`'s layout,
+ * and lets `pick` write ranges of each region (`write(from, to)`, offsets
+ * in the region) at their place; the rest stays holes. Throws SnapshotError
+ * ESNAPIO.
+ */
+function writeImage(memory: GuestMemory, path: string, pick: (r: MemoryRegion, i: number, write: (from: number, to: number) => void) => void): MemoryFileWritten {
   const regions = memoryFileLayout(memory);
   const totalBytes = regions.reduce((s, r) => s + r.size, 0);
   let fd: number | undefined;
@@ -65,29 +96,9 @@ export function writeMemoryFile(memory: GuestMemory, path: string): MemoryFileWr
   try {
     fd = openSync(path, "w", 0o600);
     ftruncateSync(fd, totalBytes);
-    memory.regions.forEach((r, i) => {
-      const base = regions[i]!.fileOffset;
-      let runStart = -1; // start of the current run of pages to write, in the region
-      const flush = (end: number) => {
-        if (runStart < 0) return;
-        dataBytes += writeAll(fd!, r.bytes.subarray(runStart, end), base + runStart);
-        runStart = -1;
-      };
-      for (let c = 0; c < r.size; c += CHUNK) {
-        const chunkEnd = Math.min(c + CHUNK, r.size);
-        const chunk = Buffer.from(r.bytes.buffer, r.bytes.byteOffset + c, chunkEnd - c);
-        if (chunk.length === CHUNK && chunk.equals(ZERO_CHUNK)) {
-          flush(c);
-          continue;
-        }
-        for (let p = c; p < chunkEnd; p += PAGE) {
-          const page = Buffer.from(r.bytes.buffer, r.bytes.byteOffset + p, Math.min(PAGE, chunkEnd - p));
-          if (page.equals(ZERO_CHUNK.subarray(0, page.length))) flush(p);
-          else if (runStart < 0) runStart = p;
-        }
-      }
-      flush(r.size);
-    });
+    memory.regions.forEach((r, i) => pick(r, i, (from, to) => {
+      dataBytes += writeAll(fd!, r.bytes.subarray(from, to), regions[i]!.fileOffset + from);
+    }));
   } catch (e) {
     if (e instanceof SnapshotError) throw e;
     throw new SnapshotError("ESNAPIO", `Cannot write memory file '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
@@ -109,31 +120,16 @@ export function writeMemoryFile(memory: GuestMemory, path: string): MemoryFileWr
  * paused. Throws SnapshotError ESNAPIO.
  */
 export function writeDiffMemoryFile(memory: GuestMemory, path: string, dirty: readonly Uint8Array[]): MemoryFileWritten {
-  const regions = memoryFileLayout(memory);
-  const totalBytes = regions.reduce((s, r) => s + r.size, 0);
-  let fd: number | undefined;
-  let dataBytes = 0;
-  try {
-    fd = openSync(path, "w", 0o600);
-    ftruncateSync(fd, totalBytes);
-    memory.regions.forEach((r, i) => {
-      const map = dirty[i]!;
-      const base = regions[i]!.fileOffset;
-      for (let p = 0; p < map.length;) {
-        if (map[p] === 0) { p++; continue; }
-        let end = p;
-        while (end < map.length && map[end] !== 0) end++;
-        const from = p * PAGE, to = Math.min(end * PAGE, r.size);
-        dataBytes += writeAll(fd!, r.bytes.subarray(from, to), base + from);
-        p = end;
-      }
-    });
-  } catch (e) {
-    throw new SnapshotError("ESNAPIO", `Cannot write memory file '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
-  return { regions, totalBytes, dataBytes };
+  return writeImage(memory, path, (r, i, write) => {
+    const map = dirty[i]!;
+    for (let p = 0; p < map.length;) {
+      if (map[p] === 0) { p++; continue; }
+      let end = p;
+      while (end < map.length && map[end] !== 0) end++;
+      write(p * PAGE, Math.min(end * PAGE, r.size));
+      p = end;
+    }
+  });
 }
 
 /** What rebaseMemoryFile copied. */
