@@ -247,6 +247,38 @@ static int maps_contain(uintptr_t a, size_t len) {
 
 // --- ioctl ------------------------------------------------------------------
 
+// The size of each memory slot registered through this addon, by (VM fd,
+// slot), so that KVM_GET_DIRTY_LOG's bitmap (one bit per page of the slot,
+// api.rst 4.8) can be checked against the buffer it is written to. A slot
+// re-registered (or an fd number reused by another VM, which registers its
+// own slots through here too) overwrites the record; a slot KVM does not
+// have, or one without KVM_MEM_LOG_DIRTY_PAGES, makes KVM fail with ENOENT
+// before it writes anything. Caller holds maps_lock.
+struct slot_size { int fd; uint32_t slot; uint64_t size; };
+static struct slot_size *slots;
+static size_t slots_count, slots_cap;
+
+static void slot_record(int fd, uint32_t slot, uint64_t size) {
+  for (size_t i = 0; i < slots_count; i++) {
+    if (slots[i].fd == fd && slots[i].slot == slot) { slots[i].size = size; return; }
+  }
+  if (slots_count == slots_cap) {
+    size_t cap = slots_cap ? slots_cap * 2 : 16;
+    struct slot_size *n = realloc(slots, cap * sizeof *n);
+    if (!n) return;  // unrecorded: getDirtyLog refuses the slot
+    slots = n;
+    slots_cap = cap;
+  }
+  slots[slots_count++] = (struct slot_size){fd, slot, size};
+}
+
+static int slot_size_of(int fd, uint32_t slot, uint64_t *size) {
+  for (size_t i = 0; i < slots_count; i++) {
+    if (slots[i].fd == fd && slots[i].slot == slot) { *size = slots[i].size; return 1; }
+  }
+  return 0;
+}
+
 // Requests whose argument is a value, not memory: KVM's _IO requests
 // (KVM_RUN, KVM_CREATE_VCPU, KVM_SET_TSS_ADDR...), and TUNSETOFFLOAD, declared
 // _IOW but taking its flags as the value (drivers/net/tun.c). Other requests
@@ -377,6 +409,7 @@ static int ioctl_buffer(napi_env env, int fd, unsigned int cmd, uint8_t *buf, si
       }
       int r = ioctl(fd, cmd, &m);
       int e = errno;
+      if (r == 0) slot_record(fd, m.slot, m.memory_size);
       pthread_mutex_unlock(&maps_lock);
       *result = r < 0 ? -e : r;
       return 1;
@@ -915,6 +948,59 @@ static napi_value js_page_size(napi_env env, napi_callback_info info) {
   return make_i64(env, sysconf(_SC_PAGESIZE));
 }
 
+// getDirtyLog(vmFd, slot, bitmap) -> 0 or -errno: KVM_GET_DIRTY_LOG (api.rst
+// 4.8) into `bitmap`, which must hold the slot's whole bitmap: one bit per
+// 4 KiB page of the slot as registered through this addon, in 64-bit words.
+// KVM clears the slot's log as it copies it out (without
+// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled, which flint does not enable).
+static napi_value js_get_dirty_log(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd;
+  int64_t slot;
+  uint8_t *buf;
+  size_t cap;
+  if (!get_i32(env, argv[0], "getDirtyLog", "vmFd", &fd) || !get_int(env, argv[1], "getDirtyLog", "slot", 0, UINT32_MAX, &slot) ||
+      !get_buffer(env, argv[2], "getDirtyLog", "bitmap", &buf, &cap)) {
+    return NULL;
+  }
+  pthread_mutex_lock(&maps_lock);
+  uint64_t size;
+  if (!slot_size_of(fd, (uint32_t)slot, &size) || size == 0) {
+    pthread_mutex_unlock(&maps_lock);
+    fail(env, 1, "getDirtyLog: slot %lld of fd %d was not registered through KVM_SET_USER_MEMORY_REGION", (long long)slot, fd);
+    return NULL;
+  }
+  uint64_t pages = size / 4096;
+  uint64_t need = (pages + 63) / 64 * 8;
+  if (need > cap) {
+    pthread_mutex_unlock(&maps_lock);
+    fail(env, 1, "getDirtyLog: slot %lld needs a %llu-byte bitmap, the buffer holds %zu", (long long)slot, (unsigned long long)need, cap);
+    return NULL;
+  }
+  struct kvm_dirty_log log;
+  memset(&log, 0, sizeof log);
+  log.slot = (uint32_t)slot;
+  log.dirty_bitmap = buf;
+  int r = ioctl(fd, KVM_GET_DIRTY_LOG, &log);
+  int e = errno;
+  pthread_mutex_unlock(&maps_lock);
+  return make_i64(env, r < 0 ? -e : r);
+}
+
+// lseek(fd, offset, whence) -> the new offset, or -errno (SEEK_DATA and
+// SEEK_HOLE find a sparse file's data, lseek(2)).
+static napi_value js_lseek(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd, whence;
+  int64_t off;
+  if (!get_i32(env, argv[0], "lseek", "fd", &fd) || !get_off(env, argv[1], "lseek", "offset", &off) ||
+      !get_i32(env, argv[2], "lseek", "whence", &whence)) {
+    return NULL;
+  }
+  off_t r = lseek(fd, (off_t)off, whence);
+  return make_i64(env, r < 0 ? -errno : (int64_t)r);
+}
+
 NAPI_MODULE_INIT() {
   static const struct {
     const char *name;
@@ -950,6 +1036,8 @@ NAPI_MODULE_INIT() {
       {"sigrtmin", js_sigrtmin},
       {"monotonicNs", js_monotonic_ns},
       {"pageSize", js_page_size},
+      {"getDirtyLog", js_get_dirty_log},
+      {"lseek", js_lseek},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;

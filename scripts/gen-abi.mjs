@@ -90,6 +90,8 @@ const CONSTANTS = {
     KVM_FEATURE_PV_EOI KVM_FEATURE_PV_UNHALT KVM_FEATURE_PV_TLB_FLUSH KVM_FEATURE_PV_SEND_IPI
     KVM_FEATURE_POLL_CONTROL KVM_FEATURE_PV_SCHED_YIELD KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
     KVM_HINTS_REALTIME MSR_KVM_WALL_CLOCK_NEW MSR_KVM_SYSTEM_TIME_NEW`,
+  "unistd.h: lseek whence for sparse files": `
+    SEEK_DATA SEEK_HOLE`,
   "sys/mman.h, sys/eventfd.h, signal.h, errno.h": `
     PROT_NONE PROT_READ PROT_WRITE MAP_SHARED MAP_PRIVATE MAP_ANONYMOUS MAP_NORESERVE MAP_FIXED
     MADV_NORMAL MADV_DONTNEED MADV_REMOVE MADV_HUGEPAGE MADV_NOHUGEPAGE MADV_MERGEABLE
@@ -404,6 +406,7 @@ function cProgram() {
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/eventfd.h>
+#include <unistd.h>
 #include <linux/kvm.h>
 #include <linux/input-event-codes.h>
 #include <linux/kvm_para.h>

@@ -132,7 +132,7 @@ function buildProgram(asFirecracker: boolean): Command {
       });
     });
 
-  const snapshot = program.command("snapshot").description("look into snapshots (PUT /snapshot/create, Vm.snapshot)");
+  const snapshot = program.command("snapshot").description("look into snapshots (PUT /snapshot/create, Vm.snapshot) and merge Diffs");
   snapshot
     .command("inspect <state-file>")
     .description("what a snapshot's state file holds: format version, checksum, vCPUs, memory, devices")
@@ -141,6 +141,16 @@ function buildProgram(asFirecracker: boolean): Command {
     .action(async (path: string, o) => {
       const { inspectSnapshot } = await import("./snapshot.js");
       process.stdout.write(`${inspectSnapshot(path, !!o.json)}\n`);
+    });
+  snapshot
+    .command("rebase")
+    .description("merge a Diff snapshot's memory file onto its base (Firecracker's rebase-snap): the base becomes the Diff's memory")
+    .requiredOption("--base <memory-file>", "the memory file the Diff was taken after (written in place)")
+    .requiredOption("--diff <memory-file>", "the Diff's memory file")
+    .exitOverride()
+    .action(async (o: { base: string; diff: string }) => {
+      const { rebaseSnapshot } = await import("./snapshot.js");
+      process.stdout.write(`${rebaseSnapshot(o.base, o.diff)}\n`);
     });
 
   program

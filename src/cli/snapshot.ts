@@ -1,9 +1,12 @@
 /**
  * `flint snapshot inspect` and Firecracker's `--snapshot-version` and
  * `--describe-snapshot`: what a state file is, read with every check a
- * restore makes (a corrupted or foreign file is refused with one line).
+ * restore makes (a corrupted or foreign file is refused with one line);
+ * `flint snapshot rebase`: Firecracker's rebase-snap, a Diff's memory file
+ * merged onto its base.
  */
 import { readFileSync } from "node:fs";
+import { rebaseMemoryFile } from "../snapshot/memory-file.js";
 import { decodeStateFile, SNAPSHOT_FORMAT_VERSION, SnapshotError } from "../snapshot/state-file.js";
 import { readMachineSnapshot } from "../vm/machine-snapshot.js";
 
@@ -37,6 +40,7 @@ export function inspectSnapshot(path: string, json: boolean): string {
     cpus: s.cpus,
     memoryMib: s.memoryMib,
     memoryFileBytes: memoryBytes,
+    memoryFile: s.memory.type === "diff" ? "Diff" : "Full",
     memoryRegions: s.memory.regions,
     boot: s.boot,
     devices: s.virtio.configs.map((c) => c.kind),
@@ -48,8 +52,18 @@ export function inspectSnapshot(path: string, json: boolean): string {
     `  format         ${summary.formatVersion} (this flint reads ${formatVersionString()}), ${summary.checksum}, ${header.bodyBytes} bytes of state`,
     `  written by     flint ${s.flintVersion} at ${summary.createdAt}`,
     `  vCPUs          ${s.cpus}`,
-    `  memory         ${s.memoryMib} MiB; memory file ${memoryBytes} bytes: ${regions}`,
+    `  memory         ${s.memoryMib} MiB; ${summary.memoryFile} memory file ${memoryBytes} bytes: ${regions}`,
     `  guest          ${s.boot.kind === "linux" ? `Linux ${s.boot.kernelPath}${s.boot.initrdPath ? ` + ${s.boot.initrdPath}` : ""}: ${s.boot.cmdline}` : "ring-3 test program"}`,
     `  virtio devices ${summary.devices.join(", ") || "none"}`,
   ].join("\n");
+}
+
+/**
+ * `flint snapshot rebase --base BASE --diff DIFF`: copies the Diff's pages
+ * onto BASE (rebaseMemoryFile), which becomes the memory file of the moment
+ * the Diff was taken; returns the line to print.
+ */
+export function rebaseSnapshot(basePath: string, diffPath: string): string {
+  const r = rebaseMemoryFile(basePath, diffPath);
+  return `rebased '${diffPath}' onto '${basePath}': ${r.copiedBytes} bytes in ${r.runs} run(s)`;
 }

@@ -155,7 +155,8 @@ test("host-side tuning the guest cannot see is accepted and listed as ignored", 
     "x-tool-annotations": { owner: "ci" },
   }));
   assert.equal(m.virtioDevices.length, 2);
-  for (const what of ["track_dirty_pages", "cache_type", "io_engine", "deflate_on_oom", "stats_polling_interval_s", "x-tool-annotations: unknown key"]) {
+  assert.equal(m.trackDirtyPages, true, "track_dirty_pages is acted on (Diff snapshots)");
+  for (const what of ["cache_type", "io_engine", "deflate_on_oom", "stats_polling_interval_s", "x-tool-annotations: unknown key"]) {
     assert.ok(m.ignored.some((n) => n.includes(what)), `${what} listed in ${JSON.stringify(m.ignored)}`);
   }
   // The logger and metrics are applied by whoever runs the VM (src/cli/firecracker.ts), not ignored.

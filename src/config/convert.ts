@@ -51,6 +51,8 @@ export interface FlintMachineSpec {
   bootMode: "prefer-pvh";
   /** huge_pages "Transparent". */
   hugePages: boolean;
+  /** track_dirty_pages: KVM's dirty log and flint's own, for Diff snapshots. */
+  trackDirtyPages: boolean;
   /**
    * In Firecracker's attach order (builder.rs): balloon, drives (the root
    * drive first, so it is /dev/vda), network interfaces, vsock, entropy.
@@ -143,7 +145,6 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
   if (m?.smt) throw unsupported("machine-config.smt", "is true: flint does not present SMT sibling threads to the guest");
   if (m?.cpu_template && m.cpu_template !== "None") throw unsupported("machine-config.cpu_template", `'${m.cpu_template}': flint has no CPU templates`);
   if (m?.huge_pages === "2M") throw unsupported("machine-config.huge_pages", "'2M' (hugetlbfs): flint backs guest memory with transparent huge pages only (use 'Transparent')");
-  if (m?.track_dirty_pages) ignored.push("machine-config.track_dirty_pages: ignored (it serves diff snapshots, which flint does not have yet)");
   if (cfg["cpu-config"] != null) throw unsupported("cpu-config", "is set: flint has no custom CPU templates");
   if (cfg.pmem && cfg.pmem.length > 0) throw unsupported("pmem", "lists devices: flint has no virtio-pmem device");
   if (cfg["memory-hotplug"] != null) throw unsupported("memory-hotplug", "is set: flint has no virtio-mem device");
@@ -238,7 +239,7 @@ export function toFlintMachine(cfg: VmConfig, what = "config file"): FlintMachin
   return {
     cpus, memoryMib, kernelPath: boot.kernel_image_path,
     ...(boot.initrd_path != null ? { initrdPath: boot.initrd_path } : {}),
-    cmdline, bootMode: "prefer-pvh", hugePages: m?.huge_pages === "Transparent",
+    cmdline, bootMode: "prefer-pvh", hugePages: m?.huge_pages === "Transparent", trackDirtyPages: m?.track_dirty_pages ?? false,
     virtioDevices: devices, ignored,
   };
 }

@@ -10,7 +10,7 @@ import {
   kvm_userspace_memory_region, kvm_xsave,
 } from "../linux/abi.generated.js";
 import { dataView } from "../memory/le.js";
-import { mmap, sys } from "../sys/native.js";
+import { errnoName, mmap, sys } from "../sys/native.js";
 import { KvmError } from "./errors.js";
 import { kvmGetIoctl, kvmIoctl, kvmSetIoctl, type Kvm } from "./kvm.js";
 import { VcpuFd } from "./vcpu.js";
@@ -78,6 +78,19 @@ export class VmFd {
     v.setBigUint64(kvm_userspace_memory_region.memory_size, BigInt(r.memorySize), true);
     v.setBigUint64(kvm_userspace_memory_region.userspace_addr, r.userspaceAddr, true);
     kvmIoctl(this.fd, KVM_SET_USER_MEMORY_REGION, buf, `KVM_SET_USER_MEMORY_REGION(slot ${r.slot})`);
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG (api.rst 4.8): which pages of memory slot `slot`
+   * (registered with KVM_MEM_LOG_DIRTY_PAGES) the guest or KVM wrote since
+   * the last call, one bit per 4 KiB page in 64-bit little-endian words;
+   * KVM clears the log as it hands it out. `pages` is the slot's page count.
+   */
+  getDirtyLog(slot: number, pages: number): Uint8Array {
+    const bitmap = new Uint8Array(Math.ceil(pages / 64) * 8);
+    const r = sys.getDirtyLog(this.fd, slot, bitmap);
+    if (r < 0) throw new KvmError("EKVMIOCTL", `KVM_GET_DIRTY_LOG(slot ${slot}) failed: ${errnoName(-r)}`, errnoName(-r));
+    return bitmap;
   }
 
   /** KVM_SET_TSS_ADDR: three pages of guest-physical space KVM may use (Intel). */

@@ -173,6 +173,10 @@ export const KVM_HINTS_REALTIME = 0x0;
 export const MSR_KVM_WALL_CLOCK_NEW = 0x4b564d00;
 export const MSR_KVM_SYSTEM_TIME_NEW = 0x4b564d01;
 
+// unistd.h: lseek whence for sparse files
+export const SEEK_DATA = 0x3;
+export const SEEK_HOLE = 0x4;
+
 // sys/mman.h, sys/eventfd.h, signal.h, errno.h
 export const PROT_NONE = 0x0;
 export const PROT_READ = 0x1;

@@ -91,3 +91,33 @@ test("a second thread's view (attach) sees the same bytes", () => {
     mem.dispose();
   }
 });
+
+test("with dirty tracking every path that can write marks its pages, in a map shared with attached views; reads mark nothing", () => {
+  const mem = GuestMemory.create([{ guestBase: 0, size: 64 * 4096 }, { guestBase: 1 * MiB, size: 16 * 4096 }], { trackDirty: true });
+  try {
+    const dirtyPages = () => mem.regions.map((r) => [...r.dirty!.keys()].filter((p) => r.dirty![p] !== 0));
+    assert.equal(mem.tracksDirty, true);
+    mem.read(0, 64 * 4096);
+    mem.readU8(5); mem.readU16(5); mem.readU32(5); mem.readU64(5);
+    assert.deepEqual(dirtyPages(), [[], []], "reads leave the map clean");
+    mem.writeU8(1 * 4096, 1);
+    mem.writeU16(2 * 4096 + 4095, 1); // a write across a page boundary marks both pages
+    mem.writeU32(4 * 4096, 1);
+    mem.writeU64(5 * 4096, 1n);
+    mem.write(7 * 4096 - 1, new Uint8Array(2));
+    mem.fill(9 * 4096, 2 * 4096);
+    mem.slice(12 * 4096, 1);
+    mem.regionIndex(13 * 4096, 1);
+    mem.discard(14 * 4096, 4096);
+    GuestMemory.attach(mem.describe()).writeU8(1 * MiB + 3 * 4096, 1);
+    assert.deepEqual(dirtyPages(), [[1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 14], [3]]);
+    mem.clearDirty();
+    assert.deepEqual(dirtyPages(), [[], []]);
+  } finally {
+    mem.dispose();
+  }
+  const plain = GuestMemory.create([{ guestBase: 0, size: 4096 }]);
+  assert.equal(plain.tracksDirty, false);
+  assert.equal(plain.describe().regions[0]!.dirty, undefined);
+  plain.dispose();
+});

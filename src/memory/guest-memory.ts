@@ -41,12 +41,22 @@ export interface MemoryRegion {
   readonly bytes: Uint8Array;
   /** A little-endian view of the same bytes. */
   readonly view: DataView;
+  /**
+   * With dirty tracking (MemoryOptions.trackDirty): one byte per 4 KiB page,
+   * set (to 1) when flint itself may have written the page, shared by every
+   * thread's view of this memory. KVM's dirty log covers the guest's own
+   * writes; this covers the device emulation's (as Firecracker's bitmap does).
+   */
+  readonly dirty?: Uint8Array;
 }
 
 /** A transferable description of guest memory, for vCPU worker threads. */
 export interface MemoryDescriptor {
-  regions: { guestBase: number; size: number; hostAddress: bigint }[];
+  regions: { guestBase: number; size: number; hostAddress: bigint; dirty?: SharedArrayBuffer }[];
 }
+
+/** The page size of dirty tracking (KVM's dirty log is per 4 KiB page on x86). */
+export const DIRTY_PAGE_SIZE = 4096;
 
 /** Options for creating guest memory. */
 export interface MemoryOptions {
@@ -54,11 +64,38 @@ export interface MemoryOptions {
   hugePages?: boolean;
   /** Let KSM merge identical pages (MADV_MERGEABLE). */
   mergeable?: boolean;
+  /**
+   * Keep a dirty-page map of flint's own writes (MemoryRegion.dirty), for
+   * Diff snapshots. Off by default: the accessors then cost one test more.
+   */
+  trackDirty?: boolean;
 }
 
-function makeRegion(guestBase: number, size: number, hostAddress: bigint): MemoryRegion {
+function makeRegion(guestBase: number, size: number, hostAddress: bigint, dirty?: SharedArrayBuffer): MemoryRegion {
   const bytes = new Uint8Array(sys.view(hostAddress, size));
-  return { guestBase, size, hostAddress, bytes, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) };
+  return {
+    guestBase, size, hostAddress, bytes, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+    ...(dirty ? { dirty: new Uint8Array(dirty) } : {}),
+  };
+}
+
+function dirtyMap(size: number, track: boolean | undefined): SharedArrayBuffer | undefined {
+  return track ? new SharedArrayBuffer(Math.ceil(size / DIRTY_PAGE_SIZE)) : undefined;
+}
+
+/**
+ * Marks the pages of [off, off+length) of `r` dirty. Bytes, not bits: a
+ * byte store cannot lose a neighbour's mark to another thread's store, so
+ * no atomics are needed; the map is read and cleared only while the VM is
+ * paused (every device quiesced).
+ */
+function markDirty(r: MemoryRegion, off: number, length: number): void {
+  const d = r.dirty;
+  if (d === undefined || length === 0) return;
+  const first = Math.floor(off / DIRTY_PAGE_SIZE);
+  const last = Math.floor((off + length - 1) / DIRTY_PAGE_SIZE);
+  if (first === last) d[first] = 1;
+  else d.fill(1, first, last + 1);
 }
 
 /** Guest physical memory made of one or more regions. */
@@ -83,7 +120,7 @@ export class GuestMemory {
         const host = mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
         if (options.hugePages) madvise(host, r.size, MADV_HUGEPAGE);
         if (options.mergeable) madvise(host, r.size, MADV_MERGEABLE);
-        regions.push(makeRegion(r.guestBase, r.size, host));
+        regions.push(makeRegion(r.guestBase, r.size, host, dirtyMap(r.size, options.trackDirty)));
       }
     } catch (e) {
       for (const r of regions) munmap(r.hostAddress, r.size);
@@ -114,7 +151,7 @@ export class GuestMemory {
         }
         const host = mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, r.fileOffset);
         if (options.mergeable) madvise(host, r.size, MADV_MERGEABLE);
-        regions.push(makeRegion(r.guestBase, r.size, host));
+        regions.push(makeRegion(r.guestBase, r.size, host, dirtyMap(r.size, options.trackDirty)));
       }
     } catch (e) {
       for (const r of regions) munmap(r.hostAddress, r.size);
@@ -127,12 +164,27 @@ export class GuestMemory {
 
   /** Views memory described by another thread (does not own the mappings). */
   static attach(desc: MemoryDescriptor): GuestMemory {
-    return new GuestMemory(desc.regions.map((r) => makeRegion(r.guestBase, r.size, r.hostAddress)), false);
+    return new GuestMemory(desc.regions.map((r) => makeRegion(r.guestBase, r.size, r.hostAddress, r.dirty)), false);
   }
 
-  /** A description that can be posted to a worker and passed to `attach`. */
+  /** A description that can be posted to a worker and passed to `attach` (the dirty maps are shared, not copied). */
   describe(): MemoryDescriptor {
-    return { regions: this.regions.map((r) => ({ guestBase: r.guestBase, size: r.size, hostAddress: r.hostAddress })) };
+    return {
+      regions: this.regions.map((r) => ({
+        guestBase: r.guestBase, size: r.size, hostAddress: r.hostAddress,
+        ...(r.dirty ? { dirty: r.dirty.buffer as SharedArrayBuffer } : {}),
+      })),
+    };
+  }
+
+  /** Whether flint's own writes are tracked (MemoryOptions.trackDirty). */
+  get tracksDirty(): boolean {
+    return this.regions.some((r) => r.dirty !== undefined);
+  }
+
+  /** Forgets every mark of flint's own writes (after a snapshot; the VM paused). */
+  clearDirty(): void {
+    for (const r of this.regions) r.dirty?.fill(0);
   }
 
   /** Total guest RAM in bytes. */
@@ -173,9 +225,21 @@ export class GuestMemory {
     return r;
   }
 
-  /** A live view (no copy) of guest bytes [address, address+length). */
-  slice(address: GuestAddress, length: number): Uint8Array {
+  /** The region for a write of [address, address+length), its pages marked dirty. */
+  private writable(address: number, length: number): MemoryRegion {
     const r = this.region(address, length);
+    if (r.dirty !== undefined) markDirty(r, address - r.guestBase, length);
+    return r;
+  }
+
+  /**
+   * A live view (no copy) of guest bytes [address, address+length). The
+   * caller may write through it, so with dirty tracking its pages are
+   * marked dirty (a reader that only reads costs a larger Diff, never a
+   * lost page).
+   */
+  slice(address: GuestAddress, length: number): Uint8Array {
+    const r = this.writable(address, length);
     const off = address - r.guestBase;
     return r.bytes.subarray(off, off + length);
   }
@@ -185,10 +249,11 @@ export class GuestMemory {
    * address+length) (their offset in its `bytes` is address - guestBase), for a
    * system call that reads or writes them in place: writev names them by
    * (buffer, offset, length) and the addon checks the range, so no host address
-   * leaves this module. Throws MemoryError like the accessors.
+   * leaves this module. Throws MemoryError like the accessors. The call may
+   * write them (readv), so with dirty tracking they are marked dirty.
    */
   regionIndex(address: GuestAddress, length: number): number {
-    return this.regions.indexOf(this.region(address, length));
+    return this.regions.indexOf(this.writable(address, length));
   }
 
   /** Copies `data` into guest memory at `address`. */
@@ -198,7 +263,9 @@ export class GuestMemory {
 
   /** Copies `length` guest bytes out of guest memory. */
   read(address: GuestAddress, length: number): Uint8Array {
-    return this.slice(address, length).slice();
+    const r = this.region(address, length);
+    const off = address - r.guestBase;
+    return r.bytes.slice(off, off + length);
   }
 
   /** Sets `length` bytes at `address` to `value`. */
@@ -210,18 +277,19 @@ export class GuestMemory {
   readU16(a: GuestAddress): number { const r = this.region(a, 2); return r.view.getUint16(a - r.guestBase, true); }
   readU32(a: GuestAddress): number { const r = this.region(a, 4); return r.view.getUint32(a - r.guestBase, true); }
   readU64(a: GuestAddress): bigint { const r = this.region(a, 8); return r.view.getBigUint64(a - r.guestBase, true); }
-  writeU8(a: GuestAddress, x: number): void { const r = this.region(a, 1); r.view.setUint8(a - r.guestBase, x); }
-  writeU16(a: GuestAddress, x: number): void { const r = this.region(a, 2); r.view.setUint16(a - r.guestBase, x, true); }
-  writeU32(a: GuestAddress, x: number): void { const r = this.region(a, 4); r.view.setUint32(a - r.guestBase, x >>> 0, true); }
-  writeU64(a: GuestAddress, x: bigint | number): void { const r = this.region(a, 8); r.view.setBigUint64(a - r.guestBase, BigInt(x), true); }
+  writeU8(a: GuestAddress, x: number): void { const r = this.writable(a, 1); r.view.setUint8(a - r.guestBase, x); }
+  writeU16(a: GuestAddress, x: number): void { const r = this.writable(a, 2); r.view.setUint16(a - r.guestBase, x, true); }
+  writeU32(a: GuestAddress, x: number): void { const r = this.writable(a, 4); r.view.setUint32(a - r.guestBase, x >>> 0, true); }
+  writeU64(a: GuestAddress, x: bigint | number): void { const r = this.writable(a, 8); r.view.setBigUint64(a - r.guestBase, BigInt(x), true); }
 
   /**
    * Gives pages back to the host (MADV_DONTNEED): they read as zero
    * afterwards, or, in memory mapped from a snapshot's file (mapFile), as
-   * the file's pages again.
+   * the file's pages again. With dirty tracking they are marked dirty: their
+   * content changed, and KVM's log does not see it.
    */
   discard(address: GuestAddress, length: number): void {
-    const r = this.region(address, length);
+    const r = this.writable(address, length);
     if ((address - r.guestBase) % 4096 !== 0 || length % 4096 !== 0) {
       throw new MemoryError("EGUESTRANGE", "discard range must be page-aligned");
     }

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync } from "node:fs";
+import { closeSync, copyFileSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { GuestMemory } from "../memory/guest-memory.js";
-import { openMemoryFile, writeMemoryFile } from "./memory-file.js";
+import { openMemoryFile, rebaseMemoryFile, writeDiffMemoryFile, writeMemoryFile } from "./memory-file.js";
 import { SnapshotError } from "./state-file.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-memfile-"));
@@ -106,5 +106,39 @@ describe("memory file", () => {
     } finally {
       r.dispose();
     }
+  });
+
+  it("a Diff writes exactly the dirty pages, zeros included, and rebase copies them (only them) onto the base", () => {
+    const m = guest();
+    const base = join(dir, "base.mem");
+    writeMemoryFile(m, base);
+    m.fill(0x1000, 4096, 0); // a page zeroed: the Diff must carry its zeros
+    m.write(16 * MiB + 8192, Buffer.from("new"));
+    const dirty = m.regions.map((r) => new Uint8Array(r.size / 4096));
+    dirty[0]![1] = 1;
+    dirty[1]![2] = 1;
+    const diff = join(dir, "diff.mem");
+    const w = writeDiffMemoryFile(m, diff, dirty);
+    assert.equal(statSync(diff).size, 6 * MiB);
+    assert.equal(w.dataBytes, 2 * 4096);
+    assert.ok(statSync(diff).blocks * 512 <= 64 * 1024, "the rest are holes");
+    const merged = join(dir, "merged.mem");
+    copyFileSync(base, merged);
+    const r = rebaseMemoryFile(merged, diff);
+    assert.deepEqual(r, { copiedBytes: 2 * 4096, runs: 2 });
+    const after = readFileSync(merged), before = readFileSync(base);
+    assert.ok(after.subarray(0x1000, 0x2000).every((b) => b === 0), "the zeroed page");
+    assert.equal(after.toString("latin1", 2 * MiB + 8192, 2 * MiB + 8195), "new");
+    assert.ok(after.subarray(2 * MiB - 8, 2 * MiB).equals(before.subarray(2 * MiB - 8, 2 * MiB)), "pages not in the diff are the base's");
+    assert.ok(after.subarray(2 * MiB + 3 * MiB).equals(before.subarray(2 * MiB + 3 * MiB)));
+    m.dispose();
+  });
+
+  it("rebase refuses files of different sizes and a missing file", () => {
+    const a = join(dir, "small.mem"), b = join(dir, "big.mem");
+    writeFileSync(a, Buffer.alloc(4096));
+    writeFileSync(b, Buffer.alloc(8192));
+    assert.throws(() => rebaseMemoryFile(a, b), (e: unknown) => e instanceof SnapshotError && e.code === "ESNAPMEMORY");
+    assert.throws(() => rebaseMemoryFile(a, join(dir, "none.mem")), (e: unknown) => e instanceof SnapshotError && e.code === "ESNAPIO");
   });
 });

@@ -11,8 +11,10 @@
  * back to back (its `mem_file_path`), which is what lets other tools (a
  * userfaultfd page server) serve it by offset.
  */
-import { closeSync, fstatSync, ftruncateSync, openSync, readFileSync, readSync, writeSync } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readFileSync, readSync, writeSync } from "node:fs";
+import { ENXIO, SEEK_DATA, SEEK_HOLE } from "../linux/abi.generated.js";
 import type { GuestMemory, MemoryRegion } from "../memory/guest-memory.js";
+import { errnoName, sys, SysError } from "../sys/native.js";
 import { SnapshotError } from "./state-file.js";
 
 /** Where one guest memory region lives in the memory file. */
@@ -56,6 +58,40 @@ export function memoryFileLayout(memory: GuestMemory): MemoryFileRegion[] {
  * guest memory meanwhile). Throws SnapshotError ESNAPIO.
  */
 export function writeMemoryFile(memory: GuestMemory, path: string): MemoryFileWritten {
+  return writeImage(memory, path, (r, _i, write) => {
+    const mayHoldData = anonymousPagesInUse(r);
+    let runStart = -1; // start of the current run of pages to write, in the region
+    const flush = (end: number) => {
+      if (runStart < 0) return;
+      write(runStart, end);
+      runStart = -1;
+    };
+    for (let c = 0; c < r.size; c += CHUNK) {
+      const chunkEnd = Math.min(c + CHUNK, r.size);
+      const inUse = mayHoldData?.(c, chunkEnd);
+      const chunk = Buffer.from(r.bytes.buffer, r.bytes.byteOffset + c, chunkEnd - c);
+      if (inUse === false || (inUse === undefined && chunk.length === CHUNK && chunk.equals(ZERO_CHUNK))) {
+        flush(c);
+        continue;
+      }
+      for (let p = c; p < chunkEnd; p += PAGE) {
+        const end = Math.min(p + PAGE, chunkEnd);
+        const page = Buffer.from(r.bytes.buffer, r.bytes.byteOffset + p, end - p);
+        if (mayHoldData?.(p, end) === false || page.equals(ZERO_CHUNK.subarray(0, page.length))) flush(p);
+        else if (runStart < 0) runStart = p;
+      }
+    }
+    flush(r.size);
+  });
+}
+
+/**
+ * Creates (or truncates) `path`, mode 0600, the size of `memory`'s layout,
+ * and lets `pick` write ranges of each region (`write(from, to)`, offsets
+ * in the region) at their place; the rest stays holes. Throws SnapshotError
+ * ESNAPIO.
+ */
+function writeImage(memory: GuestMemory, path: string, pick: (r: MemoryRegion, i: number, write: (from: number, to: number) => void) => void): MemoryFileWritten {
   const regions = memoryFileLayout(memory);
   const totalBytes = regions.reduce((s, r) => s + r.size, 0);
   let fd: number | undefined;
@@ -63,32 +99,9 @@ export function writeMemoryFile(memory: GuestMemory, path: string): MemoryFileWr
   try {
     fd = openSync(path, "w", 0o600);
     ftruncateSync(fd, totalBytes);
-    memory.regions.forEach((r, i) => {
-      const base = regions[i]!.fileOffset;
-      let runStart = -1; // start of the current run of pages to write, in the region
-      const flush = (end: number) => {
-        if (runStart < 0) return;
-        dataBytes += writeAll(fd!, r.bytes.subarray(runStart, end), base + runStart);
-        runStart = -1;
-      };
-      const mayHoldData = anonymousPagesInUse(r);
-      for (let c = 0; c < r.size; c += CHUNK) {
-        const chunkEnd = Math.min(c + CHUNK, r.size);
-        const inUse = mayHoldData?.(c, chunkEnd);
-        const chunk = Buffer.from(r.bytes.buffer, r.bytes.byteOffset + c, chunkEnd - c);
-        if (inUse === false || (inUse === undefined && chunk.length === CHUNK && chunk.equals(ZERO_CHUNK))) {
-          flush(c);
-          continue;
-        }
-        for (let p = c; p < chunkEnd; p += PAGE) {
-          const end = Math.min(p + PAGE, chunkEnd);
-          const page = Buffer.from(r.bytes.buffer, r.bytes.byteOffset + p, end - p);
-          if (mayHoldData?.(p, end) === false || page.equals(ZERO_CHUNK.subarray(0, page.length))) flush(p);
-          else if (runStart < 0) runStart = p;
-        }
-      }
-      flush(r.size);
-    });
+    memory.regions.forEach((r, i) => pick(r, i, (from, to) => {
+      dataBytes += writeAll(fd!, r.bytes.subarray(from, to), regions[i]!.fileOffset + from);
+    }));
   } catch (e) {
     if (e instanceof SnapshotError) throw e;
     throw new SnapshotError("ESNAPIO", `Cannot write memory file '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
@@ -96,6 +109,128 @@ export function writeMemoryFile(memory: GuestMemory, path: string): MemoryFileWr
     if (fd !== undefined) closeSync(fd);
   }
   return { regions, totalBytes, dataBytes };
+}
+
+/**
+ * Writes a Diff snapshot's memory file at `path` (created or truncated,
+ * mode 0600): the same layout and size as a full one (memoryFileLayout),
+ * but only the pages marked in `dirty` (per region, one byte per 4 KiB
+ * page, non-zero = dirty) are written, every one of them, zeros included,
+ * so that each is data in the file; the rest are holes. The holes do not
+ * mean zero here: they mean "as in the base", which is why a Diff is
+ * restored only after rebaseMemoryFile copied it onto its base (as
+ * Firecracker's diff memory file and its rebase-snap tool). The VM must be
+ * paused. Throws SnapshotError ESNAPIO.
+ */
+export function writeDiffMemoryFile(memory: GuestMemory, path: string, dirty: readonly Uint8Array[]): MemoryFileWritten {
+  return writeImage(memory, path, (r, i, write) => {
+    const map = dirty[i]!;
+    for (let p = 0; p < map.length;) {
+      if (map[p] === 0) { p++; continue; }
+      let end = p;
+      while (end < map.length && map[end] !== 0) end++;
+      write(p * PAGE, Math.min(end * PAGE, r.size));
+      p = end;
+    }
+  });
+}
+
+/** What rebaseMemoryFile copied. */
+export interface MemoryFileRebased {
+  /** Bytes of the diff's data copied onto the base. */
+  copiedBytes: number;
+  /** Runs of data (SEEK_DATA to SEEK_HOLE) found in the diff. */
+  runs: number;
+}
+
+/**
+ * Merges a Diff snapshot's memory file onto its base (Firecracker's
+ * rebase-snap, snapshot-editor's `edit-memory rebase`): every range that is
+ * data in `diffPath` (found with lseek SEEK_DATA/SEEK_HOLE) is copied to the
+ * same offset of `basePath`, which then is the memory file of the moment
+ * the Diff was taken, to be restored with the Diff's state file. Diffs are
+ * merged in the order they were taken. The two files must be the same size.
+ * The holes must survive from writer to here: a file system without
+ * SEEK_DATA (where the whole file reads as data), or a copy that filled the
+ * holes (`cp --sparse=never`), would overwrite the base with zeros, as with
+ * Firecracker's tool. Throws SnapshotError ESNAPIO or ESNAPMEMORY.
+ */
+export function rebaseMemoryFile(basePath: string, diffPath: string): MemoryFileRebased {
+  let base: number | undefined, diff: number | undefined;
+  const io = (what: string, e: unknown) =>
+    new SnapshotError("ESNAPIO", `Cannot rebase '${diffPath}' onto '${basePath}': ${what}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  try {
+    try {
+      diff = openSync(diffPath, "r");
+      base = openSync(basePath, "r+");
+    } catch (e) {
+      throw io("open", e);
+    }
+    const size = fstatSync(diff).size, baseSize = fstatSync(base).size;
+    if (size !== baseSize) {
+      throw new SnapshotError("ESNAPMEMORY", `Cannot rebase '${diffPath}' onto '${basePath}': the diff is ${size} bytes, the base ${baseSize}: not the same VM's memory`);
+    }
+    const buf = Buffer.alloc(1 << 20);
+    let copiedBytes = 0, runs = 0;
+    for (let at = 0; at < size;) {
+      const start = sys.lseek(diff, at, SEEK_DATA);
+      if (start === -ENXIO) break; // no data past `at`
+      if (start < 0) throw io("lseek(SEEK_DATA)", new SysError(errnoName(-start), errnoName(-start)));
+      const end = sys.lseek(diff, start, SEEK_HOLE);
+      if (end < 0) throw io("lseek(SEEK_HOLE)", new SysError(errnoName(-end), errnoName(-end)));
+      for (let p = start; p < end;) {
+        const n = readSync(diff, buf, 0, Math.min(buf.length, end - p), p);
+        if (n === 0) break;
+        writeAll(base, buf.subarray(0, n), p);
+        p += n;
+        copiedBytes += n;
+      }
+      runs++;
+      at = end;
+    }
+    fsyncSync(base);
+    return { copiedBytes, runs };
+  } catch (e) {
+    if (e instanceof SnapshotError) throw e;
+    throw io("copy", e);
+  } finally {
+    if (diff !== undefined) closeSync(diff);
+    if (base !== undefined) closeSync(base);
+  }
+}
+
+function writeAll(fd: number, bytes: Uint8Array, position: number): number {
+  let done = 0;
+  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
+  return done;
+}
+
+/**
+ * Opens a memory file for mapping and checks that it holds every region of
+ * `regions` (a file shorter than the state says would map pages past its
+ * end, which fault with SIGBUS when touched). Returns the fd (read-only);
+ * the caller closes it once mapped. Throws SnapshotError ESNAPIO or
+ * ESNAPMEMORY.
+ */
+export function openMemoryFile(path: string, regions: readonly MemoryFileRegion[]): number {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    throw new SnapshotError("ESNAPIO", `Cannot open memory file '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new SnapshotError("ESNAPMEMORY", `Cannot load memory file '${path}': not a regular file`);
+    const needed = regions.reduce((m, r) => Math.max(m, r.fileOffset + r.size), 0);
+    if (st.size < needed) {
+      throw new SnapshotError("ESNAPMEMORY", `Cannot load memory file '${path}': ${st.size} bytes, the snapshot's guest memory needs ${needed}`);
+    }
+    return fd;
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
 }
 
 /*
@@ -170,38 +305,4 @@ function anonymousPagesInUse(r: MemoryRegion): ((start: number, end: number) => 
     for (let p = start / PAGE; p < end / PAGE; p++) if (inUse[p]) return true;
     return false;
   };
-}
-
-function writeAll(fd: number, bytes: Uint8Array, position: number): number {
-  let done = 0;
-  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
-  return done;
-}
-
-/**
- * Opens a memory file for mapping and checks that it holds every region of
- * `regions` (a file shorter than the state says would map pages past its
- * end, which fault with SIGBUS when touched). Returns the fd (read-only);
- * the caller closes it once mapped. Throws SnapshotError ESNAPIO or
- * ESNAPMEMORY.
- */
-export function openMemoryFile(path: string, regions: readonly MemoryFileRegion[]): number {
-  let fd: number;
-  try {
-    fd = openSync(path, "r");
-  } catch (e) {
-    throw new SnapshotError("ESNAPIO", `Cannot open memory file '${path}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new SnapshotError("ESNAPMEMORY", `Cannot load memory file '${path}': not a regular file`);
-    const needed = regions.reduce((m, r) => Math.max(m, r.fileOffset + r.size), 0);
-    if (st.size < needed) {
-      throw new SnapshotError("ESNAPMEMORY", `Cannot load memory file '${path}': ${st.size} bytes, the snapshot's guest memory needs ${needed}`);
-    }
-    return fd;
-  } catch (e) {
-    closeSync(fd);
-    throw e;
-  }
 }

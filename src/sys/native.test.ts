@@ -10,14 +10,15 @@
  * outside the test's own ArrayBuffer.
  */
 import assert from "node:assert/strict";
-import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import {
   AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, ENAMETOOLONG, FIONREAD, KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_CREATE_VM,
   KVM_GET_DIRTY_LOG, KVM_GET_MSR_INDEX_LIST, KVM_GET_REGS, KVM_GET_SUPPORTED_CPUID, KVM_GET_XSAVE, KVM_GET_XSAVE2,
-  KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, O_CLOEXEC, O_RDWR, POLLIN,
+  KVM_MEM_LOG_DIRTY_PAGES, KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, O_CLOEXEC, O_RDWR, POLLIN,
+  ENXIO, SEEK_DATA, SEEK_HOLE,
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
   kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
 } from "../linux/abi.generated.js";
@@ -462,6 +463,51 @@ test("ioctl on KVM: KVM_SET_USER_MEMORY_REGION takes only memory the addon mappe
       sys.munmap(base, size);
     }
   });
+});
+
+test("getDirtyLog: only slots registered through the addon, into a buffer that holds the slot's whole bitmap", () => {
+  withKvm(({ vm }) => {
+    const size = 200 * PAGE_SIZE; // 200 pages: a bitmap of four 64-bit words
+    const base = sys.mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) as bigint;
+    const b = new Uint8Array(kvm_userspace_memory_region.SIZE);
+    const v = new DataView(b.buffer);
+    v.setUint32(kvm_userspace_memory_region.slot, 3, true);
+    v.setUint32(kvm_userspace_memory_region.flags, KVM_MEM_LOG_DIRTY_PAGES, true);
+    v.setBigUint64(kvm_userspace_memory_region.memory_size, BigInt(size), true);
+    v.setBigUint64(kvm_userspace_memory_region.userspace_addr, base, true);
+    try {
+      rejects(() => sys.getDirtyLog(vm, 3, new Uint8Array(32)), "getDirtyLog", "not registered", "a slot never registered");
+      assert.equal(sys.ioctl(vm, KVM_SET_USER_MEMORY_REGION, b), 0);
+      const guard = new Uint8Array(40).fill(0xee);
+      rejects(() => sys.getDirtyLog(vm, 3, guard.subarray(0, 24)), "getDirtyLog", "32-byte bitmap", "three words for four");
+      assert.ok(guard.every((x) => x === 0xee), "nothing written");
+      assert.equal(sys.getDirtyLog(vm, 3, guard.subarray(0, 32)), 0);
+      assert.ok(guard.subarray(0, 32).every((x) => x === 0), "nothing written by the guest yet");
+      assert.ok(guard.subarray(32).every((x) => x === 0xee), "nothing past the bitmap");
+      rejects(() => sys.getDirtyLog(vm, 3, 32 as unknown as Uint8Array), "getDirtyLog", "bitmap", "a number");
+      v.setBigUint64(kvm_userspace_memory_region.memory_size, 0n, true);
+      assert.equal(sys.ioctl(vm, KVM_SET_USER_MEMORY_REGION, b), 0, "the slot deleted");
+      rejects(() => sys.getDirtyLog(vm, 3, new Uint8Array(32)), "getDirtyLog", "not registered", "a deleted slot");
+    } finally {
+      sys.munmap(base, size);
+    }
+  });
+});
+
+test("lseek: SEEK_DATA and SEEK_HOLE find a sparse file's data", () => {
+  const path = join(dir, "sparse");
+  writeFileSync(path, "");
+  const fd = openSync(path, "r+");
+  try {
+    ftruncateSync(fd, 64 * 4096);
+    writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 16 * 4096);
+    assert.equal(sys.lseek(fd, 0, SEEK_DATA), 16 * 4096);
+    assert.equal(sys.lseek(fd, 16 * 4096, SEEK_HOLE), 17 * 4096);
+    assert.equal(sys.lseek(fd, 17 * 4096, SEEK_DATA), -ENXIO);
+    rejects(() => sys.lseek(fd, -1, SEEK_DATA), "lseek", "offset", "a negative offset");
+  } finally {
+    closeSync(fd);
+  }
 });
 
 test("paths: open, bindUnix and connectUnix refuse non-strings and NUL characters; a long Unix path is ENAMETOOLONG", () => {

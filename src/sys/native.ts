@@ -112,6 +112,16 @@ interface Addon {
   sigrtmin(): number;
   monotonicNs(): bigint;
   pageSize(): number;
+  /**
+   * KVM_GET_DIRTY_LOG (api.rst 4.8) of memory slot `slot` of the VM `vmFd`
+   * into `bitmap` (bit i of 64-bit word w: page 64w+i of the slot was
+   * written since the last call), which KVM clears as it copies it. The slot
+   * must have been registered through `ioctl` (KVM_SET_USER_MEMORY_REGION),
+   * whose size says how long the bitmap is: a shorter buffer throws.
+   */
+  getDirtyLog(vmFd: number, slot: number, bitmap: SysBuffer): number;
+  /** lseek(2): the new offset, or -errno (SEEK_DATA, SEEK_HOLE: -ENXIO past the last data or hole). */
+  lseek(fd: number, offset: number, whence: number): number;
 }
 
 /** A failed system call. `code` is the errno name (EINTR, ENOMEM...). */

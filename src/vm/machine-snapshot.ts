@@ -35,8 +35,14 @@ export interface MachineSnapshot {
   memoryMib: number;
   boot: SavedBoot;
   debugExit: boolean;
-  /** Where each guest memory region is in the memory file. */
-  memory: { regions: MemoryFileRegion[] };
+  /**
+   * Where each guest memory region is in the memory file, and whether that
+   * file is a Diff ("diff": only the pages written since the snapshot
+   * before, to be merged onto it with rebaseMemoryFile before a restore;
+   * absent: a Full one). As in Firecracker, a Diff does not say which
+   * snapshot is its base: the caller keeps that order. Its state is whole.
+   */
+  memory: { regions: MemoryFileRegion[]; type?: "diff" };
   /** irqchip, PIT and kvm-clock. */
   vm: VmState;
   /** One per vCPU, in id order. */
@@ -78,7 +84,7 @@ const snapshotSchema = z.object({
     z.object({ kind: z.literal("ring3") }),
   ]),
   debugExit: z.boolean(),
-  memory: z.object({ regions: z.array(region).check(z.minLength(1)) }),
+  memory: z.object({ regions: z.array(region).check(z.minLength(1)), type: z.optional(z.literal("diff")) }),
   vm: z.object({ picMaster: bytes, picSlave: bytes, ioapic: bytes, pit: bytes, clock: bytes }),
   vcpus: z.array(z.object({ id: u32 })),
   legacy: z.object({

@@ -12,7 +12,7 @@ import { Worker } from "node:worker_threads";
 import {
   KVM_CAP_EXT_CPUID, KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_IOEVENTFD, KVM_CAP_IRQCHIP, KVM_CAP_IRQFD, KVM_CAP_MAX_VCPUS,
   KVM_CAP_MP_STATE, KVM_CAP_NR_VCPUS, KVM_CAP_PIT2, KVM_CAP_SET_TSS_ADDR, KVM_CAP_TSC_DEADLINE_TIMER, KVM_CAP_USER_MEMORY,
-  KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY,
+  KVM_MEM_LOG_DIRTY_PAGES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY,
 } from "../linux/abi.generated.js";
 import {
   KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, MAX_MEMORY_MIB, MIN_MEMORY_MIB, MiB, ramRegions,
@@ -38,7 +38,7 @@ import { RING3_LAYOUT, startInRing3 } from "../arch/x86_64/ring3.js";
 import type { KvmRegs, KvmSregs } from "../kvm/types.js";
 import type { VcpuFd } from "../kvm/vcpu.js";
 import type { VmFd } from "../kvm/vm.js";
-import { GuestMemory } from "../memory/guest-memory.js";
+import { DIRTY_PAGE_SIZE, GuestMemory } from "../memory/guest-memory.js";
 import { FLINT_VERSION } from "../sys/version.js";
 import { sys } from "../sys/native.js";
 import { WorkerPool } from "../sys/worker-pool.js";
@@ -52,7 +52,7 @@ import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
 import { newStatsBlock, readStats, type VcpuStats } from "./vcpu-loop.js";
 import { msrsToSave, restoreVcpuState, saveVcpuState } from "../arch/x86_64/vcpu-state.js";
 import { restoreVmState, saveVmState } from "../arch/x86_64/vm-state.js";
-import { openMemoryFile, writeMemoryFile } from "../snapshot/memory-file.js";
+import { openMemoryFile, writeDiffMemoryFile, writeMemoryFile, type MemoryFileWritten } from "../snapshot/memory-file.js";
 import { SnapshotError } from "../snapshot/state-file.js";
 import { readMachineSnapshot, writeMachineSnapshot, type MachineSnapshot, type SavedBoot } from "./machine-snapshot.js";
 
@@ -86,6 +86,14 @@ export interface MachineConfig {
   hugePages?: boolean;
   /** KSM merging of guest memory. */
   mergeable?: boolean;
+  /**
+   * Track which pages of guest memory are written (Firecracker's
+   * track_dirty_pages), so that snapshot() can write a Diff: KVM's dirty log
+   * on every memory slot (KVM_MEM_LOG_DIRTY_PAGES) for the guest's writes,
+   * and a shared map of flint's own (MemoryRegion.dirty). Costs KVM work on
+   * guest writes; off by default.
+   */
+  trackDirtyPages?: boolean;
   /** Add the debug-exit device (ports 0xf0 mark, 0xf4 exit with status), for benchmarks and tests. */
   debugExit?: boolean;
   /** When the guest ends the VM, how long run() waits for device threads and the console's last output (default END_TIMEOUT_MS). */
@@ -188,6 +196,13 @@ export interface RestoreOptions extends Omit<MachineConfig, "cpus" | "memoryMib"
 
 /** Where Machine.snapshot() writes, and what it saves beside the VM. */
 export interface SnapshotPaths {
+  /**
+   * "full" (the default): all of guest memory. "diff": only the pages
+   * written since the previous snapshot (or since tracking started), the
+   * rest holes, for rebaseMemoryFile to merge onto the previous memory file;
+   * needs MachineConfig.trackDirtyPages.
+   */
+  type?: "full" | "diff";
   /** The state file (written to a temporary name, then renamed over this one). */
   statePath: string;
   /** The memory file (created or truncated). */
@@ -202,8 +217,10 @@ export interface SnapshotWritten {
   stateBytes: number;
   /** Size of the memory file (guest RAM). */
   memoryBytes: number;
-  /** Bytes of it that hold data: the rest are holes (all-zero pages). */
+  /** Bytes of it that hold data: the rest are holes (all-zero pages in a Full, unchanged pages in a Diff). */
   memoryDataBytes: number;
+  /** What was written. */
+  type: "full" | "diff";
 }
 
 /** A BootConfig that says how a snapshot's guest was started (a restored VM boots nothing). */
@@ -222,11 +239,12 @@ export class MachineError extends Error {
    * did not answer within the pause timeout (the VM was left running).
    * EBUFFERFULL, EKBDDISABLED: sendCtrlAltDel() typed nothing (see I8042Error).
    * ENODEVICE: a device operation named a device the VM does not have.
-   * ENOTPAUSED: snapshot() of a VM that is not paused.
+   * ENOTPAUSED: snapshot() of a VM that is not paused. ENOTTRACKED: a Diff
+   * snapshot of a VM without dirty page tracking.
    */
   readonly code:
     | "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT" | "EBUFFERFULL" | "EKBDDISABLED" | "ENODEVICE"
-    | "ENOTPAUSED";
+    | "ENOTPAUSED" | "ENOTTRACKED";
   constructor(code: MachineError["code"], message: string) {
     super(message);
     this.name = "MachineError";
@@ -349,10 +367,14 @@ function openKvmVm(cpus: number): { kvm: Kvm; vm: VmFd } {
   return { kvm, vm };
 }
 
-/** Registers each region of `memory` with KVM, slot i for region i (the only place guest memory is given to KVM). */
-function registerMemory(vm: VmFd, memory: GuestMemory): void {
+/**
+ * Registers each region of `memory` with KVM, slot i for region i (the only
+ * place guest memory is given to KVM), with KVM's dirty log when `trackDirty`.
+ */
+function registerMemory(vm: VmFd, memory: GuestMemory, trackDirty: boolean): void {
+  const flags = trackDirty ? KVM_MEM_LOG_DIRTY_PAGES : 0;
   memory.regions.forEach((r, slot) =>
-    vm.setUserMemoryRegion({ slot, flags: 0, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
+    vm.setUserMemoryRegion({ slot, flags, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
 }
 
 export class Machine {
@@ -456,8 +478,9 @@ export class Machine {
     let virtio: VirtioSet | undefined;
     const vcpus: VcpuFd[] = [];
     try {
-      memory = GuestMemory.create(ramRegions(memoryMib * MiB), { hugePages: config.hugePages, mergeable: config.mergeable });
-      registerMemory(vm, memory);
+      const trackDirty = config.trackDirtyPages ?? false;
+      memory = GuestMemory.create(ramRegions(memoryMib * MiB), { hugePages: config.hugePages, mergeable: config.mergeable, trackDirty });
+      registerMemory(vm, memory, trackDirty);
 
       // Device threads report faults before the Machine exists; route them through it once it does.
       let machine: Machine | undefined;
@@ -554,10 +577,11 @@ export class Machine {
     let kvm: Kvm | undefined, vm: VmFd | undefined, virtio: VirtioSet | undefined;
     const vcpus: VcpuFd[] = [];
     try {
-      memory = GuestMemory.mapFile(snapshot.memory.regions, memFd, { mergeable: options.mergeable });
+      const trackDirty = options.trackDirtyPages ?? false;
+      memory = GuestMemory.mapFile(snapshot.memory.regions, memFd, { mergeable: options.mergeable, trackDirty });
       closeSync(memFd);
       ({ kvm, vm } = openKvmVm(snapshot.cpus));
-      registerMemory(vm, memory);
+      registerMemory(vm, memory, trackDirty);
       let machine: Machine | undefined;
       // The devices come up as saved, and quiesced: run() lets them go (their first resume() kicks each once).
       virtio = VirtioSet.restore(virtioDevices, memory.describe(), vm, snapshot.virtio.states, {
@@ -614,8 +638,12 @@ export class Machine {
 
   private async snapshotNow(paths: SnapshotPaths): Promise<SnapshotWritten> {
     const state = this.state;
+    const type = paths.type ?? "full";
     if (state === "ended") throw new MachineError("EENDED", "Cannot snapshot VM: it has ended");
     if (state !== "paused") throw new MachineError("ENOTPAUSED", `Cannot snapshot VM: it is ${state === "running" ? "running; pause it first" : "not started"}`);
+    if (type === "diff" && !this.config.trackDirtyPages) {
+      throw new MachineError("ENOTTRACKED", "Cannot snapshot VM: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.");
+    }
     const deadline = this.pauseDeadline();
     try {
       await this.settle("snapshot", this.host.flushConsole(), deadline, () => "the console output stream did not take the guest's output");
@@ -630,11 +658,13 @@ export class Machine {
       : { kind: "ring3" };
     const vcpus = this.vcpus.map((v) => saveVcpuState(v, msrs));
     const vm = saveVmState(this.vm);
-    const mem = writeMemoryFile(this.memory, paths.memoryPath);
+    const mem = type === "diff" ? this.writeDiffMemory(paths.memoryPath) : writeMemoryFile(this.memory, paths.memoryPath);
+    // Every snapshot is the base of the next Diff: both logs start again from here.
+    if (this.config.trackDirtyPages) this.resetDirtyLogs();
     const snapshot: MachineSnapshot = {
       kind: "flint-machine", flintVersion: FLINT_VERSION, createdAtMs: Date.now(),
       cpus: this.vcpus.length, memoryMib: this.config.memoryMib, boot: savedBoot, debugExit: this.config.debugExit ?? false,
-      memory: { regions: mem.regions }, vm, vcpus,
+      memory: { regions: mem.regions, ...(type === "diff" ? { type: "diff" as const } : {}) }, vm, vcpus,
       legacy: { serial: this.host.saveSerial(), i8042: this.keyboard!.save() },
       virtio: {
         configs: (this.config.virtioDevices ?? []).map((c) => ({ ...c, backendModule: c.backendModule?.href })),
@@ -644,7 +674,37 @@ export class Machine {
       ...(paths.vmm !== undefined ? { vmm: paths.vmm } : {}),
     };
     const stateBytes = writeMachineSnapshot(paths.statePath, snapshot);
-    return { stateBytes, memoryBytes: mem.totalBytes, memoryDataBytes: mem.dataBytes };
+    return { stateBytes, memoryBytes: mem.totalBytes, memoryDataBytes: mem.dataBytes, type };
+  }
+
+  /**
+   * Each region's dirty pages since the last snapshot: KVM's log (the
+   * guest's writes and KVM's own, read and so cleared here) folded into
+   * flint's map (the devices'), which thus keeps them until a snapshot was
+   * written: a failed write loses none (as Firecracker's dump_dirty).
+   */
+  private collectDirty(): Uint8Array[] {
+    return this.memory.regions.map((r, slot) => {
+      const pages = Math.ceil(r.size / DIRTY_PAGE_SIZE);
+      const kvm = this.vm.getDirtyLog(slot, pages);
+      const map = r.dirty!;
+      for (let w = 0; w < kvm.length; w++) {
+        const byte = kvm[w]!;
+        if (byte === 0) continue;
+        for (let b = 0; b < 8; b++) if (byte & (1 << b)) map[w * 8 + b] = 1;
+      }
+      return map;
+    });
+  }
+
+  private writeDiffMemory(path: string): MemoryFileWritten {
+    return writeDiffMemoryFile(this.memory, path, this.collectDirty());
+  }
+
+  /** Starts both dirty logs afresh (KVM's cleared by reading it). */
+  private resetDirtyLogs(): void {
+    this.memory.regions.forEach((r, slot) => this.vm.getDirtyLog(slot, Math.ceil(r.size / DIRTY_PAGE_SIZE)));
+    this.memory.clearDirty();
   }
 
   /** Starts all vCPU threads; resolves when the VM has stopped and output is flushed. */

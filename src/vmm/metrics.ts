@@ -8,7 +8,7 @@
  * Groups: `utc_timestamp_ms`; `api_server` (process start-up, in the first
  * line); `get_api_requests`, `put_api_requests`, `patch_api_requests`
  * (`<resource>_count` and `<resource>_fails`, Firecracker's naming);
- * `latencies_us` (pause_vm, resume_vm, instance_start, full_create_snapshot, load_snapshot); `vmm`
+ * `latencies_us` (pause_vm, resume_vm, instance_start, full_create_snapshot, diff_create_snapshot, load_snapshot); `vmm`
  * (guest faults); `vcpu` (VM exits of all vCPUs: every exit, port I/O and
  * MMIO ones, accesses nothing handled, failed KVM_KVMCLOCK_CTRL calls); and one group per virtio device, named as Firecracker
  * names its groups (`block_<drive_id>`, `net_<iface_id>`, `vsock`,
@@ -82,7 +82,7 @@ export class VmMetrics {
     if (failed) c[`${resource}_fails`] = (c[`${resource}_fails`] ?? 0) + 1;
   }
 
-  /** Records the latest duration of `what` ("pause_vm", "resume_vm", "instance_start", "full_create_snapshot", "load_snapshot"). */
+  /** Records the latest duration of `what` ("pause_vm", "resume_vm", "instance_start", "full_create_snapshot", "diff_create_snapshot", "load_snapshot"). */
   latency(what: string, us: number): void {
     this.latencies[what] = Math.round(us);
   }

@@ -8,19 +8,21 @@
  * and that a refused load changes nothing.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
+import { rebaseMemoryFile } from "../snapshot/memory-file.js";
 import { Vm, VmError } from "./vm.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-vm-snap-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const HELLO = String.fromCharCode(EXIT_LOOP_HELLO_BYTE);
 
-async function helloVm(): Promise<Vm> {
+async function helloVm(o: { trackDirtyPages?: boolean } = {}): Promise<Vm> {
   const vm = await Vm.create({ kernel: buildExitLoopGuest(), cmdline: exitLoopCmdline({ mode: "pio", count: 100, hello: true, halt: true }), cpus: 2, memoryMib: 64 });
+  if (o.trackDirtyPages) vm.resources.putMachineConfig({ ...vm.resources.machineConfig(), track_dirty_pages: true });
   let out = "";
   const hello = new Promise<void>((resolve) => vm.console.on("data", (b: Buffer) => {
     out += b.toString("latin1");
@@ -40,7 +42,8 @@ test("PUT /snapshot/create needs a started, paused VM; the snapshot loads in a n
   const files = { snapshot_path: join(dir, "a.snap"), mem_file_path: join(dir, "a.mem") };
   await assert.rejects(vm.createSnapshot(files), code("EINVALID", /must be paused/));
   await vm.pause();
-  await assert.rejects(vm.createSnapshot({ ...files, snapshot_type: "Diff" }), code("ENOTSUPPORTED", /Diff/));
+  await assert.rejects(vm.createSnapshot({ ...files, snapshot_type: "Diff" }),
+    code("ENOTSUPPORTED", /^The requested operation is not supported: Diff snapshots are not allowed on uVMs with dirty page tracking disabled\.$/));
   await vm.createSnapshot(files);
   assert.equal(vm.state, "Paused");
   const config = vm.config();
@@ -61,6 +64,34 @@ test("PUT /snapshot/create needs a started, paused VM; the snapshot loads in a n
   assert.equal(running.state, "Running");
   const end = await running.kill();
   assert.equal(end?.reason.kind, "poweroff");
+});
+
+test("PUT /snapshot/create with snapshot_type Diff works with track_dirty_pages (machine-config or load), and the rebased Diff loads", async () => {
+  const vm = await helloVm({ trackDirtyPages: true });
+  await vm.pause();
+  const full = { snapshot_path: join(dir, "full.snap"), mem_file_path: join(dir, "full.mem") };
+  await vm.createSnapshot(full);
+  await vm.resume();
+  await vm.pause();
+  const diff = { snapshot_path: join(dir, "diff.snap"), mem_file_path: join(dir, "diff.mem"), snapshot_type: "Diff" as const };
+  await vm.createSnapshot(diff);
+  await vm.kill();
+  assert.ok(statSync(diff.mem_file_path).blocks * 512 < statSync(full.mem_file_path).blocks * 512 / 4, "the Diff is a few pages");
+  rebaseMemoryFile(full.mem_file_path, diff.mem_file_path);
+
+  // Loaded with track_dirty_pages, the VM can take a Diff again; GET /vm/config says tracking is on.
+  const loaded = new Vm();
+  await loaded.loadSnapshot({ snapshot_path: diff.snapshot_path, mem_file_path: full.mem_file_path, track_dirty_pages: true });
+  assert.equal(loaded.config()["machine-config"]?.track_dirty_pages, true);
+  await loaded.createSnapshot({ snapshot_path: join(dir, "diff2.snap"), mem_file_path: join(dir, "diff2.mem"), snapshot_type: "Diff" });
+  await loaded.resume();
+  assert.equal(loaded.state, "Running");
+  await loaded.kill();
+
+  const untracked = new Vm();
+  await untracked.loadSnapshot({ snapshot_path: diff.snapshot_path, mem_file_path: full.mem_file_path });
+  await assert.rejects(untracked.createSnapshot({ snapshot_path: join(dir, "diff3.snap"), mem_file_path: join(dir, "diff3.mem"), snapshot_type: "Diff" }), code("ENOTSUPPORTED", /dirty page tracking disabled/));
+  await untracked.kill();
 });
 
 test("a load is refused once a boot resource was configured, and a refused load changes nothing", async () => {

@@ -389,6 +389,7 @@ export class Vm extends EventEmitter<VmEvents> {
       memoryMib: spec.memoryMib,
       boot: { kind: "linux", kernelPath: spec.kernelPath, initrdPath: spec.initrdPath, cmdline: spec.cmdline, acpi: true, mode: spec.bootMode },
       hugePages: spec.hugePages,
+      trackDirtyPages: spec.trackDirtyPages,
       virtioDevices: spec.virtioDevices,
       ...hooks,
     }), { config: this.resources.toConfig(), deviceIds }, "Start microvm error");
@@ -426,8 +427,11 @@ export class Vm extends EventEmitter<VmEvents> {
       throw new VmError("ESTART", `Load snapshot error: ${(e as Error).message.split("\n")[0]}`);
     }
     const { virtioDevices, config } = overridden;
+    // enable_diff_snapshots is the deprecated name of track_dirty_pages (vmm_config/snapshot.rs); the loaded VM's machine-config says which it got.
+    const trackDirtyPages = l.track_dirty_pages ?? l.enable_diff_snapshots ?? false;
+    if (config["machine-config"]) config["machine-config"].track_dirty_pages = trackDirtyPages;
     await this.launch(() => (hooks) => Machine.restore({
-      statePath: l.snapshot_path, memoryPath, virtioDevices, paused: !(l.resume_vm ?? false), ...hooks,
+      statePath: l.snapshot_path, memoryPath, virtioDevices, paused: !(l.resume_vm ?? false), trackDirtyPages, ...hooks,
     }), { config, deviceIds: saved.deviceIds }, "Load snapshot error");
     this.metrics.latency("load_snapshot", (performance.now() - t0) * 1000);
     this.log("info", "vmm", `Loaded the VM from snapshot ${l.snapshot_path}: ${this.state}`);
@@ -436,20 +440,26 @@ export class Vm extends EventEmitter<VmEvents> {
   /**
    * PUT /snapshot/create: saves the paused VM (Machine.snapshot) to
    * `snapshot_path` and `mem_file_path`; the VM stays paused. A Diff
-   * snapshot is refused (ENOTSUPPORTED) until flint tracks dirty pages.
+   * snapshot (only the pages written since the previous snapshot; merge it
+   * onto that one's memory file with `flint snapshot rebase`) needs
+   * track_dirty_pages, at boot (machine-config) or load; without it it is
+   * refused (ENOTSUPPORTED) with Firecracker's message.
    */
   async createSnapshot(c: SnapshotCreate): Promise<void> {
     const machine = this.requireStarted();
-    if (c.snapshot_type === "Diff") throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: Diff snapshots (flint writes Full snapshots)");
+    const diff = c.snapshot_type === "Diff";
+    if (diff && !machine.config.trackDirtyPages) {
+      throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.");
+    }
     if (machine.state !== "paused") throw new VmError("EINVALID", "Create snapshot error: the microVM must be paused first (PATCH /vm {\"state\": \"Paused\"})");
     const t0 = performance.now();
     try {
-      await machine.snapshot({ statePath: c.snapshot_path, memoryPath: c.mem_file_path, vmm: this.savedVmm });
+      await machine.snapshot({ statePath: c.snapshot_path, memoryPath: c.mem_file_path, vmm: this.savedVmm, type: diff ? "diff" : "full" });
     } catch (e) {
       throw new VmError("EINVALID", `Create snapshot error: ${(e as Error).message.split("\n")[0]}`);
     }
-    this.metrics.latency("full_create_snapshot", (performance.now() - t0) * 1000);
-    this.log("info", "vmm", `Created a snapshot: ${c.snapshot_path}, memory ${c.mem_file_path}`);
+    this.metrics.latency(diff ? "diff_create_snapshot" : "full_create_snapshot", (performance.now() - t0) * 1000);
+    this.log("info", "vmm", `Created a ${diff ? "Diff" : "Full"} snapshot: ${c.snapshot_path}, memory ${c.mem_file_path}`);
   }
 
   /**
