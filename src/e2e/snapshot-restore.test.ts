@@ -95,7 +95,8 @@ const vms = {};
 function startFlint(name, ownDisk) {
   const sock = work + "/" + name + ".sock";
   const tap = "tap" + name;
-  const setup = "ip link set lo up && ip tuntap add dev " + tap + " mode tap && ip link set " + tap + " address 02:00:00:00:00:01 && " +
+  // sysfs mounted again in the new namespaces: it shows the network namespace of whoever mounts it (flint checks its TAP there).
+  const setup = "mount -t sysfs sysfs /sys && ip link set lo up && ip tuntap add dev " + tap + " mode tap && ip link set " + tap + " address 02:00:00:00:00:01 && " +
     "ip addr add ${NET.hostIp}/24 dev " + tap + " && ip link set " + tap + " up && " + '{ [ -z "$0" ] || mount --bind "$0" "$1"; } && shift && exec "$@"';
   const fc = spawn("unshare", ["-m", "-n", "--propagation", "private", "sh", "-c", setup, ownDisk ?? "", disk,
     process.execPath, cli, "--api-sock", sock, "--id", "snap-" + name], { stdio: ["pipe", "pipe", "pipe"] });
