@@ -111,24 +111,16 @@ export class GuestMemory {
 
   /** Maps fresh zeroed anonymous memory for each {guestBase, size} range. */
   static create(ranges: { guestBase: number; size: number }[], options: MemoryOptions = {}): GuestMemory {
-    const regions: MemoryRegion[] = [];
-    try {
-      for (const r of ranges) {
-        if (r.size <= 0 || r.size % 4096 !== 0 || r.guestBase % 4096 !== 0) {
-          throw new MemoryError("EMEMCONFIG", `Cannot map guest memory: region 0x${r.guestBase.toString(16)}+0x${r.size.toString(16)} is not page-aligned`);
-        }
-        const host = mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+    return GuestMemory.map(ranges, options, (r) => {
+      const host = mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+      try {
         if (options.hugePages) madvise(host, r.size, MADV_HUGEPAGE);
-        if (options.mergeable) madvise(host, r.size, MADV_MERGEABLE);
-        regions.push(makeRegion(r.guestBase, r.size, host, dirtyMap(r.size, options.trackDirty)));
+      } catch (e) {
+        munmap(host, r.size);
+        throw e;
       }
-    } catch (e) {
-      for (const r of regions) munmap(r.hostAddress, r.size);
-      throw e;
-    }
-    const m = new GuestMemory(regions, true);
-    m.checkOverlaps();
-    return m;
+      return host;
+    });
   }
 
   /**
@@ -143,15 +135,25 @@ export class GuestMemory {
    * page, not zeros.
    */
   static mapFile(ranges: { guestBase: number; size: number; fileOffset: number }[], fd: number, options: MemoryOptions = {}): GuestMemory {
+    for (const r of ranges) {
+      if (r.fileOffset % 4096 !== 0) {
+        throw new MemoryError("EMEMCONFIG", `Cannot map guest memory: region 0x${r.guestBase.toString(16)} at file offset ${r.fileOffset} is not page-aligned`);
+      }
+    }
+    return GuestMemory.map(ranges, options, (r) => mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, r.fileOffset));
+  }
+
+  /** One mapping per range (made by `mapOne`), checked, advised and owned; all unmapped again if one fails. */
+  private static map<R extends { guestBase: number; size: number }>(ranges: R[], options: MemoryOptions, mapOne: (r: R) => bigint): GuestMemory {
     const regions: MemoryRegion[] = [];
     try {
       for (const r of ranges) {
-        if (r.size <= 0 || r.size % 4096 !== 0 || r.guestBase % 4096 !== 0 || r.fileOffset % 4096 !== 0) {
-          throw new MemoryError("EMEMCONFIG", `Cannot map guest memory: region 0x${r.guestBase.toString(16)}+0x${r.size.toString(16)} at file offset ${r.fileOffset} is not page-aligned`);
+        if (r.size <= 0 || r.size % 4096 !== 0 || r.guestBase % 4096 !== 0) {
+          throw new MemoryError("EMEMCONFIG", `Cannot map guest memory: region 0x${r.guestBase.toString(16)}+0x${r.size.toString(16)} is not page-aligned`);
         }
-        const host = mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, r.fileOffset);
-        if (options.mergeable) madvise(host, r.size, MADV_MERGEABLE);
+        const host = mapOne(r);
         regions.push(makeRegion(r.guestBase, r.size, host, dirtyMap(r.size, options.trackDirty)));
+        if (options.mergeable) madvise(host, r.size, MADV_MERGEABLE);
       }
     } catch (e) {
       for (const r of regions) munmap(r.hostAddress, r.size);
