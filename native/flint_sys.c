@@ -525,6 +525,43 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   return make_u64(env, (uint64_t)(uintptr_t)p);
 }
 
+// mmapOver(address, length, prot, flags, fd, offset) -> 0 or -errno: maps
+// anew, MAP_FIXED, over exactly one whole mapping made by mmap (same address
+// and length), which keeps its record: the way to give memory reserved ahead
+// (and registered with KVM ahead) its contents later. Anything else throws.
+// Should the kernel refuse, the range is reserved again (PROT_NONE,
+// anonymous), so that it is never left unmapped while recorded.
+static napi_value js_mmap_over(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  uintptr_t addr;
+  int64_t len, off;
+  int32_t prot, flags, fd;
+  if (!get_address(env, argv[0], "mmapOver", &addr) || !get_int(env, argv[1], "mmapOver", "length", 1, MAX_SAFE, &len) ||
+      !get_i32(env, argv[2], "mmapOver", "prot", &prot) || !get_i32(env, argv[3], "mmapOver", "flags", &flags) ||
+      !get_i32(env, argv[4], "mmapOver", "fd", &fd) || !get_off(env, argv[5], "mmapOver", "offset", &off)) {
+    return NULL;
+  }
+  if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) {
+    fail(env, 1, "mmapOver: flags 0x%x already ask for a fixed address; the address given is the one used", (unsigned)flags);
+    return NULL;
+  }
+  pthread_mutex_lock(&maps_lock);
+  size_t i = 0;
+  while (i < maps_count && !(maps[i].start == addr && maps[i].len == (size_t)len)) i++;
+  if (i == maps_count) {
+    pthread_mutex_unlock(&maps_lock);
+    fail(env, 1, "mmapOver: 0x%llx+%lld is not a mapping made by mmap", (unsigned long long)addr, (long long)len);
+    return NULL;
+  }
+  void *p = mmap((void *)addr, (size_t)len, prot, flags | MAP_FIXED, fd, (off_t)off);
+  int e = errno;
+  if (p == MAP_FAILED && mmap((void *)addr, (size_t)len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
+    maps[i] = maps[--maps_count];  // nothing is mapped there any more: forget it
+  }
+  pthread_mutex_unlock(&maps_lock);
+  return make_i64(env, p == MAP_FAILED ? -e : 0);
+}
+
 // munmap(address, length) -> 0 or -errno. Only a whole mapping made by mmap
 // (same address and length): a part would leave the table and the kernel
 // disagreeing about what is mapped.
@@ -1010,6 +1047,7 @@ NAPI_MODULE_INIT() {
       {"ioctlValue", js_ioctl_value},
       {"mmap", js_mmap},
       {"munmap", js_munmap},
+      {"mmapOver", js_mmap_over},
       {"madvise", js_madvise},
       {"view", js_view},
       {"eventfd", js_eventfd},

@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { GiB, MMIO_GAP_END, MMIO_GAP_START, MiB, ramRegions } from "../arch/x86_64/layout.js";
 import { GuestMemory, MemoryError } from "./guest-memory.js";
@@ -120,4 +123,43 @@ test("with dirty tracking every path that can write marks its pages, in a map sh
   assert.equal(plain.tracksDirty, false);
   assert.equal(plain.describe().regions[0]!.dirty, undefined);
   plain.dispose();
+});
+
+test("reserved memory cannot be read; mapFileOver gives it a file's pages copy-on-write at the same addresses", () => {
+  const dir = mkdtempSync(join(tmpdir(), "flint-reserve-"));
+  try {
+    const file = join(dir, "mem");
+    const contents = Buffer.alloc(2 * MiB);
+    contents.writeUInt32LE(0xfeedf00d, MiB + 16);
+    writeFileSync(file, contents);
+    const ranges = [{ guestBase: 0, size: MiB }, { guestBase: 4 * MiB, size: MiB }];
+    const reserved = GuestMemory.reserve(ranges);
+    const addresses = reserved.regions.map((r) => r.hostAddress);
+    assert.throws(() => reserved.readU8(0), (e: unknown) => e instanceof MemoryError && e.code === "EDISPOSED");
+    const fd = openSync(file, "r");
+    let m: GuestMemory;
+    try {
+      m = GuestMemory.mapFileOver(reserved, [{ guestBase: 4 * MiB, size: MiB, fileOffset: MiB }, { guestBase: 0, size: MiB, fileOffset: 0 }], fd);
+    } finally {
+      closeSync(fd);
+    }
+    try {
+      assert.deepEqual(m.regions.map((r) => r.hostAddress), addresses, "the same host addresses (KVM has them registered)");
+      assert.equal(m.readU32(4 * MiB + 16), 0xfeedf00d);
+      m.writeU32(4 * MiB + 16, 1);
+      assert.equal(readFileSync(file).readUInt32LE(MiB + 16), 0xfeedf00d, "writes stay private");
+      assert.throws(() => reserved.readU8(0), MemoryError, "the reservation handed over stays unusable");
+      reserved.dispose(); // a no-op: the new object owns the mappings
+      assert.equal(m.readU32(4 * MiB + 16), 1);
+    } finally {
+      m.dispose();
+    }
+    // Another layout is refused, and the reservation released.
+    const other = GuestMemory.reserve([{ guestBase: 0, size: MiB }]);
+    assert.throws(() => GuestMemory.mapFileOver(other, [{ guestBase: 0, size: 2 * MiB, fileOffset: 0 }], 0),
+      (e: unknown) => e instanceof MemoryError && e.code === "EMEMCONFIG");
+    assert.throws(() => GuestMemory.mapFileOver(other, [{ guestBase: 0, size: MiB, fileOffset: 0 }], 0), MemoryError, "it cannot be used twice");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

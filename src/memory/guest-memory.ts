@@ -11,9 +11,9 @@
  */
 import {
   MADV_DONTNEED, MADV_HUGEPAGE, MADV_MERGEABLE, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE,
-  PROT_READ, PROT_WRITE,
+  PROT_NONE, PROT_READ, PROT_WRITE,
 } from "../linux/abi.generated.js";
-import { madvise, mmap, munmap, sys } from "../sys/native.js";
+import { madvise, mmap, mmapOver, munmap, sys } from "../sys/native.js";
 
 /** A guest-physical address. */
 export type GuestAddress = number;
@@ -103,6 +103,8 @@ export class GuestMemory {
   readonly regions: readonly MemoryRegion[];
   private readonly owned: boolean;
   private disposed = false;
+  /** Made by reserve() and not yet handed over: disposed for every accessor, but dispose() still unmaps it. */
+  private reservation = false;
 
   private constructor(regions: MemoryRegion[], owned: boolean) {
     this.regions = regions.sort((a, b) => a.guestBase - b.guestBase);
@@ -141,6 +143,52 @@ export class GuestMemory {
       }
     }
     return GuestMemory.map(ranges, options, (r) => mmap(r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, r.fileOffset));
+  }
+
+  /**
+   * Reserves host address space for each range: mapped PROT_NONE, nothing
+   * committed, its views made. Such memory can be registered with KVM
+   * ahead of time (a warm VM, src/vm/warm-vms.ts) and given a snapshot's
+   * contents later by mapFileOver, which then costs one mmap per region.
+   * Its accessors throw EDISPOSED (the pages would fault): only mapFileOver
+   * and dispose() use it.
+   */
+  static reserve(ranges: { guestBase: number; size: number }[]): GuestMemory {
+    const m = GuestMemory.map(ranges, {}, (r) => mmap(r.size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE));
+    m.disposed = true;
+    m.reservation = true;
+    return m;
+  }
+
+  /**
+   * mapFile into `reserved` (made by reserve() for exactly these ranges),
+   * which this takes over: the same host addresses, now the file's pages
+   * copy-on-write, and the views made at reserve() time (so this makes no
+   * external ArrayBuffer, whose size V8 would count towards a GC). `reserved`
+   * must not be used afterwards; if this throws, it is released.
+   */
+  static mapFileOver(
+    reserved: GuestMemory, ranges: { guestBase: number; size: number; fileOffset: number }[], fd: number, options: Omit<MemoryOptions, "trackDirty" | "hugePages"> = {},
+  ): GuestMemory {
+    const sorted = [...ranges].sort((a, b) => a.guestBase - b.guestBase);
+    const fits = reserved.reservation && sorted.length === reserved.regions.length &&
+      sorted.every((r, i) => r.guestBase === reserved.regions[i]!.guestBase && r.size === reserved.regions[i]!.size && r.fileOffset % 4096 === 0);
+    if (!fits) {
+      reserved.dispose();
+      throw new MemoryError("EMEMCONFIG", "Cannot map guest memory: the reserved memory does not have the snapshot's layout");
+    }
+    reserved.reservation = false; // handed over: only the new object unmaps
+    try {
+      sorted.forEach((r, i) => {
+        const host = reserved.regions[i]!.hostAddress;
+        mmapOver(host, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, r.fileOffset);
+        if (options.mergeable) madvise(host, r.size, MADV_MERGEABLE);
+      });
+    } catch (e) {
+      for (const r of reserved.regions) munmap(r.hostAddress, r.size);
+      throw e;
+    }
+    return new GuestMemory([...reserved.regions], true);
   }
 
   /** One mapping per range (made by `mapOne`), checked, advised and owned; all unmapped again if one fails. */
@@ -300,6 +348,11 @@ export class GuestMemory {
 
   /** Unmaps owned memory. Views must not be used afterwards. */
   dispose(): void {
+    if (this.reservation) {
+      this.reservation = false;
+      for (const r of this.regions) munmap(r.hostAddress, r.size);
+      return;
+    }
     if (this.disposed || !this.owned) return;
     this.disposed = true;
     for (const r of this.regions) munmap(r.hostAddress, r.size);

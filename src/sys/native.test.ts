@@ -17,7 +17,7 @@ import { after, test } from "node:test";
 import {
   AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, ENAMETOOLONG, FIONREAD, KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_CREATE_VM,
   KVM_GET_DIRTY_LOG, KVM_GET_MSR_INDEX_LIST, KVM_GET_REGS, KVM_GET_SUPPORTED_CPUID, KVM_GET_XSAVE, KVM_GET_XSAVE2,
-  KVM_MEM_LOG_DIRTY_PAGES, KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, O_CLOEXEC, O_RDWR, POLLIN,
+  KVM_MEM_LOG_DIRTY_PAGES, KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_NONE, O_CLOEXEC, O_RDWR, POLLIN,
   ENXIO, SEEK_DATA, SEEK_HOLE,
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
   kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
@@ -550,4 +550,27 @@ test("every other function refuses wrong types instead of passing them on", () =
     [() => sys.signalThread("1" as unknown as bigint, sys.sigrtmin()), "signalThread", "thread"],
   ];
   for (const [fn, name, arg] of bad) rejects(fn, name, arg, `${name} ${arg}`);
+});
+
+test("mmapOver maps anew only over a whole mapping made by mmap, which stays recorded", () => {
+  const size = 2 * PAGE_SIZE;
+  const base = sys.mmap(size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) as bigint;
+  const page = BigInt(PAGE_SIZE);
+  try {
+    rejects(() => sys.mmapOver(base, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmapOver", "not a mapping", "part of a mapping");
+    rejects(() => sys.mmapOver(base + page, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmapOver", "not a mapping", "its tail");
+    rejects(() => sys.mmapOver(0x1000n, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmapOver", "not a mapping", "an address flint never mapped");
+    rejects(() => sys.mmapOver(base, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0), "mmapOver", "fixed address", "MAP_FIXED");
+    rejects(() => sys.mmapOver(base, 0, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmapOver", "length", "zero length");
+    rejects(() => sys.mmapOver(base, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, -1), "mmapOver", "offset", "negative offset");
+    assert.equal(sys.mmapOver(base, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), 0);
+    const v = new Uint8Array(sys.view(base, size));
+    v[size - 1] = 9;
+    assert.equal(v[size - 1], 9, "the new mapping is readable and writable at the same address");
+    // A refused mapping (a bad fd) leaves the range reserved and recorded: it can still be unmapped.
+    assert.ok(sys.mmapOver(base, size, PROT_READ, MAP_PRIVATE, 1_000_000, 0) < 0);
+  } finally {
+    assert.equal(sys.munmap(base, size), 0);
+  }
+  rejects(() => sys.mmapOver(base, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmapOver", "not a mapping", "after munmap");
 });

@@ -63,6 +63,13 @@ interface Addon {
   mmap(length: number, prot: number, flags: number, fd: number, offset: number): bigint | number;
   /** Unmaps exactly one whole mapping made by `mmap` (same address and length); anything else throws. */
   munmap(address: bigint, length: number): number;
+  /**
+   * Maps anew (MAP_FIXED) over exactly one whole mapping made by `mmap` (same
+   * address and length), which stays recorded; anything else throws, as do
+   * flags that already ask for a fixed address. On failure the range is
+   * reserved again (PROT_NONE), never left unmapped while recorded.
+   */
+  mmapOver(address: bigint, length: number, prot: number, flags: number, fd: number, offset: number): number;
   /** madvise(2) on a range inside a mapping made by `mmap`; anything else throws. */
   madvise(address: bigint, length: number, advice: number): number;
   /**
@@ -182,6 +189,11 @@ export function mmap(length: number, prot: number, flags: number, fd = -1, offse
   const r = sys.mmap(length, prot, flags, fd, offset);
   if (typeof r === "number") check(r, `mmap(${length} bytes)`);
   return r as bigint;
+}
+
+/** mmapOver that throws on failure. */
+export function mmapOver(address: bigint, length: number, prot: number, flags: number, fd = -1, offset = 0): void {
+  check(sys.mmapOver(address, length, prot, flags, fd, offset), `mmap over 0x${address.toString(16)} (${length} bytes)`);
 }
 
 /** munmap that throws on failure. */

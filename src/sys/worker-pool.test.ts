@@ -28,9 +28,11 @@ test("a spare is booted ahead, handed its init (and transferred ports) by messag
   assert.equal(pool.spareCount, 2);
   const { port1, port2 } = new MessageChannel();
   const w = pool.take({ job: 2, port: port2 }, [port2]);
+  assert.equal(pool.spareCount, 1, "the spare taken is replaced later, not while the job that took it starts");
   const init = (await initOf(w)) as { job: number; port: MessagePort };
   assert.equal(init.job, 2);
   assert.ok(init.port, "the transferred port arrived");
+  for (let i = 0; i < 200 && pool.spareCount < 2; i++) await new Promise((r) => setTimeout(r, 10));
   assert.equal(pool.spareCount, 2, "the spare taken was replaced");
   pool.keepSpares(0);
   assert.equal(pool.spareCount, 0);

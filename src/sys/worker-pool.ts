@@ -17,11 +17,15 @@ interface InitMessage {
   flintWorkerInit: unknown;
 }
 
+/** How long after a spare is taken its replacement starts booting (WorkerPool.scheduleRefill). */
+export const REFILL_DELAY_MS = 50;
+
 /** A pool of booted, idle workers running one script. */
 export class WorkerPool {
   private static readonly pools = new Map<string, WorkerPool>();
   private readonly spares: Worker[] = [];
   private target = 0;
+  private refillTimer: NodeJS.Timeout | undefined;
 
   private constructor(private readonly script: URL) {}
 
@@ -62,8 +66,23 @@ export class WorkerPool {
     if (!spare) return new Worker(this.script, { workerData: init, transferList: [...transferList] });
     spare.ref();
     spare.postMessage({ flintWorkerInit: init } satisfies InitMessage, [...transferList]);
-    this.refill();
+    this.scheduleRefill();
     return spare;
+  }
+
+  /**
+   * Replaces taken spares REFILL_DELAY_MS later, not now: creating a worker
+   * costs the calling thread a few ms and its isolate's boot takes a core
+   * for tens of ms, both of which the job that took the spare needs at
+   * that moment (measured: a restored clone's start, npm run bench:snapshot).
+   */
+  private scheduleRefill(): void {
+    if (this.refillTimer !== undefined || this.spares.length >= this.target) return;
+    this.refillTimer = setTimeout(() => {
+      this.refillTimer = undefined;
+      this.refill();
+    }, REFILL_DELAY_MS);
+    this.refillTimer.unref();
   }
 
   private refill(): void {

@@ -122,6 +122,46 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     assert.equal(result.reason.kind, "poweroff");
   });
 
+  it("clones restored into VMs made ahead (keepWarm's vms) count on from the snapshot, each in its own memory; another shape makes its own VM", async () => {
+    const { m, run } = await runningVm(2);
+    await m.pause();
+    const p = paths();
+    await m.snapshot(p);
+    const at = counts(m);
+    await stopped(m, run);
+    Machine.keepWarm({ vcpuThreads: 0, deviceThreads: 0, vms: { cpus: 2, memoryMib: 64, count: 2 } });
+    try {
+      await until("two VMs made ahead", () => Machine.warmVmCount === 2);
+      const a = Machine.restore(p);
+      const b = Machine.restore(p);
+      assert.match(a.summary, /into a VM made ahead/);
+      assert.match(b.summary, /into a VM made ahead/);
+      assert.deepEqual(counts(a), at, "the warm VM's memory is the snapshot's");
+      const [ra, rb] = [await started(a), await started(b)];
+      await until("both clones to count past the snapshot", () => [a, b].every((c) => counts(c).every((x, i) => x > at[i]! + 1_000_000n)));
+      await a.pause();
+      const frozen = counts(a);
+      await until("b to go on while a is paused", () => counts(b).every((x, i) => x > frozen[i]! + 1_000_000n));
+      assert.deepEqual(counts(a), frozen, "b's writes are not a's: each clone has its own copy-on-write pages");
+      assert.deepEqual([...mismatches(a), ...mismatches(b)], [0n, 0n, 0n, 0n]);
+      for (const [c, r] of [[a, ra], [b, rb]] as const) assert.equal((await stopped(c, r)).reason.kind, "poweroff");
+      // A 1-vCPU snapshot does not fit the 2-vCPU VMs made ahead: it gets its own.
+      const one = await runningVm(1);
+      await one.m.pause();
+      const q = paths();
+      await one.m.snapshot(q);
+      await stopped(one.m, one.run);
+      const c = Machine.restore(q);
+      assert.doesNotMatch(c.summary, /made ahead/);
+      const rc = await started(c);
+      await until("the 1-vCPU clone to count", () => counts(c)[0]! > 0n);
+      await stopped(c, rc);
+    } finally {
+      Machine.keepWarm({ vcpuThreads: 0, deviceThreads: 0 });
+    }
+    assert.equal(Machine.warmVmCount, 0, "keepWarm without vms releases the VMs made ahead");
+  });
+
   it("restores paused when asked: no vCPU runs until resume()", async () => {
     const { m, run } = await runningVm(1);
     await m.pause();

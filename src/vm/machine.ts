@@ -42,6 +42,7 @@ import { DIRTY_PAGE_SIZE, GuestMemory } from "../memory/guest-memory.js";
 import { FLINT_VERSION } from "../sys/version.js";
 import { sys } from "../sys/native.js";
 import { WorkerPool } from "../sys/worker-pool.js";
+import { WarmVms, type WarmVm, type WarmVmShape } from "./warm-vms.js";
 import { BLOCK_REQUEST_UPDATE_BACKING } from "../devices/virtio/block.js";
 import { DEVICE_THREAD_POOL } from "../devices/virtio/device-thread.js";
 import { waitForChange } from "../devices/shared-lock.js";
@@ -303,7 +304,17 @@ export interface WarmThreads {
   vcpuThreads: number;
   /** Device threads kept waiting (a VM takes one, plus one per device placed on its own thread). */
   deviceThreads: number;
+  /**
+   * KVM VMs kept made for restores of snapshots of this shape (warm-vms.ts:
+   * VM, irqchip, PIT, vCPUs and registered memory, everything but the
+   * snapshot's contents); absent: none. A restore with dirty tracking, or of
+   * another shape, makes its own.
+   */
+  vms?: WarmVmShape & { count: number };
 }
+
+/** KVM VMs made ahead for restores, when keepWarm asked for some. */
+const WARM_VMS = new WarmVms(makeWarmVm);
 
 /** A signal (a real-time one, no SA_RESTART) that kicks a vCPU thread out of KVM_RUN. */
 const KICK_SIGNAL = sys.sigrtmin() + 2;
@@ -377,6 +388,38 @@ function registerMemory(vm: VmFd, memory: GuestMemory, trackDirty: boolean): voi
     vm.setUserMemoryRegion({ slot, flags, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
 }
 
+/** A VM for a restore, made ahead (warm-vms.ts): everything a restore does before it reads the snapshot's contents. */
+function makeWarmVm(shape: WarmVmShape): WarmVm {
+  const { cpus, memoryMib } = shape;
+  checkMemorySize(memoryMib);
+  const { kvm, vm } = openKvmVm(cpus);
+  let memory: GuestMemory | undefined;
+  const vcpus: VcpuFd[] = [];
+  try {
+    memory = GuestMemory.reserve(ramRegions(memoryMib * MiB));
+    registerMemory(vm, memory, false);
+    for (let id = 0; id < cpus; id++) vcpus.push(vm.createVcpu(id));
+    return { shape: { cpus, memoryMib }, kvm, vm, vcpus, memory };
+  } catch (e) {
+    for (const v of vcpus) v.close();
+    memory?.dispose();
+    vm.close();
+    kvm.close();
+    throw e;
+  }
+}
+
+/** Throws MachineError EMEMORY for a guest memory size flint cannot give. */
+function checkMemorySize(memoryMib: number): void {
+  if (!Number.isInteger(memoryMib) || memoryMib < MIN_MEMORY_MIB) {
+    throw new MachineError("EMEMORY", `Cannot create VM: --memory ${memoryMib} MiB is too small (minimum ${MIN_MEMORY_MIB} MiB)`);
+  }
+  const hostMib = Math.floor(totalmem() / MiB);
+  if (memoryMib > Math.min(MAX_MEMORY_MIB, hostMib)) {
+    throw new MachineError("EMEMORY", `Cannot create VM: --memory ${memoryMib} MiB is more than this host's ${hostMib} MiB`);
+  }
+}
+
 export class Machine {
   readonly config: MachineConfig;
   readonly kvm: Kvm;
@@ -447,6 +490,13 @@ export class Machine {
   static keepWarm(threads: WarmThreads): void {
     VCPU_THREAD_POOL.keepSpares(threads.vcpuThreads);
     DEVICE_THREAD_POOL.keepSpares(threads.deviceThreads);
+    const vms = threads.vms;
+    WARM_VMS.keep(vms ? { cpus: vms.cpus, memoryMib: vms.memoryMib } : { cpus: 1, memoryMib: MIN_MEMORY_MIB }, vms?.count ?? 0);
+  }
+
+  /** KVM VMs made ahead for restores (keepWarm's vms) and waiting. */
+  static get warmVmCount(): number {
+    return WARM_VMS.idleCount;
   }
 
   /**
@@ -462,13 +512,7 @@ export class Machine {
   /** Validates `config`, opens KVM and builds the VM; throws MachineError/KvmError/BootError on bad input. */
   static create(config: MachineConfig): Machine {
     const { cpus, memoryMib } = config;
-    if (!Number.isInteger(memoryMib) || memoryMib < MIN_MEMORY_MIB) {
-      throw new MachineError("EMEMORY", `Cannot create VM: --memory ${memoryMib} MiB is too small (minimum ${MIN_MEMORY_MIB} MiB)`);
-    }
-    const hostMib = Math.floor(totalmem() / MiB);
-    if (memoryMib > Math.min(MAX_MEMORY_MIB, hostMib)) {
-      throw new MachineError("EMEMORY", `Cannot create VM: --memory ${memoryMib} MiB is more than this host's ${hostMib} MiB`);
-    }
+    checkMemorySize(memoryMib);
     // Read the guest's files before touching KVM, so bad paths fail first and fast.
     const kernel = config.boot.kind === "linux" ? readInput(config.boot.kernelPath, "kernel") : undefined;
     const initrd = config.boot.kind === "linux" && config.boot.initrdPath ? readInput(config.boot.initrdPath, "initrd") : undefined;
@@ -578,10 +622,19 @@ export class Machine {
     const vcpus: VcpuFd[] = [];
     try {
       const trackDirty = options.trackDirtyPages ?? false;
-      memory = GuestMemory.mapFile(snapshot.memory.regions, memFd, { mergeable: options.mergeable, trackDirty });
-      closeSync(memFd);
-      ({ kvm, vm } = openKvmVm(snapshot.cpus));
-      registerMemory(vm, memory, trackDirty);
+      // A VM made ahead (keepWarm's vms) when one fits; its vCPUs come with it.
+      const warm = trackDirty ? undefined : WARM_VMS.take(snapshot.cpus, snapshot.memory.regions);
+      if (warm) {
+        ({ kvm, vm } = warm);
+        vcpus.push(...warm.vcpus);
+        memory = GuestMemory.mapFileOver(warm.memory, snapshot.memory.regions, memFd, { mergeable: options.mergeable });
+        closeSync(memFd);
+      } else {
+        memory = GuestMemory.mapFile(snapshot.memory.regions, memFd, { mergeable: options.mergeable, trackDirty });
+        closeSync(memFd);
+        ({ kvm, vm } = openKvmVm(snapshot.cpus));
+        registerMemory(vm, memory, trackDirty);
+      }
       let machine: Machine | undefined;
       // The devices come up as saved, and quiesced: run() lets them go (their first resume() kicks each once).
       virtio = VirtioSet.restore(virtioDevices, memory.describe(), vm, snapshot.virtio.states, {
@@ -592,12 +645,11 @@ export class Machine {
       const host = createDeviceSet({ debugExit: snapshot.debugExit, virtio: virtio.describe() });
       // Every vCPU first, then the irqchip, PIT and clock (Firecracker's order; vm-state.ts says why).
       for (const saved of snapshot.vcpus) {
-        const vcpu = vm.createVcpu(saved.id);
-        vcpus.push(vcpu);
-        restoreVcpuState(vcpu, saved);
+        if (!warm) vcpus.push(vm.createVcpu(saved.id));
+        restoreVcpuState(vcpus[saved.id]!, saved);
       }
       restoreVmState(vm, snapshot.vm);
-      machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, `restored from ${options.statePath}`);
+      machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, `restored from ${options.statePath}${warm ? " into a VM made ahead" : ""}`);
       machine.restored = { legacy: snapshot.legacy, paused: options.paused ?? false };
       machine.restoredVmm = snapshot.vmm;
       machine.cmdlineWindows = snapshot.virtio.cmdlineWindows;
