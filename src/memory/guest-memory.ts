@@ -306,6 +306,20 @@ export class GuestMemory {
     return this.regions.indexOf(this.writable(address, length));
   }
 
+  /**
+   * For a caller that keeps a live view (slice) and writes through it
+   * later, as a virtqueue does its used ring: a function that marks
+   * [address, address+length) dirty again, to call at each write; undefined
+   * without dirty tracking. The marks a slice() makes are cleared by each
+   * snapshot, so a view kept across one must mark its writes itself.
+   */
+  writeMarker(address: GuestAddress, length: number): (() => void) | undefined {
+    const r = this.region(address, length);
+    if (r.dirty === undefined) return undefined;
+    const off = address - r.guestBase;
+    return () => markDirty(r, off, length);
+  }
+
   /** Copies `data` into guest memory at `address`. */
   write(address: GuestAddress, data: Uint8Array): void {
     this.slice(address, data.length).set(data);

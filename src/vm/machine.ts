@@ -778,7 +778,6 @@ export class Machine {
     this.keyboard = new I8042(this.host.descriptor.i8042, mainCtx);
     const stats: VcpuStats[] = [];
     const done: Promise<void>[] = [];
-    const ready: Promise<void>[] = [];
     for (const vcpu of this.vcpus) {
       const init: VcpuThreadInit = {
         vcpu: vcpu.describe(), vmFd: this.vm.fd,
@@ -786,12 +785,10 @@ export class Machine {
       };
       const w = VCPU_THREAD_POOL.take(init);
       this.workers.push(w);
-      let readyResolve!: () => void;
-      ready.push(new Promise((r) => (readyResolve = r)));
       done.push(new Promise((resolve) => {
         w.on("message", (m: VcpuThreadMessage) => {
           switch (m.type) {
-            case "ready": this.threads[vcpu.id] = m.thread; readyResolve(); break;
+            case "ready": this.threads[vcpu.id] = m.thread; break;
             case "exit": this.end(m.reason); break;
             case "fault": this.fault(m.device, m.message, m.count); break;
             case "done": stats[vcpu.id] = m.stats; break;
@@ -803,7 +800,6 @@ export class Machine {
           this.waitingVcpus.delete(vcpu.id);
           // Node has joined the thread: its pthread id may now name another thread.
           this.threads[vcpu.id] = undefined;
-          readyResolve();
           resolve();
         });
       }));
@@ -837,7 +833,9 @@ export class Machine {
         }
       }
     }
-    await Promise.all(ready);
+    // "start" right behind the init, not after each thread's "ready": a thread takes both in
+    // one turn. Until its "ready" (its pthread id) arrives, a kick reaches it through
+    // immediate_exit alone, which is enough before its first KVM_RUN (kickAll).
     const startNs = sys.monotonicNs();
     for (const w of this.workers) w.postMessage("start");
     this.started = true;

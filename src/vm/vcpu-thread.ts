@@ -16,9 +16,13 @@ import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
 import { irqLineContext } from "./irq.js";
 import { readStats, runVcpu } from "./vcpu-loop.js";
 
+const port = parentPort!;
+// The main thread posts "start" right behind the init (they may arrive in one turn): listen from the first line.
+const startSignal = new Promise<void>((resolve) => port.on("message", (m) => {
+  if (m === "start") resolve();
+}));
 // workerData, or the first message when this thread was booted ahead as a spare (worker-pool.ts).
 const init = await workerInit<VcpuThreadInit>();
-const port = parentPort!;
 const post = (m: VcpuThreadMessage) => port.postMessage(m);
 
 const vcpu = VcpuFd.attach(init.vcpu);
@@ -39,7 +43,7 @@ const ctx: DeviceContext = {
 sys.unblockSignal(init.kickSignal);
 post({ type: "ready", thread: sys.threadSelf() });
 
-port.once("message", () => {
+void startSignal.then(() => {
   let reason: VmExitReason | undefined;
   try {
     const { pio, mmio } = buildBuses(init.devices, ctx);

@@ -536,3 +536,36 @@ test("a queue refuses a saved state that does not add up (EVIRTIOSNAPMISMATCH), 
   refused({ nextAvail: 2, inFlight: [[3, 0], [3, 0]] }, /head 3 is in flight twice/);
   assert.deepEqual(q.saveState(), base);
 });
+
+test("with dirty tracking, used-ring writes after a snapshot's clear are marked again (the queue keeps its ring view)", () => {
+  const tracked = GuestMemory.create([{ guestBase: 0, size: MiB }], { trackDirty: true });
+  try {
+    const page = (a: number) => Math.floor(a / 4096);
+    const marked = () => [...tracked.regions[0]!.dirty!.keys()].filter((p) => tracked.regions[0]!.dirty![p] !== 0);
+    for (const features of [NONE, EVENT_IDX]) {
+      const drv = new FakeDriver(tracked, { base: 0x1000, bytes: 0x40000, queueSize: 8, features });
+      const q = drv.createQueue();
+      const used = q.layout.usedRing;
+      drv.addChain({ readable: [bytes(1)], writable: [] });
+      drv.addChain({ readable: [bytes(2)], writable: [] });
+      tracked.clearDirty(); // a snapshot was taken here
+      const a = q.pop()!; // with EVENT_IDX this moves avail_event, in the used ring
+      assert.deepEqual(marked(), features.eventIdx ? [page(used)] : [], "a pop writes the used ring only with EVENT_IDX");
+      tracked.clearDirty();
+      q.pushUsed(a.head, 0);
+      assert.deepEqual(marked(), [page(used)], "the used element and used idx are in the next Diff");
+      tracked.clearDirty();
+      q.setNotifications(false);
+      q.setNotifications(true);
+      assert.deepEqual(marked(), [page(used)], "the flags or avail_event change is too");
+      tracked.clearDirty();
+      const b = q.pop()!;
+      tracked.clearDirty();
+      q.pushUsedMany([b.head], [0], 1);
+      assert.deepEqual(marked(), [page(used)]);
+      tracked.clearDirty();
+    }
+  } finally {
+    tracked.dispose();
+  }
+});

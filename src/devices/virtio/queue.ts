@@ -137,6 +137,8 @@ export class SplitQueue implements VirtQueue {
   private readonly avail16: Uint16Array;
   private readonly used16: Uint16Array;
   private readonly used32: Uint32Array;
+  /** Marks the used ring dirty for Diff snapshots (the view above outlives slice()'s marks). */
+  private readonly markUsed: (() => void) | undefined;
   /** avail.ring[size] is used_event; used.ring[size] is followed by avail_event. */
   private readonly usedEventU16: number;
   private readonly availEventU16: number;
@@ -201,6 +203,7 @@ export class SplitQueue implements VirtQueue {
     this.avail16 = new Uint16Array(avail.buffer, avail.byteOffset, avail.byteLength / 2);
     this.used16 = new Uint16Array(used.buffer, used.byteOffset, used.byteLength / 2);
     this.used32 = new Uint32Array(used.buffer, used.byteOffset, (used.byteLength - 2) / 4);
+    this.markUsed = mem.writeMarker(usedRing, usedRingBytes(size));
     this.usedEventU16 = AVAIL_RING_U16 + size;
     this.availEventU16 = (vring_used.ring + vring_used_elem.SIZE * size) / 2;
     this.inFlightWritable = new Float64Array(size).fill(-1);
@@ -257,8 +260,13 @@ export class SplitQueue implements VirtQueue {
   /** Runs a write to the used ring unless the queue's session has ended (see the constructor). */
   private ringWrite(write: () => void): void {
     const s = this.session;
-    if (!s) write();
-    else s.exclusive(() => { if (s.live()) write(); });
+    if (!s) this.writeUsedRing(write);
+    else s.exclusive(() => { if (s.live()) this.writeUsedRing(write); });
+  }
+
+  private writeUsedRing(write: () => void): void {
+    write();
+    this.markUsed?.();
   }
 
   /** Follows the chain at `head`, checking every descriptor (§2.7.5, §2.7.5.3). */
