@@ -76,8 +76,12 @@ export class VmGenId {
     if (s === null || typeof s !== "object" || s.kind !== "vmgenid" || s.version !== 1) {
       throw new VmGenIdError("EBADSTATE", `Cannot restore VMGenID: unknown state ${String(s?.kind)} v${String(s?.version)}`);
     }
+    // Checked here: an absent field would take the constructor's default instead of being refused.
+    if (typeof s.guestAddress !== "number" || typeof s.gsi !== "number") {
+      throw new VmGenIdError("EBADSTATE", "Cannot restore VMGenID: its record has no guestAddress or gsi");
+    }
     try {
-      return new VmGenId(s.guestAddress as number, s.gsi as number);
+      return new VmGenId(s.guestAddress, s.gsi);
     } catch (e) {
       throw new VmGenIdError("EBADSTATE", `Cannot restore VMGenID: ${(e as Error).message}`);
     }
