@@ -295,7 +295,7 @@ const STRUCTS = [
   ["kvm_pit_state2", `channels flags`],
   ["kvm_pit_channel_state", `count count_load_time`],
   ["kvm_pic_state", `imr`],
-  ["kvm_ioapic_state", `id irr`],
+  ["kvm_ioapic_state", `id`],
   ["boot_params", `screen_info acpi_rsdp_addr ext_ramdisk_image ext_ramdisk_size ext_cmd_line_ptr
     e820_entries hdr e820_table`],
   ["setup_header", `setup_sects root_flags syssize ram_size vid_mode root_dev boot_flag jump header

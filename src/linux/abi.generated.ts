@@ -1033,7 +1033,6 @@ export const kvm_pic_state = {
 export const kvm_ioapic_state = {
   SIZE: 216,
   id: 12,
-  irr: 16,
 } as const;
 export const boot_params = {
   SIZE: 4096,
