@@ -171,11 +171,12 @@ describe("VMGenID: four clones restored from one snapshot of real Linux each res
     assert.equal(value("a_ready"), "true", why());
   });
 
-  it("each clone's kernel reseeds its CRNG for the VM fork, and /dev/urandom then gives different bytes in every clone", () => {
+  it("each clone's kernel reseeds its CRNG for the VM fork, and /dev/urandom then gives different bytes in every clone", (t) => {
     const bytes = CLONES.map((c) => value(`urandom_${c}`));
+    t.diagnostic(`urandom after restore: ${bytes.join(" ")}; VM-fork reseeds: ${CLONES.map((c) => value(`forked_${c}`)).join(" ")}`);
     for (const b of bytes) assert.match(b ?? "", /^[0-9a-f]{32}$/, why());
-    for (const c of CLONES) assert.equal(value(`forked_${c}`), "1", `clone ${c} was told of the VM fork\n${why()}`);
     assert.equal(new Set(bytes).size, CLONES.length, `four clones, four different reads: ${bytes.join(" ")}\n${why()}`);
+    for (const c of CLONES) assert.equal(value(`forked_${c}`), "1", `clone ${c} was told of the VM fork\n${why()}`);
   });
 
   it("every clone powers off on request; no kernel warning on any console", () => {
