@@ -6,8 +6,10 @@
  * Generic Event Device bound too. The guest waits until it has been up for
  * UPTIME_BEFORE_SNAPSHOT_S seconds, so that Linux's own time-based reseed
  * interval (uptime / 2 in early boot, drivers/char/random.c
- * crng_reseed_interval) is far longer than the rest of the test, reads
- * /dev/urandom once (a reseed then, if one was due) and says it is ready.
+ * crng_reseed_interval) is far longer than the rest of the test, has its
+ * CRNG reseeded then (ioctl RNDRESEEDCRNG, so the next time-based reseed is
+ * that interval away; without it one fell inside the test window and made
+ * the clones differ even with no VMGenID) and says it is ready.
  * The client snapshots A and restores four clones at once from the one
  * snapshot; each is told on its console to wait (up to FORK_WAIT_S) for
  * the kernel's "crng reseeded due to virtual machine fork" and then to read
@@ -16,6 +18,7 @@
  * that window and all four print the same bytes. No kernel warning anywhere.
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -29,10 +32,22 @@ import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const CLONES = ["b", "c", "d", "e"];
-/** Guest uptime before the snapshot: Linux's reseed interval is then uptime/2 = 30 s. */
-const UPTIME_BEFORE_SNAPSHOT_S = 60;
+/** Guest uptime before the snapshot: Linux's reseed interval is then uptime/2 = 20 s. */
+const UPTIME_BEFORE_SNAPSHOT_S = 40;
 /** How long a clone waits for the VM-fork reseed before it reads /dev/urandom anyway. */
 const FORK_WAIT_S = 5;
+
+/** Reseeds the guest's CRNG now (random(4): RNDRESEEDCRNG, root only). */
+const CRNG_RESEED_C = `#include <fcntl.h>
+#include <linux/random.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+int main(void) {
+  int fd = open("/dev/urandom", O_RDONLY);
+  if (fd < 0 || ioctl(fd, RNDRESEEDCRNG) != 0) { perror("crng-reseed"); return 1; }
+  return 0;
+}
+`;
 
 const hex16 = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
 const GUEST_INIT = `${initPrologue()}echo "flint-guest: booted"
@@ -41,7 +56,7 @@ echo "flint-e2e: ged-bound=$(ls /sys/bus/platform/drivers/acpi-ged 2>/dev/null |
 i=0; while [ $i -lt 600 ] && ! dmesg | grep -q "crng init done"; do sleep 0.1; i=$((i + 1)); done
 echo "flint-e2e: crng-ready=$(dmesg | grep -c 'crng init done')"
 while [ "$(cut -d. -f1 /proc/uptime)" -lt ${UPTIME_BEFORE_SNAPSHOT_S} ]; do sleep 1; done
-${hex16} >/dev/null
+/bin/crng-reseed || echo "flint-e2e: reseed-failed"
 echo "flint-e2e: ready"
 while read cmd; do
   case "$cmd" in
@@ -142,7 +157,10 @@ describe("VMGenID: four clones restored from one snapshot of real Linux each res
   before(async () => {
     const kernel = await buildKernel();
     const initrd = join(share, "initramfs.cpio.gz");
-    writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT }));
+    const program = join(share, "crng-reseed");
+    writeFileSync(`${program}.c`, CRNG_RESEED_C);
+    execFileSync("gcc", ["-static", "-O2", "-o", program, `${program}.c`]);
+    writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT, files: [{ path: "/bin/crng-reseed", hostPath: program, mode: 0o755 }] }));
     const client = join(share, "client.mjs");
     writeFileSync(client, CLIENT);
     const reportFile = join(share, "report.txt"), consoleBase = join(share, "console");
@@ -169,6 +187,7 @@ describe("VMGenID: four clones restored from one snapshot of real Linux each res
     assert.equal(e2eValue("ged-bound", consoles.a ?? ""), "1", why());
     assert.equal(e2eValue("crng-ready", consoles.a ?? ""), "1", why());
     assert.equal(value("a_ready"), "true", why());
+    assert.equal(e2eValue("reseed-failed", consoles.a ?? ""), undefined, why());
   });
 
   it("each clone's kernel reseeds its CRNG for the VM fork, and /dev/urandom then gives different bytes in every clone", (t) => {
