@@ -111,7 +111,8 @@ async function socketUp(vm) {
   for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
   await must(vm.sock, "GET", "/", undefined, 200);
 }
-const line = (vm, key) => { const m = new RegExp("flint-e2e: " + key + "=([^\\r\\n]*)").exec(vm.console); return m ? m[1] : undefined; };
+// Whole lines only: a line still arriving must not be read half.
+const line = (vm, key) => { const m = new RegExp("flint-e2e: " + key + "=([^\\r\\n]*)\\r?\\n").exec(vm.console); return m ? m[1] : undefined; };
 try {
   const a = startFlint("a");
   await socketUp(a);
