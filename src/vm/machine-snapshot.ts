@@ -15,6 +15,7 @@ import type { VcpuState } from "../arch/x86_64/vcpu-state.js";
 import type { VmState } from "../arch/x86_64/vm-state.js";
 import type { I8042SavedState } from "../devices/legacy/i8042.js";
 import type { SerialSavedState } from "../devices/legacy/serial-state.js";
+import type { VmGenIdSavedState } from "../devices/acpi/vmgenid.js";
 import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import type { MemoryFileRegion } from "../snapshot/memory-file.js";
 import { decodeStateFile, encodeStateFile, MAX_STATE_FILE_BYTES, SnapshotError, type StateFileHeader } from "../snapshot/state-file.js";
@@ -47,7 +48,8 @@ export interface MachineSnapshot {
   vm: VmState;
   /** One per vCPU, in id order. */
   vcpus: VcpuState[];
-  legacy: { serial: SerialSavedState; i8042: I8042SavedState };
+  /** The legacy devices; `vmgenid` only when the VM has the VMGenID device (snapshots from before it have none). */
+  legacy: { serial: SerialSavedState; i8042: I8042SavedState; vmgenid?: VmGenIdSavedState };
   /** The virtio devices as configured (a restore may override host-side options). */
   virtio: {
     configs: SavedVirtioConfig[];
@@ -90,6 +92,7 @@ const snapshotSchema = z.object({
   legacy: z.object({
     serial: z.object({ kind: z.literal("serial-16550a"), version: z.literal(1) }),
     i8042: z.object({ kind: z.literal("i8042"), version: z.union([z.literal(1), z.literal(2)]) }),
+    vmgenid: z.optional(z.object({ kind: z.literal("vmgenid"), version: z.literal(1), guestAddress: z.number().check(z.int(), z.minimum(0)), gsi: u32 })),
   }),
   virtio: z.object({
     configs: z.array(z.object({ kind: z.string(), options: z.unknown(), backendModule: z.optional(z.string()), thread: z.optional(z.enum(["shared", "own"])) })),

@@ -24,6 +24,7 @@ import { setupBoot, type BootMode } from "../boot/index.js";
 import type { DeviceContext, VmExitReason } from "../devices/bus.js";
 import type { DebugExitReading } from "../devices/legacy/debug-exit.js";
 import { GuestFaultLog } from "../devices/fault-log.js";
+import { VmGenId } from "../devices/acpi/vmgenid.js";
 import { I8042, I8042Error } from "../devices/legacy/i8042.js";
 import { BalloonControl } from "../devices/virtio/balloon-control.js";
 import { RateLimiterControl, type RateLimiterConfig, type RateLimiterName } from "../devices/virtio/rate-limiter-control.js";
@@ -97,6 +98,14 @@ export interface MachineConfig {
   trackDirtyPages?: boolean;
   /** Add the debug-exit device (ports 0xf0 mark, 0xf4 exit with status), for benchmarks and tests. */
   debugExit?: boolean;
+  /**
+   * The VMGenID device (devices/acpi/vmgenid.ts): a random generation id
+   * the guest reads, renewed on every restore with a notification, so a
+   * restored or cloned Linux reseeds its RNG. Default: on for a Linux guest
+   * with ACPI tables (it is announced in the DSDT; a kernel without ACPI
+   * cannot find it), off otherwise; a ring-3 test guest may turn it on.
+   */
+  vmGenId?: boolean;
   /** When the guest ends the VM, how long run() waits for device threads and the console's last output (default END_TIMEOUT_MS). */
   endTimeoutMs?: number;
   /**
@@ -454,6 +463,8 @@ export class Machine {
   private readonly waitingVcpus = new Set<number>();
   private readonly waitingDevices = new Set<string>();
   private ending: "vcpus" | "devices" | "console" | "done" = "vcpus";
+  /** The VMGenID device, when the VM has one (MachineConfig.vmGenId). */
+  private vmGenId: VmGenId | undefined;
   /** The main thread's view of the i8042 (sendCtrlAltDel), from run() on. */
   private keyboard: I8042 | undefined;
   /** The vCPUs were started (run() posted "start"): the VM is past "not-started". */
@@ -537,6 +548,9 @@ export class Machine {
         cmdlineWindows: announce.cmdline === "second-window",
       });
       const host = createDeviceSet({ debugExit: config.debugExit, virtio: virtio.describe() });
+      const acpi = config.boot.kind === "linux" && (config.boot.acpi ?? true);
+      const vmGenId = (config.vmGenId ?? acpi) ? new VmGenId() : undefined;
+      vmGenId?.writeNewId(memory);
       let bsp: { regs: KvmRegs; sregs: Partial<KvmSregs> } | undefined;
       let summary: string;
       if (config.boot.kind === "linux") {
@@ -546,7 +560,7 @@ export class Machine {
         const boot = setupBoot(memory, {
           kernel: kernel!, kernelPath: b.kernelPath, initrd, initrdPath: b.initrdPath, cmdline, cpus,
           acpi: b.acpi ?? true, bootMode: b.mode ?? "auto",
-          extraDsdtDevices: announce.dsdt ? virtioDsdtDevices(virtio.devices.length) : [],
+          extraDsdtDevices: [...(announce.dsdt ? virtioDsdtDevices(virtio.devices.length) : []), ...(vmGenId?.dsdtDevices() ?? [])],
         });
         bsp = boot.entry;
         summary = boot.summary;
@@ -578,6 +592,7 @@ export class Machine {
       }
       machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, summary);
       machine.cmdlineWindows = announce.cmdline === "second-window";
+      machine.vmGenId = vmGenId;
       return machine;
     } catch (e) {
       void virtio?.stop(); // nothing started yet: closes the eventfds at once
@@ -651,6 +666,8 @@ export class Machine {
       restoreVmState(vm, snapshot.vm);
       machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, `restored from ${options.statePath}${warm ? " into a VM made ahead" : ""}`);
       machine.restored = { legacy: snapshot.legacy, paused: options.paused ?? false };
+      // A snapshot without a record is of a guest that was never told of a VMGenID.
+      machine.vmGenId = snapshot.legacy.vmgenid ? VmGenId.fromSaved(snapshot.legacy.vmgenid) : undefined;
       machine.restoredVmm = snapshot.vmm;
       machine.cmdlineWindows = snapshot.virtio.cmdlineWindows;
       return machine;
@@ -717,7 +734,7 @@ export class Machine {
       kind: "flint-machine", flintVersion: FLINT_VERSION, createdAtMs: Date.now(),
       cpus: this.vcpus.length, memoryMib: this.config.memoryMib, boot: savedBoot, debugExit: this.config.debugExit ?? false,
       memory: { regions: mem.regions, ...(type === "diff" ? { type: "diff" as const } : {}) }, vm, vcpus,
-      legacy: { serial: this.host.saveSerial(), i8042: this.keyboard!.save() },
+      legacy: { serial: this.host.saveSerial(), i8042: this.keyboard!.save(), ...(this.vmGenId ? { vmgenid: this.vmGenId.save() } : {}) },
       virtio: {
         configs: (this.config.virtioDevices ?? []).map((c) => ({ ...c, backendModule: c.backendModule?.href })),
         states: virtioStates,
@@ -818,6 +835,10 @@ export class Machine {
       // Device registers before any vCPU runs; a restored VM asked to stay paused parks its vCPUs before their first KVM_RUN.
       this.host.restoreSerial(restored.legacy.serial);
       this.keyboard.restore(restored.legacy.i8042);
+      // A new generation id, and the GED's edge that makes the guest read it, before any vCPU runs (paused or not: the
+      // interrupt waits in the irqchip): every clone of one snapshot reseeds its RNG from its own id.
+      this.vmGenId?.writeNewId(this.memory);
+      this.vmGenId?.notify(mainCtx);
       if (restored.paused) {
         requestPause(this.control, true);
       } else {

@@ -11,6 +11,7 @@
  *   0x0000_9000  identity page tables: PML4, PDPTE, PDEs (PML4_START...)
  *   0x0002_0000  kernel command line (CMDLINE_START, up to CMDLINE_MAX_SIZE)
  *   0x0009_fc00  EBDA: MP floating pointer + MP config table (MPTABLE_START)
+ *   0x000d_fff0  VMGenID: the 16-byte VM generation id (VMGENID_ADDR)
  *   0x000e_0000  ACPI tables, RSDP first (ACPI_START; scanned range per ACPI spec)
  *   0x0010_0000  kernel load address for bzImage (HIMEM_START)
  *   ...          RAM
@@ -50,6 +51,16 @@ export const CMDLINE_MAX_SIZE = 0x10000;
 /** Extended BIOS data area: the MP table lives here so Linux's EBDA scan finds it. */
 export const EBDA_START = 0x9fc00;
 export const MPTABLE_START = EBDA_START;
+/**
+ * VMGenID (devices/acpi/vmgenid.ts): the 16-byte VM generation id the guest's
+ * driver reads through the DSDT's VGEN.ADDR. In the e820-reserved legacy
+ * area [EBDA_START, HIMEM_START), right below the ACPI tables, so Linux never
+ * allocates it and maps it with memremap (drivers/virt/vmgenid.c); not on a
+ * 2 KiB boundary, where Linux's probe_roms() looks for option-ROM signatures.
+ */
+export const VMGENID_ADDR = 0xd_fff0;
+/** Bytes of the generation id (drivers/virt/vmgenid.c VMGENID_SIZE). */
+export const VMGENID_SIZE = 16;
 /** ACPI tables; the RSDP must be 16-byte aligned in 0xE0000–0xFFFFF to be found by a scan. */
 export const ACPI_START = 0xe0000;
 export const ACPI_END = 0x100000;
@@ -98,9 +109,16 @@ export const ACPI_RESET_VALUE = 0x1;
 /** The S5 (soft-off) sleep type flint's DSDT declares in \_S5_. */
 export const ACPI_S5_SLEEP_TYPE = 5;
 
-/** IRQ numbers (GSIs) available for devices: 5..23 on the in-kernel IOAPIC. */
+/**
+ * Where GSIs go. The in-kernel IOAPIC has pins 0..23: ISA IRQs 0-4 are the
+ * PIT, the keyboard (I8042_KBD_IRQ), the cascade, COM2 and COM1 (COM1_IRQ);
+ * virtio-mmio device i gets FIRST_DEVICE_IRQ + i, up to LAST_DEVICE_IRQ; the
+ * last pin, GED_GSI, is the ACPI Generic Event Device's (VMGenID's notifications).
+ */
 export const FIRST_DEVICE_IRQ = 5;
-export const LAST_DEVICE_IRQ = 23;
+export const LAST_DEVICE_IRQ = 22;
+/** The Generic Event Device's interrupt (ACPI 6.x §5.6.9): raised on restore so the guest re-reads the VMGenID. */
+export const GED_GSI = 23;
 
 /** Smallest and largest guest memory flint accepts, in MiB. */
 export const MIN_MEMORY_MIB = 32;

@@ -18,7 +18,7 @@ import {
   vring_avail, vring_desc, vring_used, vring_used_elem,
 } from "../../linux/abi.generated.js";
 import {
-  DEBUG_EXIT_PORT, FIRST_DEVICE_IRQ, IOAPIC_START, VIRTIO_MMIO_BASE, VIRTIO_MMIO_CMDLINE_BASE, VIRTIO_MMIO_SIZE,
+  DEBUG_EXIT_PORT, FIRST_DEVICE_IRQ, GED_GSI, IOAPIC_START, VIRTIO_MMIO_BASE, VIRTIO_MMIO_CMDLINE_BASE, VIRTIO_MMIO_SIZE,
 } from "../../arch/x86_64/layout.js";
 import { assemble } from "../../kvm/testing/assemble.js";
 import { RING3_LAYOUT } from "../../arch/x86_64/ring3.js";
@@ -43,8 +43,9 @@ test("device i sits at its own window, a command-line window and a GSI, and is a
   });
   assert.equal(virtioCmdlineParam(0), "virtio_mmio.device=4K@0xd0001000:5");
   assert.equal(virtioCmdlineParam(1, "second-window"), "virtio_mmio.device=4K@0xd0101000:6");
-  assert.equal(MAX_VIRTIO_DEVICES, 19);
+  assert.equal(MAX_VIRTIO_DEVICES, 18);
   const last = virtioSlot(MAX_VIRTIO_DEVICES - 1);
+  assert.ok(last.gsi < GED_GSI, "the last device's GSI is below the Generic Event Device's");
   assert.ok(last.mmioBase + VIRTIO_MMIO_SIZE <= VIRTIO_MMIO_CMDLINE_BASE, "device windows end below the command-line windows");
   assert.ok(last.cmdlineBase + VIRTIO_MMIO_SIZE <= IOAPIC_START, "command-line windows end below the IOAPIC");
 });

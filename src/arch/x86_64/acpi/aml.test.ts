@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { byteSum } from "../../../memory/le.js";
 import { ArchError } from "../errors.js";
 import {
-  amlDevice, amlEisaId, amlInteger, amlMethod, amlName, amlNameString, amlPackage, amlPkgLength, amlReturn,
+  amlArg, amlDevice, amlEisaId, amlIf, amlLEqual, amlNotify, amlInteger, amlMethod, amlName, amlNameString, amlPackage, amlPkgLength, amlReturn,
   amlScope, amlString, extendedInterruptResource, ioResource, irqNoFlagsResource, irqResource,
   memory32FixedResource, resourceTemplate,
 } from "./aml.js";
@@ -107,4 +107,19 @@ test("a resource template ends with an End Tag whose checksum zeroes the templat
   assert.equal(data.length, size);
   assert.equal(data[data.length - 2], 0x79);
   assert.equal(byteSum(data), 0);
+});
+
+test("Arg, LEqual, If and Notify encode per the AML grammar", () => {
+  assert.equal(hex(amlArg(0)), "68");
+  assert.equal(hex(amlArg(6)), "6e");
+  assert.throws(() => amlArg(7), isArchError("EAMLVALUE"));
+  assert.throws(() => amlArg(-1), isArchError("EAMLVALUE"));
+  const equal = amlLEqual(amlArg(0), amlInteger(23));
+  assert.equal(hex(equal), "93" + "68" + "0a17");
+  const notify = amlNotify("\\_SB_.VGEN", 0x80);
+  assert.equal(hex(notify), "86" + "5c2e" + ascii("_SB_VGEN") + "0a80");
+  assert.throws(() => amlNotify("VGEN", 0x100), isArchError("EAMLVALUE"));
+  // If: opcode, PkgLength (covers itself, the predicate and the terms), predicate, terms.
+  assert.equal(hex(amlIf(equal, [notify])), "a0" + (1 + equal.length + notify.length).toString(16).padStart(2, "0") + hex(equal) + hex(notify));
+  assert.equal(hex(amlMethod("_EVT", 1, true, [amlIf(equal, [])])), "14" + "0c" + ascii("_EVT") + "09" + "a005" + hex(equal));
 });

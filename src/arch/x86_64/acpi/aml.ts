@@ -1,7 +1,8 @@
 /**
  * A small encoder for ACPI Machine Language, enough for flint's DSDT: names,
  * integers, strings, packages, buffers, Name, Scope, Device, Method/Return,
- * EISA ids, and resource templates (IO, IRQ, Memory32Fixed, Interrupt, EndTag).
+ * method arguments, If, LEqual, Notify, EISA ids, and resource templates
+ * (IO, IRQ, Memory32Fixed, Interrupt, EndTag).
  *
  * Every builder returns the encoded bytes of one AML term, so terms compose:
  *
@@ -16,7 +17,7 @@ import {
   ACPI_LEVEL_SENSITIVE, ACPI_NAMESEG_SIZE, ACPI_READ_ONLY_MEMORY, ACPI_READ_WRITE_MEMORY,
   ACPI_RESOURCE_NAME_END_TAG, ACPI_RESOURCE_NAME_EXTENDED_IRQ, ACPI_RESOURCE_NAME_FIXED_MEMORY32,
   ACPI_RESOURCE_NAME_IO, ACPI_RESOURCE_NAME_IRQ, ACPI_SHARED, AML_BUFFER_OP, AML_BYTE_OP, AML_DEVICE_OP,
-  AML_DUAL_NAME_PREFIX, AML_DWORD_OP, AML_METHOD_ARG_COUNT, AML_METHOD_OP, AML_METHOD_SERIALIZED,
+  AML_ARG0, AML_DUAL_NAME_PREFIX, AML_DWORD_OP, AML_IF_OP, AML_LOGICAL_EQUAL_OP, AML_NOTIFY_OP, AML_METHOD_ARG_COUNT, AML_METHOD_OP, AML_METHOD_SERIALIZED,
   AML_MULTI_NAME_PREFIX, AML_NAME_OP, AML_ONE_OP, AML_ONES_OP, AML_PACKAGE_OP, AML_PARENT_PREFIX, AML_QWORD_OP,
   AML_RETURN_OP, AML_ROOT_PREFIX, AML_SCOPE_OP, AML_STRING_OP, AML_WORD_OP, AML_ZERO_OP,
   aml_resource_end_tag, aml_resource_extended_irq, aml_resource_fixed_memory32, aml_resource_io,
@@ -194,6 +195,34 @@ export function amlMethod(path: string, argCount: number, serialized: boolean, t
 /** Return(data): DefReturn. */
 export function amlReturn(data: Aml): Aml {
   return amlConcat([bytes(AML_RETURN_OP), data]);
+}
+
+/** ArgN, the method's N-th argument (ArgObj, §20.2.6.1: Arg0Op 0x68 ... Arg6Op 0x6E). */
+export function amlArg(n: number): Aml {
+  if (!Number.isInteger(n) || n < 0 || n >= AML_METHOD_ARG_COUNT) {
+    invalid("EAMLVALUE", `Cannot encode AML Arg${n}: a method has arguments Arg0 to Arg${AML_METHOD_ARG_COUNT - 1}`);
+  }
+  return bytes(AML_ARG0 + n);
+}
+
+/** LEqual(a, b): DefLEqual (§20.2.5.4), One when the two operands are equal, else Zero. */
+export function amlLEqual(a: Aml, b: Aml): Aml {
+  return amlConcat([bytes(AML_LOGICAL_EQUAL_OP), a, b]);
+}
+
+/** If (predicate) { terms }: DefIfElse without an Else (§20.2.5.3). */
+export function amlIf(predicate: Aml, terms: readonly Aml[]): Aml {
+  return withPkgLength(bytes(AML_IF_OP), [predicate, ...terms]);
+}
+
+/**
+ * Notify(path, value): DefNotify (§20.2.5.3, §5.6.6 "Device Object
+ * Notifications"): queues notification `value` (0x80 and up are
+ * device-specific) for the object at `path`, which the OS hands to its driver.
+ */
+export function amlNotify(path: string, value: number): Aml {
+  checkRange("Notify value", value, 0xff);
+  return amlConcat([bytes(AML_NOTIFY_OP), amlNameString(path), amlInteger(value)]);
 }
 
 // ---------------------------------------------------------------------------

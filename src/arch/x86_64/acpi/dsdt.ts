@@ -5,7 +5,8 @@
  *   Scope (\_SB_) {
  *     Device (COM1) { _HID PNP0501, _UID 0, _CRS: IO 0x3f8/8, IRQ 4 }
  *     Device (PS2K) { _HID PNP0303, _CRS: IO 0x60/1, IO 0x64/1, IRQ 1 }
- *     ...extra devices (e.g. virtio-mmio "LNRO0005" devices)
+ *     ...extra devices (e.g. virtio-mmio "LNRO0005" devices, VGEN and GED0
+ *        from vmGenIdDeviceAml and gedDeviceAml)
  *   }
  *   Name (\_S5_, Package () { ACPI_S5_SLEEP_TYPE, 0, 0, 0 })
  *
@@ -16,8 +17,9 @@
  */
 import { ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ } from "../layout.js";
 import {
-  amlConcat, amlDevice, amlEisaId, amlInteger, amlName, amlPackage, amlScope, amlString, extendedInterruptResource,
-  ioResource, irqNoFlagsResource, memory32FixedResource, resourceTemplate, type Aml,
+  amlArg, amlConcat, amlDevice, amlEisaId, amlIf, amlInteger, amlLEqual, amlMethod, amlName, amlNotify, amlPackage,
+  amlReturn, amlScope, amlString, extendedInterruptResource, ioResource, irqNoFlagsResource, memory32FixedResource,
+  resourceTemplate, type Aml,
 } from "./aml.js";
 
 /** Bytes of I/O space a 16550 UART decodes. */
@@ -89,6 +91,55 @@ export function mmioDeviceAml(d: MmioDeviceDescription): Aml {
       memory32FixedResource({ base: d.base, length: d.sizeBytes, writable: true }),
       extendedInterruptResource([d.gsi], { edge: true, activeLow: false, shared: false }),
     ])),
+  ]);
+}
+
+/** _HID and _CID Linux's VMGenID driver binds to (drivers/virt/vmgenid.c vmgenid_ids). */
+export const VMGENID_HID = "VMGENCTR";
+export const VMGENID_CID = "VM_GEN_COUNTER";
+/** The VMGenID device's path, which the GED's _EVT notifies. */
+export const VMGENID_DEVICE_PATH = "\\_SB_.VGEN";
+/** Notify value for "the generation id changed" (Microsoft's VMGenID spec; any 0x80+ is device-specific, ACPI 6.x §5.6.6). */
+export const VMGENID_NOTIFY_VALUE = 0x80;
+/** _HID of the Generic Event Device (ACPI 6.x §5.6.9). */
+export const GED_HID = "ACPI0013";
+
+/**
+ * The VMGenID device (Microsoft's "Virtual Machine Generation ID" paper; Linux
+ * drivers/virt/vmgenid.c): the driver evaluates ADDR, a package of the low and
+ * high 32 bits of the guest-physical address of the 16-byte id, reads the id
+ * and, on Notify 0x80, reads it again and reseeds the RNG if it changed.
+ *
+ *   Device (VGEN) { Name (_HID, "VMGENCTR") Name (_CID, "VM_GEN_COUNTER") Name (_DDN, "VM_GEN_COUNTER")
+ *     Method (ADDR, 0, NotSerialized) { Return (Package () { low, high }) } }
+ */
+export function vmGenIdDeviceAml(address: number): Aml {
+  return amlDevice("VGEN", [
+    amlName("_HID", amlString(VMGENID_HID)),
+    amlName("_CID", amlString(VMGENID_CID)),
+    amlName("_DDN", amlString(VMGENID_CID)),
+    amlMethod("ADDR", 0, false, [amlReturn(amlPackage([amlInteger(address % 2 ** 32), amlInteger(Math.floor(address / 2 ** 32))]))]),
+  ]);
+}
+
+/**
+ * The Generic Event Device (ACPI 6.x §5.6.9), how a hardware-reduced
+ * platform, without GPEs or an SCI, signals events: it owns one interrupt;
+ * when it fires, Linux (drivers/acpi/evged.c) runs _EVT with the GSI as Arg0,
+ * which here notifies the VMGenID device.
+ *
+ *   Device (GED0) { Name (_HID, "ACPI0013") Name (_UID, 0)
+ *     Name (_CRS, ResourceTemplate () { Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi } })
+ *     Method (_EVT, 1, Serialized) { If (LEqual (Arg0, gsi)) { Notify (\_SB_.VGEN, 0x80) } } }
+ */
+export function gedDeviceAml(gsi: number): Aml {
+  return amlDevice("GED0", [
+    amlName("_HID", amlString(GED_HID)),
+    amlName("_UID", amlInteger(0)),
+    amlName("_CRS", resourceTemplate([extendedInterruptResource([gsi], { edge: true, activeLow: false, shared: false })])),
+    amlMethod("_EVT", 1, true, [
+      amlIf(amlLEqual(amlArg(0), amlInteger(gsi)), [amlNotify(VMGENID_DEVICE_PATH, VMGENID_NOTIFY_VALUE)]),
+    ]),
   ]);
 }
 
