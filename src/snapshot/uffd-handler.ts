@@ -49,12 +49,6 @@ export interface UffdHandlerOptions {
   memFilePath: string;
   /** Called once the socket listens (a VMM may connect from then on). */
   onListening?: () => void;
-  /**
-   * What to serve for a page: the memory file's bytes (the default), or
-   * "zero" (zeros for every page: a handler that ignores the file, for
-   * tests that must see a restore fail without it).
-   */
-  serve?: "file" | "zero";
 }
 
 const PAGE_EVENTS_PER_READ = 64;
@@ -113,7 +107,7 @@ export function runUffdHandler(o: UffdHandlerOptions): UffdHandlerStats {
     for (const [i, r] of regions.entries()) {
       if (r.offset + r.size > fileBytes) fail(`Bad userfaultfd handshake: [${i}] needs the memory file up to byte ${r.offset + r.size}; '${o.memFilePath}' has ${fileBytes}`);
     }
-    return serve(conn, uffd, regions, file.view, o.serve ?? "file");
+    return serve(conn, uffd, regions, file.view);
   } finally {
     if (uffd >= 0) sys.close(uffd);
     if (conn >= 0) sys.close(conn);
@@ -129,7 +123,7 @@ interface Served extends UffdRegionMapping {
   removed: Uint8Array;
 }
 
-function serve(conn: number, uffd: number, mappings: UffdRegionMapping[], file: Uint8Array, what: "file" | "zero"): UffdHandlerStats {
+function serve(conn: number, uffd: number, mappings: UffdRegionMapping[], file: Uint8Array): UffdHandlerStats {
   const stats: UffdHandlerStats = { faults: 0, pagesCopied: 0, pagesZeroed: 0, pagesAlreadyThere: 0, removeEvents: 0, end: "closed" };
   const regions: Served[] = mappings.map((m) => ({ ...m, removed: new Uint8Array(m.size / m.page_size) }));
   const find = (address: number) => regions.find((r) => address >= r.base_host_virt_addr && address < r.base_host_virt_addr + r.size);
@@ -152,7 +146,7 @@ function serve(conn: number, uffd: number, mappings: UffdRegionMapping[], file: 
     const page = Math.floor((address - r.base_host_virt_addr) / r.page_size);
     const dst = r.base_host_virt_addr + page * r.page_size;
     let res: number;
-    if (r.removed[page] || what === "zero") {
+    if (r.removed[page]) {
       zero.setBigUint64(uffdio_zeropage.range, BigInt(dst), true);
       zero.setBigUint64(uffdio_zeropage.range + 8, BigInt(r.page_size), true);
       zero.setBigUint64(uffdio_zeropage.mode, 0n, true);
