@@ -78,6 +78,24 @@ describe("Machine.restore with the Uffd memory backend (ring-3 guest on /dev/kvm
     await run2;
   });
 
+  it("a page flint gives back (MADV_DONTNEED, as the balloon does) reaches the handler as a remove event and reads as zeros after", async () => {
+    const snap = await snapshotCountingGuest(dir, "e", MARKER);
+    const sock = join(dir, "e-handler.sock");
+    const handler = await startUffdHandler(sock, snap.memoryPath);
+    const r = Machine.restore({ statePath: snap.statePath, uffdSocketPath: sock, paused: true });
+    const run = r.run();
+    run.catch(() => undefined);
+    await until("the VM to start paused", () => r.state === "paused");
+    assert.equal(r.memory.readU64(MARKER_ADDRESS), MARKER, "the file's page, copied by the handler");
+    r.memory.discard(MARKER_ADDRESS, 4096);
+    assert.equal(r.memory.readU64(MARKER_ADDRESS), 0n, "given back: the handler serves zeros, not the file's page");
+    r.stop();
+    await run;
+    const stats = await handler.done;
+    assert.equal(stats.removeEvents, 1, JSON.stringify(stats));
+    assert.equal(stats.pagesZeroed, 1, JSON.stringify(stats));
+  });
+
   it("refuses with one line when no handler listens at the socket, and nothing is created", async () => {
     const snap = await snapshotCountingGuest(dir, "b", MARKER);
     const sock = join(dir, "nobody.sock");
