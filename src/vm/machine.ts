@@ -563,15 +563,18 @@ export class Machine {
    * Restores a VM saved by snapshot() into a fresh KVM VM: guest memory is
    * the memory file mapped copy-on-write (GuestMemory.mapFile, so this takes
    * the same time whatever the memory size, and VMs restored from one file
-   * share the pages none has written), then each vCPU's state, the irqchip,
+   * share the pages none has written), or, with `uffdSocketPath`, anonymous
+   * memory a page-fault handler fills on first touch (the Uffd backend:
+   * src/snapshot/uffd.ts); then each vCPU's state, the irqchip,
    * PIT and clock, and each device's. run() then starts it where it was saved,
    * running, or paused when `options.paused` (Firecracker's resume_vm:
    * false). Several Machines can be restored from one snapshot (clones);
    * `virtioDevices` gives each its own host-side options (a TAP, a vsock
    * socket path, a disk copy) for the devices the snapshot has, same count
    * and kinds. Throws SnapshotError for a snapshot that is unreadable,
-   * corrupted, of another version or does not fit its memory file (nothing
-   * is created then), MachineError/KvmError as create() does.
+   * corrupted, of another version or does not fit its memory file, or
+   * ESNAPUFFD when no page-fault handler takes the userfaultfd (nothing is
+   * created then), MachineError/KvmError as create() does.
    */
   static restore(options: RestoreOptions): Machine {
     const { snapshot } = readMachineSnapshot(options.statePath);
