@@ -213,7 +213,7 @@ export class UffdBackend {
    */
   watch(onClosed: () => void): void {
     if (this.closed || this.watcher) return;
-    // A duplicate of nothing: libuv takes the fd as is; close() destroys the watcher instead of closing the fd itself.
+    // libuv takes this fd over (no duplicate): from now on close() destroys the watcher, which closes the fd.
     const w = new Socket({ fd: this.socket, readable: true, writable: false });
     this.watcher = w;
     let fired = false;
