@@ -44,6 +44,7 @@
 #include <cpuid.h>
 #include <linux/if_tun.h>
 #include <linux/kvm.h>
+#include <linux/userfaultfd.h>
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -284,8 +285,14 @@ static int slot_size_of(int fd, uint32_t slot, uint64_t *size) {
 // _IOW but taking its flags as the value (drivers/net/tun.c). Other requests
 // with no direction are the old, unencoded ones (FIONREAD, TCGETS, SIOC*),
 // many of which take a pointer of a size C cannot know: they are refused.
+// USERFAULTFD_IOC_NEW (on /dev/userfaultfd) takes the new userfaultfd's flags
+// as its value (Documentation/admin-guide/mm/userfaultfd.rst).
 static int takes_value(unsigned int cmd) {
-  return (_IOC_DIR(cmd) == _IOC_NONE && _IOC_TYPE(cmd) == KVMIO) || cmd == TUNSETOFFLOAD;
+  return (_IOC_DIR(cmd) == _IOC_NONE && _IOC_TYPE(cmd) == KVMIO) || cmd == TUNSETOFFLOAD
+#ifdef USERFAULTFD_IOC_NEW
+         || cmd == USERFAULTFD_IOC_NEW
+#endif
+      ;
 }
 
 // Requests whose kernel-side argument holds a pointer or a size the checks
@@ -301,6 +308,8 @@ static int unchecked_request(unsigned int cmd) {
     case KVM_SET_USER_MEMORY_REGION2:
 #endif
     case TUNSETTXFILTER: case TUNATTACHFILTER: case TUNGETFILTER:
+    // Its src is a pointer into this process: uffdCopy() builds the struct from a checked buffer.
+    case UFFDIO_COPY:
       return 1;
     default:
       return 0;
@@ -411,6 +420,34 @@ static int ioctl_buffer(napi_env env, int fd, unsigned int cmd, uint8_t *buf, si
       int e = errno;
       if (r == 0) slot_record(fd, m.slot, m.memory_size);
       pthread_mutex_unlock(&maps_lock);
+      *result = r < 0 ? -e : r;
+      return 1;
+    }
+    case UFFDIO_REGISTER: case UFFDIO_UNREGISTER: {
+      // Registering makes every later touch of the range wait for whoever
+      // holds the userfaultfd: only memory this addon mapped (guest memory)
+      // may be registered or unregistered here. (UFFDIO_WAKE and
+      // UFFDIO_ZEROPAGE name ranges of the userfaultfd's own process, which
+      // may be another one's: the kernel checks them against what that
+      // process registered.)
+      struct uffdio_range range;
+      size_t size = cmd == UFFDIO_REGISTER ? sizeof(struct uffdio_register) : sizeof(struct uffdio_range);
+      if (cap < size) return FAIL(env, 1, "ioctl: request 0x%x reads or writes %zu bytes, the buffer holds %zu", cmd, size, cap);
+      memcpy(&range, buf, sizeof range);  // struct uffdio_register starts with its range
+      uint8_t copy[sizeof(struct uffdio_register)];
+      memcpy(copy, buf, size);
+      pthread_mutex_lock(&maps_lock);
+      if (range.start > UINTPTR_MAX || range.len > SIZE_MAX || range.len == 0 ||
+          maps_find((uintptr_t)range.start, (size_t)range.len) < 0) {
+        pthread_mutex_unlock(&maps_lock);
+        return FAIL(env, 1, "ioctl: %s: range 0x%llx+%llu is not inside a mapping made by mmap",
+                    cmd == UFFDIO_REGISTER ? "UFFDIO_REGISTER" : "UFFDIO_UNREGISTER",
+                    (unsigned long long)range.start, (unsigned long long)range.len);
+      }
+      int r = ioctl(fd, cmd, copy);  // a private copy: the checked range is the one registered
+      int e = errno;
+      pthread_mutex_unlock(&maps_lock);
+      if (_IOC_DIR(cmd) & _IOC_READ) memcpy(buf, copy, size);
       *result = r < 0 ? -e : r;
       return 1;
     }
@@ -1038,6 +1075,119 @@ static napi_value js_lseek(napi_env env, napi_callback_info info) {
   return make_i64(env, r < 0 ? -errno : (int64_t)r);
 }
 
+// --- userfaultfd and SCM_RIGHTS --------------------------------------------------
+
+// userfaultfd(flags) -> fd or -errno (userfaultfd(2): O_CLOEXEC, O_NONBLOCK,
+// UFFD_USER_MODE_ONLY). Where the system call is not allowed, /dev/userfaultfd
+// with USERFAULTFD_IOC_NEW (through ioctlValue) gives the same object.
+static napi_value js_userfaultfd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t flags;
+  if (!get_i32(env, argv[0], "userfaultfd", "flags", &flags)) return NULL;
+  long r = syscall(SYS_userfaultfd, flags);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// uffdCopy(uffd, dst, src, srcOffset, length, mode) -> bytes copied, or -errno.
+// UFFDIO_COPY of src[srcOffset, srcOffset+length) to `dst` (a BigInt address in
+// the userfaultfd's process, which may be another one: the kernel copies only
+// into ranges that process registered, and fails otherwise). The source is a
+// checked buffer of this process, never a number. When the ioctl fails after
+// copying part (EAGAIN), the part copied is lost to the caller, who retries.
+static napi_value js_uffd_copy(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  int32_t fd;
+  uintptr_t dst;
+  uint8_t *src;
+  size_t cap, off, len;
+  int64_t mode;
+  if (!get_i32(env, argv[0], "uffdCopy", "uffd", &fd) || !get_address(env, argv[1], "uffdCopy", &dst) ||
+      !get_buffer(env, argv[2], "uffdCopy", "src", &src, &cap) ||
+      !get_len(env, argv[3], "uffdCopy", "srcOffset", cap, &off) ||
+      !get_len(env, argv[4], "uffdCopy", "length", cap - off, &len) ||
+      !get_int(env, argv[5], "uffdCopy", "mode", 0, UINT32_MAX, &mode)) {
+    return NULL;
+  }
+  struct uffdio_copy c = {.dst = dst, .src = (uintptr_t)(src + off), .len = len, .mode = (uint64_t)mode, .copy = 0};
+  int r = ioctl(fd, UFFDIO_COPY, &c);
+  if (r < 0) return make_i64(env, -errno);
+  return make_i64(env, c.copy);
+}
+
+// The most descriptors one recvFd takes; more in one message are closed.
+#define MAX_RECV_FDS 8
+
+// sendFd(sock, buffer, length, fd) -> bytes sent, or -errno: one sendmsg(2) of
+// buffer[0, length) with `fd` attached as SCM_RIGHTS (unix(7)), MSG_NOSIGNAL
+// (a closed peer is -EPIPE, not a signal).
+static napi_value js_send_fd(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t sock, passed;
+  uint8_t *buf;
+  size_t cap, len;
+  if (!get_i32(env, argv[0], "sendFd", "sock", &sock) || !get_buffer(env, argv[1], "sendFd", "buffer", &buf, &cap) ||
+      !get_len(env, argv[2], "sendFd", "length", cap, &len) || !get_i32(env, argv[3], "sendFd", "fd", &passed)) {
+    return NULL;
+  }
+  if (passed < 0) { fail(env, 1, "sendFd: fd %d is not a file descriptor", passed); return NULL; }
+  union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int))]; } control;
+  memset(&control, 0, sizeof control);
+  struct iovec iov = {.iov_base = buf, .iov_len = len};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &passed, sizeof passed);
+  ssize_t r = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
+// recvFd(sock, buffer, length, fds) -> bytes received, or -errno: one
+// recvmsg(2) into buffer[0, length), MSG_CMSG_CLOEXEC. The descriptors passed
+// with it (SCM_RIGHTS) go into `fds` (an Int32Array of at most MAX_RECV_FDS;
+// the rest of it -1); any that do not fit are closed.
+static napi_value js_recv_fd(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t sock;
+  uint8_t *buf;
+  size_t cap, len;
+  if (!get_i32(env, argv[0], "recvFd", "sock", &sock) || !get_buffer(env, argv[1], "recvFd", "buffer", &buf, &cap) ||
+      !get_len(env, argv[2], "recvFd", "length", cap, &len)) {
+    return NULL;
+  }
+  bool is = false;
+  napi_typedarray_type t;
+  size_t nfds = 0;
+  void *fdsData = NULL;
+  if (napi_is_typedarray(env, argv[3], &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, argv[3], &t, &nfds, &fdsData, NULL, NULL) != napi_ok || t != napi_int32_array) {
+    fail(env, 0, "recvFd: fds must be an Int32Array");
+    return NULL;
+  }
+  if (nfds > MAX_RECV_FDS) { fail(env, 1, "recvFd: fds holds %zu entries, at most %d", nfds, MAX_RECV_FDS); return NULL; }
+  int32_t *fds = fdsData;
+  for (size_t i = 0; i < nfds; i++) fds[i] = -1;
+  union { struct cmsghdr h; char space[CMSG_SPACE(MAX_RECV_FDS * sizeof(int))]; } control;
+  memset(&control, 0, sizeof control);
+  struct iovec iov = {.iov_base = buf, .iov_len = len};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
+  ssize_t r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  if (r < 0) return make_i64(env, -errno);
+  size_t got = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) continue;
+    size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < n; i++) {
+      int f;
+      memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+      if (got < nfds) fds[got++] = f;
+      else close(f);
+    }
+  }
+  return make_i64(env, r);
+}
+
 NAPI_MODULE_INIT() {
   static const struct {
     const char *name;
@@ -1076,6 +1226,10 @@ NAPI_MODULE_INIT() {
       {"pageSize", js_page_size},
       {"getDirtyLog", js_get_dirty_log},
       {"lseek", js_lseek},
+      {"userfaultfd", js_userfaultfd},
+      {"uffdCopy", js_uffd_copy},
+      {"sendFd", js_send_fd},
+      {"recvFd", js_recv_fd},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;

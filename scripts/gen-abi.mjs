@@ -253,6 +253,18 @@ Object.assign(CONSTANTS, {
   "net/if_arp.h, linux/if_ether.h: ARP for the MMDS address": `ETH_P_ARP ARPHRD_ETHER ARPOP_REQUEST ARPOP_REPLY`,
 });
 
+// Snapshot restore with a userfaultfd memory backend (Firecracker's Uffd): the userfaultfd, its
+// ioctls and messages, and the SCM_RIGHTS message that hands it to a page-fault handler.
+Object.assign(CONSTANTS, {
+  "linux/userfaultfd.h: userfaultfd(2), its ioctls, registration modes, features and events": `
+    __NR_userfaultfd USERFAULTFD_IOC_NEW UFFD_API UFFD_USER_MODE_ONLY UFFDIO_API UFFDIO_REGISTER
+    UFFDIO_UNREGISTER UFFDIO_WAKE UFFDIO_COPY UFFDIO_ZEROPAGE UFFDIO_REGISTER_MODE_MISSING
+    UFFDIO_COPY_MODE_DONTWAKE UFFDIO_ZEROPAGE_MODE_DONTWAKE UFFD_FEATURE_EVENT_REMOVE
+    UFFD_EVENT_PAGEFAULT UFFD_EVENT_FORK UFFD_EVENT_REMAP UFFD_EVENT_REMOVE UFFD_EVENT_UNMAP
+    UFFD_PAGEFAULT_FLAG_WRITE _UFFDIO_COPY _UFFDIO_ZEROPAGE _UFFDIO_WAKE
+    ESRCH POLLRDHUP SCM_RIGHTS MSG_NOSIGNAL MSG_CMSG_CLOEXEC MSG_CTRUNC SOMAXCONN`,
+});
+
 // virtio-blk over a host block device (an LVM volume, a device-mapper target): its size.
 Object.assign(CONSTANTS, {
   "linux/fs.h: host block devices": `BLKGETSIZE64`,
@@ -370,6 +382,16 @@ STRUCTS.push(
   ["iovec", `iov_base iov_len`],
 );
 
+// userfaultfd (linux/userfaultfd.h): what flint registers and what a page-fault handler reads and does.
+STRUCTS.push(
+  ["uffdio_api", `api features ioctls`],
+  ["uffdio_range", `start len`],
+  ["uffdio_register", `range mode ioctls`],
+  ["uffdio_copy", `dst src len mode copy`],
+  ["uffdio_zeropage", `range mode zeropage`],
+  ["uffd_msg", `event arg.pagefault.flags arg.pagefault.address arg.remove.start arg.remove.end`],
+);
+
 // Network and transport headers inside a virtio-net frame (offload checks), and the one UAPI
 // struct that is exactly an 802.1Q/802.1ad tag (TPID + TCI).
 STRUCTS.push(
@@ -439,6 +461,8 @@ function cProgram() {
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/userfaultfd.h>
+#include <sys/syscall.h>
 #include <stdbool.h> /* include/linux/i8042.h uses bool in its stubs */
 #include "include/linux/i8042.h"
 #include "include/linux/libps2.h" /* its kernel-only includes are shims (makeShims) */

@@ -18,7 +18,7 @@ import { assemble } from "./kvm/testing/assemble.js";
 
 test("the entry exports the machine, its errors and the guest tooling", () => {
   for (const name of ["Machine", "MachineError", "BalloonControl", "BalloonError", "BlockError", "NetError", "VsockError", "KvmError", "BootError",
-    "VirtioDeviceError", "runDoctor", "buildKernel", "buildInitramfs", "defaultInit", "parseGuestReport", "maxVcpus"] as const) {
+    "VirtioDeviceError", "runDoctor", "buildKernel", "buildInitramfs", "defaultInit", "parseGuestReport", "maxVcpus", "runUffdHandler", "parseUffdMappings"] as const) {
     assert.equal(typeof flint[name], "function", name);
   }
 });

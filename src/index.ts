@@ -17,6 +17,8 @@
 export { Machine, MachineError, maxVcpus, END_TIMEOUT_MS, SLOW_END_REPORT_MS, PAUSE_TIMEOUT_MS } from "./vm/machine.js";
 export type { BootConfig, MachineConfig, MachineResult, MachineState, WarmThreads, RestoreOptions, SnapshotPaths, SnapshotWritten } from "./vm/machine.js";
 export { SnapshotError, SNAPSHOT_FORMAT_VERSION } from "./snapshot/state-file.js";
+export { runUffdHandler, type UffdHandlerOptions, type UffdHandlerStats } from "./snapshot/uffd-handler.js";
+export { parseUffdMappings, type UffdRegionMapping } from "./snapshot/uffd.js";
 export type { VmExitReason } from "./devices/bus.js";
 export type { VirtioDeviceConfig, VirtioDeviceKind, VirtioAnnouncement, VirtioDeviceStats, DeviceThreadPlacement } from "./devices/virtio/virtio-set.js";
 export type { BlockOptions } from "./devices/virtio/block.js";

@@ -154,6 +154,21 @@ function buildProgram(asFirecracker: boolean): Command {
     });
 
   program
+    .command("uffd-handler")
+    .description("serve a snapshot's memory file to a VM restored with the Uffd memory backend (a page-fault handler, Firecracker's protocol)")
+    .requiredOption("--socket <path>", "the Unix socket to listen on (the load's mem_backend backend_path; removed at the end)")
+    .requiredOption("--mem-file <path>", "the snapshot's memory file")
+    .exitOverride()
+    .action(async (o: { socket: string; memFile: string }) => {
+      const { runUffdHandler } = await import("../snapshot/uffd-handler.js");
+      const stats = runUffdHandler({
+        socketPath: o.socket, memFilePath: o.memFile,
+        onListening: () => process.stderr.write(`flint uffd-handler: listening on ${o.socket}\n`),
+      });
+      process.stdout.write(`${JSON.stringify(stats)}\n`);
+    });
+
+  program
     .command("doctor")
     .description("can this host run microVMs, and how well?")
     .option("--json", "print the report as JSON")

@@ -32,3 +32,22 @@ test("flint snapshot rebase --base --diff copies the diff's data pages onto the 
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /^flint: Cannot rebase .*none\.mem.*ENOENT/);
 });
+
+test("flint uffd-handler refuses a missing or empty memory file, a socket path already taken, and missing flags: one line, exit 2", () => {
+  const sock = join(dir, "h.sock");
+  const empty = join(dir, "empty.mem"), mem = join(dir, "one.mem");
+  writeFileSync(empty, "");
+  writeFileSync(mem, Buffer.alloc(4096));
+  writeFileSync(join(dir, "taken.sock"), "");
+  for (const [args, why] of [
+    [["--socket", sock, "--mem-file", join(dir, "none.mem")], /^flint: Cannot open memory file '.*none\.mem': ENOENT$/],
+    [["--socket", sock, "--mem-file", empty], /^flint: Cannot serve '.*empty\.mem': not a regular file with data$/],
+    [["--socket", join(dir, "taken.sock"), "--mem-file", mem], /^flint: Cannot listen on '.*taken\.sock': EADDRINUSE$/],
+    [["--mem-file", mem], /--socket/],
+  ] as const) {
+    const r = spawnSync(process.execPath, [CLI, "uffd-handler", ...args], { encoding: "utf8" });
+    assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr.trim(), why);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+});

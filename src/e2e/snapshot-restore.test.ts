@@ -11,6 +11,8 @@
  * its own TAP (`network_overrides`), its own vsock socket path
  * (`vsock_override`) and its own copy of the disk bind-mounted at the disk's
  * path in its own mount namespace (as a jailer gives each clone its files).
+ * One clone (UFFD_CLONE) loads with the Uffd memory backend, its memory
+ * served by `flint uffd-handler`; the others map the memory file.
  * Each clone's console, appended to A's, must count on with no number missing
  * or repeated and with its uptime never going back (registers, memory, the
  * irqchip, timers and kvm-clock came back as they were); each clone's disk
@@ -37,6 +39,8 @@ import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const NET = E2E_GUEST_NET;
 const CLONES = ["b", "c", "d", "e"];
+/** The clone loaded with the Uffd memory backend (`flint uffd-handler` serving the memory file); the others map it (File). */
+const UFFD_CLONE = "e";
 
 const GUEST_INIT = `${initPrologue()}${ethUpSh(NET.guestIp)}echo "flint-guest: booted"
 # Each tick also goes to sector i of the disk, past the page cache: a write lost or made twice across the snapshot shows there.
@@ -147,6 +151,16 @@ try {
   await a.exited;
   say("ticks_at_snapshot", lastTick(a));
   const listeners = [];
+  // Clone ${UFFD_CLONE} loads with the Uffd memory backend: flint uffd-handler serves the memory file to it.
+  const handlerSock = work + "/uffd-${UFFD_CLONE}.sock";
+  const handler = spawn(process.execPath, [cli, "uffd-handler", "--socket", handlerSock, "--mem-file", mem], { stdio: ["ignore", "pipe", "pipe"] });
+  let handlerOut = "", handlerErr = "";
+  handler.stdout.on("data", (b) => (handlerOut += b));
+  const handlerExited = new Promise((resolve) => handler.on("exit", (code) => resolve(code)));
+  await new Promise((resolve, reject) => {
+    handler.stderr.on("data", (b) => { handlerErr += b; if (handlerErr.includes("listening on")) resolve(); });
+    handler.on("exit", () => reject(new Error("uffd-handler ended: " + handlerErr)));
+  });
   const running = clones.map((name) => {
     copyFileSync(disk, work + "/disk-" + name + ".img");
     listeners.push(vsockListener(work + "/" + name + ".vsock"));
@@ -156,7 +170,8 @@ try {
   await Promise.all(running.map(async (vm) => {
     const t = Date.now();
     await must(vm.sock, "PUT", "/snapshot/load", {
-      snapshot_path: snap, mem_backend: { backend_type: "File", backend_path: mem }, resume_vm: true,
+      snapshot_path: snap, resume_vm: true,
+      mem_backend: vm.name === "${UFFD_CLONE}" ? { backend_type: "Uffd", backend_path: handlerSock } : { backend_type: "File", backend_path: mem },
       network_overrides: [{ iface_id: "eth0", host_dev_name: "tap" + vm.name }], vsock_override: { uds_path: work + "/" + vm.name + ".vsock" },
     });
     say("load_ms_" + vm.name, Date.now() - t);
@@ -185,6 +200,9 @@ try {
   say("b_exit", bEnd);
   for (const vm of running) vm.fc.kill("SIGKILL");
   await Promise.all(running.map((vm) => vm.exited));
+  // Its VM gone, the handler ends and says what it served.
+  say("uffd_exit", await Promise.race([handlerExited, sleep(60000).then(() => "none")]));
+  say("uffd_stats", handlerOut.trim() || JSON.stringify(handlerErr.trim()));
   for (const l of listeners) l.close();
   // Each clone's disk: sector i holds tick i for every tick before its last (the last may not have reached the disk).
   for (const vm of running) {
@@ -270,6 +288,14 @@ describe("real Linux snapshot over the API, restored as four clones at once in n
       assert.equal(value(`vsock-got_${clone}`), "hello", why());
     });
   }
+
+  it(`clone ${UFFD_CLONE} loaded with mem_backend Uffd: flint uffd-handler served its pages (UFFDIO_COPY from the memory file) and ended with its VM`, () => {
+    assert.equal(value("uffd_exit"), "0", why());
+    const stats = JSON.parse(value("uffd_stats") ?? "{}") as { pagesCopied?: number; faults?: number; end?: string };
+    assert.ok((stats.pagesCopied ?? 0) > 0, why());
+    assert.ok((stats.faults ?? 0) >= (stats.pagesCopied ?? 0), why());
+    assert.ok(stats.end === "closed" || stats.end === "exited", why());
+  });
 
   it("a restored guest takes console input, reads its restored virtio-rng, and powers off; flint exits 0; no kernel warning anywhere", () => {
     assert.match(consoles.b ?? "", /flint-e2e: stopping/, why());

@@ -790,6 +790,38 @@ export const ARPHRD_ETHER = 0x1;
 export const ARPOP_REQUEST = 0x1;
 export const ARPOP_REPLY = 0x2;
 
+// linux/userfaultfd.h: userfaultfd(2), its ioctls, registration modes, features and events
+export const __NR_userfaultfd = 0x143;
+export const USERFAULTFD_IOC_NEW = 0xaa00;
+export const UFFD_API = 0xaa;
+export const UFFD_USER_MODE_ONLY = 0x1;
+export const UFFDIO_API = 0xc018aa3f;
+export const UFFDIO_REGISTER = 0xc020aa00;
+export const UFFDIO_UNREGISTER = 0x8010aa01;
+export const UFFDIO_WAKE = 0x8010aa02;
+export const UFFDIO_COPY = 0xc028aa03;
+export const UFFDIO_ZEROPAGE = 0xc020aa04;
+export const UFFDIO_REGISTER_MODE_MISSING = 0x1;
+export const UFFDIO_COPY_MODE_DONTWAKE = 0x1;
+export const UFFDIO_ZEROPAGE_MODE_DONTWAKE = 0x1;
+export const UFFD_FEATURE_EVENT_REMOVE = 0x8;
+export const UFFD_EVENT_PAGEFAULT = 0x12;
+export const UFFD_EVENT_FORK = 0x13;
+export const UFFD_EVENT_REMAP = 0x14;
+export const UFFD_EVENT_REMOVE = 0x15;
+export const UFFD_EVENT_UNMAP = 0x16;
+export const UFFD_PAGEFAULT_FLAG_WRITE = 0x1;
+export const _UFFDIO_COPY = 0x3;
+export const _UFFDIO_ZEROPAGE = 0x4;
+export const _UFFDIO_WAKE = 0x2;
+export const ESRCH = 0x3;
+export const POLLRDHUP = 0x2000;
+export const SCM_RIGHTS = 0x1;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+export const MSG_CTRUNC = 0x8;
+export const SOMAXCONN = 0x1000;
+
 // linux/fs.h: host block devices
 export const BLKGETSIZE64 = 0x80081272;
 
@@ -1495,6 +1527,45 @@ export const iovec = {
   SIZE: 16,
   iov_base: 0,
   iov_len: 8,
+} as const;
+export const uffdio_api = {
+  SIZE: 24,
+  api: 0,
+  features: 8,
+  ioctls: 16,
+} as const;
+export const uffdio_range = {
+  SIZE: 16,
+  start: 0,
+  len: 8,
+} as const;
+export const uffdio_register = {
+  SIZE: 32,
+  range: 0,
+  mode: 16,
+  ioctls: 24,
+} as const;
+export const uffdio_copy = {
+  SIZE: 40,
+  dst: 0,
+  src: 8,
+  len: 16,
+  mode: 24,
+  copy: 32,
+} as const;
+export const uffdio_zeropage = {
+  SIZE: 32,
+  range: 0,
+  mode: 16,
+  zeropage: 24,
+} as const;
+export const uffd_msg = {
+  SIZE: 32,
+  event: 0,
+  arg_pagefault_flags: 8,
+  arg_pagefault_address: 16,
+  arg_remove_start: 8,
+  arg_remove_end: 16,
 } as const;
 export const iphdr = {
   SIZE: 20,

@@ -69,6 +69,12 @@ export interface MemoryOptions {
    * Diff snapshots. Off by default: the accessors then cost one test more.
    */
   trackDirty?: boolean;
+  /**
+   * Pages nobody has touched yet are filled on their first touch by someone
+   * else (a userfaultfd page-fault handler: src/snapshot/uffd.ts), so an
+   * untouched page is not known to be zero: a snapshot must read it.
+   */
+  externallyPopulated?: boolean;
 }
 
 function makeRegion(guestBase: number, size: number, hostAddress: bigint, dirty?: SharedArrayBuffer): MemoryRegion {
@@ -101,14 +107,17 @@ function markDirty(r: MemoryRegion, off: number, length: number): void {
 /** Guest physical memory made of one or more regions. */
 export class GuestMemory {
   readonly regions: readonly MemoryRegion[];
+  /** MemoryOptions.externallyPopulated: an untouched page may hold data (a snapshot reads every page). */
+  readonly externallyPopulated: boolean;
   private readonly owned: boolean;
   private disposed = false;
   /** Made by reserve() and not yet handed over: disposed for every accessor, but dispose() still unmaps it. */
   private reservation = false;
 
-  private constructor(regions: MemoryRegion[], owned: boolean) {
+  private constructor(regions: MemoryRegion[], owned: boolean, externallyPopulated = false) {
     this.regions = regions.sort((a, b) => a.guestBase - b.guestBase);
     this.owned = owned;
+    this.externallyPopulated = externallyPopulated;
   }
 
   /** Maps fresh zeroed anonymous memory for each {guestBase, size} range. */
@@ -207,7 +216,7 @@ export class GuestMemory {
       for (const r of regions) munmap(r.hostAddress, r.size);
       throw e;
     }
-    const m = new GuestMemory(regions, true);
+    const m = new GuestMemory(regions, true, options.externallyPopulated ?? false);
     m.checkOverlaps();
     return m;
   }

@@ -59,7 +59,8 @@ export function memoryFileLayout(memory: GuestMemory): MemoryFileRegion[] {
  */
 export function writeMemoryFile(memory: GuestMemory, path: string): MemoryFileWritten {
   return writeImage(memory, path, (r, _i, write) => {
-    const mayHoldData = anonymousPagesInUse(r);
+    // Memory a page-fault handler fills on first touch (the Uffd backend) holds data in its untouched pages too.
+    const mayHoldData = memory.externallyPopulated ? undefined : anonymousPagesInUse(r);
     let runStart = -1; // start of the current run of pages to write, in the region
     const flush = (end: number) => {
       if (runStart < 0) return;

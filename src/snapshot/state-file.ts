@@ -45,9 +45,12 @@ export class SnapshotError extends Error {
    * but its body is not the state this flint expects. ESNAPMEMORY: the
    * memory file does not match the state. ESNAPIO: a file could not be read
    * or written. ESNAPSTATE: the VM is not in a state that can be saved.
+   * ESNAPUFFD: the userfaultfd memory backend failed (no page-fault handler
+   * at the socket, the handler closed the connection, a bad handshake).
    */
   readonly code:
-    | "ESNAPMAGIC" | "ESNAPVERSION" | "ESNAPTRUNCATED" | "ESNAPCHECKSUM" | "ESNAPBODY" | "ESNAPMEMORY" | "ESNAPIO" | "ESNAPSTATE";
+    | "ESNAPMAGIC" | "ESNAPVERSION" | "ESNAPTRUNCATED" | "ESNAPCHECKSUM" | "ESNAPBODY" | "ESNAPMEMORY" | "ESNAPIO" | "ESNAPSTATE"
+    | "ESNAPUFFD";
   constructor(code: SnapshotError["code"], message: string) {
     super(message);
     this.name = "SnapshotError";

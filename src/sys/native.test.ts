@@ -21,6 +21,8 @@ import {
   ENXIO, SEEK_DATA, SEEK_HOLE,
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
   kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
+  EEXIST, EPIPE, O_NONBLOCK, UFFD_API, UFFDIO_API, UFFDIO_COPY, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_UNREGISTER,
+  uffdio_api, uffdio_copy, uffdio_range, uffdio_register,
 } from "../linux/abi.generated.js";
 import { PAGE_SIZE, sys } from "./native.js";
 
@@ -573,4 +575,94 @@ test("mmapOver maps anew only over a whole mapping made by mmap, which stays rec
     assert.equal(sys.munmap(base, size), 0);
   }
   rejects(() => sys.mmapOver(base, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmapOver", "not a mapping", "after munmap");
+});
+
+test("userfaultfd: UFFDIO_REGISTER/UNREGISTER only on memory the addon mapped; UFFDIO_COPY only through uffdCopy, whose source is a checked buffer", () => {
+  const uffd = sys.userfaultfd(O_CLOEXEC | O_NONBLOCK);
+  assert.ok(uffd >= 0, `userfaultfd: ${uffd}`);
+  try {
+    const api = new DataView(new ArrayBuffer(uffdio_api.SIZE));
+    api.setBigUint64(uffdio_api.api, BigInt(UFFD_API), true);
+    assert.equal(sys.ioctl(uffd, UFFDIO_API, api), 0);
+    const reg = new DataView(new ArrayBuffer(uffdio_register.SIZE));
+    reg.setBigUint64(uffdio_register.mode, BigInt(UFFDIO_REGISTER_MODE_MISSING), true);
+    // Memory this process has that the addon did not map: a Node buffer.
+    const foreign = sys.mmap(PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) as bigint;
+    sys.munmap(foreign, PAGE_SIZE);
+    reg.setBigUint64(uffdio_range.start, foreign, true);
+    reg.setBigUint64(uffdio_range.len, BigInt(PAGE_SIZE), true);
+    rejects(() => sys.ioctl(uffd, UFFDIO_REGISTER, reg), "ioctl", "not inside a mapping made by mmap", "an address no longer mapped by the addon");
+    rejects(() => sys.ioctl(uffd, UFFDIO_UNREGISTER, reg), "ioctl", "not inside a mapping made by mmap", "unregister outside the addon's mappings");
+    rejects(() => sys.ioctl(uffd, UFFDIO_REGISTER, new Uint8Array(uffdio_register.SIZE - 1)), "ioctl", "buffer holds", "a short struct");
+    const mine = sys.mmap(2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) as bigint;
+    try {
+      reg.setBigUint64(uffdio_range.start, mine + BigInt(PAGE_SIZE), true);
+      reg.setBigUint64(uffdio_range.len, BigInt(2 * PAGE_SIZE), true);
+      rejects(() => sys.ioctl(uffd, UFFDIO_REGISTER, reg), "ioctl", "not inside a mapping made by mmap", "a range running past the mapping");
+      reg.setBigUint64(uffdio_range.start, mine, true);
+      assert.equal(sys.ioctl(uffd, UFFDIO_REGISTER, reg), 0, "a whole mapping of the addon's registers");
+      rejects(() => sys.ioctl(uffd, UFFDIO_COPY, new Uint8Array(uffdio_copy.SIZE)), "ioctl", "carries pointers", "UFFDIO_COPY's src is a raw pointer");
+      const src = guarded(PAGE_SIZE);
+      for (const [off, len, why] of [[1, PAGE_SIZE, "one byte past the view"], [PAGE_SIZE + 1, 0, "offset past the view"], [-1, 1, "negative offset"], [0, 0.5, "fraction"]] as const) {
+        rejects(() => sys.uffdCopy(uffd, mine, src.view, off, len, 0), "uffdCopy", off > PAGE_SIZE || off < 0 ? "srcOffset" : "length", why);
+      }
+      rejects(() => sys.uffdCopy(uffd, mine, 5 as unknown as Uint8Array, 0, 1, 0), "uffdCopy", "src", "a number as the source");
+      src.view.fill(0x5a);
+      assert.equal(sys.uffdCopy(uffd, mine, src.view, 0, PAGE_SIZE, 0), PAGE_SIZE, "a page copied into the registered mapping");
+      assert.equal(new Uint8Array(sys.view(mine, 1))[0], 0x5a);
+      assert.equal(sys.uffdCopy(uffd, mine, src.view, 0, PAGE_SIZE, 0), -EEXIST, "the page is there already");
+      assert.ok(src.intact());
+    } finally {
+      sys.munmap(mine, 2 * PAGE_SIZE);
+    }
+  } finally {
+    sys.close(uffd);
+  }
+});
+
+test("sendFd and recvFd: lengths inside the buffer, an Int32Array of at most 8 fds; a descriptor crosses as SCM_RIGHTS", () => {
+  const path = join(dir, "fdpass.sock");
+  const listener = sys.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert.equal(sys.bindUnix(listener, path), 0);
+  assert.equal(sys.listen(listener, 1), 0);
+  const a = sys.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert.equal(sys.connectUnix(a, path), 0);
+  const b = sys.accept4(listener, SOCK_CLOEXEC);
+  const efd = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  try {
+    const msg = guarded(8);
+    msg.view.set([1, 2, 3, 4, 5, 6, 7, 8]);
+    rejects(() => sys.sendFd(a, msg.view, 9, efd), "sendFd", "length", "a length past the buffer");
+    rejects(() => sys.sendFd(a, msg.view, 8, -1), "sendFd", "fd", "a negative fd");
+    rejects(() => sys.sendFd(a, 8 as unknown as Uint8Array, 8, efd), "sendFd", "buffer", "a number as the buffer");
+    assert.equal(sys.sendFd(a, msg.view, 8, efd), 8);
+    const into = guarded(4);
+    rejects(() => sys.recvFd(b, into.view, 5, new Int32Array(1)), "recvFd", "length", "a length past the buffer");
+    rejects(() => sys.recvFd(b, into.view, 4, new Uint32Array(1) as unknown as Int32Array), "recvFd", "fds", "fds of the wrong type");
+    rejects(() => sys.recvFd(b, into.view, 4, new Int32Array(9)), "recvFd", "fds", "more than 8 fds");
+    const fds = new Int32Array(2).fill(7);
+    assert.equal(sys.recvFd(b, into.view, 4, fds), 4, "the first four bytes");
+    assert.deepEqual([...into.view], [1, 2, 3, 4]);
+    assert.ok(into.intact(), "nothing written past the length");
+    assert.ok(fds[0]! >= 0 && fds[0] !== efd, `a new descriptor: ${fds[0]}`);
+    assert.equal(fds[1], -1, "unused entries are -1");
+    // The received descriptor is the same eventfd: a count written to it is read from the original.
+    const one = new BigUint64Array([1n]);
+    assert.equal(sys.write(fds[0]!, one, 8), 8);
+    const got = new BigUint64Array(1);
+    assert.equal(sys.read(efd, got, 8), 8);
+    assert.equal(got[0], 1n);
+    sys.close(fds[0]!);
+    const rest = new Uint8Array(8);
+    const none = new Int32Array(1);
+    assert.equal(sys.recvFd(b, rest, 8, none), 4, "the rest of the message, with no descriptor again");
+    assert.equal(none[0], -1);
+    sys.close(a);
+    assert.equal(sys.recvFd(b, rest, 8, none), 0, "end of stream");
+    assert.equal(sys.sendFd(b, msg.view, 8, efd), -EPIPE, "to a closed peer: EPIPE, no signal");
+  } finally {
+    sys.close(efd);
+    sys.close(b);
+    sys.close(listener);
+  }
 });

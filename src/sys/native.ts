@@ -129,6 +129,24 @@ interface Addon {
   getDirtyLog(vmFd: number, slot: number, bitmap: SysBuffer): number;
   /** lseek(2): the new offset, or -errno (SEEK_DATA, SEEK_HOLE: -ENXIO past the last data or hole). */
   lseek(fd: number, offset: number, whence: number): number;
+  /** userfaultfd(2) with `flags` (O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY): the new fd, or -errno. */
+  userfaultfd(flags: number): number;
+  /**
+   * UFFDIO_COPY of src[srcOffset, srcOffset+length) (which must lie in the
+   * buffer) to `dst`, an address in the userfaultfd's process (possibly
+   * another one: the kernel copies only into ranges it registered). Returns
+   * the bytes copied or -errno (EEXIST: already there, EAGAIN: retry after
+   * reading pending events, ESRCH: that process has exited).
+   */
+  uffdCopy(uffd: number, dst: bigint, src: SysBuffer, srcOffset: number, length: number, mode: number): number;
+  /** sendmsg(2) of buffer[0, length) with `fd` attached (SCM_RIGHTS), MSG_NOSIGNAL: bytes sent or -errno. */
+  sendFd(sock: number, buffer: SysBuffer, length: number, fd: number): number;
+  /**
+   * recvmsg(2) into buffer[0, length) (MSG_CMSG_CLOEXEC): bytes received
+   * (0: the peer closed) or -errno. Descriptors that came with it are put in
+   * `fds` (at most 8 entries; unused ones are -1); any more are closed.
+   */
+  recvFd(sock: number, buffer: SysBuffer, length: number, fds: Int32Array): number;
 }
 
 /** A failed system call. `code` is the errno name (EINTR, ENOMEM...). */

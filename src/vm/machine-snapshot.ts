@@ -7,7 +7,8 @@
  *
  * A Machine is saved paused (Machine.snapshot): every vCPU out of KVM_RUN,
  * every device quiesced; and it is restored (Machine.restore) into a fresh
- * KVM VM whose memory is the memory file mapped copy-on-write.
+ * KVM VM whose memory is the memory file mapped copy-on-write, or filled
+ * page by page by a page-fault handler (the Uffd backend).
  */
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import * as z from "zod/mini";

@@ -54,6 +54,7 @@ import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
 import { newStatsBlock, readStats, type VcpuStats } from "./vcpu-loop.js";
 import { msrsToSave, restoreVcpuState, saveVcpuState } from "../arch/x86_64/vcpu-state.js";
 import { restoreVmState, saveVmState } from "../arch/x86_64/vm-state.js";
+import { UffdBackend } from "../snapshot/uffd.js";
 import { openMemoryFile, writeDiffMemoryFile, writeMemoryFile, type MemoryFileWritten } from "../snapshot/memory-file.js";
 import { SnapshotError } from "../snapshot/state-file.js";
 import { readMachineSnapshot, writeMachineSnapshot, type MachineSnapshot, type SavedBoot } from "./machine-snapshot.js";
@@ -192,8 +193,21 @@ export interface MachineResult {
 export interface RestoreOptions extends Omit<MachineConfig, "cpus" | "memoryMib" | "boot" | "debugExit" | "virtioDevices" | "hugePages"> {
   /** The state file snapshot() wrote. */
   statePath: string;
-  /** The memory file snapshot() wrote (mapped copy-on-write, never written). */
-  memoryPath: string;
+  /**
+   * The memory file snapshot() wrote (mapped copy-on-write, never written).
+   * Give this or `uffdSocketPath`.
+   */
+  memoryPath?: string;
+  /**
+   * The Uffd memory backend instead of `memoryPath`: the Unix socket of a
+   * page-fault handler (`flint uffd-handler`, or any of Firecracker's) that
+   * serves the memory file; flint hands it the userfaultfd of fresh
+   * anonymous guest memory (src/snapshot/uffd.ts) and never opens the file.
+   * The handler must be another process (flint's own threads wait for it
+   * when they touch guest memory) and keep the connection open while the VM
+   * lives: once it closes it, the VM ends with one line.
+   */
+  uffdSocketPath?: string;
   /**
    * The snapshot's virtio devices with this VM's host-side options (its own
    * TAP, vsock socket path or disk copy, so clones do not collide): the same
@@ -608,15 +622,18 @@ export class Machine {
    * Restores a VM saved by snapshot() into a fresh KVM VM: guest memory is
    * the memory file mapped copy-on-write (GuestMemory.mapFile, so this takes
    * the same time whatever the memory size, and VMs restored from one file
-   * share the pages none has written), then each vCPU's state, the irqchip,
+   * share the pages none has written), or, with `uffdSocketPath`, anonymous
+   * memory a page-fault handler fills on first touch (the Uffd backend:
+   * src/snapshot/uffd.ts); then each vCPU's state, the irqchip,
    * PIT and clock, and each device's. run() then starts it where it was saved,
    * running, or paused when `options.paused` (Firecracker's resume_vm:
    * false). Several Machines can be restored from one snapshot (clones);
    * `virtioDevices` gives each its own host-side options (a TAP, a vsock
    * socket path, a disk copy) for the devices the snapshot has, same count
    * and kinds. Throws SnapshotError for a snapshot that is unreadable,
-   * corrupted, of another version or does not fit its memory file (nothing
-   * is created then), MachineError/KvmError as create() does.
+   * corrupted, of another version or does not fit its memory file, or
+   * ESNAPUFFD when no page-fault handler takes the userfaultfd (nothing is
+   * created then), MachineError/KvmError as create() does.
    */
   static restore(options: RestoreOptions): Machine {
     const { snapshot } = readMachineSnapshot(options.statePath);
@@ -631,22 +648,32 @@ export class Machine {
     const config: MachineConfig = {
       ...options, cpus: snapshot.cpus, memoryMib: snapshot.memoryMib, boot: bootOf(snapshot.boot), debugExit: snapshot.debugExit, virtioDevices,
     };
-    const memFd = openMemoryFile(options.memoryPath, snapshot.memory.regions);
+    if ((options.memoryPath === undefined) === (options.uffdSocketPath === undefined)) {
+      throw new SnapshotError("ESNAPSTATE", `Cannot restore '${options.statePath}': give either a memory file (memoryPath) or a page-fault handler's socket (uffdSocketPath)`);
+    }
+    const trackDirty = options.trackDirtyPages ?? false;
+    const memFd = options.memoryPath !== undefined ? openMemoryFile(options.memoryPath, snapshot.memory.regions) : undefined;
     let memory: GuestMemory | undefined;
+    let uffd: UffdBackend | undefined;
     let kvm: Kvm | undefined, vm: VmFd | undefined, virtio: VirtioSet | undefined;
     const vcpus: VcpuFd[] = [];
     try {
-      const trackDirty = options.trackDirtyPages ?? false;
       // A VM made ahead (keepWarm's vms) when one fits; its vCPUs come with it.
-      const warm = trackDirty ? undefined : WARM_VMS.take(snapshot.cpus, snapshot.memory.regions);
-      if (warm) {
+      const warm = trackDirty || memFd === undefined ? undefined : WARM_VMS.take(snapshot.cpus, snapshot.memory.regions);
+      if (warm && memFd !== undefined) {
         ({ kvm, vm } = warm);
         vcpus.push(...warm.vcpus);
         memory = GuestMemory.mapFileOver(warm.memory, snapshot.memory.regions, memFd, { mergeable: options.mergeable });
         closeSync(memFd);
       } else {
-        memory = GuestMemory.mapFile(snapshot.memory.regions, memFd, { mergeable: options.mergeable, trackDirty });
-        closeSync(memFd);
+        if (memFd !== undefined) {
+          memory = GuestMemory.mapFile(snapshot.memory.regions, memFd, { mergeable: options.mergeable, trackDirty });
+          closeSync(memFd);
+        } else {
+          // Firecracker's order: anonymous memory, a userfaultfd it is registered with, then the handshake.
+          memory = GuestMemory.create(snapshot.memory.regions, { mergeable: options.mergeable, trackDirty, externallyPopulated: true });
+          uffd = UffdBackend.connect(memory, snapshot.memory.regions.map((r) => r.fileOffset), options.uffdSocketPath!);
+        }
         ({ kvm, vm } = openKvmVm(snapshot.cpus));
         registerMemory(vm, memory, trackDirty);
       }
@@ -670,12 +697,14 @@ export class Machine {
       machine.vmGenId = snapshot.legacy.vmgenid ? VmGenId.fromSaved(snapshot.legacy.vmgenid) : undefined;
       machine.restoredVmm = snapshot.vmm;
       machine.cmdlineWindows = snapshot.virtio.cmdlineWindows;
+      machine.uffd = uffd;
       return machine;
     } catch (e) {
-      if (memory === undefined) closeSync(memFd);
+      if (memory === undefined && memFd !== undefined) closeSync(memFd);
       void virtio?.stop();
       for (const v of vcpus) v.close();
       memory?.dispose();
+      uffd?.close();
       vm?.close();
       kvm?.close();
       if (e instanceof SnapshotError || e instanceof MachineError) throw e;
@@ -688,6 +717,9 @@ export class Machine {
 
   /** What the snapshot this Machine was restored from carried for the layer above (SnapshotPaths.vmm). */
   restoredVmm: unknown;
+
+  /** The Uffd memory backend's userfaultfd and handler connection (restore() with uffdSocketPath). */
+  private uffd: UffdBackend | undefined;
 
   /** Set by restore(): what run() puts back before the vCPUs start. */
   private restored: { legacy: MachineSnapshot["legacy"]; paused: boolean } | undefined;
@@ -780,6 +812,20 @@ export class Machine {
   async run(): Promise<MachineResult> {
     if (this.ran) throw new KvmError("EKVMIOCTL", "a Machine runs once");
     this.ran = true;
+    const uffd = this.uffd;
+    if (uffd) {
+      // A handler that already closed the connection will not serve the first fault: nothing starts.
+      if (uffd.handlerClosed()) {
+        await this.virtio.stop();
+        this.dispose();
+        throw new SnapshotError("ESNAPUFFD", `Cannot restore: the page-fault handler at '${uffd.socketPath}' closed the connection`);
+      }
+      uffd.watch(() => {
+        // Threads waiting for pages it will never serve are let go (they read zeros) so that the VM can end.
+        uffd.release();
+        this.end({ kind: "error", message: `the page-fault handler at '${uffd.socketPath}' closed the connection: guest memory can no longer be served` });
+      });
+    }
     // Device threads and vCPU threads start at the same time (each is a worker that must
     // load before it answers); no vCPU enters the guest before every device is ready.
     const devicesStarted = this.virtio.start().then(() => undefined, (e: unknown) => e);
@@ -1236,8 +1282,13 @@ export class Machine {
     if (this.kickTimer) clearInterval(this.kickTimer);
     for (const t of this.stopTimers) clearTimeout(t);
     for (const v of this.vcpus) v.close();
-    if (stillRunning.length === 0) this.memory.dispose();
-    else void Promise.all(stillRunning).then(() => this.memory.dispose());
+    // The handler's connection closes after guest memory is unmapped: it then knows the VM is gone.
+    const release = () => {
+      this.memory.dispose();
+      this.uffd?.close();
+    };
+    if (stillRunning.length === 0) release();
+    else void Promise.all(stillRunning).then(release);
     this.vm.close();
     this.kvm.close();
   }

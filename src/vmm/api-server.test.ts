@@ -249,7 +249,7 @@ describe("PUT /snapshot/load before anything is configured", () => {
 
   it("answers 400 with the reason for what it cannot load, and the load path stays open", async () => {
     for (const [body, why] of [
-      [{ snapshot_path: "s", mem_backend: { backend_type: "Uffd", backend_path: "m" } }, /Uffd memory backend/],
+      [{ snapshot_path: "/nonexistent/s", mem_backend: { backend_type: "Uffd", backend_path: "m" } }, /^Load snapshot error: Cannot read snapshot '\/nonexistent\/s': ENOENT$/],
       [{ snapshot_path: "/nonexistent/s", mem_file_path: "m" }, /^Load snapshot error: Cannot read snapshot '\/nonexistent\/s': ENOENT$/],
     ] as const) {
       const r = await api(sock, "PUT", "/snapshot/load", body);

@@ -111,7 +111,10 @@ test("a load is refused once a boot resource was configured, and a refused load 
   await assert.rejects(target.loadSnapshot({ snapshot_path: corrupt, mem_file_path: files.mem_file_path }), code("ESTART", /^Load snapshot error: Cannot load/));
   await assert.rejects(target.loadSnapshot({ ...files, network_overrides: [{ iface_id: "eth0", host_dev_name: "tap9" }] }), code("ESTART", /no network interface 'eth0'/));
   await assert.rejects(target.loadSnapshot({ ...files, vsock_override: { uds_path: "/tmp/v.sock" } }), code("ESTART", /no vsock device/));
-  await assert.rejects(target.loadSnapshot({ ...files, mem_backend: { backend_type: "Uffd", backend_path: "/tmp/uffd.sock" }, mem_file_path: undefined }), code("ENOTSUPPORTED", /Uffd/));
+  // The Uffd backend with no page-fault handler at its socket: one line, nothing starts.
+  const noHandler = join(dir, "no-handler.sock");
+  await assert.rejects(target.loadSnapshot({ ...files, mem_backend: { backend_type: "Uffd", backend_path: noHandler }, mem_file_path: undefined }),
+    code("ESTART", new RegExp(`^Load snapshot error: Cannot connect to the page-fault handler at '${noHandler}': no such socket \\(ENOENT\\)$`)));
   assert.equal(target.state, "Not started");
   assert.equal(target.resources.bootConfigured, false);
   await target.loadSnapshot({ ...files, resume_vm: true });

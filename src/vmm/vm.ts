@@ -52,6 +52,12 @@ export interface VmRestoreOptions extends VmOptions {
   vsock?: { uds: string };
   /** Start paused (default: running). */
   paused?: boolean;
+  /**
+   * Serve guest memory through the page-fault handler listening on this
+   * socket (the Uffd memory backend: `flint uffd-handler --socket PATH
+   * --mem-file <snap.memoryPath>`) instead of mapping the memory file.
+   */
+  uffdSocketPath?: string;
 }
 
 /** PUT /snapshot/create's body. */
@@ -399,7 +405,8 @@ export class Vm extends EventEmitter<VmEvents> {
 
   /**
    * PUT /snapshot/load: restores a VM saved by createSnapshot() (Machine.restore:
-   * its memory file mapped copy-on-write), running when `resume_vm`, else
+   * its memory file mapped copy-on-write, or with `mem_backend` Uffd served by
+   * the page-fault handler listening at `backend_path`), running when `resume_vm`, else
    * paused. Only before anything that configures a boot was given (as
    * Firecracker: boot source, machine config, devices, MMDS config), since
    * the snapshot is the whole VM. `network_overrides` give interfaces new
@@ -413,9 +420,10 @@ export class Vm extends EventEmitter<VmEvents> {
     if (this.resources.bootConfigured) {
       throw new VmError("EPREBOOTONLY", "Loading a microVM snapshot not allowed after configuring boot-specific resources.");
     }
-    const memoryPath = l.mem_backend != null ? l.mem_backend.backend_path : l.mem_file_path;
-    if (l.mem_backend?.backend_type === "Uffd") throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: a Uffd memory backend (flint maps the memory file itself)");
-    if (memoryPath == null) throw new VmError("EINVALID", "Missing field: either `mem_backend` or `mem_file_path` is required.");
+    const backendPath = l.mem_backend != null ? l.mem_backend.backend_path : l.mem_file_path;
+    // Uffd: backend_path is the page-fault handler's socket (src/snapshot/uffd.ts); File (and mem_file_path): the memory file.
+    if (backendPath == null) throw new VmError("EINVALID", "Missing field: either `mem_backend` or `mem_file_path` is required.");
+    const memory = l.mem_backend?.backend_type === "Uffd" ? { uffdSocketPath: backendPath } : { memoryPath: backendPath };
     if (l.huge_pages !== undefined && l.huge_pages !== "None") throw new VmError("ENOTSUPPORTED", `The requested operation is not supported: huge pages "${l.huge_pages}" for restored memory`);
     if (l.clock_realtime) throw new VmError("ENOTSUPPORTED", "The requested operation is not supported: clock_realtime (the guest's clock goes on from the snapshot's value)");
     const t0 = performance.now();
@@ -431,7 +439,7 @@ export class Vm extends EventEmitter<VmEvents> {
     const trackDirtyPages = l.track_dirty_pages ?? l.enable_diff_snapshots ?? false;
     if (config["machine-config"]) config["machine-config"].track_dirty_pages = trackDirtyPages;
     await this.launch(() => (hooks) => Machine.restore({
-      statePath: l.snapshot_path, memoryPath, virtioDevices, paused: !(l.resume_vm ?? false), trackDirtyPages, ...hooks,
+      statePath: l.snapshot_path, ...memory, virtioDevices, paused: !(l.resume_vm ?? false), trackDirtyPages, ...hooks,
     }), { config, deviceIds: saved.deviceIds }, "Load snapshot error");
     this.metrics.latency("load_snapshot", (performance.now() - t0) * 1000);
     this.log("info", "vmm", `Loaded the VM from snapshot ${l.snapshot_path}: ${this.state}`);
@@ -500,7 +508,7 @@ export class Vm extends EventEmitter<VmEvents> {
     }
     await vm.loadSnapshot({
       snapshot_path: snap.statePath,
-      mem_backend: { backend_type: "File", backend_path: snap.memoryPath },
+      mem_backend: o.uffdSocketPath !== undefined ? { backend_type: "Uffd", backend_path: o.uffdSocketPath } : { backend_type: "File", backend_path: snap.memoryPath },
       resume_vm: !o.paused,
       ...(o.net ? { network_overrides: o.net.map((n, i) => ({ iface_id: n.id ?? ids[i] ?? `#${i}`, host_dev_name: n.tap })) } : {}),
       ...(o.vsock ? { vsock_override: { uds_path: o.vsock.uds } } : {}),
