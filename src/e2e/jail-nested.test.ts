@@ -98,7 +98,7 @@ async function jail(id, initrd, cgroups) {
   vm.pid = Number(readFileSync(root + "/flint.pid", "utf8"));
   return vm;
 }
-const status = (pid, field) => (new RegExp("^" + field + ":\\\\s+(.*)$", "m").exec(readFileSync("/proc/" + pid + "/status", "utf8")) ?? [])[1]?.trim().split(/\\s+/).join(",");
+const status = (pid, field) => (new RegExp("^" + field + ":[ \\\\t]*(.*)$", "m").exec(readFileSync("/proc/" + pid + "/status", "utf8")) ?? [])[1]?.trim().split(/\\s+/).join(",");
 try {
   const mounts = readFileSync("/proc/mounts", "utf8");
   say("cgroup2_mounted", / cgroup2 /.test(mounts) ? 1 : 0);
