@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -109,6 +109,30 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
     assert.ok(!existsSync(`/proc/${pid}`), "flint did not end at SIGTERM");
   });
 
+  it("--daemonize: the jailer returns at once; the monitor runs detached, its stdio the jail's /dev/null, with the resource limits given", async () => {
+    const droot = join(base, "flint", "d1", "root");
+    mkdirSync(droot, { recursive: true });
+    copyFileSync(buildExitLoopGuest(), join(droot, "guest.elf"));
+    const r = spawnSync("unshare", ["-m", process.execPath, CLI, "jail", "--id", "d1", "--uid", String(UID), "--gid", String(GID), "--chroot-base-dir", base,
+      "--daemonize", "--resource-limit", "fsize=1000", "--resource-limit", "no-file=512",
+      "--", "run", "--kernel", "/guest.elf", "--boot", "pvh", "--no-acpi", "--cpus", "1", "--memory", "32", "--cmdline", "mode=pio count=0 hello halt"], { encoding: "utf8", timeout: 30_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "");
+    for (let i = 0; i < 100 && !existsSync(join(droot, "flint.pid")); i++) await sleep(50);
+    const pid = Number(readFileSync(join(droot, "flint.pid"), "utf8"));
+    try {
+      assert.equal(statusField(pid, "Uid"), [UID, UID, UID, UID].join(","));
+      assert.notEqual(statusField(pid, "NSsid"), String(process.pid));
+      for (const fd of [0, 1, 2]) assert.equal(readlinkSync(`/proc/${pid}/fd/${fd}`), "/dev/null");
+      const limits = readFileSync(`/proc/${pid}/limits`, "utf8");
+      assert.match(limits, /^Max file size\s+1000\s+1000\s+bytes/m);
+      assert.match(limits, /^Max open files\s+512\s+512/m);
+    } finally {
+      process.kill(pid, "SIGTERM");
+      for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+    }
+  });
+
   it("refuses a jail left by an earlier run with the same id, in one line", () => {
     const r = jailCli(["--id", "vm1", "--uid", String(UID), "--gid", String(GID), "--chroot-base-dir", base, "--", "--version"]);
     assert.equal(r.status, 2, r.stderr);
@@ -138,7 +162,7 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
       assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
     }
     // None of them made a jail.
-    assert.deepEqual(readdirSync(join(base, "flint")), ["vm1"]);
+    assert.deepEqual(readdirSync(join(base, "flint")).sort(), ["d1", "vm1"]);
   });
 
   it("`jailer` installed beside flint behaves as `flint jail`", () => {
