@@ -176,9 +176,14 @@ function buildProgram(asFirecracker: boolean): Command {
     .option("--cgroup-version <1|2>", "cgroup version (flint's jailer sets cgroup v2 only)", "1")
     .option("--parent-cgroup <path>", "the jail's cgroup is <cgroup mount>/<path>/<id> (default path: the exec-file name)")
     .option("--resource-limit <name=value>", "fsize=BYTES or no-file=N (repeatable; no-file defaults to 2048)", collect)
+    .option("--version", "print the jailer's version (Firecracker's jailer format, then flint's)")
     .allowExcessArguments(true)
     .exitOverride()
     .action(async (o, cmd: Command) => {
+      if (o.version) {
+        process.stdout.write(`Jailer v${FC_COMPAT_VERSION}\n\nflint ${pkg.version}\n`);
+        return;
+      }
       if (cmd.args.length > 0) cmd.error(`error: unexpected argument '${cmd.args[0]}' (the monitor's flags go after --)`);
       const { runJail } = await import("../jail/jail.js");
       const { fileURLToPath } = await import("node:url");

@@ -175,6 +175,9 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
       for (const flag of ["--id", "--exec-file", "--uid", "--gid", "--chroot-base-dir", "--netns", "--daemonize", "--new-pid-ns", "--cgroup ", "--cgroup-version", "--parent-cgroup", "--resource-limit"]) {
         assert.ok(help.stdout.includes(flag), `${flag} missing from:\n${help.stdout}`);
       }
+      const version = spawnSync(process.execPath, [link, "--version"], { encoding: "utf8" });
+      assert.equal(version.status, 0, version.stderr);
+      assert.match(version.stdout, /^Jailer v\d+\.\d+\.\d+\n\nflint \d+\.\d+\.\d+\n$/);
       const bad = spawnSync(process.execPath, [link, "--uid", "1", "--gid", "1"], { encoding: "utf8" });
       assert.equal(bad.status, 2);
       assert.match(bad.stderr, /Missing --id/);
