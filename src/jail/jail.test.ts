@@ -165,6 +165,23 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
     assert.deepEqual(readdirSync(join(base, "flint")).sort(), ["d1", "vm1"]);
   });
 
+  it("--exec-file naming the installed `firecracker` jails it under <base>/firecracker/<id> and runs flint in its Firecracker mode", () => {
+    const dir = mkdtempSync(join(tmpdir(), "flint-jail-fc-"));
+    try {
+      const link = join(dir, "firecracker");
+      spawnSync("ln", ["-s", CLI, link]);
+      const r = spawnSync("unshare", ["-m", process.execPath, CLI, "jail", "--id", "fc1", "--uid", String(UID), "--gid", String(GID), "--chroot-base-dir", base,
+        "--exec-file", link, "--", "--version"], { encoding: "utf8", timeout: 30_000 });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /^Firecracker v\d+\.\d+\.\d+\n/);
+      const fcRoot = join(base, "firecracker", "fc1", "root");
+      assert.ok(existsSync(join(fcRoot, "firecracker.pid")));
+      assert.equal(readlinkSync(join(fcRoot, "firecracker")), "/opt/flint/dist/bundle/main.js");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("`jailer` installed beside flint behaves as `flint jail`", () => {
     const dir = mkdtempSync(join(tmpdir(), "flint-jailer-bin-"));
     try {

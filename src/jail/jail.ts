@@ -149,7 +149,11 @@ export function prepareJail(o: JailOptions, ownEntry: string, startNs: bigint): 
 export function enterJail(p: PreparedJail): never {
   const helper = helperPath();
   if (!existsSync(helper)) throw new JailError("EJAILHOST", `Cannot jail flint: the helper ${helper} is missing (run 'npm ci')`);
-  mkdirSync(p.spec.root, { recursive: true });
+  try {
+    mkdirSync(p.spec.root, { recursive: true });
+  } catch (e) {
+    throw new JailError("EJAILARG", `Failed to create directory ${p.spec.root}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
   for (const b of p.spec.binds) makeMountPoint(p.spec.root, b.target, b.kind);
   if (p.cgroup) applyCgroupPlan(p.cgroup);
   const argv = helperArgv(helper, p.spec.uid, p.spec.gid, p.steps);
