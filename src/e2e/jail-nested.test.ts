@@ -10,9 +10,10 @@
  * runs as uid 123 / gid 100 with no_new_privs, in its cgroup, in its own pid
  * namespace, with the jail as its root; it cannot open a host file outside
  * the jail (PUT /drives naming it is refused, the same file placed inside is
- * taken); real Linux boots in it; and a second jail whose memory.max is
- * far smaller than flint needs is OOM-killed by the cgroup (memory.events
- * oom_kill > 0).
+ * taken); real Linux boots in it; a second jail whose memory.max is far
+ * smaller than flint needs is OOM-killed by the cgroup (memory.events
+ * oom_kill > 0), and so is a third whose guest boots within its 200M and
+ * then writes 300 MiB of its memory (guest memory is charged to the jail).
  */
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -34,6 +35,8 @@ const VM1_MEMORY_MAX = "1G";
 const VM1_CPU_MAX = "max 100000";
 /** The second jail: far less than flint (Node, its threads' isolates, guest memory) needs. */
 const VM2_MEMORY_MAX = "40M";
+/** The third: enough for flint and a booted guest (about 80 MB here), not for 300 MiB more the guest writes. */
+const VM3_MEMORY_MAX = "200M";
 
 /** vm1's guest: says it booted and powers off. */
 const INIT_VM1 = `#!/bin/sh
@@ -48,6 +51,7 @@ poweroff -f
 const INIT_VM2 = `#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "flint-guest: booted"
 dd if=/dev/zero of=/fill bs=1M count=300 2>&1 | tail -1
 echo "flint-e2e: guest_filled=1"
@@ -133,31 +137,37 @@ try {
   say("vm1_booted", /flint-guest: booted/.test(vm1.out) ? 1 : 0);
   say("vm1_stderr", JSON.stringify(vm1.err.trim()));
 
-  // vm2: a memory.max far below what flint and its guest need. Whether the OOM killer strikes
-  // before the socket is up, while the guest boots or while it fills its memory, the cgroup must kill it.
-  const vm2 = await jail("vm2", initrd2, ["memory.max=${VM2_MEMORY_MAX}"]);
-  say("vm2_memory_max", readFileSync("/sys/fs/cgroup/flint/vm2/memory.max", "utf8").trim());
-  try {
-    await must(vm2.sock, "PUT", "/boot-source", { kernel_image_path: "/vmlinux", initrd_path: "/initrd.gz", boot_args: "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init" });
-    await must(vm2.sock, "PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 512 });
-    await must(vm2.sock, "PUT", "/actions", { action_type: "InstanceStart" });
-    say("vm2_started", 1);
-  } catch (e) {
-    say("vm2_api_gone", JSON.stringify(e.message));
+  // An OOM jail: configured and started if it lives long enough, then watched until it ends.
+  async function oomJail(id, memoryMax) {
+    const vm = await jail(id, initrd2, ["memory.max=" + memoryMax]);
+    const cg = "/sys/fs/cgroup/flint/" + id;
+    say(id + "_memory_max", readFileSync(cg + "/memory.max", "utf8").trim());
+    try {
+      await must(vm.sock, "PUT", "/boot-source", { kernel_image_path: "/vmlinux", initrd_path: "/initrd.gz", boot_args: "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init" });
+      await must(vm.sock, "PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 512 });
+      await must(vm.sock, "PUT", "/actions", { action_type: "InstanceStart" });
+      say(id + "_started", 1);
+    } catch (e) {
+      say(id + "_api_gone", JSON.stringify(e.message));
+    }
+    let peakCurrent = 0;
+    for (let i = 0; i < 3000 && alive(vm.pid); i++) {
+      try { peakCurrent = Math.max(peakCurrent, Number(readFileSync(cg + "/memory.current", "utf8"))); } catch {}
+      await sleep(100);
+    }
+    say(id + "_peak_memory_current", peakCurrent);
+    say(id + "_ended", alive(vm.pid) ? 0 : 1);
+    say(id + "_booted", /flint-guest: booted/.test(vm.out) ? 1 : 0);
+    say(id + "_filled", /guest_filled=1/.test(vm.out) ? 1 : 0);
+    say(id + "_stderr", JSON.stringify(vm.err.trim()));
+    const events = readFileSync(cg + "/memory.events", "utf8");
+    say(id + "_oom_kill", (/^oom_kill (\\d+)$/m.exec(events) ?? [])[1]);
+    say(id + "_memory_events", JSON.stringify(events));
   }
-  let peakCurrent = 0;
-  for (let i = 0; i < 3000 && alive(vm2.pid); i++) {
-    try { peakCurrent = Math.max(peakCurrent, Number(readFileSync("/sys/fs/cgroup/flint/vm2/memory.current", "utf8"))); } catch {}
-    await sleep(100);
-  }
-  say("vm2_peak_memory_current", peakCurrent);
-  say("vm2_ended", alive(vm2.pid) ? 0 : 1);
-  say("vm2_booted", /flint-guest: booted/.test(vm2.out) ? 1 : 0);
-  say("vm2_filled", /guest_filled=1/.test(vm2.out) ? 1 : 0);
-  say("vm2_stderr", JSON.stringify(vm2.err.trim()));
-  const events = readFileSync("/sys/fs/cgroup/flint/vm2/memory.events", "utf8");
-  say("vm2_oom_kill", (/^oom_kill (\\d+)$/m.exec(events) ?? [])[1]);
-  say("vm2_memory_events", JSON.stringify(events));
+  // vm2: memory.max far below what flint itself needs: killed whenever it gets there.
+  await oomJail("vm2", "${VM2_MEMORY_MAX}");
+  // vm3: room for flint and a booted guest, not for the 300 MiB its guest then writes: guest memory counts.
+  await oomJail("vm3", "${VM3_MEMORY_MAX}");
 } catch (e) {
   say("client_error", JSON.stringify(e.message));
 }
@@ -235,5 +245,15 @@ describe("flint jail: a jailed flint boots real Linux as an unprivileged uid, co
     assert.equal(value("vm2_ended"), "1", why());
     assert.ok(Number(value("vm2_oom_kill")) > 0, why());
     assert.notEqual(value("vm2_filled"), "1", why());
+  });
+
+  it("guest memory counts against memory.max: a guest that boots, then writes 300 MiB in a 200M jail, gets flint OOM-killed while it writes", (t) => {
+    t.diagnostic(`vm3 booted=${value("vm3_booted")} filled=${value("vm3_filled")} peak=${value("vm3_peak_memory_current")} oom_kill=${value("vm3_oom_kill")}`);
+    assert.equal(value("vm3_memory_max"), String(200 << 20), why());
+    assert.equal(value("vm3_started"), "1", why());
+    assert.equal(value("vm3_booted"), "1", why());
+    assert.equal(value("vm3_ended"), "1", why());
+    assert.ok(Number(value("vm3_oom_kill")) > 0, why());
+    assert.notEqual(value("vm3_filled"), "1", why());
   });
 });
