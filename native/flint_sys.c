@@ -1188,6 +1188,93 @@ static napi_value js_recv_fd(napi_env env, napi_callback_info info) {
   return make_i64(env, r);
 }
 
+// execve(path, argv, envp) -> -errno (it returns only on failure). For `flint
+// jail`, which hands the process to native/flint_jail.c: every string is
+// checked (a string, no NUL inside, bounded) and copied before the call, and
+// stdin, stdout and stderr stay open across it.
+#define EXECVE_MAX_STRINGS 4096
+#define EXECVE_MAX_BYTES (1 << 20)
+static char **get_string_array(napi_env env, napi_value v, const char *name, size_t *total) {
+  bool is_array = false;
+  uint32_t n = 0;
+  if (napi_is_array(env, v, &is_array) != napi_ok || !is_array) {
+    fail(env, 0, "execve: %s must be an array of strings", name);
+    return NULL;
+  }
+  if (napi_get_array_length(env, v, &n) != napi_ok || n > EXECVE_MAX_STRINGS) {
+    fail(env, 1, "execve: %s has more than %d strings", name, EXECVE_MAX_STRINGS);
+    return NULL;
+  }
+  char **out = calloc((size_t)n + 1, sizeof *out);
+  if (!out) {
+    fail(env, 1, "execve: out of memory");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value e;
+    size_t len = 0;
+    napi_valuetype t;
+    if (napi_get_element(env, v, i, &e) != napi_ok || napi_typeof(env, e, &t) != napi_ok || t != napi_string ||
+        napi_get_value_string_utf8(env, e, NULL, 0, &len) != napi_ok) {
+      fail(env, 0, "execve: %s[%u] must be a string", name, i);
+      goto bad;
+    }
+    *total += len + 1;
+    if (*total > EXECVE_MAX_BYTES) {
+      fail(env, 1, "execve: the strings are longer than %d bytes", EXECVE_MAX_BYTES);
+      goto bad;
+    }
+    out[i] = malloc(len + 1);
+    if (!out[i] || napi_get_value_string_utf8(env, e, out[i], len + 1, &len) != napi_ok) {
+      fail(env, 1, "execve: out of memory");
+      goto bad;
+    }
+    if (strlen(out[i]) != len) {
+      fail(env, 1, "execve: %s[%u] contains a NUL character", name, i);
+      goto bad;
+    }
+  }
+  return out;
+bad:
+  for (uint32_t i = 0; i < n; i++) free(out[i]);
+  free(out);
+  return NULL;
+}
+
+static void free_string_array(char **a) {
+  for (size_t i = 0; a && a[i]; i++) free(a[i]);
+  free(a);
+}
+
+static napi_value js_execve(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  char path[4096];
+  size_t n = 0, total = 0;
+  if (!get_path(env, argv[0], "execve", path, sizeof path, &n)) return NULL;
+  char **args = get_string_array(env, argv[1], "argv", &total);
+  if (!args) return NULL;
+  if (!args[0]) {
+    free_string_array(args);
+    fail(env, 1, "execve: argv is empty");
+    return NULL;
+  }
+  char **envp = get_string_array(env, argv[2], "envp", &total);
+  if (!envp) {
+    free_string_array(args);
+    return NULL;
+  }
+  // Node marks stdin, stdout and stderr close-on-exec; the new program gets them.
+  for (int fd = 0; fd <= 2; fd++) {
+    int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0 && (flags & FD_CLOEXEC)) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+  }
+  execve(path, args, envp);
+  int err = errno;
+  free_string_array(args);
+  free_string_array(envp);
+  return make_i64(env, -err);
+}
+
 NAPI_MODULE_INIT() {
   static const struct {
     const char *name;
@@ -1230,6 +1317,7 @@ NAPI_MODULE_INIT() {
       {"uffdCopy", js_uffd_copy},
       {"sendFd", js_send_fd},
       {"recvFd", js_recv_fd},
+      {"execve", js_execve},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;

@@ -1,7 +1,7 @@
 /** Turning errors into one line for the user, and deciding their exit code. */
 
 /** Error classes whose every instance is caused by the user's input or host setup (exit code 2). */
-const USER_ERROR_NAMES = new Set(["MachineError", "BootError", "InitramfsError", "CpioError", "DeviceArgError", "ConfigError", "FlagError", "VmError", "LoggerError", "MetricsError", "SnapshotError"]);
+const USER_ERROR_NAMES = new Set(["MachineError", "BootError", "InitramfsError", "CpioError", "DeviceArgError", "ConfigError", "FlagError", "VmError", "LoggerError", "MetricsError", "SnapshotError", "JailError"]);
 /** Codes of other error classes that are the user's to fix. */
 const USER_ERROR_CODES = new Set(["ENOKVM", "EKVMACCESS", "EKVMVERSION", "EKVMCAP", "EKERNELSOURCE"]);
 

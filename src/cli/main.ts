@@ -45,6 +45,14 @@ function startedAsFirecracker(argv: string[]): boolean {
   return argv[1] !== undefined && basename(argv[1]).startsWith("firecracker");
 }
 
+/** True when this process was started as `jailer` (installed beside `flint`): it behaves as `flint jail`. */
+function startedAsJailer(argv: string[]): boolean {
+  return argv[1] !== undefined && basename(argv[1]).startsWith("jailer");
+}
+
+/** Collects a repeatable flag's values. */
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
 /**
  * What `--version` prints. As `firecracker`, Firecracker's own format
  * ("Firecracker v1.16.1" and a blank line, main.rs): Kata Containers' Go
@@ -169,6 +177,35 @@ function buildProgram(asFirecracker: boolean): Command {
     });
 
   program
+    .command("jail")
+    .description("run flint jailed, as Firecracker's jailer runs firecracker: [flags] -- [the monitor's flags, with paths inside the jail]")
+    .option("--id <id>", "the jail's id (letters, digits and '-', at most 64); also the monitor's --id")
+    .option("--exec-file <path>", "flint's entry to run (the installed 'flint' or 'firecracker', or a dist/bundle/main.js); default: this flint")
+    .option("--uid <uid>", "user the monitor runs as (a number or a name)")
+    .option("--gid <gid>", "group the monitor runs as (a number or a name)")
+    .option("--chroot-base-dir <dir>", "the jail is <dir>/<exec-file name>/<id>/root", "/srv/jailer")
+    .option("--netns <path>", "network namespace to join (e.g. /var/run/netns/NAME)")
+    .option("--daemonize", "detach (setsid) with /dev/null as stdin, stdout and stderr")
+    .option("--new-pid-ns", "run the monitor as pid 1 of a new pid namespace (the jailer exits once it started)")
+    .option("--cgroup <file=value>", "a cgroup v2 setting, e.g. memory.max=512M or cpu.max=50000 (repeatable)", collect)
+    .option("--cgroup-version <1|2>", "cgroup version (flint's jailer sets cgroup v2 only)", "1")
+    .option("--parent-cgroup <path>", "the jail's cgroup is <cgroup mount>/<path>/<id> (default path: the exec-file name)")
+    .option("--resource-limit <name=value>", "fsize=BYTES or no-file=N (repeatable; no-file defaults to 2048)", collect)
+    .option("--version", "print the jailer's version (Firecracker's jailer format, then flint's)")
+    .allowExcessArguments(true)
+    .exitOverride()
+    .action(async (o, cmd: Command) => {
+      if (o.version) {
+        process.stdout.write(`Jailer v${FC_COMPAT_VERSION}\n\nflint ${pkg.version}\n`);
+        return;
+      }
+      if (cmd.args.length > 0) cmd.error(`error: unexpected argument '${cmd.args[0]}' (the monitor's flags go after --)`);
+      const { runJail } = await import("../jail/jail.js");
+      const { fileURLToPath } = await import("node:url");
+      runJail(o, monitorArgsAfterDashes, fileURLToPath(import.meta.url));
+    });
+
+  program
     .command("doctor")
     .description("can this host run microVMs, and how well?")
     .option("--json", "print the report as JSON")
@@ -213,7 +250,18 @@ function buildProgram(asFirecracker: boolean): Command {
   return program;
 }
 
+/** `flint jail ... -- <these>`: the monitor's arguments, cut off before commander parses the rest. */
+let monitorArgsAfterDashes: string[] = [];
+
 async function main(argv: string[]): Promise<void> {
+  if (startedAsJailer(argv)) argv = [argv[0]!, argv[1]!, "jail", ...argv.slice(2)];
+  if (argv[2] === "jail") {
+    const dashes = argv.indexOf("--", 3);
+    if (dashes >= 0) {
+      monitorArgsAfterDashes = argv.slice(dashes + 1);
+      argv = argv.slice(0, dashes);
+    }
+  }
   const asFirecracker = startedAsFirecracker(argv);
   const program = buildProgram(asFirecracker);
   // Bare `flint` shows the help on stderr (exit code 2), as before Firecracker's flags were added;

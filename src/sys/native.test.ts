@@ -18,7 +18,7 @@ import {
   AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, ENAMETOOLONG, FIONREAD, KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_CREATE_VM,
   KVM_GET_DIRTY_LOG, KVM_GET_MSR_INDEX_LIST, KVM_GET_REGS, KVM_GET_SUPPORTED_CPUID, KVM_GET_XSAVE, KVM_GET_XSAVE2,
   KVM_MEM_LOG_DIRTY_PAGES, KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_NONE, O_CLOEXEC, O_RDWR, POLLIN,
-  ENXIO, SEEK_DATA, SEEK_HOLE,
+  ENOENT, ENXIO, SEEK_DATA, SEEK_HOLE,
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
   kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
   EEXIST, EPIPE, O_NONBLOCK, UFFD_API, UFFDIO_API, UFFDIO_COPY, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_UNREGISTER,
@@ -665,4 +665,20 @@ test("sendFd and recvFd: lengths inside the buffer, an Int32Array of at most 8 f
     sys.close(b);
     sys.close(listener);
   }
+});
+
+test("execve: every argument is checked before the call (strings only, no NUL, a program name); a missing file is -ENOENT and this process goes on", () => {
+  const bad: [() => unknown, string][] = [
+    [() => sys.execve(1 as unknown as string, ["x"], []), "path"],
+    [() => sys.execve("/bin/true\0x", ["x"], []), "path"],
+    [() => sys.execve("/bin/true", "x" as unknown as string[], []), "argv"],
+    [() => sys.execve("/bin/true", [], []), "argv"],
+    [() => sys.execve("/bin/true", ["a", 1 as unknown as string], []), "argv\\[1\\]"],
+    [() => sys.execve("/bin/true", ["a\0b"], []), "argv\\[0\\] contains a NUL"],
+    [() => sys.execve("/bin/true", ["a"], {} as unknown as string[]), "envp"],
+    [() => sys.execve("/bin/true", ["a"], ["A=1", null as unknown as string]), "envp\\[1\\]"],
+    [() => sys.execve("/bin/true", Array.from({ length: 5000 }, () => "a"), []), "more than"],
+  ];
+  for (const [fn, arg] of bad) rejects(fn, "execve", arg, `execve ${arg}`);
+  assert.equal(sys.execve(join(dir, "no-such-program"), ["x"], []), -ENOENT);
 });

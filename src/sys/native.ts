@@ -147,6 +147,11 @@ interface Addon {
    * `fds` (at most 8 entries; unused ones are -1); any more are closed.
    */
   recvFd(sock: number, buffer: SysBuffer, length: number, fds: Int32Array): number;
+  /**
+   * execve(2): replaces this process (every thread) with `path`; returns only
+   * on failure, with -errno. Strings are checked (no NUL inside, bounded).
+   */
+  execve(path: string, argv: string[], envp: string[]): number;
 }
 
 /** A failed system call. `code` is the errno name (EINTR, ENOMEM...). */
@@ -165,7 +170,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 
 /** The package root: the nearest directory above this module with a package.json (dist/sys/ or a bundle's folder). */
-function packageRoot(): string {
+export function packageRoot(): string {
   for (let dir = here; ; dir = dirname(dir)) {
     if (existsSync(join(dir, "package.json"))) return dir;
     if (dirname(dir) === dir) return join(here, "..", "..");

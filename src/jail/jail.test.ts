@@ -1,0 +1,205 @@
+/**
+ * `flint jail` for real on this host, each run inside `unshare -m` (so no
+ * mount can reach the host's namespace) with its chroot base in a fresh
+ * temporary directory: a jailed flint serves Firecracker's API as uid 65534
+ * from pid 1 of its own pid namespace, boots the ring-3 exit-loop guest,
+ * cannot open a host file outside its jail nor a root-only file inside it;
+ * a second jail with the same id is refused; bad flags are one line each.
+ */
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { buildExitLoopGuest } from "../guest/programs/exit-loop.js";
+
+const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
+const UID = 65534;
+const GID = 65534;
+const canJail = process.getuid?.() === 0 && existsSync("/dev/kvm");
+const skip = canJail ? false : "needs root and /dev/kvm";
+
+const base = mkdtempSync(join(tmpdir(), "flint-jail-"));
+after(() => {
+  // Mount points and nodes the jail left are plain files here (its mounts lived in its own namespace).
+  rmSync(base, { recursive: true, force: true });
+});
+
+function call(sock: string, method: string, path: string, body?: unknown): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const text = body === undefined ? undefined : JSON.stringify(body);
+    const req = request({ socketPath: sock, method, path, headers: text ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) } : {} }, (res) => {
+      let out = "";
+      res.on("data", (c: Buffer) => (out += c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, text: out }));
+    });
+    req.on("error", reject);
+    if (text) req.write(text);
+    req.end();
+  });
+}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const statusField = (pid: number, field: string) => new RegExp(`^${field}:[ \\t]*(.*)$`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]?.trim().split(/\s+/).join(",");
+
+function jailCli(args: string[]): { status: number | null; stderr: string } {
+  const r = spawnSync("unshare", ["-m", process.execPath, CLI, "jail", ...args], { encoding: "utf8", timeout: 60_000 });
+  return { status: r.status, stderr: r.stderr };
+}
+
+describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", { skip, timeout: 180_000 }, () => {
+  const root = join(base, "flint", "vm1", "root");
+  const secret = join(base, "secret.img");
+
+  it("a jailed flint runs as the given uid in its own pid namespace, boots a guest, and opens nothing outside its jail", async () => {
+    mkdirSync(root, { recursive: true });
+    copyFileSync(buildExitLoopGuest(), join(root, "guest.elf"));
+    writeFileSync(join(root, "inside.img"), Buffer.alloc(4096));
+    writeFileSync(join(root, "private.img"), Buffer.alloc(4096));
+    chmodSync(join(root, "private.img"), 0o600); // root's, inside the jail
+    writeFileSync(secret, Buffer.alloc(4096)); // the host's, outside the jail
+    const child = spawn("unshare", ["-m", process.execPath, CLI, "jail", "--id", "vm1", "--uid", String(UID), "--gid", String(GID),
+      "--chroot-base-dir", base, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "", err = "";
+    child.stdout.on("data", (b: Buffer) => (out += b.toString("latin1")));
+    child.stderr.on("data", (b: Buffer) => (err += b));
+    const jailerExit = await new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+    assert.equal(jailerExit, 0, err);
+    const sock = join(root, "run", "api.sock");
+    for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
+    const pid = Number(readFileSync(join(root, "flint.pid"), "utf8"));
+    try {
+      assert.equal(statusField(pid, "Uid"), [UID, UID, UID, UID].join(","), err);
+      assert.equal(statusField(pid, "Gid"), [GID, GID, GID, GID].join(","));
+      assert.equal(statusField(pid, "Groups") ?? "", "");
+      assert.equal(statusField(pid, "NoNewPrivs"), "1");
+      assert.match(statusField(pid, "NSpid") ?? "", /^\d+,1$/);
+      assert.equal(statusField(pid, "CapEff"), "0000000000000000");
+      // Its "/" is the jail: what was placed there, none of the host's directories.
+      const entries = readdirSync(`/proc/${pid}/root`);
+      for (const e of ["guest.elf", "dev", "run", "opt", "usr", "flint", "flint.pid", "proc"]) assert.ok(entries.includes(e), entries.join(" "));
+      for (const e of ["etc", "tmp", "root", "home", "work"]) assert.ok(!entries.includes(e), entries.join(" "));
+      assert.equal(readFileSync(`/proc/${pid}/limits`, "utf8").match(/^Max open files\s+(\d+)\s+(\d+)/m)?.slice(1).join(","), "2048,2048");
+
+      // The host file by its host path, or by climbing: not there. A root-only file inside: not for uid 65534.
+      for (const path of [secret, `/../../..${secret}`, "/etc/passwd"]) {
+        const r = await call(sock, "PUT", "/drives/x", { drive_id: "x", path_on_host: path, is_root_device: false, is_read_only: true });
+        assert.equal(r.status, 400, `${path}: ${r.text}`);
+        assert.match(r.text, /does not exist/, path);
+      }
+      const priv = await call(sock, "PUT", "/drives/p", { drive_id: "p", path_on_host: "/private.img", is_root_device: false, is_read_only: true });
+      assert.equal(priv.status, 400, priv.text);
+      assert.match(priv.text, /is not readable/, priv.text);
+      const inside = await call(sock, "PUT", "/drives/d", { drive_id: "d", path_on_host: "/inside.img", is_root_device: false, is_read_only: true });
+      assert.equal(inside.status, 204, inside.text);
+
+      // The guest boots in the jail (flint opens /dev/kvm there) and says hello on the console.
+      assert.equal((await call(sock, "PUT", "/boot-source", { kernel_image_path: "/guest.elf", boot_args: "mode=pio count=0 hello halt" })).status, 204);
+      assert.equal((await call(sock, "PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 32 })).status, 204);
+      const start = await call(sock, "PUT", "/actions", { action_type: "InstanceStart" });
+      assert.equal(start.status, 204, start.text);
+      for (let i = 0; i < 200 && !out.includes("H"); i++) await sleep(50);
+      assert.ok(out.includes("H"), `no hello on the console: ${JSON.stringify(out)} ${err}`);
+    } finally {
+      process.kill(pid, "SIGTERM");
+      for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+    }
+    assert.ok(!existsSync(`/proc/${pid}`), "flint did not end at SIGTERM");
+  });
+
+  it("--daemonize: the jailer returns at once; the monitor runs detached, its stdio the jail's /dev/null, with the resource limits given", async () => {
+    const droot = join(base, "flint", "d1", "root");
+    mkdirSync(droot, { recursive: true });
+    copyFileSync(buildExitLoopGuest(), join(droot, "guest.elf"));
+    const r = spawnSync("unshare", ["-m", process.execPath, CLI, "jail", "--id", "d1", "--uid", String(UID), "--gid", String(GID), "--chroot-base-dir", base,
+      "--daemonize", "--resource-limit", "fsize=1000", "--resource-limit", "no-file=512",
+      "--", "run", "--kernel", "/guest.elf", "--boot", "pvh", "--no-acpi", "--cpus", "1", "--memory", "32", "--cmdline", "mode=pio count=0 hello halt"], { encoding: "utf8", timeout: 30_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "");
+    for (let i = 0; i < 100 && !existsSync(join(droot, "flint.pid")); i++) await sleep(50);
+    const pid = Number(readFileSync(join(droot, "flint.pid"), "utf8"));
+    try {
+      assert.equal(statusField(pid, "Uid"), [UID, UID, UID, UID].join(","));
+      assert.notEqual(statusField(pid, "NSsid"), String(process.pid));
+      for (const fd of [0, 1, 2]) assert.equal(readlinkSync(`/proc/${pid}/fd/${fd}`), "/dev/null");
+      const limits = readFileSync(`/proc/${pid}/limits`, "utf8");
+      assert.match(limits, /^Max file size\s+1000\s+1000\s+bytes/m);
+      assert.match(limits, /^Max open files\s+512\s+512/m);
+    } finally {
+      process.kill(pid, "SIGTERM");
+      for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+    }
+  });
+
+  it("refuses a jail left by an earlier run with the same id, in one line", () => {
+    const r = jailCli(["--id", "vm1", "--uid", String(UID), "--gid", String(GID), "--chroot-base-dir", base, "--", "--version"]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /^flint: The jail .*\/flint\/vm1\/root holds \S+ from an earlier run: remove .*\/flint\/vm1 first\n$/);
+  });
+
+  it("refuses bad input with one line and exit code 2", () => {
+    const ok = ["--uid", "1", "--gid", "1", "--chroot-base-dir", base];
+    const cases: [string[], RegExp][] = [
+      [[...ok], /Missing --id/],
+      [["--id", "a/b", ...ok], /Invalid --id: character '\/'/],
+      [["--id", "a", "--uid", "no-such-user-x", "--gid", "1", "--chroot-base-dir", base], /Invalid --uid: no user named 'no-such-user-x'/],
+      [["--id", "a", "--uid", "1", "--chroot-base-dir", base], /Missing --gid/],
+      [["--id", "a", ...ok, "--exec-file", join(base, "missing")], /Invalid --exec-file: .*missing: no such file/],
+      [["--id", "a", ...ok, "--exec-file", "/etc/passwd"], /is not flint's entry/],
+      [["--id", "a", "--uid", "1", "--gid", "1", "--chroot-base-dir", join(base, "nope")], /Failed to canonicalize path .*nope: ENOENT/],
+      [["--id", "a", ...ok, "--cgroup", "memory.max"], /Invalid format for cgroups: memory\.max/],
+      [["--id", "a", ...ok, "--cgroup", "memory.max=1M"], /cgroup v2 only: add --cgroup-version 2/],
+      [["--id", "a", ...ok, "--cgroup-version", "3"], /3 is an invalid cgroup version specifier/],
+      [["--id", "a", ...ok, "--resource-limit", "cores=1"], /Invalid resource argument: cores/],
+      [["--id", "a", ...ok, "stray"], /unexpected argument 'stray' \(the monitor's flags go after --\)/],
+    ];
+    for (const [args, msg] of cases) {
+      const r = jailCli(args);
+      assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
+      assert.match(r.stderr, msg, args.join(" "));
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
+    // None of them made a jail.
+    assert.deepEqual(readdirSync(join(base, "flint")).sort(), ["d1", "vm1"]);
+  });
+
+  it("--exec-file naming the installed `firecracker` jails it under <base>/firecracker/<id> and runs flint in its Firecracker mode", () => {
+    const dir = mkdtempSync(join(tmpdir(), "flint-jail-fc-"));
+    try {
+      const link = join(dir, "firecracker");
+      spawnSync("ln", ["-s", CLI, link]);
+      const r = spawnSync("unshare", ["-m", process.execPath, CLI, "jail", "--id", "fc1", "--uid", String(UID), "--gid", String(GID), "--chroot-base-dir", base,
+        "--exec-file", link, "--", "--version"], { encoding: "utf8", timeout: 30_000 });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /^Firecracker v\d+\.\d+\.\d+\n/);
+      const fcRoot = join(base, "firecracker", "fc1", "root");
+      assert.ok(existsSync(join(fcRoot, "firecracker.pid")));
+      assert.equal(readlinkSync(join(fcRoot, "firecracker")), "/opt/flint/dist/bundle/main.js");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("`jailer` installed beside flint behaves as `flint jail`", () => {
+    const dir = mkdtempSync(join(tmpdir(), "flint-jailer-bin-"));
+    try {
+      const link = join(dir, "jailer");
+      spawnSync("ln", ["-s", CLI, link]);
+      const help = spawnSync(process.execPath, [link, "--help"], { encoding: "utf8" });
+      assert.equal(help.status, 0, help.stderr);
+      for (const flag of ["--id", "--exec-file", "--uid", "--gid", "--chroot-base-dir", "--netns", "--daemonize", "--new-pid-ns", "--cgroup ", "--cgroup-version", "--parent-cgroup", "--resource-limit"]) {
+        assert.ok(help.stdout.includes(flag), `${flag} missing from:\n${help.stdout}`);
+      }
+      const version = spawnSync(process.execPath, [link, "--version"], { encoding: "utf8" });
+      assert.equal(version.status, 0, version.stderr);
+      assert.match(version.stdout, /^Jailer v\d+\.\d+\.\d+\n\nflint \d+\.\d+\.\d+\n$/);
+      const bad = spawnSync(process.execPath, [link, "--uid", "1", "--gid", "1"], { encoding: "utf8" });
+      assert.equal(bad.status, 2);
+      assert.match(bad.stderr, /Missing --id/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
