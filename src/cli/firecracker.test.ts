@@ -41,7 +41,7 @@ test("--no-api --config-file boots the PVH exit-loop guest: its first byte reach
     "machine-config": { vcpu_count: 1, mem_size_mib: 64, smt: false, track_dirty_pages: false, huge_pages: "None" },
     "entropy": {},
   });
-  const child = spawn(process.execPath, [CLI, "--no-api", "--config-file", cfg, "--id", "vm-1", "--level", "Debug", "--no-seccomp"], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [CLI, "--no-api", "--config-file", cfg, "--id", "vm-1", "--level", "Debug"], { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "", stderr = "";
   child.stderr.on("data", (b: Buffer) => { stderr += b.toString("latin1"); });
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));

@@ -40,6 +40,11 @@ export function seccompActionFromEnv(env: NodeJS.ProcessEnv = process.env): Defa
   return env.FLINT_SECCOMP_AUDIT === "1" ? "log" : "kill";
 }
 
+/** The library's default for MachineConfig.seccomp: on when FLINT_SECCOMP=1 (off otherwise). */
+export function seccompDefaultFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.FLINT_SECCOMP === "1";
+}
+
 let processAction: DefaultAction | undefined;
 
 /** The process-wide filter's action once installed (undefined before). */

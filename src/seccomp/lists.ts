@@ -16,7 +16,7 @@
  * mount and namespaces, kernel modules, BPF, keyrings, reboot.
  */
 import {
-  AF_UNIX, BLKGETSIZE64, CLONE_THREAD, ENOSYS, FIONREAD, KVM_GET_REGS, KVM_GET_SREGS, KVM_IRQ_LINE, KVM_KVMCLOCK_CTRL, KVM_RUN,
+  AF_UNIX, BLKGETSIZE64, SECCOMP_SET_MODE_FILTER, CLONE_THREAD, ENOSYS, FIONREAD, KVM_GET_REGS, KVM_GET_SREGS, KVM_IRQ_LINE, KVM_KVMCLOCK_CTRL, KVM_RUN,
   TUNSETOFFLOAD,
 } from "../linux/abi.generated.js";
 import type { AllowRule, SyscallName } from "./bpf.js";
@@ -70,6 +70,10 @@ const PROCESS: readonly AllowRule[] = merge([
   ], THREADS, [
   "getuid", "geteuid", "getgid", "getegid", "getppid", "uname", "sysinfo", "getrusage", "prlimit64", "clock_getres",
   "gettimeofday", "membarrier", "mincore", "sched_setaffinity",
+  // Node reads its capabilities before it trusts NODE_* variables (a worker's start-up does).
+  "capget",
+  // Worker threads stack their own filter (index.ts); nothing else of seccomp(2).
+  { name: "seccomp", filter: { arg: 0, values: [SECCOMP_SET_MODE_FILTER] } },
 ]);
 
 /**
@@ -91,6 +95,8 @@ const DEVICE: readonly AllowRule[] = merge([
   { name: "ioctl", filter: { arg: 1, values: [TUNSETOFFLOAD, BLKGETSIZE64, FIONREAD] } },
   ], WORKER_RUNTIME, [
   "openat", "fstat", "newfstatat", "statx", "lseek", "fcntl", "fallocate", "fdatasync", "fsync", "eventfd2",
+  // vsock: a listener's socket file removed when the device stops.
+  "unlink", "unlinkat",
   { name: "socket", filter: { arg: 0, values: [AF_UNIX] } },
   "connect", "accept4", "bind", "listen", "shutdown", "getsockopt", "setsockopt", "sendmsg", "recvmsg", "sendto", "recvfrom",
   ], THREADS);
