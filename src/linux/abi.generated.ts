@@ -736,6 +736,7 @@ export const TUN_F_TSO_ECN = 0x8;
 export const TUN_F_UFO = 0x10;
 export const IFNAMSIZ = 0x10;
 export const AF_UNIX = 0x1;
+export const AF_INET = 0x2;
 export const SOCK_STREAM = 0x1;
 export const SOCK_NONBLOCK = 0x800;
 export const SOCK_CLOEXEC = 0x80000;

@@ -61,7 +61,7 @@ const PROCESS: readonly AllowRule[] = merge([
   ], WORKER_RUNTIME, [
   "openat", "open", "close", "fstat", "newfstatat", "stat", "lstat", "statx", "lseek", "fcntl", "dup", "dup2", "dup3",
   "getdents64", "readlink", "readlinkat", "getcwd", "access", "faccessat", "faccessat2", "fstatfs", "statfs",
-  "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "mknod", "mknodat", "ftruncate",
+  "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "mknod", "mknodat", "ftruncate",
   "fallocate", "fsync", "fdatasync", "chmod", "fchmod", "utimensat", "copy_file_range", "sendfile",
   "eventfd2", "pipe2", "epoll_create1", "timerfd_create", "timerfd_settime",
   { name: "socket", filter: { arg: 0, values: [AF_UNIX] } },

@@ -20,7 +20,7 @@ import {
   KVM_MEM_LOG_DIRTY_PAGES, KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, O_CLOEXEC, O_RDWR, POLLIN,
   ENXIO, SEEK_DATA, SEEK_HOLE,
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
-  kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
+  kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd, BPF_MAXINSNS, sock_filter,
 } from "../linux/abi.generated.js";
 import { PAGE_SIZE, sys } from "./native.js";
 
@@ -548,6 +548,22 @@ test("every other function refuses wrong types instead of passing them on", () =
     [() => sys.signalThread(0n, sys.sigrtmin()), "signalThread", "thread"],
     [() => sys.signalThread(2n ** 40n, sys.sigrtmin()), "signalThread", "thread"],
     [() => sys.signalThread("1" as unknown as bigint, sys.sigrtmin()), "signalThread", "thread"],
+  ];
+  for (const [fn, name, arg] of bad) rejects(fn, name, arg, `${name} ${arg}`);
+});
+
+test("installSeccompFilter: the instruction count must lie in 1..BPF_MAXINSNS and inside the buffer; flags only TSYNC and LOG", () => {
+  // Every case throws before any system call: nothing is installed in the test's process.
+  const eight = new Uint8Array(8 * sock_filter.SIZE);
+  const bad: [() => unknown, string, string][] = [
+    [() => sys.installSeccompFilter(eight, 9, 0), "installSeccompFilter", "count 9 instructions exceed the buffer's 64 bytes"],
+    [() => sys.installSeccompFilter(eight.subarray(8), 8, 0), "installSeccompFilter", "count 8 instructions exceed the buffer's 56 bytes"],
+    [() => sys.installSeccompFilter(eight, 0, 0), "installSeccompFilter", "count"],
+    [() => sys.installSeccompFilter(new Uint8Array((BPF_MAXINSNS + 1) * sock_filter.SIZE), BPF_MAXINSNS + 1, 0), "installSeccompFilter", "count"],
+    [() => sys.installSeccompFilter(eight, 1.5, 0), "installSeccompFilter", "count"],
+    [() => sys.installSeccompFilter(eight, 1, 0x8), "installSeccompFilter", "flags 0x8 other than TSYNC and LOG"],
+    [() => sys.installSeccompFilter(eight, 1, -1), "installSeccompFilter", "flags"],
+    [() => sys.installSeccompFilter(0x1000 as unknown as Uint8Array, 1, 0), "installSeccompFilter", "program"],
   ];
   for (const [fn, name, arg] of bad) rejects(fn, name, arg, `${name} ${arg}`);
 });

@@ -4,7 +4,9 @@
  * `-e raw=ioctl,socket,clone` so the filtered arguments are numbers), follows
  * which filters each thread has (the TSYNC process-wide install, each
  * worker's own install, inherited by the threads and processes it creates;
- * a worker that ever calls KVM_RUN is a vCPU thread, any other a device thread)
+ * a worker that makes any KVM ioctl is a vCPU thread, any other a device
+ * thread). flint makes no processes: what a filtered process forks (a test
+ * harness building a guest program) is left out, and its fork is reported.
  * and runs every traced call through the same compiled programs. Prints each
  * call a filter would not allow, by thread kind, with counts.
  *
@@ -67,7 +69,8 @@ for (const c of calls) {
     parent.set(Number.parseInt(c.ret), { tid: c.tid, thread });
   }
 }
-const vcpuThreads = new Set(calls.filter((c) => c.name === "ioctl" && parseArg(c.args.split(",")[1]) === BigInt(KVM_RUN)).map((c) => c.tid));
+const isKvmIoctl = (c: Call) => c.name === "ioctl" && ((parseArg(c.args.split(",")[1]) >> 8n) & 0xffn) === BigInt((KVM_RUN >> 8) & 0xff);
+const vcpuThreads = new Set(calls.filter(isKvmIoctl).map((c) => c.tid));
 // Pass 2: each thread's filter stack, in log order.
 const stack = new Map<number, ThreadKind[]>();
 const proc = new Map<number, number>();
@@ -90,10 +93,15 @@ function stackOf(tid: number): ThreadKind[] {
   return s;
 }
 const gaps = new Map<string, number>();
-let installs = 0;
+let installs = 0, ignored = 0;
+/** Is `tid` in a process forked from a filtered one (not flint's own)? */
+function forkedFromFiltered(tid: number): boolean {
+  const p = procOf(tid), par = parent.get(p);
+  return par !== undefined && !par.thread && stackOf(par.tid).length > 0;
+}
 for (const c of calls) {
   const s = stackOf(c.tid);
-  procOf(c.tid);
+  if (forkedFromFiltered(c.tid)) { ignored++; continue; }
   const nr = (SYSCALLS_X86_64 as Record<string, number>)[c.name];
   if (nr === undefined) { gaps.set(`? unknown call ${c.name}`, (gaps.get(`? unknown call ${c.name}`) ?? 0) + 1); continue; }
   const args = c.args.split(/,\s*/).slice(0, 6).map(parseArg);
@@ -117,5 +125,5 @@ for (const c of calls) {
     }
   }
 }
-console.log(`${calls.length} calls, ${installs} filter installs, ${gaps.size} gaps`);
+console.log(`${calls.length} calls, ${installs} filter installs, ${ignored} calls of forked children left out, ${gaps.size} gaps`);
 for (const [k, n] of [...gaps].sort()) console.log(`${String(n).padStart(7)}  ${k}`);
