@@ -21,7 +21,6 @@ if (kind === "process") {
   process.stdout.write(`survived (child status ${r.status})\n`);
 } else if (kind === "vcpu" || kind === "device") {
   const w = new Worker(new URL("./kill-worker.js", import.meta.url), { workerData: { kind, action: processSeccompAction() } });
-  w.on("message", (m: string) => process.stdout.write(`${m}\n`));
   w.on("error", (e) => { process.stdout.write(`worker failed: ${e.message}\n`); process.exitCode = 1; });
   w.on("exit", () => process.stdout.write("survived\n"));
 } else {

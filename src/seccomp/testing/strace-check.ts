@@ -11,7 +11,10 @@
  * call a filter would not allow, by thread kind, with counts.
  *
  *   strace -f -qq -e raw=ioctl,socket,clone -o /tmp/t.log <command>
- *   node dist/seccomp/testing/strace-check.js /tmp/t.log
+ *   node dist/seccomp/testing/strace-check.js /tmp/t.log [--unused]
+ *
+ * --unused also prints, per kind, the listed calls the log never made (what
+ * a list could lose, if other runs do not need them either).
  */
 import { readFileSync } from "node:fs";
 import { KVM_RUN, SECCOMP_RET_ACTION_FULL, SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SYSCALLS_X86_64 } from "../../linux/abi.generated.js";
@@ -93,6 +96,7 @@ function stackOf(tid: number): ThreadKind[] {
   return s;
 }
 const gaps = new Map<string, number>();
+const used: Record<ThreadKind, Set<string>> = { process: new Set(), vcpu: new Set(), device: new Set() };
 let installs = 0, ignored = 0;
 /** Is `tid` in a process forked from a filtered one (not flint's own)? */
 function forkedFromFiltered(tid: number): boolean {
@@ -106,6 +110,7 @@ for (const c of calls) {
   if (nr === undefined) { gaps.set(`? unknown call ${c.name}`, (gaps.get(`? unknown call ${c.name}`) ?? 0) + 1); continue; }
   const args = c.args.split(/,\s*/).slice(0, 6).map(parseArg);
   for (const kind of new Set(s)) {
+    used[kind].add(c.name);
     const r = runFilter(programs[kind], { nr, args });
     const action = (r & SECCOMP_RET_ACTION_FULL) >>> 0;
     if (action === SECCOMP_RET_ALLOW || action === SECCOMP_RET_ERRNO) continue;
@@ -127,3 +132,9 @@ for (const c of calls) {
 }
 console.log(`${calls.length} calls, ${installs} filter installs, ${ignored} calls of forked children left out, ${gaps.size} gaps`);
 for (const [k, n] of [...gaps].sort()) console.log(`${String(n).padStart(7)}  ${k}`);
+if (process.argv.includes("--unused")) {
+  for (const kind of Object.keys(ALLOW_LISTS) as ThreadKind[]) {
+    const unused = ALLOW_LISTS[kind].map((r) => (typeof r === "string" ? r : r.name)).filter((n) => !used[kind].has(n));
+    console.log(`${kind}: listed, never made here: ${unused.join(" ")}`);
+  }
+}
