@@ -1,9 +1,10 @@
 /**
  * The system calls each kind of flint thread may make, as data. Found by
- * tracing real runs (`strace -f` of the monitor's tests, the direct-KVM
- * suites, `--api-sock` client flows and the nested end-to-end tests), not
- * guessed; FLINT_SECCOMP_AUDIT=1 logs (instead of killing) a call a list
- * misses, for a user who finds a gap.
+ * tracing real runs (`strace -f` of the CLI and API tests, the client flows
+ * and the direct-KVM suites with the filters in audit mode, replayed through
+ * the filters by testing/strace-check.ts) and checked by the nested
+ * end-to-end tests with the filters on, not guessed; FLINT_SECCOMP_AUDIT=1
+ * logs (instead of killing) a call a list misses, for a user who finds a gap.
  *
  * Filters stack: the process-wide list (installed with TSYNC on the main
  * thread) applies to every thread, Node's own (libuv's pool, V8's platform
