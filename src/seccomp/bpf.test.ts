@@ -49,8 +49,9 @@ test("a call outside the list is killed, or only logged in audit mode; nothing l
       assert.equal(runFilter(log, { nr: nr(name) }), SECCOMP_RET_LOG, `${kind} audit: ${name}`);
     }
   }
-  // Narrower lists: a vCPU thread opens no files, a device thread makes no directories.
-  assert.equal(runFilter(compileInsns(ALLOW_LISTS.vcpu, "kill"), { nr: nr("openat") }), SECCOMP_RET_KILL_PROCESS);
+  // Narrower lists: vCPU and device threads make no directories and no sockets.
+  assert.equal(runFilter(compileInsns(ALLOW_LISTS.vcpu, "kill"), { nr: nr("mkdir") }), SECCOMP_RET_KILL_PROCESS);
+  assert.equal(runFilter(compileInsns(ALLOW_LISTS.vcpu, "kill"), { nr: nr("socket"), args: [1n] }), SECCOMP_RET_KILL_PROCESS);
   assert.equal(runFilter(compileInsns(ALLOW_LISTS.device, "kill"), { nr: nr("mkdir") }), SECCOMP_RET_KILL_PROCESS);
 });
 

@@ -25,7 +25,7 @@ test("the process-wide filter: starting a program kills flint's process with SIG
   assert.match(r.out, /^installed kill\n$/);
 });
 
-test("a vCPU thread's filter: opening a file kills the process with SIGSYS", () => {
+test("a vCPU thread's filter: making a directory kills the process with SIGSYS", () => {
   const r = run("vcpu");
   assert.equal(r.signal, "SIGSYS", JSON.stringify(r));
   assert.match(r.out, /installed kill\nthread filter vcpu\n$/);
