@@ -45,6 +45,9 @@
 #include <linux/if_tun.h>
 #include <linux/kvm.h>
 #include <linux/userfaultfd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -1275,6 +1278,40 @@ static napi_value js_execve(napi_env env, napi_callback_info info) {
   return make_i64(env, -err);
 }
 
+// --- seccomp -------------------------------------------------------------------
+
+// installSeccompFilter(program, count, flags) -> 0, or -errno, or (with
+// SECCOMP_FILTER_FLAG_TSYNC) the id of a thread that could not be
+// synchronized. `program` holds `count` struct sock_filter (1..BPF_MAXINSNS,
+// all inside the buffer); the kernel copies it. Sets no_new_privs first
+// (seccomp(2): required without CAP_SYS_ADMIN, and flint wants it anyway),
+// then stacks the filter on the calling thread (or, with TSYNC, every thread).
+// Only TSYNC and LOG are taken as flags: the others change what the call
+// returns or waits for (NEW_LISTENER, SPEC_ALLOW...) and flint uses none.
+static napi_value js_install_seccomp_filter(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  uint8_t *buf;
+  size_t cap;
+  int64_t count, flags;
+  if (!get_buffer(env, argv[0], "installSeccompFilter", "program", &buf, &cap) ||
+      !get_int(env, argv[1], "installSeccompFilter", "count", 1, BPF_MAXINSNS, &count) ||
+      !get_int(env, argv[2], "installSeccompFilter", "flags", 0, UINT32_MAX, &flags)) {
+    return NULL;
+  }
+  if ((size_t)count * sizeof(struct sock_filter) > cap) {
+    fail(env, 1, "installSeccompFilter: count %lld instructions exceed the buffer's %zu bytes", (long long)count, cap);
+    return NULL;
+  }
+  if (flags & ~(int64_t)(SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_LOG)) {
+    fail(env, 1, "installSeccompFilter: flags 0x%llx other than TSYNC and LOG", (unsigned long long)flags);
+    return NULL;
+  }
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return make_i64(env, -errno);
+  struct sock_fprog prog = {.len = (unsigned short)count, .filter = (struct sock_filter *)buf};
+  long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, (unsigned int)flags, &prog);
+  return make_i64(env, r < 0 ? -errno : r);
+}
+
 NAPI_MODULE_INIT() {
   static const struct {
     const char *name;
@@ -1318,6 +1355,7 @@ NAPI_MODULE_INIT() {
       {"sendFd", js_send_fd},
       {"recvFd", js_recv_fd},
       {"execve", js_execve},
+      {"installSeccompFilter", js_install_seccomp_filter},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;

@@ -234,7 +234,7 @@ Object.assign(CONSTANTS, {
   "linux/if_tun.h, linux/if.h, net: TAP devices and sockets": `
     TUNSETIFF TUNGETIFF TUNSETOFFLOAD TUNSETVNETHDRSZ TUNGETVNETHDRSZ TUNGETFEATURES IFF_TAP IFF_NO_PI
     IFF_VNET_HDR IFF_ONE_QUEUE IFF_MULTI_QUEUE TUN_F_CSUM TUN_F_TSO4 TUN_F_TSO6 TUN_F_TSO_ECN TUN_F_UFO
-    IFNAMSIZ AF_UNIX SOCK_STREAM SOCK_NONBLOCK SOCK_CLOEXEC O_NONBLOCK O_RDWR O_CLOEXEC
+    IFNAMSIZ AF_UNIX AF_INET SOCK_STREAM SOCK_NONBLOCK SOCK_CLOEXEC O_NONBLOCK O_RDWR O_CLOEXEC
     POLLIN POLLOUT IOV_MAX POLLERR POLLHUP POLLNVAL FALLOC_FL_KEEP_SIZE FALLOC_FL_PUNCH_HOLE FALLOC_FL_ZERO_RANGE
     ENOSPC EIO EPIPE ECONNREFUSED ECONNRESET EADDRINUSE ENOTCONN EINPROGRESS
     SHUT_RD SHUT_WR SHUT_RDWR ENAMETOOLONG ENOTSOCK SOCK_DGRAM ETH_HLEN ETH_ALEN ETH_FRAME_LEN FIONREAD`,
@@ -270,6 +270,25 @@ Object.assign(CONSTANTS, {
   "linux/fs.h: host block devices": `BLKGETSIZE64`,
 });
 
+// seccomp-BPF filters (src/seccomp): the filter's input, return actions and the classic BPF
+// opcodes (Documentation/userspace-api/seccomp_filter.rst, linux/filter.h, linux/bpf_common.h).
+Object.assign(CONSTANTS, {
+  "linux/seccomp.h, linux/audit.h, linux/filter.h, linux/prctl.h: seccomp-BPF filters": `
+    SECCOMP_SET_MODE_FILTER SECCOMP_FILTER_FLAG_TSYNC SECCOMP_FILTER_FLAG_LOG
+    SECCOMP_RET_KILL_PROCESS SECCOMP_RET_KILL_THREAD SECCOMP_RET_TRAP SECCOMP_RET_ERRNO SECCOMP_RET_LOG
+    SECCOMP_RET_ALLOW SECCOMP_RET_ACTION_FULL SECCOMP_RET_DATA AUDIT_ARCH_X86_64 __X32_SYSCALL_BIT
+    BPF_LD BPF_LDX BPF_ST BPF_STX BPF_ALU BPF_JMP BPF_RET BPF_MISC BPF_W BPF_H BPF_B BPF_IMM BPF_ABS BPF_IND BPF_MEM
+    BPF_LEN BPF_MSH BPF_ADD BPF_SUB BPF_MUL BPF_DIV BPF_OR BPF_AND BPF_LSH BPF_RSH BPF_NEG BPF_MOD BPF_XOR
+    BPF_JA BPF_JEQ BPF_JGT BPF_JGE BPF_JSET BPF_K BPF_X BPF_A BPF_TAX BPF_TXA BPF_MAXINSNS BPF_MEMWORDS
+    PR_SET_NO_NEW_PRIVS PR_GET_NO_NEW_PRIVS PR_GET_SECCOMP CLONE_THREAD CLONE_VM CLONE_VFORK`,
+});
+
+/** The x86-64 system call table (asm/unistd_64.h): every __NR_ name, printed through the compiler. */
+function syscallNames() {
+  const header = readFileSync("/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "utf8");
+  return [...header.matchAll(/^#define __NR_(\w+)\s/gm)].map((m) => m[1]);
+}
+
 const STRINGS = `
   ACPI_SIG_RSDP ACPI_SIG_XSDT ACPI_SIG_FADT ACPI_SIG_MADT ACPI_SIG_DSDT MPC_SIGNATURE
   BUSTYPE_ISA`;
@@ -280,6 +299,8 @@ const STRUCTS = [
     ex.exception ex.error_code io.direction io.size io.port io.count io.data_offset
     mmio.phys_addr mmio.data mmio.len mmio.is_write internal.suberror internal.ndata
     internal.data system_event.type system_event.ndata system_event.data`],
+  ["seccomp_data", `nr arch instruction_pointer args`],
+  ["sock_filter", `code jt jf k`],
   ["kvm_regs", `rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags`],
   ["kvm_segment", `base limit selector type present dpl db s l g avl unusable`],
   ["kvm_dtable", `base limit`],
@@ -463,6 +484,12 @@ function cProgram() {
 #include <linux/fs.h>
 #include <linux/userfaultfd.h>
 #include <sys/syscall.h>
+#include <linux/seccomp.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <sys/prctl.h>
+#include <linux/sched.h>
+#include <asm/unistd.h>
 #include <stdbool.h> /* include/linux/i8042.h uses bool in its stubs */
 #include "include/linux/i8042.h"
 #include "include/linux/libps2.h" /* its kernel-only includes are shims (makeShims) */
@@ -488,6 +515,9 @@ int main(void) {`);
       lines.push(`  printf("export const ${jsName(n)} = 0x%llx;\\n", (unsigned long long)(${n}));`);
     }
   }
+  lines.push(`  printf("\\n// asm/unistd_64.h: x86-64 system call numbers, by name without __NR_\\nexport const SYSCALLS_X86_64 = {\\n");`);
+  for (const n of syscallNames()) lines.push(`  printf("  ${n}: %d,\\n", (int)(__NR_${n}));`);
+  lines.push(`  printf("} as const;\\n");`);
   lines.push(`  printf("\\n// String constants\\n");`);
   for (const n of words(STRINGS)) {
     lines.push(`  printf("export const ${n} = \\"%s\\";\\n", ${n});`);

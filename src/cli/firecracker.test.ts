@@ -41,7 +41,7 @@ test("--no-api --config-file boots the PVH exit-loop guest: its first byte reach
     "machine-config": { vcpu_count: 1, mem_size_mib: 64, smt: false, track_dirty_pages: false, huge_pages: "None" },
     "entropy": {},
   });
-  const child = spawn(process.execPath, [CLI, "--no-api", "--config-file", cfg, "--id", "vm-1", "--level", "Debug", "--no-seccomp"], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [CLI, "--no-api", "--config-file", cfg, "--id", "vm-1", "--level", "Debug"], { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "", stderr = "";
   child.stderr.on("data", (b: Buffer) => { stderr += b.toString("latin1"); });
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
@@ -90,7 +90,7 @@ test("Firecracker's other flags are taken by the parser; the snapshot flags desc
   writeFileSync(join(dir, "metrics"), "");
   // Every accepted flag, then the config's kernel error: the parser took them all.
   expectUserError(["--no-api", "--config-file", cfg, "--id", "a-1", "--log-path", join(dir, "log"), "--level", "Warning", "--module", "api_server",
-    "--show-level", "--show-log-origin", "--metrics-path", join(dir, "metrics"), "--boot-timer", "--seccomp-filter", join(dir, "filter.bpf"),
+    "--show-level", "--show-log-origin", "--metrics-path", join(dir, "metrics"), "--boot-timer",
     "--start-time-us", "1", "--start-time-cpu-us", "2", "--parent-cpu-time-us", "3", "--http-api-max-payload-size", "51200",
     "--mmds-size-limit", "51200", "--enable-pci"], /neither an ELF vmlinux nor a bzImage/);
   // With the API as well, the config file's VM boots first: its kernel error ends the process the same way.
@@ -99,6 +99,8 @@ test("Firecracker's other flags are taken by the parser; the snapshot flags desc
   expectUserError(["--no-api", "--config-file", cfg, "--id", "vm_1"], /^flint: Invalid --id: character '_' is not an ASCII letter, digit or '-'$/);
   expectUserError(["--no-api", "--config-file", cfg, "--id", "x".repeat(65)], /^flint: Invalid --id: must be 1 to 64 characters, got 65$/);
   expectUserError(["--no-api", "--config-file", cfg, "--seccomp-filter", "f", "--no-seccomp"], /cannot be given together/);
+  // flint builds its own filters: a filter file is refused, before the config file is read.
+  expectUserError(["--no-api", "--config-file", cfg, "--seccomp-filter", join(dir, "filter.bpf")], /^flint: --seccomp-filter is not supported: flint builds its own seccomp filters/);
   expectUserError(["--describe-snapshot", join(dir, "snap")], /^flint: Cannot read snapshot '.*snap': ENOENT$/);
   writeFileSync(join(dir, "not-a-snap"), "{}");
   expectUserError(["--describe-snapshot", join(dir, "not-a-snap")], /^flint: Cannot load '.*not-a-snap': not a flint snapshot state file/);

@@ -10,14 +10,18 @@
  * with `flint run`'s exit codes (0 when the guest powered off or reset, 1
  * when the VM failed), and on SIGTERM or SIGINT, which end the VM at once.
  *
- * Flags accepted and not acted on yet (logging, metrics, seccomp, start-time
- * stamps, payload and MMDS size limits) change nothing a guest can see.
+ * seccomp filters are on unless `--no-seccomp` (src/seccomp: flint builds its
+ * own; Firecracker's `--seccomp-filter FILE` is refused): the process-wide
+ * one once the socket listens and the config file is read, before any guest
+ * code runs. Flags accepted and not acted on (start-time stamps, PCI) change
+ * nothing a guest can see.
  */
 import { readFileSync } from "node:fs";
 import { toFlintMachine } from "../config/convert.js";
 import { ConfigError, parseVmConfig } from "../config/schema.js";
 import { ApiServer } from "../vmm/api-server.js";
 import { Vm } from "../vmm/vm.js";
+import { installProcessSeccomp } from "../seccomp/index.js";
 import { exitCode, forwardStdin, reportRun } from "./run.js";
 import { describeSnapshotVersion, formatVersionString } from "./snapshot.js";
 
@@ -80,6 +84,9 @@ export async function runFirecracker(o: FirecrackerFlags): Promise<number> {
   }
   checkInstanceId(o.id);
   if (o.seccompFilter !== undefined && !o.seccomp) throw new FlagError("EFLAG", "--seccomp-filter and --no-seccomp cannot be given together");
+  if (o.seccompFilter !== undefined) {
+    throw new FlagError("EFLAGNOTYET", "--seccomp-filter is not supported: flint builds its own seccomp filters per thread (--no-seccomp turns them off)");
+  }
   if (!o.api && o.metadata !== undefined) throw new FlagError("EFLAG", "--metadata needs the API (MMDS data is served through it): drop --no-api");
   if (!o.api && o.configFile === undefined) throw new FlagError("EFLAG", "--no-api needs --config-file FILE");
   return serveVm(o);
@@ -126,6 +133,9 @@ async function serveVm(o: FirecrackerFlags): Promise<number> {
     ...(o.httpApiMaxPayloadSize !== undefined ? { maxPayloadBytes: o.httpApiMaxPayloadSize } : {}),
     onError: (line) => { if (process.env.FLINT_DEBUG) process.stderr.write(`flint: ${line}\n`); },
   });
+  // Start-up is done (flags, files, socket): from here every thread of the process is filtered
+  // (src/seccomp), and each vCPU and device thread the VM starts adds its own filter.
+  if (o.seccomp) installProcessSeccomp();
   // The default machine's vCPU thread boots while the client configures (more as PUTs ask: api-server.ts).
   if (!config) vm.warmUp();
   try {

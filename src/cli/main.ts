@@ -85,8 +85,8 @@ function buildProgram(asFirecracker: boolean): Command {
     .option("--no-api", "no API socket (needs --config-file)")
     .option("--metadata <path>", "a JSON file to fill the MMDS data store with")
     .option("--boot-timer", "print the time until the guest wrote the boot-timer address")
-    .option("--seccomp-filter <path>", "accepted, not applied yet")
-    .option("--no-seccomp", "accepted (flint installs no seccomp filter yet)")
+    .option("--seccomp-filter <path>", "refused: flint builds its own seccomp filters")
+    .option("--no-seccomp", "no seccomp filters (on by default; FLINT_SECCOMP_AUDIT=1 logs instead of killing)")
     .option("--log-path <path>", "accepted, ignored (no log file yet)")
     .option("--level <level>", "accepted, ignored")
     .option("--module <module>", "accepted, ignored")
@@ -128,6 +128,7 @@ function buildProgram(asFirecracker: boolean): Command {
     .option("--balloon <mib>", "virtio-balloon device with an initial target in MiB", wholeNumber("--balloon"))
     .option("--net <tap=NAME,mac=MAC[,mtu=N]>", "virtio-net over an existing TAP interface (repeatable)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--vsock <cid=N,uds=PATH>", "virtio-vsock: guest CID and host Unix socket (guest port P connects to PATH_P; repeatable)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("--no-seccomp", "no seccomp filters (on by default; FLINT_SECCOMP_AUDIT=1 logs instead of killing)")
     .exitOverride()
     .action(async (o) => {
       if (o.balloon !== undefined && o.balloon > o.memory) {
@@ -137,6 +138,7 @@ function buildProgram(asFirecracker: boolean): Command {
         kernel: o.kernel, initrd: o.initrd, cmdline: o.cmdline, cpus: o.cpus, memoryMib: o.memory,
         bootMode: o.boot, acpi: o.acpi, hugePages: !!o.hugePages, mergeable: !!o.ksm, bootTime: !!o.bootTime, debugExit: !!o.debugExit,
         virtioDevices: virtioDevicesFromFlags({ disk: o.disk, rng: !!o.rng, balloon: o.balloon, net: o.net, vsock: o.vsock }),
+        seccomp: o.seccomp !== false,
       });
     });
 

@@ -25,6 +25,8 @@ export interface RunOptions {
   debugExit?: boolean;
   /** virtio devices, in guest order. */
   virtioDevices?: VirtioDeviceConfig[];
+  /** seccomp filters (MachineConfig.seccomp); `--no-seccomp` turns them off. */
+  seccomp?: boolean;
 }
 
 /** Runs the VM to its end and returns the process exit code. Throws for bad input (before the guest starts). */
@@ -50,6 +52,7 @@ export async function runVm(o: RunOptions): Promise<number> {
     // Always shown: a failing or full host disk is the operator's to fix (the guest carries on).
     onHostError: (device, message) => process.stderr.write(`flint: host error in ${device}: ${message}\r\n`),
     onSlowEnd: (message) => process.stderr.write(`flint: ${message}\r\n`),
+    seccomp: o.seccomp ?? false,
   });
   let quit = false;
   const detach = forwardStdin(machine, () => {

@@ -22,7 +22,7 @@ import {
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
   kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
   EEXIST, EPIPE, O_NONBLOCK, UFFD_API, UFFDIO_API, UFFDIO_COPY, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_UNREGISTER,
-  uffdio_api, uffdio_copy, uffdio_range, uffdio_register,
+  uffdio_api, uffdio_copy, uffdio_range, uffdio_register, BPF_MAXINSNS, sock_filter,
 } from "../linux/abi.generated.js";
 import { PAGE_SIZE, sys } from "./native.js";
 
@@ -681,4 +681,20 @@ test("execve: every argument is checked before the call (strings only, no NUL, a
   ];
   for (const [fn, arg] of bad) rejects(fn, "execve", arg, `execve ${arg}`);
   assert.equal(sys.execve(join(dir, "no-such-program"), ["x"], []), -ENOENT);
+});
+
+test("installSeccompFilter: the instruction count must lie in 1..BPF_MAXINSNS and inside the buffer; flags only TSYNC and LOG", () => {
+  // Every case throws before any system call: nothing is installed in the test's process.
+  const eight = new Uint8Array(8 * sock_filter.SIZE);
+  const bad: [() => unknown, string, string][] = [
+    [() => sys.installSeccompFilter(eight, 9, 0), "installSeccompFilter", "count 9 instructions exceed the buffer's 64 bytes"],
+    [() => sys.installSeccompFilter(eight.subarray(8), 8, 0), "installSeccompFilter", "count 8 instructions exceed the buffer's 56 bytes"],
+    [() => sys.installSeccompFilter(eight, 0, 0), "installSeccompFilter", "count"],
+    [() => sys.installSeccompFilter(new Uint8Array((BPF_MAXINSNS + 1) * sock_filter.SIZE), BPF_MAXINSNS + 1, 0), "installSeccompFilter", "count"],
+    [() => sys.installSeccompFilter(eight, 1.5, 0), "installSeccompFilter", "count"],
+    [() => sys.installSeccompFilter(eight, 1, 0x8), "installSeccompFilter", "flags 0x8 other than TSYNC and LOG"],
+    [() => sys.installSeccompFilter(eight, 1, -1), "installSeccompFilter", "flags"],
+    [() => sys.installSeccompFilter(0x1000 as unknown as Uint8Array, 1, 0), "installSeccompFilter", "program"],
+  ];
+  for (const [fn, name, arg] of bad) rejects(fn, name, arg, `${name} ${arg}`);
 });

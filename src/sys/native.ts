@@ -152,6 +152,14 @@ interface Addon {
    * on failure, with -errno. Strings are checked (no NUL inside, bounded).
    */
   execve(path: string, argv: string[], envp: string[]): number;
+  /**
+   * Sets no_new_privs, then seccomp(SECCOMP_SET_MODE_FILTER, flags, prog)
+   * with the `count` (1..BPF_MAXINSNS) struct sock_filter at the start of
+   * `program` (the count must fit in the buffer). `flags`: only
+   * SECCOMP_FILTER_FLAG_TSYNC and SECCOMP_FILTER_FLAG_LOG. Returns 0, -errno,
+   * or with TSYNC the id of a thread that could not be synchronized.
+   */
+  installSeccompFilter(program: SysBuffer, count: number, flags: number): number;
 }
 
 /** A failed system call. `code` is the errno name (EINTR, ENOMEM...). */

@@ -44,6 +44,7 @@ import { FLINT_VERSION } from "../sys/version.js";
 import { sys } from "../sys/native.js";
 import { WorkerPool } from "../sys/worker-pool.js";
 import { WarmVms, type WarmVm, type WarmVmShape } from "./warm-vms.js";
+import { installProcessSeccomp, processSeccompAction, seccompDefaultFromEnv } from "../seccomp/index.js";
 import { BLOCK_REQUEST_UPDATE_BACKING } from "../devices/virtio/block.js";
 import { DEVICE_THREAD_POOL } from "../devices/virtio/device-thread.js";
 import { waitForChange } from "../devices/shared-lock.js";
@@ -146,6 +147,17 @@ export interface MachineConfig {
   pauseTimeoutMs?: number;
   /** Called once run() has let every vCPU into the guest (the state is then "running"). */
   onStarted?: () => void;
+  /**
+   * seccomp-BPF filters (src/seccomp): run() installs the process-wide one on
+   * every thread of the process (once per process, and for good: it also
+   * limits what the rest of the program may do, e.g. no child processes),
+   * then each vCPU and device thread adds its own. Off by default in the
+   * library (FLINT_SECCOMP=1 in the environment makes unset mean on, to run
+   * a program's tests under the filters); the CLI's monitor modes turn it
+   * on. A call outside the lists kills the process (FLINT_SECCOMP_AUDIT=1:
+   * logged instead).
+   */
+  seccomp?: boolean;
 }
 
 /**
@@ -828,6 +840,9 @@ export class Machine {
     }
     // Device threads and vCPU threads start at the same time (each is a worker that must
     // load before it answers); no vCPU enters the guest before every device is ready.
+    // The process-wide seccomp filter before any thread of this VM starts its own (index.ts: the order matters).
+    if (this.config.seccomp ?? seccompDefaultFromEnv()) installProcessSeccomp();
+    const seccomp = processSeccompAction();
     const devicesStarted = this.virtio.start().then(() => undefined, (e: unknown) => e);
     if (!kickInstalled) {
       sys.installKickSignal(KICK_SIGNAL);
@@ -845,6 +860,7 @@ export class Machine {
       const init: VcpuThreadInit = {
         vcpu: vcpu.describe(), vmFd: this.vm.fd,
         devices: this.host.descriptor, control: this.control, stats: this.vcpuStatBlocks[vcpu.id]!, kickSignal: KICK_SIGNAL,
+        ...(seccomp ? { seccomp } : {}),
       };
       const w = VCPU_THREAD_POOL.take(init);
       this.workers.push(w);

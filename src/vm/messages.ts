@@ -1,4 +1,5 @@
 /** Messages between the main thread and vCPU worker threads. */
+import type { DefaultAction } from "../seccomp/index.js";
 import type { VmExitReason } from "../devices/bus.js";
 import type { VcpuDescriptor } from "../kvm/vcpu.js";
 import type { DeviceSetDescriptor } from "./device-set.js";
@@ -13,6 +14,8 @@ export interface VcpuThreadInit {
   /** This vCPU's counters (vcpu-loop.ts newStatsBlock), shared with the main thread. */
   stats: Float64Array;
   kickSignal: number;
+  /** The thread's own seccomp filter to stack before it runs the guest (when the process has one). */
+  seccomp?: DefaultAction;
 }
 
 /** vCPU thread -> main thread. */

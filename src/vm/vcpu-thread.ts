@@ -10,6 +10,7 @@ import { GuestFaultLog } from "../devices/fault-log.js";
 import { VcpuFd } from "../kvm/vcpu.js";
 import { sys } from "../sys/native.js";
 import { workerInit } from "../sys/worker-pool.js";
+import { installThreadSeccomp } from "../seccomp/index.js";
 import { claimExit } from "./control.js";
 import { buildBuses } from "./device-set.js";
 import type { VcpuThreadInit, VcpuThreadMessage } from "./messages.js";
@@ -46,6 +47,8 @@ post({ type: "ready", thread: sys.threadSelf() });
 void startSignal.then(() => {
   let reason: VmExitReason | undefined;
   try {
+    // Guest work starts here: the vCPU's own filter first (stacked on the process-wide one).
+    if (init.seccomp) installThreadSeccomp("vcpu", init.seccomp);
     const { pio, mmio } = buildBuses(init.devices, ctx);
     reason = runVcpu(vcpu, pio, mmio, init.control, init.stats);
   } catch (e) {

@@ -64,7 +64,7 @@ export interface VmRestoreOptions extends VmOptions {
 export type SnapshotCreate = z.infer<typeof SnapshotCreateSchema>;
 
 /** What every Vm's Machine is given, whether created or restored. */
-type MachineHooks = Pick<MachineConfig, "consoleOutput" | "onGuestFault" | "onHostError" | "onSlowEnd" | "onStarted">;
+type MachineHooks = Pick<MachineConfig, "consoleOutput" | "onGuestFault" | "onHostError" | "onSlowEnd" | "onStarted" | "seccomp">;
 
 /** Firecracker's instance states (vmm_config/instance_info.rs VmState). */
 export type VmState = "Not started" | "Running" | "Paused";
@@ -110,6 +110,8 @@ export interface VmOptions {
   onSlowEnd?: (message: string) => void;
   /** Largest MMDS data store in bytes (Firecracker's --mmds-size-limit; default its API payload limit, 51200). */
   mmdsSizeLimit?: number;
+  /** seccomp filters when the VM starts (MachineConfig.seccomp; off by default in the library). */
+  seccomp?: boolean;
 }
 
 /** Vm.create's options: a VM in flint's camelCase, converted to Firecracker's resources. */
@@ -555,6 +557,7 @@ export class Vm extends EventEmitter<VmEvents> {
           this.options.onSlowEnd?.(message);
         },
         onStarted: () => this.emit("state", this.state),
+        ...(this.options.seccomp ? { seccomp: true } : {}),
       });
     } catch (e) {
       this.serialOutput?.destroy();

@@ -25,6 +25,7 @@ import { GuestMemory, type MemoryDescriptor } from "../../memory/guest-memory.js
 import { dataView } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
 import { workerInit } from "../../sys/worker-pool.js";
+import { installThreadSeccomp } from "../../seccomp/index.js";
 import { VIRTIO_BACKENDS } from "./backends.js";
 import { DeviceRunner, type PollEntry } from "./device-runner.js";
 import type { DeviceEvent, DeviceInit, DeviceStartResult, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
@@ -162,6 +163,9 @@ function loop(): void {
   }
 }
 
+// The devices exist (files and sockets open): the thread's own filter before it serves the guest.
+// A filter the kernel refuses fails the thread (the main side sees its error) rather than run unfiltered.
+if (init.seccomp) installThreadSeccomp("device", init.seccomp);
 post({ type: "ready", devices: results });
 try {
   loop();

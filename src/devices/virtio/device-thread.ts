@@ -34,6 +34,7 @@ import type { VmFd } from "../../kvm/vm.js";
 import type { MemoryDescriptor } from "../../memory/guest-memory.js";
 import { eventfd } from "../../sys/native.js";
 import { WorkerPool } from "../../sys/worker-pool.js";
+import { processSeccompAction, type DefaultAction } from "../../seccomp/index.js";
 import type { VirtioDeviceKind } from "./backends.js";
 import { type DeviceSavedParts, VIRTIO_REQUEST_SAVE_STATE, type VirtioDeviceSavedState, VirtioSavedStateError } from "./device-saved-state.js";
 import { TransportState, createTransportShared, type TransportStats } from "./mmio-state.js";
@@ -82,6 +83,8 @@ export interface DeviceInit {
 /** workerData of a device thread: its devices, in the order its messages name them. */
 export interface DeviceThreadInit {
   devices: DeviceInit[];
+  /** The thread's own seccomp filter to stack once its devices are created, before its loop (when the process has one). */
+  seccomp?: DefaultAction;
 }
 
 /** A host-side request to a device thread, and its answer. */
@@ -244,7 +247,8 @@ export class DeviceThread {
   private async launch(): Promise<DeviceStartResult[]> {
     this.started = this.members.filter((d) => !d.closedBeforeStart);
     if (this.started.length === 0) return [];
-    const init: DeviceThreadInit = { devices: this.started.map((d) => d.threadInit()) };
+    const seccomp = processSeccompAction();
+    const init: DeviceThreadInit = { devices: this.started.map((d) => d.threadInit()), ...(seccomp ? { seccomp } : {}) };
     const w = DEVICE_THREAD_POOL.take(init, init.devices.map((d) => d.requests));
     this.worker = w;
     let readyAnswered = false;
