@@ -10,4 +10,4 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
   build-essential python3 bc bison flex libelf-dev libssl-dev xz-utils cpio kmod \
-  linux-source-6.1 busybox-static qemu-system-x86 acpica-tools binutils e2fsprogs iproute2 time tmux dmsetup
+  linux-source-6.1 busybox-static qemu-system-x86 acpica-tools binutils e2fsprogs iproute2 time tmux dmsetup procps

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -73,6 +74,33 @@ describe("runNested", { timeout: 5 * TIMEOUT_MS + 20 * 60_000 }, () => {
     assert.match(describeNestedRun(once), /^the nested command exited 3 after \d+ s$/);
   });
 
+  it("a frozen outer VM (its heartbeat stops) is killed long before timeoutMs, reported as frozen, and retried with retryAfterTimeout", async () => {
+    // Freeze QEMU itself (SIGSTOP) once the command runs: nothing inside runs any more, as in a TCG freeze.
+    let stopped = false;
+    const freeze = (text: string): void => {
+      if (stopped || !text.includes("flint-nested: running")) return;
+      stopped = true;
+      const pid = execFileSync("pgrep", ["-n", "-f", "mount_tag=flintctl"], { encoding: "utf8" }).trim();
+      process.kill(Number(pid), "SIGSTOP");
+    };
+    let retries = 0;
+    const result = await runNested({
+      command: "sleep 600", timeoutMs: 10 * 60_000, kvm: false, frozenAfterMs: 20_000, onSerial: freeze,
+      retryAfterTimeout: () => { retries++; stopped = false; },
+    });
+    // A freeze is the emulated machine's failure, not the command's: up to three outer VMs.
+    assert.equal(retries, 2);
+    assert.equal(result.attempts, 3);
+    assert.equal(result.frozen, true);
+    assert.equal(result.timedOut, true);
+    assert.ok(result.durationMs < 120_000, `${result.durationMs} ms: killed long before its 10-minute limit`);
+    assert.match(describeNestedRun(result), /^the outer VM froze \(its heartbeat stopped\) and was killed after \d+ s, in a third outer VM because the first froze, and the second froze$/);
+    // A run that only sleeps (a heartbeat all along) is not taken for frozen.
+    const calm = await runNested({ command: "sleep 40; exit 4", timeoutMs: TIMEOUT_MS, kvm: false, frozenAfterMs: 20_000 });
+    assert.equal(calm.frozen, false);
+    assert.equal(calm.exitCode, 4);
+  });
+
   it("with retryOnGuestCrash, runs once more when a listed file shows a guest's unrequested triple fault, and says so", async () => {
     const shareDir = mkdtempSync(join(tmpdir(), "flint-nested-test-"));
     try {
@@ -87,6 +115,14 @@ describe("runNested", { timeout: 5 * TIMEOUT_MS + 20 * 60_000 }, () => {
       assert.equal(cleanups, 1);
       assert.equal(readFileSync(out, "utf8"), "flint-guest: booted\n");
       assert.match(describeNestedRun(result), /second outer VM because a guest died in the first \(flint\.out: flint: the guest reset the VM \(triple fault\): vCPU 0/);
+      // An outer VM that ends before the command's status (here it powers itself off) is made again too.
+      rmSync(marker);
+      const off = `if [ -e ${marker} ]; then exit 0; else touch ${marker}; echo o > /proc/sysrq-trigger; sleep 60; fi`;
+      const revived = await runNested({ command: off, timeoutMs: TIMEOUT_MS, shareDir, kvm: false, retryOnGuestCrash: [out], retryAfterTimeout: () => void cleanups++ });
+      assert.equal(revived.exitCode, 0, `${revived.output}\n${tail(revived.serial)}`);
+      assert.equal(revived.attempts, 2);
+      assert.match(describeNestedRun(revived), /second outer VM because the first ended without the command's exit status/);
+      cleanups = 1;
       // A run whose file shows nothing wrong is not made again.
       const again = await runNested({ command: "true", timeoutMs: TIMEOUT_MS, shareDir, kvm: false, retryOnGuestCrash: [out], retryAfterTimeout: () => void cleanups++ });
       assert.equal(again.attempts, 1);
@@ -121,7 +157,7 @@ describe("unrequestedTripleFault", () => {
 });
 
 describe("the outer VM's kernel", () => {
-  const run = (serial: string): NestedResult => ({ exitCode: 0, output: "", durationMs: 910_000, timedOut: false, attempts: 1, serial, shareDir: "/tmp/x" });
+  const run = (serial: string): NestedResult => ({ exitCode: 0, output: "", durationMs: 910_000, timedOut: false, frozen: false, attempts: 1, serial, shareDir: "/tmp/x" });
 
   it("a lockup or a stall it reports is found (what makes runNested try again)", () => {
     assert.equal(outerKernelLockup("[  905.0] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [node:301]\n[  905.0] Call Trace:\n"),

@@ -58,7 +58,21 @@ export const NESTED_REPORT_PREFIX = "flint-nested:";
 const NINEP_MSIZE = 512000;
 
 /** Bump when the outer VM's /init changes in a way the cache key would not see. */
-const NESTED_INITRAMFS_RECIPE_VERSION = 1;
+const NESTED_INITRAMFS_RECIPE_VERSION = 2;
+
+/**
+ * The outer VM's /init writes a new count to the control share's `heartbeat`
+ * every HEARTBEAT_S seconds while the command runs. The TCG outer VM has been
+ * seen to freeze (README, Tests): nothing in it runs any more, its heartbeat
+ * included, and before this a frozen run waited for its test's whole time
+ * limit (up to 20 minutes). A heartbeat that has not changed for
+ * FROZEN_AFTER_MS (from QEMU's start until the first one) marks the run
+ * frozen: QEMU is killed and the run ends as a timed-out one (retried once
+ * when the caller asked for that). A busy outer VM still runs a shell loop
+ * that sleeps 5 s well within it: its kernel would report a soft lockup first.
+ */
+const HEARTBEAT_S = 5;
+const FROZEN_AFTER_MS = 150_000;
 
 /**
  * Outer VMs run one at a time on a host (see host-lock.ts for why); this lock
@@ -127,6 +141,8 @@ export interface NestedOptions {
    * again too: its nested guests stop with it.
    */
   retryOnGuestCrash?: readonly string[];
+  /** How long an unchanged heartbeat means a frozen outer VM (default FROZEN_AFTER_MS; for the harness's own test). */
+  frozenAfterMs?: number;
 }
 
 /** The outcome of {@link runNested}. */
@@ -137,8 +153,10 @@ export interface NestedResult {
   output: string;
   /** Wall-clock time from starting QEMU to its exit, in milliseconds. */
   durationMs: number;
-  /** True if the (last) run was stopped at `timeoutMs`. */
+  /** True if the (last) run was stopped at `timeoutMs`, or as frozen (see `frozen`). */
   timedOut: boolean;
+  /** True if the (last) run was stopped because its outer VM's heartbeat stopped (FROZEN_AFTER_MS). */
+  frozen: boolean;
   /** Outer VMs booted: 2 when the first timed out or its guest crashed, and the run was made again. */
   attempts: number;
   /** Why the run was made a second time, when it was. */
@@ -183,8 +201,11 @@ share=$(cat /ctl/share-path)
 mkdir -p "/host$share" 2>/dev/null
 ${mount9p("flintshare", '"/host$share"', false)} || fail "cannot mount the share at $share"
 ${say("running")}
+(n=0; while :; do n=$((n + 1)); echo $n >/ctl/heartbeat; sleep ${HEARTBEAT_S}; done) </dev/null >/dev/null 2>&1 &
+heartbeat=$!
 chroot /host /bin/sh -c "$(cat /ctl/command.sh)" </dev/null >/ctl/output 2>&1
 echo $? >/ctl/exit-code
+kill $heartbeat
 ${say("exit $(cat /ctl/exit-code)")}
 umount "/host$share" /ctl
 drain
@@ -279,25 +300,45 @@ function commandScript(command: string, cwd: string, env: Record<string, string>
  * guest failure is reported in the result. Prints nothing.
  */
 export async function runNested(options: NestedOptions): Promise<NestedResult> {
-  const first = await runNestedOnce(options);
-  let retryReason: string | undefined;
-  const stuck = options.retryOnGuestCrash ? outerKernelLockup(first.serial) : undefined;
-  if (first.timedOut) {
-    if (options.retryAfterTimeout) retryReason = "the first timed out";
-  } else if (stuck !== undefined) {
-    retryReason = `the first one's kernel reported "${stuck}"`;
-  } else {
-    for (const file of options.retryOnGuestCrash ?? []) {
-      const crash = existsSync(file) ? unrequestedTripleFault(readFileSync(file, "utf8")) : undefined;
-      if (crash !== undefined) {
-        retryReason = `a guest died in the first (${file.split("/").pop()}: ${crash})`;
-        break;
-      }
-    }
+  const reasons: string[] = [];
+  for (let attempt = 1; ; attempt++) {
+    const result = await runNestedOnce(options);
+    const why = attempt < MAX_ATTEMPTS ? retryReason(result, options, attempt) : undefined;
+    if (why === undefined) return { ...result, attempts: attempt, ...(reasons.length > 0 ? { retryReason: reasons.join(", and ") } : {}) };
+    reasons.push(why);
+    options.retryAfterTimeout?.();
   }
-  if (retryReason === undefined) return first;
-  options.retryAfterTimeout?.();
-  return { ...(await runNestedOnce(options)), attempts: 2, retryReason };
+}
+
+/**
+ * Outer VMs a run may take: the emulated machine fails in ways unrelated to
+ * what runs in it (a freeze, a lockup, a nested guest killed, the outer VM
+ * resetting in its own boot), and CI has seen two of those in one test's two
+ * outer VMs. A plain time-out (the heartbeat went on, so the command itself
+ * hung) is retried once only.
+ */
+const MAX_ATTEMPTS = 3;
+
+const ORDINAL = ["first", "second", "third"] as const;
+
+/** Why `result` (the outer VM numbered `attempt`) should be run again, or undefined. */
+function retryReason(result: NestedResult, options: NestedOptions, attempt: number): string | undefined {
+  const nth = ORDINAL[attempt - 1]!;
+  if (result.timedOut) {
+    if (!options.retryAfterTimeout) return undefined;
+    if (result.frozen) return `the ${nth} froze`;
+    return attempt === 1 ? `the ${nth} timed out` : undefined;
+  }
+  if (options.retryOnGuestCrash === undefined) return undefined;
+  const stuck = outerKernelLockup(result.serial);
+  if (stuck !== undefined) return `the ${nth} one's kernel reported "${stuck}"`;
+  for (const file of options.retryOnGuestCrash) {
+    const crash = existsSync(file) ? unrequestedTripleFault(readFileSync(file, "utf8")) : undefined;
+    if (crash !== undefined) return `a guest died in the ${nth} (${file.split("/").pop()}: ${crash})`;
+  }
+  // QEMU exited (the outer VM powered off or reset) before /init wrote the command's status.
+  if (result.exitCode < 0 && !result.serial.includes(`${NESTED_REPORT_PREFIX} setup failed`)) return `the ${nth} ended without the command's exit status`;
+  return undefined;
 }
 
 /** The outer VM's kernel finding itself stuck (a CPU that does not schedule, an RCU grace period that never ends). */
@@ -341,9 +382,10 @@ export function unrequestedTripleFault(text: string): string | undefined {
 export function describeNestedRun(result: NestedResult | undefined): string {
   if (!result) return "the nested run never ended (its set-up failed)";
   const s = (result.durationMs / 1000).toFixed(0);
-  const retried = result.attempts > 1 ? `, in a second outer VM because ${result.retryReason ?? "the first timed out"}` : "";
+  const retried = result.attempts > 1 ? `, in a ${ORDINAL[result.attempts - 1]} outer VM because ${result.retryReason ?? "the first timed out"}` : "";
   const trouble = OUTER_TROUBLE.exec(result.serial)?.[0].trim();
   const said = trouble ? `; the outer VM's kernel said "${trouble}"` : "";
+  if (result.frozen) return `the outer VM froze (its heartbeat stopped) and was killed after ${s} s${retried}${said}`;
   if (result.timedOut) return `the outer VM was killed at its time limit after ${s} s${retried}${said}`;
   if (result.exitCode < 0) return `the outer VM ended after ${s} s without the command's exit status${retried}${said}`;
   return `the nested command exited ${result.exitCode} after ${s} s${retried}${said}`;
@@ -381,9 +423,10 @@ async function runNestedOnce(options: NestedOptions): Promise<NestedResult> {
     mkdirSync(shareDir, { recursive: true });
 
     const started = performance.now();
-    const { serial, timedOut } = await runQemu(
+    const { serial, timedOut, frozen } = await runQemu(
       qemuArgs({ kernel, initramfs, cpus, memoryMib, shareDir, controlDir }),
       options.timeoutMs,
+      { path: join(controlDir, "heartbeat"), frozenAfterMs: options.frozenAfterMs ?? FROZEN_AFTER_MS },
       options.onSerial,
     );
     const durationMs = Math.round(performance.now() - started);
@@ -396,6 +439,7 @@ async function runNestedOnce(options: NestedOptions): Promise<NestedResult> {
       output: existsSync(outputFile) ? readFileSync(outputFile, "utf8") : "",
       durationMs,
       timedOut,
+      frozen,
       attempts: 1,
       serial,
       shareDir,
@@ -407,21 +451,47 @@ async function runNestedOnce(options: NestedOptions): Promise<NestedResult> {
   }
 }
 
-/** Runs QEMU to completion or until `timeoutMs`, collecting the serial console. */
+/** The heartbeat file's content, or undefined while there is none. */
+function readHeartbeat(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Runs QEMU to completion, until `timeoutMs`, or until the outer VM's
+ * heartbeat (written to `heartbeat.path`) stops for `heartbeat.frozenAfterMs`,
+ * collecting the serial console.
+ */
 function runQemu(
   args: string[],
   timeoutMs: number,
+  heartbeat: { path: string; frozenAfterMs: number },
   onSerial?: (text: string) => void,
-): Promise<{ serial: string; timedOut: boolean }> {
+): Promise<{ serial: string; timedOut: boolean; frozen: boolean }> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "pipe", "pipe"] });
     let serial = "";
     let stderr = "";
     let timedOut = false;
+    let frozen = false;
     const timer = setTimeout(() => {
       timedOut = true;
       child.kill("SIGKILL");
     }, timeoutMs);
+    let beat = readHeartbeat(heartbeat.path), beatAt = performance.now();
+    const watch = setInterval(() => {
+      const now = readHeartbeat(heartbeat.path);
+      if (now !== beat) {
+        beat = now;
+        beatAt = performance.now();
+      } else if (performance.now() - beatAt > heartbeat.frozenAfterMs && !timedOut) {
+        timedOut = frozen = true;
+        child.kill("SIGKILL");
+      }
+    }, HEARTBEAT_S * 1000);
     child.stdout.setEncoding("utf8").on("data", (text: string) => {
       serial += text;
       onSerial?.(text);
@@ -431,6 +501,7 @@ function runQemu(
     });
     child.on("error", (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
+      clearInterval(watch);
       reject(
         error.code === "ENOENT"
           ? new NestedError("ENOQEMU", `Cannot run nested VM: ${QEMU_BINARY} is missing (apt-get install qemu-system-x86)`)
@@ -439,13 +510,14 @@ function runQemu(
     });
     child.on("close", (exitCode, signal) => {
       clearTimeout(timer);
+      clearInterval(watch);
       // QEMU exits 0 on guest poweroff and on -no-reboot resets; anything else is QEMU's own failure.
       if (!timedOut && exitCode !== 0) {
         const how = signal ? `was killed by ${signal}` : `exited with status ${exitCode}`;
         reject(new NestedError("EQEMU", `Cannot run nested VM: ${QEMU_BINARY} ${how}: ${stderr.trim()}`));
         return;
       }
-      resolvePromise({ serial, timedOut });
+      resolvePromise({ serial, timedOut, frozen });
     });
   });
 }
