@@ -23,6 +23,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildInitramfs } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
+import { API_CLIENT_JS } from "../harness/api-client-script.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
@@ -67,23 +68,8 @@ import { appendFileSync, copyFileSync, existsSync, mkdirSync, readFileSync, writ
 import { request } from "node:http";
 const [cli, kernel, initrd1, initrd2, report] = process.argv.slice(2);
 const base = "/dev/shm/jail";
-const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const alive = (pid) => existsSync("/proc/" + pid + "/status") && !/^State:\\s+Z/m.test(readFileSync("/proc/" + pid + "/status", "utf8"));
-const call = (sock, method, path, body) => new Promise((resolve, reject) => {
-  const text = body === undefined ? undefined : JSON.stringify(body);
-  const req = request({ socketPath: sock, method, path, headers: text ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) } : {} }, (res) => {
-    let out = ""; res.on("data", (c) => (out += c)); res.on("end", () => resolve({ status: res.statusCode, text: out }));
-  });
-  req.on("error", reject);
-  if (text) req.write(text);
-  req.end();
-});
-const must = async (sock, method, path, body, status = 204) => {
-  const r = await call(sock, method, path, body);
-  if (r.status !== status) throw new Error(method + " " + path + " answered " + r.status + " " + r.text);
-  return r;
-};
+${API_CLIENT_JS}
 /** Places the guest in a jail, starts flint jail, waits for its pid file and socket. */
 async function jail(id, initrd, cgroups) {
   const root = base + "/flint/" + id + "/root";

@@ -26,6 +26,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
+import { API_CLIENT_JS } from "../harness/api-client-script.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { initPrologue } from "../harness/guest-scripts.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
@@ -80,22 +81,7 @@ import { appendFileSync, existsSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 const [cli, kernel, initrd, work, report, consoles] = process.argv.slice(2);
 const clones = ${JSON.stringify(CLONES)};
-const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const call = (sock, method, path, body) => new Promise((resolve, reject) => {
-  const text = body === undefined ? undefined : JSON.stringify(body);
-  const req = request({ socketPath: sock, method, path, headers: text ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) } : {} }, (res) => {
-    let out = ""; res.on("data", (c) => (out += c)); res.on("end", () => resolve({ status: res.statusCode, text: out }));
-  });
-  req.on("error", reject);
-  if (text) req.write(text);
-  req.end();
-});
-const must = async (sock, method, path, body, status = 204) => {
-  const r = await call(sock, method, path, body);
-  if (r.status !== status) throw new Error(method + " " + path + " answered " + r.status + " " + r.text);
-  return r;
-};
+${API_CLIENT_JS}
 const vms = {};
 function startFlint(name) {
   const sock = work + "/" + name + ".sock";
