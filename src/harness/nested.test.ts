@@ -76,9 +76,10 @@ describe("runNested", { timeout: 5 * TIMEOUT_MS + 20 * 60_000 }, () => {
 
   it("a frozen outer VM (its heartbeat stops) is killed long before timeoutMs, reported as frozen, and retried with retryAfterTimeout", async () => {
     // Freeze QEMU itself (SIGSTOP) once the command runs: nothing inside runs any more, as in a TCG freeze.
-    let stopped = false;
+    let stopped = false, serial = "";
     const freeze = (text: string): void => {
-      if (stopped || !text.includes("flint-nested: running")) return;
+      serial += text; // the line may come in two chunks
+      if (stopped || !serial.includes("flint-nested: running")) return;
       stopped = true;
       const pid = execFileSync("pgrep", ["-n", "-f", "mount_tag=flintctl"], { encoding: "utf8" }).trim();
       process.kill(Number(pid), "SIGSTOP");
@@ -86,7 +87,7 @@ describe("runNested", { timeout: 5 * TIMEOUT_MS + 20 * 60_000 }, () => {
     let retries = 0;
     const result = await runNested({
       command: "sleep 600", timeoutMs: 10 * 60_000, kvm: false, frozenAfterMs: 20_000, onSerial: freeze,
-      retryAfterTimeout: () => { retries++; stopped = false; },
+      retryAfterTimeout: () => { retries++; stopped = false; serial = ""; },
     });
     // A freeze is the emulated machine's failure, not the command's: up to three outer VMs.
     assert.equal(retries, 2);
