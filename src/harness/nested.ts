@@ -127,6 +127,8 @@ export interface NestedOptions {
    * outer VM has been seen to freeze; a command whose own steps have shorter
    * time limits (`timeout 240 flint ...`) tells a frozen outer VM, which times
    * out here, from a hang of what it runs, which ends within its own limit.
+   * A run found frozen by its heartbeat is made again whether or not this is
+   * given (and this is called first when it is).
    */
   retryAfterTimeout?: () => void;
   /**
@@ -325,8 +327,9 @@ const ORDINAL = ["first", "second", "third"] as const;
 function retryReason(result: NestedResult, options: NestedOptions, attempt: number): string | undefined {
   const nth = ORDINAL[attempt - 1]!;
   if (result.timedOut) {
-    if (!options.retryAfterTimeout) return undefined;
+    // A frozen outer VM ran nothing for its last FROZEN_AFTER_MS: always worth another one.
     if (result.frozen) return `the ${nth} froze`;
+    if (!options.retryAfterTimeout) return undefined;
     return attempt === 1 ? `the ${nth} timed out` : undefined;
   }
   if (options.retryOnGuestCrash === undefined) return undefined;
