@@ -249,6 +249,28 @@ describe("Machine snapshots (ring-3 guest on /dev/kvm)", () => {
     assert.throws(() => Machine.restore({ ...p, virtioDevices: [{ kind: "rng", options: {} }] }), (e: unknown) => e instanceof SnapshotError && /its virtio devices are block, rng, balloon/.test(e.message));
   });
 
+  it("a drive given a new backing file (PATCH /drives) is saved with it, and the snapshot restores onto that file", async () => {
+    const first = join(dir, "first.img"), second = join(dir, "second.img");
+    writeFileSync(first, Buffer.alloc(1 << 20));
+    writeFileSync(second, Buffer.alloc(3 << 20)); // another size: a restore onto the first file is refused
+    const m = Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, virtioDevices: [{ kind: "block", options: { path: first } }] });
+    const run = m.run();
+    run.catch(() => undefined);
+    await until("counting", () => counts(m)[0]! > 0n);
+    assert.deepEqual(await m.updateDriveBacking(0, second), { capacitySectors: (3 << 20) / 512 });
+    await m.pause();
+    const p = paths();
+    await m.snapshot(p);
+    const at = counts(m)[0]!;
+    await stopped(m, run);
+    assert.equal((m.config.virtioDevices![0]!.options as { path: string }).path, first, "the caller's config is left as given");
+    const r = Machine.restore(p);
+    assert.equal((r.config.virtioDevices![0]!.options as { path: string }).path, second);
+    const rrun = await started(r);
+    await until("the restored VM counting", () => counts(r)[0]! > at);
+    await stopped(r, rrun);
+  });
+
   it("snapshot() refuses a VM that is not paused", async () => {
     const { m, run } = await runningVm(1);
     await assert.rejects(m.snapshot(paths()), (e: unknown) => e instanceof MachineError && e.code === "ENOTPAUSED");

@@ -45,7 +45,7 @@ import { sys } from "../sys/native.js";
 import { WorkerPool } from "../sys/worker-pool.js";
 import { WarmVms, type WarmVm, type WarmVmShape } from "./warm-vms.js";
 import { installProcessSeccomp, processSeccompAction, seccompDefaultFromEnv } from "../seccomp/index.js";
-import { BLOCK_REQUEST_UPDATE_BACKING } from "../devices/virtio/block.js";
+import { BLOCK_REQUEST_UPDATE_BACKING, type BlockOptions } from "../devices/virtio/block.js";
 import { DEVICE_THREAD_POOL } from "../devices/virtio/device-thread.js";
 import { waitForChange } from "../devices/shared-lock.js";
 import { CONTROL_PARKED, claimExit, createControl, parkedCount, requestPause } from "./control.js";
@@ -780,7 +780,11 @@ export class Machine {
       memory: { regions: mem.regions, ...(type === "diff" ? { type: "diff" as const } : {}) }, vm, vcpus,
       legacy: { serial: this.host.saveSerial(), i8042: this.keyboard!.save(), ...(this.vmGenId ? { vmgenid: this.vmGenId.save() } : {}) },
       virtio: {
-        configs: (this.config.virtioDevices ?? []).map((c) => ({ ...c, backendModule: c.backendModule?.href })),
+        configs: (this.config.virtioDevices ?? []).map((c, i) => ({
+          ...c,
+          ...(this.drivePaths.has(i) ? { options: { ...(c.options as BlockOptions), path: this.drivePaths.get(i)! } } : {}),
+          backendModule: c.backendModule?.href,
+        })),
         states: virtioStates,
         cmdlineWindows: this.cmdlineWindows,
       },
@@ -1207,8 +1211,14 @@ export class Machine {
     if (!Number.isInteger(device) || !handle || this.virtio.kinds[device] !== "block") {
       throw new MachineError("ENODEVICE", `Cannot update drive: virtio device ${device} is not a drive`);
     }
-    return (await handle.request(BLOCK_REQUEST_UPDATE_BACKING, { path })) as { capacitySectors: number };
+    const r = (await handle.request(BLOCK_REQUEST_UPDATE_BACKING, { path })) as { capacitySectors: number };
+    // A snapshot from now on names the file the drive has (a restore reopens it and checks its size).
+    this.drivePaths.set(device, path);
+    return r;
   }
+
+  /** Backing files given by updateDriveBacking, by device index (config.virtioDevices keeps what the caller gave). */
+  private readonly drivePaths = new Map<number, string>();
 
   /**
    * Replaces the MMDS data that guests read on every network interface with
