@@ -27,6 +27,7 @@ import { fileURLToPath } from "node:url";
 import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel, type KernelVariant } from "../guest/kernel-build.js";
+import { compileGuestProgram } from "../harness/guest-program.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { E2E_GUEST_NET, ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
@@ -128,9 +129,7 @@ describe("kernels with and without ACPI find every flint virtio device, no flag 
     const kernels = new Map<string, string>();
     for (const k of KERNELS) kernels.set(k.name, (await buildKernel({ variant: k.variant })).vmlinux);
 
-    const program = join(share, "vsock-connect");
-    writeFileSync(`${program}.c`, GUEST_VSOCK_C);
-    execFileSync("gcc", ["-static", "-O2", "-o", program, `${program}.c`]);
+    const program = compileGuestProgram(share, "vsock-connect", GUEST_VSOCK_C);
     const initrd = join(share, "initramfs.cpio.gz");
     writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT, files: [{ path: "/bin/vsock-connect", hostPath: program, mode: 0o755 }] }));
     const seed = join(share, "seed");

@@ -19,18 +19,18 @@
  * past the Diff's moment. No kernel warning.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
+import { parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { API_CLIENT_JS } from "../harness/api-client-script.js";
-import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { explainClientE2e, runClientE2e } from "../harness/client-e2e.js";
+import { API_CLIENT_JS, flintProcessesJs } from "../harness/api-client-script.js";
+import { e2eValue } from "../harness/e2e-report.js";
 import { E2E_GUEST_NET, initPrologue } from "../harness/guest-scripts.js";
-import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import type { NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const NET = E2E_GUEST_NET;
@@ -120,22 +120,7 @@ import { createServer } from "node:net";
 const [cli, kernel, initrd, work, report, consoles] = process.argv.slice(2);
 ${API_CLIENT_JS}
 const disk = work + "/disk.img";
-const vms = {};
-function startFlint(name) {
-  const sock = work + "/" + name + ".sock";
-  const fc = spawn(process.execPath, [cli, "--api-sock", sock, "--id", "diff-" + name], { stdio: ["pipe", "pipe", "pipe"] });
-  const vm = { name, sock, fc, console: "", stderr: "" };
-  fc.stdout.on("data", (b) => { vm.console += b; });
-  fc.stderr.on("data", (b) => { vm.stderr += b; });
-  // "close": the process ended and its output was all read.
-  vm.exited = new Promise((resolve) => fc.on("close", (code, signal) => resolve(code ?? signal)));
-  vms[name] = vm;
-  return vm;
-}
-async function socketUp(vm) {
-  for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
-  await must(vm.sock, "GET", "/", undefined, 200);
-}
+${flintProcessesJs("diff-")}
 // The host peer: one for A and B (two listeners, one record). Greets each connection with the last number it has.
 const received = [];
 let outOfOrder = 0, connections = 0;
@@ -226,43 +211,27 @@ try {
   say("client_error", JSON.stringify(e.message));
 }
 for (const l of listeners) l.close();
-for (const vm of Object.values(vms)) {
-  vm.fc.kill("SIGKILL");
-  writeFileSync(consoles + "." + vm.name, vm.console);
-  say("stderr_" + vm.name, JSON.stringify(vm.stderr.trim().slice(-600)));
-}
+endFlints();
 process.exit(0);
 `;
 
 describe("real Linux: a Diff snapshot over a Full one restores the Diff's moment; the count reaches a vsock peer each number once (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-diff-"));
   let report = "";
-  const consoles: Record<string, string> = {};
+  let consoles: Record<string, string> = {};
   let nested: NestedResult | undefined;
 
   before(async () => {
     const kernel = await buildKernel();
-    const initrd = join(share, "initramfs.cpio.gz");
-    const program = join(share, "vsock-counter");
-    writeFileSync(`${program}.c`, COUNTER_C);
-    execFileSync("gcc", ["-static", "-O2", "-o", program, `${program}.c`]);
-    writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT, files: [{ path: "/bin/vsock-counter", hostPath: program, mode: 0o755 }] }));
-    const client = join(share, "client.mjs");
-    writeFileSync(client, CLIENT);
-    const reportFile = join(share, "report.txt"), consoleBase = join(share, "console");
-    // Sockets and the snapshot files on the nested VM's tmpfs (the share is 9p, and the memory file is mapped).
-    const command = `mkdir -p /dev/shm/diff && timeout 500 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} /dev/shm/diff ${q(reportFile)} ${q(consoleBase)} </dev/null >>${q(reportFile)} 2>&1`;
-    const files = [reportFile, `${consoleBase}.a`, `${consoleBase}.b`];
-    const retryAfterTimeout = () => { for (const f of files) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 12 * 60_000, shareDir: share, memoryMib: 1536, retryAfterTimeout, retryOnGuestCrash: files });
-    report = readTextIfAny(reportFile);
-    for (const n of ["a", "b"]) consoles[n] = readTextIfAny(`${consoleBase}.${n}`);
+    ({ nested, report, consoles } = await runClientE2e({
+      share, cli: CLI, kernel: kernel.vmlinux, init: GUEST_INIT, program: { name: "vsock-counter", source: COUNTER_C }, client: CLIENT,
+      workDir: "/dev/shm/diff", names: ["a", "b"], clientTimeoutS: 500, timeoutMs: 12 * 60_000, memoryMib: 1536,
+    }));
   });
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
-  const why = () => `${describeNestedRun(nested)}\n--- client report ---\n${report}\n` +
-    Object.entries(consoles).map(([n, c]) => `--- console ${n} ---\n${c.slice(-1500)}`).join("\n") + `\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const why = () => explainClientE2e({ nested, report, consoles });
   const value = (key: string) => e2eValue(key, report, "");
 
   it("A boots with dirty-page tracking, is saved Full, runs on and is saved Diff; the Diff is rebased onto the Full memory file", () => {

@@ -24,18 +24,18 @@
  * warning on any console.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { execFileSync } from "node:child_process";
-import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
+import { parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
+import { explainClientE2e, runClientE2e } from "../harness/client-e2e.js";
 import { API_CLIENT_JS } from "../harness/api-client-script.js";
-import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { e2eValue } from "../harness/e2e-report.js";
 import { E2E_GUEST_NET, ethUpSh, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
-import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import type { NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const NET = E2E_GUEST_NET;
@@ -213,33 +213,20 @@ process.exit(0);
 describe("real Linux snapshot over the API, restored as four clones at once in new processes, each with its own disk, TAP and vsock (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-snap-"));
   let report = "";
-  const consoles: Record<string, string> = {};
+  let consoles: Record<string, string> = {};
   let nested: NestedResult | undefined;
 
   before(async () => {
     const kernel = await buildKernel();
-    const initrd = join(share, "initramfs.cpio.gz");
-    const program = join(share, "vsock-connect");
-    writeFileSync(`${program}.c`, vsockConnectC());
-    execFileSync("gcc", ["-static", "-O2", "-o", program, `${program}.c`]);
-    writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT, files: [{ path: "/bin/vsock-connect", hostPath: program, mode: 0o755 }] }));
-    const client = join(share, "client.mjs");
-    writeFileSync(client, CLIENT);
-    const reportFile = join(share, "report.txt"), consoleBase = join(share, "console");
-    const names = ["a", ...CLONES];
-    // Sockets and the snapshot files on the nested VM's tmpfs (the share is 9p, and the memory file is mapped).
-    const command = `mkdir -p /dev/shm/snap && timeout 600 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} /dev/shm/snap ${q(reportFile)} ${q(consoleBase)} </dev/null >>${q(reportFile)} 2>&1`;
-    const files = [reportFile, ...names.map((n) => `${consoleBase}.${n}`)];
-    const retryAfterTimeout = () => { for (const f of files) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 14 * 60_000, shareDir: share, memoryMib: 2048, retryAfterTimeout, retryOnGuestCrash: files });
-    report = readTextIfAny(reportFile);
-    for (const n of names) consoles[n] = readTextIfAny(`${consoleBase}.${n}`);
+    ({ nested, report, consoles } = await runClientE2e({
+      share, cli: CLI, kernel: kernel.vmlinux, init: GUEST_INIT, program: { name: "vsock-connect", source: vsockConnectC() }, client: CLIENT,
+      workDir: "/dev/shm/snap", names: ["a", ...CLONES], clientTimeoutS: 600, timeoutMs: 14 * 60_000, memoryMib: 2048,
+    }));
   });
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
-  const why = () => `${describeNestedRun(nested)}\n--- client report ---\n${report}\n` +
-    Object.entries(consoles).map(([n, c]) => `--- console ${n} ---\n${c.slice(-1500)}`).join("\n") + `\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const why = () => explainClientE2e({ nested, report, consoles });
   const value = (key: string) => e2eValue(key, report, "");
 
   it("the guest boots and counts; PUT /snapshot/create saves it paused, and `flint snapshot inspect` reads the state file", (t) => {

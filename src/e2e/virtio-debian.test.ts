@@ -25,6 +25,7 @@ import { fileURLToPath } from "node:url";
 import { DEFAULT_CMDLINE } from "../cli/defaults.js";
 import { debianKernel, moduleClosure } from "../guest/debian-kernel.js";
 import { BOOT_TIMER_GUEST_ADDR, buildInitramfs, LOAD_MODULES_SH, parseGuestReport } from "../guest/initramfs.js";
+import { compileGuestProgram } from "../harness/guest-program.js";
 import { e2eValue } from "../harness/e2e-report.js";
 import { buildExt4Image } from "../harness/guest-disks.js";
 import { E2E_GUEST_NET, ethUpSh, HWRNG_REPORT_SH, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
@@ -121,9 +122,7 @@ describe("Debian's distro kernel uses flint's virtio devices (nested harness)", 
     const debian = await debianKernel();
     const modules = moduleClosure(debian.modulesDir, GUEST_MODULES);
 
-    const program = join(share, "vsock-connect");
-    writeFileSync(`${program}.c`, GUEST_VSOCK_C);
-    execFileSync("gcc", ["-static", "-O2", "-o", program, `${program}.c`]);
+    const program = compileGuestProgram(share, "vsock-connect", GUEST_VSOCK_C);
     const initrd = join(share, "initramfs.cpio.gz");
     writeFileSync(initrd, buildInitramfs({
       init: GUEST_INIT, modules, files: [{ path: "/bin/vsock-connect", hostPath: program, mode: 0o755 }],

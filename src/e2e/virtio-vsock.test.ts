@@ -11,7 +11,6 @@
  * Linux driver respects flint's credit, so nothing may be reset).
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,6 +18,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
+import { compileGuestProgram } from "../harness/guest-program.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { initPrologue } from "../harness/guest-scripts.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
@@ -179,9 +179,7 @@ describe("real Linux talks to the host over flint's virtio-vsock (nested harness
 
   before(async () => {
     const kernel = await buildKernel();
-    const program = join(share, "vsock-e2e");
-    writeFileSync(`${program}.c`, GUEST_C);
-    execFileSync("gcc", ["-static", "-O2", "-o", program, `${program}.c`]);
+    const program = compileGuestProgram(share, "vsock-e2e", GUEST_C);
     const initrd = join(share, "initramfs.cpio.gz");
     writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT, files: [{ path: "/bin/vsock-e2e", hostPath: program, mode: 0o755 }] }));
     const helper = join(share, "host-helper.mjs");

@@ -18,18 +18,18 @@
  * that window and all four print the same bytes. No kernel warning anywhere.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
+import { parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
-import { API_CLIENT_JS } from "../harness/api-client-script.js";
-import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
+import { explainClientE2e, runClientE2e } from "../harness/client-e2e.js";
+import { API_CLIENT_JS, flintProcessesJs } from "../harness/api-client-script.js";
+import { e2eValue } from "../harness/e2e-report.js";
 import { initPrologue } from "../harness/guest-scripts.js";
-import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
+import type { NestedResult } from "../harness/nested.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const CLONES = ["b", "c", "d", "e"];
@@ -82,21 +82,7 @@ import { request } from "node:http";
 const [cli, kernel, initrd, work, report, consoles] = process.argv.slice(2);
 const clones = ${JSON.stringify(CLONES)};
 ${API_CLIENT_JS}
-const vms = {};
-function startFlint(name) {
-  const sock = work + "/" + name + ".sock";
-  const fc = spawn(process.execPath, [cli, "--api-sock", sock, "--id", "genid-" + name], { stdio: ["pipe", "pipe", "pipe"] });
-  const vm = { name, sock, fc, console: "", stderr: "" };
-  fc.stdout.on("data", (b) => { vm.console += b; });
-  fc.stderr.on("data", (b) => { vm.stderr += b; });
-  vm.exited = new Promise((resolve) => fc.on("exit", (code, signal) => resolve(code ?? signal)));
-  vms[name] = vm;
-  return vm;
-}
-async function socketUp(vm) {
-  for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
-  await must(vm.sock, "GET", "/", undefined, 200);
-}
+${flintProcessesJs("genid-")}
 // Whole lines only: a line still arriving must not be read half.
 const line = (vm, key) => { const m = new RegExp("flint-e2e: " + key + "=([^\\r\\n]*)\\r?\\n").exec(vm.console); return m ? m[1] : undefined; };
 try {
@@ -127,44 +113,27 @@ try {
 } catch (e) {
   say("client_error", JSON.stringify(e.message));
 }
-for (const vm of Object.values(vms)) {
-  vm.fc.kill("SIGKILL");
-  writeFileSync(consoles + "." + vm.name, vm.console);
-  say("stderr_" + vm.name, JSON.stringify(vm.stderr.trim().slice(-600)));
-}
+endFlints();
 process.exit(0);
 `;
 
 describe("VMGenID: four clones restored from one snapshot of real Linux each reseed their RNG (nested harness)", { timeout: 30 * 60_000 }, () => {
   const share = mkdtempSync(join(tmpdir(), "flint-e2e-vmgenid-"));
   let report = "";
-  const consoles: Record<string, string> = {};
+  let consoles: Record<string, string> = {};
   let nested: NestedResult | undefined;
 
   before(async () => {
     const kernel = await buildKernel();
-    const initrd = join(share, "initramfs.cpio.gz");
-    const program = join(share, "crng-reseed");
-    writeFileSync(`${program}.c`, CRNG_RESEED_C);
-    execFileSync("gcc", ["-static", "-O2", "-o", program, `${program}.c`]);
-    writeFileSync(initrd, buildInitramfs({ init: GUEST_INIT, files: [{ path: "/bin/crng-reseed", hostPath: program, mode: 0o755 }] }));
-    const client = join(share, "client.mjs");
-    writeFileSync(client, CLIENT);
-    const reportFile = join(share, "report.txt"), consoleBase = join(share, "console");
-    const names = ["a", ...CLONES];
-    // Sockets and the snapshot files on the nested VM's tmpfs (the share is 9p, and the memory file is mapped).
-    const command = `mkdir -p /dev/shm/genid && timeout 600 ${q(process.execPath)} ${q(client)} ${q(CLI)} ${q(kernel.vmlinux)} ${q(initrd)} /dev/shm/genid ${q(reportFile)} ${q(consoleBase)} </dev/null >>${q(reportFile)} 2>&1`;
-    const files = [reportFile, ...names.map((n) => `${consoleBase}.${n}`)];
-    const retryAfterTimeout = () => { for (const f of files) rmSync(f, { force: true }); };
-    nested = await runNested({ command, timeoutMs: 14 * 60_000, shareDir: share, memoryMib: 1536, retryAfterTimeout, retryOnGuestCrash: files });
-    report = readTextIfAny(reportFile);
-    for (const n of names) consoles[n] = readTextIfAny(`${consoleBase}.${n}`);
+    ({ nested, report, consoles } = await runClientE2e({
+      share, cli: CLI, kernel: kernel.vmlinux, init: GUEST_INIT, program: { name: "crng-reseed", source: CRNG_RESEED_C }, client: CLIENT,
+      workDir: "/dev/shm/genid", names: ["a", ...CLONES], clientTimeoutS: 600, timeoutMs: 14 * 60_000, memoryMib: 1536,
+    }));
   });
 
   after(() => rmSync(share, { recursive: true, force: true }));
 
-  const why = () => `${describeNestedRun(nested)}\n--- client report ---\n${report}\n` +
-    Object.entries(consoles).map(([n, c]) => `--- console ${n} ---\n${c.slice(-1500)}`).join("\n") + `\n--- outer serial tail ---\n${nested?.serial.slice(-1500)}`;
+  const why = () => explainClientE2e({ nested, report, consoles });
   const value = (key: string) => e2eValue(key, report, "");
 
   it("the guest's vmgenid driver is bound to the DSDT's VGEN and the Generic Event Device to GED0; its CRNG is ready", () => {

@@ -24,3 +24,40 @@ const must = async (sock, method, path, body, status = 204) => {
   if (r.status !== status) throw new Error(method + " " + path + " answered " + r.status + " " + r.text);
   return r;
 };`;
+
+/**
+ * After API_CLIENT_JS, for clients that run flint processes with an API
+ * socket each: `vms` (by name), `startFlint(name)` spawns `cli --api-sock
+ * <work>/<name>.sock --id <idPrefix><name>`, collecting its console and
+ * stderr (`exited` resolves once it ended and both were read),
+ * `socketUp(vm)` waits for the socket to answer, and `endFlints()` kills
+ * every one (SIGKILL), writes each console to `<consoles>.<name>` and
+ * reports each one's stderr tail. Needs `spawn` (node:child_process),
+ * `existsSync` and `writeFileSync` (node:fs), and `cli`, `work` and
+ * `consoles` in scope.
+ */
+export function flintProcessesJs(idPrefix: string): string {
+  return `const vms = {};
+function startFlint(name) {
+  const sock = work + "/" + name + ".sock";
+  const fc = spawn(process.execPath, [cli, "--api-sock", sock, "--id", ${JSON.stringify(idPrefix)} + name], { stdio: ["pipe", "pipe", "pipe"] });
+  const vm = { name, sock, fc, console: "", stderr: "" };
+  fc.stdout.on("data", (b) => { vm.console += b; });
+  fc.stderr.on("data", (b) => { vm.stderr += b; });
+  // "close": the process ended and its output was all read.
+  vm.exited = new Promise((resolve) => fc.on("close", (code, signal) => resolve(code ?? signal)));
+  vms[name] = vm;
+  return vm;
+}
+async function socketUp(vm) {
+  for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
+  await must(vm.sock, "GET", "/", undefined, 200);
+}
+function endFlints() {
+  for (const vm of Object.values(vms)) {
+    vm.fc.kill("SIGKILL");
+    writeFileSync(consoles + "." + vm.name, vm.console);
+    say("stderr_" + vm.name, JSON.stringify(vm.stderr.trim().slice(-600)));
+  }
+}`;
+}
