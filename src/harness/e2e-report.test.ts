@@ -22,3 +22,11 @@ test("a kernel message printed into the middle of a report line is cut off", () 
   assert.equal(e2eValue("rtt", text), "1.2/3.4/5.6ms", "values with brackets but no kernel timestamp are kept");
   assert.equal(e2eValue("x", "flint-e2e: x=[a] [1.5] b\n"), "[a] [1.5] b");
 });
+
+test("a kernel message printed into a report line that goes on after it is taken out, and the line joined", () => {
+  const text = "flint-e2e: disks[    4.180649] I/O error, dev vdb, sector 0 op 0x0:(READ) flags 0x800\r\n=vda vdb vdc vdd\r\n" +
+    "flint-e2e: n=1[    5.000001] one\r\n[    5.000002] two\r\n2\r\n[    6.000000] a line of its own\r\nflint-e2e: m=3\r\n";
+  assert.equal(e2eValue("disks", text), "vda vdb vdc vdd");
+  assert.equal(e2eValue("n", text), "12");
+  assert.equal(e2eValue("m", text), "3");
+});

@@ -16,15 +16,29 @@ export const E2E_REPORT_PREFIX = "flint-e2e:";
 const KERNEL_MESSAGE_TAIL = /\[\s*\d+\.\d{6}\].*$/;
 
 /**
+ * Whole kernel messages, their line ends included, printed into a line that
+ * goes on after them ("flint-e2e: disks[    4.180649] I/O error, ...\r\n=vda
+ * vdb"): taken out, the report line is whole again (unless a new report line
+ * follows them: then the line had ended).
+ */
+const KERNEL_MESSAGES_INSIDE = /(?<=[^\n])(?:\[\s*\d+\.\d{6}\][^\n]*\n)+/g;
+
+/** `text` with kernel messages printed into its lines taken out. */
+function withoutKernelInterjections(text: string): string {
+  return text.replace(KERNEL_MESSAGES_INSIDE, (messages: string, offset: number) =>
+    text.startsWith(E2E_REPORT_PREFIX, offset + messages.length) ? "\n" : "");
+}
+
+/**
  * The value of the last `flint-e2e: key=value` line in any of `texts`
  * (trailing \r and spaces dropped, and a kernel message printed into the
- * line cut off).
+ * line taken out).
  */
 export function e2eValue(key: string, ...texts: string[]): string | undefined {
   let value: string | undefined;
   const escaped = key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   for (const text of texts) {
-    for (const m of text.matchAll(new RegExp(`${E2E_REPORT_PREFIX} ${escaped}=(.*)$`, "gm"))) {
+    for (const m of withoutKernelInterjections(text).matchAll(new RegExp(`${E2E_REPORT_PREFIX} ${escaped}=(.*)$`, "gm"))) {
       value = m[1]!.replace(/\r$/, "").replace(KERNEL_MESSAGE_TAIL, "").trim();
     }
   }

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -239,6 +239,43 @@ describe("Firecracker's API before boot", () => {
     assert.match(bodies[0]!, /firecracker_version/);
     assert.match(bodies[1]!, /vcpu_count/);
     assert.match(bodies[2]!, /"state":"Not started"/);
+  });
+});
+
+describe("the API socket file", () => {
+  it("appears only once flint listens: bound under another name, then renamed into place; a stale file is replaced", async () => {
+    const where = mkdtempSync(join(dir, "sock-"));
+    const sock = join(where, "api.sock");
+    writeFileSync(sock, "stale");
+    const names: string[] = [];
+    const watcher = watch(where, (_event, name) => { if (name) names.push(String(name)); });
+    const server = await ApiServer.listen(new Vm({ id: "sock-test" }), sock);
+    try {
+      assert.equal((await api(sock, "GET", "/")).status, 200);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // The directory's events: the socket was first made under a temporary name (the stale file's removal aside).
+      const temporary = names.find((n) => n !== "api.sock");
+      assert.ok(temporary !== undefined && names.indexOf(temporary) < names.lastIndexOf("api.sock"), `events: ${names.join(", ")}`);
+      assert.deepEqual(readdirSync(where), ["api.sock"]);
+    } finally {
+      watcher.close();
+      await server.close();
+    }
+    assert.deepEqual(readdirSync(where), []);
+  });
+
+  it("a path whose temporary name would not fit a socket address is bound as it is", async () => {
+    const where = mkdtempSync(join(dir, "s"));
+    const fill = 107 - Buffer.byteLength(where) - 1;
+    assert.ok(fill > 0);
+    const sock = join(where, "x".repeat(fill));
+    const server = await ApiServer.listen(new Vm({ id: "sock-test" }), sock);
+    try {
+      assert.equal((await api(sock, "GET", "/")).status, 200);
+      assert.deepEqual(readdirSync(where), ["x".repeat(fill)]);
+    } finally {
+      await server.close();
+    }
   });
 });
 

@@ -13,7 +13,8 @@
  * this, adds nothing to start-up, and flint only routes.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { rmSync } from "node:fs";
+import { renameSync, rmSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import type * as z from "zod/mini";
 import {
   ActionSchema, BalloonHintingStartSchema, BalloonSchema, BalloonStatsUpdateSchema, BalloonUpdateSchema, BootSourceSchema, ConfigError,
@@ -23,6 +24,7 @@ import {
 } from "../config/schema.js";
 import { LoggerError } from "./logger.js";
 import { MetricsError } from "./metrics.js";
+import { MAX_UDS_PATH_BYTES } from "./host-checks.js";
 import { MmdsError } from "./mmds-store.js";
 import { VmError, type Vm } from "./vm.js";
 
@@ -270,17 +272,36 @@ export class ApiServer {
     });
   }
 
-  /** Listens on `socketPath` (a stale socket file is replaced); resolves once it does. */
+  /**
+   * Listens on `socketPath` (a stale socket file is replaced); resolves once
+   * it does. The file appears only once flint listens: the socket is bound
+   * under a temporary name beside it and renamed into place, so a client that
+   * waits for the file and connects at once is never refused (bind and listen
+   * are two calls, and a client could land between them).
+   */
   static async listen(vm: Vm, socketPath: string, options: ApiServerOptions = {}): Promise<ApiServer> {
     const api = new ApiServer(vm, options);
     rmSync(socketPath, { force: true });
+    const temporary = join(dirname(socketPath), `.${basename(socketPath)}.${process.pid}`);
+    // A temporary name longer than a socket address holds: bind the path itself (the gap is back, nothing else changes).
+    const bindPath = Buffer.byteLength(temporary) <= MAX_UDS_PATH_BYTES ? temporary : socketPath;
+    rmSync(bindPath, { force: true });
     await new Promise<void>((resolve, reject) => {
       api.server.once("error", reject);
-      api.server.listen(socketPath, () => {
+      api.server.listen(bindPath, () => {
         api.server.off("error", reject);
         resolve();
       });
     });
+    if (bindPath !== socketPath) {
+      try {
+        renameSync(bindPath, socketPath);
+      } catch (e) {
+        await new Promise<void>((resolve) => api.server.close(() => resolve()));
+        rmSync(bindPath, { force: true });
+        throw e;
+      }
+    }
     api.socketPath = socketPath;
     return api;
   }
