@@ -4,7 +4,7 @@
  * bundled library (dist/bundle/index.js, as `import "flint"` would), starts
  * the VMs one after the other, each with one of every device given, the
  * exit-loop guest with `hello halt` (one console byte, then asleep), and
- * records for each (threads kept warm: Machine.keepWarm): Machine.create to its first console byte, and this
+ * records for each (threads and a KVM VM kept warm: Machine.keepWarm): Machine.create to its first console byte, and this
  * process's memory once it has settled. Then it stops them in a random
  * order. Prints one JSON line (LibraryVmsReport) on stdout.
  *
@@ -46,9 +46,10 @@ async function main(): Promise<void> {
   const input = JSON.parse(process.argv[2]!) as LibraryVmsInput;
   const flint = (await import(pathToFileURL(input.bundle).href)) as Flint;
   // What a library user starting many VMs does: keep one vCPU and one device thread booted
-  // ahead, so a new VM takes ready threads (each replaced in the background). The spares
-  // are in the baseline, so each VM's figures are its own.
-  flint.Machine.keepWarm({ vcpuThreads: 1, deviceThreads: 1 });
+  // ahead, and one KVM VM of this shape made, so a new VM takes ready threads and a ready VM
+  // (each replaced in the background). The spares are in the baseline, so each VM's figures
+  // are its own.
+  flint.Machine.keepWarm({ vcpuThreads: 1, deviceThreads: 1, vms: { cpus: 1, memoryMib: input.memoryMib, count: 1 } });
   await sleep(input.settleMs);
   const baseline = memory(input.memoryMib, 0);
   const cmdline = exitLoopCmdline({ mode: "pio", count: 0, hello: true, halt: true });

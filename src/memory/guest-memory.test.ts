@@ -163,3 +163,24 @@ test("reserved memory cannot be read; mapFileOver gives it a file's pages copy-o
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("createOver gives reserved memory fresh zeroed pages at the same addresses; another layout is refused", () => {
+  const ranges = [{ guestBase: 0, size: MiB }, { guestBase: 4 * MiB, size: MiB }];
+  const reserved = GuestMemory.reserve(ranges);
+  const addresses = reserved.regions.map((r) => r.hostAddress);
+  const m = GuestMemory.createOver(reserved, [ranges[1]!, ranges[0]!]);
+  try {
+    assert.deepEqual(m.regions.map((r) => r.hostAddress), addresses, "the same host addresses (KVM has them registered)");
+    assert.equal(m.readU32(4 * MiB + 16), 0);
+    m.writeU32(4 * MiB + 16, 0xfeedf00d);
+    m.writeU32(MiB - 4, 7);
+    assert.equal(m.readU32(4 * MiB + 16), 0xfeedf00d);
+    assert.equal(m.readU32(MiB - 4), 7);
+    assert.throws(() => reserved.readU8(0), MemoryError, "the reservation handed over stays unusable");
+  } finally {
+    m.dispose();
+  }
+  const other = GuestMemory.reserve([{ guestBase: 0, size: MiB }]);
+  assert.throws(() => GuestMemory.createOver(other, [{ guestBase: 0, size: 2 * MiB }]), (e: unknown) => e instanceof MemoryError && e.code === "EMEMCONFIG");
+  assert.throws(() => GuestMemory.createOver(other, [{ guestBase: 0, size: MiB }]), MemoryError, "it cannot be used twice");
+});

@@ -180,17 +180,42 @@ export class GuestMemory {
     reserved: GuestMemory, ranges: { guestBase: number; size: number; fileOffset: number }[], fd: number, options: Omit<MemoryOptions, "trackDirty" | "hugePages"> = {},
   ): GuestMemory {
     const sorted = [...ranges].sort((a, b) => a.guestBase - b.guestBase);
+    if (!sorted.every((r) => r.fileOffset % 4096 === 0)) {
+      reserved.dispose();
+      throw new MemoryError("EMEMCONFIG", "Cannot map guest memory: a region's file offset is not page-aligned");
+    }
+    return GuestMemory.takeOver(reserved, sorted, "the snapshot's", options, (host, r) =>
+      mmapOver(host, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, r.fileOffset));
+  }
+
+  /**
+   * create() into `reserved` (made by reserve() for `ranges`), which this
+   * takes over: fresh zeroed anonymous memory at the reservation's host
+   * addresses, so a VM made ahead (its memory registered with KVM) can be
+   * given to a new guest as well as to a restore. `reserved` must not be used
+   * afterwards; if this throws, it is released.
+   */
+  static createOver(reserved: GuestMemory, ranges: { guestBase: number; size: number }[], options: Omit<MemoryOptions, "trackDirty" | "hugePages" | "externallyPopulated"> = {}): GuestMemory {
+    const sorted = [...ranges].sort((a, b) => a.guestBase - b.guestBase);
+    return GuestMemory.takeOver(reserved, sorted, "the guest's", options, (host, r) =>
+      mmapOver(host, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE));
+  }
+
+  /** Maps `sorted` (reserved's layout, else refused) over `reserved`'s regions with `mapOne`; the new owner of its mappings. */
+  private static takeOver<R extends { guestBase: number; size: number }>(
+    reserved: GuestMemory, sorted: R[], whose: string, options: { mergeable?: boolean }, mapOne: (host: bigint, r: R) => void,
+  ): GuestMemory {
     const fits = reserved.reservation && sorted.length === reserved.regions.length &&
-      sorted.every((r, i) => r.guestBase === reserved.regions[i]!.guestBase && r.size === reserved.regions[i]!.size && r.fileOffset % 4096 === 0);
+      sorted.every((r, i) => r.guestBase === reserved.regions[i]!.guestBase && r.size === reserved.regions[i]!.size);
     if (!fits) {
       reserved.dispose();
-      throw new MemoryError("EMEMCONFIG", "Cannot map guest memory: the reserved memory does not have the snapshot's layout");
+      throw new MemoryError("EMEMCONFIG", `Cannot map guest memory: the reserved memory does not have ${whose} layout`);
     }
     reserved.reservation = false; // handed over: only the new object unmaps
     try {
       sorted.forEach((r, i) => {
         const host = reserved.regions[i]!.hostAddress;
-        mmapOver(host, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, r.fileOffset);
+        mapOne(host, r);
         if (options.mergeable) madvise(host, r.size, MADV_MERGEABLE);
       });
     } catch (e) {

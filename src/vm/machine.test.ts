@@ -207,3 +207,56 @@ test("console input reaches the guest through the UART receive path", async () =
   assert.deepEqual(r.reason, { kind: "poweroff" });
   assert.equal(out.text(), "HELLO, FLINT\n");
 });
+
+test("a new VM takes a VM made ahead (keepWarm's vms) of its shape and runs in fresh memory; dirty tracking or another shape makes its own", async () => {
+  const cpus = 2;
+  // Each vCPU checks that the word it owns starts at zero, marks it, then waits for its turn to print.
+  const program = ring3(`
+       mov eax, dword ptr [${COUNTER} + 64 + edi * 4]
+       test eax, eax
+       jz 1f
+       mov dx, 0x3f8
+       mov al, '!'
+       out dx, al
+    1: mov dword ptr [${COUNTER} + 64 + edi * 4], 0x5a5a
+    2: cmp dword ptr [${COUNTER}], edi
+       jne 2b
+       mov dx, 0x3f8
+       mov eax, edi
+       add al, '0'
+       out dx, al
+       lock inc dword ptr [${COUNTER}]
+       test edi, edi
+       jnz 4f
+    3: cmp dword ptr [${COUNTER}], ${cpus}
+       jne 3b
+       ${S5_POWEROFF}
+    4: jmp 4b`);
+  const until = async (what: string, fn: () => boolean) => {
+    for (let i = 0; i < 500 && !fn(); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(fn(), what);
+  };
+  Machine.keepWarm({ vcpuThreads: 0, deviceThreads: 0, vms: { cpus, memoryMib: 64, count: 2 } });
+  try {
+    await until("two VMs made ahead", () => Machine.warmVmCount === 2);
+    for (let round = 0; round < 2; round++) {
+      const out = collector();
+      const m = Machine.create({ cpus, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput: out.stream });
+      assert.match(m.summary, /in a VM made ahead/);
+      assert.deepEqual((await m.run()).reason, { kind: "poweroff" });
+      assert.equal(out.text(), "01", "each vCPU found its word zero and printed in turn");
+    }
+    for (const config of [{ memoryMib: 64, trackDirtyPages: true }, { memoryMib: 128 }]) {
+      await until("a VM made ahead again", () => Machine.warmVmCount > 0);
+      const before = Machine.warmVmCount;
+      const out = collector();
+      const m = Machine.create({ ...config, cpus, boot: { kind: "ring3", program }, consoleOutput: out.stream });
+      assert.doesNotMatch(m.summary, /made ahead/);
+      assert.equal(Machine.warmVmCount, before, "none taken");
+      assert.deepEqual((await m.run()).reason, { kind: "poweroff" });
+      assert.equal(out.text(), "01");
+    }
+  } finally {
+    Machine.keepWarm({ vcpuThreads: 0, deviceThreads: 0 });
+  }
+});

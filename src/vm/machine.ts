@@ -340,15 +340,15 @@ export interface WarmThreads {
   /** Device threads kept waiting (a VM takes one, plus one per device placed on its own thread). */
   deviceThreads: number;
   /**
-   * KVM VMs kept made for restores of snapshots of this shape (warm-vms.ts:
-   * VM, irqchip, PIT, vCPUs and registered memory, everything but the
-   * snapshot's contents); absent: none. A restore with dirty tracking, or of
-   * another shape, makes its own.
+   * KVM VMs kept made for new VMs (create) and restores of this shape
+   * (warm-vms.ts: VM, irqchip, PIT, vCPUs and registered memory, everything
+   * but the guest's contents); absent: none. A VM with dirty tracking or
+   * huge pages, or of another shape, makes its own.
    */
   vms?: WarmVmShape & { count: number };
 }
 
-/** KVM VMs made ahead for restores, when keepWarm asked for some. */
+/** KVM VMs made ahead for creates and restores, when keepWarm asked for some. */
 const WARM_VMS = new WarmVms(makeWarmVm);
 
 /** A signal (a real-time one, no SA_RESTART) that kicks a vCPU thread out of KVM_RUN. */
@@ -423,7 +423,7 @@ function registerMemory(vm: VmFd, memory: GuestMemory, trackDirty: boolean): voi
     vm.setUserMemoryRegion({ slot, flags, guestPhysAddr: r.guestBase, memorySize: r.size, userspaceAddr: r.hostAddress }));
 }
 
-/** A VM for a restore, made ahead (warm-vms.ts): everything a restore does before it reads the snapshot's contents. */
+/** A VM made ahead (warm-vms.ts): everything create and restore do before they give the guest its memory's contents and its vCPUs their state. */
 function makeWarmVm(shape: WarmVmShape): WarmVm {
   const { cpus, memoryMib } = shape;
   checkMemorySize(memoryMib);
@@ -531,7 +531,7 @@ export class Machine {
     WARM_VMS.keep(vms ? { cpus: vms.cpus, memoryMib: vms.memoryMib } : { cpus: 1, memoryMib: MIN_MEMORY_MIB }, vms?.count ?? 0);
   }
 
-  /** KVM VMs made ahead for restores (keepWarm's vms) and waiting. */
+  /** KVM VMs made ahead (keepWarm's vms) and waiting. */
   static get warmVmCount(): number {
     return WARM_VMS.idleCount;
   }
@@ -554,14 +554,21 @@ export class Machine {
     const kernel = config.boot.kind === "linux" ? readInput(config.boot.kernelPath, "kernel") : undefined;
     const initrd = config.boot.kind === "linux" && config.boot.initrdPath ? readInput(config.boot.initrdPath, "initrd") : undefined;
 
-    const { kvm, vm } = openKvmVm(cpus);
+    const trackDirty = config.trackDirtyPages ?? false;
+    const ram = ramRegions(memoryMib * MiB);
+    // A VM made ahead (keepWarm's vms) when one fits: its memory is registered and its vCPUs made.
+    const warm = trackDirty || config.hugePages ? undefined : WARM_VMS.take(cpus, ram);
+    const { kvm, vm } = warm ?? openKvmVm(cpus);
     let memory: GuestMemory | undefined;
     let virtio: VirtioSet | undefined;
-    const vcpus: VcpuFd[] = [];
+    const vcpus: VcpuFd[] = warm ? [...warm.vcpus] : [];
     try {
-      const trackDirty = config.trackDirtyPages ?? false;
-      memory = GuestMemory.create(ramRegions(memoryMib * MiB), { hugePages: config.hugePages, mergeable: config.mergeable, trackDirty });
-      registerMemory(vm, memory, trackDirty);
+      if (warm) {
+        memory = GuestMemory.createOver(warm.memory, ram, { mergeable: config.mergeable });
+      } else {
+        memory = GuestMemory.create(ram, { hugePages: config.hugePages, mergeable: config.mergeable, trackDirty });
+        registerMemory(vm, memory, trackDirty);
+      }
 
       // Device threads report faults before the Machine exists; route them through it once it does.
       let machine: Machine | undefined;
@@ -598,8 +605,8 @@ export class Machine {
       const supported = kvm.getSupportedCpuid();
       const cpuidHost = { tscDeadline: kvm.checkExtension(KVM_CAP_TSC_DEADLINE_TIMER) > 0 };
       for (let id = 0; id < cpus; id++) {
-        const vcpu = vm.createVcpu(id);
-        vcpus.push(vcpu);
+        const vcpu = warm ? vcpus[id]! : vm.createVcpu(id);
+        if (!warm) vcpus.push(vcpu);
         vcpu.setCpuid2(vcpuCpuid(supported, id, cpus, cpuidHost));
         vcpu.setMsrs(bootMsrs());
         vcpu.setFpuDefaults();
@@ -616,7 +623,7 @@ export class Machine {
           vcpu.setRegs(bsp.regs);
         }
       }
-      machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, summary);
+      machine = new Machine(config, kvm, vm, memory, vcpus, host, virtio, warm ? `${summary}, in a VM made ahead` : summary);
       machine.cmdlineWindows = announce.cmdline === "second-window";
       machine.vmGenId = vmGenId;
       return machine;

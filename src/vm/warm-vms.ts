@@ -1,6 +1,7 @@
 /**
- * Warm VMs: KVM VMs made ahead of time for restores, so that a clone's
- * restore does not wait for the slow part of making a VM. Measured on this
+ * Warm VMs: KVM VMs made ahead of time for restores and new VMs, so that a
+ * clone's restore, or a library user's next VM, does not wait for the slow
+ * part of making a VM. Measured on this
  * project's machine (npm run bench:snapshot, 64 MiB guest): KVM_CREATE_VM
  * with its irqchip and PIT took 8.6 ms of a 36.5 ms clone, registering its
  * memory 5.5 ms (KVM waits for an SRCU grace period on each slot change),
@@ -9,7 +10,8 @@
  * vCPUs created, and guest memory reserved (GuestMemory.reserve: address
  * space, PROT_NONE, its views made) and registered with KVM. A restore that
  * takes one only maps the memory file over the reservation (one mmap per
- * region; KVM follows the change through its MMU notifier) and sets state.
+ * region; KVM follows the change through its MMU notifier) and sets state;
+ * Machine.create maps fresh anonymous memory there instead.
  *
  * The pool keeps `count` of one shape (vCPUs, memory size) per process,
  * made on the main thread (KVM objects are process-wide, but their ioctls
@@ -23,7 +25,7 @@ import type { VcpuFd } from "../kvm/vcpu.js";
 import type { VmFd } from "../kvm/vm.js";
 import type { GuestMemory } from "../memory/guest-memory.js";
 
-/** What a warm VM is made for: restores of snapshots with this many vCPUs and this much memory. */
+/** What a warm VM is made for: VMs (new or restored) with this many vCPUs and this much memory. */
 export interface WarmVmShape {
   cpus: number;
   memoryMib: number;
@@ -86,7 +88,7 @@ export class WarmVms {
   }
 
   /**
-   * A warm VM for a snapshot with `cpus` vCPUs and memory `regions`, if one
+   * A warm VM for a VM with `cpus` vCPUs and memory `regions`, if one
    * of that layout is waiting (the next is then made later), else undefined.
    */
   take(cpus: number, regions: readonly { guestBase: number; size: number }[]): WarmVm | undefined {
