@@ -223,7 +223,7 @@ export function formatOverheadSection(sum: OverheadSummary, setup: OverheadSetup
   }
   const lib = sum.library;
   if (lib) {
-    lines.push(`library, ${lib.vms} VMs with every device in one Node process, one vCPU and one device thread kept warm (${setup.libraryRuns} run(s); VMs 2..${lib.vms} pooled): ` +
+    lines.push(`library, ${lib.vms} VMs with every device in one Node process, one vCPU thread, one device thread and one KVM VM kept ready (${setup.libraryRuns} run(s); VMs 2..${lib.vms} pooled): ` +
       `each adds ${mib(lib.addedRssKib.median)} RSS beyond guest RAM (max ${mib(lib.addedRssKib.max)}), ` +
       `${(lib.addedRssKib.median / lib.qemuProcessOverheadKib).toFixed(2)}x QEMU's whole-process ${mib(lib.qemuProcessOverheadKib)}  (goal <= 0.5x)`);
     lines.push(`  private memory each adds: ${mib(lib.addedAnonKib.median)} (max ${mib(lib.addedAnonKib.max)})`);
