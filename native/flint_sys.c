@@ -287,7 +287,8 @@ static int slot_size_of(int fd, uint32_t slot, uint64_t *size) {
 // (KVM_RUN, KVM_CREATE_VCPU, KVM_SET_TSS_ADDR...), and TUNSETOFFLOAD, declared
 // _IOW but taking its flags as the value (drivers/net/tun.c). Other requests
 // with no direction are the old, unencoded ones (FIONREAD, TCGETS, SIOC*),
-// many of which take a pointer of a size C cannot know: they are refused.
+// many of which take a pointer of a size C cannot know: they are refused, but
+// for SIOCGIFINDEX, whose struct ifreq ioctl_buffer names.
 // USERFAULTFD_IOC_NEW (on /dev/userfaultfd) takes the new userfaultfd's flags
 // as its value (Documentation/admin-guide/mm/userfaultfd.rst).
 static int takes_value(unsigned int cmd) {
@@ -404,6 +405,8 @@ static int ioctl_buffer(napi_env env, int fd, unsigned int cmd, uint8_t *buf, si
       return ioctl_xsave(env, fd, cmd, buf, cap, result);
     case TUNSETIFF: case TUNGETIFF:
       // Declared with an int, but the kernel reads and writes a whole struct ifreq (drivers/net/tun.c).
+    case SIOCGIFINDEX:
+      // Unencoded (sockios.h); the kernel reads ifr_name and writes ifr_ifindex of a struct ifreq (net/core/dev_ioctl.c).
       need = sizeof(struct ifreq);
       break;
     case KVM_SET_USER_MEMORY_REGION: {
@@ -487,7 +490,7 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
     r = ioctl(fd, cmd, (unsigned long)value);
     return make_i64(env, r < 0 ? -errno : r);
   }
-  if (_IOC_DIR(cmd) == _IOC_NONE) {
+  if (_IOC_DIR(cmd) == _IOC_NONE && cmd != SIOCGIFINDEX) {
     fail(env, 0, "ioctl: request 0x%x has no _IOC direction and size, so flint_sys cannot check its argument", cmd);
     return NULL;
   }

@@ -7,7 +7,7 @@
  * a second jail with the same id is refused; bad flags are one line each.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
@@ -133,6 +133,50 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
     }
   });
 
+  it("--netns: a jailed flint attaches the TAP its caller made in that network namespace (no /sys in the jail) and refuses a missing one in one line", async () => {
+    const ns = `flintjail${process.pid % 100000}`;
+    const nroot = join(base, "flint", "n1", "root");
+    mkdirSync(nroot, { recursive: true });
+    copyFileSync(buildExitLoopGuest(), join(nroot, "guest.elf"));
+    execFileSync("ip", ["netns", "add", ns]);
+    let pid = 0;
+    try {
+      // As with Firecracker's jailer: the caller makes the TAP in the namespace, owned by the jail's user.
+      execFileSync("ip", ["-n", ns, "tuntap", "add", "dev", "tapj", "mode", "tap", "user", String(UID), "group", String(GID)]);
+      const child = spawn("unshare", ["-m", process.execPath, CLI, "jail", "--id", "n1", "--uid", String(UID), "--gid", String(GID),
+        "--chroot-base-dir", base, "--netns", `/var/run/netns/${ns}`, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"], { stdio: ["ignore", "pipe", "pipe"] });
+      let out = "", err = "";
+      child.stdout.on("data", (b: Buffer) => (out += b.toString("latin1")));
+      child.stderr.on("data", (b: Buffer) => (err += b));
+      assert.equal(await new Promise((resolve) => child.on("exit", (code) => resolve(code))), 0, err);
+      const sock = join(nroot, "run", "api.sock");
+      for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
+      pid = Number(readFileSync(join(nroot, "flint.pid"), "utf8"));
+      assert.ok(!readdirSync(`/proc/${pid}/root`).includes("sys"), "the jail shows no /sys");
+      const missing = await call(sock, "PUT", "/network-interfaces/eth1", { iface_id: "eth1", host_dev_name: "tapnope" });
+      assert.equal(missing.status, 400, missing.text);
+      assert.equal(JSON.parse(missing.text).fault_message,
+        "Cannot attach network: TAP interface 'tapnope' does not exist in this network namespace (create it with 'ip tuntap add dev tapnope mode tap')");
+      const eth0 = await call(sock, "PUT", "/network-interfaces/eth0", { iface_id: "eth0", host_dev_name: "tapj", guest_mac: "06:00:ac:10:00:02" });
+      assert.equal(eth0.status, 204, eth0.text);
+      assert.equal((await call(sock, "PUT", "/boot-source", { kernel_image_path: "/guest.elf", boot_args: "mode=pio count=0 hello halt" })).status, 204);
+      assert.equal((await call(sock, "PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 32 })).status, 204);
+      const start = await call(sock, "PUT", "/actions", { action_type: "InstanceStart" });
+      assert.equal(start.status, 204, start.text);
+      for (let i = 0; i < 200 && !out.includes("H"); i++) await sleep(50);
+      assert.ok(out.includes("H"), `no hello on the console: ${JSON.stringify(out)} ${err}`);
+      // The monitor holds /dev/net/tun attached to the namespace's TAP.
+      const attached = readdirSync(`/proc/${pid}/fd`).filter((fd) => /^iff:\s+tapj$/m.test(readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8")));
+      assert.equal(attached.length, 1, err);
+    } finally {
+      if (pid > 0) {
+        process.kill(pid, "SIGTERM");
+        for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+      }
+      spawnSync("ip", ["netns", "del", ns]);
+    }
+  });
+
   it("refuses a jail left by an earlier run with the same id, in one line", () => {
     const r = jailCli(["--id", "vm1", "--uid", String(UID), "--gid", String(GID), "--chroot-base-dir", base, "--", "--version"]);
     assert.equal(r.status, 2, r.stderr);
@@ -162,7 +206,7 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
       assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
     }
     // None of them made a jail.
-    assert.deepEqual(readdirSync(join(base, "flint")).sort(), ["d1", "vm1"]);
+    assert.deepEqual(readdirSync(join(base, "flint")).sort(), ["d1", "n1", "vm1"]);
   });
 
   it("--exec-file naming the installed `firecracker` jails it under <base>/firecracker/<id> and runs flint in its Firecracker mode", () => {

@@ -211,6 +211,7 @@ export const E2BIG = 0x7;
 export const EBUSY = 0x10;
 export const ENOSYS = 0x26;
 export const EOPNOTSUPP = 0x5f;
+export const ENODEV = 0x13;
 
 // asm/bootparam.h: Linux x86 boot protocol (Documentation/x86/boot.rst)
 export const LOADED_HIGH = 0x1;
@@ -774,6 +775,7 @@ export const ETH_HLEN = 0xe;
 export const ETH_ALEN = 0x6;
 export const ETH_FRAME_LEN = 0x5ea;
 export const FIONREAD = 0x541b;
+export const SIOCGIFINDEX = 0x8933;
 
 // linux/if_ether.h, linux/in.h, linux/virtio_net.h: frames that carry offload requests
 export const ETH_P_IP = 0x800;

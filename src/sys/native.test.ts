@@ -22,7 +22,7 @@ import {
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
   kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
   EEXIST, EPIPE, O_NONBLOCK, UFFD_API, UFFDIO_API, UFFDIO_COPY, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_UNREGISTER,
-  uffdio_api, uffdio_copy, uffdio_range, uffdio_register, BPF_MAXINSNS, sock_filter,
+  uffdio_api, uffdio_copy, uffdio_range, uffdio_register, BPF_MAXINSNS, sock_filter, ENODEV, SIOCGIFINDEX, SOCK_DGRAM, ifreq,
 } from "../linux/abi.generated.js";
 import { PAGE_SIZE, sys } from "./native.js";
 
@@ -328,6 +328,24 @@ test("mmap refuses fixed addresses and lengths that are not whole positive numbe
     rejects(() => sys.mmap(len as number, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmap", "length", `mmap length ${why}`);
   }
   rejects(() => sys.mmap(PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, -1), "mmap", "offset", "negative offset");
+});
+
+test("ioctl SIOCGIFINDEX (unencoded): takes a whole struct ifreq, refuses less, and answers an interface's index", () => {
+  const fd = sys.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  assert.ok(fd >= 0);
+  try {
+    rejects(() => sys.ioctl(fd, SIOCGIFINDEX, new Uint8Array(ifreq.SIZE - 1)), "ioctl", `reads or writes ${ifreq.SIZE} bytes`, "a short buffer");
+    rejects(() => sys.ioctl(fd, SIOCGIFINDEX, 0), "ioctl", "arg of request 0x8933", "a number");
+    const ifr = new Uint8Array(ifreq.SIZE);
+    ifr.set(new TextEncoder().encode("lo"), ifreq.ifr_name);
+    assert.equal(sys.ioctl(fd, SIOCGIFINDEX, ifr), 0);
+    // ifr_ifindex shares the union at ifr_flags' offset.
+    assert.equal(new DataView(ifr.buffer).getInt32(ifreq.ifr_flags, true), Number(readFileSync("/sys/class/net/lo/ifindex", "utf8")));
+    ifr.fill(0).set(new TextEncoder().encode("flintnope0"), ifreq.ifr_name);
+    assert.equal(sys.ioctl(fd, SIOCGIFINDEX, ifr), -ENODEV);
+  } finally {
+    sys.close(fd);
+  }
 });
 
 test("ioctl: a request that takes a value refuses buffers, and one that reads or writes memory refuses numbers", () => {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
+import { closeSync, readFileSync } from "node:fs";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import {
@@ -13,7 +14,7 @@ import {
 } from "../../linux/abi.generated.js";
 import { dataView, getU16, setU16 } from "../../memory/le.js";
 import {
-  checkTap, createBackend, NET_HDR_BYTES, NET_MAX_FRAME_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, NetError, parseMac,
+  checkTap, createBackend, NET_HDR_BYTES, NET_MAX_FRAME_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, NetError, openTap, parseMac,
 } from "./net.js";
 import { NET_OFFLOAD_FEATURES } from "./net-offload.js";
 import {
@@ -99,6 +100,34 @@ test("a missing TAP, a non-TAP interface and a bad name fail before /dev/net/tun
   assert.throws(() => checkTap("a/b"), /not a valid interface name/);
   assert.throws(() => checkTap("x".repeat(16)), /not a valid interface name/);
   assert.throws(() => createBackend({ tap: "lo", mac: "01:00:00:00:00:00" }), /multicast/, "the MAC is checked first");
+});
+
+test("without /sys/class/net (a jail): a TAP is found with SIOCGIFINDEX and attached; a missing one, a TUN and a multi-queue TAP are refused in one line", (t) => {
+  if (process.getuid?.() !== 0) return t.skip("needs root to make TAP and TUN interfaces");
+  const id = process.pid % 100000;
+  const names = { tap: `flsys${id}`, tun: `flsyu${id}`, mq: `flsym${id}` };
+  try {
+    execFileSync("ip", ["tuntap", "add", "dev", names.tap, "mode", "tap"]);
+    execFileSync("ip", ["tuntap", "add", "dev", names.tun, "mode", "tun"]);
+    execFileSync("ip", ["tuntap", "add", "dev", names.mq, "mode", "tap", "multi_queue"]);
+    const noSysfs = "/nonexistent/sys/class/net";
+    checkTap(names.tap, noSysfs);
+    const fd = openTap(names.tap, noSysfs);
+    try {
+      assert.match(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"), new RegExp(`^iff:\\s+${names.tap}$`, "m"), "attached to the TAP");
+    } finally {
+      closeSync(fd);
+    }
+    assert.throws(() => checkTap("flintnope0", noSysfs), (e: unknown) => e instanceof NetError && e.code === "ENETTAP" &&
+      e.message === "Cannot attach network: TAP interface 'flintnope0' does not exist in this network namespace (create it with 'ip tuntap add dev flintnope0 mode tap')");
+    for (const name of [names.tun, names.mq, "lo"]) {
+      assert.throws(() => openTap(name, noSysfs), (e: unknown) => e instanceof NetError && e.code === "ENETTAP" &&
+        e.message === `Cannot attach network: TAP '${name}' cannot be attached (TUNSETIFF: EINVAL, it is not a single-queue TAP)`, name);
+    }
+    assert.throws(() => execFileSync("ip", ["link", "show", "flintnope0"], { stdio: "ignore" }), "no interface was made for the missing name");
+  } finally {
+    for (const n of Object.values(names)) spawnSync("ip", ["link", "del", n]);
+  }
 });
 
 test("TX: header + frame, split anywhere, reach the TAP as one packet; the chain comes back with length 0", () => {

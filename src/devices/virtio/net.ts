@@ -73,11 +73,11 @@
  * buffer too small for a frame drops that frame (and is counted); only a broken
  * ring (QueueError) fails the device.
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import {
-  EAGAIN, EINTR, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
-  O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
+  AF_UNIX, EAGAIN, EINTR, EINVAL, ENODEV, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
+  O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, SIOCGIFINDEX, SOCK_CLOEXEC, SOCK_DGRAM, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
   VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_RING_F_INDIRECT_DESC, ifreq, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
 } from "../../linux/abi.generated.js";
@@ -246,21 +246,31 @@ export function checkMtu(mtu: number): void {
   }
 }
 
+/** Where sysfs lists this network namespace's interfaces (a jail has no /sys). */
+const SYS_CLASS_NET = "/sys/class/net";
+
 /**
  * Checks that `name` is an existing TAP interface (in this network namespace):
  * /sys/class/net/NAME exists and its tun_flags include IFF_TAP. TUNSETIFF on a
- * missing name would create a new interface, so this runs before it.
+ * missing name would create a new interface, so this runs before it. Without
+ * /sys/class/net (in a jail, as Firecracker's jailer makes one) only that the
+ * interface exists is checked, with SIOCGIFINDEX; TUNSETIFF then refuses an
+ * interface that is not a single-queue TAP (EINVAL).
  */
-export function checkTap(name: string): void {
+export function checkTap(name: string, sysClassNet = SYS_CLASS_NET): void {
   // dev_valid_name() in net/core/dev.c.
   if (name.length === 0 || name.length >= IFNAMSIZ || name === "." || name === ".." || /[/:\s]/.test(name)) {
     throw new NetError("ENETCONFIG", `Cannot attach network: '${name}' is not a valid interface name (1 to ${IFNAMSIZ - 1} characters, no '/', ':' or spaces)`);
   }
+  if (!existsSync(sysClassNet)) {
+    checkInterfaceExists(name);
+    return;
+  }
   let flagsText: string;
   try {
-    flagsText = readFileSync(`/sys/class/net/${name}/tun_flags`, "latin1");
+    flagsText = readFileSync(`${sysClassNet}/${name}/tun_flags`, "latin1");
   } catch (e) {
-    const exists = (() => { try { readFileSync(`/sys/class/net/${name}/ifindex`); return true; } catch { return false; } })();
+    const exists = (() => { try { readFileSync(`${sysClassNet}/${name}/ifindex`); return true; } catch { return false; } })();
     throw new NetError("ENETTAP", exists
       ? `Cannot attach network: interface '${name}' is not a TAP device`
       : `Cannot attach network: TAP interface '${name}' does not exist (create it with 'ip tuntap add dev ${name} mode tap'; ${(e as NodeJS.ErrnoException).code ?? "unreadable"})`);
@@ -270,9 +280,26 @@ export function checkTap(name: string): void {
   if (flags & IFF_MULTI_QUEUE) throw new NetError("ENETTAP", `Cannot attach network: TAP '${name}' is multi-queue, which flint does not support`);
 }
 
+/** Throws ENETTAP unless an interface `name` exists in this network namespace (SIOCGIFINDEX, asked through a Unix socket). */
+function checkInterfaceExists(name: string): void {
+  const fd = sys.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new NetError("ENETTAP", `Cannot attach network: cannot check interface '${name}' (socket: ${errnoName(-fd)})`);
+  try {
+    const ifr = new Uint8Array(ifreq.SIZE);
+    ifr.set(new TextEncoder().encode(name), ifreq.ifr_name);
+    const r = sys.ioctl(fd, SIOCGIFINDEX, ifr);
+    if (r === -ENODEV) {
+      throw new NetError("ENETTAP", `Cannot attach network: TAP interface '${name}' does not exist in this network namespace (create it with 'ip tuntap add dev ${name} mode tap')`);
+    }
+    if (r < 0) throw new NetError("ENETTAP", `Cannot attach network: cannot check interface '${name}' (SIOCGIFINDEX: ${errnoName(-r)})`);
+  } finally {
+    sys.close(fd);
+  }
+}
+
 /** Opens `/dev/net/tun` and attaches it to the existing TAP `name` with a 12-byte vnet header and no offloads. */
-export function openTap(name: string): number {
-  checkTap(name);
+export function openTap(name: string, sysClassNet = SYS_CLASS_NET): number {
+  checkTap(name, sysClassNet);
   const fd = sys.open(TUN_DEVICE, O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
   if (fd < 0) throw new NetError("ENETTAP", `Cannot attach network: ${TUN_DEVICE} cannot be opened (${errnoName(-fd)})`);
   try {
@@ -282,7 +309,8 @@ export function openTap(name: string): number {
     let r = sys.ioctl(fd, TUNSETIFF, ifr);
     if (r < 0) {
       const why = errnoName(-r);
-      throw new NetError("ENETTAP", `Cannot attach network: TAP '${name}' cannot be attached (TUNSETIFF: ${why}${why === "EBUSY" ? ", another process holds it" : why === "EPERM" ? ", not permitted for this user" : ""})`);
+      const reason = r === -EINVAL ? ", it is not a single-queue TAP" : why === "EBUSY" ? ", another process holds it" : why === "EPERM" ? ", not permitted for this user" : "";
+      throw new NetError("ENETTAP", `Cannot attach network: TAP '${name}' cannot be attached (TUNSETIFF: ${why}${reason})`);
     }
     const size = new Uint8Array(4);
     setU32(dataView(size), 0, NET_HDR_BYTES);
