@@ -49,6 +49,38 @@ function jailCli(args: string[]): { status: number | null; stderr: string } {
   return { status: r.status, stderr: r.stderr };
 }
 
+/** A jailed flint serving the API at /run/api.sock (in its own pid namespace, so the jailer returns), with its console and stderr. */
+async function startJailedApi(id: string, jailArgs: string[] = []): Promise<{ sock: string; pid: number; out(): string; err(): string }> {
+  const child = spawn("unshare", ["-m", process.execPath, CLI, "jail", "--id", id, "--uid", String(UID), "--gid", String(GID),
+    "--chroot-base-dir", base, ...jailArgs, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "", err = "";
+  child.stdout.on("data", (b: Buffer) => (out += b.toString("latin1")));
+  child.stderr.on("data", (b: Buffer) => (err += b));
+  const jailerExit = await new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+  assert.equal(jailerExit, 0, err);
+  const root = join(base, "flint", id, "root");
+  const sock = join(root, "run", "api.sock");
+  for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
+  return { sock, pid: Number(readFileSync(join(root, "flint.pid"), "utf8")), out: () => out, err: () => err };
+}
+
+/** Boots the jail's /guest.elf (the exit-loop guest) over the API and waits for its hello on the console. */
+async function bootHello(jailed: { sock: string; out(): string; err(): string }): Promise<void> {
+  const { sock } = jailed;
+  assert.equal((await call(sock, "PUT", "/boot-source", { kernel_image_path: "/guest.elf", boot_args: "mode=pio count=0 hello halt" })).status, 204);
+  assert.equal((await call(sock, "PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 32 })).status, 204);
+  const start = await call(sock, "PUT", "/actions", { action_type: "InstanceStart" });
+  assert.equal(start.status, 204, start.text);
+  for (let i = 0; i < 200 && !jailed.out().includes("H"); i++) await sleep(50);
+  assert.ok(jailed.out().includes("H"), `no hello on the console: ${JSON.stringify(jailed.out())} ${jailed.err()}`);
+}
+
+/** SIGTERM to a jailed flint; waits for it to end. */
+async function endJailed(pid: number): Promise<void> {
+  process.kill(pid, "SIGTERM");
+  for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+}
+
 describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", { skip, timeout: 180_000 }, () => {
   const root = join(base, "flint", "vm1", "root");
   const secret = join(base, "secret.img");
@@ -60,18 +92,10 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
     writeFileSync(join(root, "private.img"), Buffer.alloc(4096));
     chmodSync(join(root, "private.img"), 0o600); // root's, inside the jail
     writeFileSync(secret, Buffer.alloc(4096)); // the host's, outside the jail
-    const child = spawn("unshare", ["-m", process.execPath, CLI, "jail", "--id", "vm1", "--uid", String(UID), "--gid", String(GID),
-      "--chroot-base-dir", base, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"], { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "", err = "";
-    child.stdout.on("data", (b: Buffer) => (out += b.toString("latin1")));
-    child.stderr.on("data", (b: Buffer) => (err += b));
-    const jailerExit = await new Promise((resolve) => child.on("exit", (code) => resolve(code)));
-    assert.equal(jailerExit, 0, err);
-    const sock = join(root, "run", "api.sock");
-    for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
-    const pid = Number(readFileSync(join(root, "flint.pid"), "utf8"));
+    const jailed = await startJailedApi("vm1");
+    const { sock, pid } = jailed;
     try {
-      assert.equal(statusField(pid, "Uid"), [UID, UID, UID, UID].join(","), err);
+      assert.equal(statusField(pid, "Uid"), [UID, UID, UID, UID].join(","), jailed.err());
       assert.equal(statusField(pid, "Gid"), [GID, GID, GID, GID].join(","));
       assert.equal(statusField(pid, "Groups") ?? "", "");
       assert.equal(statusField(pid, "NoNewPrivs"), "1");
@@ -96,15 +120,9 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
       assert.equal(inside.status, 204, inside.text);
 
       // The guest boots in the jail (flint opens /dev/kvm there) and says hello on the console.
-      assert.equal((await call(sock, "PUT", "/boot-source", { kernel_image_path: "/guest.elf", boot_args: "mode=pio count=0 hello halt" })).status, 204);
-      assert.equal((await call(sock, "PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 32 })).status, 204);
-      const start = await call(sock, "PUT", "/actions", { action_type: "InstanceStart" });
-      assert.equal(start.status, 204, start.text);
-      for (let i = 0; i < 200 && !out.includes("H"); i++) await sleep(50);
-      assert.ok(out.includes("H"), `no hello on the console: ${JSON.stringify(out)} ${err}`);
+      await bootHello(jailed);
     } finally {
-      process.kill(pid, "SIGTERM");
-      for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+      await endJailed(pid);
     }
     assert.ok(!existsSync(`/proc/${pid}`), "flint did not end at SIGTERM");
   });
@@ -128,8 +146,7 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
       assert.match(limits, /^Max file size\s+1000\s+1000\s+bytes/m);
       assert.match(limits, /^Max open files\s+512\s+512/m);
     } finally {
-      process.kill(pid, "SIGTERM");
-      for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+      await endJailed(pid);
     }
   });
 
@@ -143,15 +160,9 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
     try {
       // As with Firecracker's jailer: the caller makes the TAP in the namespace, owned by the jail's user.
       execFileSync("ip", ["-n", ns, "tuntap", "add", "dev", "tapj", "mode", "tap", "user", String(UID), "group", String(GID)]);
-      const child = spawn("unshare", ["-m", process.execPath, CLI, "jail", "--id", "n1", "--uid", String(UID), "--gid", String(GID),
-        "--chroot-base-dir", base, "--netns", `/var/run/netns/${ns}`, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"], { stdio: ["ignore", "pipe", "pipe"] });
-      let out = "", err = "";
-      child.stdout.on("data", (b: Buffer) => (out += b.toString("latin1")));
-      child.stderr.on("data", (b: Buffer) => (err += b));
-      assert.equal(await new Promise((resolve) => child.on("exit", (code) => resolve(code))), 0, err);
-      const sock = join(nroot, "run", "api.sock");
-      for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
-      pid = Number(readFileSync(join(nroot, "flint.pid"), "utf8"));
+      const jailed = await startJailedApi("n1", ["--netns", `/var/run/netns/${ns}`]);
+      const { sock } = jailed;
+      pid = jailed.pid;
       assert.ok(!readdirSync(`/proc/${pid}/root`).includes("sys"), "the jail shows no /sys");
       const missing = await call(sock, "PUT", "/network-interfaces/eth1", { iface_id: "eth1", host_dev_name: "tapnope" });
       assert.equal(missing.status, 400, missing.text);
@@ -159,20 +170,12 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
         "Cannot attach network: TAP interface 'tapnope' does not exist in this network namespace (create it with 'ip tuntap add dev tapnope mode tap')");
       const eth0 = await call(sock, "PUT", "/network-interfaces/eth0", { iface_id: "eth0", host_dev_name: "tapj", guest_mac: "06:00:ac:10:00:02" });
       assert.equal(eth0.status, 204, eth0.text);
-      assert.equal((await call(sock, "PUT", "/boot-source", { kernel_image_path: "/guest.elf", boot_args: "mode=pio count=0 hello halt" })).status, 204);
-      assert.equal((await call(sock, "PUT", "/machine-config", { vcpu_count: 1, mem_size_mib: 32 })).status, 204);
-      const start = await call(sock, "PUT", "/actions", { action_type: "InstanceStart" });
-      assert.equal(start.status, 204, start.text);
-      for (let i = 0; i < 200 && !out.includes("H"); i++) await sleep(50);
-      assert.ok(out.includes("H"), `no hello on the console: ${JSON.stringify(out)} ${err}`);
+      await bootHello(jailed);
       // The monitor holds /dev/net/tun attached to the namespace's TAP.
       const attached = readdirSync(`/proc/${pid}/fd`).filter((fd) => /^iff:\s+tapj$/m.test(readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8")));
-      assert.equal(attached.length, 1, err);
+      assert.equal(attached.length, 1, jailed.err());
     } finally {
-      if (pid > 0) {
-        process.kill(pid, "SIGTERM");
-        for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
-      }
+      if (pid > 0) await endJailed(pid);
       spawnSync("ip", ["netns", "del", ns]);
     }
   });

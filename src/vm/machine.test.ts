@@ -33,10 +33,13 @@ function ring3(source: string): Uint8Array {
   return assemble(source, RING3_LAYOUT.code);
 }
 
-test("two vCPU threads run, print in turn on the UART, and ACPI S5 powers the VM off", async () => {
-  const cpus = 2;
-  const out = collector();
-  const program = ring3(`
+/**
+ * Each of `cpus` vCPUs (its id in edi) runs `prologue`, waits for its turn,
+ * prints "cpuN\n"; vCPU 0 then waits for all and powers the VM off.
+ */
+function printInTurn(cpus: number, prologue = ""): Uint8Array {
+  return ring3(`
+       ${prologue}
     1: cmp dword ptr [${COUNTER}], edi   # wait for our turn
        jne 1b
        mov dx, 0x3f8
@@ -58,6 +61,12 @@ test("two vCPU threads run, print in turn on the UART, and ACPI S5 powers the VM
        jne 2b
        ${S5_POWEROFF}
     3: jmp 3b`);
+}
+
+test("two vCPU threads run, print in turn on the UART, and ACPI S5 powers the VM off", async () => {
+  const cpus = 2;
+  const out = collector();
+  const program = printInTurn(cpus);
   const m = Machine.create({ cpus, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput: out.stream });
   const r = await m.run();
   assert.deepEqual(r.reason, { kind: "poweroff" });
@@ -210,28 +219,15 @@ test("console input reaches the guest through the UART receive path", async () =
 
 test("a new VM takes a VM made ahead (keepWarm's vms) of its shape and runs in fresh memory; dirty tracking or another shape makes its own", async () => {
   const cpus = 2;
-  // Each vCPU checks that the word it owns starts at zero, marks it, then waits for its turn to print.
-  const program = ring3(`
+  // Each vCPU checks that a word it owns starts at zero ('!' if not) and marks it, then prints in its turn.
+  const program = printInTurn(cpus, `
        mov eax, dword ptr [${COUNTER} + 64 + edi * 4]
        test eax, eax
-       jz 1f
+       jz 5f
        mov dx, 0x3f8
        mov al, '!'
        out dx, al
-    1: mov dword ptr [${COUNTER} + 64 + edi * 4], 0x5a5a
-    2: cmp dword ptr [${COUNTER}], edi
-       jne 2b
-       mov dx, 0x3f8
-       mov eax, edi
-       add al, '0'
-       out dx, al
-       lock inc dword ptr [${COUNTER}]
-       test edi, edi
-       jnz 4f
-    3: cmp dword ptr [${COUNTER}], ${cpus}
-       jne 3b
-       ${S5_POWEROFF}
-    4: jmp 4b`);
+    5: mov dword ptr [${COUNTER} + 64 + edi * 4], 0x5a5a`);
   const until = async (what: string, fn: () => boolean) => {
     for (let i = 0; i < 500 && !fn(); i++) await new Promise((r) => setTimeout(r, 10));
     assert.ok(fn(), what);
@@ -244,7 +240,7 @@ test("a new VM takes a VM made ahead (keepWarm's vms) of its shape and runs in f
       const m = Machine.create({ cpus, memoryMib: 64, boot: { kind: "ring3", program }, consoleOutput: out.stream });
       assert.match(m.summary, /in a VM made ahead/);
       assert.deepEqual((await m.run()).reason, { kind: "poweroff" });
-      assert.equal(out.text(), "01", "each vCPU found its word zero and printed in turn");
+      assert.equal(out.text(), "cpu0\ncpu1\n", "each vCPU found its word zero and printed in turn");
     }
     for (const config of [{ memoryMib: 64, trackDirtyPages: true }, { memoryMib: 128 }]) {
       await until("a VM made ahead again", () => Machine.warmVmCount > 0);
@@ -254,7 +250,7 @@ test("a new VM takes a VM made ahead (keepWarm's vms) of its shape and runs in f
       assert.doesNotMatch(m.summary, /made ahead/);
       assert.equal(Machine.warmVmCount, before, "none taken");
       assert.deepEqual((await m.run()).reason, { kind: "poweroff" });
-      assert.equal(out.text(), "01");
+      assert.equal(out.text(), "cpu0\ncpu1\n");
     }
   } finally {
     Machine.keepWarm({ vcpuThreads: 0, deviceThreads: 0 });
