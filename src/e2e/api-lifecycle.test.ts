@@ -20,6 +20,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildInitramfs, parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
+import { API_CLIENT_JS } from "../harness/api-client-script.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
@@ -66,22 +67,7 @@ import { spawn } from "node:child_process";
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 const [cli, kernel, initrd, disk, sock, report, swapDisk, metrics] = process.argv.slice(2);
-const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
-const call = (method, path, body) => new Promise((resolve, reject) => {
-  const text = body === undefined ? undefined : JSON.stringify(body);
-  const req = request({ socketPath: sock, method, path, headers: text ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) } : {} }, (res) => {
-    let out = ""; res.on("data", (c) => (out += c)); res.on("end", () => resolve({ status: res.statusCode, text: out }));
-  });
-  req.on("error", reject);
-  if (text) req.write(text);
-  req.end();
-});
-const must = async (method, path, body, status = 204) => {
-  const r = await call(method, path, body);
-  if (r.status !== status) throw new Error(method + " " + path + " answered " + r.status + " " + r.text);
-  return r;
-};
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+${API_CLIENT_JS}
 const fc = spawn(process.execPath, [cli, "--api-sock", sock, "--id", "e2e-vm"], { stdio: ["pipe", "pipe", "pipe"] });
 let consoleText = "", stderr = "";
 fc.stdout.on("data", (b) => { consoleText += b; process.stdout.write(b); });
@@ -93,22 +79,22 @@ const metricsSum = (group, key) => readFileSync(metrics, "utf8").split("\\n").fi
 const cpuTicks = () => { const f = readFileSync("/proc/" + fc.pid + "/stat", "utf8").split(") ")[1].split(" "); return Number(f[11]) + Number(f[12]); };
 try {
   for (let i = 0; i < 600 && !existsSync(sock); i++) await sleep(100);
-  await must("GET", "/", undefined, 200);
-  await must("PUT", "/boot-source", { kernel_image_path: kernel, initrd_path: initrd, boot_args: "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init" });
-  await must("PUT", "/machine-config", { vcpu_count: 2, mem_size_mib: 256 });
-  await must("PUT", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk, is_root_device: false, is_read_only: true,
+  await must(sock, "GET", "/", undefined, 200);
+  await must(sock, "PUT", "/boot-source", { kernel_image_path: kernel, initrd_path: initrd, boot_args: "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init" });
+  await must(sock, "PUT", "/machine-config", { vcpu_count: 2, mem_size_mib: 256 });
+  await must(sock, "PUT", "/drives/rootfs", { drive_id: "rootfs", path_on_host: disk, is_root_device: false, is_read_only: true,
     rate_limiter: { bandwidth: { size: ${BUCKET_BYTES}, refill_time: ${REFILL_MS} } } });
-  await must("PUT", "/entropy", {});
+  await must(sock, "PUT", "/entropy", {});
   writeFileSync(metrics, "");
-  await must("PUT", "/metrics", { metrics_path: metrics });
+  await must(sock, "PUT", "/metrics", { metrics_path: metrics });
   const t0 = Date.now();
-  await must("PUT", "/actions", { action_type: "InstanceStart" });
+  await must(sock, "PUT", "/actions", { action_type: "InstanceStart" });
   say("start_ms", Date.now() - t0);
   for (let i = 0; i < 2400 && lastTick() < 5; i++) await sleep(100);
   say("ticks_before_pause", lastTick());
-  await must("PATCH", "/vm", { state: "Paused" });
+  await must(sock, "PATCH", "/vm", { state: "Paused" });
   const pausedAt = Date.now();
-  say("state_paused", JSON.parse((await must("GET", "/", undefined, 200)).text).state);
+  say("state_paused", JSON.parse((await must(sock, "GET", "/", undefined, 200)).text).state);
   await sleep(1500); // what the guest printed before the pause drains
   const paused = lastTick();
   const cpu0 = cpuTicks();
@@ -116,20 +102,20 @@ try {
   say("ticks_during_pause", lastTick() - paused);
   say("cpu_ticks_during_pause", cpuTicks() - cpu0);
   say("pause_host_ms", Date.now() - pausedAt);
-  await must("PATCH", "/vm", { state: "Resumed" });
-  say("state_resumed", JSON.parse((await must("GET", "/", undefined, 200)).text).state);
+  await must(sock, "PATCH", "/vm", { state: "Resumed" });
+  say("state_resumed", JSON.parse((await must(sock, "GET", "/", undefined, 200)).text).state);
   for (let i = 0; i < 600 && lastTick() < paused + 5; i++) await sleep(100);
   say("ticks_after_resume", lastTick() - paused);
   // The guest's uptime from its last line before the pause to its first after: the pause is inside it.
   say("guest_ms_across_pause", Math.round((uptimeAt(paused + 1) - uptimeAt(paused)) * 1000));
-  await must("PUT", "/actions", { action_type: "FlushMetrics" });
+  await must(sock, "PUT", "/actions", { action_type: "FlushMetrics" });
   say("metrics_block_kicks", metricsSum("block_rootfs", "kicks"));
   say("metrics_block_read_bytes", metricsSum("block_rootfs", "read_bytes"));
   say("metrics_vcpu_exits", metricsSum("vcpu", "exits"));
   say("metrics_pause_us", metricsSum("latencies_us", "pause_vm"));
   say("metrics_put_drives", metricsSum("put_api_requests", "drive_count"));
-  say("config_vcpus", JSON.parse((await must("GET", "/vm/config", undefined, 200)).text)["machine-config"].vcpu_count);
-  await must("PATCH", "/drives/rootfs", { drive_id: "rootfs", path_on_host: swapDisk });
+  say("config_vcpus", JSON.parse((await must(sock, "GET", "/vm/config", undefined, 200)).text)["machine-config"].vcpu_count);
+  await must(sock, "PATCH", "/drives/rootfs", { drive_id: "rootfs", path_on_host: swapDisk });
   fc.stdin.write("stop\\n");
 } catch (e) {
   say("client_error", JSON.stringify(e.message));

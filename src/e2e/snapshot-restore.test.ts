@@ -32,7 +32,7 @@ import { fileURLToPath } from "node:url";
 import { parseGuestReport } from "../guest/initramfs.js";
 import { buildKernel } from "../guest/kernel-build.js";
 import { explainClientE2e, runClientE2e } from "../harness/client-e2e.js";
-import { API_CLIENT_JS } from "../harness/api-client-script.js";
+import { API_CLIENT_JS, FLINT_PROCESS_HELPERS_JS } from "../harness/api-client-script.js";
 import { e2eValue } from "../harness/e2e-report.js";
 import { E2E_GUEST_NET, ethUpSh, initPrologue, vsockConnectC } from "../harness/guest-scripts.js";
 import type { NestedResult } from "../harness/nested.js";
@@ -103,10 +103,7 @@ function vsockListener(path) {
   server.listen(path + "_${NET.hostPort}");
   return server;
 }
-async function socketUp(vm) {
-  for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
-  await must(vm.sock, "GET", "/", undefined, 200);
-}
+${FLINT_PROCESS_HELPERS_JS}
 const ticks = (text) => [...text.matchAll(/tick=(\\d+) up=([0-9.]+)\\r?\\n/g)].map((m) => [Number(m[1]), Number(m[2])]);
 const lastTick = (vm) => { const t = ticks(vm.console); return t.length ? t[t.length - 1][0] : 0; };
 const line = (vm, key) => { const m = new RegExp("flint-e2e: " + key + "=([^\\r\\n]*)").exec(vm.console); return m ? m[1] : undefined; };
@@ -202,11 +199,7 @@ try {
 } catch (e) {
   say("client_error", JSON.stringify(e.message));
 }
-for (const vm of Object.values(vms)) {
-  vm.fc.kill("SIGKILL");
-  writeFileSync(consoles + "." + vm.name, vm.console);
-  say("stderr_" + vm.name, JSON.stringify(vm.stderr.trim().slice(-600)));
-}
+endFlints();
 process.exit(0);
 `;
 

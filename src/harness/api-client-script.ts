@@ -26,15 +26,32 @@ const must = async (sock, method, path, body, status = 204) => {
 };`;
 
 /**
+ * After API_CLIENT_JS, for clients that keep their flint processes in `vms`
+ * (by name; each { name, sock, fc, console, stderr }): `socketUp(vm)` waits
+ * for its socket to answer, and `endFlints()` kills every one (SIGKILL),
+ * writes each console to `<consoles>.<name>` and reports each one's stderr
+ * tail. Needs `existsSync` and `writeFileSync` (node:fs), `sleep`, `say` and
+ * `consoles` in scope.
+ */
+export const FLINT_PROCESS_HELPERS_JS = `async function socketUp(vm) {
+  for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
+  await must(vm.sock, "GET", "/", undefined, 200);
+}
+function endFlints() {
+  for (const vm of Object.values(vms)) {
+    vm.fc.kill("SIGKILL");
+    writeFileSync(consoles + "." + vm.name, vm.console);
+    say("stderr_" + vm.name, JSON.stringify(vm.stderr.trim().slice(-600)));
+  }
+}`;
+
+/**
  * After API_CLIENT_JS, for clients that run flint processes with an API
  * socket each: `vms` (by name), `startFlint(name)` spawns `cli --api-sock
  * <work>/<name>.sock --id <idPrefix><name>`, collecting its console and
- * stderr (`exited` resolves once it ended and both were read),
- * `socketUp(vm)` waits for the socket to answer, and `endFlints()` kills
- * every one (SIGKILL), writes each console to `<consoles>.<name>` and
- * reports each one's stderr tail. Needs `spawn` (node:child_process),
- * `existsSync` and `writeFileSync` (node:fs), and `cli`, `work` and
- * `consoles` in scope.
+ * stderr (`exited` resolves once it ended and both were read), and
+ * FLINT_PROCESS_HELPERS_JS. Needs `spawn` (node:child_process), what those
+ * helpers need, and `cli` and `work` in scope.
  */
 export function flintProcessesJs(idPrefix: string): string {
   return `const vms = {};
@@ -49,15 +66,5 @@ function startFlint(name) {
   vms[name] = vm;
   return vm;
 }
-async function socketUp(vm) {
-  for (let i = 0; i < 600 && !existsSync(vm.sock); i++) await sleep(100);
-  await must(vm.sock, "GET", "/", undefined, 200);
-}
-function endFlints() {
-  for (const vm of Object.values(vms)) {
-    vm.fc.kill("SIGKILL");
-    writeFileSync(consoles + "." + vm.name, vm.console);
-    say("stderr_" + vm.name, JSON.stringify(vm.stderr.trim().slice(-600)));
-  }
-}`;
+${FLINT_PROCESS_HELPERS_JS}`;
 }
