@@ -8,12 +8,15 @@ import { readFileSync } from "node:fs";
 /** Prefix of a report line. */
 export const E2E_REPORT_PREFIX = "flint-e2e:";
 
+/** The timestamp every kernel message on the console starts with ("[    4.180649]"). */
+const KERNEL_TIMESTAMP = String.raw`\[\s*\d+\.\d{6}\]`;
+
 /**
  * A kernel message that landed in the middle of a report line: the guest's
  * shell and printk share the serial console, so "disks=vda vdb[    2.833217]
  * I/O error, ..." happens when a message is printed while a line is written.
  */
-const KERNEL_MESSAGE_TAIL = /\[\s*\d+\.\d{6}\].*$/;
+const KERNEL_MESSAGE_TAIL = new RegExp(`${KERNEL_TIMESTAMP}.*$`);
 
 /**
  * Whole kernel messages, their line ends included, printed into a line that
@@ -21,7 +24,7 @@ const KERNEL_MESSAGE_TAIL = /\[\s*\d+\.\d{6}\].*$/;
  * vdb"): taken out, the report line is whole again (unless a new report line
  * follows them: then the line had ended).
  */
-const KERNEL_MESSAGES_INSIDE = /(?<=[^\n])(?:\[\s*\d+\.\d{6}\][^\n]*\n)+/g;
+const KERNEL_MESSAGES_INSIDE = new RegExp(`(?<=[^\\n])(?:${KERNEL_TIMESTAMP}[^\\n]*\\n)+`, "g");
 
 /** `text` with kernel messages printed into its lines taken out. */
 function withoutKernelInterjections(text: string): string {

@@ -280,14 +280,19 @@ export function checkTap(name: string, sysClassNet = SYS_CLASS_NET): void {
   if (flags & IFF_MULTI_QUEUE) throw new NetError("ENETTAP", `Cannot attach network: TAP '${name}' is multi-queue, which flint does not support`);
 }
 
+/** A zeroed struct ifreq naming interface `name` (checked by checkTap: shorter than IFNAMSIZ). */
+function ifreqNamed(name: string): Uint8Array {
+  const ifr = new Uint8Array(ifreq.SIZE);
+  ifr.set(new TextEncoder().encode(name), ifreq.ifr_name);
+  return ifr;
+}
+
 /** Throws ENETTAP unless an interface `name` exists in this network namespace (SIOCGIFINDEX, asked through a Unix socket). */
 function checkInterfaceExists(name: string): void {
   const fd = sys.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new NetError("ENETTAP", `Cannot attach network: cannot check interface '${name}' (socket: ${errnoName(-fd)})`);
   try {
-    const ifr = new Uint8Array(ifreq.SIZE);
-    ifr.set(new TextEncoder().encode(name), ifreq.ifr_name);
-    const r = sys.ioctl(fd, SIOCGIFINDEX, ifr);
+    const r = sys.ioctl(fd, SIOCGIFINDEX, ifreqNamed(name));
     if (r === -ENODEV) {
       throw new NetError("ENETTAP", `Cannot attach network: TAP interface '${name}' does not exist in this network namespace (create it with 'ip tuntap add dev ${name} mode tap')`);
     }
@@ -303,8 +308,7 @@ export function openTap(name: string, sysClassNet = SYS_CLASS_NET): number {
   const fd = sys.open(TUN_DEVICE, O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
   if (fd < 0) throw new NetError("ENETTAP", `Cannot attach network: ${TUN_DEVICE} cannot be opened (${errnoName(-fd)})`);
   try {
-    const ifr = new Uint8Array(ifreq.SIZE);
-    ifr.set(new TextEncoder().encode(name), ifreq.ifr_name);
+    const ifr = ifreqNamed(name);
     setU16(dataView(ifr), ifreq.ifr_flags, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
     let r = sys.ioctl(fd, TUNSETIFF, ifr);
     if (r < 0) {
