@@ -134,6 +134,17 @@ async function main(): Promise<void> {
       out(`${f.label}: flint ${rate(s.flint)} ${f.unit}, QEMU microvm ${rate(s.qemu)} ${f.unit}  ` +
         `(flint/QEMU ${s.ratio === undefined ? "n/a" : `${s.ratio.toFixed(2)}x`}${spread}${f.reference ? ", reference" : ", goal >= 1.0x"})`);
       out(`  per round: ${s.samples.flint.map((x, i) => `${rate(x)}/${rate(s.samples.qemu[i])}=${ratios[i] === undefined ? "n/a" : `${ratios[i]!.toFixed(2)}x`}`).join("  ")}`);
+      const per = f.unit === "IOPS" ? "1000 requests" : "MB";
+      const cpu = (m: "flint" | "qemu") => {
+        const c = s.cpu?.[m];
+        return c ? `guest ${c.guest.toFixed(1)} + vCPU threads ${c.vcpu.toFixed(1)} + others ${c.other.toFixed(1)} ms (busiest ${c.busiestOther.toFixed(1)})` : "n/a";
+      };
+      if (s.cpu?.flint || s.cpu?.qemu) out(`  monitor CPU per ${per}: flint ${cpu("flint")}, QEMU ${cpu("qemu")}`);
+      const counted = (m: "flint" | "qemu") => {
+        const c = s.cpu?.[m];
+        return c?.irqs === undefined ? "n/a" : `${c.irqs.toFixed(0)} interrupts, ${c.packets?.toFixed(0) ?? "?"} packets`;
+      };
+      if (s.cpu?.flint?.irqs !== undefined || s.cpu?.qemu?.irqs !== undefined) out(`  guest per ${per}: flint ${counted("flint")}, QEMU ${counted("qemu")}`);
     }
     for (const failure of v.failures) out(`  (left out: ${failure})`);
   };

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { runDriver } from "./virtio-nested-driver.js";
+import { runDriver, threadCpuDelta, threadTicks } from "./virtio-nested-driver.js";
 import { buildVirtioBenchProgram } from "./virtio-nested.js";
 import { parseVirtioBenchLine } from "./virtio-report.js";
 
@@ -97,5 +99,33 @@ describe("runDriver", () => {
     assert.equal(result.restarts.c![0]!.beforeStep, 2);
     assert.ok(result.restarts.c![0]!.readyAfterMs! >= 0);
     assert.equal((readFileSync(join(dir, "c.console"), "utf8").match(/booting c/g) ?? []).length, 2);
+  });
+});
+
+describe("thread CPU accounting", () => {
+  it("threadCpuDelta splits guest time, vCPU threads' own time and other threads' (busiest first, idle ones left out)", () => {
+    const t = (cpu: number, guest = 0) => ({ cpu, guest });
+    const before = new Map([["10", t(5)], ["11", t(7)], ["12", t(1)], ["20", t(100, 60)]]);
+    const after = new Map([["10", t(9)], ["11", t(7)], ["12", t(31)], ["13", t(0)], ["20", t(150, 90)], ["21", t(20, 15)]]);
+    // Thread 20 ran the guest for 30 ticks of its 50, thread 21 for 15 of 20.
+    assert.deepEqual(threadCpuDelta(before, after), { guestMs: 450, vcpuMs: 250, otherMs: [300, 40] });
+  });
+
+  it("threadTicks reads every thread of a process: one that used 300 ms of CPU shows it; a missing process has none", { timeout: 30_000 }, async () => {
+    // The child spins until it has used 300 ms of CPU by its own count, says so, and waits.
+    const child = spawn(process.execPath, ["-e",
+      "while (process.cpuUsage().user < 300000); process.stdout.write('spun\\n'); setInterval(() => {}, 1000);"], { stdio: ["ignore", "pipe", "inherit"] });
+    try {
+      await once(child.stdout!, "data");
+      const ticks = threadTicks(child.pid);
+      assert.ok(ticks.size >= 2, `a node process has several threads, saw ${ticks.size}`);
+      const cpu = threadCpuDelta(new Map(), ticks);
+      assert.equal(cpu.guestMs, 0);
+      assert.ok(cpu.otherMs.reduce((a, b) => a + b, 0) >= 250, `CPU seen: ${cpu.otherMs.join(", ")} ms`);
+    } finally {
+      child.kill("SIGKILL");
+    }
+    assert.equal(threadTicks(undefined).size, 0);
+    assert.equal(threadTicks(2 ** 22 + 1).size, 0);
   });
 });

@@ -26,7 +26,7 @@
  * every module loaded costs seconds.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, readFileSync, writeFileSync } from "node:fs";
+import { createWriteStream, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { parseVirtioBenchLine } from "./virtio-report.js";
@@ -75,6 +75,8 @@ export interface DriverStepResult {
   error?: string;
   /** Command written to end seen, in milliseconds. */
   elapsedMs: number;
+  /** The CPU time the monitor's process used during the step (from /proc). */
+  cpu?: ThreadCpu;
 }
 
 /** One boot of a monitor: when its guest reported ready, its report lines until then, or why it never did. */
@@ -159,6 +161,57 @@ const isTest = (test: string, id?: number) => (line: string) => {
   const r = parseVirtioBenchLine(line);
   return r?.test === test && (id === undefined || r.id === String(id));
 };
+
+/** One thread's CPU time in clock ticks: utime + stime, and the part of it spent running a guest (guest_time). */
+export interface ThreadTicks {
+  cpu: number;
+  guest: number;
+}
+
+/** Each thread of process `pid`, by thread id (empty when /proc cannot be read). */
+export function threadTicks(pid: number | undefined): Map<string, ThreadTicks> {
+  const out = new Map<string, ThreadTicks>();
+  if (pid === undefined) return out;
+  let tids: string[];
+  try { tids = readdirSync(`/proc/${pid}/task`); } catch { return out; }
+  for (const tid of tids) {
+    try {
+      // proc(5): after the command name's closing parenthesis come state (field 3) on; utime is
+      // field 14, stime 15, guest_time 43 (guest time is counted in utime too).
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "latin1");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out.set(tid, { cpu: Number(f[11]) + Number(f[12]), guest: Number(f[40]) });
+    } catch { /* the thread ended */ }
+  }
+  return out;
+}
+
+/**
+ * A monitor's CPU time between two threadTicks samples, in milliseconds (USER_HZ is 100 on
+ * Linux): running its guest, its vCPU threads' own work (threads that ran the guest, less
+ * the guest's time: exits handled in the monitor), and every other thread's, busiest first.
+ */
+export interface ThreadCpu {
+  guestMs: number;
+  vcpuMs: number;
+  otherMs: number[];
+}
+
+export function threadCpuDelta(before: Map<string, ThreadTicks>, after: Map<string, ThreadTicks>): ThreadCpu {
+  const out: ThreadCpu = { guestMs: 0, vcpuMs: 0, otherMs: [] };
+  for (const [tid, t] of after) {
+    const b = before.get(tid) ?? { cpu: 0, guest: 0 };
+    const cpu = (t.cpu - b.cpu) * 10, guest = (t.guest - b.guest) * 10;
+    if (t.guest > 0) {
+      out.guestMs += guest;
+      out.vcpuMs += Math.max(0, cpu - guest);
+    } else if (cpu > 0) {
+      out.otherMs.push(cpu);
+    }
+  }
+  out.otherMs.sort((a, b) => b - a);
+  return out;
+}
 
 /** A running VM. */
 interface Vm {
@@ -260,10 +313,11 @@ export async function runDriver(config: DriverConfig, onProgress?: (partial: Dri
         continue;
       }
       const t0 = Date.now();
+      const ticks0 = threadTicks(vm.child.pid);
       vm.child.stdin!.write(`${step.id} ${step.command}\n`);
       const end = await vm.lines.take(isTest("end", step.id), config.stepTimeoutMs);
       const guestLines = end.before.filter((l) => parseVirtioBenchLine(l) !== undefined);
-      const r: DriverStepResult = { id: step.id, guestLines, elapsedMs: Date.now() - t0 };
+      const r: DriverStepResult = { id: step.id, guestLines, elapsedMs: Date.now() - t0, cpu: threadCpuDelta(ticks0, threadTicks(vm.child.pid)) };
       if (!end.line && vm.lines.closed) {
         r.error = `the VM exited during the step${await howItEnded(vm)}`;
       } else if (!end.line) {

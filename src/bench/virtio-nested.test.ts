@@ -116,6 +116,22 @@ describe("summarize", () => {
     assert.equal(f.qemu, 150);
     assert.equal(f.ratio, 0.5);
   });
+
+  it("counts each monitor's CPU per 1000 requests (guest, vCPU threads, other threads and the busiest), over the steps that measured", () => {
+    const steps = virtioSchedule({ rounds: 3, warmupMs: 0, runMs: 1000, netMs: 1000 }).filter((s) => s.figure === "blkRand4kQd1Iops");
+    const results = steps.map((s) => ({
+      id: s.id, guestLines: s.round === 2 && s.monitor === "qemu" ? [] : [blkLine("rand", 4096, 1, 2000, 1e9), `${VIRTIO_BENCH_PREFIX} test=counts irqs=${s.monitor === "flint" ? 600 : 400} packets=0`],
+      cpu: s.monitor === "flint"
+        ? { guestMs: 1000, vcpuMs: 200, otherMs: [300 + 100 * s.round, 100] }
+        : { guestMs: 800, vcpuMs: 100 * (s.round + 1), otherMs: [] },
+    }));
+    const f = summarize(steps, results).blkRand4kQd1Iops!;
+    // 2000 requests per step; flint's other threads used 400, 500, 600 ms; QEMU's third step measured nothing.
+    assert.deepEqual(f.cpu, {
+      flint: { guest: 500, vcpu: 100, other: 250, busiestOther: 200, irqs: 300, packets: 0 },
+      qemu: { guest: 400, vcpu: 75, other: 0, busiestOther: 0, irqs: 200, packets: 0 },
+    });
+  });
 });
 
 describe("monitor commands", () => {
@@ -163,16 +179,17 @@ describe("guestInit", () => {
     assert.match(init, /test=end id=\$id/);
   });
 
-  it("is a valid shell script that answers each command and stops on quit", () => {
+  it("is a valid shell script that answers each command, with the interrupts and packets it took, and stops on quit", () => {
     execFileSync("sh", ["-n"], { input: init });
-    // Run the command loop alone, with the program replaced by echo.
-    const start = init.indexOf("while read");
+    // Run the command loop alone (and the counting it uses, here over the host's /proc and /sys), with the program replaced by echo.
+    const start = init.indexOf("counts() {");
     const loop = init.slice(start, init.indexOf("\ndone\n", start) + 6).replace("/bin/virtio-bench", "echo ran");
     const out = execFileSync("sh", ["-c", loop], { input: "1 blk /dev/vda rand 4096 1 0 10\n2 dance\n4 recv 1.2.3.4 5 6\n0 quit\n3 blk x\n", encoding: "utf8" });
     const records = parseVirtioBenchLines(out);
     assert.match(out, /^ran blk \/dev\/vda rand 4096 1 0 10$/m);
     assert.match(out, /^ran recv 1\.2\.3\.4 5 6$/m);
-    assert.deepEqual(records.map((r) => r.test ?? r.error), ["end", "unknown-command-dance", "end", "end"]);
+    assert.deepEqual(records.map((r) => r.test ?? r.error), ["counts", "end", "unknown-command-dance", "counts", "end", "counts", "end"]);
+    for (const r of records.filter((x) => x.test === "counts")) assert.match(`${r.irqs} ${r.packets}`, /^\d+ \d+$/);
     assert.ok(!out.includes("blk x"));
   });
 });

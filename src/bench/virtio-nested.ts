@@ -189,6 +189,14 @@ export interface FigureSummary {
   ratio?: number;
   /** Per monitor, one entry per round (undefined where the step failed). */
   samples: Record<VirtioMonitor, (number | undefined)[]>;
+  /**
+   * Per monitor, medians over rounds of the CPU time its process used during the step, in
+   * milliseconds per MB moved (MB/s figures) or per 1000 requests (IOPS): running the guest,
+   * its vCPU threads' own work (exits), and its other threads (the device threads and the
+   * main loop) with the busiest of them; and, as the guest counted them, its virtio interrupts
+   * and its NICs' packets (both ways) per unit. Where a monitor's time goes, not only how fast it was.
+   */
+  cpu?: Partial<Record<VirtioMonitor, { guest: number; vcpu: number; other: number; busiestOther: number; irqs?: number; packets?: number }>>;
 }
 
 /** The result of {@link benchVirtioNested}. */
@@ -279,12 +287,20 @@ ${links.join("\n")}
 nics=$(cd /sys/class/net && for d in *; do [ "$d" = lo ] || printf '%s,' "$d"; done)
 ${say("test=devices virtio=$(ls /sys/bus/virtio/devices | wc -l) disks=$(cd /sys/block && ls -d vd* 2>/dev/null | tr '\\n' ,) nics=$nics uptime_s=$(cut -d' ' -f1 /proc/uptime)")}
 ${say("test=ready")}
+# counts: the guest's virtio interrupts and its NICs' packets so far (each step reports what it added).
+counts() {
+  irqs=$(awk '/virtio/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i } END { print n + 0 }' /proc/interrupts)
+  packets=$(cat /sys/class/net/*/statistics/[rt]x_packets | awk '{ n += $1 } END { print n + 0 }')
+}
 while read -r id verb args; do
+  counts; irqs0=$irqs; packets0=$packets
   case "$verb" in
     blk|send|recv) ${GUEST_PROGRAM_PATH} $verb $args ;;
     quit) break ;;
     *) ${say("error=unknown-command-$verb errno=EINVAL")} ;;
   esac
+  counts
+  ${say("test=counts irqs=$((irqs - irqs0)) packets=$((packets - packets0))")}
   ${say("test=end id=$id")}
 done
 ${say("test=done uptime_s=$(cut -d' ' -f1 /proc/uptime)")}
@@ -354,25 +370,65 @@ export function stepValue(figure: VirtioFigure, result: Pick<DriverStepResult, "
   return bytes / 1e6 / (ns / 1e9);
 }
 
+/**
+ * What a step moved, in the units its CPU time is counted per: MB for a stream or a
+ * blk report's bytes (MB/s figures), thousands of requests for IOPS; undefined when unknown.
+ */
+function stepUnits(figure: VirtioFigure, result: Pick<DriverStepResult, "guestLines" | "sinkLine">): number | undefined {
+  const records = result.guestLines.map(parseVirtioBenchLine);
+  if (figure.blk) {
+    const r = records.find((x) => x?.test === "blk");
+    const n = figure.unit === "IOPS" ? recordCount(r, "ops") : recordCount(r, "bytes");
+    return n ? (figure.unit === "IOPS" ? n / 1000 : n / 1e6) : undefined;
+  }
+  const outer = result.sinkLine === undefined ? undefined : parseVirtioBenchLine(result.sinkLine);
+  const bytes = recordCount(outer, "bytes");
+  return bytes ? bytes / 1e6 : undefined;
+}
+
 /** Per figure scheduled in `steps`: each monitor's values by round, their medians, and the median per-round ratio (warm-up rounds left out). */
 export function summarize(
-  steps: readonly ScheduledStep[], results: readonly Pick<DriverStepResult, "id" | "guestLines" | "sinkLine">[],
+  steps: readonly ScheduledStep[], results: readonly Pick<DriverStepResult, "id" | "guestLines" | "sinkLine" | "cpu">[],
 ): Partial<Record<VirtioFigureKey, FigureSummary>> {
   const byId = new Map(results.map((r) => [r.id, r]));
   const rounds = steps.reduce((n, s) => Math.max(n, s.round + 1), 0);
   const out: Partial<Record<VirtioFigureKey, FigureSummary>> = {};
   for (const figure of VIRTIO_FIGURES.filter((f) => steps.some((s) => s.figure === f.key))) {
     const samples: FigureSummary["samples"] = { flint: new Array(rounds).fill(undefined), qemu: new Array(rounds).fill(undefined) };
+    const cpuKeys = ["guest", "vcpu", "other", "busiestOther", "irqs", "packets"] as const;
+    const cpuSamples = Object.fromEntries(VIRTIO_MONITORS.map((m) => [m, Object.fromEntries(cpuKeys.map((k) => [k, [] as number[]]))])) as
+      Record<VirtioMonitor, Record<(typeof cpuKeys)[number], number[]>>;
     for (const step of steps.filter((s) => s.figure === figure.key && s.round >= 0)) {
       const r = byId.get(step.id);
-      samples[step.monitor][step.round] = r && stepValue(figure, r);
+      const value = r && stepValue(figure, r);
+      samples[step.monitor][step.round] = value;
+      const units = value === undefined || !r?.cpu ? undefined : stepUnits(figure, r);
+      if (units) {
+        const c = r!.cpu!, into = cpuSamples[step.monitor];
+        into.guest.push(c.guestMs / units);
+        into.vcpu.push(c.vcpuMs / units);
+        into.other.push(c.otherMs.reduce((a, b) => a + b, 0) / units);
+        into.busiestOther.push((c.otherMs[0] ?? 0) / units);
+        const counted = r!.guestLines.map(parseVirtioBenchLine).find((x) => x?.test === "counts");
+        const irqs = recordCount(counted, "irqs"), packets = recordCount(counted, "packets");
+        if (irqs !== undefined) into.irqs.push(irqs / units);
+        if (packets !== undefined) into.packets.push(packets / units);
+      }
     }
     const med = (xs: (number | undefined)[]) => {
       const v = xs.filter((x): x is number => x !== undefined);
       return v.length ? median(v) : undefined;
     };
     const ratios = samples.flint.map((f, i) => (f !== undefined && samples.qemu[i] !== undefined ? f / samples.qemu[i]! : undefined));
-    out[figure.key] = { flint: med(samples.flint), qemu: med(samples.qemu), ratio: med(ratios), samples };
+    const cpu: FigureSummary["cpu"] = {};
+    for (const m of VIRTIO_MONITORS) {
+      const c = cpuSamples[m];
+      if (c.guest.length === 0) continue;
+      cpu[m] = { guest: median(c.guest), vcpu: median(c.vcpu), other: median(c.other), busiestOther: median(c.busiestOther) };
+      if (c.irqs.length > 0) cpu[m]!.irqs = median(c.irqs);
+      if (c.packets.length > 0) cpu[m]!.packets = median(c.packets);
+    }
+    out[figure.key] = { flint: med(samples.flint), qemu: med(samples.qemu), ratio: med(ratios), samples, cpu };
   }
   return out;
 }
