@@ -31,7 +31,7 @@ const HEAD = ["unshare-mount", "bind-root", join(tmp, "root")];
 
 describe("jail helper: the plan is checked before anything is done", () => {
   it("takes the plan TypeScript builds, in every variant", () => {
-    for (const extra of [{}, { newPidNs: true }, { daemonize: true, netns: "/var/run/netns/a", fsize: 1, cgroupProcs: "/cg/flint/vm1/cgroup.procs" }]) {
+    for (const extra of [{}, { newPidNs: true }, { daemonize: true, netns: "/var/run/netns/a", fsize: 1, cgroupProcs: ["/cg/memory/flint/vm1/cgroup.procs", "/cg/cpuset/flint/vm1/cgroup.procs"] }]) {
       const argv = helperArgv(HELPER, SPEC.uid, SPEC.gid, buildPlan({ ...SPEC, ...extra })).slice(1);
       const r = helper(["--check", ...argv]);
       assert.equal(r.status, 0, r.stderr);

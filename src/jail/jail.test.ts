@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildExitLoopGuest } from "../guest/programs/exit-loop.js";
+import { findCgroupV1Mounts } from "./cgroup.js";
 
 const CLI = fileURLToPath(new URL("../bundle/main.js", import.meta.url));
 const UID = 65534;
@@ -197,7 +198,8 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
       [["--id", "a", ...ok, "--exec-file", "/etc/passwd"], /is not flint's entry/],
       [["--id", "a", "--uid", "1", "--gid", "1", "--chroot-base-dir", join(base, "nope")], /Failed to canonicalize path .*nope: ENOENT/],
       [["--id", "a", ...ok, "--cgroup", "memory.max"], /Invalid format for cgroups: memory\.max/],
-      [["--id", "a", ...ok, "--cgroup", "memory.max=1M"], /cgroup v2 only: add --cgroup-version 2/],
+      [["--id", "a", ...ok, "--cgroup", "hugetlb.limit_in_bytes=1M"], /Controller hugetlb is unavailable \(no cgroup v1 hierarchy mounts it; mounted: /],
+      [["--id", "a", ...ok, "--cgroup-version", "2", "--cgroup", "memory.max=1M"], /Controller memory is unavailable/],
       [["--id", "a", ...ok, "--cgroup-version", "3"], /3 is an invalid cgroup version specifier/],
       [["--id", "a", ...ok, "--resource-limit", "cores=1"], /Invalid resource argument: cores/],
       [["--id", "a", ...ok, "stray"], /unexpected argument 'stray' \(the monitor's flags go after --\)/],
@@ -248,5 +250,60 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+/** This host's cgroup v1 hierarchy of `controller`, if one is mounted. */
+const v1Hierarchy = (controller: string) => findCgroupV1Mounts(readFileSync("/proc/mounts", "utf8")).find((m) => m.options.includes(controller))?.dir;
+const V1_MEMORY = v1Hierarchy("memory"), V1_CPUSET = v1Hierarchy("cpuset");
+
+describe("flint jail with cgroup v1 on this host (Firecracker's jailer default)", {
+  skip: skip || (!V1_MEMORY || !V1_CPUSET ? "needs cgroup v1 memory and cpuset hierarchies" : false), timeout: 180_000,
+}, () => {
+  // A parent cgroup of this run's own, removed at the end (after every jailed process has ended).
+  const parent = `flint-test-${process.pid}`;
+  after(() => {
+    for (const h of [V1_MEMORY!, V1_CPUSET!]) {
+      for (const id of ["c1", "c2"]) spawnSync("rmdir", [join(h, parent, id)]);
+      spawnSync("rmdir", [join(h, parent)]);
+    }
+  });
+
+  it("the monitor starts inside <hierarchy>/<parent>/<id> of each controller named, with the values given (cpuset filled down from the root), and boots", async () => {
+    const root = join(base, "flint", "c1", "root");
+    mkdirSync(root, { recursive: true });
+    copyFileSync(buildExitLoopGuest(), join(root, "guest.elf"));
+    const jailed = await startJailedApi("c1", ["--parent-cgroup", parent,
+      "--cgroup", "memory.limit_in_bytes=536870912", "--cgroup", "cpuset.cpus=0", "--cgroup", "cpuset.mems=0"]);
+    try {
+      const cgroups = readFileSync(`/proc/${jailed.pid}/cgroup`, "utf8");
+      assert.match(cgroups, new RegExp(`^\\d+:memory:/${parent}/c1$`, "m"), cgroups);
+      assert.match(cgroups, new RegExp(`^\\d+:cpuset:/${parent}/c1$`, "m"), cgroups);
+      const read = (h: string, f: string) => readFileSync(join(h, parent, "c1", f), "utf8").trim();
+      assert.equal(read(V1_MEMORY!, "memory.limit_in_bytes"), "536870912");
+      assert.equal(read(V1_CPUSET!, "cpuset.cpus"), "0");
+      assert.equal(read(V1_CPUSET!, "cpuset.mems"), "0");
+      // The parent took the root's CPUs, so its child could take one of them.
+      assert.equal(readFileSync(join(V1_CPUSET!, parent, "cpuset.cpus"), "utf8").trim(), readFileSync(join(V1_CPUSET!, "cpuset.cpus"), "utf8").trim());
+      assert.equal(statusField(jailed.pid, "Cpus_allowed_list"), "0");
+      await bootHello(jailed);
+    } finally {
+      await endJailed(jailed.pid);
+    }
+  });
+
+  it("the memory limit applies: a jail whose memory.limit_in_bytes is far below what flint needs is OOM-killed", async () => {
+    mkdirSync(join(base, "flint", "c2", "root"), { recursive: true });
+    const r = spawnSync("unshare", ["-m", process.execPath, CLI, "jail", "--id", "c2", "--uid", String(UID), "--gid", String(GID),
+      "--chroot-base-dir", base, "--parent-cgroup", parent, "--cgroup", "memory.limit_in_bytes=16777216", "--new-pid-ns", "--", "--api-sock", "/run/api.sock"],
+    { encoding: "utf8", timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    const oomKills = () => Number(/^oom_kill (\d+)$/m.exec(readFileSync(join(V1_MEMORY!, parent, "c2", "memory.oom_control"), "utf8"))?.[1] ?? 0);
+    for (let i = 0; i < 400 && oomKills() === 0; i++) await sleep(50);
+    assert.ok(oomKills() > 0, readFileSync(join(V1_MEMORY!, parent, "c2", "memory.oom_control"), "utf8"));
+    // Everything in the jail ends (its pid namespace's first process was killed).
+    const procs = () => readFileSync(join(V1_MEMORY!, parent, "c2", "cgroup.procs"), "utf8").trim();
+    for (let i = 0; i < 200 && procs() !== ""; i++) await sleep(50);
+    assert.equal(procs(), "");
   });
 });

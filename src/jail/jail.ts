@@ -7,7 +7,7 @@
 import { closeSync, constants as fsConstants, existsSync, lstatSync, mkdirSync, openSync, realpathSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { packageRoot, sys } from "../sys/native.js";
-import { applyCgroupPlan, hostCgroup2, planCgroupV2 } from "./cgroup.js";
+import { applyCgroupPlan, type CgroupPlan, hostCgroup2, hostCgroupV1, planCgroupV1, planCgroupV2 } from "./cgroup.js";
 import { charDeviceNumber, lookupName, packageEntries, resolveExecFile, sharedObjects } from "./host.js";
 import { JailError, type JailFlags, type JailOptions, parseJailFlags } from "./options.js";
 import { buildPlan, helperArgv, hostPathOf, JAIL_PACKAGE_DIR, type JailBind, type JailSpec, type JailStep } from "./plan.js";
@@ -67,7 +67,7 @@ export interface PreparedJail {
   spec: JailSpec;
   steps: JailStep[];
   /** The cgroup to set up before the helper runs. */
-  cgroup?: ReturnType<typeof planCgroupV2>;
+  cgroup?: CgroupPlan;
 }
 
 function microseconds(ns: bigint): string {
@@ -118,18 +118,21 @@ export function prepareJail(o: JailOptions, ownEntry: string, startNs: bigint): 
   }
 
   let cgroup: PreparedJail["cgroup"];
-  let cgroupProcs: string | undefined;
+  let cgroupProcs: string[] = [];
   const parent = o.parentCgroup ?? exec.name;
   if (o.cgroups.length > 0) {
-    if (o.cgroupVersion !== 2) throw new JailError("ECGROUP", "flint's jailer supports cgroup v2 only: add --cgroup-version 2");
-    const host = hostCgroup2();
-    cgroup = planCgroupV2(host.mount, host.controllers, parent, o.id, o.cgroups);
+    if (o.cgroupVersion === 2) {
+      const host = hostCgroup2();
+      cgroup = planCgroupV2(host.mount, host.controllers, parent, o.id, o.cgroups);
+    } else {
+      cgroup = planCgroupV1(hostCgroupV1(), parent, o.id, o.cgroups);
+    }
     cgroupProcs = cgroup.procs;
   } else if (o.cgroupVersion === 2) {
-    // As Firecracker's jailer: with no settings, into the parent cgroup when it exists.
+    // As Firecracker's jailer: with no settings, into the parent cgroup when it exists (v1: none).
     const host = hostCgroup2();
     const procs = join(host.mount, parent, "cgroup.procs");
-    if (existsSync(procs)) cgroupProcs = procs;
+    if (existsSync(procs)) cgroupProcs = [procs];
   }
 
   const cpuUs = (() => {

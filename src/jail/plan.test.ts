@@ -7,7 +7,7 @@ export const SPEC: JailSpec = {
   root: "/srv/jailer/flint/vm1/root", name: "flint", uid: 123, gid: 100,
   binds: [{ source: "/usr/bin/node", target: "/usr/bin/node", kind: "file" }, { source: "/pkg/dist/bundle", target: "/opt/flint/dist/bundle", kind: "dir" }],
   devices: [{ path: "/dev/kvm", rdev: 2792 }],
-  noFile: 2048, daemonize: false, newPidNs: false, node: "/usr/bin/node", monitorArgs: ["--id", "vm1", "--api-sock", "/run/api.sock"],
+  noFile: 2048, cgroupProcs: [], daemonize: false, newPidNs: false, node: "/usr/bin/node", monitorArgs: ["--id", "vm1", "--api-sock", "/run/api.sock"],
 };
 
 const names = (steps: JailStep[]) => steps.map((s) => s[0]);
@@ -25,9 +25,11 @@ describe("jail plan", () => {
     assert.deepEqual(steps[14], ["exec", "/usr/bin/node", "/flint", "--id", "vm1", "--api-sock", "/run/api.sock"]);
   });
 
-  it("places netns, fsize and the cgroup before the mount namespace; daemonize and the new pid namespace (with its /proc) after the pivot", () => {
-    const steps = buildPlan({ ...SPEC, netns: "/var/run/netns/a", fsize: 10, cgroupProcs: "/cg/flint/vm1/cgroup.procs", daemonize: true, newPidNs: true });
-    assert.deepEqual(names(steps).slice(0, 5), ["setns-net", "rlimit", "rlimit", "cgroup-join", "unshare-mount"]);
+  it("places netns, fsize and the cgroups (one per v1 hierarchy) before the mount namespace; daemonize and the new pid namespace (with its /proc) after the pivot", () => {
+    const procs = ["/cg/memory/flint/vm1/cgroup.procs", "/cg/cpuset/flint/vm1/cgroup.procs"];
+    const steps = buildPlan({ ...SPEC, netns: "/var/run/netns/a", fsize: 10, cgroupProcs: procs, daemonize: true, newPidNs: true });
+    assert.deepEqual(names(steps).slice(0, 6), ["setns-net", "rlimit", "rlimit", "cgroup-join", "cgroup-join", "unshare-mount"]);
+    assert.deepEqual(steps.filter((s) => s[0] === "cgroup-join").map((s) => s[1]), procs);
     assert.deepEqual(names(steps).slice(-6), ["symlink", "daemonize", "new-pid-ns", "mount-proc", "drop", "exec"]);
   });
 

@@ -45,8 +45,8 @@ export interface JailSpec {
   netns?: string;
   noFile: number;
   fsize?: number;
-  /** cgroup.procs of the jail's cgroup, when it has one. */
-  cgroupProcs?: string;
+  /** cgroup.procs of the jail's cgroups (v2: one; v1: one per hierarchy), in the order they are joined. */
+  cgroupProcs: string[];
   daemonize: boolean;
   newPidNs: boolean;
   /** The Node binary, inside the jail. */
@@ -69,7 +69,7 @@ export function buildPlan(spec: JailSpec): JailStep[] {
   if (spec.netns !== undefined) steps.push(["setns-net", spec.netns]);
   steps.push(["rlimit", "nofile", String(spec.noFile)]);
   if (spec.fsize !== undefined) steps.push(["rlimit", "fsize", String(spec.fsize)]);
-  if (spec.cgroupProcs !== undefined) steps.push(["cgroup-join", spec.cgroupProcs]);
+  for (const procs of spec.cgroupProcs) steps.push(["cgroup-join", procs]);
   steps.push(["unshare-mount"], ["bind-root", spec.root]);
   for (const b of spec.binds) steps.push(["bind-ro", b.source, hostPathOf(spec.root, b.target)]);
   steps.push(["pivot"]);
