@@ -197,6 +197,7 @@ export interface ThreadCpu {
   otherMs: number[];
 }
 
+/** The CPU each kind of thread used between two threadTicks samples of one process. */
 export function threadCpuDelta(before: Map<string, ThreadTicks>, after: Map<string, ThreadTicks>): ThreadCpu {
   const out: ThreadCpu = { guestMs: 0, vcpuMs: 0, otherMs: [] };
   for (const [tid, t] of after) {

@@ -116,6 +116,20 @@ async function serveVm(o: FirecrackerFlags): Promise<number> {
     onHostError: (device, message) => process.stderr.write(`flint: host error in ${device}: ${message}\n`),
     onSlowEnd: (message) => process.stderr.write(`flint: ${message}\n`),
   });
+  // SIGTERM and SIGINT end the VM. They are caught from here on, before the socket exists: a
+  // client may signal as soon as it sees the socket, and as the first process of a jail's pid
+  // namespace (jailer --new-pid-ns) flint would not die of a signal it has no handler for either:
+  // the kernel drops it, and the VM would run on.
+  let signalled: NodeJS.Signals | undefined;
+  let onSignal: ((sig: NodeJS.Signals) => void) | undefined;
+  const catchSignal = (sig: NodeJS.Signals) => {
+    if (signalled) return;
+    signalled = sig;
+    process.stderr.write(`flint: ${sig}: ending the VM\n`);
+    onSignal?.(sig);
+  };
+  process.once("SIGTERM", catchSignal);
+  process.once("SIGINT", catchSignal);
   if (o.logPath !== undefined) {
     await vm.setLogger({ log_path: o.logPath, level: o.level ?? null, show_level: !!o.showLevel, show_log_origin: !!o.showLogOrigin, module: o.module ?? null });
   }
@@ -154,16 +168,11 @@ async function serveVm(o: FirecrackerFlags): Promise<number> {
       quit = true;
       void vm.kill();
     });
-    // The process ends with the VM (as Firecracker's does), or at SIGTERM/SIGINT (then with 128 + the signal's number).
+    // The process ends with the VM (as Firecracker's does), or at SIGTERM/SIGINT (then with 128 + the
+    // signal's number), also one that came while the process was starting.
     const code = await new Promise<number>((resolve) => {
-      let signalled = false;
-      const onSignal = (sig: NodeJS.Signals) => {
-        signalled = true;
-        process.stderr.write(`flint: ${sig}: ending the VM\n`);
-        void vm.kill().finally(() => resolve(sig === "SIGINT" ? 130 : 143));
-      };
-      process.once("SIGTERM", onSignal);
-      process.once("SIGINT", onSignal);
+      onSignal = (sig) => void vm.kill().finally(() => resolve(sig === "SIGINT" ? 130 : 143));
+      if (signalled) onSignal(signalled);
       void vm.exited.then((result) => {
         detach();
         reportRun(result, !!o.bootTimer);

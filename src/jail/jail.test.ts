@@ -181,6 +181,23 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
     }
   });
 
+  it("a SIGTERM sent the moment the API socket appears ends the jailed flint (the first process of its pid namespace)", async () => {
+    // As the first process of a pid namespace, a signal with no handler yet would be dropped by the kernel.
+    const child = spawn("unshare", ["-m", process.execPath, CLI, "jail", "--id", "s1", "--uid", String(UID), "--gid", String(GID),
+      "--chroot-base-dir", base, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"], { stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    child.stderr.on("data", (b: Buffer) => (err += b));
+    assert.equal(await new Promise((resolve) => child.on("exit", resolve)), 0, err);
+    const root = join(base, "flint", "s1", "root");
+    for (let i = 0; i < 5000 && !existsSync(join(root, "run", "api.sock")); i++) await sleep(1);
+    const pid = Number(readFileSync(join(root, "flint.pid"), "utf8"));
+    process.kill(pid, "SIGTERM");
+    for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+    const alive = existsSync(`/proc/${pid}`);
+    if (alive) process.kill(pid, "SIGKILL");
+    assert.ok(!alive, "the jailed flint ignored SIGTERM");
+  });
+
   it("refuses a jail left by an earlier run with the same id, in one line", () => {
     const r = jailCli(["--id", "vm1", "--uid", String(UID), "--gid", String(GID), "--chroot-base-dir", base, "--", "--version"]);
     assert.equal(r.status, 2, r.stderr);
@@ -211,7 +228,7 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
       assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
     }
     // None of them made a jail.
-    assert.deepEqual(readdirSync(join(base, "flint")).sort(), ["d1", "n1", "vm1"]);
+    assert.deepEqual(readdirSync(join(base, "flint")).sort(), ["d1", "n1", "s1", "vm1"]);
   });
 
   it("--exec-file naming the installed `firecracker` jails it under <base>/firecracker/<id> and runs flint in its Firecracker mode", () => {
