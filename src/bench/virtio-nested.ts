@@ -346,13 +346,21 @@ export function virtioSchedule(
  * Undefined when the step failed or measured nothing.
  */
 export function stepValue(figure: VirtioFigure, result: Pick<DriverStepResult, "guestLines" | "sinkLine">): number | undefined {
+  return stepMeasure(figure, result)?.value;
+}
+
+/**
+ * stepValue's figure and what the step moved in the units its CPU time is counted per:
+ * thousands of requests for IOPS, MB for MB/s.
+ */
+function stepMeasure(figure: VirtioFigure, result: Pick<DriverStepResult, "guestLines" | "sinkLine">): { value: number; units: number } | undefined {
   const records = result.guestLines.map(parseVirtioBenchLine);
   if (figure.blk) {
     const r = records.find((x) => x?.test === "blk");
     if (!r || r.mode !== figure.blk.mode || recordCount(r, "block_bytes") !== figure.blk.blockBytes || recordCount(r, "threads") !== figure.blk.threads) return undefined;
     const ops = recordCount(r, "ops"), bytes = recordCount(r, "bytes"), ns = recordCount(r, "ns");
     if (!ops || bytes === undefined || !ns) return undefined;
-    return figure.unit === "IOPS" ? ops / (ns / 1e9) : bytes / 1e6 / (ns / 1e9);
+    return figure.unit === "IOPS" ? { value: ops / (ns / 1e9), units: ops / 1000 } : { value: bytes / 1e6 / (ns / 1e9), units: bytes / 1e6 };
   }
   const outer = result.sinkLine === undefined ? undefined : parseVirtioBenchLine(result.sinkLine);
   if (figure.stream === "recv") {
@@ -360,30 +368,14 @@ export function stepValue(figure: VirtioFigure, result: Pick<DriverStepResult, "
     const sent = outer?.test === "source" ? recordCount(outer, "bytes") : undefined;
     const bytes = recordCount(received, "bytes"), ns = recordCount(received, "ns");
     if (!sent || bytes !== sent || !ns) return undefined;
-    return bytes / 1e6 / (ns / 1e9);
+    return { value: bytes / 1e6 / (ns / 1e9), units: bytes / 1e6 };
   }
   const sent = recordCount(records.find((x) => x?.test === "send"), "bytes");
   const sink = outer?.test === "sink" ? outer : undefined;
   const bytes = recordCount(sink, "bytes"), ns = recordCount(sink, "ns");
   // A stream the receiver saw only part of is a failure, not a slow stream.
   if (!sent || bytes !== sent || !ns) return undefined;
-  return bytes / 1e6 / (ns / 1e9);
-}
-
-/**
- * What a step moved, in the units its CPU time is counted per: MB for a stream or a
- * blk report's bytes (MB/s figures), thousands of requests for IOPS; undefined when unknown.
- */
-function stepUnits(figure: VirtioFigure, result: Pick<DriverStepResult, "guestLines" | "sinkLine">): number | undefined {
-  const records = result.guestLines.map(parseVirtioBenchLine);
-  if (figure.blk) {
-    const r = records.find((x) => x?.test === "blk");
-    const n = figure.unit === "IOPS" ? recordCount(r, "ops") : recordCount(r, "bytes");
-    return n ? (figure.unit === "IOPS" ? n / 1000 : n / 1e6) : undefined;
-  }
-  const outer = result.sinkLine === undefined ? undefined : parseVirtioBenchLine(result.sinkLine);
-  const bytes = recordCount(outer, "bytes");
-  return bytes ? bytes / 1e6 : undefined;
+  return { value: bytes / 1e6 / (ns / 1e9), units: bytes / 1e6 };
 }
 
 /** Per figure scheduled in `steps`: each monitor's values by round, their medians, and the median per-round ratio (warm-up rounds left out). */
@@ -395,21 +387,20 @@ export function summarize(
   const out: Partial<Record<VirtioFigureKey, FigureSummary>> = {};
   for (const figure of VIRTIO_FIGURES.filter((f) => steps.some((s) => s.figure === f.key))) {
     const samples: FigureSummary["samples"] = { flint: new Array(rounds).fill(undefined), qemu: new Array(rounds).fill(undefined) };
-    const cpuKeys = ["guest", "vcpu", "other", "busiestOther", "irqs", "packets"] as const;
-    const cpuSamples = Object.fromEntries(VIRTIO_MONITORS.map((m) => [m, Object.fromEntries(cpuKeys.map((k) => [k, [] as number[]]))])) as
-      Record<VirtioMonitor, Record<(typeof cpuKeys)[number], number[]>>;
+    const cpuSeries = () => ({ guest: [] as number[], vcpu: [] as number[], other: [] as number[], busiestOther: [] as number[], irqs: [] as number[], packets: [] as number[] });
+    const cpuSamples = { flint: cpuSeries(), qemu: cpuSeries() };
     for (const step of steps.filter((s) => s.figure === figure.key && s.round >= 0)) {
       const r = byId.get(step.id);
-      const value = r && stepValue(figure, r);
-      samples[step.monitor][step.round] = value;
-      const units = value === undefined || !r?.cpu ? undefined : stepUnits(figure, r);
-      if (units) {
-        const c = r!.cpu!, into = cpuSamples[step.monitor];
+      const measured = r && stepMeasure(figure, r);
+      samples[step.monitor][step.round] = measured?.value;
+      const units = measured?.units;
+      if (units && r?.cpu) {
+        const c = r.cpu, into = cpuSamples[step.monitor];
         into.guest.push(c.guestMs / units);
         into.vcpu.push(c.vcpuMs / units);
         into.other.push(c.otherMs.reduce((a, b) => a + b, 0) / units);
         into.busiestOther.push((c.otherMs[0] ?? 0) / units);
-        const counted = r!.guestLines.map(parseVirtioBenchLine).find((x) => x?.test === "counts");
+        const counted = r.guestLines.map(parseVirtioBenchLine).find((x) => x?.test === "counts");
         const irqs = recordCount(counted, "irqs"), packets = recordCount(counted, "packets");
         if (irqs !== undefined) into.irqs.push(irqs / units);
         if (packets !== undefined) into.packets.push(packets / units);
