@@ -50,10 +50,16 @@ function jailCli(args: string[]): { status: number | null; stderr: string } {
   return { status: r.status, stderr: r.stderr };
 }
 
-/** A jailed flint serving the API at /run/api.sock (in its own pid namespace, so the jailer returns), with its console and stderr. */
+/** unshare's argv for `flint jail` of a flint serving the API at /run/api.sock in its own pid namespace (so the jailer returns). */
+const jailedApiArgv = (id: string, jailArgs: string[] = []) => ["-m", process.execPath, CLI, "jail", "--id", id, "--uid", String(UID), "--gid", String(GID),
+  "--chroot-base-dir", base, ...jailArgs, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"];
+
+/**
+ * A jailed flint serving the API at /run/api.sock, with its console and stderr; returns as soon
+ * as the socket appears (looked for every millisecond).
+ */
 async function startJailedApi(id: string, jailArgs: string[] = []): Promise<{ sock: string; pid: number; out(): string; err(): string }> {
-  const child = spawn("unshare", ["-m", process.execPath, CLI, "jail", "--id", id, "--uid", String(UID), "--gid", String(GID),
-    "--chroot-base-dir", base, ...jailArgs, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn("unshare", jailedApiArgv(id, jailArgs), { stdio: ["ignore", "pipe", "pipe"] });
   let out = "", err = "";
   child.stdout.on("data", (b: Buffer) => (out += b.toString("latin1")));
   child.stderr.on("data", (b: Buffer) => (err += b));
@@ -61,7 +67,7 @@ async function startJailedApi(id: string, jailArgs: string[] = []): Promise<{ so
   assert.equal(jailerExit, 0, err);
   const root = join(base, "flint", id, "root");
   const sock = join(root, "run", "api.sock");
-  for (let i = 0; i < 200 && !existsSync(sock); i++) await sleep(50);
+  for (let i = 0; i < 10_000 && !existsSync(sock); i++) await sleep(1);
   return { sock, pid: Number(readFileSync(join(root, "flint.pid"), "utf8")), out: () => out, err: () => err };
 }
 
@@ -183,16 +189,8 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
 
   it("a SIGTERM sent the moment the API socket appears ends the jailed flint (the first process of its pid namespace)", async () => {
     // As the first process of a pid namespace, a signal with no handler yet would be dropped by the kernel.
-    const child = spawn("unshare", ["-m", process.execPath, CLI, "jail", "--id", "s1", "--uid", String(UID), "--gid", String(GID),
-      "--chroot-base-dir", base, "--new-pid-ns", "--", "--api-sock", "/run/api.sock"], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    child.stderr.on("data", (b: Buffer) => (err += b));
-    assert.equal(await new Promise((resolve) => child.on("exit", resolve)), 0, err);
-    const root = join(base, "flint", "s1", "root");
-    for (let i = 0; i < 5000 && !existsSync(join(root, "run", "api.sock")); i++) await sleep(1);
-    const pid = Number(readFileSync(join(root, "flint.pid"), "utf8"));
-    process.kill(pid, "SIGTERM");
-    for (let i = 0; i < 200 && existsSync(`/proc/${pid}`); i++) await sleep(50);
+    const { pid } = await startJailedApi("s1");
+    await endJailed(pid);
     const alive = existsSync(`/proc/${pid}`);
     if (alive) process.kill(pid, "SIGKILL");
     assert.ok(!alive, "the jailed flint ignored SIGTERM");
@@ -311,9 +309,7 @@ describe("flint jail with cgroup v1 on this host (Firecracker's jailer default)"
 
   it("the memory limit applies: a jail whose memory.limit_in_bytes is far below what flint needs is OOM-killed", async () => {
     mkdirSync(join(base, "flint", "c2", "root"), { recursive: true });
-    const r = spawnSync("unshare", ["-m", process.execPath, CLI, "jail", "--id", "c2", "--uid", String(UID), "--gid", String(GID),
-      "--chroot-base-dir", base, "--parent-cgroup", parent, "--cgroup", "memory.limit_in_bytes=16777216", "--new-pid-ns", "--", "--api-sock", "/run/api.sock"],
-    { encoding: "utf8", timeout: 60_000 });
+    const r = spawnSync("unshare", jailedApiArgv("c2", ["--parent-cgroup", parent, "--cgroup", "memory.limit_in_bytes=16777216"]), { encoding: "utf8", timeout: 60_000 });
     assert.equal(r.status, 0, r.stderr);
     const oomKills = () => Number(/^oom_kill (\d+)$/m.exec(readFileSync(join(V1_MEMORY!, parent, "c2", "memory.oom_control"), "utf8"))?.[1] ?? 0);
     for (let i = 0; i < 400 && oomKills() === 0; i++) await sleep(50);
