@@ -2,7 +2,8 @@
  * A child program of the per-VM overhead section (per-vm-overhead.ts): a
  * library user who runs several VMs in one Node process. It loads flint's
  * bundled library (dist/bundle/index.js, as `import "flint"` would), starts
- * the VMs one after the other, each with one of every device given, the
+ * the VMs one after the other, each with one of every device given (on a
+ * device thread of its own, or on the process's one: input.deviceThread), the
  * exit-loop guest with `hello halt` (one console byte, then asleep), and
  * records for each (threads and a KVM VM kept warm: Machine.keepWarm): Machine.create to its first console byte, and this
  * process's memory once it has settled. Then it stops them in a random
@@ -48,8 +49,10 @@ async function main(): Promise<void> {
   // What a library user starting many VMs does: keep one vCPU and one device thread booted
   // ahead, and one KVM VM of this shape made, so a new VM takes ready threads and a ready VM
   // (each replaced in the background). The spares are in the baseline, so each VM's figures
-  // are its own.
-  flint.Machine.keepWarm({ vcpuThreads: 1, deviceThreads: 1, vms: { cpus: 1, memoryMib: input.memoryMib, count: 1 } });
+  // are its own. With the process's device thread, VMs need no device thread of their own
+  // (the first VM starts the shared one).
+  const deviceThreads = input.deviceThread === "process" ? 0 : 1;
+  flint.Machine.keepWarm({ vcpuThreads: 1, deviceThreads, vms: { cpus: 1, memoryMib: input.memoryMib, count: 1 } });
   await sleep(input.settleMs);
   const baseline = memory(input.memoryMib, 0);
   const cmdline = exitLoopCmdline({ mode: "pio", count: 0, hello: true, halt: true });
@@ -80,6 +83,7 @@ async function main(): Promise<void> {
       boot: { kind: "linux", kernelPath: input.guest, cmdline, acpi: false, mode: "pvh" },
       consoleOutput,
       virtioDevices: virtioDevices(devices),
+      deviceThread: input.deviceThread,
     });
     const createMs = performance.now() - t0;
     const running = machine.run();

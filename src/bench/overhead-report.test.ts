@@ -23,6 +23,13 @@ const library: LibraryVmsReport = {
   stops: [{ vm: 2, ms: 5, reason: "poweroff" }, { vm: 1, ms: 7, reason: "poweroff" }, { vm: 3, ms: 9, reason: "error" }],
 };
 
+/** The same run with every VM's devices on the process's device thread: VMs 2 and 3 add 5 and 6 MiB beyond guest RAM. */
+const libraryShared: LibraryVmsReport = {
+  ...library,
+  vms: [vm(1, 60_000, 20_000, 100), vm(2, 65_220, 24_000, 200, 8), vm(3, 71_464, 28_000, 300, 14)],
+  stops: [{ vm: 1, ms: 5, reason: "poweroff" }, { vm: 2, ms: 6, reason: "poweroff" }, { vm: 3, ms: 7, reason: "poweroff" }],
+};
+
 const samples: OverheadSamples = {
   memoryMib: 64,
   memory: {
@@ -36,6 +43,7 @@ const samples: OverheadSamples = {
     ceiling: [time(5, 7)],
   },
   library: [library],
+  libraryShared: [libraryShared],
 };
 
 describe("summarizeOverhead", () => {
@@ -64,6 +72,9 @@ describe("summarizeOverhead", () => {
     assert.deepEqual(s.library?.firstOutputMs, { median: 21, max: 30 });
     assert.equal(s.library?.qemuProcessOverheadKib, 20_480);
     assert.deepEqual(s.library?.badStops, ["VM 3: error"]);
+    assert.deepEqual(s.libraryShared?.addedRssKib, { median: 5_632, max: 6_144 });
+    assert.deepEqual(s.libraryShared?.firstOutputMs, { median: 11, max: 14 });
+    assert.deepEqual(s.libraryShared?.badStops, []);
   });
 });
 
@@ -97,7 +108,8 @@ describe("formatOverheadSection", () => {
     assert.match(line("each further vCPU"), /flint \+6\.0 MiB RSS, \+6\.0 MiB private {2}\(goal <= 8 MiB\)/);
     assert.match(line("start to first guest instruction (its first COM1 byte on stdout), no devices"), /flint 200\.0 ms, QEMU 50\.0 ms, C ceiling 5\.0 ms {2}\(flint\/QEMU 4\.00x, goal <= 1\.0x; flint\/ceiling 40\.00x\)/);
     assert.match(line("start to exit after the guest's end marker, every device"), /flint 500\.0 ms, QEMU 100\.0 ms.*flint\/QEMU 5\.00x, goal <= 1\.0x/);
-    assert.match(line("library, 3 VMs"), /each adds 10\.7 MiB RSS beyond guest RAM \(max 11\.7 MiB\), 0\.54x QEMU's whole-process 20\.0 MiB {2}\(goal <= 0\.5x\)/);
+    assert.match(line("library, 3 VMs with every device in one Node process, a device thread per VM"), /each adds 10\.7 MiB RSS beyond guest RAM \(max 11\.7 MiB\), 0\.54x QEMU's whole-process 20\.0 MiB {2}\(goal <= 0\.5x\)/);
+    assert.match(line("library, 3 VMs with every device in one Node process, every VM's devices on the process's device thread"), /each adds 5\.5 MiB RSS beyond guest RAM \(max 6\.0 MiB\), 0\.28x QEMU's whole-process 20\.0 MiB {2}\(goal <= 0\.5x\)/);
     assert.match(line("  Machine.create to the guest's first console byte"), /21\.0 ms \(max 30\.0 ms\) {2}\(goal <= 20 ms\)/);
     assert.match(line("  stopped in random order"), /not powered off: VM 3: error/);
   });

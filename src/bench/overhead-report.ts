@@ -19,6 +19,8 @@ export interface LibraryVmsInput {
   settleMs: number;
   /** One entry per VM: its devices. */
   vms: OverheadDevices[];
+  /** MachineConfig.deviceThread of every VM: a device thread each, or the process's one. */
+  deviceThread: "vm" | "process";
 }
 
 /** One VM of the library run, and the process's memory once it had settled. */
@@ -90,7 +92,10 @@ export interface OverheadSamples {
   memory: { flint: Record<"1" | "2", MemoryProbe[]>; qemu: Record<"1" | "2", MemoryProbe[]> };
   /** Timing runs, with no devices and with every device (the ceiling has none). */
   timing: { flint: Record<"none" | "devices", TimingProbe[]>; qemu: Record<"none" | "devices", TimingProbe[]>; ceiling: TimingProbe[] };
+  /** Library runs with a device thread per VM (deviceThread "vm"). */
   library?: LibraryVmsReport[];
+  /** Library runs with every VM's devices on the process's device thread (deviceThread "process"). */
+  libraryShared?: LibraryVmsReport[];
 }
 
 /** A monitor's memory figures: medians over runs. */
@@ -131,7 +136,14 @@ export interface OverheadSummary {
   /** Median beyond-guest memory with 2 vCPUs minus with 1. */
   perVcpu: { flint: { rssKib: number; anonKib: number }; qemu: { rssKib: number; anonKib: number } };
   timing: { flint: Record<"none" | "devices", TimingFigures>; qemu: Record<"none" | "devices", TimingFigures>; ceiling: TimingFigures };
-  library?: {
+  /** Library runs, device thread per VM. */
+  library?: LibrarySummary;
+  /** Library runs, the process's device thread. */
+  libraryShared?: LibrarySummary;
+}
+
+/** One kind of library run's figures. */
+export interface LibrarySummary {
     vms: number;
     /** VMs 2..N of every library run, pooled. */
     addedRssKib: { median: number; max: number };
@@ -142,7 +154,6 @@ export interface OverheadSummary {
     stopMs: { median: number; max: number };
     /** Stops whose run() did not end with "poweroff". */
     badStops: string[];
-  };
 }
 
 const spread = (xs: readonly number[]) => ({ median: median(xs), max: Math.max(...xs) });
@@ -166,21 +177,25 @@ export function summarizeOverhead(s: OverheadSamples): OverheadSummary {
       ceiling: timingFigures(s.timing.ceiling),
     },
   };
-  if (s.library?.length) {
-    const added = s.library.flatMap(libraryAdditions);
-    const later = s.library.flatMap((r) => r.vms.slice(1));
-    const stops = s.library.flatMap((r) => r.stops);
-    summary.library = {
-      vms: s.library[0]!.vms.length,
-      addedRssKib: spread(added.map((a) => a.rssKib)),
-      addedAnonKib: spread(added.map((a) => a.anonKib)),
-      firstOutputMs: spread(later.map((v) => v.firstOutputMs)),
-      qemuProcessOverheadKib: memory.qemu[1].rssBeyondGuestKib,
-      stopMs: spread(stops.map((x) => x.ms)),
-      badStops: stops.filter((x) => x.reason !== "poweroff").map((x) => `VM ${x.vm}: ${x.reason}`),
-    };
-  }
+  if (s.library?.length) summary.library = summarizeLibrary(s.library, memory.qemu[1].rssBeyondGuestKib);
+  if (s.libraryShared?.length) summary.libraryShared = summarizeLibrary(s.libraryShared, memory.qemu[1].rssBeyondGuestKib);
   return summary;
+}
+
+/** VMs 2..N of every run pooled, against QEMU's whole-process overhead. */
+function summarizeLibrary(runs: readonly LibraryVmsReport[], qemuProcessOverheadKib: number): LibrarySummary {
+  const added = runs.flatMap(libraryAdditions);
+  const later = runs.flatMap((r) => r.vms.slice(1));
+  const stops = runs.flatMap((r) => r.stops);
+  return {
+    vms: runs[0]!.vms.length,
+    addedRssKib: spread(added.map((a) => a.rssKib)),
+    addedAnonKib: spread(added.map((a) => a.anonKib)),
+    firstOutputMs: spread(later.map((v) => v.firstOutputMs)),
+    qemuProcessOverheadKib,
+    stopMs: spread(stops.map((x) => x.ms)),
+    badStops: stops.filter((x) => x.reason !== "poweroff").map((x) => `VM ${x.vm}: ${x.reason}`),
+  };
 }
 
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
@@ -221,9 +236,13 @@ export function formatOverheadSection(sum: OverheadSummary, setup: OverheadSetup
     lines.push(`start to exit after the guest's end marker, ${label}: flint ${ms(f.exitMs)}, QEMU ${ms(q.exitMs)}, ` +
       `C ceiling ${ms(c.exitMs)}  (flint/QEMU ${ratio(f.exitMs, q.exitMs)}, goal <= 1.0x; flint/ceiling ${ratio(f.exitMs, c.exitMs)})`);
   }
-  const lib = sum.library;
-  if (lib) {
-    lines.push(`library, ${lib.vms} VMs with every device in one Node process, one vCPU thread, one device thread and one KVM VM kept ready (${setup.libraryRuns} run(s); VMs 2..${lib.vms} pooled): ` +
+  const libraries = [
+    { lib: sum.library, how: "a device thread per VM; one vCPU thread, one device thread and one KVM VM kept ready" },
+    { lib: sum.libraryShared, how: "every VM's devices on the process's device thread (deviceThread \"process\"); one vCPU thread and one KVM VM kept ready" },
+  ];
+  for (const { lib, how } of libraries) {
+    if (!lib) continue;
+    lines.push(`library, ${lib.vms} VMs with every device in one Node process, ${how} (${setup.libraryRuns} run(s); VMs 2..${lib.vms} pooled): ` +
       `each adds ${mib(lib.addedRssKib.median)} RSS beyond guest RAM (max ${mib(lib.addedRssKib.max)}), ` +
       `${(lib.addedRssKib.median / lib.qemuProcessOverheadKib).toFixed(2)}x QEMU's whole-process ${mib(lib.qemuProcessOverheadKib)}  (goal <= 0.5x)`);
     lines.push(`  private memory each adds: ${mib(lib.addedAnonKib.median)} (max ${mib(lib.addedAnonKib.max)})`);

@@ -11,7 +11,9 @@
  *   3. process start to the guest's first instruction (its `hello` byte on
  *      COM1, seen on the monitor's stdout) and to the process's exit after
  *      the guest's end marker, with no devices and with every device;
- *   4. flint as a library: N VMs in one Node process (library-vms.ts).
+ *   4. flint as a library: N VMs in one Node process (library-vms.ts), with
+ *      a device thread per VM and with every VM's devices on the process's
+ *      device thread, interleaved run by run.
  *
  * Only the memory and multi-VM runs keep the guest up; it then halts
  * (`halt`), so no guest spins a core while memory is read.
@@ -101,7 +103,12 @@ export async function measureOverhead(options: OverheadOptions = {}): Promise<Ov
     }
     if (libraryRuns > 0) {
       samples.library = [];
-      for (let i = 0; i < libraryRuns; i++) samples.library.push(await runLibraryVms(host, guest, memoryMib, settleMs, libraryVms));
+      samples.libraryShared = [];
+      // Interleaved, so that both kinds see the same machine.
+      for (let i = 0; i < libraryRuns; i++) {
+        samples.library.push(await runLibraryVms(host, guest, memoryMib, settleMs, libraryVms, "vm"));
+        samples.libraryShared.push(await runLibraryVms(host, guest, memoryMib, settleMs, libraryVms, "process"));
+      }
     }
     const setup: OverheadSetup = { runs, memoryMib, leftOut, libraryRuns };
     return { setup, summary: summarizeOverhead(samples), samples, qemuVersion };
@@ -110,9 +117,11 @@ export async function measureOverhead(options: OverheadOptions = {}): Promise<Ov
   }
 }
 
-/** Figure 4: one library process with `vms` VMs (library-vms.ts). */
-async function runLibraryVms(host: OverheadHost, guest: string, memoryMib: number, settleMs: number, vms: number): Promise<LibraryVmsReport> {
-  const input: LibraryVmsInput = { bundle: LIBRARY, guest, memoryMib, settleMs, vms: Array.from({ length: vms }, (_, i) => host.devices(i)) };
+/** Figure 4: one library process with `vms` VMs (library-vms.ts), their devices on a thread each or on the process's one. */
+async function runLibraryVms(
+  host: OverheadHost, guest: string, memoryMib: number, settleMs: number, vms: number, deviceThread: LibraryVmsInput["deviceThread"],
+): Promise<LibraryVmsReport> {
+  const input: LibraryVmsInput = { bundle: LIBRARY, guest, memoryMib, settleMs, vms: Array.from({ length: vms }, (_, i) => host.devices(i)), deviceThread };
   const r = await runTimed(process.execPath, [LIBRARY_CHILD, JSON.stringify(input)], { timeoutMs: 120_000 + vms * 10_000 });
   if (r.exitCode !== 0) throw new BenchError("EBENCHRUN", `The library run failed (${r.signal ?? `status ${r.exitCode}`}):\n${tail(r.stderr)}`);
   return parseLibraryVmsReport(r.stdout, vms);

@@ -92,6 +92,40 @@ test("a device that cannot start fails run() before the guest runs, and the vCPU
   assert.equal(out.text(), "");
 });
 
+test("deviceThread takes \"vm\" or \"process\" and nothing else", () => {
+  const program = ring3(S5_POWEROFF);
+  assert.throws(
+    () => Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program }, deviceThread: "shared" as "vm" }),
+    (e: Error & { code?: string }) => e.code === "EDEVICETHREAD" && e.message === 'Cannot create VM: deviceThread must be "vm" or "process", not "shared"',
+  );
+});
+
+test("on the process's device thread, a VM whose device cannot start fails its run() alone; another VM's devices there keep working", { timeout: 30_000 }, async () => {
+  // VM a prints while its rng runs on the process's thread; VM b's disk does not exist.
+  const outA = collector();
+  const a = Machine.create({
+    cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: ring3("1: mov dx, 0x3f8\n mov al, 'a'\n out dx, al\n mov ecx, 100000\n 2: dec ecx\n jnz 2b\n jmp 1b") },
+    consoleOutput: outA.stream, deviceThread: "process", virtioDevices: [{ kind: "rng", options: {} }],
+  });
+  const runA = a.run();
+  try {
+    while (outA.text().length < 2) await new Promise((r) => setTimeout(r, 5));
+    const b = Machine.create({
+      cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: ring3(S5_POWEROFF) }, deviceThread: "process",
+      virtioDevices: [{ kind: "rng", options: {} }, { kind: "block", options: { path: "/nonexistent/flint-disk.img", readOnly: true } }],
+    });
+    await assert.rejects(b.run(), (e: Error & { code?: string }) => e.code === "EVIRTIOBACKEND" && /flint-disk\.img/.test(e.message));
+    const seen = outA.text().length;
+    while (outA.text().length < seen + 2) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(a.state, "running");
+  } finally {
+    a.stop();
+  }
+  const r = await runA;
+  assert.deepEqual(r.virtio.map((d) => d.failures), [[]]);
+  assert.deepEqual(r.unstoppedDevices, []);
+});
+
 test("the guest sees the TSC-deadline timer exactly when this host's KVM emulates it", async () => {
   const kvm = Kvm.open();
   const expected = kvm.checkExtension(KVM_CAP_TSC_DEADLINE_TIMER) > 0 ? "1" : "0";

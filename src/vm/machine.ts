@@ -46,7 +46,7 @@ import { WorkerPool } from "../sys/worker-pool.js";
 import { WarmVms, type WarmVm, type WarmVmShape } from "./warm-vms.js";
 import { installProcessSeccomp, processSeccompAction, seccompDefaultFromEnv } from "../seccomp/index.js";
 import { BLOCK_REQUEST_UPDATE_BACKING, type BlockOptions } from "../devices/virtio/block.js";
-import { DEVICE_THREAD_POOL } from "../devices/virtio/device-thread.js";
+import { DEVICE_THREAD_POOL, processDeviceThread } from "../devices/virtio/device-thread.js";
 import { waitForChange } from "../devices/shared-lock.js";
 import { CONTROL_PARKED, claimExit, createControl, parkedCount, requestPause } from "./control.js";
 import { createDeviceSet, type HostDevices } from "./device-set.js";
@@ -143,6 +143,20 @@ export interface MachineConfig {
   virtioDevices?: VirtioDeviceConfig[];
   /** Override how virtio devices are announced (tests and experiments; default "auto"). */
   virtioAnnounce?: VirtioAnnouncement;
+  /**
+   * Where the virtio devices placed "shared" (the default placement) run:
+   * "vm" (the default), a device thread of this VM's own, a V8 isolate that
+   * starts with the VM and ends with it; "process", the process's shared
+   * device thread, which every VM created or restored with "process" uses
+   * (for a library running many VMs: one isolate for all of them, already
+   * running when a VM starts). Devices stay independent on it (each fails,
+   * resets and stops alone; budgets keep one VM's devices from starving
+   * another's), but a device handler blocked in a host syscall (a disk that
+   * does not answer) holds up every VM's devices on it, and it runs without
+   * a per-thread seccomp filter. A device placed "own" gets its own thread
+   * either way.
+   */
+  deviceThread?: "vm" | "process";
   /** How long pause() and resume() wait for vCPUs and devices before they give up (default PAUSE_TIMEOUT_MS). */
   pauseTimeoutMs?: number;
   /** Called once run() has let every vCPU into the guest (the state is then "running"). */
@@ -276,11 +290,12 @@ export class MachineError extends Error {
    * EBUFFERFULL, EKBDDISABLED: sendCtrlAltDel() typed nothing (see I8042Error).
    * ENODEVICE: a device operation named a device the VM does not have.
    * ENOTPAUSED: snapshot() of a VM that is not paused. ENOTTRACKED: a Diff
-   * snapshot of a VM without dirty page tracking.
+   * snapshot of a VM without dirty page tracking. EDEVICETHREAD: a
+   * deviceThread that is neither "vm" nor "process".
    */
   readonly code:
     | "ECPUS" | "EMEMORY" | "EKERNEL" | "EINITRD" | "ENOTSTARTED" | "EENDED" | "ETIMEOUT" | "EBUFFERFULL" | "EKBDDISABLED" | "ENODEVICE"
-    | "ENOTPAUSED" | "ENOTTRACKED";
+    | "ENOTPAUSED" | "ENOTTRACKED" | "EDEVICETHREAD";
   constructor(code: MachineError["code"], message: string) {
     super(message);
     this.name = "MachineError";
@@ -444,6 +459,12 @@ function makeWarmVm(shape: WarmVmShape): WarmVm {
   }
 }
 
+/** Throws MachineError EDEVICETHREAD unless `where` is a MachineConfig.deviceThread value (or absent). */
+function checkDeviceThread(where: unknown): void {
+  if (where === undefined || where === "vm" || where === "process") return;
+  throw new MachineError("EDEVICETHREAD", `Cannot create VM: deviceThread must be "vm" or "process", not ${JSON.stringify(where)}`);
+}
+
 /** Throws MachineError EMEMORY for a guest memory size flint cannot give. */
 function checkMemorySize(memoryMib: number): void {
   if (!Number.isInteger(memoryMib) || memoryMib < MIN_MEMORY_MIB) {
@@ -550,6 +571,7 @@ export class Machine {
   static create(config: MachineConfig): Machine {
     const { cpus, memoryMib } = config;
     checkMemorySize(memoryMib);
+    checkDeviceThread(config.deviceThread);
     // Read the guest's files before touching KVM, so bad paths fail first and fast.
     const kernel = config.boot.kind === "linux" ? readInput(config.boot.kernelPath, "kernel") : undefined;
     const initrd = config.boot.kind === "linux" && config.boot.initrdPath ? readInput(config.boot.initrdPath, "initrd") : undefined;
@@ -579,6 +601,7 @@ export class Machine {
         onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
         onHostError: config.onHostError,
         cmdlineWindows: announce.cmdline === "second-window",
+        ...(config.deviceThread === "process" ? { sharedThread: processDeviceThread() } : {}),
       });
       const host = createDeviceSet({ debugExit: config.debugExit, virtio: virtio.describe() });
       const acpi = config.boot.kind === "linux" && (config.boot.acpi ?? true);
@@ -655,6 +678,7 @@ export class Machine {
    * created then), MachineError/KvmError as create() does.
    */
   static restore(options: RestoreOptions): Machine {
+    checkDeviceThread(options.deviceThread);
     const { snapshot } = readMachineSnapshot(options.statePath);
     const overrides = options.virtioDevices;
     if (overrides && (overrides.length !== snapshot.virtio.configs.length || overrides.some((c, i) => c.kind !== snapshot.virtio.configs[i]!.kind))) {
@@ -702,6 +726,7 @@ export class Machine {
         onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
         onHostError: config.onHostError,
         cmdlineWindows: snapshot.virtio.cmdlineWindows,
+        ...(config.deviceThread === "process" ? { sharedThread: processDeviceThread() } : {}),
       });
       const host = createDeviceSet({ debugExit: snapshot.debugExit, virtio: virtio.describe() });
       // Every vCPU first, then the irqchip, PIT and clock (Firecracker's order; vm-state.ts says why).
@@ -956,7 +981,7 @@ export class Machine {
     this.ending = "done";
     const bootNs = this.host.bootTimeNs();
     const unstopped = this.virtio.devices.filter((_, i) => !stopped[i]);
-    this.dispose(unstopped.map((d) => d.threadExited));
+    this.dispose(unstopped.map((d) => d.letGo));
     const virtioStats = this.virtio.stats();
     return {
       reason: this.exitReason ?? { kind: "error", message: "VM stopped without a reason" },
@@ -1171,9 +1196,14 @@ export class Machine {
     this.config.onSlowEnd(`the VM ended ${after / 1000} s ago and is still waiting for ${what}`);
   }
 
-  /** Settles when every device thread has exited, including any that run() gave up on (MachineResult.unstoppedDevices). */
+  /**
+   * Settles when every device thread of this VM has exited, including any
+   * that run() gave up on (MachineResult.unstoppedDevices), and the process's
+   * shared device thread (deviceThread "process") has let go of every device
+   * of this VM it ran.
+   */
   async deviceThreadsExited(): Promise<void> {
-    await Promise.all(this.virtio.devices.map((d) => d.threadExited));
+    await Promise.all(this.virtio.devices.map((d) => (d.thread.shared ? d.letGo : d.threadExited)));
   }
 
   /** Each virtio device's transport counters now (the same figures run() reports at the end). */

@@ -3,7 +3,9 @@
  * one of every virtio device (block, net on its own TAP, vsock, rng,
  * balloon), and nothing one VM does reaches another: a guest that faults
  * over and over, one that triple-faults mid-run, and stops in random order
- * leave every other VM running, with its own console and its own counts.
+ * leave every other VM running, with its own console and its own counts;
+ * with each VM's devices on a thread of its own, and with every VM's devices
+ * on the process's one device thread (MachineConfig.deviceThread "process").
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
@@ -14,6 +16,7 @@ import { Writable } from "node:stream";
 import { after, before, test } from "node:test";
 import { RING3_LAYOUT } from "../arch/x86_64/ring3.js";
 import { assemble } from "../kvm/testing/assemble.js";
+import { processDeviceThread } from "../devices/virtio/device-thread.js";
 import { Machine, type MachineResult } from "./machine.js";
 
 const VMS = 8;
@@ -60,13 +63,13 @@ interface Running {
   text(): string;
 }
 
-function start(id: number): Running {
+function start(id: number, deviceThread: "vm" | "process"): Running {
   let text = "";
   const consoleOutput = new Writable({ write(chunk: Buffer, _e, cb) { text += chunk.toString("latin1"); cb(); } });
   const disk = join(dir, `disk${id}.img`);
   writeFileSync(disk, Buffer.alloc(1 << 20));
   const vm = Machine.create({
-    cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: guest(id) }, consoleOutput,
+    cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: guest(id) }, consoleOutput, deviceThread,
     virtioDevices: [
       { kind: "block", options: { path: disk, readOnly: false } },
       { kind: "net", options: { tap: taps[id]!, mac: `06:00:ac:10:00:${(id + 2).toString(16).padStart(2, "0")}` } },
@@ -96,17 +99,25 @@ function shuffled<T>(items: readonly T[], seed: number): T[] {
   return out;
 }
 
-test(`${VMS} VMs with every device in one process: a crash, a faulting guest and stops in random order touch no other VM`, { timeout: 120_000 }, async () => {
-  const all: Running[] = [];
-  try {
-    for (let id = 0; id < VMS; id++) all.push(start(id));
-    await checkIsolation(all);
-  } finally {
-    // A failed check must not leave VMs running (they would keep the test process alive).
-    for (const r of all) r.vm.stop();
-    await Promise.allSettled(all.map((r) => r.done));
-  }
-});
+for (const deviceThread of ["vm", "process"] as const) {
+  const where = deviceThread === "vm" ? "each VM's devices on a thread of its own" : "every VM's devices on the process's one device thread";
+  test(`${VMS} VMs with every device in one process, ${where}: a crash, a faulting guest and stops in random order touch no other VM`, { timeout: 120_000 }, async () => {
+    const all: Running[] = [];
+    try {
+      for (let id = 0; id < VMS; id++) all.push(start(id, deviceThread));
+      if (deviceThread === "process") {
+        await progress(all, 1);
+        assert.equal(processDeviceThread().devices.length, VMS * 5, "every VM's devices are on the process's device thread");
+      }
+      await checkIsolation(all);
+      if (deviceThread === "process") assert.deepEqual(processDeviceThread().devices, [], "it let go of every device");
+    } finally {
+      // A failed check must not leave VMs running (they would keep the test process alive).
+      for (const r of all) r.vm.stop();
+      await Promise.allSettled(all.map((r) => r.done));
+    }
+  });
+}
 
 async function checkIsolation(all: readonly Running[]): Promise<void> {
   await progress(all, 3);

@@ -12,6 +12,13 @@
  * its runners' fds, handing each ready fd to its runner. The loop ends when
  * every device has been stopped.
  *
+ * A shared thread (DeviceThreadInit.shared: the process's device thread,
+ * which several VMs' devices use) also polls its own channel's eventfd:
+ * devices of another VM arrive there as a batch while the others run, are
+ * created between two poll passes and answered with a "ready" of their own;
+ * and it does not end when its last device stops, but waits for more in its
+ * event loop (nextRequest), where the process can end it.
+ *
  * Fairness between devices: a pass serves every fd that poll(2) reported
  * ready, in order, before polling again, even when a handler changed the poll
  * set meanwhile (the set is rebuilt for the next poll). Each handler's work is
@@ -19,8 +26,8 @@
  * budget per pass and the others get theirs in the same pass.
  */
 import { performance } from "node:perf_hooks";
-import { parentPort } from "node:worker_threads";
-import { EINTR, pollfd } from "../../linux/abi.generated.js";
+import { parentPort, receiveMessageOnPort } from "node:worker_threads";
+import { EINTR, POLLIN, pollfd } from "../../linux/abi.generated.js";
 import { GuestMemory, type MemoryDescriptor } from "../../memory/guest-memory.js";
 import { dataView } from "../../memory/le.js";
 import { errnoName, sys } from "../../sys/native.js";
@@ -28,7 +35,9 @@ import { workerInit } from "../../sys/worker-pool.js";
 import { installThreadSeccomp } from "../../seccomp/index.js";
 import { VIRTIO_BACKENDS } from "./backends.js";
 import { DeviceRunner, type PollEntry } from "./device-runner.js";
-import type { DeviceEvent, DeviceInit, DeviceStartResult, DeviceThreadInit, DeviceThreadMessage } from "./device-thread.js";
+import type {
+  DeviceBatch, DeviceEvent, DeviceInit, DeviceStartResult, DeviceThreadInit, DeviceThreadMessage, SharedThreadRequest,
+} from "./device-thread.js";
 import type { VirtioBackend } from "./types.js";
 
 // workerData, or the first message when this thread was booted ahead as a spare (worker-pool.ts).
@@ -47,54 +56,96 @@ async function createBackend(d: DeviceInit): Promise<VirtioBackend> {
   return mod.createBackend(d.backendOptions);
 }
 
-/** Guest memory attached once per VM: a VM's devices share one descriptor object (structured clone keeps identity). */
-const attached = new Map<MemoryDescriptor, GuestMemory>();
-function attach(desc: MemoryDescriptor): GuestMemory {
-  let m = attached.get(desc);
-  if (!m) attached.set(desc, (m = GuestMemory.attach(desc)));
-  return m;
-}
-
 /** The longest poll(2) wait when something is due (a timer further out is looked at again after it). */
 const MAX_POLL_WAIT_MS = 60_000;
 
 let pollSetChanged = true;
 const markChanged = () => { pollSetChanged = true; };
 const runners: DeviceRunner[] = [];
-const results: DeviceStartResult[] = [];
-for (const [device, d] of init.devices.entries()) {
-  let backend: VirtioBackend | undefined;
-  let runner: DeviceRunner | undefined;
-  try {
-    backend = await createBackend(d);
-    runner = new DeviceRunner(d, attach(d.memory), backend, (m: DeviceEvent) => post({ ...m, device }), markChanged);
-    // A restored device comes up as saved, quiesced, before the main side learns its eventfds.
-    if (d.restore) runner.restore(d.restore);
-    runners.push(runner);
-    results.push({ ok: true, notifyFds: [...runner.queueNotifyFds], metricNames: [...runner.metricNames] });
-  } catch (e) {
-    // This device does not start; the others on the thread do (the main side decides what to do
-    // with them). What it opened is closed: its backend's files and sockets, its eventfds.
-    if (runner) runner.discard();
-    else try { backend?.shutdown?.(); } catch { /* not started: nothing to report */ }
-    const code = (e as { code?: unknown }).code;
-    results.push({ ok: false, message: (e as Error).message ?? String(e), ...(typeof code === "string" ? { code } : {}) });
-  }
-}
+/** A shared thread's channel (DeviceThreadInit.shared): batches of more devices arrive on it while the loop runs. */
+const shared = init.shared;
+/** Batches read from the shared channel, for the loop's caller to start (see loop()). */
+const arrived: DeviceBatch[] = [];
+const drained = new Uint8Array(8);
 
-/** The poll set: struct pollfd[] over every running device's fds, and who owns each slot. */
+/**
+ * Creates a batch's devices, in order, and answers "ready" with how each
+ * started. Guest memory is attached once per VM: a VM's devices in a batch
+ * share one descriptor object (structured clone keeps identity within a
+ * message).
+ */
+async function startBatch(batch: DeviceBatch): Promise<void> {
+  const attached = new Map<MemoryDescriptor, GuestMemory>();
+  const attach = (desc: MemoryDescriptor): GuestMemory => {
+    let m = attached.get(desc);
+    if (!m) attached.set(desc, (m = GuestMemory.attach(desc)));
+    return m;
+  };
+  const results: DeviceStartResult[] = [];
+  for (const d of batch.devices) {
+    const device = d.id;
+    let backend: VirtioBackend | undefined;
+    let runner: DeviceRunner | undefined;
+    try {
+      backend = await createBackend(d);
+      runner = new DeviceRunner(d, attach(d.memory), backend, (m: DeviceEvent) => post({ ...m, device }), markChanged);
+      // A restored device comes up as saved, quiesced, before the main side learns its eventfds.
+      if (d.restore) runner.restore(d.restore);
+      runners.push(runner);
+      pollSetChanged = true;
+      results.push({ ok: true, notifyFds: [...runner.queueNotifyFds], metricNames: [...runner.metricNames] });
+    } catch (e) {
+      // This device does not start; the others on the thread do (the main side decides what to do
+      // with them). What it opened is closed: its backend's files and sockets, its eventfds.
+      if (runner) runner.discard();
+      else try { backend?.shutdown?.(); } catch { /* not started: nothing to report */ }
+      const code = (e as { code?: unknown }).code;
+      results.push({ ok: false, message: (e as Error).message ?? String(e), ...(typeof code === "string" ? { code } : {}) });
+    }
+  }
+  // The devices exist (files and sockets open): the thread's own filter before it serves the guest.
+  // A filter the kernel refuses fails the thread (the main side sees its error) rather than run unfiltered.
+  // A shared thread has none of its own (devices it creates later open files and TAPs; the process's applies).
+  if (init.seccomp && !shared && !seccompInstalled) {
+    installThreadSeccomp("device", init.seccomp);
+    seccompInstalled = true;
+  }
+  post({ type: "ready", batch: batch.batch, devices: results });
+}
+let seccompInstalled = false;
+
+/** The poll set: struct pollfd[] over every running device's fds (after the shared channel's, if any), and who owns each slot. */
 let pollBuf = new Uint8Array(0);
-let owners: { runner: DeviceRunner; entry: PollEntry }[] = [];
+let owners: ({ runner: DeviceRunner; entry: PollEntry } | undefined)[] = [];
 
 function rebuildPollSet(): void {
-  owners = runners.flatMap((runner) => runner.pollEntries().map((entry) => ({ runner, entry })));
+  const channel = shared ? [undefined] : [];
+  owners = [...channel, ...runners.flatMap((runner) => runner.pollEntries().map((entry) => ({ runner, entry })))];
   pollBuf = new Uint8Array(owners.length * pollfd.SIZE);
   const view = dataView(pollBuf);
-  owners.forEach(({ entry }, i) => {
-    view.setInt32(i * pollfd.SIZE + pollfd.fd, entry.fd, true);
-    view.setInt16(i * pollfd.SIZE + pollfd.events, entry.events, true);
+  owners.forEach((owner, i) => {
+    view.setInt32(i * pollfd.SIZE + pollfd.fd, owner ? owner.entry.fd : shared!.fd, true);
+    view.setInt16(i * pollfd.SIZE + pollfd.events, owner ? owner.entry.events : POLLIN, true);
   });
   pollSetChanged = false;
+}
+
+/** Reads what the main side posted on the shared channel (the loop polls its eventfd): batches to start after this pass. */
+function readChannel(): void {
+  sys.read(shared!.fd, drained, 8);
+  for (let m = receiveMessageOnPort(shared!.port); m; m = receiveMessageOnPort(shared!.port)) arrived.push(m.message as SharedThreadRequest);
+}
+
+/**
+ * A shared thread without devices waits for the next request in its event
+ * loop, not in poll(2): a worker blocked in a system call cannot be ended,
+ * and a process exiting by itself ends (and joins) its idle workers.
+ */
+function nextRequest(): Promise<void> {
+  return new Promise((resolve) => shared!.port.once("message", (m: SharedThreadRequest) => {
+    arrived.push(m);
+    resolve();
+  }));
 }
 
 function stopRunner(r: DeviceRunner): void {
@@ -133,7 +184,12 @@ function fireTimers(): void {
   }
 }
 
-function loop(): void {
+/**
+ * Serves the devices until none is left (false), or, on a shared thread,
+ * until batches arrived on its channel (true, after the pass that read them:
+ * the caller starts them and comes back).
+ */
+function loop(): boolean {
   while (runners.length > 0) {
     if (pollSetChanged) rebuildPollSet();
     // Wake up for a due fault summary or device timer even when nothing else happens
@@ -154,21 +210,32 @@ function loop(): void {
     for (let i = 0; i < slots.length; i++) {
       const revents = view.getInt16(i * pollfd.SIZE + pollfd.revents, true);
       if (revents === 0) continue;
-      const { runner, entry } = slots[i]!;
+      const owner = slots[i];
+      if (!owner) {
+        readChannel();
+        continue;
+      }
+      const { runner, entry } = owner;
       if (!runner.running) continue; // stopped earlier in this pass: its fds may already be closed
       if (!runner.dispatch(entry, revents)) stopRunner(runner);
       // What this handler counted, for the host's metrics (a few numbers; idle devices are not touched).
       else runner.publishMetrics();
     }
+    if (arrived.length > 0) return true;
   }
+  return false;
 }
 
-// The devices exist (files and sockets open): the thread's own filter before it serves the guest.
-// A filter the kernel refuses fails the thread (the main side sees its error) rather than run unfiltered.
-if (init.seccomp) installThreadSeccomp("device", init.seccomp);
-post({ type: "ready", devices: results });
 try {
-  loop();
+  await startBatch(init);
+  for (;;) {
+    // A VM's thread ends with its last device; a shared one waits for more (it ends with the process).
+    if (!loop()) {
+      if (!shared) break;
+      await nextRequest();
+    }
+    while (arrived.length > 0) await startBatch(arrived.shift()!);
+  }
 } finally {
   // Ending for any reason (all stopped, or poll failed): every backend still running shuts down.
   for (const r of [...runners]) stopRunner(r);

@@ -32,7 +32,7 @@ import {
 import { VIRTIO_MMIO_SIZE } from "../../arch/x86_64/layout.js";
 import type { VmFd } from "../../kvm/vm.js";
 import type { MemoryDescriptor } from "../../memory/guest-memory.js";
-import { eventfd } from "../../sys/native.js";
+import { eventfd, sys } from "../../sys/native.js";
 import { WorkerPool } from "../../sys/worker-pool.js";
 import { processSeccompAction, type DefaultAction } from "../../seccomp/index.js";
 import type { VirtioDeviceKind } from "./backends.js";
@@ -65,6 +65,8 @@ export type DeviceBackendSource =
 
 /** One device of a device thread's workerData. */
 export interface DeviceInit {
+  /** The device's number on its thread (its events carry it), unique for the thread's life. */
+  id: number;
   name: string;
   backend: DeviceBackendSource;
   backendOptions: unknown;
@@ -80,12 +82,22 @@ export interface DeviceInit {
   restore?: VirtioDeviceSavedState;
 }
 
-/** workerData of a device thread: its devices, in the order its messages name them. */
-export interface DeviceThreadInit {
+/** Devices handed to a device thread together; its "ready" answer names the batch. */
+export interface DeviceBatch {
+  batch: number;
   devices: DeviceInit[];
-  /** The thread's own seccomp filter to stack once its devices are created, before its loop (when the process has one). */
-  seccomp?: DefaultAction;
 }
+
+/** workerData of a device thread: its first devices, and how it runs. */
+export interface DeviceThreadInit extends DeviceBatch {
+  /** The thread's own seccomp filter to stack once its devices are created, before its loop (when the process has one; not on a shared thread). */
+  seccomp?: DefaultAction;
+  /** A shared thread (DeviceThread `shared`): its channel for more batches (SharedThreadRequest), signalled through `fd`. */
+  shared?: { fd: number; port: MessagePort };
+}
+
+/** Main thread -> a shared device thread, on its channel: devices of another VM. */
+export type SharedThreadRequest = { type: "add" } & DeviceBatch;
 
 /** A host-side request to a device thread, and its answer. */
 export interface DeviceRequestMessage {
@@ -115,8 +127,8 @@ export type DeviceEvent =
   /** The thread carried out quiesce request `seq` (TransportState.requestQuiesce): the device is now quiesced, or running again. */
   | { type: "quiesce"; quiesced: boolean; seq: number };
 
-/** Device thread -> main thread: "ready" once, then events of device number `device` (DeviceThreadInit order). */
-export type DeviceThreadMessage = { type: "ready"; devices: DeviceStartResult[] } | (DeviceEvent & { device: number });
+/** Device thread -> main thread: "ready" once per batch (results in its order), and events of the device whose DeviceInit id is `device`. */
+export type DeviceThreadMessage = { type: "ready"; batch: number; devices: DeviceStartResult[] } | (DeviceEvent & { device: number });
 
 /** What a vCPU thread needs to put the device's register file on its MMIO bus. */
 export interface VirtioTransportDescriptor {
@@ -171,29 +183,54 @@ export class VirtioDeviceError extends Error {
   }
 }
 
+/** How a DeviceThread runs. */
+export interface DeviceThreadOptions {
+  /**
+   * Shared by several VMs (processDeviceThread): devices join while it runs
+   * and start in a batch of their own, and the thread stays up, unref'd,
+   * once its last device stops, waiting for more. It has no seccomp filter
+   * of its own (the process's still applies): devices that join later open
+   * their files and TAPs on it.
+   */
+  shared?: boolean;
+}
+
 /**
  * One device thread (a worker running device-thread-worker.ts) and the
- * devices placed on it. Devices join before it starts; the first
- * VirtioDeviceHandle.start() starts it for all of them (one worker, one
- * "ready" answer), and it ends once every device on it has been stopped.
+ * devices placed on it. A VM's thread: devices join before it starts; the
+ * first VirtioDeviceHandle.start() starts it for all of them (one worker,
+ * one "ready" answer), and it ends once every device on it has been stopped.
+ * A shared thread (options.shared) also takes devices that join after it
+ * started: each start() sends the devices waiting to join as one batch.
  * Where devices go is the device manager's decision (virtio-set.ts).
  */
 export class DeviceThread {
   readonly name: string;
-  private readonly members: VirtioDeviceHandle[] = [];
-  /** The members the worker was started with, in its device order. */
-  private started: VirtioDeviceHandle[] = [];
+  readonly shared: boolean;
+  private members: VirtioDeviceHandle[] = [];
+  /** Joined and not yet sent to the worker. */
+  private waiting: VirtioDeviceHandle[] = [];
+  /** Sent to the worker and not yet let go of (by its DeviceInit id): where its events go. */
+  private readonly onThread = new Map<number, VirtioDeviceHandle>();
+  /** Each sent device's answer from its batch's "ready". */
+  private readonly sent = new WeakMap<VirtioDeviceHandle, Promise<DeviceStartResult>>();
+  /** Batches sent and not yet answered. */
+  private readonly answers = new Map<number, { ids: number[]; resolve: (r: DeviceStartResult[]) => void; reject: (e: Error) => void }>();
+  private nextId = 0;
+  private nextBatch = 0;
   private worker: Worker | undefined;
-  private startup: Promise<DeviceStartResult[]> | undefined;
+  /** A shared thread's channel (DeviceThreadInit.shared). */
+  private channel: { fd: number; port: MessagePort } | undefined;
   private exitedPromise: Promise<void> | undefined;
   private hasExited = false;
 
   /** `name` appears in messages about the thread itself. */
-  constructor(name = "virtio device thread") {
+  constructor(name = "virtio device thread", options: DeviceThreadOptions = {}) {
     this.name = name;
+    this.shared = options.shared ?? false;
   }
 
-  /** The devices on this thread (in the order they joined). */
+  /** The devices on this thread (in the order they joined; a shared thread's only until each is let go of). */
   get devices(): readonly VirtioDeviceHandle[] {
     return this.members;
   }
@@ -203,79 +240,171 @@ export class DeviceThread {
     return this.exitedPromise ?? Promise.resolve();
   }
 
-  /** @internal VirtioDeviceHandle's constructor: a device joins before the thread starts. */
+  /** The worker has exited (a shared thread: crashed, or closed): nothing more can join it. */
+  get gone(): boolean {
+    return this.hasExited;
+  }
+
+  /** @internal VirtioDeviceHandle's constructor: a device joins before the thread starts (or, on a shared thread, at any time before it is gone). */
   join(device: VirtioDeviceHandle): void {
-    if (this.startup) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot add ${device.spec.name} to ${this.name}: the thread has started`);
+    if (this.hasExited || (this.worker && !this.shared)) {
+      throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot add ${device.spec.name} to ${this.name}: the thread has ${this.hasExited ? "exited" : "started"}`);
+    }
     this.members.push(device);
+    this.waiting.push(device);
   }
 
   /**
-   * Starts the worker with every member not already closed (once; later
-   * calls get the same answer): resolves with each started device's result,
-   * rejects if the thread ended before answering.
+   * Starts `device` on the thread: sends it, with every other device waiting
+   * to join and not closed, as one batch (the first batch starts the worker),
+   * unless it was sent already. Resolves with its result; rejects if the
+   * thread ended before answering, or the device was never sent (closed
+   * before its thread started).
    */
-  start(): Promise<DeviceStartResult[]> {
-    this.startup ??= this.launch();
-    return this.startup;
+  startDevice(device: VirtioDeviceHandle): Promise<DeviceStartResult> {
+    let answer = this.sent.get(device);
+    if (!answer && this.waiting.includes(device)) {
+      const batch = this.waiting.filter((d) => !d.closedBeforeStart);
+      this.waiting = [];
+      const results = this.send(batch);
+      batch.forEach((d, i) => this.sent.set(d, results.then((r) => r[i]!)));
+      answer = this.sent.get(device);
+    }
+    return answer ?? Promise.reject(new VirtioDeviceError("EVIRTIOSTATE", `${device.spec.name} is not on ${this.name}`));
   }
 
-  /** Where `device` is in the worker's order, or -1 when it is not on the started worker. */
-  indexOf(device: VirtioDeviceHandle): number {
-    return this.started.indexOf(device);
+  /** The device's batch answer once it was sent to the worker (undefined before). */
+  startOf(device: VirtioDeviceHandle): Promise<DeviceStartResult> | undefined {
+    return this.sent.get(device);
   }
 
-  /** The devices on the started worker whose thread-side runner has not ended. */
+  private send(batch: VirtioDeviceHandle[]): Promise<DeviceStartResult[]> {
+    if (this.hasExited) return Promise.reject(new Error("the device thread exited"));
+    const devices = batch.map((d) => {
+      const id = this.nextId++;
+      this.onThread.set(id, d);
+      return d.threadInit(id);
+    });
+    const number = this.nextBatch++;
+    const ids = devices.map((d) => d.id);
+    const answer = new Promise<DeviceStartResult[]>((resolve, reject) => this.answers.set(number, { ids, resolve, reject }));
+    const ports = devices.map((d) => d.requests);
+    if (!this.worker) this.launch({ batch: number, devices }, ports);
+    else {
+      this.worker.ref(); // until the batch is answered
+      this.channel!.port.postMessage({ type: "add", batch: number, devices } satisfies SharedThreadRequest, ports);
+      sys.write(this.channel!.fd, ONE, 8);
+    }
+    return answer;
+  }
+
+  /** The devices on the worker whose thread-side runner has not ended. */
   private get running(): VirtioDeviceHandle[] {
-    return this.started.filter((d) => d.runningOnThread);
+    return [...this.onThread.values()].filter((d) => d.runningOnThread);
   }
 
   /**
    * After a member stopped: when no member runs any more, waits for the
    * worker to exit (true), or for `giveUp` (false: the worker is still inside
-   * some device's handler, e.g. blocked in a host syscall).
+   * some device's handler, e.g. blocked in a host syscall). A shared thread
+   * does not exit: true at once.
    */
   async idle(giveUp?: Promise<void>): Promise<boolean> {
-    if (this.running.length > 0 || !this.worker || this.hasExited) return true;
+    if (this.shared || this.running.length > 0 || !this.worker || this.hasExited) return true;
     return Promise.race([this.exited.then(() => true), ...(giveUp ? [giveUp.then(() => false)] : [])]);
   }
 
   /** @internal A member was given up on: once every member has stopped or been given up on, the worker must not keep the process alive. */
   released(): void {
-    if (this.running.every((d) => d.givenUp)) this.worker?.unref();
+    if (this.running.every((d) => d.givenUp) && this.answers.size === 0) this.worker?.unref();
   }
 
-  private async launch(): Promise<DeviceStartResult[]> {
-    this.started = this.members.filter((d) => !d.closedBeforeStart);
-    if (this.started.length === 0) return [];
+  /** @internal The device's fds are closed: a shared thread forgets it. */
+  forget(device: VirtioDeviceHandle): void {
+    if (!this.shared) return;
+    this.members = this.members.filter((d) => d !== device);
+    this.waiting = this.waiting.filter((d) => d !== device);
+  }
+
+  private launch(first: DeviceBatch, ports: MessagePort[]): void {
     const seccomp = processSeccompAction();
-    const init: DeviceThreadInit = { devices: this.started.map((d) => d.threadInit()), ...(seccomp ? { seccomp } : {}) };
-    const w = DEVICE_THREAD_POOL.take(init, init.devices.map((d) => d.requests));
+    let shared: DeviceThreadInit["shared"];
+    if (this.shared) {
+      const { port1, port2 } = new MessageChannel();
+      this.channel = { fd: eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), port: port1 };
+      port1.unref();
+      shared = { fd: this.channel.fd, port: port2 };
+      ports = [...ports, port2];
+    }
+    const init: DeviceThreadInit = { ...first, ...(seccomp && !this.shared ? { seccomp } : {}), ...(shared ? { shared } : {}) };
+    const w = DEVICE_THREAD_POOL.take(init, ports);
     this.worker = w;
-    let readyAnswered = false;
-    const ready = new Promise<DeviceStartResult[]>((resolve, reject) => {
-      w.on("message", (m: DeviceThreadMessage) => {
-        if (m.type === "ready") {
-          readyAnswered = true;
-          m.devices.forEach((r, i) => { if (r.ok) this.started[i]!.runningOnThread = true; });
-          resolve(m.devices);
-        } else {
-          this.started[m.device]?.onEvent(m);
+    w.on("message", (m: DeviceThreadMessage) => {
+      if (m.type === "ready") {
+        const answer = this.answers.get(m.batch);
+        if (!answer) return;
+        this.answers.delete(m.batch);
+        answer.ids.forEach((id, i) => {
+          const d = this.onThread.get(id);
+          if (d && m.devices[i]?.ok) d.runningOnThread = true;
+          else this.onThread.delete(id); // not started: the thread closed what it made for it
+        });
+        answer.resolve(m.devices);
+        this.settleRef();
+      } else {
+        const d = this.onThread.get(m.device);
+        d?.onEvent(m);
+        if (m.type === "stopped") {
+          this.onThread.delete(m.device);
+          this.settleRef();
         }
-      });
-      w.on("error", (e) => {
-        reject(e);
-        // After start, a crashed device thread is a failure of every device still on it.
-        if (readyAnswered) for (const d of this.running) d.onThreadFailed(e);
-      });
-      w.on("exit", () => reject(new Error("the device thread exited")));
+      }
+    });
+    w.on("error", (e) => {
+      // After start, a crashed device thread is a failure of every device still on it.
+      for (const d of this.running) d.onThreadFailed(e);
+      this.failAnswers(e);
     });
     this.exitedPromise = new Promise((resolve) => w.on("exit", () => {
       this.hasExited = true;
-      for (const d of this.started) d.onThreadExit();
+      this.failAnswers(new Error("the device thread exited"));
+      for (const d of this.onThread.values()) d.onThreadExit();
+      this.onThread.clear();
+      if (this.channel) {
+        this.channel.port.close();
+        closeSync(this.channel.fd);
+      }
       resolve();
     }));
-    return ready;
   }
+
+  private failAnswers(e: Error): void {
+    for (const a of this.answers.values()) a.reject(e);
+    this.answers.clear();
+  }
+
+  /** A shared thread keeps the process alive only while it has devices running or a batch unanswered. */
+  private settleRef(): void {
+    if (!this.shared || !this.worker) return;
+    if (this.answers.size > 0 || this.running.some((d) => !d.givenUp)) this.worker.ref();
+    else this.worker.unref();
+  }
+}
+
+/** What a write to an eventfd adds. */
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+let processThread: DeviceThread | undefined;
+
+/**
+ * The process's shared device thread (MachineConfig.deviceThread "process"):
+ * one worker for the devices of every VM that asks for it, so that a library
+ * running many VMs pays one device isolate instead of one per VM. A new one
+ * when the last one is gone (it crashed).
+ */
+export function processDeviceThread(): DeviceThread {
+  if (!processThread || processThread.gone) processThread = new DeviceThread("the process's device thread", { shared: true });
+  return processThread;
 }
 
 /**
@@ -339,14 +468,14 @@ export class VirtioDeviceHandle {
   }
 
   /** @internal What the thread's worker needs for this device (its request port is transferred). */
-  threadInit(): DeviceInit {
+  threadInit(id: number): DeviceInit {
     const channel = new MessageChannel();
     this.requests = channel.port1;
     this.requests.on("message", (m: DeviceReplyMessage) => this.settle(m));
     this.requests.unref(); // pending requests must not keep a stopped VM's process alive
     const s = this.spec;
     return {
-      name: s.name, backend: s.kind ? { kind: s.kind } : { module: s.backendModule!.href }, backendOptions: s.backendOptions ?? {},
+      id, name: s.name, backend: s.kind ? { kind: s.kind } : { module: s.backendModule!.href }, backendOptions: s.backendOptions ?? {},
       state: this.state.sab, controlFd: this.controlFd, irqFd: this.irqFd, memory: s.memory, requests: channel.port2,
       metrics: this.backendMetrics.buffer as SharedArrayBuffer, ...(s.restore ? { restore: s.restore } : {}),
     };
@@ -354,24 +483,24 @@ export class VirtioDeviceHandle {
 
   /**
    * Starts the device's thread if it has not started (with every device on
-   * it), and resolves once this device's backend is created and KVM knows its
-   * queues' eventfds.
+   * it; on a shared thread, sends it with the devices waiting to join), and
+   * resolves once this device's backend is created and KVM knows its queues'
+   * eventfds.
    */
   async start(): Promise<void> {
     if (this.startCalled) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: already started`);
     this.startCalled = true;
     if (this.closed) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: it was stopped`);
-    let results: DeviceStartResult[];
+    let mine: DeviceStartResult;
     try {
-      results = await this.thread.start();
+      mine = await this.thread.startDevice(this);
     } catch (e) {
       // The thread ended before answering: nothing of it runs any more.
       await this.thread.exited;
+      this.markStopped();
       this.closeFds();
       throw new VirtioDeviceError("EVIRTIOBACKEND", `Cannot start ${this.spec.name}: ${(e as Error).message}`);
     }
-    const mine = results[this.thread.indexOf(this)];
-    if (!mine) throw new VirtioDeviceError("EVIRTIOSTATE", `Cannot start ${this.spec.name}: it is not on its thread`);
     if (!mine.ok) {
       // The thread never touches this device's fds (it closed those it made for it).
       this.markStopped();
@@ -517,21 +646,23 @@ export class VirtioDeviceHandle {
 
   /**
    * Stops the device on its thread after backend.shutdown() (data flushed)
-   * and closes its eventfds; resolves true. The last device of a thread to
-   * stop also waits for the thread to exit. A thread blocked in a host
+   * and closes its eventfds; resolves true. The last device of a VM's thread
+   * to stop also waits for the thread to exit. A thread blocked in a host
    * syscall (a disk that does not answer) cannot be interrupted from
    * JavaScript: if `giveUp` settles first, stop() resolves false without it,
    * and so does every other device of that thread still waiting. The thread
    * is unref'd once none of its devices runs and left to finish: once its
    * syscall returns it sees the stop requests, shuts the backends down and
    * exits, and only then are the given-up devices' eventfds closed (see
-   * threadExited), so a late write never lands on a reused fd number.
+   * letGo), so a late write never lands on a reused fd number.
    */
   async stop(giveUp?: Promise<void>): Promise<boolean> {
     if (this.closed || this.abandoned) return !this.abandoned;
-    if (this.thread.indexOf(this) < 0) {
-      this.closedBeforeStart = true; // the thread has not started: it will leave this device out
-    } else if (!(await this.thread.start().then(() => true, () => false))) {
+    const sent = this.thread.startOf(this);
+    if (!sent) {
+      this.closedBeforeStart = true; // not sent to its thread: it will leave this device out
+      this.markStopped();
+    } else if (!(await sent.then(() => true, () => false))) {
       await this.thread.exited; // it ended before answering: its fds are free once it is gone
     }
     let ended = true;
@@ -552,7 +683,7 @@ export class VirtioDeviceHandle {
     }
     this.abandoned = true;
     this.thread.released();
-    void this.thread.exited.then(() => this.closeFds());
+    void this.letGo.then(() => this.closeFds());
     return false;
   }
 
@@ -561,9 +692,17 @@ export class VirtioDeviceHandle {
     return this.abandoned;
   }
 
-  /** Settles when the device's thread has exited (at once if it never started). */
+  /** Settles when the device's thread has exited (at once if it never started; a shared thread runs on). */
   get threadExited(): Promise<void> {
     return this.thread.exited;
+  }
+
+  /**
+   * Settles when the device's thread no longer touches the device or its
+   * guest memory: it stopped the device, or never started it, or exited.
+   */
+  get letGo(): Promise<void> {
+    return this.stoppedOnThread;
   }
 
   private closeFds(): void {
@@ -571,5 +710,6 @@ export class VirtioDeviceHandle {
     this.closed = true;
     this.state.controlFd = -1; // a late status write must not signal a reused fd number
     for (const fd of [this.controlFd, this.irqFd, ...this.notifyFds]) closeSync(fd);
+    this.thread.forget(this);
   }
 }

@@ -207,6 +207,11 @@ export interface VirtioSetHooks {
   onHostError?: (device: string, message: string) => void;
   /** Give each device its command-line window too (announcement "second-window"). */
   cmdlineWindows?: boolean;
+  /**
+   * Run the devices placed "shared" on this thread (a shared one:
+   * processDeviceThread) instead of a device thread of the set's own.
+   */
+  sharedThread?: DeviceThread;
 }
 
 /**
@@ -228,7 +233,7 @@ export function checkVirtioSavedStates(configs: readonly Pick<VirtioDeviceConfig
 /** The main thread's side of all virtio devices. */
 export class VirtioSet {
   readonly devices: readonly VirtioDeviceHandle[];
-  /** The device threads (devicePlacement): by default one for every device. */
+  /** The device threads (devicePlacement): by default one for every device (hooks.sharedThread for those, when given). */
   readonly threads: readonly DeviceThread[];
   /** Each device's kind, in the same order. */
   readonly kinds: readonly VirtioDeviceKind[];
@@ -250,7 +255,9 @@ export class VirtioSet {
     }
     const devices: VirtioDeviceHandle[] = [];
     const placement = devicePlacement(configs);
-    const threads = Array.from({ length: placement.threads }, (_, t) => new DeviceThread(`virtio device thread ${t}`));
+    const sharedIndex = placement.threadOf[configs.findIndex((c) => c.thread !== "own")];
+    const threads = Array.from({ length: placement.threads }, (_, t) =>
+      (t === sharedIndex && hooks.sharedThread) || new DeviceThread(`virtio device thread ${t}`));
     try {
       configs.forEach((c, i) => {
         const { mmioBase, gsi } = virtioSlot(i);

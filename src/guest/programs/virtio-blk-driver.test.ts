@@ -45,7 +45,7 @@ interface GuestRun {
 }
 
 /** Boots the driver guest with one virtio-blk over `path` and returns what it reported. */
-async function runGuest(path: string, readOnly: boolean, run: Omit<VblkRun, "blkBase">, id?: string): Promise<GuestRun> {
+async function runGuest(path: string, readOnly: boolean, run: Omit<VblkRun, "blkBase">, id?: string, deviceThread?: "vm" | "process"): Promise<GuestRun> {
   const chunks: Buffer[] = [];
   const faults: string[] = [];
   const m = Machine.create({
@@ -56,6 +56,7 @@ async function runGuest(path: string, readOnly: boolean, run: Omit<VblkRun, "blk
     consoleOutput: new Writable({ write(c: Buffer, _e, cb) { chunks.push(Buffer.from(c)); cb(); } }),
     virtioDevices: [{ kind: "block", options: { path, readOnly, ...(id !== undefined ? { id } : {}) } }],
     onGuestFault: (device, message) => faults.push(`${device}: ${message}`),
+    ...(deviceThread ? { deviceThread } : {}),
   });
   const timer = setTimeout(() => m.stop({ kind: "error", message: `guest still running after ${RUN_TIMEOUT_MS} ms` }), RUN_TIMEOUT_MS);
   const result = await m.run().finally(() => clearTimeout(timer));
@@ -196,6 +197,32 @@ describe("a ring-3 polled virtio-blk driver on flint's virtio-mmio transport", (
     assert.ok(report.num("qd32.kicks") < counts.qd32, `qd32.kicks ${report.num("qd32.kicks")}`);
     assert.equal(result.virtio[0]!.userspaceNotifies, 0);
     assert.equal(result.guestFaults, 0);
+  });
+
+  it("on the process's shared device thread (deviceThread \"process\"), four VMs at once each drive their own disk: every pattern lands in its own file only", async () => {
+    const vms = Array.from({ length: 4 }, (_, i) => ({ ...testImage(`process-thread-${i}.img`), seed: randomSeed() }));
+    const stamped = join(dir, "process-thread-stamped.img");
+    writeStampedImage(stamped, 8 << 20);
+    const counts = { qd1: 200, qd32: 2000, seq: 100 };
+    // A fifth VM keeps 32 requests in flight on the same thread meanwhile.
+    const [busy, ...runs] = await Promise.all([
+      runGuest(stamped, true, { mode: "bench", seed: randomSeed(), ...counts }, undefined, "process"),
+      ...vms.map((v) => runGuest(v.path, false, { mode: "test", seed: v.seed }, undefined, "process")),
+    ]);
+    for (const [phase, n] of Object.entries(counts)) {
+      assert.equal(busy!.report.num(`${phase}.requests`), n, phase);
+      for (const k of ["errors", "bad_len", "bad_data"]) assert.equal(busy!.report.num(`${phase}.${k}`), 0, `${phase}.${k}`);
+    }
+    const at = VBLK_TEST_WRITE_SECTOR * VBLK_SECTOR_BYTES;
+    runs.forEach(({ report, result }, i) => {
+      const v = vms[i]!;
+      assert.equal(report.num("write.status"), VIRTIO_BLK_S_OK, `VM ${i}`);
+      assert.equal(report.num("readback.match"), 1, `VM ${i}`);
+      assert.equal(report.num("host_read.fnv1a"), fnv1a32(v.hostPattern), `VM ${i} read its own host pattern`);
+      assert.deepEqual(new Uint8Array(readFileSync(v.path).subarray(at, at + VBLK_TEST_WRITE_BYTES)), vblkWritePattern(v.seed), `VM ${i}'s file holds its own pattern`);
+      assert.deepEqual(result.virtio[0]!.failures, [], `VM ${i}`);
+      assert.deepEqual(result.unstoppedDevices, []);
+    });
   });
 });
 

@@ -118,10 +118,10 @@ export class DeviceLoopRig {
 
   /**
    * One rig per options, each with its own guest RAM, all devices on ONE
-   * device thread (started once for all of them), as a VM's devices are.
+   * device thread (started once for all of them), as a VM's devices are;
+   * `thread` to put them on a given one (a shared thread already running).
    */
-  static async startShared(options: readonly DeviceLoopRigOptions[]): Promise<DeviceLoopRig[]> {
-    const thread = new DeviceThread("rig device thread");
+  static async startShared(options: readonly DeviceLoopRigOptions[], thread = new DeviceThread("rig device thread")): Promise<DeviceLoopRig[]> {
     const rigs = options.map((o) => DeviceLoopRig.build(o, thread));
     const started = await Promise.allSettled(rigs.map((r) => r.dev.start()));
     const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");

@@ -33,6 +33,8 @@ export interface EchoOptions {
   shutdownMarker?: string;
   /** Throw this message from onNotify (a backend bug: tests that it fails only this device). */
   throwOnNotify?: string;
+  /** End the whole device thread on a notify (process.exit in a worker ends the thread): tests of a thread that dies under its devices. */
+  exitThreadOnNotify?: boolean;
   /**
    * Instead of echoing, write the u32 count of chains every echo device on
    * this device thread had served before this one (threadChains): tests of
@@ -74,6 +76,7 @@ export function createBackend(options: unknown): VirtioBackend {
     },
     onNotify(queue) {
       if (o.throwOnNotify !== undefined) throw new Error(o.throwOnNotify);
+      if (o.exitThreadOnNotify) process.exit(1);
       if (!ctx) return;
       const c = ctx;
       if (o.rewatchOnNotify) {
