@@ -106,9 +106,17 @@ export class VmResources {
     return this.ifaces;
   }
 
-  /** The vCPU and device threads the configuration so far (or `spec`, already made from it) would run on; before a boot source is set too. */
-  plannedThreads(spec: FlintMachineSpec = toFlintMachine(this.toConfig(), WHAT)): { vcpuThreads: number; deviceThreads: number } {
-    return { vcpuThreads: spec.cpus, deviceThreads: devicePlacement(spec.virtioDevices).threads };
+  /**
+   * The vCPU and device threads the configuration so far (or `spec`, already
+   * made from it) would run on, and whether some device is placed "shared"
+   * (on the VM's shared device thread, or the process's); before a boot
+   * source is set too.
+   */
+  plannedThreads(spec: FlintMachineSpec = toFlintMachine(this.toConfig(), WHAT)): { vcpuThreads: number; deviceThreads: number; sharedDevices: boolean } {
+    return {
+      vcpuThreads: spec.cpus, deviceThreads: devicePlacement(spec.virtioDevices).threads,
+      sharedDevices: spec.virtioDevices.some((d) => d.thread !== "own"),
+    };
   }
 
   /** What Machine.create needs; throws ConfigError if there is no boot source yet. */

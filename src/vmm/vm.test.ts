@@ -8,6 +8,7 @@ import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../gu
 import { buildSerialFloodGuest } from "../guest/programs/testing/serial-flood.js";
 import { buildVirtioBlkGuest, vblkCmdline } from "../guest/programs/virtio-blk-driver.js";
 import { virtioSlot } from "../devices/virtio/virtio-set.js";
+import { processDeviceThread } from "../devices/virtio/device-thread.js";
 import { Vm, VmError } from "./vm.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-vm-test-"));
@@ -45,6 +46,29 @@ test("Vm.create takes flint-style options as Firecracker resources; the console 
   assert.deepEqual(states, ["Running", "Paused", "Running"]);
   assert.ok(Buffer.concat(events).includes(EXIT_LOOP_HELLO_BYTE), "the console event carries the guest's output too");
   assert.equal(vm.console.writableEnded, true, "the console stream ends with the VM");
+});
+
+test("Vms with deviceThread \"process\" run their devices on the process's one device thread, pause and resume there, and let go of them when killed", async () => {
+  const vms = await Promise.all([0, 1].map(() => Vm.create({
+    kernel: buildExitLoopGuest(), cmdline: exitLoopCmdline({ mode: "pio", count: 100, hello: true, halt: true }), cpus: 1, memoryMib: 64,
+    drives: [{ id: "data", path: disk, readOnly: true }], rng: true, deviceThread: "process",
+  })));
+  try {
+    const hellos = vms.map((vm) => new Promise<void>((resolve) => vm.console.on("data", (b: Buffer) => {
+      if (b.includes(EXIT_LOOP_HELLO_BYTE)) resolve();
+    })));
+    for (const vm of vms) await vm.start();
+    await Promise.all(hellos);
+    assert.equal(processDeviceThread().devices.length, 4, "two VMs' block and rng devices on one thread");
+    await vms[0]!.pause();
+    assert.equal(vms[1]!.state, "Running");
+    await vms[0]!.resume();
+    const results = await Promise.all(vms.map((vm) => vm.kill()));
+    for (const r of results) assert.equal(r?.reason.kind, "poweroff");
+    assert.deepEqual(processDeviceThread().devices, []);
+  } finally {
+    for (const vm of vms) await vm.kill().catch(() => undefined);
+  }
 });
 
 test("Vm.create refuses bad options with one line, before anything starts", async () => {

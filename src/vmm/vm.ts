@@ -64,7 +64,7 @@ export interface VmRestoreOptions extends VmOptions {
 export type SnapshotCreate = z.infer<typeof SnapshotCreateSchema>;
 
 /** What every Vm's Machine is given, whether created or restored. */
-type MachineHooks = Pick<MachineConfig, "consoleOutput" | "onGuestFault" | "onHostError" | "onSlowEnd" | "onStarted" | "seccomp">;
+type MachineHooks = Pick<MachineConfig, "consoleOutput" | "onGuestFault" | "onHostError" | "onSlowEnd" | "onStarted" | "seccomp" | "deviceThread">;
 
 /** Firecracker's instance states (vmm_config/instance_info.rs VmState). */
 export type VmState = "Not started" | "Running" | "Paused";
@@ -112,6 +112,12 @@ export interface VmOptions {
   mmdsSizeLimit?: number;
   /** seccomp filters when the VM starts (MachineConfig.seccomp; off by default in the library). */
   seccomp?: boolean;
+  /**
+   * Where the VM's devices run (MachineConfig.deviceThread): "vm" (the
+   * default) a device thread of its own, "process" the process's device
+   * thread shared with every other such VM (for many VMs in one process).
+   */
+  deviceThread?: "vm" | "process";
 }
 
 /** Vm.create's options: a VM in flint's camelCase, converted to Firecracker's resources. */
@@ -310,9 +316,11 @@ export class Vm extends EventEmitter<VmEvents> {
    */
   warmUp(spec?: FlintMachineSpec): void {
     if (this.machine) return;
-    let planned: { vcpuThreads: number; deviceThreads: number };
+    let planned: { vcpuThreads: number; deviceThreads: number; sharedDevices: boolean };
     try {
       planned = this.resources.plannedThreads(spec);
+      // The devices placed "shared" go to the process's device thread, which is not booted per VM.
+      if (this.options.deviceThread === "process" && planned.sharedDevices) planned.deviceThreads--;
     } catch {
       return; // a configuration that cannot run yet: start() will say why
     }
@@ -558,6 +566,7 @@ export class Vm extends EventEmitter<VmEvents> {
         },
         onStarted: () => this.emit("state", this.state),
         ...(this.options.seccomp ? { seccomp: true } : {}),
+        ...(this.options.deviceThread ? { deviceThread: this.options.deviceThread } : {}),
       });
     } catch (e) {
       this.serialOutput?.destroy();
