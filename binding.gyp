@@ -2,8 +2,9 @@
   "targets": [
     {
       "target_name": "flint_sys",
-      "sources": ["native/flint_sys.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+      "sources": ["native/flint_sys.c", "native/flint_shared_view.cc"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "cflags_cc": ["-std=c++17"]
     },
     {
       "target_name": "flint_jail",

@@ -651,9 +651,15 @@ static napi_value js_madvise(napi_env env, napi_callback_info info) {
   return make_i64(env, r < 0 ? -e : 0);
 }
 
-// view(address, length) -> ArrayBuffer aliasing [address, address+length),
+// flint_shared_view.cc: a SharedArrayBuffer over [addr, addr+len).
+napi_value flint_shared_view(void *addr, size_t len);
+
+// view(address, length) -> SharedArrayBuffer aliasing [address, address+length),
 // which must lie inside a mapping made by mmap (from any thread: mappings are
 // process-wide). No finalizer: the mapping is owned and unmapped by the caller.
+// Shared, not an external ArrayBuffer: V8 counts an external ArrayBuffer's
+// length against its isolate and collects (a full mark-compact) each time a
+// VM's guest RAM is viewed (see flint_shared_view.cc).
 static napi_value js_view(napi_env env, napi_callback_info info) {
   ARGS(2);
   uintptr_t addr;
@@ -663,9 +669,7 @@ static napi_value js_view(napi_env env, napi_callback_info info) {
     fail(env, 1, "view: 0x%llx+%lld is not inside a mapping made by mmap", (unsigned long long)addr, (long long)len);
     return NULL;
   }
-  napi_value ab;
-  CHECK(napi_create_external_arraybuffer(env, (void *)addr, (size_t)len, NULL, NULL, &ab));
-  return ab;
+  return flint_shared_view((void *)addr, (size_t)len);
 }
 
 // --- File descriptors ---------------------------------------------------------

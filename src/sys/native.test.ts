@@ -14,10 +14,11 @@ import { closeSync, fstatSync, ftruncateSync, mkdtempSync, openSync, readFileSyn
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
+import { constants, PerformanceObserver } from "node:perf_hooks";
 import {
   AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, ENAMETOOLONG, FIONREAD, KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_CREATE_VM,
   KVM_GET_DIRTY_LOG, KVM_GET_MSR_INDEX_LIST, KVM_GET_REGS, KVM_GET_SUPPORTED_CPUID, KVM_GET_XSAVE, KVM_GET_XSAVE2,
-  KVM_MEM_LOG_DIRTY_PAGES, KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_NONE, O_CLOEXEC, O_RDWR, POLLIN,
+  KVM_MEM_LOG_DIRTY_PAGES, KVM_SET_MSRS, KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, MADV_NORMAL, MAP_ANONYMOUS, MAP_FIXED, MAP_NORESERVE, MAP_PRIVATE, PROT_NONE, O_CLOEXEC, O_RDWR, POLLIN,
   ENOENT, ENXIO, SEEK_DATA, SEEK_HOLE,
   PROT_READ, PROT_WRITE, SOCK_CLOEXEC, SOCK_STREAM, TUNSETIFF, kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs,
   kvm_regs, kvm_userspace_memory_region, kvm_xsave, pollfd,
@@ -320,6 +321,37 @@ test("view, madvise and munmap only work inside mappings made by mmap", () => {
   }
   rejects(() => sys.view(base, PAGE_SIZE), "view", "not inside a mapping", "view after munmap");
   rejects(() => sys.munmap(base, size), "munmap", "not a mapping", "a second munmap");
+});
+
+test("a view is a SharedArrayBuffer: viewing large mappings over and over starts no full collection for external memory", async () => {
+  // An external ArrayBuffer's length counts as external memory of the isolate, and V8 answers a
+  // view of a VM's RAM with a mark-compact ("external memory pressure"); a shared one is not counted.
+  const size = 256 * 1024 * 1024;
+  const addr = sys.mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  assert.equal(typeof addr, "bigint");
+  const majors: number[] = [];
+  const observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) if (((e as { detail?: { kind?: number } }).detail)?.kind === constants.NODE_PERFORMANCE_GC_MAJOR) majors.push(e.startTime);
+  });
+  observer.observe({ entryTypes: ["gc"] });
+  try {
+    const views: Uint8Array[] = [];
+    for (let i = 0; i < 32; i++) {
+      const ab = sys.view(addr as bigint, size);
+      assert.ok(ab instanceof SharedArrayBuffer);
+      views.push(new Uint8Array(ab));
+      // Let V8 run the collection it scheduled, if it did (as a VM's start does between its steps).
+      await new Promise((r) => setImmediate(r));
+    }
+    views[31]![size - 1] = 9;
+    assert.equal(views[0]![size - 1], 9, "the views alias one mapping");
+    await new Promise((r) => setTimeout(r, 50));
+  } finally {
+    observer.disconnect();
+    assert.equal(sys.munmap(addr as bigint, size), 0);
+  }
+  // 32 views of 256 MiB as external ArrayBuffers gave 5 full collections here.
+  assert.ok(majors.length <= 2, `${majors.length} full collections while viewing 8 GiB`);
 });
 
 test("mmap refuses fixed addresses and lengths that are not whole positive numbers", () => {

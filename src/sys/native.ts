@@ -73,11 +73,13 @@ interface Addon {
   /** madvise(2) on a range inside a mapping made by `mmap`; anything else throws. */
   madvise(address: bigint, length: number, advice: number): number;
   /**
-   * An ArrayBuffer aliasing [address, address+length), which must lie inside a
-   * mapping made by `mmap` (any thread's: mappings are process-wide). It must
-   * not be used after that mapping is unmapped.
+   * A SharedArrayBuffer aliasing [address, address+length), which must lie
+   * inside a mapping made by `mmap` (any thread's: mappings are
+   * process-wide). It must not be used after that mapping is unmapped.
+   * Shared rather than an external ArrayBuffer, which V8 counts against the
+   * isolate and answers with a full collection per view of a VM's RAM.
    */
-  view(address: bigint, length: number): ArrayBuffer;
+  view(address: bigint, length: number): SharedArrayBuffer;
   eventfd(initval: number, flags: number): number;
   /** read(2) of `length` bytes, at most the buffer's byteLength, into its start. */
   read(fd: number, buffer: SysBuffer, length: number): number;
