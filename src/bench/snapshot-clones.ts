@@ -7,9 +7,9 @@
  *   latency  for each guest shape, Full snapshots of a running guest
  *            (snapshot-guest.ts), timed; then clones of the last one, one
  *            at a time (shapes interleaved round by round): Machine.restore + run()
- *            until the guest's counter moves, first warm: vCPU threads and,
- *            for the first shape, KVM VMs made ahead (Machine.keepWarm,
- *            refilled between clones), then cold.
+ *            until the guest's counter moves, first warm: a vCPU thread and
+ *            a KVM VM of the clone's shape made ahead (Machine.keepWarm,
+ *            switched to the next clone's shape between clones), then cold.
  *            Each clone's steps (they add up to its total): restore() to its
  *            memory file being mapped (the state file read and checked),
  *            the mapping, on to the memory's registration with KVM (KVM
@@ -165,17 +165,20 @@ async function latency(flint: Flint, input: SnapshotClonesInput): Promise<Snapsh
     made.push(...snapshots);
   }
   const clones: CloneSample[] = [];
+  // Warm: a vCPU thread and a KVM VM of the next clone's shape made ahead (the pool keeps one shape
+  // at a time, so it is switched before each clone: every shape's clones are timed alike).
+  const warmFor = (snap: (typeof snapshots)[number]) =>
+    flint.Machine.keepWarm({ vcpuThreads: 1, deviceThreads: 0, vms: { cpus: 1, memoryMib: snap.shape.memoryMib, count: 1 } });
   const rounds = async (pool: CloneSample["pool"], n: number) => {
     for (let round = 0; round < n; round++) {
       for (const snap of snapshots) {
+        if (pool === "warm") warmFor(snap);
         await sleep(input.settleMs); // the pool boots the spare taken by the clone before
         clones.push(await cloneOnce(flint, snap, pool));
       }
     }
   };
-  // Warm: threads and VMs made ahead, for the first shape's layout (the others' clones make their own VMs).
-  const first = input.shapes[0]!;
-  flint.Machine.keepWarm({ vcpuThreads: 1, deviceThreads: 0, vms: { cpus: 1, memoryMib: first.memoryMib, count: 1 } });
+  warmFor(snapshots[0]!);
   await sleep(input.settleMs);
   await cloneOnce(flint, snapshots[0]!, "warm"); // uncounted: first use of every code path
   await rounds("warm", input.clones);
