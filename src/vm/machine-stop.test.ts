@@ -11,7 +11,10 @@ import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { MachineResult } from "./machine.js";
+import { Machine, type MachineResult } from "./machine.js";
+import { assemble } from "../kvm/testing/assemble.js";
+import { RING3_LAYOUT } from "../arch/x86_64/ring3.js";
+import { processDeviceThread } from "../devices/virtio/device-thread.js";
 import { virtioSlot } from "../devices/virtio/virtio-set.js";
 import { enterDeviceIo, enterGuestEndsWithStalledConsole, STOP_SCENARIOS, type StopScenario, type StopScenarioRun } from "./testing/stop-scenarios.js";
 
@@ -104,6 +107,33 @@ test("stop() with one device stuck on the shared device thread reports every dev
   // The rng device could not stop: its thread was inside the block device's read(2).
   assert.deepEqual(r.unstoppedDevices, [name("block", 0), name("rng", 1)]);
   assert.equal(readdirSync("/proc/self/fd").length, fdsBefore, "fds left open after the stuck thread ended");
+});
+
+test("on the process's device thread, stop() gives up on a device stuck in a host syscall; once it returns the device's fds close, and the thread serves the next VM", async () => {
+  // A VM that powers off at once, with an rng on the process's device thread: that thread (and its own fds) exists from here on.
+  const poweroff = async () => {
+    const m = Machine.create({
+      cpus: 1, memoryMib: 64, deviceThread: "process", virtioDevices: [{ kind: "rng", options: {} }],
+      boot: { kind: "ring3", program: assemble("mov dx, 0x600\n mov al, 0x34\n out dx, al\n 1: jmp 1b", RING3_LAYOUT.code) },
+    });
+    const r = await m.run();
+    assert.deepEqual(r.reason, { kind: "poweroff" });
+    assert.deepEqual(r.unstoppedDevices, []);
+  };
+  await poweroff();
+  const thread = processDeviceThread();
+  const fdsBefore = readdirSync("/proc/self/fd").length;
+  const run = await enterDeviceIo([], { deviceThread: "process" });
+  run.machine.stop({ kind: "poweroff" });
+  const r = await resultThenRelease(run, "the process's device thread blocked in a syscall");
+  assert.deepEqual(r.reason, { kind: "poweroff" });
+  assert.equal(r.unstoppedDevices.length, 1);
+  assert.match(r.unstoppedDevices[0]!, /^virtio-block@/);
+  // release() waited until the thread let go of the device: its fds are closed, the thread runs on.
+  assert.equal(readdirSync("/proc/self/fd").length, fdsBefore, "fds left open after the stuck device was let go of");
+  assert.equal(processDeviceThread(), thread);
+  assert.equal(thread.gone, false);
+  await poweroff();
 });
 
 test("a VM the guest ends while another vCPU is blocked on a console that stopped reading still ends: the vCPU drops its byte, the output is given up", async () => {

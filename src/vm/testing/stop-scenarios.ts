@@ -143,7 +143,7 @@ const deviceIo: StopScenario = {
  */
 export async function enterDeviceIo(
   alongside: VirtioDeviceConfig[] = [],
-  options: Pick<MachineConfig, "endTimeoutMs" | "onSlowEnd" | "slowEndReportMs" | "pauseTimeoutMs"> = {},
+  options: Pick<MachineConfig, "endTimeoutMs" | "onSlowEnd" | "slowEndReportMs" | "pauseTimeoutMs" | "deviceThread"> = {},
 ): Promise<StopScenarioRun> {
   const dir = mkdtempSync(join(tmpdir(), "flint-stall-"));
   const fifoPath = join(dir, "disk");
