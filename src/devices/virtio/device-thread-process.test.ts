@@ -131,6 +131,29 @@ test("a device cannot join a shared thread that is gone; processDeviceThread() t
   }
 });
 
+test("a VM whose guest floods its device on a shared thread does not keep another VM's devices from joining and being served", async () => {
+  const thread = new DeviceThread("test shared thread", { shared: true });
+  const [a] = await DeviceLoopRig.startShared([{ backendModule: ECHO, backendOptions: { budget: 8 }, name: "flooded" }], thread);
+  try {
+    // A ring of 128 chains kept full: the flooded device always has more than a budget of work.
+    const drv = a!.newDriver(0, { queueSize: 256, heapBytes: 4 << 20 });
+    a!.bringUp({ features: VIRTIO_V1, drivers: [drv] });
+    const heads = Array.from({ length: 128 }, () => drv.addChain({ readable: [new Uint8Array(4096)], writable: [4096] }, false));
+    const flood = await a!.flood(0, { heads });
+    await a!.until(() => flood.added > 1000, "the flood is under way");
+    // Another VM's device joins the busy thread, starts, and is served while the flood goes on.
+    const [b] = await DeviceLoopRig.startShared([{ backendModule: ECHO, name: "joined" }], thread);
+    const w = await send(b!, new TextEncoder().encode("served"), 6);
+    assert.equal(new TextDecoder().decode(w), "served");
+    const added = flood.added;
+    await a!.until(() => flood.added > added, "the flood still goes on");
+    await flood.stop();
+    await b!.stop();
+  } finally {
+    await a!.stop();
+  }
+});
+
 test("a shared thread whose devices all stopped does not keep the process alive", () => {
   // A child process starts a device on the process's device thread, stops it, and returns from its
   // script: it must exit by itself (a ref'd idle worker would keep it running until the timeout).
