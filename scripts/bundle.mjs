@@ -19,7 +19,8 @@ const out = join(dist, "bundle");
 
 /** Bundle file (without .js) → the tsc output it starts from. */
 export const BUNDLE_ENTRIES = {
-  main: "cli/main.js", // the CLI (package.json "bin", ./flint)
+  main: "cli/entry.js", // flint's executable (package.json "bin", ./flint): starts `run`'s threads, then loads cli.js
+  cli: "cli/main.js", // the command line
   index: "index.js", // the library (package.json "exports")
   "vcpu-thread": "vm/vcpu-thread.js",
   "device-thread-worker": "devices/virtio/device-thread-worker.js", // with every built-in backend (backends.ts)

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { test } from "node:test";
 import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
-import { WorkerPool } from "./worker-pool.js";
+import { startEarlyWorkers, WorkerPool } from "./worker-pool.js";
 
 const ECHO = new URL("./testing/init-echo-worker.js", import.meta.url);
 
@@ -54,4 +54,26 @@ test("prestart boots spares for the next jobs once: each is taken with its init,
   assert.equal(pool.spareCount, 0);
   assert.deepEqual(await Promise.all([initOf(a), initOf(b)]), [{ job: "a" }, { job: "b" }]);
   assert.throws(() => pool.prestart(65), RangeError);
+});
+
+test("prestart adopts the workers an entry point started early for its script, and boots only the rest", async () => {
+  const script = new URL("./testing/init-echo-worker.js?early", import.meta.url);
+  startEarlyWorkers(script, 2);
+  const early = (globalThis as unknown as Record<symbol, Map<string, Worker[]>>)[Symbol.for("flint.earlyWorkers")]!.get(script.href)!;
+  const started = [...early];
+  assert.equal(started.length, 2);
+  const pool = WorkerPool.for(script);
+  pool.prestart(3);
+  assert.equal(pool.spareCount, 3);
+  assert.equal(early.length, 0, "both early workers were adopted");
+  // The pool hands out the early workers first, each with its init.
+  for (const [i, w] of started.entries()) {
+    const taken = pool.take({ job: `early ${i}` });
+    assert.equal(taken, w);
+    assert.deepEqual(await initOf(taken), { job: `early ${i}` });
+  }
+  const booted = pool.take({ job: "booted" });
+  assert.ok(!started.includes(booted));
+  assert.deepEqual(await initOf(booted), { job: "booted" });
+  assert.throws(() => startEarlyWorkers(script, 65), RangeError);
 });

@@ -17,6 +17,46 @@ interface InitMessage {
   flintWorkerInit: unknown;
 }
 
+/**
+ * Workers an entry point started before flint's modules were loaded
+ * (startEarlyWorkers), by script href, for WorkerPool.prestart to adopt. On
+ * globalThis: the entry and the CLI are separate bundles, each with its own
+ * copy of this module.
+ */
+const EARLY_WORKERS = Symbol.for("flint.earlyWorkers");
+type EarlyWorkers = Map<string, Worker[]>;
+
+function earlyWorkers(): EarlyWorkers {
+  const g = globalThis as { [EARLY_WORKERS]?: EarlyWorkers };
+  return (g[EARLY_WORKERS] ??= new Map());
+}
+
+/**
+ * Boots `count` (0..64) workers of `script` now, from an entry point that is
+ * about to load the rest of flint (cli/entry.ts): they boot on other cores
+ * while the loading takes the main thread, and the first prestart of that
+ * script's pool adopts them as spares. Unref'd: one never adopted only costs
+ * its idle isolate.
+ */
+export function startEarlyWorkers(script: URL, count: number): void {
+  if (!Number.isInteger(count) || count < 0 || count > 64) throw new RangeError(`Cannot start ${count} early workers: 0 to 64`);
+  const map = earlyWorkers();
+  const list = map.get(script.href) ?? [];
+  map.set(script.href, list);
+  for (let i = 0; i < count; i++) {
+    const w = new Worker(script, { workerData: undefined });
+    w.unref();
+    // One that fails before it is adopted is dropped (the pool then boots its own).
+    const drop = () => {
+      const at = list.indexOf(w);
+      if (at >= 0) list.splice(at, 1);
+    };
+    w.once("error", drop);
+    w.once("exit", drop);
+    list.push(w);
+  }
+}
+
 /** How long after a spare is taken its replacement starts booting (WorkerPool.scheduleRefill). */
 export const REFILL_DELAY_MS = 50;
 
@@ -47,12 +87,17 @@ export class WorkerPool {
   /**
    * Boots `count` (0..64) more spares now, for a job the caller is about to
    * start (the CLI, before it builds its VM): their boot overlaps the
-   * caller's own set-up. Unlike keepSpares, a spare taken is not replaced,
-   * and one never taken only costs its idle isolate (it is unref'd).
+   * caller's own set-up. Workers of this script an entry point started
+   * early (startEarlyWorkers) count first: they are adopted, and only the
+   * rest are booted. Unlike keepSpares, a spare taken is not replaced, and
+   * one never taken only costs its idle isolate (it is unref'd).
    */
   prestart(count: number): void {
     if (!Number.isInteger(count) || count < 0 || count > 64) throw new RangeError(`Cannot prestart ${count} workers: 0 to 64`);
-    for (let i = 0; i < count; i++) this.boot();
+    const early = earlyWorkers().get(this.script.href) ?? [];
+    const adopted = early.splice(0, count);
+    for (const w of adopted) this.add(w);
+    for (let i = adopted.length; i < count; i++) this.boot();
   }
 
   /** Spares booted or booting now. */
@@ -92,6 +137,11 @@ export class WorkerPool {
   private boot(): void {
     const w = new Worker(this.script, { workerData: undefined });
     w.unref();
+    this.add(w);
+  }
+
+  /** Makes `w` (booting or booted, unref'd, waiting for its init) a spare. */
+  private add(w: Worker): void {
     // A spare that dies while idle (it should not) is simply dropped.
     const drop = () => {
       const i = this.spares.indexOf(w);
