@@ -204,7 +204,8 @@ function buildProgram(asFirecracker: boolean): Command {
       if (cmd.args.length > 0) cmd.error(`error: unexpected argument '${cmd.args[0]}' (the monitor's flags go after --)`);
       const { runJail } = await import("../jail/jail.js");
       const { fileURLToPath } = await import("node:url");
-      runJail(o, monitorArgsAfterDashes, fileURLToPath(import.meta.url));
+      // flint's own executable (the entry, cli/entry.ts), from dist/cli/ and from dist/bundle/ alike.
+      runJail(o, monitorArgsAfterDashes, fileURLToPath(new URL("../bundle/main.js", import.meta.url)));
     });
 
   program
