@@ -67,6 +67,8 @@ const shared = init.shared;
 /** Batches read from the shared channel, for the loop's caller to start (see loop()). */
 const arrived: DeviceBatch[] = [];
 const drained = new Uint8Array(8);
+/** The thread's own seccomp filter is on (after its first batch). */
+let seccompInstalled = false;
 
 /**
  * Creates a batch's devices, in order, and answers "ready" with how each
@@ -112,7 +114,6 @@ async function startBatch(batch: DeviceBatch): Promise<void> {
   }
   post({ type: "ready", batch: batch.batch, devices: results });
 }
-let seccompInstalled = false;
 
 /** The poll set: struct pollfd[] over every running device's fds (after the shared channel's, if any), and who owns each slot. */
 let pollBuf = new Uint8Array(0);
