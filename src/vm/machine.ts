@@ -46,7 +46,7 @@ import { WorkerPool } from "../sys/worker-pool.js";
 import { WarmVms, type WarmVm, type WarmVmShape } from "./warm-vms.js";
 import { installProcessSeccomp, processSeccompAction, seccompDefaultFromEnv } from "../seccomp/index.js";
 import { BLOCK_REQUEST_UPDATE_BACKING, type BlockOptions } from "../devices/virtio/block.js";
-import { DEVICE_THREAD_POOL, processDeviceThread } from "../devices/virtio/device-thread.js";
+import { DEVICE_THREAD_POOL } from "../devices/virtio/device-thread.js";
 import { waitForChange } from "../devices/shared-lock.js";
 import { CONTROL_PARKED, claimExit, createControl, parkedCount, requestPause } from "./control.js";
 import { createDeviceSet, type HostDevices } from "./device-set.js";
@@ -601,7 +601,7 @@ export class Machine {
         onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
         onHostError: config.onHostError,
         cmdlineWindows: announce.cmdline === "second-window",
-        ...(config.deviceThread === "process" ? { sharedThread: processDeviceThread() } : {}),
+        deviceThread: config.deviceThread,
       });
       const host = createDeviceSet({ debugExit: config.debugExit, virtio: virtio.describe() });
       const acpi = config.boot.kind === "linux" && (config.boot.acpi ?? true);
@@ -726,7 +726,7 @@ export class Machine {
         onGuestFault: (device, message, count) => (machine ? machine.fault(device, message, count) : config.onGuestFault?.(device, message)),
         onHostError: config.onHostError,
         cmdlineWindows: snapshot.virtio.cmdlineWindows,
-        ...(config.deviceThread === "process" ? { sharedThread: processDeviceThread() } : {}),
+        deviceThread: config.deviceThread,
       });
       const host = createDeviceSet({ debugExit: snapshot.debugExit, virtio: virtio.describe() });
       // Every vCPU first, then the irqchip, PIT and clock (Firecracker's order; vm-state.ts says why).

@@ -113,10 +113,8 @@ export class VmResources {
    * source is set too.
    */
   plannedThreads(spec: FlintMachineSpec = toFlintMachine(this.toConfig(), WHAT)): { vcpuThreads: number; deviceThreads: number; sharedDevices: boolean } {
-    return {
-      vcpuThreads: spec.cpus, deviceThreads: devicePlacement(spec.virtioDevices).threads,
-      sharedDevices: spec.virtioDevices.some((d) => d.thread !== "own"),
-    };
+    const placement = devicePlacement(spec.virtioDevices);
+    return { vcpuThreads: spec.cpus, deviceThreads: placement.threads, sharedDevices: placement.shared !== undefined };
   }
 
   /** What Machine.create needs; throws ConfigError if there is no boot source yet. */

@@ -232,9 +232,10 @@ for (const thread of ["shared", "own"] as const) {
 }
 
 test("devices share one device thread unless placed on their own", () => {
-  assert.deepEqual(devicePlacement([]), { threadOf: [], threads: 0 });
-  assert.deepEqual(devicePlacement([{}, { thread: "shared" }, {}]), { threadOf: [0, 0, 0], threads: 1 });
-  assert.deepEqual(devicePlacement([{ thread: "own" }, {}, { thread: "own" }, {}]), { threadOf: [0, 1, 2, 1], threads: 3 });
+  assert.deepEqual(devicePlacement([]), { threadOf: [], threads: 0, shared: undefined });
+  assert.deepEqual(devicePlacement([{}, { thread: "shared" }, {}]), { threadOf: [0, 0, 0], threads: 1, shared: 0 });
+  assert.deepEqual(devicePlacement([{ thread: "own" }, {}, { thread: "own" }, {}]), { threadOf: [0, 1, 2, 1], threads: 3, shared: 1 });
+  assert.deepEqual(devicePlacement([{ thread: "own" }, { thread: "own" }]), { threadOf: [0, 1], threads: 2, shared: undefined });
 });
 
 test("a device placed on its own thread runs there, and the shared thread carries the others", async () => {

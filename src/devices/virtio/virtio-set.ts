@@ -71,7 +71,7 @@ import {
   checkVirtioDeviceSavedState, VIRTIO_SAVED_STATE_VERSION, type VirtioDeviceSavedState, VirtioSavedStateError,
 } from "./device-saved-state.js";
 import {
-  DeviceThread, VirtioDeviceHandle, type VirtioDeviceStats, type VirtioTransportDescriptor as DeviceThreadDescriptor,
+  DeviceThread, processDeviceThread, VirtioDeviceHandle, type VirtioDeviceStats, type VirtioTransportDescriptor as DeviceThreadDescriptor,
 } from "./device-thread.js";
 import { VirtioMmioTransport } from "./mmio.js";
 
@@ -108,16 +108,19 @@ export type DeviceThreadPlacement = "shared" | "own";
  * device runs on. Every device placed "shared" (the default) is on one
  * thread, so a VM costs one worker isolate for all its devices (issue 10);
  * each device placed "own" has one to itself. Threads are numbered in the
- * order of their first device.
+ * order of their first device; `shared` is the number of the one the devices
+ * placed "shared" use (undefined when every device has its own).
  */
-export function devicePlacement(configs: readonly Pick<VirtioDeviceConfig, "thread">[]): { threadOf: number[]; threads: number } {
-  let shared = -1, threads = 0;
+export function devicePlacement(
+  configs: readonly Pick<VirtioDeviceConfig, "thread">[],
+): { threadOf: number[]; threads: number; shared: number | undefined } {
+  let shared: number | undefined, threads = 0;
   const threadOf = configs.map((c) => {
     if (c.thread === "own") return threads++;
-    if (shared < 0) shared = threads++;
+    shared ??= threads++;
     return shared;
   });
-  return { threadOf, threads };
+  return { threadOf, threads, shared };
 }
 
 /** Most virtio devices a VM can have: one GSI each, two windows each below the IOAPIC. */
@@ -208,10 +211,11 @@ export interface VirtioSetHooks {
   /** Give each device its command-line window too (announcement "second-window"). */
   cmdlineWindows?: boolean;
   /**
-   * Run the devices placed "shared" on this thread (a shared one:
-   * processDeviceThread) instead of a device thread of the set's own.
+   * Where the devices placed "shared" run (MachineConfig.deviceThread): a
+   * device thread of the set's own ("vm", the default), or the process's
+   * (processDeviceThread).
    */
-  sharedThread?: DeviceThread;
+  deviceThread?: "vm" | "process";
 }
 
 /**
@@ -233,7 +237,7 @@ export function checkVirtioSavedStates(configs: readonly Pick<VirtioDeviceConfig
 /** The main thread's side of all virtio devices. */
 export class VirtioSet {
   readonly devices: readonly VirtioDeviceHandle[];
-  /** The device threads (devicePlacement): by default one for every device (hooks.sharedThread for those, when given). */
+  /** The device threads (devicePlacement): by default one for every device (the process's for those, with hooks.deviceThread "process"). */
   readonly threads: readonly DeviceThread[];
   /** Each device's kind, in the same order. */
   readonly kinds: readonly VirtioDeviceKind[];
@@ -255,9 +259,8 @@ export class VirtioSet {
     }
     const devices: VirtioDeviceHandle[] = [];
     const placement = devicePlacement(configs);
-    const sharedIndex = placement.threadOf[configs.findIndex((c) => c.thread !== "own")];
     const threads = Array.from({ length: placement.threads }, (_, t) =>
-      (t === sharedIndex && hooks.sharedThread) || new DeviceThread(`virtio device thread ${t}`));
+      t === placement.shared && hooks.deviceThread === "process" ? processDeviceThread() : new DeviceThread(`virtio device thread ${t}`));
     try {
       configs.forEach((c, i) => {
         const { mmioBase, gsi } = virtioSlot(i);
