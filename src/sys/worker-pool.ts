@@ -26,6 +26,18 @@ interface InitMessage {
 const EARLY_WORKERS = Symbol.for("flint.earlyWorkers");
 type EarlyWorkers = Map<string, Worker[]>;
 
+/** Throws RangeError ("Cannot <verb> <count> <workers>: 0 to 64") unless `count` is a whole number from 0 to 64. */
+function checkCount(count: number, verb: string, workers: string): void {
+  if (!Number.isInteger(count) || count < 0 || count > 64) throw new RangeError(`Cannot ${verb} ${count} ${workers}: 0 to 64`);
+}
+
+/** A worker running `script` that waits for its init (workerInit), unref'd: an idle spare never keeps the process alive. */
+function bootIdle(script: URL): Worker {
+  const w = new Worker(script, { workerData: undefined });
+  w.unref();
+  return w;
+}
+
 function earlyWorkers(): EarlyWorkers {
   const g = globalThis as { [EARLY_WORKERS]?: EarlyWorkers };
   return (g[EARLY_WORKERS] ??= new Map());
@@ -39,13 +51,12 @@ function earlyWorkers(): EarlyWorkers {
  * its idle isolate.
  */
 export function startEarlyWorkers(script: URL, count: number): void {
-  if (!Number.isInteger(count) || count < 0 || count > 64) throw new RangeError(`Cannot start ${count} early workers: 0 to 64`);
+  checkCount(count, "start", "early workers");
   const map = earlyWorkers();
   const list = map.get(script.href) ?? [];
   map.set(script.href, list);
   for (let i = 0; i < count; i++) {
-    const w = new Worker(script, { workerData: undefined });
-    w.unref();
+    const w = bootIdle(script);
     // One that fails before it is adopted is dropped (the pool then boots its own).
     const drop = () => {
       const at = list.indexOf(w);
@@ -78,7 +89,7 @@ export class WorkerPool {
 
   /** Keeps `count` (0..64) booted workers waiting; 0 ends the idle ones. */
   keepSpares(count: number): void {
-    if (!Number.isInteger(count) || count < 0 || count > 64) throw new RangeError(`Cannot keep ${count} spare workers: 0 to 64`);
+    checkCount(count, "keep", "spare workers");
     this.target = count;
     while (this.spares.length > count) void this.spares.pop()!.terminate();
     this.refill();
@@ -93,7 +104,7 @@ export class WorkerPool {
    * one never taken only costs its idle isolate (it is unref'd).
    */
   prestart(count: number): void {
-    if (!Number.isInteger(count) || count < 0 || count > 64) throw new RangeError(`Cannot prestart ${count} workers: 0 to 64`);
+    checkCount(count, "prestart", "workers");
     const early = earlyWorkers().get(this.script.href) ?? [];
     const adopted = early.splice(0, count);
     for (const w of adopted) this.add(w);
@@ -135,9 +146,7 @@ export class WorkerPool {
   }
 
   private boot(): void {
-    const w = new Worker(this.script, { workerData: undefined });
-    w.unref();
-    this.add(w);
+    this.add(bootIdle(this.script));
   }
 
   /** Makes `w` (booting or booted, unref'd, waiting for its init) a spare. */
