@@ -146,6 +146,9 @@ describe("flint jail on this host (inside unshare -m, chroot base under /tmp)", 
     for (let i = 0; i < 100 && !existsSync(join(droot, "flint.pid")); i++) await sleep(50);
     const pid = Number(readFileSync(join(droot, "flint.pid"), "utf8"));
     try {
+      // The helper writes the pid file before it drops privileges and execs: look once it runs node.
+      const exe = () => { try { return readlinkSync(`/proc/${pid}/exe`); } catch { return ""; } };
+      for (let i = 0; i < 100 && !/node$/.test(exe()); i++) await sleep(20);
       assert.equal(statusField(pid, "Uid"), [UID, UID, UID, UID].join(","));
       assert.notEqual(statusField(pid, "NSsid"), String(process.pid));
       for (const fd of [0, 1, 2]) assert.equal(readlinkSync(`/proc/${pid}/fd/${fd}`), "/dev/null");
