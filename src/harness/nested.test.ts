@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { describeNestedRun, NestedError, outerKernelLockup, runNested, unrequestedTripleFault, type NestedResult } from "./nested.js";
+import { describeNestedRun, guestStall, NestedError, outerKernelLockup, retryReason, runNested, unrequestedTripleFault, type NestedResult } from "./nested.js";
 
 /** Generous: a round trip is ~10-20 s alone, several times that when other TCG VMs share the 2 cores. */
 const TIMEOUT_MS = 180_000;
@@ -154,6 +154,30 @@ describe("unrequestedTripleFault", () => {
     assert.equal(unrequestedTripleFault("flint: the guest reset the VM (i8042 keyboard-controller reset)\n"), undefined);
     assert.equal(unrequestedTripleFault("flint-e2e: exit=reset/i8042\n"), undefined);
     assert.equal(unrequestedTripleFault("flint-guest: booted\n"), undefined);
+  });
+});
+
+describe("guestStall", () => {
+  it("finds a client's report of a guest stopped in its early boot, and nothing in a clean report", () => {
+    assert.equal(guestStall('flint-e2e: running=1\nflint-e2e: guest_stalled="[    0.0546] setup_percpu: NR_CPUS:64"\n'), 'flint-e2e: guest_stalled="[    0.0546] setup_percpu: NR_CPUS:64"');
+    assert.equal(guestStall("flint-e2e: running=1\nflint-e2e: ready=1\n"), undefined);
+  });
+
+  it("makes a run that ended in time another outer VM's work, once per attempt, naming the file", () => {
+    const dir = mkdtempSync(join(tmpdir(), "flint-nested-stall-"));
+    try {
+      const report = join(dir, "report.txt");
+      writeFileSync(report, 'flint-e2e: running=1\nflint-e2e: guest_stalled="[    0.02] ACPI: Early table"\n');
+      const ended: NestedResult = { exitCode: 0, output: "", durationMs: 1, timedOut: false, frozen: false, attempts: 1, serial: "", shareDir: dir };
+      assert.equal(retryReason(ended, { command: "true", timeoutMs: 1, retryOnGuestCrash: [report] }, 1),
+        'a guest stalled in its early boot in the first (report.txt: flint-e2e: guest_stalled="[    0.02] ACPI: Early table")');
+      // Only for runs that list the file; a clean report is no reason.
+      assert.equal(retryReason(ended, { command: "true", timeoutMs: 1 }, 1), undefined);
+      writeFileSync(report, "flint-e2e: running=1\nflint-e2e: ready=1\n");
+      assert.equal(retryReason(ended, { command: "true", timeoutMs: 1, retryOnGuestCrash: [report] }, 1), undefined);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

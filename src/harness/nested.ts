@@ -23,7 +23,7 @@
  *   /ctl             the run's control directory (9p "flintctl", outside the chroot)
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { cachedDirectory, cacheKey } from "../guest/cache.js";
@@ -137,8 +137,10 @@ export interface NestedOptions {
    * died in a triple fault it did not ask for ({@link unrequestedTripleFault}),
    * the run is made once more in a fresh outer VM, after `retryAfterTimeout`
    * (the clean-up) is called. The outer VM's emulated SVM kills nested guests
-   * now and then, under QEMU's microvm as under flint (README, Tests);
-   * a guest that dies twice, or in any other way, fails the test. A run whose
+   * now and then, under QEMU's microvm as under flint (README, Tests), or
+   * stops it in its early boot, which a client reports as
+   * `flint-e2e: guest_stalled=` ({@link guestStall}); that is made again the
+   * same way. A guest that dies twice, or in any other way, fails the test. A run whose
    * outer VM's kernel reported a lockup ({@link outerKernelLockup}) is made
    * again too: its nested guests stop with it.
    */
@@ -299,7 +301,10 @@ function commandScript(command: string, cwd: string, env: Record<string, string>
  * Boots the outer VM, runs `command` inside, and resolves when QEMU has
  * exited (or was killed at `timeoutMs`). Rejects only when the harness itself
  * cannot run (QEMU missing, bad options, kernel unavailable); a command or
- * guest failure is reported in the result. Prints nothing.
+ * guest failure is reported in the result. Prints nothing; with
+ * FLINT_NESTED_TIMES=FILE in the environment it appends each outer VM's time
+ * (ms, the test file, the command's start) and each retry's reason to FILE,
+ * which shows where a CI run's time went.
  */
 export async function runNested(options: NestedOptions): Promise<NestedResult> {
   const reasons: string[] = [];
@@ -308,6 +313,7 @@ export async function runNested(options: NestedOptions): Promise<NestedResult> {
     const why = attempt < MAX_ATTEMPTS ? retryReason(result, options, attempt) : undefined;
     if (why === undefined) return { ...result, attempts: attempt, ...(reasons.length > 0 ? { retryReason: reasons.join(", and ") } : {}) };
     reasons.push(why);
+    if (process.env.FLINT_NESTED_TIMES) appendFileSync(process.env.FLINT_NESTED_TIMES, `retry: ${why}\n`);
     options.retryAfterTimeout?.();
   }
 }
@@ -324,7 +330,7 @@ const MAX_ATTEMPTS = 3;
 const ORDINAL = ["first", "second", "third"] as const;
 
 /** Why `result` (the outer VM numbered `attempt`) should be run again, or undefined. */
-function retryReason(result: NestedResult, options: NestedOptions, attempt: number): string | undefined {
+export function retryReason(result: NestedResult, options: NestedOptions, attempt: number): string | undefined {
   const nth = ORDINAL[attempt - 1]!;
   if (result.timedOut) {
     // A frozen outer VM ran nothing for its last FROZEN_AFTER_MS: always worth another one.
@@ -336,8 +342,11 @@ function retryReason(result: NestedResult, options: NestedOptions, attempt: numb
   const stuck = outerKernelLockup(result.serial);
   if (stuck !== undefined) return `the ${nth} one's kernel reported "${stuck}"`;
   for (const file of options.retryOnGuestCrash) {
-    const crash = existsSync(file) ? unrequestedTripleFault(readFileSync(file, "utf8")) : undefined;
+    const text = existsSync(file) ? readFileSync(file, "utf8") : "";
+    const crash = unrequestedTripleFault(text);
     if (crash !== undefined) return `a guest died in the ${nth} (${file.split("/").pop()}: ${crash})`;
+    const stall = guestStall(text);
+    if (stall !== undefined) return `a guest stalled in its early boot in the ${nth} (${file.split("/").pop()}: ${stall})`;
   }
   // QEMU exited (the outer VM powered off or reset) before /init wrote the command's status.
   if (result.exitCode < 0 && !result.serial.includes(`${NESTED_REPORT_PREFIX} setup failed`)) return `the ${nth} ended without the command's exit status`;
@@ -365,6 +374,14 @@ const TRIPLE_FAULT_REPORT = /flint: the guest reset the VM \(triple fault\)[^\n]
 
 /** What Linux prints (at KERN_EMERG, so even with `quiet`) when it restarts on purpose, reboot=t included. */
 const REQUESTED_RESTART = /reboot: (Restarting system|machine restart)/;
+
+/** How an end-to-end client reports a guest whose console stopped in its early boot (waitForConsole in client-flows.ts). */
+const GUEST_STALL_REPORT = /flint-e2e: guest_stalled=[^\n]*/;
+
+/** The report of a guest that stalled in its early boot in `text`, or undefined. */
+export function guestStall(text: string): string | undefined {
+  return GUEST_STALL_REPORT.exec(text)?.[0];
+}
 
 /**
  * The report of a guest reset by triple fault in `text` (flint's output and
@@ -433,6 +450,7 @@ async function runNestedOnce(options: NestedOptions): Promise<NestedResult> {
       options.onSerial,
     );
     const durationMs = Math.round(performance.now() - started);
+    if (process.env.FLINT_NESTED_TIMES) appendFileSync(process.env.FLINT_NESTED_TIMES, `${durationMs} ${process.argv[1]} ${options.command.slice(0, 100).replace(/\n/g, " ")}\n`);
 
     const exitFile = join(controlDir, "exit-code");
     const exitText = existsSync(exitFile) ? readFileSync(exitFile, "utf8").trim() : "";

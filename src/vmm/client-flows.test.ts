@@ -66,7 +66,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
-import { base32NoPadding, ClientSession, installFirecrackerBinary, pollUntil, sleep, startVmm, waitExit, type VmmProcess } from "./testing/client-flows.js";
+import { base32NoPadding, ClientSession, installFirecrackerBinary, lastKernelUptime, pollUntil, sleep, startVmm, waitExit, waitForConsole, type VmmProcess } from "./testing/client-flows.js";
 import { goSdkDeadlineMs, goSdkStart, goSdkStopVmm, type GoSdkConfig } from "./testing/go-sdk.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-flows-"));
@@ -456,6 +456,36 @@ describe("firecracker-python (MicroVM)", () => {
     } finally {
       s.close();
       await destroy(vmm);
+    }
+  });
+});
+
+describe("waitForConsole", () => {
+  /** A VMM that never exits, whose console is whatever `text()` says now. */
+  const fake = (text: () => string): VmmProcess => ({
+    child: undefined as never, pid: 0, stdout: text, stderr: () => "", exited: new Promise(() => {}), hasExited: () => false,
+  });
+  const early = "Linux version 6.1\n[    0.000000] BIOS-e820: usable\n[    0.054604] setup_percpu: NR_CPUS:64 nr_";
+
+  it("reads the guest's uptime from its last kernel line", () => {
+    assert.equal(lastKernelUptime(early), 0.054604);
+    assert.equal(lastKernelUptime("[   12.5] a\nflint-guest: booted\n"), 12.5);
+    assert.equal(lastKernelUptime("flint-guest: booted\n"), undefined);
+  });
+
+  it("finds the marker; calls a console still in early boot stalled, and one still later only a time-out", async () => {
+    assert.equal(await waitForConsole(fake(() => `${early}\nflint-e2e: ready=1\n`), "ready=1", { limitMs: 5000, stallMs: 200 }), "found");
+    assert.equal(await waitForConsole(fake(() => early), "ready=1", { limitMs: 5000, stallMs: 300 }), "stalled");
+    assert.equal(await waitForConsole(fake(() => "[    3.1] virtio_blk virtio0: [vda]\n"), "ready=1", { limitMs: 800, stallMs: 200 }), "timeout");
+  });
+
+  it("does not call a console that keeps growing stalled", async () => {
+    let text = early;
+    const timer = setInterval(() => { text += "x"; }, 50);
+    try {
+      assert.equal(await waitForConsole(fake(() => text), "ready=1", { limitMs: 1000, stallMs: 300 }), "timeout");
+    } finally {
+      clearInterval(timer);
     }
   });
 });

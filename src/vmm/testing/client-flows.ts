@@ -227,6 +227,36 @@ export async function pollUntil(vmm: VmmProcess, everyMs: number, limitMs: numbe
   return false;
 }
 
+/** The guest's uptime in its last kernel console line ("[    0.054604] ..."), or undefined when there is none. */
+export function lastKernelUptime(console: string): number | undefined {
+  const all = [...console.matchAll(/^\[\s*(\d+\.\d+)\]/gm)];
+  return all.length === 0 ? undefined : Number(all[all.length - 1]![1]);
+}
+
+/**
+ * Waits up to `limitMs` for `marker` on the VMM's stdout (the guest's
+ * console). "stalled" when the console stopped growing for `stallMs` while
+ * the guest was still in its kernel's first `earlyBootS` seconds: the nested
+ * harness's emulated machine has been seen to hang or reset a guest there
+ * (setup_arch, setup_percpu; a few of a CI run's outer VMs), while flint
+ * only serves the console's port I/O; the harness runs such a run again
+ * (`flint-e2e: guest_stalled=`, nested.ts). A guest that stops later, or
+ * a VMM that exits, is not a stall.
+ */
+export async function waitForConsole(vmm: VmmProcess, marker: string, o: { limitMs: number; stallMs?: number; earlyBootS?: number }): Promise<"found" | "stalled" | "timeout"> {
+  const stallMs = o.stallMs ?? 60_000, earlyBootS = o.earlyBootS ?? 0.5;
+  let seen = -1, since = Date.now(), stalled = false;
+  const found = await pollUntil(vmm, 100, o.limitMs, async () => {
+    const text = vmm.stdout();
+    if (text.includes(marker)) return true;
+    if (text.length !== seen) { seen = text.length; since = Date.now(); return false; }
+    const uptime = lastKernelUptime(text);
+    stalled = Date.now() - since >= stallMs && uptime !== undefined && uptime < earlyBootS;
+    return stalled;
+  });
+  return found && !stalled ? "found" : stalled ? "stalled" : "timeout";
+}
+
 /**
  * Waits up to `limitMs` for the process to end on its own (hang catcher);
  * returns how it ended, or undefined when it had not.
