@@ -3,6 +3,7 @@
  * the legacy devices, driven by ring-3 guest programs on this host's KVM.
  */
 import assert from "node:assert/strict";
+import { readdirSync } from "node:fs";
 import { Writable } from "node:stream";
 import { test } from "node:test";
 import { assemble } from "../kvm/testing/assemble.js";
@@ -249,6 +250,34 @@ test("console input reaches the guest through the UART receive path", async () =
   const r = await running;
   assert.deepEqual(r.reason, { kind: "poweroff" });
   assert.equal(out.text(), "HELLO, FLINT\n");
+});
+
+test("prestart's bare KVM VM is made in the next turn, taken by the next VM that makes its own, which runs; a vCPU count the host cannot run still fails (ECPUS) and closes it", async () => {
+  const fds = () => readdirSync("/proc/self/fd").length;
+  const nextTurn = () => new Promise((r) => setImmediate(r));
+  Machine.prestart({ vcpuThreads: 0, deviceThreads: 0, kvmVm: true });
+  assert.equal(Machine.spareKvmVm, false, "not made in the caller's turn");
+  await nextTurn();
+  assert.equal(Machine.spareKvmVm, true);
+  const out = collector();
+  const m = Machine.create({ cpus: 2, memoryMib: 64, boot: { kind: "ring3", program: printInTurn(2) }, consoleOutput: out.stream });
+  assert.equal(Machine.spareKvmVm, false, "taken");
+  assert.deepEqual((await m.run()).reason, { kind: "poweroff" });
+  assert.equal(out.text(), "cpu0\ncpu1\n");
+
+  const before = fds();
+  Machine.prestart({ vcpuThreads: 0, deviceThreads: 0, kvmVm: true });
+  await nextTurn();
+  assert.equal(fds(), before + 2, "/dev/kvm and the VM");
+  assert.throws(() => Machine.create({ cpus: 100_000, memoryMib: 64, boot: { kind: "ring3", program: printInTurn(2) } }), (e: Error & { code?: string }) => e.code === "ECPUS");
+  assert.equal(Machine.spareKvmVm, false);
+  assert.equal(fds(), before, "the spare's fds closed");
+  // A request taken by a VM made in the same turn makes nothing later.
+  Machine.prestart({ vcpuThreads: 0, deviceThreads: 0, kvmVm: true });
+  const n = Machine.create({ cpus: 1, memoryMib: 64, boot: { kind: "ring3", program: ring3("mov al, 0xfe\n out 0x64, al\n 1: jmp 1b") } });
+  await nextTurn();
+  assert.equal(Machine.spareKvmVm, false);
+  assert.deepEqual((await n.run()).reason, { kind: "reset", source: "i8042" });
 });
 
 test("a new VM takes a VM made ahead (keepWarm's vms) of its shape and runs in fresh memory; dirty tracking or another shape makes its own", async () => {

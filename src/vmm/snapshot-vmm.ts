@@ -9,7 +9,7 @@ import type { SnapshotLoadSchema, VmConfig } from "../config/schema.js";
 import type * as z from "zod/mini";
 import type { VirtioDeviceConfig } from "../devices/virtio/virtio-set.js";
 import type { NetOptions } from "../devices/virtio/net.js";
-import { readMachineSnapshot } from "../vm/machine-snapshot.js";
+import { readMachineSnapshot, type MachineSnapshot } from "../vm/machine-snapshot.js";
 
 /** PUT /snapshot/load's body. */
 export type SnapshotLoad = z.infer<typeof SnapshotLoadSchema>;
@@ -33,10 +33,11 @@ export class SnapshotOverrideError extends Error {
 
 /**
  * Reads the API's part of a snapshot and its virtio device configurations
- * (the state file's checks: SnapshotError). A snapshot written by the
+ * (the state file's checks: SnapshotError), and the whole snapshot, for
+ * Machine.restore not to read it again. A snapshot written by the
  * library without the API has no API part: its devices then have no ids.
  */
-export function readSavedVmm(statePath: string): SavedVmm & { virtioDevices: VirtioDeviceConfig[] } {
+export function readSavedVmm(statePath: string): SavedVmm & { virtioDevices: VirtioDeviceConfig[]; snapshot: MachineSnapshot } {
   const { snapshot } = readMachineSnapshot(statePath);
   const virtioDevices = snapshot.virtio.configs.map((c) => ({ ...c, backendModule: c.backendModule !== undefined ? new URL(c.backendModule) : undefined }));
   const vmm = snapshot.vmm as Partial<SavedVmm> | undefined;
@@ -45,6 +46,7 @@ export function readSavedVmm(statePath: string): SavedVmm & { virtioDevices: Vir
     config: vmm?.config as VmConfig,
     deviceIds: virtioDevices.map((_, i) => (typeof ids[i] === "string" ? ids[i] : undefined)),
     virtioDevices,
+    snapshot,
   };
 }
 

@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
 import { rebaseMemoryFile } from "../snapshot/memory-file.js";
+import { Machine } from "../vm/machine.js";
 import { Vm, VmError } from "./vm.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-vm-snap-"));
@@ -59,8 +60,13 @@ test("PUT /snapshot/create needs a started, paused VM; the snapshot loads in a n
   await paused.kill();
 
   // The deprecated mem_file_path form, resumed at once.
+  // As an idle `firecracker --api-sock` process: warmed up, it makes a bare KVM VM ahead, which the load takes.
   const running = new Vm();
+  running.warmUp();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(Machine.spareKvmVm, true, "a KVM VM made ahead");
   await running.loadSnapshot({ snapshot_path: files.snapshot_path, mem_file_path: files.mem_file_path, resume_vm: true });
+  assert.equal(Machine.spareKvmVm, false, "taken by the load");
   assert.equal(running.state, "Running");
   const end = await running.kill();
   assert.equal(end?.reason.kind, "poweroff");

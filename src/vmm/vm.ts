@@ -310,12 +310,18 @@ export class Vm extends EventEmitter<VmEvents> {
   /**
    * Boots, ahead of InstanceStart, the vCPU and device threads the
    * configuration so far needs and that are not booting yet (each an idle
-   * isolate until the VM takes it): a VM configured over the API then starts
-   * on threads that are ready. The API server calls it after each pre-boot
+   * isolate until the VM takes it), and the first time a bare KVM VM
+   * (Machine.prestart's kvmVm): a VM configured over the API, or loaded
+   * from a snapshot, then starts on threads and a KVM VM that are ready. The API server calls it after each pre-boot
    * change; start() calls it last.
    */
   warmUp(spec?: FlintMachineSpec): void {
     if (this.machine) return;
+    if (!this.warmed.kvmVm) {
+      // The KVM VM itself (irqchip, PIT) fits any shape: made once, in the event loop's next turn.
+      this.warmed.kvmVm = true;
+      Machine.prestart({ vcpuThreads: 0, deviceThreads: 0, kvmVm: true });
+    }
     let planned: { vcpuThreads: number; deviceThreads: number; sharedDevices: boolean };
     try {
       planned = this.resources.plannedThreads(spec);
@@ -331,7 +337,7 @@ export class Vm extends EventEmitter<VmEvents> {
     this.warmed.deviceThreads += more.deviceThreads;
   }
 
-  private readonly warmed = { vcpuThreads: 0, deviceThreads: 0 };
+  private readonly warmed = { vcpuThreads: 0, deviceThreads: 0, kvmVm: false };
 
   /** The console's output, with a "console" event for each chunk on its way to `target`. */
   private consoleTee(target: NodeJS.WritableStream): Writable {
@@ -449,7 +455,7 @@ export class Vm extends EventEmitter<VmEvents> {
     const trackDirtyPages = l.track_dirty_pages ?? l.enable_diff_snapshots ?? false;
     if (config["machine-config"]) config["machine-config"].track_dirty_pages = trackDirtyPages;
     await this.launch(() => (hooks) => Machine.restore({
-      statePath: l.snapshot_path, ...memory, virtioDevices, paused: !(l.resume_vm ?? false), trackDirtyPages, ...hooks,
+      statePath: l.snapshot_path, snapshot: saved.snapshot, ...memory, virtioDevices, paused: !(l.resume_vm ?? false), trackDirtyPages, ...hooks,
     }), { config, deviceIds: saved.deviceIds }, "Load snapshot error");
     this.metrics.latency("load_snapshot", (performance.now() - t0) * 1000);
     this.log("info", "vmm", `Loaded the VM from snapshot ${l.snapshot_path}: ${this.state}`);
