@@ -36,7 +36,8 @@ import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { initPrologue } from "../harness/guest-scripts.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
-const LIBRARY = fileURLToPath(new URL("../index.js", import.meta.url));
+/** The library as users import it (package.json main: the bundle; the tsc output is a module graph slow to load in the outer VM). */
+const LIBRARY = fileURLToPath(new URL("../bundle/index.js", import.meta.url));
 
 /** Firecracker's getting-started boot_args; no i8042.* option. */
 const FIRECRACKER_USER_CMDLINE = "console=ttyS0 reboot=k panic=1 pci=off quiet";

@@ -17,7 +17,8 @@ import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
-const LIBRARY = fileURLToPath(new URL("../index.js", import.meta.url));
+/** The library as users import it (package.json main: the bundle; the tsc output is a module graph slow to load in the outer VM). */
+const LIBRARY = fileURLToPath(new URL("../bundle/index.js", import.meta.url));
 const GUEST_MIB = 256;
 const FILL_MIB = 160;
 const TARGET_MIB = 192;

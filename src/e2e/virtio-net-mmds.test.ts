@@ -19,7 +19,8 @@ import { buildKernel } from "../guest/kernel-build.js";
 import { e2eValue, readTextIfAny } from "../harness/e2e-report.js";
 import { describeNestedRun, runNested, shellQuote as q, type NestedResult } from "../harness/nested.js";
 
-const LIBRARY = fileURLToPath(new URL("../index.js", import.meta.url));
+/** The library as users import it (package.json main: the bundle; the tsc output is a module graph slow to load in the outer VM). */
+const LIBRARY = fileURLToPath(new URL("../bundle/index.js", import.meta.url));
 const DATA = { latest: { "meta-data": { "ami-id": "ami-e2e", "local-ipv4": "172.16.0.2", placement: { zone: "z1" } } } };
 
 const GUEST_INIT = `#!/bin/sh

@@ -133,6 +133,25 @@ describe("runNested", { timeout: 5 * TIMEOUT_MS + 20 * 60_000 }, () => {
     }
   });
 
+  it("with retryOnGuestCrash, ends an outer VM whose kernel reports a lockup at once, and makes the run again", async () => {
+    const shareDir = mkdtempSync(join(tmpdir(), "flint-nested-test-"));
+    try {
+      const marker = join(shareDir, "first-started"), late = join(shareDir, "first-went-on");
+      // The first outer VM's kernel prints a soft-lockup report (as the emulated machine's do), then the command
+      // waits 90 s and leaves a file: ended at the report, that file never comes. The second one just succeeds.
+      const command = `if [ -e ${marker} ]; then echo second; else touch ${marker}; `
+        + `echo '<0>watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [node:191]' > /dev/kmsg; sleep 90; touch ${late}; fi`;
+      const result = await runNested({ command, timeoutMs: TIMEOUT_MS, shareDir, kvm: false, retryOnGuestCrash: [], retryAfterTimeout: () => {} });
+      assert.equal(result.exitCode, 0, `${result.output}\n${tail(result.serial)}`);
+      assert.equal(result.attempts, 2);
+      assert.match(result.output, /^second$/m);
+      assert.equal(existsSync(late), false, "the first outer VM was ended at its kernel's report, not after the command");
+      assert.match(describeNestedRun(result), /the first one's kernel reported "watchdog: BUG: soft lockup - CPU#1 stuck for 23s!/);
+    } finally {
+      rmSync(shareDir, { recursive: true, force: true });
+    }
+  });
+
   it("rejects a relative shareDir before starting QEMU", async () => {
     await assert.rejects(
       runNested({ command: "true", timeoutMs: 1000, shareDir: "relative/dir" }),

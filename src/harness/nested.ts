@@ -141,8 +141,9 @@ export interface NestedOptions {
    * stops it in its early boot, which a client reports as
    * `flint-e2e: guest_stalled=` ({@link guestStall}); that is made again the
    * same way. A guest that dies twice, or in any other way, fails the test. A run whose
-   * outer VM's kernel reported a lockup ({@link outerKernelLockup}) is made
-   * again too: its nested guests stop with it.
+   * outer VM's kernel reports a lockup ({@link outerKernelLockup}) is made
+   * again too: its nested guests stop with it; that outer VM is ended as
+   * soon as its kernel says so, not when the command gives up.
    */
   retryOnGuestCrash?: readonly string[];
   /** How long an unchanged heartbeat means a frozen outer VM (default FROZEN_AFTER_MS; for the harness's own test). */
@@ -448,6 +449,8 @@ async function runNestedOnce(options: NestedOptions): Promise<NestedResult> {
       options.timeoutMs,
       { path: join(controlDir, "heartbeat"), frozenAfterMs: options.frozenAfterMs ?? FROZEN_AFTER_MS },
       options.onSerial,
+      // A lockup makes a run with retryOnGuestCrash another outer VM's work anyway: end it when the kernel says so.
+      options.retryOnGuestCrash !== undefined,
     );
     const durationMs = Math.round(performance.now() - started);
     if (process.env.FLINT_NESTED_TIMES) appendFileSync(process.env.FLINT_NESTED_TIMES, `${durationMs} ${process.argv[1]} ${options.command.slice(0, 100).replace(/\n/g, " ")}\n`);
@@ -491,6 +494,7 @@ function runQemu(
   timeoutMs: number,
   heartbeat: { path: string; frozenAfterMs: number },
   onSerial?: (text: string) => void,
+  stopOnLockup = false,
 ): Promise<{ serial: string; timedOut: boolean; frozen: boolean }> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -513,9 +517,15 @@ function runQemu(
         child.kill("SIGKILL");
       }
     }, HEARTBEAT_S * 1000);
+    let lockedUp = false;
     child.stdout.setEncoding("utf8").on("data", (text: string) => {
       serial += text;
       onSerial?.(text);
+      // The outer kernel said it is stuck: what runs in it is stalled too, and the run will be made again.
+      if (stopOnLockup && !lockedUp && outerKernelLockup(serial.slice(-(text.length + 512))) !== undefined) {
+        lockedUp = true;
+        child.kill("SIGKILL");
+      }
     });
     child.stderr.setEncoding("utf8").on("data", (text: string) => {
       stderr += text;
@@ -533,7 +543,7 @@ function runQemu(
       clearTimeout(timer);
       clearInterval(watch);
       // QEMU exits 0 on guest poweroff and on -no-reboot resets; anything else is QEMU's own failure.
-      if (!timedOut && exitCode !== 0) {
+      if (!timedOut && !lockedUp && exitCode !== 0) {
         const how = signal ? `was killed by ${signal}` : `exited with status ${exitCode}`;
         reject(new NestedError("EQEMU", `Cannot run nested VM: ${QEMU_BINARY} ${how}: ${stderr.trim()}`));
         return;

@@ -42,7 +42,7 @@ reboot -f
 /** Runs one VM with a virtio-rng device; argv: kernel initrd announce acpi|noacpi. */
 const RUNNER = `
 const [kernelPath, initrdPath, announce, acpi] = process.argv.slice(2);
-const { Machine } = await import(${JSON.stringify(new URL("../../vm/machine.js", import.meta.url).href)});
+const { Machine } = await import(${JSON.stringify(new URL("../../bundle/index.js", import.meta.url).href)});
 let out = "";
 const m = Machine.create({
   cpus: 1, memoryMib: 128,
