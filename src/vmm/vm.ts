@@ -312,8 +312,9 @@ export class Vm extends EventEmitter<VmEvents> {
    * configuration so far needs and that are not booting yet (each an idle
    * isolate until the VM takes it), and the first time a bare KVM VM
    * (Machine.prestart's kvmVm): a VM configured over the API, or loaded
-   * from a snapshot, then starts on threads and a KVM VM that are ready. The API server calls it after each pre-boot
-   * change; start() calls it last.
+   * from a snapshot, then starts on threads and a KVM VM that are ready.
+   * The API server calls it after each pre-boot change; start() calls it
+   * last.
    */
   warmUp(spec?: FlintMachineSpec): void {
     if (this.machine) return;
