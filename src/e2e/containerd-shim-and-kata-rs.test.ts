@@ -102,16 +102,9 @@ import { appendFileSync, closeSync, constants, existsSync, mkdirSync, openSync, 
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 const [flowsUrl, bin, kernel, rootfs, containerDisk, work, report, consoleOut] = process.argv.slice(2);
-const { ClientSession, pollUntil, sleep, startVmm, waitExit, waitForConsole } = await import(flowsUrl);
+const { ClientSession, pollUntil, sleep, startVmm, waitExit, waitForBoot } = await import(flowsUrl);
 const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 const waitConsole = (text, ms) => pollUntil(vmm, 100, ms, async () => vmm.stdout().includes(text));
-// Boot: a guest the emulated machine stopped in its early boot is reported, for the harness to run again.
-const waitReady = async () => {
-  const r = await waitForConsole(vmm, "flint-e2e: ready=1", { limitMs: 300000 });
-  if (r !== "stalled") return r === "found";
-  say("guest_stalled", JSON.stringify(vmm.stdout().slice(-100)));
-  throw new Error("the guest's console stopped in its early boot");
-};
 let vmm;
 try {
 `;
@@ -159,7 +152,7 @@ const SHIM_CLIENT = `${CLIENT_START}
   await s.call("PUT", "/vsock", { guest_cid: 0, uds_path: "firecracker.vsock", vsock_id: "agent_api" });
   await s.call("PUT", "/actions", { action_type: "InstanceStart" });
   // The agent would say the guest is up; here its console does.
-  say("guest_ready", (await waitReady()) ? 1 : 0);
+  say("guest_ready", (await waitForBoot(vmm, "flint-e2e: ready=1", say, { limitMs: 300000 })) ? 1 : 0);
   // CreateVM's metadata, then UpdateVMMetadata and GetVMMetadata.
   await s.call("PUT", "/mmds", { task: { id: "t1", image: "busybox" } });
   await s.call("PATCH", "/mmds", { task: { id: "t2" } });
@@ -215,7 +208,7 @@ const RS_CLIENT = `${CLIENT_START}
   }
   await call("PUT", "/vsock", { guest_cid: 3, uds_path: join(work, "kata.hvsock"), vsock_id: "root" });
   await call("PUT", "/actions", { action_type: "InstanceStart" });
-  say("guest_ready", (await waitReady()) ? 1 : 0);
+  say("guest_ready", (await waitForBoot(vmm, "flint-e2e: ready=1", say, { limitMs: 300000 })) ? 1 : 0);
   // hotplug_block_device for the container's rootfs (block index 1), no disk rate limits configured.
   await call("PATCH", "/drives/drive1", { drive_id: "drive1", path_on_host: containerDisk, rate_limiter: null });
   await waitConsole("flint-e2e: container_disk=", 120000);

@@ -36,7 +36,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { appendFileSync, chmodSync, existsSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 const [flowsUrl, bin, kernel, rootfs, containerDisk, work, report, consoleOut] = process.argv.slice(2);
-const { ClientSession, pollUntil, startVmm, waitExit, waitForConsole, clientEnv } = await import(flowsUrl);
+const { ClientSession, pollUntil, startVmm, waitExit, waitForBoot, clientEnv } = await import(flowsUrl);
 const say = (k, v) => appendFileSync(report, "flint-e2e: " + k + "=" + v + "\\n");
 let vmm;
 try {
@@ -73,11 +73,7 @@ try {
   say("vsock_socket", existsSync(vsockPath) && statSync(vsockPath).isSocket() ? 1 : 0);
   if (existsSync(vsockPath)) chmodSync(vsockPath, 0o640);
   // The agent would say the guest is up; here its console does.
-  const boot = await waitForConsole(vmm, "flint-e2e: ready=1", { limitMs: 300000 });
-  if (boot === "stalled") {
-    say("guest_stalled", JSON.stringify(vmm.stdout().slice(-100)));
-    throw new Error("the guest's console stopped in its early boot");
-  }
+  await waitForBoot(vmm, "flint-e2e: ready=1", say, { limitMs: 300000 });
   const attach = await s.call("PATCH", "/drives/drive_0", { drive_id: "drive_0", path_on_host: containerDisk });
   // Kata goes on to the agent only once the PATCH was taken; waiting on a refused one would find nothing.
   if (attach.status === 204) await pollUntil(vmm, 100, 90000, async () => vmm.stdout().includes("flint-e2e: container_disk="));

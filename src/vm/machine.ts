@@ -410,11 +410,10 @@ let spareKvmVm: { kvm: Kvm; vm: VmFd } | undefined;
 /** prestart asked for a bare VM and it is not made yet. */
 let spareKvmVmPending = false;
 
-/** Makes the bare VM prestart asked for, unless one is waiting (or a VM took the request). */
+/** Makes the bare VM prestart asked for, unless a VM took the request first. */
 function makeSpareKvmVm(): void {
   if (!spareKvmVmPending) return;
   spareKvmVmPending = false;
-  if (spareKvmVm) return;
   try {
     spareKvmVm = openBareKvmVm(Kvm.open());
   } catch {

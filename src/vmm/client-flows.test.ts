@@ -66,7 +66,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { buildExitLoopGuest, EXIT_LOOP_HELLO_BYTE, exitLoopCmdline } from "../guest/programs/exit-loop.js";
-import { base32NoPadding, ClientSession, installFirecrackerBinary, lastKernelUptime, pollUntil, sleep, startVmm, waitExit, waitForConsole, type VmmProcess } from "./testing/client-flows.js";
+import { base32NoPadding, ClientSession, installFirecrackerBinary, lastKernelUptime, pollUntil, sleep, startVmm, waitExit, waitForBoot, waitForConsole, type VmmProcess } from "./testing/client-flows.js";
 import { goSdkDeadlineMs, goSdkStart, goSdkStopVmm, type GoSdkConfig } from "./testing/go-sdk.js";
 
 const dir = mkdtempSync(join(tmpdir(), "flint-flows-"));
@@ -477,6 +477,16 @@ describe("waitForConsole", () => {
     assert.equal(await waitForConsole(fake(() => `${early}\nflint-e2e: ready=1\n`), "ready=1", { limitMs: 5000, stallMs: 200 }), "found");
     assert.equal(await waitForConsole(fake(() => early), "ready=1", { limitMs: 5000, stallMs: 300 }), "stalled");
     assert.equal(await waitForConsole(fake(() => "[    3.1] virtio_blk virtio0: [vda]\n"), "ready=1", { limitMs: 800, stallMs: 200 }), "timeout");
+  });
+
+  it("waitForBoot reports a stall as the harness reads it, and throws; a found marker is true, a time-out false", async () => {
+    const said: [string, string][] = [];
+    const say = (k: string, v: string) => void said.push([k, v]);
+    await assert.rejects(waitForBoot(fake(() => early), "ready=1", say, { limitMs: 5000, stallMs: 300 }), /stopped in its early boot/);
+    assert.deepEqual(said, [["guest_stalled", JSON.stringify(early.slice(-100))]]);
+    assert.equal(await waitForBoot(fake(() => `${early}\nready=1`), "ready=1", say, { limitMs: 1000 }), true);
+    assert.equal(await waitForBoot(fake(() => "[    3.1] late\n"), "ready=1", say, { limitMs: 500, stallMs: 200 }), false);
+    assert.equal(said.length, 1);
   });
 
   it("does not call a console that keeps growing stalled", async () => {

@@ -258,6 +258,22 @@ export async function waitForConsole(vmm: VmmProcess, marker: string, o: { limit
 }
 
 /**
+ * waitForConsole for a guest's boot marker, as the end-to-end clients wait:
+ * true once it is there, false after `o.limitMs`. A stall is reported through
+ * `say` ("guest_stalled", the console's last 100 characters), the line the
+ * nested harness makes the run again for (guestStall in nested.ts), and
+ * thrown, since nothing after the boot can work.
+ */
+export async function waitForBoot(
+  vmm: VmmProcess, marker: string, say: (key: string, value: string) => void, o: { limitMs: number; stallMs?: number },
+): Promise<boolean> {
+  const r = await waitForConsole(vmm, marker, o);
+  if (r !== "stalled") return r === "found";
+  say("guest_stalled", JSON.stringify(vmm.stdout().slice(-100)));
+  throw new Error("the guest's console stopped in its early boot");
+}
+
+/**
  * Waits up to `limitMs` for the process to end on its own (hang catcher);
  * returns how it ended, or undefined when it had not.
  */
