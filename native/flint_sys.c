@@ -713,33 +713,34 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
   return make_i64(env, r < 0 ? -errno : r);
 }
 
-// The most buffers one writev may gather from (a packet's head, guest RAM regions).
-#define WRITEV_MAX_BUFFERS 16
+// The most buffers one readv/writev may name (a packet's head, guest RAM regions).
+#define IOV_MAX_BUFFERS 16
 
-// writev(fd, iov, count, ...buffers) -> bytes, or -errno. `iov` is a
-// Float64Array of `count` (buffer index, offset, length) triples, each naming
-// bytes inside one of the up to 16 trailing buffer arguments. C checks every
-// triple and builds the struct iovec array itself, so no raw address crosses
-// the boundary and a frame is still gathered straight from guest memory (no
-// copy in user space). Buffers are arguments rather than an array: reading an
+// writev(fd, iov, count, ...buffers) and readv(fd, iov, count, ...buffers) ->
+// bytes, or -errno. `iov` is a Float64Array of `count` (buffer index, offset,
+// length) triples, each naming bytes inside one of the up to 16 trailing
+// buffer arguments. C checks every triple and builds the struct iovec array
+// itself, so no raw address crosses the boundary, and a frame is gathered
+// from (writev) or scattered into (readv) guest memory in place, with no copy
+// in user space. Buffers are arguments rather than an array: reading an
 // array's elements through N-API costs more than the checks.
-static napi_value js_writev(napi_env env, napi_callback_info info) {
-  size_t argc = 3 + WRITEV_MAX_BUFFERS + 1;
-  napi_value argv[3 + WRITEV_MAX_BUFFERS + 1];
+static napi_value io_vector(napi_env env, napi_callback_info info, const char *name, bool read_into) {
+  size_t argc = 3 + IOV_MAX_BUFFERS + 1;
+  napi_value argv[3 + IOV_MAX_BUFFERS + 1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd;
   int64_t count;
-  if (!get_i32(env, argv[0], "writev", "fd", &fd)) return NULL;
+  if (!get_i32(env, argv[0], name, "fd", &fd)) return NULL;
   uint32_t nbuf = argc > 3 ? (uint32_t)(argc - 3) : 0;
-  if (nbuf > WRITEV_MAX_BUFFERS) {
-    fail(env, 1, "writev: buffers: more than %d", WRITEV_MAX_BUFFERS);
+  if (nbuf > IOV_MAX_BUFFERS) {
+    fail(env, 1, "%s: buffers: more than %d", name, IOV_MAX_BUFFERS);
     return NULL;
   }
-  uint8_t *base[WRITEV_MAX_BUFFERS];
-  size_t size[WRITEV_MAX_BUFFERS];
+  uint8_t *base[IOV_MAX_BUFFERS];
+  size_t size[IOV_MAX_BUFFERS];
   for (uint32_t i = 0; i < nbuf; i++) {
     if (!buffer_of(env, argv[3 + i], &base[i], &size[i])) {
-      fail(env, 0, "writev: buffers[%u] " NOT_A_BUFFER, i);
+      fail(env, 0, "%s: buffers[%u] " NOT_A_BUFFER, name, i);
       return NULL;
     }
   }
@@ -749,12 +750,12 @@ static napi_value js_writev(napi_env env, napi_callback_info info) {
   void *data = NULL;
   if (napi_is_typedarray(env, argv[1], &is) != napi_ok || !is ||
       napi_get_typedarray_info(env, argv[1], &t, &n, &data, NULL, NULL) != napi_ok || t != napi_float64_array) {
-    fail(env, 0, "writev: iov must be a Float64Array");
+    fail(env, 0, "%s: iov must be a Float64Array", name);
     return NULL;
   }
-  if (!get_int(env, argv[2], "writev", "count", 0, IOV_MAX, &count)) return NULL;
+  if (!get_int(env, argv[2], name, "count", 0, IOV_MAX, &count)) return NULL;
   if ((size_t)count * 3 > n) {
-    fail(env, 1, "writev: count %lld needs %lld iov numbers, iov holds %zu", (long long)count, (long long)count * 3, n);
+    fail(env, 1, "%s: count %lld needs %lld iov numbers, iov holds %zu", name, (long long)count, (long long)count * 3, n);
     return NULL;
   }
   struct iovec iov[IOV_MAX];
@@ -765,16 +766,19 @@ static napi_value js_writev(napi_env env, napi_callback_info info) {
     if (!(b >= 0 && b < nbuf && b == (double)(uint32_t)b && o >= 0 && o <= MAX_SAFE && o == (double)(int64_t)o &&
           l >= 0 && l <= MAX_SAFE && l == (double)(int64_t)l && o <= (double)size[(uint32_t)b] &&
           l <= (double)size[(uint32_t)b] - o)) {
-      fail(env, 1, "writev: iov entry %lld (buffer %.17g, offset %.17g, length %.17g) is not inside one of the %u buffers",
-           (long long)i, b, o, l, nbuf);
+      fail(env, 1, "%s: iov entry %lld (buffer %.17g, offset %.17g, length %.17g) is not inside one of the %u buffers",
+           name, (long long)i, b, o, l, nbuf);
       return NULL;
     }
     iov[i].iov_base = base[(uint32_t)b] + (size_t)o;
     iov[i].iov_len = (size_t)l;
   }
-  ssize_t r = writev(fd, iov, (int)count);
+  ssize_t r = read_into ? readv(fd, iov, (int)count) : writev(fd, iov, (int)count);
   return make_i64(env, r < 0 ? -errno : r);
 }
+
+static napi_value js_writev(napi_env env, napi_callback_info info) { return io_vector(env, info, "writev", false); }
+static napi_value js_readv(napi_env env, napi_callback_info info) { return io_vector(env, info, "readv", true); }
 
 // poll(pollfds, nfds, timeoutMs) -> ready count, or -errno. `pollfds` is a
 // buffer holding at least `nfds` struct pollfd, which the kernel fills in (revents).
@@ -1335,6 +1339,7 @@ NAPI_MODULE_INIT() {
       {"read", js_read},
       {"write", js_write},
       {"writev", js_writev},
+      {"readv", js_readv},
       {"close", js_close},
       {"poll", js_poll},
       {"pread", js_pread},

@@ -94,14 +94,14 @@ export class GuestFaultLog {
 
   /** Milliseconds until a pending summary is due (0: now), or undefined when none is pending. */
   nextSummaryInMs(): number | undefined {
-    let next: number | undefined;
-    const now = this.now();
+    // The clock is read only when a summary is pending: the device loop asks on every pass.
+    let dueMs: number | undefined;
     for (const d of this.devices.values()) {
       if (d.suppressed === 0) continue;
-      const due = Math.max(0, d.lastSummaryMs + this.summaryMs - now);
-      next = next === undefined ? due : Math.min(next, due);
+      const due = d.lastSummaryMs + this.summaryMs;
+      dueMs = dueMs === undefined ? due : Math.min(dueMs, due);
     }
-    return next;
+    return dueMs === undefined ? undefined : Math.max(0, dueMs - this.now());
   }
 
   /** Emits the summaries that are due. */

@@ -229,57 +229,69 @@ test("poll: nfds past the buffer throws and the kernel writes no revents past it
   }
 });
 
-test("writev: gathers checked (buffer, offset, length) triples and refuses every one outside its buffer", () => {
-  const path = join(dir, "writev");
-  writeFileSync(path, "");
-  const fd = openSync(path, "r+");
-  const a = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]);
-  const big = guarded(8);
-  big.view.set([9, 10, 11, 12, 13, 14, 15, 16]);
-  const buffers = [a, big.view];
-  const iov = (...xs: number[]) => Float64Array.from(xs);
-  try {
-    const cases: [unknown, unknown, readonly unknown[], string, string][] = [
-      [iov(0, 4, 5), 1, buffers, "iov entry 0", "runs one byte off buffer 0"],
-      [iov(1, 0, 9), 1, buffers, "iov entry 0", "one byte past a view (into its guard)"],
-      [iov(1, 0, 24), 1, buffers, "iov entry 0", "fits the view's ArrayBuffer from its offset"],
-      [iov(1, 9, 0), 1, buffers, "iov entry 0", "an empty piece that starts past the end"],
-      [iov(0, 0, 8, 2, 0, 1), 2, buffers, "iov entry 1", "a buffer index past the buffers"],
-      [iov(0, 0, 8, -1, 0, 1), 2, buffers, "iov entry 1", "a negative buffer index"],
-      [iov(0, 0, 1), 1, [], "iov entry 0", "no buffers at all"],
-      [iov(0.5, 0, 1), 1, buffers, "iov entry 0", "a fractional buffer index"],
-      [iov(0, -1, 2), 1, buffers, "iov entry 0", "a negative offset"],
-      [iov(0, 0, -1), 1, buffers, "iov entry 0", "a negative length"],
-      [iov(0, Number.NaN, 1), 1, buffers, "iov entry 0", "a NaN offset"],
-      [iov(0, 0, Number.NaN), 1, buffers, "iov entry 0", "a NaN length"],
-      [iov(0, 1.5, 1), 1, buffers, "iov entry 0", "a fractional offset"],
-      [iov(0, 2 ** 60, 2 ** 60), 1, buffers, "iov entry 0", "huge offset and length"],
-      [iov(0, 0, 1), 2, buffers, "count", "count needs more triples than iov holds"],
-      [new Float64Array(3 * 2000), 1025, buffers, "count", "count past IOV_MAX"],
-      [iov(0, 0, 1), -1, buffers, "count", "a negative count"],
-      [iov(0, 0, 1), 1.5, buffers, "count", "a fractional count"],
-      [iov(0, 0, 1), 1n, buffers, "count", "a BigInt count"],
-      [Uint32Array.from([0, 0, 1]), 1, buffers, "iov", "iov that is not a Float64Array"],
-      [new ArrayBuffer(24), 1, buffers, "iov", "iov that is an ArrayBuffer"],
-      [[0, 0, 1], 1, buffers, "iov", "iov that is an array"],
-      [iov(0, 0, 1), 1, [a, 0x1000], "buffers\\[1\\]", "a number among the buffers"],
-      [iov(0, 0, 1), 1, [a, 8n], "buffers\\[1\\]", "a BigInt among the buffers"],
-      [iov(0, 0, 1), 1, [buffers], "buffers\\[0\\]", "an array of buffers instead of buffers"],
-      [iov(0, 0, 1), 1, Array.from({ length: 17 }, () => a), "buffers", "17 buffers"],
-      [iov(0, 0, 1), 1, Array.from({ length: 40 }, () => a), "buffers", "40 buffers"],
-    ];
-    for (const [v, count, bufs, arg, why] of cases) {
-      rejects(() => sys.writev(fd, v as Float64Array, count as number, ...(bufs as Uint8Array[])), "writev", arg, why);
+for (const call of ["writev", "readv"] as const) {
+  const gathers = call === "writev" ? "gathers" : "scatters into";
+  test(`${call}: ${gathers} checked (buffer, offset, length) triples and refuses every one outside its buffer`, () => {
+    const path = join(dir, call);
+    // readv has bytes to read, so a missed check would write them past a buffer (into a guard).
+    writeFileSync(path, call === "readv" ? Uint8Array.from({ length: 64 }, (_, i) => 100 + i) : new Uint8Array(0));
+    const fd = openSync(path, "r+");
+    const a = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]);
+    const big = guarded(8);
+    big.view.set([9, 10, 11, 12, 13, 14, 15, 16]);
+    const buffers = [a, big.view];
+    const iov = (...xs: number[]) => Float64Array.from(xs);
+    try {
+      const cases: [unknown, unknown, readonly unknown[], string, string][] = [
+        [iov(0, 4, 5), 1, buffers, "iov entry 0", "runs one byte off buffer 0"],
+        [iov(1, 0, 9), 1, buffers, "iov entry 0", "one byte past a view (into its guard)"],
+        [iov(1, 0, 24), 1, buffers, "iov entry 0", "fits the view's ArrayBuffer from its offset"],
+        [iov(1, 9, 0), 1, buffers, "iov entry 0", "an empty piece that starts past the end"],
+        [iov(0, 0, 8, 2, 0, 1), 2, buffers, "iov entry 1", "a buffer index past the buffers"],
+        [iov(0, 0, 8, -1, 0, 1), 2, buffers, "iov entry 1", "a negative buffer index"],
+        [iov(0, 0, 1), 1, [], "iov entry 0", "no buffers at all"],
+        [iov(0.5, 0, 1), 1, buffers, "iov entry 0", "a fractional buffer index"],
+        [iov(0, -1, 2), 1, buffers, "iov entry 0", "a negative offset"],
+        [iov(0, 0, -1), 1, buffers, "iov entry 0", "a negative length"],
+        [iov(0, Number.NaN, 1), 1, buffers, "iov entry 0", "a NaN offset"],
+        [iov(0, 0, Number.NaN), 1, buffers, "iov entry 0", "a NaN length"],
+        [iov(0, 1.5, 1), 1, buffers, "iov entry 0", "a fractional offset"],
+        [iov(0, 2 ** 60, 2 ** 60), 1, buffers, "iov entry 0", "huge offset and length"],
+        [iov(0, 0, 1), 2, buffers, "count", "count needs more triples than iov holds"],
+        [new Float64Array(3 * 2000), 1025, buffers, "count", "count past IOV_MAX"],
+        [iov(0, 0, 1), -1, buffers, "count", "a negative count"],
+        [iov(0, 0, 1), 1.5, buffers, "count", "a fractional count"],
+        [iov(0, 0, 1), 1n, buffers, "count", "a BigInt count"],
+        [Uint32Array.from([0, 0, 1]), 1, buffers, "iov", "iov that is not a Float64Array"],
+        [new ArrayBuffer(24), 1, buffers, "iov", "iov that is an ArrayBuffer"],
+        [[0, 0, 1], 1, buffers, "iov", "iov that is an array"],
+        [iov(0, 0, 1), 1, [a, 0x1000], "buffers\\[1\\]", "a number among the buffers"],
+        [iov(0, 0, 1), 1, [a, 8n], "buffers\\[1\\]", "a BigInt among the buffers"],
+        [iov(0, 0, 1), 1, [buffers], "buffers\\[0\\]", "an array of buffers instead of buffers"],
+        [iov(0, 0, 1), 1, Array.from({ length: 17 }, () => a), "buffers", "17 buffers"],
+        [iov(0, 0, 1), 1, Array.from({ length: 40 }, () => a), "buffers", "40 buffers"],
+      ];
+      for (const [v, count, bufs, arg, why] of cases) {
+        rejects(() => sys[call](fd, v as Float64Array, count as number, ...(bufs as Uint8Array[])), call, arg, why);
+      }
+      assert.ok(big.intact());
+      assert.deepEqual([...a, ...big.view], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], "no byte was read");
+      const pieces = iov(1, 6, 2, 0, 0, 3, 1, 0, 0, 0, 7, 1);
+      if (call === "writev") {
+        assert.equal(fstatSync(fd).size, 0, "no byte was written");
+        assert.equal(sys.writev(fd, pieces, 4, ...buffers), 6);
+        assert.deepEqual([...readFileSync(path)], [15, 16, 1, 2, 3, 8], "the pieces, in order");
+      } else {
+        assert.equal(sys.readv(fd, pieces, 4, ...buffers), 6, "the refused calls read nothing: the file is read from its start");
+        assert.deepEqual([...a, ...big.view], [102, 103, 104, 4, 5, 6, 7, 105, 9, 10, 11, 12, 13, 14, 100, 101], "the pieces, in order");
+        assert.ok(big.intact());
+      }
+      assert.equal(sys[call](fd, new Float64Array(0), 0), 0, `nothing to ${call === "writev" ? "write" : "read"} is fine`);
+    } finally {
+      closeSync(fd);
     }
-    assert.equal(fstatSync(fd).size, 0, "no byte was written");
-    assert.ok(big.intact());
-    assert.equal(sys.writev(fd, iov(1, 6, 2, 0, 0, 3, 1, 0, 0, 0, 7, 1), 4, ...buffers), 6);
-    assert.deepEqual([...readFileSync(path)], [15, 16, 1, 2, 3, 8], "the pieces, in order");
-    assert.equal(sys.writev(fd, new Float64Array(0), 0), 0, "nothing to write is fine");
-  } finally {
-    closeSync(fd);
-  }
-});
+  });
+}
 
 test("view, madvise and munmap only work inside mappings made by mmap", () => {
   const size = 4 * PAGE_SIZE;

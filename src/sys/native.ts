@@ -92,6 +92,8 @@ interface Addon {
    * so guest memory is sent in place without any raw address crossing the boundary.
    */
   writev(fd: number, iov: Float64Array, count: number, ...buffers: SysBuffer[]): number;
+  /** readv(2) scattering into `count` pieces named as for writev (the pieces are written in place). */
+  readv(fd: number, iov: Float64Array, count: number, ...buffers: SysBuffer[]): number;
   close(fd: number): number;
   /** poll(2) over `nfds` struct pollfd (layout: `pollfd` in the generated ABI); the buffer must hold them all. */
   poll(pollfds: SysBuffer, nfds: number, timeoutMs: number): number;

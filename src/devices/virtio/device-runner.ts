@@ -328,12 +328,12 @@ export class DeviceRunner {
     }
   }
 
-  /** Milliseconds until this device's next timer is due (0 when one is); undefined when none can fire. */
-  nextTimerInMs(nowMs: number): number | undefined {
-    if (this.quiesced || !this.active) return undefined;
+  /** When (performance.now()) the first timer is due; undefined when none can fire. */
+  nextTimerDueMs(): number | undefined {
+    if (this.quiesced || !this.active || this.timers.size === 0) return undefined;
     let next: number | undefined;
     for (const t of this.timers.values()) next = next === undefined ? t.dueMs : Math.min(next, t.dueMs);
-    return next === undefined ? undefined : Math.max(0, next - nowMs);
+    return next;
   }
 
   /** Fires the timers due at `nowMs` (one shot each); none while quiesced. */
@@ -365,8 +365,17 @@ export class DeviceRunner {
     this.post({ type: "stopped" });
   }
 
+  /**
+   * Raises `bits` in InterruptStatus, with an edge on the irqfd only when one of them was
+   * not set yet. While they are all set, the driver has not acknowledged the last
+   * interrupt, and it looks at the rings after it does (Linux's vm_interrupt acks, then
+   * runs each queue's callback): the used buffers published before this call are seen
+   * without a second interrupt. That is the line the virtio-mmio spec describes (up while
+   * InterruptStatus is not 0, as QEMU's level-triggered line), and it saves the guest an
+   * interrupt and two register exits (the status read and the ack) per redundant edge.
+   */
   private interrupt(bits: number): void {
-    this.state.raiseInterrupt(bits);
+    if (!this.state.raiseInterrupt(bits)) return;
     this.state.countInterrupt();
     sys.write(this.irqFd, one, 8);
   }

@@ -167,13 +167,13 @@ function nextSummaryInMs(): number | undefined {
 
 /** Milliseconds until the first device timer (ctx.setTimer) is due. */
 function nextTimerInMs(): number | undefined {
-  const now = performance.now();
+  // The clock is read only when a timer is set: the loop asks on every pass.
   let next: number | undefined;
   for (const r of runners) {
-    const due = r.nextTimerInMs(now);
+    const due = r.nextTimerDueMs();
     if (due !== undefined) next = next === undefined ? due : Math.min(next, due);
   }
-  return next;
+  return next === undefined ? undefined : Math.max(0, next - performance.now());
 }
 
 function fireTimers(): void {

@@ -450,7 +450,8 @@ export class TransportState {
   // --- Interrupts (no lock: atomics) ---
 
   get interruptStatus(): number { return Atomics.load(this.i32, INTERRUPT_STATUS); }
-  raiseInterrupt(bits: number): void { Atomics.or(this.i32, INTERRUPT_STATUS, bits); }
+  /** Sets `bits` in InterruptStatus; true when one of them was not set yet (the line goes up). */
+  raiseInterrupt(bits: number): boolean { return (Atomics.or(this.i32, INTERRUPT_STATUS, bits) & bits) !== bits; }
   ackInterrupt(bits: number): void { Atomics.and(this.i32, INTERRUPT_STATUS, ~bits); }
 
   // --- Device-side changes ---

@@ -189,16 +189,16 @@ export function checkTxHeader(packet: Uint8Array, tx: OffloadSet, packetLength =
 
 /**
  * Checks the header the kernel put before a frame read from the TAP (`packet`:
- * header + frame) against the RX offloads the guest negotiated, and on success
+ * header + frame, or the header alone with the frame's length in `frameLen`
+ * when the frame went elsewhere) against the RX offloads the guest negotiated, and on success
  * fixes it up for the guest (§5.1.6.4.1): DATA_VALID is cleared without
  * GUEST_CSUM (the frame is complete, and flags must then be zero); num_buffers
  * is 1. Returns why the frame must be dropped, or undefined. A partial checksum
  * or a GSO type the guest did not negotiate (e.g. queued before a reset turned
  * the TAP's offloads off) cannot be delivered.
  */
-export function checkRxHeader(packet: Uint8Array, rx: OffloadSet): string | undefined {
+export function checkRxHeader(packet: Uint8Array, rx: OffloadSet, frameLen = packet.length - virtio_net_hdr_v1.SIZE): string | undefined {
   const v = dataView(packet);
-  const frameLen = packet.length - virtio_net_hdr_v1.SIZE;
   let flags = getU8(v, virtio_net_hdr_v1.flags);
   const gsoType = getU8(v, virtio_net_hdr_v1.gso_type);
   if (flags & ~(VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID)) return `flags ${hex(flags)} has bits the device does not know`;

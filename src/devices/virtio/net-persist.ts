@@ -7,12 +7,14 @@
  * nothing the guest was owed is lost or given twice:
  *   - a frame read from the TAP that no receive buffer has taken yet (the
  *     TAP keeps the frames behind it): its bytes, header included;
- *   - with mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF), the chains
- *     already taken for that frame while the driver had not posted enough
- *     for all of it: popped, in flight, unpublished (they are published
- *     together once the frame fits, §5.1.6.4). Returning them empty at
- *     quiesce would cost the frame and show the guest a length error, so
- *     they stay held and the restored device fills them.
+ *   - with mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF), the receive
+ *     chains the device holds: popped, in flight, unpublished, in ring
+ *     order. They are taken for that frame while the driver had not posted
+ *     enough for all of it (published together once the frame fits,
+ *     §5.1.6.4), or held for the next frame read in place (net.ts holds
+ *     room for a 64 KiB frame). Returning them empty at quiesce would show
+ *     the guest length errors (and cost the frame), so they stay held and
+ *     the restored device fills them.
  * Both limiters travel too (Firecracker's NetState does the same).
  *
  * Not carried (as in Firecracker, whose record keeps only MMDS's
@@ -39,7 +41,7 @@ export interface NetSavedState {
   rxPending: string;
   /** Its tokens were already taken from the RX limiter. */
   rxAdmitted: boolean;
-  /** Mergeable receive buffers: the chains taken for the pending frame, in order. */
+  /** Mergeable receive buffers: the chains held (for the pending frame and after it), in order. */
   rxHeld: NetHeldChainSavedState[];
 }
 
@@ -82,8 +84,8 @@ export function checkNetSavedState(
   if (!o.memory && (frame.length > 0 || held.length > 0)) {
     throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", "saved state field backend.rxPending or rxHeld is set for a device that was not active");
   }
-  if (held.length > 0 && (!o.mergeable || frame.length === 0)) {
-    throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", "saved state field backend.rxHeld holds chains without a pending frame for mergeable receive buffers");
+  if (held.length > 0 && !o.mergeable) {
+    throw new VirtioSavedStateError("EVIRTIOSNAPFORMAT", "saved state field backend.rxHeld holds chains, but the driver did not negotiate mergeable receive buffers");
   }
   return {
     rxLimiter: checkRateLimiterSavedState(r.rxLimiter, "backend.rxLimiter"),

@@ -123,3 +123,52 @@ test("a frame held with its receive chains across a snapshot is delivered once; 
     snap.memory.dispose();
   }
 });
+
+test("receive chains held for reads in place (no frame pending) across a snapshot are filled in ring order by the restored device", async () => {
+  const tapA = fakeTap();
+  const MTU_BUFFER = 1536;
+  let rx!: FakeDriver;
+  const posted: number[] = [];
+  let savedHeld: number[] = [];
+  const snap = await SetRig.snapshotAfter(netOn(tapA), async (a) => {
+    rx = a.newDriver({ queueSize: 64, heapBytes: 60 * MTU_BUFFER });
+    const tx = a.newDriver({ queueSize: 16 });
+    a.bringUp(0, { features: FEATURES, drivers: [rx, tx] });
+    // Linux's mergeable buffers: 60 of about an MTU, more than a 64 KiB frame needs.
+    for (let i = 0; i < 60; i++) posted.push(rx.addChain({ writable: [MTU_BUFFER] }));
+    a.kick(0, NET_RX_QUEUE);
+    writePacket(tapA.peer, toGuest(100, 1));
+    await a.until(() => rx.usedIdx === 1, "a frame read in place");
+    assert.deepEqual(rx.popAllUsed().map((u) => u.head), [posted[0]]);
+    await a.savedWhen((s) => {
+      const net = s[0]!.backend as NetSavedState;
+      savedHeld = net.rxHeld.map((c) => c.head);
+      return net.rxPending === "" && savedHeld.length > 0;
+    }, "receive chains held without a pending frame");
+  });
+  tapA.close();
+  try {
+    const held = Math.ceil((NET_HDR_BYTES + 14 + 40 + 0xffff + 1) / MTU_BUFFER);
+    assert.deepEqual(savedHeld, posted.slice(1, 1 + held), "the chains for one 64 KiB frame, in ring order, after the one used");
+    const tap = fakeTap();
+    const rig = await SetRig.restore(netOn(tap), snap);
+    try {
+      const rxB = rig.driver(rx);
+      await rig.set.resume();
+      const frame = toGuest(4000, 7);
+      writePacket(tap.peer, frame);
+      await rig.until(() => rxB.usedIdx === 4, "a frame delivered after the restore");
+      const used = rxB.popAllUsed();
+      assert.deepEqual(used.map((u) => u.head), posted.slice(1, 4), "in the held chains, from the first");
+      const bytes = concat(...used.map((u) => u.written));
+      assert.equal(readNetHeader(bytes).numBuffers, 3);
+      assert.deepEqual(bytes.subarray(NET_HDR_BYTES), frame.subarray(NET_HDR_BYTES));
+      assert.deepEqual(rig.faults, []);
+    } finally {
+      await rig.stop();
+      tap.close();
+    }
+  } finally {
+    snap.memory.dispose();
+  }
+});

@@ -17,6 +17,7 @@ import {
   checkTap, createBackend, NET_HDR_BYTES, NET_MAX_FRAME_BYTES, NET_RX_QUEUE, NET_TX_QUEUE, NetError, openTap, parseMac,
 } from "./net.js";
 import { NET_OFFLOAD_FEATURES } from "./net-offload.js";
+import { sys } from "../../sys/native.js";
 import {
   concat, ethFrame, fakeTap, netHeader, netRig, readNetHeader, readPacket, RX_CHAIN_BYTES, tcpFrame, writePacket,
   type NetRigOptions,
@@ -329,22 +330,123 @@ test("RX with MRG_RXBUF: a packet larger than the chains available waits, whole,
   });
 });
 
-test("RX with MRG_RXBUF: a ring too small for a packet drops it (every chain back empty) and goes on with the next", () => {
+test("RX with MRG_RXBUF: a ring too small for a packet drops it, keeps its chains held, and goes on with the next", () => {
   withRig((r, peer) => {
     r.addRx(8, [64]);
-    const huge = concat(netHeader(), frame(8 * 64, 5)), small = concat(netHeader(), frame(60, 6));
+    const huge = concat(netHeader(), frame(8 * 64, 5)), small = concat(netHeader(), frame(60, 6)), third = concat(netHeader(), frame(100, 7));
     writePacket(peer, huge);
     writePacket(peer, small);
     r.ctx.fire(r.fd);
     const used = r.rx.popAllUsed();
-    assert.deepEqual(used.map((u) => u.len), new Array(8).fill(0), "the 8 chains the ring holds come back empty");
     assert.equal(r.net.metrics.rxDropped, 1);
     assert.equal(r.ctx.faults.length, 0, "a small ring is not a fault");
-    r.addRx(2, [64]);
-    const next = r.rx.popAllUsed();
-    assert.equal(next.length, 2);
-    assertMerged(next, small, [64, 64]);
+    assert.equal(used.length, 2, "the guest sees no trace of the dropped packet");
+    assertMerged(used, small, [64, 64]);
+    writePacket(peer, third);
+    r.ctx.fire(r.fd);
+    assertMerged(r.rx.popAllUsed(), third, [64, 64]);
   }, {}, { queueSize: 8 });
+});
+
+/** Counts the device's reads of the TAP: into its own buffer (read) and in place (readv). */
+function countReads(): { read: number; readv: number; restore(): void } {
+  const read = sys.read, readv = sys.readv;
+  const counts = {
+    read: 0, readv: 0,
+    restore() { sys.read = read; sys.readv = readv; },
+  };
+  sys.read = (...a) => { counts.read++; return read(...a); };
+  sys.readv = (...a) => { counts.readv++; return readv(...a); };
+  return counts;
+}
+
+test("RX with MRG_RXBUF: with chains for a 64 KiB frame held, frames are read in place and publish only the chains they fill", () => {
+  const reads = countReads();
+  try {
+    withRig((r, peer) => {
+      const q = r.ctx.queues[NET_RX_QUEUE]!;
+      const publishes = recordPublishes(q);
+      // Linux's mergeable buffers: about an MTU each. 48 of 1536 bytes hold a 64 KiB frame.
+      r.addRx(60, [1536]);
+      reads.read = reads.readv = 0; // the kick's pass found the TAP empty
+      const small = concat(netHeader(), frame(60, 1));
+      const mid = concat(netHeader(), frame(5000, 2));
+      const tso = tcpFrame({ payload: Uint8Array.from({ length: 0xffff - 40 }, (_, i) => i * 7) });
+      const big = concat(netHeader(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, { csumStart: tso.csumStart, csumOffset: tso.csumOffset, gsoSize: 1448, hdrLen: tso.headerBytes }), tso.frame);
+      for (const pkt of [small, mid, big]) {
+        pkt[virtio_net_hdr_v1.num_buffers] = 0xaa;
+        writePacket(peer, pkt);
+      }
+      r.ctx.fire(r.fd);
+      const used = r.rx.popAllUsed();
+      const chains = (pkt: Uint8Array) => Math.ceil(pkt.length / 1536);
+      assert.deepEqual(publishes, [1, 4, chains(big)], "one used idx update per frame, with only its chains");
+      assertMerged(used.slice(0, 1), small, [1536]);
+      assertMerged(used.slice(1, 5), mid, new Array(4).fill(1536));
+      assertMerged(used.slice(5), big, new Array(chains(big)).fill(1536));
+      assert.equal(readNetHeader(used[5]!.written).gsoType, VIRTIO_NET_HDR_GSO_TCPV4, "the kernel's offloads reach a guest that took them");
+      assert.deepEqual([r.net.metrics.rxFrames, r.net.metrics.rxDropped], [3, 0]);
+      // The last look at the TAP found it empty; with 12 chains left, it read into the host buffer.
+      assert.deepEqual([reads.readv, reads.read], [3, 1], "the three frames read in place");
+    }, {}, { queueSize: 128 });
+  } finally {
+    reads.restore();
+  }
+});
+test("RX with MRG_RXBUF, read in place: an oversized frame or one with offloads the guest did not take is dropped, its chains kept for the next", () => {
+  withRig((r, peer) => {
+    const q = r.ctx.queues[NET_RX_QUEUE]!;
+    const publishes = recordPublishes(q);
+    r.addRx(50, [1536]);
+    const first = r.rx.popAllUsed();
+    assert.equal(first.length, 0);
+    writePacket(peer, concat(netHeader(), frame(NET_MAX_FRAME_BYTES + 100, 1)));
+    writePacket(peer, concat(netHeader(VIRTIO_NET_HDR_F_NEEDS_CSUM), frame(200, 2)));
+    const ok = concat(netHeader(), frame(2000, 3));
+    writePacket(peer, ok);
+    r.ctx.fire(r.fd);
+    assert.deepEqual(publishes, [2], "only the good frame's chains come back");
+    assertMerged(r.rx.popAllUsed(), ok, [1536, 1536]);
+    assert.deepEqual([r.net.metrics.rxDropped, r.net.metrics.rxOffloadDropped, r.net.metrics.rxFrames], [2, 1, 1]);
+    assert.equal(r.ctx.faults.length, 0);
+  }, {}, { ...NO_OFFLOAD_DRIVER, queueSize: 64 });
+});
+
+test("RX with MRG_RXBUF: chains too fragmented for one readv (over IOV_MAX pieces) get the frame through the host buffer", () => {
+  const reads = countReads();
+  try {
+    withRig((r, peer) => {
+      // Nine chains of 128 pieces of 64 bytes: room for 64 KiB in 1152 pieces.
+      for (let i = 0; i < 9; i++) r.rx.addChain({ writable: new Array(128).fill(64), indirect: true });
+      r.net.onNotify(NET_RX_QUEUE);
+      const pkt = concat(netHeader(), frame(20_000, 4));
+      writePacket(peer, pkt);
+      r.ctx.fire(r.fd);
+      const used = r.rx.popAllUsed();
+      assertMerged(used, pkt, new Array(used.length).fill(128 * 64));
+      assert.equal(reads.readv, 0, "never read in place");
+      assert.equal(r.ctx.faults.length, 0);
+    }, {}, { queueSize: 128, indirectRx: true });
+  } finally {
+    reads.restore();
+  }
+});
+
+test("RX with MRG_RXBUF, read in place: the chains' pages are marked dirty for a Diff snapshot", () => {
+  withRig((r, peer) => {
+    r.addRx(48, [4096]);
+    r.mem.clearDirty();
+    writePacket(peer, concat(netHeader(), frame(3 * 4096, 5)));
+    r.ctx.fire(r.fd);
+    const used = r.rx.popAllUsed();
+    assert.equal(used.length, 4);
+    const dirty = r.mem.regions[0]!.dirty!;
+    for (const u of used) {
+      for (const b of u.writable) {
+        for (let page = Math.floor(b.addr / 4096); page * 4096 < b.addr + b.len; page++) assert.equal(dirty[page], 1, `page ${page} of chain ${u.head}`);
+      }
+    }
+  }, {}, { queueSize: 64, trackDirty: true });
 });
 
 test("RX with MRG_RXBUF: chains with readable buffers, no writable bytes or less than a header are faults, returned empty; the packet goes on", () => {

@@ -8,10 +8,14 @@
  * whether or not VIRTIO_NET_F_MRG_RXBUF is negotiated) passes between the
  * guest and the TAP: TX gathers header + frame from a chain, checks and
  * rewrites the header (net-offload.ts) and writes both with one writev(2); RX
- * reads header + frame with one read(2) into a bounded host buffer, checks the
- * kernel's header against what the guest negotiated, sets num_buffers (the
- * kernel skips those two bytes, §5.1.6.4) and copies the result into the
- * guest's receive chains.
+ * reads header + frame with one read, checks the kernel's header against what
+ * the guest negotiated and sets num_buffers (the kernel skips those two bytes,
+ * §5.1.6.4). With mergeable receive buffers (below) the frame is read straight
+ * into the guest's receive chains (one readv(2): the header into a host buffer,
+ * checked there and then copied to the first chain, the frame into the chains'
+ * buffers); otherwise, and for MMDS's frames, while the RX limiter is set, or
+ * when the guest has posted less than a 64 KiB frame needs, it is read into a
+ * bounded host buffer and copied into the chains.
  *
  * Offered: VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS (always LINK_UP),
  * VIRTIO_NET_F_MTU when an MTU is given, indirect descriptors and event
@@ -33,12 +37,15 @@
  * entry with its own length, num_buffers in the first chain's header. The
  * driver must see a packet's chains together (§5.1.6.4: Linux drops a packet
  * whose later chains are not yet used), so they are published with one used
- * idx update (VirtQueue.pushUsedMany). A frame waits in the host buffer while
- * the chains taken for it are held (in flight, unpublished) until enough
- * buffers arrive; the TAP keeps the frames behind it. Only when the device
- * holds every chain the ring can have and the frame still does not fit (a ring
- * too small for one 64 KiB packet) is it dropped, and the chains returned
- * empty. (A driver whose chains take several descriptors each runs out of
+ * idx update (VirtQueue.pushUsedMany). The device holds popped chains
+ * (in flight, unpublished) across frames: a read in place needs room for the
+ * largest frame before it knows the frame's size, so it holds chains for
+ * 64 KiB and publishes only those the frame filled; the rest wait for the next
+ * frame, in ring order. A frame read into the host buffer waits there while
+ * chains are taken for it until enough buffers arrive; the TAP keeps the
+ * frames behind it. Only when the device holds every chain the ring can have
+ * and the frame still does not fit (a ring too small for one 64 KiB packet)
+ * is it dropped; the chains stay held for smaller frames. (A driver whose chains take several descriptors each runs out of
  * descriptors before that; its receive path then waits until it resets the
  * device, which harms only that guest: Linux posts one descriptor per buffer.) A chain smaller than the header (§5.1.6.3.1: each buffer is at least
  * that big) or with device-readable buffers is returned empty as a guest
@@ -66,7 +73,7 @@
  * checked here under a key drawn per device.
  *
  * Snapshots (net-persist.ts): saveState/restoreState carry the limiters, a
- * frame waiting for receive buffers and the receive chains held for it.
+ * frame waiting for receive buffers and the receive chains held.
  *
  * Nothing a guest does throws out of the device: a malformed TX chain, an
  * oversized frame, an offload it did not negotiate or a lying header, or an RX
@@ -76,7 +83,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import {
-  AF_UNIX, EAGAIN, EINTR, EINVAL, ENODEV, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
+  AF_UNIX, EAGAIN, EINTR, EINVAL, ENODEV, ETH_ALEN, ETH_HLEN, ETH_MAX_MTU, IFF_MULTI_QUEUE, IOV_MAX, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ,
   O_CLOEXEC, O_NONBLOCK, O_RDWR, POLLIN, SIOCGIFINDEX, SOCK_CLOEXEC, SOCK_DGRAM, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, VIRTIO_ID_NET,
   VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_RING_F_INDIRECT_DESC, ifreq, ipv6hdr, virtio_net_config, virtio_net_hdr_v1,
@@ -132,6 +139,14 @@ const TX_HEAD_BYTES = NET_HDR_BYTES + 128;
 /** writev buffer index of the copied TX head; guest memory region `i` is TX_GUEST_BUFFER + i. */
 const TX_HEAD_BUFFER = 0;
 const TX_GUEST_BUFFER = 1;
+/**
+ * Bytes of receive chains a read in place needs (mergeable buffers): header and largest
+ * frame, plus one byte, as in rxBuf, to recognise a frame that did not fit.
+ */
+export const NET_RX_IN_PLACE_BYTES = NET_HDR_BYTES + NET_MAX_FRAME_BYTES + 1;
+/** readv buffer index of the received header; guest memory region `i` is RX_GUEST_BUFFER + i. */
+const RX_HEADER_BUFFER = 0;
+const RX_GUEST_BUFFER = 1;
 /** Frames read from the TAP per poll wake-up before the device thread polls again (fairness). */
 const RX_BATCH = 64;
 /**
@@ -371,13 +386,24 @@ export class VirtioNet implements VirtioBackend {
   private rxWatching = false;
   /** VIRTIO_NET_F_MRG_RXBUF negotiated in this session. */
   private mergeable = false;
-  /** Mergeable: the chains taken for the pending frame, not yet published (at most the queue size). */
+  /**
+   * Mergeable: receive chains popped and not yet published, in ring order (at most the
+   * queue size): taken for the pending frame, or held for the next read in place.
+   */
   private rxHeld: DescriptorChain[] = [];
   /** Their writable bytes in total. */
   private rxHeldBytes = 0;
   /** pushUsedMany's arguments: the held chains' heads and used lengths. */
   private readonly rxHeads = new Uint32Array(NET_QUEUE_SIZE);
   private readonly rxLens = new Uint32Array(NET_QUEUE_SIZE);
+  /** The virtio header of a frame read in place (checked here, then copied to its first chain). */
+  private readonly rxHeader = new Uint8Array(new ArrayBuffer(NET_HDR_BYTES));
+  /** readv's (buffer, offset, length) triples: the header, then the held chains' buffers. */
+  private readonly rxIov = new Float64Array(3 * IOV_MAX);
+  /** What readv scatters into: rxHeader, then each guest memory region's bytes (RX_GUEST_BUFFER + index). */
+  private rxBuffers: Uint8Array[] = [this.rxHeader];
+  /** The guest memory rxBuffers were made for. */
+  private rxMemory: GuestMemory | undefined;
 
   /**
    * Takes ownership of `fd` (closed by shutdown), whose offloads are off (openTap).
@@ -700,6 +726,22 @@ export class VirtioNet implements VirtioBackend {
           this.rxMmdsTurn = false;
           n++;
         } else if (this.rxPending === 0) {
+          if (this.mergeable && this.rxLimiter.unlimited) {
+            const step = this.receiveInPlace(ctx, q, budget);
+            if (step.pushed) pushed = true;
+            if (step.result === "frame") {
+              n++;
+              this.rxMmdsTurn = this.mmds !== undefined;
+              continue;
+            }
+            if (step.result === "empty") {
+              if (!this.takeMmdsFrame()) break;
+              n++;
+              continue;
+            }
+            if (step.result === "stop") break;
+            // "short": too few buffers held for the largest frame; read into rxBuf instead.
+          }
           const r = sys.read(this.fd, this.rxBuf, this.rxBuf.length);
           if (r === -EINTR) continue;
           if (r === -EAGAIN) {
@@ -760,6 +802,134 @@ export class VirtioNet implements VirtioBackend {
   }
 
   /**
+   * Mergeable buffers: reads the TAP's next frame straight into the held receive chains
+   * (topped up to NET_RX_IN_PLACE_BYTES from the ring) and publishes the chains it filled.
+   * "frame": one frame was read (given to the guest, or dropped and counted); "empty":
+   * the TAP has none; "short": the chains do not hold the largest frame (the ring has too
+   * few, or they are too fragmented for one readv), nothing was read; "stop": the pass
+   * ends (the chain budget ran out and the thread comes back, or the TAP failed).
+   * `pushed`: chains were returned. Throws QueueError for a broken ring.
+   */
+  private receiveInPlace(ctx: VirtioDeviceContext, q: VirtQueue, budget: { chains: number }): { result: "frame" | "empty" | "short" | "stop"; pushed: boolean } {
+    let pushed = false;
+    while (this.rxHeldBytes < NET_RX_IN_PLACE_BYTES && this.rxHeld.length < q.layout.size) {
+      if (budget.chains <= 0) {
+        ctx.kick(NET_RX_QUEUE);
+        return { result: "stop", pushed };
+      }
+      const chain = q.pop();
+      if (!chain) break;
+      budget.chains--;
+      if (this.holdChain(ctx, q, chain)) continue;
+      pushed = true;
+    }
+    const iovs = this.rxHeldBytes >= NET_RX_IN_PLACE_BYTES ? this.setRxIov(ctx.memory) : 0;
+    if (iovs === 0) return { result: "short", pushed };
+    let r: number;
+    do r = sys.readv(this.fd, this.rxIov, iovs, ...this.rxBuffers); while (r === -EINTR);
+    if (r === -EAGAIN) return { result: "empty", pushed };
+    if (r < 0) {
+      this.hostError(r);
+      this.stopRx();
+      return { result: "stop", pushed };
+    }
+    // A dropped frame leaves its bytes in held chains that the guest never sees (they stay held).
+    if (r < NET_HDR_BYTES + ETH_HLEN || r > NET_HDR_BYTES + NET_MAX_FRAME_BYTES) {
+      this.metrics.rxDropped++;
+      return { result: "frame", pushed };
+    }
+    if (checkRxHeader(this.rxHeader, this.offloads.rx, r - NET_HDR_BYTES) !== undefined) {
+      this.metrics.rxDropped++;
+      this.metrics.rxOffloadDropped++;
+      return { result: "frame", pushed };
+    }
+    const held = this.rxHeld;
+    let count = 0;
+    for (let left = r; left > 0; count++) {
+      const n = Math.min(held[count]!.writableBytes, left);
+      this.rxHeads[count] = held[count]!.head;
+      this.rxLens[count] = n;
+      left -= n;
+    }
+    setU16(dataView(this.rxHeader), virtio_net_hdr_v1.num_buffers, count);
+    try {
+      writeChain(ctx.memory, held[0]!, 0, this.rxHeader);
+      this.metrics.rxFrames++;
+      this.metrics.rxBytes += r - NET_HDR_BYTES;
+    } catch (e) {
+      // pop() checked the buffers: only a memory layout change gets here. Return them empty.
+      this.metrics.rxDropped++;
+      this.badRequest(ctx, `RX buffers unwritable: ${(e as Error).message}`);
+      this.rxLens.fill(0, 0, count);
+    }
+    this.releaseHeld(count);
+    q.pushUsedMany(this.rxHeads, this.rxLens, count);
+    return { result: "frame", pushed: true };
+  }
+
+  /**
+   * Holds a popped receive chain (true), or returns it empty as a guest fault (false):
+   * §5.1.6.3.1, receive buffers are device-writable and each at least a header long.
+   */
+  private holdChain(ctx: VirtioDeviceContext, q: VirtQueue, chain: DescriptorChain): boolean {
+    if (chain.readable.length > 0 || chain.writableBytes < NET_HDR_BYTES) {
+      this.badRequest(ctx, chain.readable.length > 0
+        ? "RX chain has device-readable buffers"
+        : `RX buffer of ${chain.writableBytes} bytes is shorter than the ${NET_HDR_BYTES}-byte header (§5.1.6.3.1)`);
+      q.pushUsed(chain.head, 0);
+      return false;
+    }
+    this.rxHeld.push(chain);
+    this.rxHeldBytes += chain.writableBytes;
+    return true;
+  }
+
+  /**
+   * Fills rxIov for a read in place of up to NET_RX_IN_PLACE_BYTES: the header into rxHeader,
+   * then the held chains' buffers from the first chain's byte NET_HDR_BYTES on. Returns
+   * the triples' count, or 0 when they would be more than IOV_MAX or a buffer is not in
+   * one memory region (the caller reads into rxBuf instead). Marks the pages dirty.
+   */
+  private setRxIov(memory: GuestMemory): number {
+    if (this.rxMemory !== memory) {
+      this.rxMemory = memory;
+      this.rxBuffers = [this.rxHeader, ...memory.regions.map((r) => r.bytes)];
+    }
+    const v = this.rxIov;
+    v[0] = RX_HEADER_BUFFER;
+    v[1] = 0;
+    v[2] = NET_HDR_BYTES;
+    let iovs = 1, skip: number = NET_HDR_BYTES, want = NET_RX_IN_PLACE_BYTES - NET_HDR_BYTES;
+    try {
+      for (const chain of this.rxHeld) {
+        for (const b of chain.writable) {
+          if (skip >= b.len) { skip -= b.len; continue; }
+          const at = b.addr + skip, len = Math.min(b.len - skip, want);
+          skip = 0;
+          if (iovs === IOV_MAX) return 0;
+          const region = memory.regionIndex(at, len);
+          const i = 3 * iovs++;
+          v[i] = RX_GUEST_BUFFER + region;
+          v[i + 1] = at - memory.regions[region]!.guestBase;
+          v[i + 2] = len;
+          want -= len;
+          if (want === 0) return iovs;
+        }
+      }
+    } catch {
+      return 0;
+    }
+    return 0;
+  }
+
+  /** Forgets the first `count` held chains (published). */
+  private releaseHeld(count: number): void {
+    const held = this.rxHeld;
+    for (let i = 0; i < count; i++) this.rxHeldBytes -= held[i]!.writableBytes;
+    held.splice(0, count);
+  }
+
+  /**
    * Makes MMDS's next frame the pending one (a zeroed virtio header: complete checksums,
    * no GSO, one buffer), admitted without the RX limiter; false when MMDS has none.
    */
@@ -795,11 +965,11 @@ export class VirtioNet implements VirtioBackend {
     let pushed = false;
     while (this.rxHeldBytes < this.rxPending) {
       if (this.rxHeld.length >= q.layout.size) {
-        // Every chain the ring can hold is taken and the frame still does not fit: it never will.
+        // Every chain the ring can hold is taken and the frame still does not fit: it never
+        // will. The chains stay held for the frames after it.
         this.metrics.rxDropped++;
         this.rxPending = 0;
-        this.publishHeld(q, false);
-        return { pushed: true, waiting: false };
+        return { pushed, waiting: false };
       }
       if (budget.chains <= 0) {
         ctx.kick(NET_RX_QUEUE);
@@ -811,55 +981,42 @@ export class VirtioNet implements VirtioBackend {
         return { pushed, waiting: true };
       }
       budget.chains--;
-      if (chain.readable.length > 0 || chain.writableBytes < NET_HDR_BYTES) {
-        // §5.1.6.3.1: RX buffers are device-writable and each at least a header long.
-        this.badRequest(ctx, chain.readable.length > 0
-          ? "RX chain has device-readable buffers"
-          : `RX buffer of ${chain.writableBytes} bytes is shorter than the ${NET_HDR_BYTES}-byte header (§5.1.6.3.1)`);
-        q.pushUsed(chain.head, 0);
-        pushed = true;
-        continue;
-      }
-      this.rxHeld.push(chain);
-      this.rxHeldBytes += chain.writableBytes;
+      if (!this.holdChain(ctx, q, chain)) pushed = true;
     }
-    // The chains hold the frame, and the last one is needed (each earlier one is filled).
-    setU16(dataView(this.rxBuf), virtio_net_hdr_v1.num_buffers, this.rxHeld.length);
-    this.publishHeld(q, true);
+    this.publishFrame(q);
     return { pushed: true, waiting: false };
   }
 
   /**
-   * Publishes the held chains with one used idx update: filled with the pending frame in
-   * order (`fill`), or empty (a dropped frame). Clears the pending frame and the held chains.
+   * Publishes the pending frame (rxBuf) in the first held chains, filled in order, with
+   * one used idx update; the held chains after them stay held. Clears the pending frame.
    */
-  private publishHeld(q: VirtQueue, fill: boolean): void {
+  private publishFrame(q: VirtQueue): void {
     const ctx = this.ctx!;
     const held = this.rxHeld, len = this.rxPending;
-    let offset = 0;
+    let count = 0;
+    for (let offset = 0; offset < len; count++) {
+      const n = Math.min(held[count]!.writableBytes, len - offset);
+      this.rxHeads[count] = held[count]!.head;
+      this.rxLens[count] = n;
+      offset += n;
+    }
+    // Every chain but the last is filled to its end (§5.1.6.4).
+    setU16(dataView(this.rxBuf), virtio_net_hdr_v1.num_buffers, count);
     try {
-      for (let i = 0; i < held.length; i++) {
-        const chain = held[i]!;
-        const n = fill ? Math.min(chain.writableBytes, len - offset) : 0;
-        if (n > 0) writeChain(ctx.memory, chain, 0, this.rxBuf.subarray(offset, offset + n));
-        this.rxHeads[i] = chain.head;
-        this.rxLens[i] = n;
-        offset += n;
+      for (let i = 0, offset = 0; i < count; offset += this.rxLens[i]!, i++) {
+        writeChain(ctx.memory, held[i]!, 0, this.rxBuf.subarray(offset, offset + this.rxLens[i]!));
       }
-      if (fill) {
-        this.metrics.rxFrames++;
-        this.metrics.rxBytes += len - NET_HDR_BYTES;
-      }
+      this.metrics.rxFrames++;
+      this.metrics.rxBytes += len - NET_HDR_BYTES;
     } catch (e) {
-      // pop() checked the buffers: only a memory layout change gets here. Return them all empty.
+      // pop() checked the buffers: only a memory layout change gets here. Return them empty.
       this.metrics.rxDropped++;
       this.badRequest(ctx, `RX buffers unwritable: ${(e as Error).message}`);
-      this.rxLens.fill(0, 0, held.length);
-      for (let i = 0; i < held.length; i++) this.rxHeads[i] = held[i]!.head;
+      this.rxLens.fill(0, 0, count);
     }
-    const count = held.length;
     this.rxPending = 0;
-    this.dropHeld();
+    this.releaseHeld(count);
     q.pushUsedMany(this.rxHeads, this.rxLens, count);
   }
 

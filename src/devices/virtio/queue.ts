@@ -412,6 +412,8 @@ export class SplitQueue implements VirtQueue {
    */
   setNotifications(enabled: boolean): void {
     this.notifications = enabled;
+    // With EVENT_IDX, disabling writes nothing (no lock taken: serveQueue does it every pass).
+    if (this.features.eventIdx && !enabled) return;
     this.ringWrite(() => {
       if (this.features.eventIdx) {
         // Disabling leaves avail_event behind, so the driver stops kicking once past it.

@@ -70,6 +70,8 @@ export interface UsedEntry {
   written: Uint8Array;
   /** Every writable buffer's full current contents, in order. */
   buffers: Uint8Array[];
+  /** Where those buffers are in guest memory. */
+  writable: { addr: number; len: number }[];
 }
 
 interface Outstanding {
@@ -247,7 +249,7 @@ export class FakeDriver {
     this.outstanding.delete(head);
     this.release(out);
     if (this.features.eventIdx && this.callbacks) this.usedEvent = this.lastUsed;
-    return { head, len, written: all.slice(0, Math.min(len, all.length)), buffers };
+    return { head, len, written: all.slice(0, Math.min(len, all.length)), buffers, writable: out.writable.map((b) => ({ addr: b.addr, len: b.len })) };
   }
 
   /** Every used entry available now. */

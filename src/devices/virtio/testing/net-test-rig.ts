@@ -108,6 +108,10 @@ export interface NetRigOptions {
   realTap?: boolean;
   /** Make every TUNSETOFFLOAD fail with this negative errno. */
   offloadFail?: number;
+  /** The receive ring uses indirect descriptors (VIRTIO_RING_F_INDIRECT_DESC), so a chain may have up to queueSize buffers. */
+  indirectRx?: boolean;
+  /** Guest memory keeps a dirty-page map of the device's writes (MemoryOptions.trackDirty). */
+  trackDirty?: boolean;
 }
 
 /** A device with its two fake drivers over 4 MiB of guest memory. */
@@ -136,8 +140,8 @@ export function netRig(fd: number, options: Partial<NetOptions> = {}, rig: NetRi
   const offloads = offloadRecorder(rig.realTap);
   offloads.fail = rig.offloadFail;
   const net = new VirtioNet({ tap: "fake", mac: "06:00:ac:10:00:02", ...options }, fd, offloads.set);
-  const mem = GuestMemory.create([{ guestBase: 0, size: 4 << 20 }]);
-  const rx = new FakeDriver(mem, { base: 0x1000, bytes: (2 << 20) - 0x1000, queueSize });
+  const mem = GuestMemory.create([{ guestBase: 0, size: 4 << 20 }], { trackDirty: rig.trackDirty });
+  const rx = new FakeDriver(mem, { base: 0x1000, bytes: (2 << 20) - 0x1000, queueSize, ...(rig.indirectRx ? { features: { indirect: true, eventIdx: false } } : {}) });
   const tx = new FakeDriver(mem, { base: 2 << 20, bytes: 2 << 20, queueSize });
   const features = typeof rig.features === "function" ? rig.features(net.deviceFeatures) : rig.features ?? net.deviceFeatures;
   const ctx = new NetContext(mem, [rx.createQueue(), tx.createQueue()], net.initialConfig(), features);
