@@ -58,6 +58,9 @@ test("regionIndex names the region behind a guest range, in each region", () => 
     }
     assert.throws(() => mem.regionIndex(MiB - 4, 8), MemoryError, "a range that runs off its region");
     assert.throws(() => mem.regionIndex(2 * MiB, 1), MemoryError, "a range in the hole between regions");
+    // indexOfRegion: the same answer without throwing (-1), for ranges named ahead of a write.
+    assert.deepEqual([mem.indexOfRegion(0x1234, 100), mem.indexOfRegion(4 * MiB, 4096)], [0, 1]);
+    assert.deepEqual([mem.indexOfRegion(MiB - 4, 8), mem.indexOfRegion(2 * MiB, 1), mem.indexOfRegion(-1, 1), mem.indexOfRegion(Number.NaN, 1)], [-1, -1, -1, -1]);
   } finally {
     mem.dispose();
   }
@@ -111,9 +114,11 @@ test("with dirty tracking every path that can write marks its pages, in a map sh
     mem.fill(9 * 4096, 2 * 4096);
     mem.slice(12 * 4096, 1);
     mem.regionIndex(13 * 4096, 1);
+    assert.equal(mem.indexOfRegion(15 * 4096, 4096), 0, "naming a range to write later marks nothing...");
+    mem.markWritten(16 * 4096 + 100, 4096); // ...markWritten does, once it is written (two pages)
     mem.discard(14 * 4096, 4096);
     GuestMemory.attach(mem.describe()).writeU8(1 * MiB + 3 * 4096, 1);
-    assert.deepEqual(dirtyPages(), [[1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 14], [3]]);
+    assert.deepEqual(dirtyPages(), [[1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 14, 16, 17], [3]]);
     mem.clearDirty();
     assert.deepEqual(dirtyPages(), [[], []]);
   } finally {

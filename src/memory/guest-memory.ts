@@ -341,6 +341,23 @@ export class GuestMemory {
   }
 
   /**
+   * The index in `regions` of the region that holds guest bytes [address,
+   * address+length), or -1. Unlike regionIndex it marks nothing: for a caller
+   * that names guest bytes for a system call well before the call writes them
+   * (a receive buffer held across frames), and marks what was written with
+   * markWritten afterwards.
+   */
+  indexOfRegion(address: GuestAddress, length: number): number {
+    const r = this.findRegion(address, length);
+    return r === undefined ? -1 : this.regions.indexOf(r);
+  }
+
+  /** Marks guest bytes [address, address+length), written in place by a system call, dirty. Throws MemoryError like the accessors. */
+  markWritten(address: GuestAddress, length: number): void {
+    this.writable(address, length);
+  }
+
+  /**
    * For a caller that keeps a live view (slice) and writes through it
    * later, as a virtqueue does its used ring: a function that marks
    * [address, address+length) dirty again, to call at each write; undefined

@@ -426,9 +426,33 @@ test("RX with MRG_RXBUF: chains too fragmented for one readv (over IOV_MAX piece
       assertMerged(used, pkt, new Array(used.length).fill(128 * 64));
       assert.equal(reads.readv, 0, "never read in place");
       assert.equal(r.ctx.faults.length, 0);
-    }, {}, { queueSize: 128, indirectRx: true });
+    }, {}, { queueSize: 128, rxRing: { indirect: true } });
   } finally {
     reads.restore();
+  }
+});
+
+test("RX with MRG_RXBUF: while the device holds room for a 64 KiB frame the driver's refills need no kick; once the ring runs dry, they do", () => {
+  for (const eventIdx of [true, false]) {
+    withRig((r, peer) => {
+      // 50 buffers of 1536 bytes: the device takes 43 (room for 64 KiB) and asks for no kicks.
+      r.addRx(50, [1536]);
+      r.rx.needsKick();
+      r.rx.addChain({ writable: [1536] });
+      assert.equal(r.rx.needsKick(), false, `a refill while the device holds enough costs no exit (EVENT_IDX ${eventIdx})`);
+      // A 64 KiB frame takes 43 chains; the 8 left in the ring are not enough, so kicks are wanted again.
+      const tso = tcpFrame({ payload: new Uint8Array(0xffff - 40) });
+      writePacket(peer, concat(netHeader(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, { csumStart: tso.csumStart, csumOffset: tso.csumOffset, gsoSize: 1448, hdrLen: tso.headerBytes }), tso.frame));
+      r.ctx.fire(r.fd);
+      assert.equal(r.rx.popAllUsed().length, 43);
+      r.rx.addChain({ writable: [1536] });
+      assert.equal(r.rx.needsKick(), true, `the ring ran dry: a refill kicks (EVENT_IDX ${eventIdx})`);
+      // The kick: the device takes the new chain and still holds less than 64 KiB, so it keeps asking.
+      r.net.onNotify(NET_RX_QUEUE);
+      r.rx.addChain({ writable: [1536] });
+      assert.equal(r.rx.needsKick(), true);
+      assert.equal(r.ctx.faults.length, 0);
+    }, {}, { queueSize: 128, rxRing: { eventIdx } });
   }
 });
 
@@ -441,9 +465,13 @@ test("RX with MRG_RXBUF, read in place: the chains' pages are marked dirty for a
     const used = r.rx.popAllUsed();
     assert.equal(used.length, 4);
     const dirty = r.mem.regions[0]!.dirty!;
+    // Every page the frame was written to (each chain's first `len` bytes).
     for (const u of used) {
+      let left = u.len;
       for (const b of u.writable) {
-        for (let page = Math.floor(b.addr / 4096); page * 4096 < b.addr + b.len; page++) assert.equal(dirty[page], 1, `page ${page} of chain ${u.head}`);
+        const n = Math.min(b.len, left);
+        for (let page = Math.floor(b.addr / 4096); page * 4096 < b.addr + n; page++) assert.equal(dirty[page], 1, `page ${page} of chain ${u.head}`);
+        left -= n;
       }
     }
   }, {}, { queueSize: 64, trackDirty: true });

@@ -384,6 +384,13 @@ export class VirtioNet implements VirtioBackend {
   readonly rxLimiter: RateLimiter;
   readonly txLimiter: RateLimiter;
   private rxWatching = false;
+  /**
+   * The receive queue asks the driver for kicks (§2.7.10). Off while the device holds
+   * room for the largest frame: it takes the driver's new buffers as frames come, so a
+   * refill costs the guest no exit and the device thread no wake-up (QEMU's virtio-net
+   * asks for them only when it runs out, the same way).
+   */
+  private rxKicks = true;
   /** VIRTIO_NET_F_MRG_RXBUF negotiated in this session. */
   private mergeable = false;
   /**
@@ -398,8 +405,15 @@ export class VirtioNet implements VirtioBackend {
   private readonly rxLens = new Uint32Array(NET_QUEUE_SIZE);
   /** The virtio header of a frame read in place (checked here, then copied to its first chain). */
   private readonly rxHeader = new Uint8Array(new ArrayBuffer(NET_HDR_BYTES));
-  /** readv's (buffer, offset, length) triples: the header, then the held chains' buffers. */
+  /**
+   * readv's (buffer, offset, length) triples: entry 0 the header, entries 1 to rxIovEnd - 1
+   * the held chains' buffers, in order. Kept as chains are held and published, so that a
+   * read does not rebuild them (a small frame takes one chain of some 43 held).
+   */
   private readonly rxIov = new Float64Array(3 * IOV_MAX);
+  private rxIovEnd = 1;
+  /** rxIov's entries are the held chains' in rxMemory (false: rebuilt before the next read in place, if they fit). */
+  private rxIovValid = true;
   /** What readv scatters into: rxHeader, then each guest memory region's bytes (RX_GUEST_BUFFER + index). */
   private rxBuffers: Uint8Array[] = [this.rxHeader];
   /** The guest memory rxBuffers were made for. */
@@ -420,6 +434,7 @@ export class VirtioNet implements VirtioBackend {
       const { ipv4, version, imdsCompat } = checkNetMmds(options.mmds);
       this.mmds = new MmdsStack({ ipv4, version, imdsCompat, nowMs: clock });
     }
+    this.rxIov.set([RX_HEADER_BUFFER, 0, NET_HDR_BYTES]);
     const bit = (n: number) => 1n << BigInt(n);
     this.deviceFeatures = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | (options.mtu !== undefined ? bit(VIRTIO_NET_F_MTU) : 0n) |
       bit(VIRTIO_NET_F_MRG_RXBUF) | NET_OFFLOAD_FEATURES | NET_RING_FEATURES;
@@ -440,6 +455,8 @@ export class VirtioNet implements VirtioBackend {
     this.rxWatching = false;
     this.mergeable = (ctx.features & (1n << BigInt(VIRTIO_NET_F_MRG_RXBUF))) !== 0n;
     this.dropHeld();
+    this.rxKicks = true;
+    ctx.queues[NET_RX_QUEUE]?.setNotifications(true);
     this.offloads = negotiatedOffloads(ctx.features);
     // §5.1.3.1: a driver must not accept a feature without the ones it requires; such a
     // feature stays unused (its offload is refused), and the driver is told once per session.
@@ -538,6 +555,7 @@ export class VirtioNet implements VirtioBackend {
       head: c.head, readable: [], writable: c.writable, readableBytes: 0, writableBytes: c.writable.reduce((n, b) => n + b.len, 0),
     }));
     this.rxHeldBytes = this.rxHeld.reduce((n, c) => n + c.writableBytes, 0);
+    this.rxIovValid = false;
   }
 
   reset(): void {
@@ -782,7 +800,7 @@ export class VirtioNet implements VirtioBackend {
           if (step.waiting) break;
           continue;
         }
-        const chain = q.pop();
+        const chain = this.popRx(q);
         if (!chain) {
           // No buffers: keep the frame and stop polling the TAP until the driver kicks queue 0.
           this.stopRx();
@@ -817,16 +835,29 @@ export class VirtioNet implements VirtioBackend {
         ctx.kick(NET_RX_QUEUE);
         return { result: "stop", pushed };
       }
-      const chain = q.pop();
+      const chain = this.popRx(q);
       if (!chain) break;
       budget.chains--;
       if (this.holdChain(ctx, q, chain)) continue;
       pushed = true;
     }
-    const iovs = this.rxHeldBytes >= NET_RX_IN_PLACE_BYTES ? this.setRxIov(ctx.memory) : 0;
-    if (iovs === 0) return { result: "short", pushed };
+    if (this.rxHeldBytes < NET_RX_IN_PLACE_BYTES) return { result: "short", pushed };
+    this.setRxKicks(q, false);
+    const memory = ctx.memory;
+    if (!this.rxIovValid || this.rxMemory !== memory) this.rebuildRxIov(memory);
+    // Too many pieces for one readv, or a header split over buffers (Linux never does that).
+    const v = this.rxIov;
+    if (!this.rxIovValid || v[5]! <= NET_HDR_BYTES) return { result: "short", pushed };
     let r: number;
-    do r = sys.readv(this.fd, this.rxIov, iovs, ...this.rxBuffers); while (r === -EINTR);
+    // The frame goes after the header's place in the first buffer; the header into rxHeader.
+    v[4] += NET_HDR_BYTES;
+    v[5] -= NET_HDR_BYTES;
+    try {
+      do r = sys.readv(this.fd, v, this.rxIovEnd, ...this.rxBuffers); while (r === -EINTR);
+    } finally {
+      v[4] -= NET_HDR_BYTES;
+      v[5] += NET_HDR_BYTES;
+    }
     if (r === -EAGAIN) return { result: "empty", pushed };
     if (r < 0) {
       this.hostError(r);
@@ -853,7 +884,17 @@ export class VirtioNet implements VirtioBackend {
     }
     setU16(dataView(this.rxHeader), virtio_net_hdr_v1.num_buffers, count);
     try {
-      writeChain(ctx.memory, held[0]!, 0, this.rxHeader);
+      writeChain(memory, held[0]!, 0, this.rxHeader);
+      // The pages readv wrote, for a Diff snapshot (the header's were marked by writeChain).
+      for (let i = 0; i < count; i++) {
+        let left = this.rxLens[i]!;
+        for (const b of held[i]!.writable) {
+          if (left === 0) break;
+          const n = Math.min(b.len, left);
+          memory.markWritten(b.addr, n);
+          left -= n;
+        }
+      }
       this.metrics.rxFrames++;
       this.metrics.rxBytes += r - NET_HDR_BYTES;
     } catch (e) {
@@ -865,6 +906,24 @@ export class VirtioNet implements VirtioBackend {
     this.releaseHeld(count);
     q.pushUsedMany(this.rxHeads, this.rxLens, count);
     return { result: "frame", pushed: true };
+  }
+
+  /**
+   * The receive queue's next chain. When the ring is empty, kicks are asked for first
+   * (if they were off) and the ring looked at once more: a chain the driver added before
+   * it saw the request brings no kick.
+   */
+  private popRx(q: VirtQueue): DescriptorChain | undefined {
+    const chain = q.pop();
+    if (chain || this.rxKicks) return chain;
+    this.setRxKicks(q, true);
+    return q.pop();
+  }
+
+  private setRxKicks(q: VirtQueue, on: boolean): void {
+    if (this.rxKicks === on) return;
+    this.rxKicks = on;
+    q.setNotifications(on);
   }
 
   /**
@@ -881,52 +940,63 @@ export class VirtioNet implements VirtioBackend {
     }
     this.rxHeld.push(chain);
     this.rxHeldBytes += chain.writableBytes;
+    if (this.rxIovValid) this.appendRxIov(chain, ctx.memory);
     return true;
   }
 
   /**
-   * Fills rxIov for a read in place of up to NET_RX_IN_PLACE_BYTES: the header into rxHeader,
-   * then the held chains' buffers from the first chain's byte NET_HDR_BYTES on. Returns
-   * the triples' count, or 0 when they would be more than IOV_MAX or a buffer is not in
-   * one memory region (the caller reads into rxBuf instead). Marks the pages dirty.
+   * Adds a held chain's buffers to rxIov. Past IOV_MAX entries, or for a buffer that is not
+   * in one memory region, rxIov is marked invalid and frames are read into rxBuf instead.
+   * Nothing is marked dirty here: the pages a read writes are marked once it has.
    */
-  private setRxIov(memory: GuestMemory): number {
+  private appendRxIov(chain: DescriptorChain, memory: GuestMemory): void {
+    if (this.rxMemory !== memory || this.rxIovEnd + chain.writable.length > IOV_MAX) {
+      this.rxIovValid = false;
+      return;
+    }
+    const v = this.rxIov;
+    let end = this.rxIovEnd;
+    for (const b of chain.writable) {
+      const region = memory.indexOfRegion(b.addr, b.len);
+      if (region < 0) {
+        this.rxIovValid = false;
+        return;
+      }
+      const i = 3 * end++;
+      v[i] = RX_GUEST_BUFFER + region;
+      v[i + 1] = b.addr - memory.regions[region]!.guestBase;
+      v[i + 2] = b.len;
+    }
+    this.rxIovEnd = end;
+  }
+
+  /** Makes rxIov anew for the held chains in `memory` (rxIovValid says whether they fit). */
+  private rebuildRxIov(memory: GuestMemory): void {
     if (this.rxMemory !== memory) {
       this.rxMemory = memory;
       this.rxBuffers = [this.rxHeader, ...memory.regions.map((r) => r.bytes)];
     }
-    const v = this.rxIov;
-    v[0] = RX_HEADER_BUFFER;
-    v[1] = 0;
-    v[2] = NET_HDR_BYTES;
-    let iovs = 1, skip: number = NET_HDR_BYTES, want = NET_RX_IN_PLACE_BYTES - NET_HDR_BYTES;
-    try {
-      for (const chain of this.rxHeld) {
-        for (const b of chain.writable) {
-          if (skip >= b.len) { skip -= b.len; continue; }
-          const at = b.addr + skip, len = Math.min(b.len - skip, want);
-          skip = 0;
-          if (iovs === IOV_MAX) return 0;
-          const region = memory.regionIndex(at, len);
-          const i = 3 * iovs++;
-          v[i] = RX_GUEST_BUFFER + region;
-          v[i + 1] = at - memory.regions[region]!.guestBase;
-          v[i + 2] = len;
-          want -= len;
-          if (want === 0) return iovs;
-        }
-      }
-    } catch {
-      return 0;
+    this.rxIovEnd = 1;
+    this.rxIovValid = true;
+    for (const chain of this.rxHeld) {
+      this.appendRxIov(chain, memory);
+      if (!this.rxIovValid) return;
     }
-    return 0;
   }
 
-  /** Forgets the first `count` held chains (published). */
+  /** Forgets the first `count` held chains (published), and their rxIov entries. */
   private releaseHeld(count: number): void {
     const held = this.rxHeld;
-    for (let i = 0; i < count; i++) this.rxHeldBytes -= held[i]!.writableBytes;
+    let entries = 0;
+    for (let i = 0; i < count; i++) {
+      this.rxHeldBytes -= held[i]!.writableBytes;
+      entries += held[i]!.writable.length;
+    }
     held.splice(0, count);
+    if (this.rxIovValid) {
+      this.rxIov.copyWithin(3, 3 * (1 + entries), 3 * this.rxIovEnd);
+      this.rxIovEnd -= entries;
+    }
   }
 
   /**
@@ -975,7 +1045,7 @@ export class VirtioNet implements VirtioBackend {
         ctx.kick(NET_RX_QUEUE);
         return { pushed, waiting: true };
       }
-      const chain = q.pop();
+      const chain = this.popRx(q);
       if (!chain) {
         this.stopRx();
         return { pushed, waiting: true };
@@ -1024,6 +1094,8 @@ export class VirtioNet implements VirtioBackend {
   private dropHeld(): void {
     this.rxHeld = [];
     this.rxHeldBytes = 0;
+    this.rxIovEnd = 1;
+    this.rxIovValid = true;
   }
 
   /** Writes the pending frame into `chain`; returns the used length (0 when dropped). */

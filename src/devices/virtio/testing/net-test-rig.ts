@@ -108,8 +108,8 @@ export interface NetRigOptions {
   realTap?: boolean;
   /** Make every TUNSETOFFLOAD fail with this negative errno. */
   offloadFail?: number;
-  /** The receive ring uses indirect descriptors (VIRTIO_RING_F_INDIRECT_DESC), so a chain may have up to queueSize buffers. */
-  indirectRx?: boolean;
+  /** The receive ring's features (default neither): with `indirect`, a chain may have up to queueSize buffers. */
+  rxRing?: { indirect?: boolean; eventIdx?: boolean };
   /** Guest memory keeps a dirty-page map of the device's writes (MemoryOptions.trackDirty). */
   trackDirty?: boolean;
 }
@@ -141,7 +141,7 @@ export function netRig(fd: number, options: Partial<NetOptions> = {}, rig: NetRi
   offloads.fail = rig.offloadFail;
   const net = new VirtioNet({ tap: "fake", mac: "06:00:ac:10:00:02", ...options }, fd, offloads.set);
   const mem = GuestMemory.create([{ guestBase: 0, size: 4 << 20 }], { trackDirty: rig.trackDirty });
-  const rx = new FakeDriver(mem, { base: 0x1000, bytes: (2 << 20) - 0x1000, queueSize, ...(rig.indirectRx ? { features: { indirect: true, eventIdx: false } } : {}) });
+  const rx = new FakeDriver(mem, { base: 0x1000, bytes: (2 << 20) - 0x1000, queueSize, features: rig.rxRing ?? {} });
   const tx = new FakeDriver(mem, { base: 2 << 20, bytes: 2 << 20, queueSize });
   const features = typeof rig.features === "function" ? rig.features(net.deviceFeatures) : rig.features ?? net.deviceFeatures;
   const ctx = new NetContext(mem, [rx.createQueue(), tx.createQueue()], net.initialConfig(), features);
