@@ -38,6 +38,9 @@ test("every accessor refuses addresses outside guest memory, including hostile o
       assert.equal(mem.contains(addr, len), false, `${addr}+${len}`);
       assert.throws(() => mem.slice(addr, len), MemoryError);
       assert.throws(() => mem.regionIndex(addr, len), MemoryError);
+      assert.throws(() => mem.readView(addr, len), MemoryError);
+      assert.throws(() => mem.markWritten(addr, len), MemoryError);
+      assert.equal(mem.indexOfRegion(addr, len), -1);
     }
     assert.throws(() => mem.writeU32(MiB - 2, 1), MemoryError);
     assert.throws(() => mem.readU64(MiB - 7), MemoryError);
@@ -104,6 +107,7 @@ test("with dirty tracking every path that can write marks its pages, in a map sh
     const dirtyPages = () => mem.regions.map((r) => [...r.dirty!.keys()].filter((p) => r.dirty![p] !== 0));
     assert.equal(mem.tracksDirty, true);
     mem.read(0, 64 * 4096);
+    assert.equal(mem.readView(8 * 4096, 4096).length, 4096);
     mem.readU8(5); mem.readU16(5); mem.readU32(5); mem.readU64(5);
     assert.deepEqual(dirtyPages(), [[], []], "reads leave the map clean");
     mem.writeU8(1 * 4096, 1);

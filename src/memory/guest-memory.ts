@@ -341,6 +341,17 @@ export class GuestMemory {
   }
 
   /**
+   * A live view (no copy) of guest bytes [address, address+length) for
+   * reading only: it marks nothing dirty, so the caller must not write
+   * through it (slice is the view to write through).
+   */
+  readView(address: GuestAddress, length: number): Uint8Array {
+    const r = this.region(address, length);
+    const off = address - r.guestBase;
+    return r.bytes.subarray(off, off + length);
+  }
+
+  /**
    * The index in `regions` of the region that holds guest bytes [address,
    * address+length), or -1. Unlike regionIndex it marks nothing: for a caller
    * that names guest bytes for a system call well before the call writes them

@@ -117,13 +117,16 @@ async function startBatch(batch: DeviceBatch): Promise<void> {
 
 /** The poll set: struct pollfd[] over every running device's fds (after the shared channel's, if any), and who owns each slot. */
 let pollBuf = new Uint8Array(0);
+/** A view of pollBuf, made with it (the loop reads revents on every pass). */
+let pollView = dataView(pollBuf);
 let owners: ({ runner: DeviceRunner; entry: PollEntry } | undefined)[] = [];
 
 function rebuildPollSet(): void {
   const channel = shared ? [undefined] : [];
   owners = [...channel, ...runners.flatMap((runner) => runner.pollEntries().map((entry) => ({ runner, entry })))];
   pollBuf = new Uint8Array(owners.length * pollfd.SIZE);
-  const view = dataView(pollBuf);
+  pollView = dataView(pollBuf);
+  const view = pollView;
   owners.forEach((owner, i) => {
     view.setInt32(i * pollfd.SIZE + pollfd.fd, owner ? owner.entry.fd : shared!.fd, true);
     view.setInt16(i * pollfd.SIZE + pollfd.events, owner ? owner.entry.events : POLLIN, true);
@@ -198,7 +201,7 @@ function loop(): boolean {
     const summaryIn = nextSummaryInMs();
     const timerIn = nextTimerInMs();
     const wakeIn = summaryIn === undefined ? timerIn : timerIn === undefined ? summaryIn : Math.min(summaryIn, timerIn);
-    const buf = pollBuf, slots = owners;
+    const buf = pollBuf, view = pollView, slots = owners;
     // poll(2) takes an int: a far timer (a rate limiter's long debt) wakes the loop early, to look again.
     const n = sys.poll(buf, slots.length, wakeIn === undefined ? -1 : Math.min(Math.ceil(wakeIn), MAX_POLL_WAIT_MS));
     if (n === -EINTR) continue;
@@ -207,7 +210,6 @@ function loop(): boolean {
     if (timerIn !== undefined) fireTimers();
     if (n === 0) continue;
     // Serve every ready slot of this pass (see the module comment), from this pass's snapshot.
-    const view = dataView(buf);
     for (let i = 0; i < slots.length; i++) {
       const revents = view.getInt16(i * pollfd.SIZE + pollfd.revents, true);
       if (revents === 0) continue;

@@ -405,6 +405,7 @@ export class VirtioNet implements VirtioBackend {
   private readonly rxLens = new Uint32Array(NET_QUEUE_SIZE);
   /** The virtio header of a frame read in place (checked here, then copied to its first chain). */
   private readonly rxHeader = new Uint8Array(new ArrayBuffer(NET_HDR_BYTES));
+  private readonly rxHeaderView = dataView(this.rxHeader);
   /**
    * readv's (buffer, offset, length) triples: entry 0 the header, entries 1 to rxIovEnd - 1
    * the held chains' buffers, in order. Kept as chains are held and published, so that a
@@ -668,12 +669,14 @@ export class VirtioNet implements VirtioBackend {
       for (const b of chain.readable) {
         const take = Math.min(b.len, headLen - copied);
         if (take > 0) {
-          this.txHead.set(memory.slice(b.addr, take), copied);
+          this.txHead.set(memory.readView(b.addr, take), copied);
           copied += take;
         }
         if (take < b.len) {
+          // Named, not marked dirty: writev only reads it.
           const at = b.addr + take, len = b.len - take;
-          const region = memory.regionIndex(at, len);
+          const region = memory.indexOfRegion(at, len);
+          if (region < 0) return drop(`buffer 0x${at.toString(16)}+${len} is not in one memory region`, true);
           this.setIov(iovs++, TX_GUEST_BUFFER + region, at - memory.regions[region]!.guestBase, len);
         }
       }
@@ -882,7 +885,7 @@ export class VirtioNet implements VirtioBackend {
       this.rxLens[count] = n;
       left -= n;
     }
-    setU16(dataView(this.rxHeader), virtio_net_hdr_v1.num_buffers, count);
+    setU16(this.rxHeaderView, virtio_net_hdr_v1.num_buffers, count);
     try {
       writeChain(memory, held[0]!, 0, this.rxHeader);
       // The pages readv wrote, for a Diff snapshot (the header's were marked by writeChain).

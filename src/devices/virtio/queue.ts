@@ -274,12 +274,13 @@ export class SplitQueue implements VirtQueue {
     const readable: GuestBuffer[] = [];
     const writable: GuestBuffer[] = [];
     let readableBytes = 0, writableBytes = 0, buffers = 0, sawWritable = false;
-    let table = this.desc, tableLen = this.size, indirect = false;
+    // The table being read: the ring's, or an indirect one read in place through its region's view.
+    let table = this.desc, tableBase = 0, tableLen = this.size, indirect = false;
     let idx = head;
     // Every pass reads one buffer descriptor, except the single (never nested) indirect one,
     // and buffers are capped at the queue size, so the walk always ends.
     for (;;) {
-      const off = idx * vring_desc.SIZE;
+      const off = tableBase + idx * vring_desc.SIZE;
       const addrLo = getU32(table, off + vring_desc.addr), addrHi = getU32(table, off + vring_desc.addr + 4);
       const len = getU32(table, off + vring_desc.len);
       const flags = getU16(table, off + vring_desc.flags);
@@ -291,8 +292,10 @@ export class SplitQueue implements VirtQueue {
         if (indirect) throw new QueueError("EQUEUECHAIN", `Driver error: nested indirect descriptor in chain ${head}`);
         if (flags & VRING_DESC_F_NEXT) throw new QueueError("EQUEUECHAIN", `Driver error: indirect descriptor in chain ${head} also has NEXT`);
         if (len === 0 || len % vring_desc.SIZE !== 0) throw new QueueError("EQUEUECHAIN", `Driver error: indirect table length ${len} in chain ${head} is not a non-zero multiple of ${vring_desc.SIZE}`);
-        if (addr < 0 || !this.mem.contains(addr, len)) throw new QueueError("EQUEUERANGE", `Driver error: indirect table ${hexRange(addrHi, addrLo, len)} in chain ${head} is outside guest memory`);
-        table = dataView(this.mem.slice(addr, len));
+        const region = addr < 0 ? undefined : this.mem.findRegion(addr, len);
+        if (!region) throw new QueueError("EQUEUERANGE", `Driver error: indirect table ${hexRange(addrHi, addrLo, len)} in chain ${head} is outside guest memory`);
+        table = region.view;
+        tableBase = addr - region.guestBase;
         tableLen = len / vring_desc.SIZE;
         indirect = true;
         idx = 0;
