@@ -877,16 +877,9 @@ export class VirtioNet implements VirtioBackend {
       this.metrics.rxOffloadDropped++;
       return { result: "frame", pushed };
     }
-    const held = this.rxHeld;
-    let count = 0;
-    for (let left = r; left > 0; count++) {
-      const n = Math.min(held[count]!.writableBytes, left);
-      this.rxHeads[count] = held[count]!.head;
-      this.rxLens[count] = n;
-      left -= n;
-    }
+    const held = this.rxHeld, count = this.frameChains(r);
     setU16(this.rxHeaderView, virtio_net_hdr_v1.num_buffers, count);
-    try {
+    this.publishHeld(q, count, r, () => {
       writeChain(memory, held[0]!, 0, this.rxHeader);
       // The pages readv wrote, for a Diff snapshot (the header's were marked by writeChain).
       for (let i = 0; i < count; i++) {
@@ -898,16 +891,7 @@ export class VirtioNet implements VirtioBackend {
           left -= n;
         }
       }
-      this.metrics.rxFrames++;
-      this.metrics.rxBytes += r - NET_HDR_BYTES;
-    } catch (e) {
-      // pop() checked the buffers: only a memory layout change gets here. Return them empty.
-      this.metrics.rxDropped++;
-      this.badRequest(ctx, `RX buffers unwritable: ${(e as Error).message}`);
-      this.rxLens.fill(0, 0, count);
-    }
-    this.releaseHeld(count);
-    q.pushUsedMany(this.rxHeads, this.rxLens, count);
+    });
     return { result: "frame", pushed: true };
   }
 
@@ -1065,30 +1049,48 @@ export class VirtioNet implements VirtioBackend {
    * one used idx update; the held chains after them stay held. Clears the pending frame.
    */
   private publishFrame(q: VirtQueue): void {
-    const ctx = this.ctx!;
-    const held = this.rxHeld, len = this.rxPending;
+    const memory = this.ctx!.memory, held = this.rxHeld, len = this.rxPending, count = this.frameChains(len);
+    setU16(dataView(this.rxBuf), virtio_net_hdr_v1.num_buffers, count);
+    this.rxPending = 0;
+    this.publishHeld(q, count, len, () => {
+      for (let i = 0, offset = 0; i < count; offset += this.rxLens[i]!, i++) {
+        writeChain(memory, held[i]!, 0, this.rxBuf.subarray(offset, offset + this.rxLens[i]!));
+      }
+    });
+  }
+
+  /**
+   * Sets rxHeads and rxLens to the first held chains a frame of `len` bytes (header
+   * included) fills, in order: every chain but the last filled to its end (§5.1.6.4).
+   * Returns how many (the caller made sure the held chains hold the frame).
+   */
+  private frameChains(len: number): number {
+    const held = this.rxHeld;
     let count = 0;
-    for (let offset = 0; offset < len; count++) {
-      const n = Math.min(held[count]!.writableBytes, len - offset);
+    for (let left = len; left > 0; count++) {
+      const n = Math.min(held[count]!.writableBytes, left);
       this.rxHeads[count] = held[count]!.head;
       this.rxLens[count] = n;
-      offset += n;
+      left -= n;
     }
-    // Every chain but the last is filled to its end (§5.1.6.4).
-    setU16(dataView(this.rxBuf), virtio_net_hdr_v1.num_buffers, count);
+    return count;
+  }
+
+  /**
+   * Publishes the first `count` held chains (rxHeads, rxLens) with one used idx update,
+   * once `write` has put the frame of `len` bytes in them. If it cannot (pop() checked the
+   * buffers: only a memory layout change gets here) they are returned empty.
+   */
+  private publishHeld(q: VirtQueue, count: number, len: number, write: () => void): void {
     try {
-      for (let i = 0, offset = 0; i < count; offset += this.rxLens[i]!, i++) {
-        writeChain(ctx.memory, held[i]!, 0, this.rxBuf.subarray(offset, offset + this.rxLens[i]!));
-      }
+      write();
       this.metrics.rxFrames++;
       this.metrics.rxBytes += len - NET_HDR_BYTES;
     } catch (e) {
-      // pop() checked the buffers: only a memory layout change gets here. Return them empty.
       this.metrics.rxDropped++;
-      this.badRequest(ctx, `RX buffers unwritable: ${(e as Error).message}`);
+      this.badRequest(this.ctx!, `RX buffers unwritable: ${(e as Error).message}`);
       this.rxLens.fill(0, 0, count);
     }
-    this.rxPending = 0;
     this.releaseHeld(count);
     q.pushUsedMany(this.rxHeads, this.rxLens, count);
   }
