@@ -65,6 +65,8 @@ export function recordingMemory(real: GuestMemory): RecordingMemory {
   const define = (name: string, fn: (...args: never[]) => unknown) => Object.defineProperty(wrapper, name, { value: fn });
   define("slice", (a: number, l: number) => { record("read", "slice", a, l); return real.slice(a, l); });
   define("read", (a: number, l: number) => { record("read", "read", a, l); return real.read(a, l); });
+  define("readView", (a: number, l: number) => { record("read", "readView", a, l); return real.readView(a, l); });
+  define("markWritten", (a: number, l: number) => { record("write", "markWritten", a, l); real.markWritten(a, l); });
   define("write", (a: number, d: Uint8Array) => { record("write", "write", a, d.length); real.write(a, d); });
   define("fill", (a: number, l: number, v?: number) => { record("write", "fill", a, l); real.fill(a, l, v); });
   define("discard", (a: number, l: number) => { record("write", "discard", a, l); real.discard(a, l); });
