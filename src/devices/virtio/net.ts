@@ -37,16 +37,16 @@
  * entry with its own length, num_buffers in the first chain's header. The
  * driver must see a packet's chains together (§5.1.6.4: Linux drops a packet
  * whose later chains are not yet used), so they are published with one used
- * idx update (VirtQueue.pushUsedMany). The device holds popped chains
- * (in flight, unpublished) across frames: a read in place needs room for the
+ * idx update (VirtQueue.pushUsedMany). The device holds popped chains (in
+ * flight, unpublished) across frames: a read in place needs room for the
  * largest frame before it knows the frame's size, so it holds chains for
  * 64 KiB and publishes only those the frame filled; the rest wait for the next
  * frame, in ring order. A frame read into the host buffer waits there while
  * chains are taken for it until enough buffers arrive; the TAP keeps the
  * frames behind it. Only when the device holds every chain the ring can have
  * and the frame still does not fit (a ring too small for one 64 KiB packet)
- * is it dropped; the chains stay held for smaller frames. (A driver whose chains take several descriptors each runs out of
- * descriptors before that; its receive path then waits until it resets the
+ * is it dropped; the chains stay held for smaller frames. (A driver whose
+ * chains take several descriptors each runs out of descriptors before that; its receive path then waits until it resets the
  * device, which harms only that guest: Linux posts one descriptor per buffer.) A chain smaller than the header (§5.1.6.3.1: each buffer is at least
  * that big) or with device-readable buffers is returned empty as a guest
  * fault; the frame goes on to the next chain.
