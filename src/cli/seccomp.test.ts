@@ -120,7 +120,8 @@ test("an --api-sock monitor under its filters: logger FIFO, metrics, devices, vs
     await until("the API socket", () => existsSync(sockB), b);
     await call(sockB, "PUT", "/snapshot/load", { snapshot_path: snap, mem_backend: { backend_type: "File", backend_path: mem }, resume_vm: true, vsock_override: { uds_path: join(dir, "v2.sock") } }, b);
     await until("Running", async () => ((await api(sockB, "GET", "/")).json as { state: string }).state === "Running", b);
-    assert.ok(filtersPerThread(b.pid).filter((n) => n === 2).length >= 3, `restored threads filtered: ${filtersPerThread(b.pid)}`);
+    // Running is reported once the vCPUs are started; each thread installs its own filter as it comes up.
+    await until(`restored vCPU and device threads with their own filters (now ${filtersPerThread(b.pid)})`, () => filtersPerThread(b.pid).filter((n) => n === 2).length >= 3, b);
     await call(sockB, "PATCH", "/vm", { state: "Paused" }, b);
     await call(sockB, "PATCH", "/vm", { state: "Resumed" }, b);
   } finally {

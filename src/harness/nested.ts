@@ -522,7 +522,9 @@ function runQemu(
       serial += text;
       onSerial?.(text);
       // The outer kernel said it is stuck: what runs in it is stalled too, and the run will be made again.
-      if (stopOnLockup && !lockedUp && outerKernelLockup(serial.slice(-(text.length + 512))) !== undefined) {
+      // Whole lines only, so that the report that names the retry is not cut off mid-line.
+      const recent = serial.slice(-(text.length + 512));
+      if (stopOnLockup && !lockedUp && outerKernelLockup(recent.slice(0, recent.lastIndexOf("\n") + 1)) !== undefined) {
         lockedUp = true;
         child.kill("SIGKILL");
       }

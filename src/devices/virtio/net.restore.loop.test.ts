@@ -95,7 +95,11 @@ test("a frame held with its receive chains across a snapshot is delivered once; 
     held.push(rx.addChain({ writable: [RX_BUFFER] }), rx.addChain({ writable: [RX_BUFFER] }));
     a.kick(0, NET_RX_QUEUE);
     writePacket(tapA.peer, big);
-    await a.savedWhen((s) => (s[0]!.backend as NetSavedState).rxHeld.length === 2, "two receive chains held");
+    // The device holds the two chains as soon as the kick comes (before it reads the frame): wait for both.
+    await a.savedWhen((s) => {
+      const net = s[0]!.backend as NetSavedState;
+      return net.rxHeld.length === 2 && net.rxPending !== "";
+    }, "two receive chains held, and the frame");
     // Posted while quiesced: two TX frames (their kick dies with this VM's eventfd).
     txHeads.push(tx.addChain({ readable: [fromGuest(2)] }), tx.addChain({ readable: [fromGuest(3)] }));
     a.kick(0, NET_TX_QUEUE);
