@@ -89,13 +89,13 @@ describe("runNested", { timeout: 5 * TIMEOUT_MS + 20 * 60_000 }, () => {
       command: "sleep 600", timeoutMs: 10 * 60_000, kvm: false, frozenAfterMs: 20_000, onSerial: freeze,
       retryAfterTimeout: () => { retries++; stopped = false; serial = ""; },
     });
-    // A freeze is the emulated machine's failure, not the command's: up to three outer VMs.
-    assert.equal(retries, 2);
-    assert.equal(result.attempts, 3);
+    // A freeze is the emulated machine's failure, not the command's: up to four outer VMs.
+    assert.equal(retries, 3);
+    assert.equal(result.attempts, 4);
     assert.equal(result.frozen, true);
     assert.equal(result.timedOut, true);
     assert.ok(result.durationMs < 120_000, `${result.durationMs} ms: killed long before its 10-minute limit`);
-    assert.match(describeNestedRun(result), /^the outer VM froze \(its heartbeat stopped\) and was killed after \d+ s, in a third outer VM because the first froze, and the second froze$/);
+    assert.match(describeNestedRun(result), /^the outer VM froze \(its heartbeat stopped\) and was killed after \d+ s, in a fourth outer VM because the first froze, and the second froze, and the third froze$/);
     // A run that only sleeps (a heartbeat all along) is not taken for frozen.
     const calm = await runNested({ command: "sleep 40; exit 4", timeoutMs: TIMEOUT_MS, kvm: false, frozenAfterMs: 20_000 });
     assert.equal(calm.frozen, false);
