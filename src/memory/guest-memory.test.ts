@@ -37,7 +37,6 @@ test("every accessor refuses addresses outside guest memory, including hostile o
     for (const [addr, len] of [[MiB, 1], [MiB - 3, 4], [-1, 1], [2 ** 60, 8], [Number.NaN, 1], [0, -1], [0.5, 1]] as const) {
       assert.equal(mem.contains(addr, len), false, `${addr}+${len}`);
       assert.throws(() => mem.slice(addr, len), MemoryError);
-      assert.throws(() => mem.regionIndex(addr, len), MemoryError);
       assert.throws(() => mem.readView(addr, len), MemoryError);
       assert.throws(() => mem.markWritten(addr, len), MemoryError);
       assert.equal(mem.indexOfRegion(addr, len), -1);
@@ -50,20 +49,18 @@ test("every accessor refuses addresses outside guest memory, including hostile o
   }
 });
 
-test("regionIndex names the region behind a guest range, in each region", () => {
+test("indexOfRegion names the region behind a guest range, in each region, and -1 for any other range", () => {
   const mem = GuestMemory.create([{ guestBase: 0, size: MiB }, { guestBase: 4 * MiB, size: MiB }]);
   try {
     for (const [addr, len, index] of [[0, 1, 0], [0x1234, 100, 0], [MiB - 8, 8, 0], [4 * MiB, 4096, 1], [5 * MiB - 1, 1, 1]] as const) {
-      assert.equal(mem.regionIndex(addr, len), index, `0x${addr.toString(16)}+${len}`);
+      assert.equal(mem.indexOfRegion(addr, len), index, `0x${addr.toString(16)}+${len}`);
       const r = mem.regions[index]!;
       mem.writeU8(addr, 0xa5);
       assert.equal(r.bytes[addr - r.guestBase], 0xa5, "the offset in the region's bytes is address - guestBase");
     }
-    assert.throws(() => mem.regionIndex(MiB - 4, 8), MemoryError, "a range that runs off its region");
-    assert.throws(() => mem.regionIndex(2 * MiB, 1), MemoryError, "a range in the hole between regions");
-    // indexOfRegion: the same answer without throwing (-1), for ranges named ahead of a write.
-    assert.deepEqual([mem.indexOfRegion(0x1234, 100), mem.indexOfRegion(4 * MiB, 4096)], [0, 1]);
-    assert.deepEqual([mem.indexOfRegion(MiB - 4, 8), mem.indexOfRegion(2 * MiB, 1), mem.indexOfRegion(-1, 1), mem.indexOfRegion(Number.NaN, 1)], [-1, -1, -1, -1]);
+    assert.equal(mem.indexOfRegion(MiB - 4, 8), -1, "a range that runs off its region");
+    assert.equal(mem.indexOfRegion(2 * MiB, 1), -1, "a range in the hole between regions");
+    assert.deepEqual([mem.indexOfRegion(-1, 1), mem.indexOfRegion(Number.NaN, 1)], [-1, -1]);
   } finally {
     mem.dispose();
   }
@@ -117,7 +114,7 @@ test("with dirty tracking every path that can write marks its pages, in a map sh
     mem.write(7 * 4096 - 1, new Uint8Array(2));
     mem.fill(9 * 4096, 2 * 4096);
     mem.slice(12 * 4096, 1);
-    mem.regionIndex(13 * 4096, 1);
+    mem.markWritten(13 * 4096, 1);
     assert.equal(mem.indexOfRegion(15 * 4096, 4096), 0, "naming a range to write later marks nothing...");
     mem.markWritten(16 * 4096 + 100, 4096); // ...markWritten does, once it is written (two pages)
     mem.discard(14 * 4096, 4096);

@@ -329,18 +329,6 @@ export class GuestMemory {
   }
 
   /**
-   * The index in `regions` of the region that holds guest bytes [address,
-   * address+length) (their offset in its `bytes` is address - guestBase), for a
-   * system call that reads or writes them in place: writev names them by
-   * (buffer, offset, length) and the addon checks the range, so no host address
-   * leaves this module. Throws MemoryError like the accessors. The call may
-   * write them (readv), so with dirty tracking they are marked dirty.
-   */
-  regionIndex(address: GuestAddress, length: number): number {
-    return this.regions.indexOf(this.writable(address, length));
-  }
-
-  /**
    * A live view (no copy) of guest bytes [address, address+length) for
    * reading only: it marks nothing dirty, so the caller must not write
    * through it (slice is the view to write through).
@@ -353,10 +341,11 @@ export class GuestMemory {
 
   /**
    * The index in `regions` of the region that holds guest bytes [address,
-   * address+length), or -1. Unlike regionIndex it marks nothing: for a caller
-   * that names guest bytes for a system call well before the call writes them
-   * (a receive buffer held across frames), and marks what was written with
-   * markWritten afterwards.
+   * address+length) (their offset in its `bytes` is address - guestBase), or
+   * -1, for a system call that reads or writes them in place: readv and writev
+   * name them by (buffer, offset, length) and the addon checks the range, so no
+   * host address leaves this module. It marks nothing dirty: a caller whose
+   * call writes them (readv) marks what was written with markWritten.
    */
   indexOfRegion(address: GuestAddress, length: number): number {
     const r = this.findRegion(address, length);
