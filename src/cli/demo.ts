@@ -4,9 +4,10 @@
  * guest kernel code natively, or, saying so, inside the nested harness (QEMU
  * with an emulated SVM CPU and KVM inside) when `doctor` finds that this
  * host emulates guest ring 0, as on flint's CI machines. There, a guest that
- * the emulated machine kills (a triple fault Linux did not ask for, a stall in
- * early boot, an outer kernel lockup: README, Tests) is booted again in a
- * fresh outer VM, as the end-to-end tests do, and the user is told why.
+ * the emulated machine kills (a triple fault Linux did not ask for, an outer
+ * kernel lockup: README, Tests) is booted again in a fresh outer VM, as the
+ * end-to-end tests do, and the user is told why; so is a run that stopped
+ * (a frozen outer VM, or a guest stuck in early boot until the time limit).
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
