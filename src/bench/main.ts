@@ -145,6 +145,16 @@ async function main(): Promise<void> {
         return c?.irqs === undefined ? "n/a" : `${c.irqs.toFixed(0)} interrupts, ${c.packets?.toFixed(0) ?? "?"} packets`;
       };
       if (s.cpu?.flint?.irqs !== undefined || s.cpu?.qemu?.irqs !== undefined) out(`  guest per ${per}: flint ${counted("flint")}, QEMU ${counted("qemu")}`);
+      const calls = (m: "flint" | "qemu") => {
+        const c = s.cpu?.[m]?.calls;
+        return c ? `${c.reads.toFixed(0)} reads, ${c.writes.toFixed(0)} writes, ${c.sleeps.toFixed(0)} sleeps` : "n/a";
+      };
+      if (s.cpu?.flint?.calls || s.cpu?.qemu?.calls) out(`  busiest other thread per ${per} (system calls): flint ${calls("flint")}, QEMU ${calls("qemu")}`);
+      const exits = (m: "flint" | "qemu") => {
+        const e = s.cpu?.[m]?.exits;
+        return e ? `${e.exits.toFixed(0)} (to the monitor: ${e.mmioExits.toFixed(0)} MMIO, ${e.ioExits.toFixed(0)} port I/O; ${e.haltExits.toFixed(0)} halts; ${e.irqInjections.toFixed(0)} interrupts injected)` : "n/a";
+      };
+      if (s.cpu?.flint?.exits || s.cpu?.qemu?.exits) out(`  VM exits per ${per}: flint ${exits("flint")}, QEMU ${exits("qemu")}`);
     }
     for (const failure of v.failures) out(`  (left out: ${failure})`);
   };

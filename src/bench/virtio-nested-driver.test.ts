@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { runDriver, threadCpuDelta, threadTicks } from "./virtio-nested-driver.js";
+import { kvmExitCounts, kvmExitDelta, runDriver, threadCpuDelta, threadTicks } from "./virtio-nested-driver.js";
 import { buildVirtioBenchProgram } from "./virtio-nested.js";
 import { parseVirtioBenchLine } from "./virtio-report.js";
 
@@ -78,13 +78,13 @@ describe("runDriver", () => {
     assert.equal(result.exits.x!.code, 3);
   });
 
-  it("boots a monitor whose VM died again and goes on with its next step", { timeout: 60_000 }, async () => {
+  it("boots a monitor whose VM died again, runs its next step once uncounted, then counted, and goes on", { timeout: 60_000 }, async () => {
     const program = buildVirtioBenchProgram();
     const result = await runDriver({
       monitors: [{ name: "c", argv: ["sh", "-c", fakeGuest(program, "c").replace("hang) exec sleep 30", "hang) exit 9")], consoleFile: join(dir, "c.console") }],
       steps: [
         { id: 1, monitor: "c", command: "hang", net: false },
-        { id: 2, monitor: "c", command: "blk", net: false },
+        { id: 2, monitor: "c", command: "send 127.0.0.1 17774 100", net: true },
         { id: 3, monitor: "c", command: "hang", net: false },
         { id: 4, monitor: "c", command: "blk", net: false },
       ],
@@ -98,7 +98,16 @@ describe("runDriver", () => {
     assert.equal(result.restarts.c!.length, 1);
     assert.equal(result.restarts.c![0]!.beforeStep, 2);
     assert.ok(result.restarts.c![0]!.readyAfterMs! >= 0);
-    assert.equal((readFileSync(join(dir, "c.console"), "utf8").match(/booting c/g) ?? []).length, 2);
+    const console = readFileSync(join(dir, "c.console"), "utf8");
+    assert.equal((console.match(/booting c/g) ?? []).length, 2);
+    // Step 2 ran twice on the new VM; the warm-up's stream and the outer end's report of it were
+    // consumed, so the counted step pairs its own send with its own receive.
+    assert.equal(result.restarts.c![0]!.warmUp?.error, undefined);
+    assert.ok(result.restarts.c![0]!.warmUp!.elapsedMs >= 0);
+    assert.equal((console.match(/test=end id=2\b/g) ?? []).length, 2);
+    const counted = result.steps[1]!, sent = parseVirtioBenchLine(counted.guestLines[0]!)!, received = parseVirtioBenchLine(counted.sinkLine!)!;
+    assert.equal(sent.test, "send");
+    assert.equal(received.bytes, sent.bytes);
   });
 });
 
@@ -109,6 +118,39 @@ describe("thread CPU accounting", () => {
     const after = new Map([["10", t(9)], ["11", t(7)], ["12", t(31)], ["13", t(0)], ["20", t(150, 90)], ["21", t(20, 15)]]);
     // Thread 20 ran the guest for 30 ticks of its 50, thread 21 for 15 of 20.
     assert.deepEqual(threadCpuDelta(before, after), { guestMs: 450, vcpuMs: 250, otherMs: [300, 40] });
+  });
+
+  it("threadCpuDelta gives the busiest other thread's system calls and sleeps over the interval, when /proc showed them", () => {
+    const t = (cpu: number, reads: number, guest = 0) => ({ cpu, guest, calls: { reads, writes: 2 * reads, sleeps: reads + 1 } });
+    const before = new Map([["10", t(5, 100)], ["12", t(1, 10)], ["20", t(100, 7, 60)]]);
+    // Thread 12 is the busiest other (30 ticks against 4); vCPU thread 20 is not "other".
+    const after = new Map([["10", t(9, 150)], ["12", t(31, 40)], ["20", t(150, 9000, 90)]]);
+    assert.deepEqual(threadCpuDelta(before, after).busiestCalls, { reads: 30, writes: 60, sleeps: 30 });
+    const noProc = new Map([["12", { cpu: 31, guest: 0 }]]);
+    assert.equal(threadCpuDelta(before, noProc).busiestCalls, undefined);
+  });
+
+  it("kvmExitCounts sums the exit counters of the process's VMs (debugfs `<pid>-<fd>` directories) and kvmExitDelta subtracts them", () => {
+    const root = mkdtempSync(join(tmpdir(), "flint-kvm-debugfs-"));
+    try {
+      const vm = (dir: string, exits: number) => {
+        mkdirSync(join(root, dir));
+        const files: Record<string, number> = { exits, mmio_exits: exits / 10, io_exits: 2, halt_exits: 3, irq_injections: 4, insn_emulation: 99 };
+        for (const [f, v] of Object.entries(files)) writeFileSync(join(root, dir, f), `${v}\n`);
+      };
+      vm("123-11", 100);
+      vm("123-14", 50);
+      vm("1234-11", 7000); // another process whose pid starts the same
+      const counts = kvmExitCounts(123, root);
+      assert.deepEqual(counts, { exits: 150, mmioExits: 15, ioExits: 4, haltExits: 6, irqInjections: 8 });
+      assert.deepEqual(kvmExitDelta({ exits: 50, mmioExits: 5, ioExits: 1, haltExits: 1, irqInjections: 1 }, counts),
+        { exits: 100, mmioExits: 10, ioExits: 3, haltExits: 5, irqInjections: 7 });
+      assert.equal(kvmExitDelta(undefined, counts), undefined);
+      assert.equal(kvmExitCounts(99, root), undefined);
+      assert.equal(kvmExitCounts(123, join(root, "no-debugfs")), undefined);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   it("threadTicks reads every thread of a process: one that used 300 ms of CPU shows it; a missing process has none", { timeout: 30_000 }, async () => {
@@ -122,6 +164,10 @@ describe("thread CPU accounting", () => {
       const cpu = threadCpuDelta(new Map(), ticks);
       assert.equal(cpu.guestMs, 0);
       assert.ok(cpu.otherMs.reduce((a, b) => a + b, 0) >= 250, `CPU seen: ${cpu.otherMs.join(", ")} ms`);
+      // Its own process's /proc io and status files are readable: every thread has its counts.
+      for (const [tid, t] of ticks) assert.ok(t.calls && t.calls.reads >= 0 && t.calls.writes >= 0 && t.calls.sleeps >= 0, `thread ${tid}: ${JSON.stringify(t)}`);
+      // The main thread wrote "spun": one write at least.
+      assert.ok(ticks.get(String(child.pid))!.calls!.writes >= 1);
     } finally {
       child.kill("SIGKILL");
     }

@@ -77,6 +77,8 @@ export interface DriverStepResult {
   elapsedMs: number;
   /** The CPU time the monitor's process used during the step (from /proc). */
   cpu?: ThreadCpu;
+  /** Its VM's exits during the step (KVM's debugfs statistics), when debugfs was mounted. */
+  exits?: KvmExitCounts;
 }
 
 /** One boot of a monitor: when its guest reported ready, its report lines until then, or why it never did. */
@@ -86,12 +88,21 @@ export interface DriverBoot {
   error?: string;
 }
 
+/**
+ * A boot after the monitor's VM died, before the step with id `beforeStep`; and that step's
+ * uncounted first run on the new VM (`warmUp`), made when the boot succeeded.
+ */
+export interface DriverRestart extends DriverBoot {
+  beforeStep: number;
+  warmUp?: { elapsedMs: number; error?: string };
+}
+
 /** Everything the driver saw, written as JSON for the host side. */
 export interface DriverResult {
   /** Per monitor, its first boot. */
   boots: Record<string, DriverBoot>;
   /** Per monitor, the boots after its VM died, each before the step with id `beforeStep`. */
-  restarts: Record<string, (DriverBoot & { beforeStep: number })[]>;
+  restarts: Record<string, DriverRestart[]>;
   steps: DriverStepResult[];
   /** Per monitor: how the process ended. */
   exits: Record<string, { code: number | null; signal: string | null; killed: boolean }>;
@@ -162,10 +173,28 @@ const isTest = (test: string, id?: number) => (line: string) => {
   return r?.test === test && (id === undefined || r.id === String(id));
 };
 
-/** One thread's CPU time in clock ticks: utime + stime, and the part of it spent running a guest (guest_time). */
+/**
+ * One thread's CPU time in clock ticks: utime + stime, and the part of it spent running a
+ * guest (guest_time); and, where /proc shows them, its read and write system calls (`io`:
+ * syscr, syscw) and the times it went to sleep (`status`: voluntary_ctxt_switches).
+ */
 export interface ThreadTicks {
   cpu: number;
   guest: number;
+  calls?: SyscallCounts;
+}
+
+/** A thread's read-like and write-like system calls and its sleeps (voluntary context switches). */
+export interface SyscallCounts {
+  reads: number;
+  writes: number;
+  sleeps: number;
+}
+
+/** The number after `key:` in a /proc text, or undefined. */
+function procField(text: string, key: string): number | undefined {
+  const m = new RegExp(`^${key}:\\s+(\\d+)$`, "m").exec(text);
+  return m ? Number(m[1]) : undefined;
 }
 
 /** Each thread of process `pid`, by thread id (empty when /proc cannot be read). */
@@ -175,13 +204,20 @@ export function threadTicks(pid: number | undefined): Map<string, ThreadTicks> {
   let tids: string[];
   try { tids = readdirSync(`/proc/${pid}/task`); } catch { return out; }
   for (const tid of tids) {
+    let ticks: ThreadTicks;
     try {
       // proc(5): after the command name's closing parenthesis come state (field 3) on; utime is
       // field 14, stime 15, guest_time 43 (guest time is counted in utime too).
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "latin1");
       const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      out.set(tid, { cpu: Number(f[11]) + Number(f[12]), guest: Number(f[40]) });
-    } catch { /* the thread ended */ }
+      ticks = { cpu: Number(f[11]) + Number(f[12]), guest: Number(f[40]) };
+    } catch { continue; /* the thread ended */ }
+    try {
+      const io = readFileSync(`/proc/${pid}/task/${tid}/io`, "latin1"), status = readFileSync(`/proc/${pid}/task/${tid}/status`, "latin1");
+      const reads = procField(io, "syscr"), writes = procField(io, "syscw"), sleeps = procField(status, "voluntary_ctxt_switches");
+      if (reads !== undefined && writes !== undefined && sleeps !== undefined) ticks.calls = { reads, writes, sleeps };
+    } catch { /* no io file (another user's process) or the thread ended: CPU time only */ }
+    out.set(tid, ticks);
   }
   return out;
 }
@@ -189,28 +225,83 @@ export function threadTicks(pid: number | undefined): Map<string, ThreadTicks> {
 /**
  * A monitor's CPU time between two threadTicks samples, in milliseconds (USER_HZ is 100 on
  * Linux): running its guest, its vCPU threads' own work (threads that ran the guest, less
- * the guest's time: exits handled in the monitor), and every other thread's, busiest first.
+ * the guest's time: exits handled in the monitor), and every other thread's, busiest first;
+ * and the busiest other thread's system calls and sleeps (flint's device thread, QEMU's
+ * main loop), when /proc showed them.
  */
 export interface ThreadCpu {
   guestMs: number;
   vcpuMs: number;
   otherMs: number[];
+  busiestCalls?: SyscallCounts;
 }
 
 /** The CPU each kind of thread used between two threadTicks samples of one process. */
 export function threadCpuDelta(before: Map<string, ThreadTicks>, after: Map<string, ThreadTicks>): ThreadCpu {
   const out: ThreadCpu = { guestMs: 0, vcpuMs: 0, otherMs: [] };
+  let busiest: { cpu: number; calls?: SyscallCounts } | undefined;
   for (const [tid, t] of after) {
-    const b = before.get(tid) ?? { cpu: 0, guest: 0 };
+    const b = before.get(tid) ?? { cpu: 0, guest: 0, calls: { reads: 0, writes: 0, sleeps: 0 } };
     const cpu = (t.cpu - b.cpu) * 10, guest = (t.guest - b.guest) * 10;
     if (t.guest > 0) {
       out.guestMs += guest;
       out.vcpuMs += Math.max(0, cpu - guest);
     } else if (cpu > 0) {
       out.otherMs.push(cpu);
+      if (busiest === undefined || cpu > busiest.cpu) {
+        const calls = t.calls && b.calls
+          ? { reads: t.calls.reads - b.calls.reads, writes: t.calls.writes - b.calls.writes, sleeps: t.calls.sleeps - b.calls.sleeps }
+          : undefined;
+        busiest = { cpu, calls };
+      }
     }
   }
   out.otherMs.sort((a, b) => b - a);
+  if (busiest?.calls) out.busiestCalls = busiest.calls;
+  return out;
+}
+
+/**
+ * KVM's exit counters for one VM (its debugfs statistics, the vCPU counters of
+ * arch/x86/kvm/x86.c summed over the VM's vCPUs): every exit from the guest,
+ * the MMIO and port I/O exits that went to the monitor (KVM_EXIT_MMIO, KVM_EXIT_IO), the
+ * halts, and the interrupts injected.
+ */
+export interface KvmExitCounts {
+  exits: number;
+  mmioExits: number;
+  ioExits: number;
+  haltExits: number;
+  irqInjections: number;
+}
+
+const KVM_EXIT_FILES: readonly [keyof KvmExitCounts, string][] = [
+  ["exits", "exits"], ["mmioExits", "mmio_exits"], ["ioExits", "io_exits"], ["haltExits", "halt_exits"], ["irqInjections", "irq_injections"],
+];
+
+/**
+ * The exit counters of the KVM VMs of process `pid`, summed (debugfs names each VM's directory
+ * `<pid>-<fd>`); undefined when debugfs is not mounted or the process has no VM.
+ */
+export function kvmExitCounts(pid: number | undefined, root = "/sys/kernel/debug/kvm"): KvmExitCounts | undefined {
+  if (pid === undefined) return undefined;
+  let dirs: string[];
+  try { dirs = readdirSync(root).filter((d) => d.startsWith(`${pid}-`)); } catch { return undefined; }
+  if (dirs.length === 0) return undefined;
+  const out: KvmExitCounts = { exits: 0, mmioExits: 0, ioExits: 0, haltExits: 0, irqInjections: 0 };
+  for (const d of dirs) {
+    for (const [key, file] of KVM_EXIT_FILES) {
+      try { out[key] += Number(readFileSync(`${root}/${d}/${file}`, "latin1").trim()) || 0; } catch { /* a VM that just went away */ }
+    }
+  }
+  return out;
+}
+
+/** `after - before`, field by field; undefined unless both were read. */
+export function kvmExitDelta(before: KvmExitCounts | undefined, after: KvmExitCounts | undefined): KvmExitCounts | undefined {
+  if (!before || !after) return undefined;
+  const out = { ...after };
+  for (const [key] of KVM_EXIT_FILES) out[key] -= before[key];
   return out;
 }
 
@@ -290,6 +381,30 @@ export async function runDriver(config: DriverConfig, onProgress?: (partial: Dri
     kill(vm);
     return { lines, error: "no ready report before the boot timeout" };
   };
+  /** Runs `step` on `vm`: its command, the guest's lines to its end, the outer end's report, the monitor's CPU and exits. */
+  const runStep = async (vm: Vm, step: DriverStep): Promise<DriverStepResult> => {
+    const t0 = Date.now();
+    const ticks0 = threadTicks(vm.child.pid), exits0 = kvmExitCounts(vm.child.pid);
+    vm.child.stdin!.write(`${step.id} ${step.command}\n`);
+    const end = await vm.lines.take(isTest("end", step.id), config.stepTimeoutMs);
+    const guestLines = end.before.filter((l) => parseVirtioBenchLine(l) !== undefined);
+    const r: DriverStepResult = { id: step.id, guestLines, elapsedMs: Date.now() - t0, cpu: threadCpuDelta(ticks0, threadTicks(vm.child.pid)) };
+    const exits = kvmExitDelta(exits0, kvmExitCounts(vm.child.pid));
+    if (exits) r.exits = exits;
+    if (!end.line && vm.lines.closed) {
+      r.error = `the VM exited during the step${await howItEnded(vm)}`;
+    } else if (!end.line) {
+      r.error = `no end of step within ${config.stepTimeoutMs} ms (the VM was killed)`;
+      kill(vm);
+    }
+    // Each sender waits for its receiver's close, so the outer end's report is out or on its way.
+    if (step.net && guestLines.some(isTest("send"))) {
+      r.sinkLine = (await sinkLines.take(isTest("sink"), 30_000)).line;
+    } else if (step.net && guestLines.some(isTest("recv"))) {
+      r.sinkLine = (await sinkLines.take(isTest("source"), 30_000)).line;
+    }
+    return r;
+  };
   try {
     if (!(await sinkLines.take(isTest("listening"), 60_000)).line) throw new Error("the TCP receiver did not start");
     await Promise.all(config.monitors.map(async (m) => {
@@ -305,33 +420,22 @@ export async function runDriver(config: DriverConfig, onProgress?: (partial: Dri
       if (missing.length === 0 && vm && !vm.alive && restarts.length < config.maxRestarts) {
         // The old process must be gone before a new one can take its TAP.
         await vm.exited;
-        restarts.push({ beforeStep: step.id, ...(await boot(vm.monitor)) });
+        const restart: DriverRestart = { beforeStep: step.id, ...(await boot(vm.monitor)) };
+        restarts.push(restart);
         vm = vms.get(step.monitor);
+        // A fresh monitor is not in its steady state (flint's JIT compiles its hot paths, on its
+        // threads and the outer VM's CPUs): the step runs once uncounted, as the warm-up round did.
+        if (vm?.alive && restart.error === undefined) {
+          const warm = await runStep(vm, step);
+          restart.warmUp = warm.error === undefined ? { elapsedMs: warm.elapsedMs } : { elapsedMs: warm.elapsedMs, error: warm.error };
+        }
       }
       if (missing.length > 0 || !vm?.alive) {
         const why = missing.length > 0 ? `not run: ${missing.join(", ")} did not boot` : `${step.monitor} is not running`;
         result.steps.push({ id: step.id, guestLines: [], error: why, elapsedMs: 0 });
         continue;
       }
-      const t0 = Date.now();
-      const ticks0 = threadTicks(vm.child.pid);
-      vm.child.stdin!.write(`${step.id} ${step.command}\n`);
-      const end = await vm.lines.take(isTest("end", step.id), config.stepTimeoutMs);
-      const guestLines = end.before.filter((l) => parseVirtioBenchLine(l) !== undefined);
-      const r: DriverStepResult = { id: step.id, guestLines, elapsedMs: Date.now() - t0, cpu: threadCpuDelta(ticks0, threadTicks(vm.child.pid)) };
-      if (!end.line && vm.lines.closed) {
-        r.error = `the VM exited during the step${await howItEnded(vm)}`;
-      } else if (!end.line) {
-        r.error = `no end of step within ${config.stepTimeoutMs} ms (the VM was killed)`;
-        kill(vm);
-      }
-      // Each sender waits for its receiver's close, so the outer end's report is out or on its way.
-      if (step.net && guestLines.some(isTest("send"))) {
-        r.sinkLine = (await sinkLines.take(isTest("sink"), 30_000)).line;
-      } else if (step.net && guestLines.some(isTest("recv"))) {
-        r.sinkLine = (await sinkLines.take(isTest("source"), 30_000)).line;
-      }
-      result.steps.push(r);
+      result.steps.push(await runStep(vm, step));
       onProgress?.(result);
     }
 

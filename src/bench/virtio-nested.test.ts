@@ -117,18 +117,25 @@ describe("summarize", () => {
     assert.equal(f.ratio, 0.5);
   });
 
-  it("counts each monitor's CPU per 1000 requests (guest, vCPU threads, other threads and the busiest), over the steps that measured", () => {
+  it("counts each monitor's CPU per 1000 requests (guest, vCPU threads, other threads and the busiest), the busiest's system calls and the VM's exits, over the steps that measured", () => {
     const steps = virtioSchedule({ rounds: 3, warmupMs: 0, runMs: 1000, netMs: 1000 }).filter((s) => s.figure === "blkRand4kQd1Iops");
     const results = steps.map((s) => ({
       id: s.id, guestLines: s.round === 2 && s.monitor === "qemu" ? [] : [blkLine("rand", 4096, 1, 2000, 1e9), `${VIRTIO_BENCH_PREFIX} test=counts irqs=${s.monitor === "flint" ? 600 : 400} packets=0`],
       cpu: s.monitor === "flint"
-        ? { guestMs: 1000, vcpuMs: 200, otherMs: [300 + 100 * s.round, 100] }
+        ? { guestMs: 1000, vcpuMs: 200, otherMs: [300 + 100 * s.round, 100], busiestCalls: { reads: 2000 * (s.round + 1), writes: 4000, sleeps: 200 } }
         : { guestMs: 800, vcpuMs: 100 * (s.round + 1), otherMs: [] },
+      ...(s.monitor === "flint" ? { exits: { exits: 6000 + 2000 * s.round, mmioExits: 1200, ioExits: 0, haltExits: 20, irqInjections: 600 } } : {}),
     }));
     const f = summarize(steps, results).blkRand4kQd1Iops!;
     // 2000 requests per step; flint's other threads used 400, 500, 600 ms; QEMU's third step measured nothing.
     assert.deepEqual(f.cpu, {
-      flint: { guest: 500, vcpu: 100, other: 250, busiestOther: 200, irqs: 300, packets: 0 },
+      flint: {
+        guest: 500, vcpu: 100, other: 250, busiestOther: 200, irqs: 300, packets: 0,
+        // Per 1000 requests, medians of the three steps (reads 1000, 2000, 3000; exits 3000, 4000, 5000).
+        calls: { reads: 2000, writes: 2000, sleeps: 100 },
+        exits: { exits: 4000, mmioExits: 600, ioExits: 0, haltExits: 10, irqInjections: 300 },
+      },
+      // QEMU's steps had no counts: no calls or exits, rather than zeros.
       qemu: { guest: 400, vcpu: 75, other: 0, busiestOther: 0, irqs: 200, packets: 0 },
     });
   });

@@ -34,7 +34,11 @@
  * the outer VM, then has the guests take turns, step by step, through their
  * consoles (see {@link virtioSchedule}), so host load drift (the outer VM
  * shares 2 cores with whatever else runs) hits both alike. Each figure's
- * ratio is the median of the per-round flint/QEMU ratios.
+ * ratio is the median of the per-round flint/QEMU ratios. A VM that died is
+ * booted again, and its next step runs once uncounted before it counts: a
+ * fresh flint spends its first seconds compiling its hot paths, which
+ * biased every step that followed a restart against it (0.49x and 0.72x
+ * against 0.86x without a restart, in one run of 2026-12-04).
  *
  * The outer VM sometimes freezes for good: a TCG vCPU stops answering IPIs
  * (soft lockups and RCU stalls on its console), or every vCPU halts and no
@@ -55,7 +59,7 @@ import {
 import { BenchError } from "./bench-error.js";
 import { cachedArtifact, gcc, packagePath, readSources } from "../guest/programs/build-cache.js";
 import { median, tail } from "./process.js";
-import type { DriverConfig, DriverResult, DriverStep, DriverStepResult } from "./virtio-nested-driver.js";
+import type { DriverConfig, DriverResult, DriverStep, DriverStepResult, KvmExitCounts, SyscallCounts } from "./virtio-nested-driver.js";
 import { VIRTIO_BENCH_PREFIX, type VirtioBenchRecord, parseVirtioBenchLine, recordCount } from "./virtio-report.js";
 
 /** One guest network link: a TAP in the outer VM and both ends' addresses. */
@@ -194,9 +198,15 @@ export interface FigureSummary {
    * milliseconds per MB moved (MB/s figures) or per 1000 requests (IOPS): running the guest,
    * its vCPU threads' own work (exits), and its other threads (the device threads and the
    * main loop) with the busiest of them; and, as the guest counted them, its virtio interrupts
-   * and its NICs' packets (both ways) per unit. Where a monitor's time goes, not only how fast it was.
+   * and its NICs' packets (both ways) per unit; the busiest other thread's read and write system
+   * calls and sleeps per unit (`calls`); and its VM's exits per unit (`exits`: all, those that went
+   * to the monitor as MMIO or port I/O, halts, injected interrupts). Where a monitor's time goes,
+   * not only how fast it was.
    */
-  cpu?: Partial<Record<VirtioMonitor, { guest: number; vcpu: number; other: number; busiestOther: number; irqs?: number; packets?: number }>>;
+  cpu?: Partial<Record<VirtioMonitor, {
+    guest: number; vcpu: number; other: number; busiestOther: number; irqs?: number; packets?: number;
+    calls?: SyscallCounts; exits?: KvmExitCounts;
+  }>>;
 }
 
 /** The result of {@link benchVirtioNested}. */
@@ -378,16 +388,29 @@ function stepMeasure(figure: VirtioFigure, result: Pick<DriverStepResult, "guest
   return { value: bytes / 1e6 / (ns / 1e9), units: bytes / 1e6 };
 }
 
+/** Each field of `counts` divided by `units`. */
+function perUnit<T extends object>(counts: T, units: number): T {
+  return Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, (v as number) / units])) as T;
+}
+
+/** Field by field, the median over `samples` (each has the same fields). */
+function medianOfFields<T extends object>(samples: readonly T[]): T {
+  return Object.fromEntries(Object.keys(samples[0]!).map((k) => [k, median(samples.map((x) => (x as Record<string, number>)[k]!))])) as T;
+}
+
 /** Per figure scheduled in `steps`: each monitor's values by round, their medians, and the median per-round ratio (warm-up rounds left out). */
 export function summarize(
-  steps: readonly ScheduledStep[], results: readonly Pick<DriverStepResult, "id" | "guestLines" | "sinkLine" | "cpu">[],
+  steps: readonly ScheduledStep[], results: readonly Pick<DriverStepResult, "id" | "guestLines" | "sinkLine" | "cpu" | "exits">[],
 ): Partial<Record<VirtioFigureKey, FigureSummary>> {
   const byId = new Map(results.map((r) => [r.id, r]));
   const rounds = steps.reduce((n, s) => Math.max(n, s.round + 1), 0);
   const out: Partial<Record<VirtioFigureKey, FigureSummary>> = {};
   for (const figure of VIRTIO_FIGURES.filter((f) => steps.some((s) => s.figure === f.key))) {
     const samples: FigureSummary["samples"] = { flint: new Array(rounds).fill(undefined), qemu: new Array(rounds).fill(undefined) };
-    const cpuSeries = () => ({ guest: [] as number[], vcpu: [] as number[], other: [] as number[], busiestOther: [] as number[], irqs: [] as number[], packets: [] as number[] });
+    const cpuSeries = () => ({
+      guest: [] as number[], vcpu: [] as number[], other: [] as number[], busiestOther: [] as number[], irqs: [] as number[], packets: [] as number[],
+      calls: [] as SyscallCounts[], exits: [] as KvmExitCounts[],
+    });
     const cpuSamples = { flint: cpuSeries(), qemu: cpuSeries() };
     for (const step of steps.filter((s) => s.figure === figure.key && s.round >= 0)) {
       const r = byId.get(step.id);
@@ -404,6 +427,8 @@ export function summarize(
         const irqs = recordCount(counted, "irqs"), packets = recordCount(counted, "packets");
         if (irqs !== undefined) into.irqs.push(irqs / units);
         if (packets !== undefined) into.packets.push(packets / units);
+        if (c.busiestCalls) into.calls.push(perUnit(c.busiestCalls, units));
+        if (r.exits) into.exits.push(perUnit(r.exits, units));
       }
     }
     const med = (xs: (number | undefined)[]) => {
@@ -418,6 +443,8 @@ export function summarize(
       cpu[m] = { guest: median(c.guest), vcpu: median(c.vcpu), other: median(c.other), busiestOther: median(c.busiestOther) };
       if (c.irqs.length > 0) cpu[m]!.irqs = median(c.irqs);
       if (c.packets.length > 0) cpu[m]!.packets = median(c.packets);
+      if (c.calls.length > 0) cpu[m]!.calls = medianOfFields(c.calls);
+      if (c.exits.length > 0) cpu[m]!.exits = medianOfFields(c.exits);
     }
     out[figure.key] = { flint: med(samples.flint), qemu: med(samples.qemu), ratio: med(ratios), samples, cpu };
   }
@@ -500,6 +527,8 @@ function outerScript(o: { sources: { vmlinux: string; initrd: string }; inputs: 
   for (const l of Object.values(BENCH_LINKS)) {
     lines.push(`ip tuntap add dev ${l.tap} mode tap && ip addr add ${l.outerIpv4}/${BENCH_PREFIX_LENGTH} dev ${l.tap} && ip link set ${l.tap} up || exit 1`);
   }
+  // KVM's per-VM exit counters (the driver reads them around each step); without debugfs the report has none.
+  lines.push("mount -t debugfs none /sys/kernel/debug 2>/dev/null || true");
   lines.push(`exec ${q(process.execPath)} ${q(DRIVER)} ${q(o.config)} ${q(o.result)}`);
   return lines.join("\n");
 }
