@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cacheKey, cachePath } from "../guest/cache.js";
 import { buildInitramfs, defaultInit } from "../guest/initramfs.js";
-import { runNested, unrequestedTripleFault } from "../harness/nested.js";
+import { runNested, shellQuote, unrequestedTripleFault } from "../harness/nested.js";
 import { runDoctor } from "../doctor/doctor.js";
 import { buildKernelWithProgress } from "./guest.js";
 import { DEFAULT_CMDLINE } from "./defaults.js";
@@ -69,6 +69,5 @@ export async function runDemo(o: { cpus: number; memoryMib: number; forceNested:
 
 /** The outer VM's shell command for the demo: flint's argv, its stdout and stderr into `log`, and its exit status. */
 export function demoNestedCommand(argv: readonly string[], log: string): string {
-  const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
-  return `${argv.map(quote).join(" ")} >${quote(log)} 2>&1`;
+  return `${argv.map(shellQuote).join(" ")} >${shellQuote(log)} 2>&1`;
 }
